@@ -1,0 +1,22 @@
+"""scans-guard: safety-conscious activation steering (SCANS, Cao, Yang & Zhao, AAAI 2025) for local chat models."""
+
+__version__ = "0.1.0"
+
+from .artifacts import Artifact  # noqa: E402
+from .config import CalibrationConfig, GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe  # noqa: E402
+from .engine import ScansEngine  # noqa: E402
+from .errors import (  # noqa: E402
+    ArtifactError,
+    FingerprintMismatchError,
+    InvalidPromptError,
+    ModelLoadError,
+    ScansGuardError,
+    UnsupportedArchitectureError,
+)
+from .loading import ModelHandle, load_model  # noqa: E402
+
+__all__ = [
+    "Artifact", "ArtifactError", "CalibrationConfig", "FingerprintMismatchError", "GenerationConfig",
+    "InvalidPromptError", "ModelHandle", "ModelLoadError", "SafetyVerdict", "ScansEngine", "ScansGuardError",
+    "SteeredOutput", "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
+]

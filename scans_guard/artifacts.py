@@ -1,0 +1,148 @@
+"""Calibration artifacts: tensors in safetensors, everything else in JSON; never pickle.
+
+An artifact directory holds `tensors.safetensors` (refusal_vectors [n_layers, hidden], d_harm
+[n_classify_layers, hidden]) and `artifact.json` (recipe, model fingerprint, data hashes, fit report).
+Writes go to a temporary directory renamed into place, so a reader never sees half an artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import SteeringRecipe
+from .errors import ArtifactError, FingerprintMismatchError
+from .loading import ModelHandle, fingerprints_match
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "artifact.json"
+DEFAULT_ARTIFACT_NAME = "qwen2.5-coder-0.5b-instruct"
+
+
+class AnchorSet(BaseModel):
+    source: str
+    n: int
+    seed: int
+    sha256: str = Field(description="sha256 of the anchor prompts joined by newlines")
+
+
+class PlattFit(BaseModel):
+    """P(harmful | score) = 1 / (1 + exp(-(a * score + b)))."""
+
+    a: float
+    b: float
+
+    def probability(self, score: float) -> float:
+        return float(torch.sigmoid(torch.tensor(self.a * score + self.b)))
+
+
+class ArtifactMeta(BaseModel):
+    format_version: int = FORMAT_VERSION
+    library_version: str = __version__
+    model_name: str
+    model_fingerprint: dict
+    chat_template_sha256: str
+    recipe: SteeringRecipe
+    anchors: dict[str, AnchorSet]
+    threshold_fit: dict = Field(default_factory=dict, description="data, F1, AUROC, ... of the T fit")
+    platt: PlattFit | None = None
+    layer_analysis: list[dict] = Field(default_factory=list)
+    notes: dict = Field(default_factory=dict, description="free-form provenance: command, tuning data")
+
+
+def text_sha256(texts: list[str] | str) -> str:
+    joined = texts if isinstance(texts, str) else "\n".join(texts)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+class Artifact:
+    """Refusal vectors, d_harm and the recipe calibrated for one model."""
+
+    def __init__(self, meta: ArtifactMeta, refusal_vectors: torch.Tensor, d_harm: torch.Tensor):
+        n_layers = meta.model_fingerprint.get("n_layers")
+        if refusal_vectors.ndim != 2 or refusal_vectors.shape[0] != n_layers:
+            raise ArtifactError(f"refusal_vectors must be [{n_layers}, hidden], got {list(refusal_vectors.shape)}")
+        if d_harm.shape != (len(meta.recipe.classify_layers), refusal_vectors.shape[1]):
+            raise ArtifactError(f"d_harm shape {list(d_harm.shape)} does not match the classify layers")
+        if max(meta.recipe.steer_layers + meta.recipe.classify_layers) >= n_layers:
+            raise ArtifactError(f"recipe names a layer >= the model's {n_layers} layers")
+        self.meta = meta
+        self.refusal_vectors = refusal_vectors.float()  # [n_layers, hidden]
+        self.d_harm = d_harm.float()  # [n_classify_layers, hidden]
+
+    @property
+    def recipe(self) -> SteeringRecipe:
+        return self.meta.recipe
+
+    def with_recipe(self, **changes: object) -> Artifact:
+        """A copy with recipe fields replaced (e.g. alpha, threshold); classify layers must stay the same."""
+        recipe = self.recipe.model_copy(update=changes)
+        recipe = SteeringRecipe.model_validate(recipe.model_dump())
+        if recipe.classify_layers != self.recipe.classify_layers:
+            raise ArtifactError("classify_layers are tied to d_harm; recalibrate to change them")
+        return Artifact(self.meta.model_copy(update={"recipe": recipe}), self.refusal_vectors, self.d_harm)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
+            work = Path(tmp) / "artifact"
+            work.mkdir()
+            save_file({"refusal_vectors": self.refusal_vectors.contiguous(), "d_harm": self.d_harm.contiguous()},
+                      str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)})
+            (work / META_FILE).write_text(self.meta.model_dump_json(indent=2) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(work, target)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Artifact:
+        path = Path(directory)
+        if not (path / META_FILE).is_file() or not (path / TENSORS_FILE).is_file():
+            raise ArtifactError(f"{path} is not a scans-guard artifact (needs {META_FILE} and {TENSORS_FILE})")
+        try:
+            meta = ArtifactMeta.model_validate_json((path / META_FILE).read_text())
+            tensors = load_file(str(path / TENSORS_FILE))
+        except (ValidationError, SafetensorError, ValueError, OSError) as exc:
+            raise ArtifactError(f"corrupt artifact at {path}: {str(exc).splitlines()[0]}") from exc
+        if meta.format_version != FORMAT_VERSION:
+            raise ArtifactError(f"artifact format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
+        missing = {"refusal_vectors", "d_harm"} - tensors.keys()
+        if missing:
+            raise ArtifactError(f"artifact at {path} lacks tensors {sorted(missing)}")
+        return cls(meta, tensors["refusal_vectors"], tensors["d_harm"])
+
+    def check_model(self, handle: ModelHandle) -> None:
+        """Raise FingerprintMismatchError unless this artifact was calibrated on `handle`'s model."""
+        fp = handle.fingerprint()
+        if not fingerprints_match(self.meta.model_fingerprint, fp):
+            want, got = self.meta.model_fingerprint, fp
+            raise FingerprintMismatchError(
+                f"artifact was calibrated on {self.meta.model_name} ({want['architecture']}, {want['n_layers']} layers, "
+                f"hidden {want['hidden_size']}, weights {want['weight_probe_sha256']}), not on this model "
+                f"({got['architecture']}, {got['n_layers']} layers, hidden {got['hidden_size']}, "
+                f"weights {got['weight_probe_sha256']}); recalibrate with `scans-guard calibrate`"
+            )
+        if text_sha256(handle.tokenizer.chat_template) != self.meta.chat_template_sha256:
+            log.warning("the model's chat template differs from the one the artifact was calibrated with")
+
+
+def default_artifact_dir() -> Path:
+    """The calibrated artifact shipped for the default model."""
+    return Path(str(resources.files("scans_guard.shipped_artifacts") / DEFAULT_ARTIFACT_NAME))

@@ -1,0 +1,105 @@
+"""Calibrate SCANS for a model: refusal vectors, d_harm, layer analysis and threshold T, written as an artifact."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, roc_auc_score
+
+from .artifacts import AnchorSet, Artifact, ArtifactMeta, PlattFit, text_sha256
+from .classifier import harm_direction, sigma_scores, transitions_for
+from .config import CalibrationConfig, SteeringRecipe
+from .data import anchor_split, load_set, sample_prompts
+from .loading import ModelHandle
+from .safety_layers import middle_third, principal_directions, second_half, vocabulary_projection
+from .vectors import last_token_activations, refusal_vectors
+
+log = logging.getLogger(__name__)
+
+
+def best_threshold(scores: np.ndarray, harmful: np.ndarray) -> tuple[float, float]:
+    """(T, F1) maximising F1 with harmful as the positive class; T sits midway between neighbouring scores."""
+    order = np.sort(np.unique(scores))
+    candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
+    f1s = [f1_score(harmful, scores >= t, zero_division=0) for t in candidates]
+    i = int(np.argmax(f1s))
+    return float(candidates[i]), float(f1s[i])
+
+
+def threshold_split(config: CalibrationConfig, anchors: tuple[list[str], list[str]]) -> tuple[str, list[str], list[str]]:
+    """Prompts T is fitted on: HarmfulQ vs OKTest from a data directory, else held-out AdvBench vs TruthfulQA."""
+    n = config.n_threshold
+    if config.threshold_data_dir:
+        harmful = load_set("harmfulq", config.threshold_data_dir)
+        benign = load_set("oktest", config.threshold_data_dir)
+        return ("harmfulq vs oktest",
+                sample_prompts(harmful, min(n, len(harmful)), config.seed),
+                sample_prompts(benign, min(n, len(benign)), config.seed))
+    adv, tqa = load_set("advbench"), load_set("truthfulqa")
+    return ("held-out advbench vs truthfulqa",
+            sample_prompts(adv, min(n, len(adv) - len(anchors[0])), config.seed, exclude=set(anchors[0])),
+            sample_prompts(tqa, min(n, len(tqa) - len(anchors[1])), config.seed, exclude=set(anchors[1])))
+
+
+def calibrate(
+    handle: ModelHandle,
+    config: CalibrationConfig | None = None,
+    *,
+    progress: bool = True,
+    notes: dict | None = None,
+) -> Artifact:
+    """Compute everything SCANS needs for `handle`'s model from anchors and return it as an Artifact."""
+    config = config or CalibrationConfig()
+    harmful, benign = anchor_split(config.n_anchors, config.seed)
+    steer_layers = config.steer_layers or middle_third(handle.n_layers)
+    classify_layers = config.classify_layers or second_half(handle.n_layers)
+    for layer in steer_layers + classify_layers:
+        if layer >= handle.n_layers:
+            raise ValueError(f"layer {layer} does not exist: the model has {handle.n_layers} blocks")
+
+    bs = config.batch_size
+    acts_h = last_token_activations(handle, harmful, batch_size=bs, progress=progress, desc="harmful anchors")
+    acts_b = last_token_activations(handle, benign, batch_size=bs, progress=progress, desc="benign anchors")
+    vectors = refusal_vectors(acts_h, acts_b)  # [n_layers, hidden]
+    projection = vocabulary_projection(handle, principal_directions(acts_h, acts_b))
+
+    d_harm = harm_direction(transitions_for(handle, harmful, classify_layers, config.r_pos, bs, progress,
+                                            desc="harmful transitions"))
+    split_name, fit_h, fit_b = threshold_split(config, (harmful, benign))
+    t_h = transitions_for(handle, fit_h, classify_layers, config.r_pos, bs, progress, desc="threshold (harmful)")
+    t_b = transitions_for(handle, fit_b, classify_layers, config.r_pos, bs, progress, desc="threshold (benign)")
+    scores = torch.cat([sigma_scores(t_h, d_harm)[0], sigma_scores(t_b, d_harm)[0]]).numpy().astype(np.float64)
+    labels = np.array([1] * len(fit_h) + [0] * len(fit_b))
+    threshold, f1 = best_threshold(scores, labels)
+    platt_model = LogisticRegression(C=1e4).fit(scores[:, None], labels)
+    platt = PlattFit(a=float(platt_model.coef_[0, 0]), b=float(platt_model.intercept_[0]))
+
+    recipe = SteeringRecipe(
+        steer_layers=steer_layers, classify_layers=classify_layers, threshold=threshold,
+        alpha_benign=config.alpha_benign, alpha_harmful=config.alpha_harmful, grey_zone=config.grey_zone,
+        r_pos=config.r_pos,
+    )
+    meta = ArtifactMeta(
+        model_name=handle.name,
+        model_fingerprint=handle.fingerprint(),
+        chat_template_sha256=text_sha256(handle.tokenizer.chat_template),
+        recipe=recipe,
+        anchors={
+            "harmful": AnchorSet(source="advbench", n=len(harmful), seed=config.seed, sha256=text_sha256(harmful)),
+            "benign": AnchorSet(source="truthfulqa", n=len(benign), seed=config.seed, sha256=text_sha256(benign)),
+        },
+        threshold_fit={
+            "data": split_name, "n_harmful": len(fit_h), "n_benign": len(fit_b),
+            "threshold_data_sha256": text_sha256(fit_h + fit_b), "positive_class": "harmful",
+            "f1": f1, "auroc": float(roc_auc_score(labels, scores)),
+        },
+        platt=platt,
+        layer_analysis=[p.model_dump() for p in projection],
+        notes={"calibration_config": config.model_dump(), **(notes or {})},
+    )
+    log.info("calibrated %s: T=%.4f F1=%.3f AUROC=%.3f on %s", handle.name, threshold, f1,
+             meta.threshold_fit["auroc"], split_name)
+    return Artifact(meta, vectors, d_harm)

@@ -1,0 +1,87 @@
+"""sigma(q): does the prompt's hidden state move towards the harmful transition when the answer starts with r_pos?
+
+One forward pass over chat(q) + r_pos gives, per classification layer, the transition
+t^l = h^l(last prompt token) - h^l(last r_pos token). The score is the mean cosine similarity to
+d_harm^l, the mean transition of harmful anchors. The same pass leaves a KV cache that, cropped to the
+prompt minus its last token, seeds the steered generation, so classification costs one extra token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .batching import PromptBatch, prefill
+from .hooks import capture_block_outputs
+from .loading import ModelHandle
+
+
+def r_pos_ids(handle: ModelHandle, r_pos: str) -> list[int]:
+    """Token ids of the answer prefix as it follows the generation prompt."""
+    ids = handle.tokenizer(r_pos, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"r_pos {r_pos!r} has no tokens")
+    return list(ids)
+
+
+@dataclass
+class SigmaPass:
+    """Result of the classification pass over a batch of prompts."""
+
+    transitions: torch.Tensor  # [batch, n_classify_layers, hidden] float32, on CPU
+    prompt_batch: PromptBatch  # left-padded prompts without r_pos
+    cache: object | None  # KV cache over every prompt column but the last one, or None
+
+
+def run_sigma_pass(
+    handle: ModelHandle,
+    prompt_rows: Sequence[Sequence[int]],
+    rpos: Sequence[int],
+    classify_layers: Sequence[int],
+    keep_cache: bool = False,
+) -> SigmaPass:
+    """Forward chat(q) + r_pos once; read transitions and optionally keep the prompt's KV cache."""
+    n = len(rpos)
+    batch = PromptBatch.left_pad([list(r) + list(rpos) for r in prompt_rows], handle.tokenizer.pad_token_id,
+                                 handle.device)
+    with capture_block_outputs(handle.layers, classify_layers, columns=[-1 - n, -1]) as h:
+        out = prefill(handle.model, batch, use_cache=keep_cache)
+    transitions = torch.stack([h[l][:, 0, :] - h[l][:, 1, :] for l in classify_layers], dim=1).cpu()
+    cache = None
+    if keep_cache:
+        cache = out.cache
+        cache.crop(-(n + 1))  # keep prompt[:-1]: the last prompt token is the first one steering touches
+    prompt_batch = PromptBatch(batch.input_ids[:, :-n], batch.attention_mask[:, :-n], [len(r) for r in prompt_rows])
+    return SigmaPass(transitions=transitions, prompt_batch=prompt_batch, cache=cache)
+
+
+def transitions_for(
+    handle: ModelHandle,
+    conversations: Sequence[str | list[dict]],
+    classify_layers: Sequence[int],
+    r_pos: str,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "transitions",
+) -> torch.Tensor:
+    """Transitions of many prompts, batched: [n_prompts, n_classify_layers, hidden] float32."""
+    rpos = r_pos_ids(handle, r_pos)
+    rows = [handle.chat_ids(c) for c in conversations]
+    chunks = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress):
+        chunks.append(run_sigma_pass(handle, rows[start:start + batch_size], rpos, classify_layers).transitions)
+    return torch.cat(chunks)
+
+
+def harm_direction(harmful_transitions: torch.Tensor) -> torch.Tensor:
+    """d_harm^l: mean transition over harmful anchors, [n_classify_layers, hidden] (accumulated in float64)."""
+    return harmful_transitions.double().mean(0).float()
+
+
+def sigma_scores(transitions: torch.Tensor, d_harm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score [n], per-layer cosine similarity [n, n_classify_layers]) of transitions against d_harm."""
+    per_layer = torch.nn.functional.cosine_similarity(transitions.double(), d_harm.double()[None], dim=-1)
+    return per_layer.mean(-1).float(), per_layer.float()

@@ -1,0 +1,111 @@
+"""Typed configuration and result models of the public API (pydantic, so they validate and serialise)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Direction = Literal["towards_refusal", "away_from_refusal", "none"]
+Label = Literal["harmful", "benign"]
+
+
+class SteeringRecipe(BaseModel):
+    """Everything that decides how a query is classified and steered; stored in every artifact.
+
+    sigma = +1 (harmful) adds alpha_harmful * v, sigma = -1 (benign) subtracts alpha_benign * v.
+    Scores within `grey_zone` below the threshold are classified benign but left unsteered, so a
+    borderline harmful prompt is never pushed away from refusal.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    steer_layers: list[int] = Field(description="decoder blocks whose output is steered")
+    classify_layers: list[int] = Field(description="decoder blocks whose transitions sigma averages")
+    threshold: float = Field(description="T: score >= T means harmful")
+    alpha_benign: float = Field(1.0, ge=0, description="magnitude of the step away from refusal")
+    alpha_harmful: float = Field(1.0, ge=0, description="magnitude of the step towards refusal")
+    grey_zone: float = Field(0.0, ge=0, description="scores in [T - grey_zone, T) are not steered")
+    r_pos: str = Field("Sure", min_length=1, description="answer prefix whose transition sigma measures")
+
+    @field_validator("steer_layers", "classify_layers")
+    @classmethod
+    def _sorted_unique(cls, layers: list[int]) -> list[int]:
+        if not layers:
+            raise ValueError("at least one layer is needed")
+        if min(layers) < 0:
+            raise ValueError("layer indices are 0-based and non-negative")
+        return sorted(set(layers))
+
+    def coefficient(self, score: float) -> float:
+        """Signed steering magnitude for one query: +alpha_harmful, -alpha_benign, or 0 (grey zone)."""
+        if score >= self.threshold:
+            return self.alpha_harmful
+        if score >= self.threshold - self.grey_zone:
+            return 0.0
+        return -self.alpha_benign
+
+
+class GenerationConfig(BaseModel):
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
+    seed: int | None = Field(None, description="seed for sampling; None draws a fresh one")
+
+
+class SafetyVerdict(BaseModel):
+    """sigma(q) for one prompt: the score, the decision and how it was reached."""
+
+    score: float = Field(description="mean cosine similarity of the prompt's transitions to d_harm")
+    label: Label
+    threshold: float
+    probability: float | None = Field(None, description="calibrated P(harmful), if the artifact has a Platt fit")
+    layer_similarities: dict[int, float] = Field(description="per classification layer cosine similarity")
+    direction: Direction = Field(description="how generation for this prompt is steered")
+    coefficient: float = Field(description="signed multiple of the refusal vector added while steering")
+    latency_s: float = Field(description="wall time of the classification pass, shared across a batch")
+
+    @property
+    def is_harmful(self) -> bool:
+        return self.label == "harmful"
+
+
+class SteeredOutput(BaseModel):
+    """One steered generation: the text and the verdict that decided its steering."""
+
+    text: str
+    verdict: SafetyVerdict | None = Field(description="None when generation ran without classification")
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds: classify, generate")
+
+
+class CalibrationConfig(BaseModel):
+    """Inputs of `calibrate`: which anchors, how many, and how T and alpha are chosen."""
+
+    n_anchors: int = Field(64, ge=2, description="harmful and benign anchors each")
+    seed: int = 0
+    r_pos: str = "Sure"
+    steer_layers: list[int] | None = Field(None, description="None: middle third of the blocks")
+    classify_layers: list[int] | None = Field(None, description="None: second half of the blocks")
+    alpha_benign: float = Field(1.0, ge=0)
+    alpha_harmful: float = Field(1.0, ge=0)
+    grey_zone: float = Field(0.0, ge=0)
+    threshold_data_dir: str | None = Field(
+        None,
+        description="directory with harmfulq.csv and oktest.csv to fit T on (not confounded by prompt form); "
+        "None: held-out AdvBench vs TruthfulQA from the package",
+    )
+    n_threshold: int = Field(100, ge=4, description="prompts per class used to fit T")
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _layers_given_are_valid(self) -> CalibrationConfig:
+        for layers in (self.steer_layers, self.classify_layers):
+            if layers is not None and (not layers or min(layers) < 0):
+                raise ValueError("layer lists must be non-empty and non-negative")
+        return self

@@ -1,0 +1,73 @@
+"""Prompt sets: the three shipped with the package (AdvBench, TruthfulQA, XSTest) and any `prompt,label` CSV on disk."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+SHIPPED = {"advbench": "advbench.csv", "truthfulqa": "truthfulqa.csv", "xstest": "xstest.csv"}
+
+# Sets read from a data directory (../shared/data in this repository); never shipped, never downloaded.
+EXTERNAL = {
+    "oktest": "oktest.csv",
+    "oktest_heldout": "oktest_heldout.csv",
+    "harmfulq": "harmfulq.csv",
+    "malicious_instruct": "malicious_instruct.csv",
+    "heldout_harmless": "heldout_harmless.csv",
+    "repe_train": "repe_harmful_harmless_train.csv",
+    "repe_test": "repe_harmful_harmless_test.csv",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    label: str  # "safe" or "unsafe"
+
+    @property
+    def harmful(self) -> bool:
+        return self.label == "unsafe"
+
+
+def read_csv(path: str | os.PathLike) -> list[Example]:
+    """Rows of a `prompt,label` CSV (label safe/unsafe); extra columns are ignored."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"prompt", "label"} <= rows[0].keys():
+        raise ValueError(f"{path}: expected columns prompt,label")
+    bad = {r["label"] for r in rows} - {"safe", "unsafe"}
+    if bad:
+        raise ValueError(f"{path}: labels must be safe/unsafe, found {sorted(bad)}")
+    return [Example(r["prompt"], r["label"]) for r in rows]
+
+
+def load_set(name: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """A named set: shipped ones from the package, others from `data_dir` (clear error if it is missing)."""
+    if name in SHIPPED:
+        return read_csv(Path(str(resources.files("scans_guard") / "data" / SHIPPED[name])))
+    if name not in EXTERNAL:
+        raise ValueError(f"unknown prompt set {name!r}; known: {sorted(SHIPPED) + sorted(EXTERNAL)}")
+    if data_dir is None:
+        raise FileNotFoundError(f"{name} is not shipped with scans-guard (its licence does not allow it); "
+                                f"pass the directory holding {EXTERNAL[name]}")
+    path = Path(data_dir) / EXTERNAL[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return read_csv(path)
+
+
+def sample_prompts(examples: list[Example], n: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
+    """n distinct prompts drawn with a seeded RNG (order kept stable across Python versions)."""
+    pool = sorted({e.prompt for e in examples} - set(exclude))
+    if n > len(pool):
+        raise ValueError(f"asked for {n} prompts, only {len(pool)} available")
+    return random.Random(seed).sample(pool, n)
+
+
+def anchor_split(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """The default anchors: n AdvBench (harmful) and n TruthfulQA (benign) prompts."""
+    return (sample_prompts(load_set("advbench"), n, seed), sample_prompts(load_set("truthfulqa"), n, seed))

@@ -1,0 +1,221 @@
+"""ScansEngine: one model plus its calibrated artifact; classify prompts with sigma and generate with SCANS steering.
+
+Thread-safe by design: every forward step runs under one lock with its own hooks registered and removed inside it,
+so concurrent requests interleave their steps and never see each other's steering. Throughput comes from batching
+(each row carries its own steering sign), not from running forward passes in parallel on one model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel
+
+from .artifacts import Artifact, default_artifact_dir
+from .batching import PromptBatch, check_fits
+from .classifier import r_pos_ids, run_sigma_pass, sigma_scores
+from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
+from .errors import ArtifactError
+from .loading import ModelHandle, load_model
+from .steering import steered_decode, steering_deltas
+
+Conversation = str | list[dict]
+
+
+class StreamEvent(BaseModel):
+    """A piece of a streamed generation: new text of one row; `output` is set on the row's last event."""
+
+    row: int
+    text: str = ""
+    verdict: SafetyVerdict | None = None
+    output: SteeredOutput | None = None
+
+
+@dataclass
+class _Row:
+    """Decoding state of one row: ids so far, text already emitted, and why it ended."""
+
+    ids: list[int] = field(default_factory=list)
+    emitted: str = ""
+    finish: str | None = None
+
+
+def _direction(coefficient: float) -> str:
+    return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
+
+
+class ScansEngine:
+    """Classify with sigma(q) and generate with safety-conscious steering, on one local model."""
+
+    def __init__(self, handle: ModelHandle, artifact: Artifact, *, check_fingerprint: bool = True):
+        if check_fingerprint:
+            artifact.check_model(handle)
+        self.handle = handle
+        self.artifact = artifact
+        self._lock = threading.RLock()
+        self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
+        self._vectors = artifact.refusal_vectors.to(handle.device)  # [n_layers, hidden]
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        artifact: str | os.PathLike | Artifact | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        progress: bool = True,
+    ) -> ScansEngine:
+        """Load a model (None: the embedded default) and its artifact (None: the one shipped for the default)."""
+        if artifact is None and model is not None:
+            raise ArtifactError("a model other than the default needs an artifact: run `scans-guard calibrate`")
+        handle = load_model(model, device=device, dtype=dtype, progress=progress)
+        if not isinstance(artifact, Artifact):
+            artifact = Artifact.load(artifact if artifact is not None else default_artifact_dir())
+        return cls(handle, artifact)
+
+    @property
+    def recipe(self) -> SteeringRecipe:
+        return self.artifact.recipe
+
+    # -- classification -------------------------------------------------------------------------------------
+    def _verdicts(self, transitions: torch.Tensor, latency: float) -> list[SafetyVerdict]:
+        recipe, platt = self.recipe, self.artifact.meta.platt
+        scores, per_layer = sigma_scores(transitions, self.artifact.d_harm)
+        verdicts = []
+        for score, sims in zip(scores.tolist(), per_layer.tolist()):
+            coef = recipe.coefficient(score)
+            verdicts.append(SafetyVerdict(
+                score=score, label="harmful" if score >= recipe.threshold else "benign", threshold=recipe.threshold,
+                probability=platt.probability(score) if platt else None,
+                layer_similarities=dict(zip(recipe.classify_layers, sims)),
+                direction=_direction(coef), coefficient=coef, latency_s=latency,
+            ))
+        return verdicts
+
+    def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
+        rows = [self.handle.chat_ids(c) for c in conversations]
+        check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
+        return rows
+
+    def classify(self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8) -> list[SafetyVerdict]:
+        """sigma(q) for each conversation (a string is one user turn); one forward pass per batch."""
+        if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
+            conversations = [conversations]
+        rows = self._prompt_rows(conversations, 0)
+        verdicts: list[SafetyVerdict] = []
+        for start in range(0, len(rows), batch_size):
+            t0 = time.perf_counter()
+            with self._lock:
+                sp = run_sigma_pass(self.handle, rows[start:start + batch_size], self._rpos, self.recipe.classify_layers)
+            verdicts += self._verdicts(sp.transitions, time.perf_counter() - t0)
+        return verdicts
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def iter_generate(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        *,
+        steer: bool = True,
+        coefficient: float | Sequence[float] | None = None,
+        reuse_cache: bool = True,
+    ) -> Iterator[StreamEvent]:
+        """Stream a batch: classify (one pass, its KV cache reused), then decode with per-row steering.
+
+        steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
+        classification (the always-positive / always-negative baselines). Closing the iterator early is safe.
+        """
+        config = config or GenerationConfig()
+        tok = self.handle.tokenizer
+        rows = self._prompt_rows(conversations, config.max_new_tokens)
+        t0 = time.perf_counter()
+        verdicts: list[SafetyVerdict | None] = [None] * len(rows)
+        cache = None
+        if steer and coefficient is None:
+            with self._lock:
+                sp = run_sigma_pass(self.handle, rows, self._rpos, self.recipe.classify_layers, keep_cache=reuse_cache)
+            verdicts = self._verdicts(sp.transitions, time.perf_counter() - t0)
+            prompts, cache = sp.prompt_batch, sp.cache
+            coefs = torch.tensor([v.coefficient for v in verdicts])
+        else:
+            prompts = PromptBatch.left_pad(rows, tok.pad_token_id, self.handle.device)
+            fixed = [0.0] * len(rows) if not steer or coefficient is None else coefficient
+            coefs = torch.tensor(fixed if isinstance(fixed, Sequence) else [fixed] * len(rows), dtype=torch.float32)
+            if len(coefs) != len(rows):
+                raise ValueError(f"{len(coefs)} coefficients for {len(rows)} prompts")
+        t_classify = time.perf_counter() - t0
+        for i, v in enumerate(verdicts):
+            yield StreamEvent(row=i, verdict=v)
+        deltas = steering_deltas(self._vectors, self.recipe.steer_layers, coefs, self.handle) if coefs.any() else {}
+        state = [_Row() for _ in rows]
+        eos = self.handle.eos_token_ids()
+        decoder = steered_decode(self.handle, prompts, deltas, config, cache=cache, step_lock=self._lock,
+                                 should_stop=lambda r, _ids: state[r].finish is not None)
+        t1 = time.perf_counter()
+        try:
+            for step, tokens in enumerate(decoder, start=1):
+                for r, token in enumerate(tokens.tolist()):
+                    row = state[r]
+                    if row.finish is not None:
+                        continue
+                    if token in eos:
+                        row.finish = "stop"
+                    else:
+                        row.ids.append(token)
+                    text, hit_stop = self._visible_text(row, config.stop, final=row.finish is not None)
+                    if hit_stop:
+                        row.finish = "stop"
+                    elif step == config.max_new_tokens and row.finish is None:
+                        row.finish = "length"
+                        text, _ = self._visible_text(row, config.stop, final=True)
+                    if len(text) > len(row.emitted):
+                        yield StreamEvent(row=r, text=text[len(row.emitted):])
+                        row.emitted = text
+                    if row.finish is not None:
+                        yield StreamEvent(row=r, output=SteeredOutput(
+                            text=row.emitted, verdict=verdicts[r], prompt_tokens=len(rows[r]),
+                            completion_tokens=len(row.ids), finish_reason=row.finish,
+                            timings={"classify_s": t_classify, "generate_s": time.perf_counter() - t1},
+                        ))
+        finally:
+            decoder.close()
+
+    def _visible_text(self, row: _Row, stop: list[str], final: bool) -> tuple[str, bool]:
+        """Text safe to emit so far and whether a stop string was hit (the text is cut before it).
+
+        Until the row ends, a trailing partial UTF-8 character and a tail that could begin a stop string
+        are held back, so streamed chunks never need to be taken back.
+        """
+        text = self.handle.tokenizer.decode(row.ids, skip_special_tokens=True)
+        cuts = [i for s in stop if (i := text.find(s)) >= 0]
+        if cuts:
+            return text[:min(cuts)], True
+        if final:
+            return text, False
+        text = text.rstrip("\ufffd")
+        hold = max((len(s) - 1 for s in stop), default=0)
+        for k in range(min(hold, len(text)), 0, -1):
+            if any(s.startswith(text[-k:]) for s in stop):
+                return text[:-k], False
+        return text, False
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation] | Conversation,
+        config: GenerationConfig | None = None,
+        **kwargs: object,
+    ) -> list[SteeredOutput]:
+        """Generate for each conversation (batched); see `iter_generate` for the steering options."""
+        if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
+            conversations = [conversations]
+        outputs: dict[int, SteeredOutput] = {}
+        for event in self.iter_generate(conversations, config, **kwargs):
+            if event.output is not None:
+                outputs[event.row] = event.output
+        return [outputs[i] for i in range(len(conversations))]

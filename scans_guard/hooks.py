@@ -1,0 +1,74 @@
+"""Forward hooks on decoder blocks, as context managers that always remove themselves.
+
+transformers 5 blocks return a plain Tensor, older ones a tuple whose first item is the hidden state; both are handled.
+Hooks live only for the forward passes run inside their `with` block, so a request's steering never outlives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+
+
+def _hidden(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+
+
+def _replace_hidden(output: object, hidden: torch.Tensor) -> object:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden  # type: ignore[index]
+
+
+@contextmanager
+def capture_block_outputs(
+    layers: nn.ModuleList, layer_ids: Sequence[int], columns: Sequence[int]
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record block outputs at the given sequence columns (negative allowed) of the next forward pass.
+
+    Yields {layer: tensor [batch, len(columns), hidden]} in float32, filled once the forward pass has run;
+    only the requested columns are kept, never the full hidden-state stack.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    cols = list(columns)
+
+    def make_hook(layer_id: int):
+        def hook(_module, _args, output):
+            captured[layer_id] = _hidden(output)[:, cols, :].detach().float()
+
+        return hook
+
+    with ExitStack() as stack:
+        for layer_id in layer_ids:
+            handle = layers[layer_id].register_forward_hook(make_hook(layer_id))
+            stack.callback(handle.remove)
+        yield captured
+
+
+@contextmanager
+def add_to_block_outputs(
+    layers: nn.ModuleList, deltas: Mapping[int, torch.Tensor], start_column: int = 0
+) -> Iterator[None]:
+    """Add deltas[l] (shape [batch, hidden]) to block l's output at columns >= start_column of each forward pass.
+
+    Columns are those of the current forward call (with a KV cache, a decode step has a single column 0).
+    The addition is out of place, so the tensors other modules hold are never modified.
+    """
+
+    def make_hook(delta: torch.Tensor):
+        def hook(_module, _args, output):
+            hidden = _hidden(output)  # [batch, seq, hidden]
+            if start_column >= hidden.shape[1]:
+                return output
+            steered = hidden.clone()
+            steered[:, start_column:, :] += delta.to(hidden.dtype)[:, None, :]
+            return _replace_hidden(output, steered)
+
+        return hook
+
+    with ExitStack() as stack:
+        for layer_id, delta in deltas.items():
+            handle = layers[layer_id].register_forward_hook(make_hook(delta))
+            stack.callback(handle.remove)
+        yield

@@ -1,0 +1,202 @@
+"""Load a causal LM and locate the parts SCANS touches: decoder blocks, final norm, LM head, chat template."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InvalidPromptError, ModelLoadError, UnsupportedArchitectureError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Attribute paths tried in order; covers Llama, Qwen2/2.5/3, Mistral, Gemma 1-3, Phi-3, GPT-2/NeoX style models.
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+               "model.decoder.final_layer_norm")
+
+
+def _get_path(root: nn.Module, path: str) -> object | None:
+    obj: object = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model plus the modules SCANS reads and writes; the only place architecture differences live."""
+
+    model: nn.Module
+    tokenizer: object
+    layers: nn.ModuleList  # decoder blocks; block l's output is h^l
+    final_norm: nn.Module
+    lm_head: nn.Module
+    name: str
+
+    @classmethod
+    def wrap(cls, model: nn.Module, tokenizer: object, name: str = "model") -> ModelHandle:
+        """Locate blocks, norm and head on an already loaded HF model (clear error if the family is unknown)."""
+        layers = next((x for p in _LAYER_PATHS if isinstance(x := _get_path(model, p), nn.ModuleList)), None)
+        norm = next((x for p in _NORM_PATHS if isinstance(x := _get_path(model, p), nn.Module)), None)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        missing = [n for n, x in (("decoder layers", layers), ("final norm", norm), ("LM head", head)) if x is None]
+        if missing:
+            raise UnsupportedArchitectureError(
+                f"unsupported architecture {type(model).__name__}: could not find {', '.join(missing)}"
+            )
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise UnsupportedArchitectureError(f"{name}: the tokenizer has no chat template; use an instruct/chat model")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        model.eval()
+        return cls(model=model, tokenizer=tokenizer, layers=layers, final_norm=norm, lm_head=head, name=name)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def context_window(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 4096))
+
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end a reply: the tokenizer's EOS plus the generation config's (e.g. <|im_end|>)."""
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok) if tok in self.tokenizer.get_vocab() else None
+            ids.add(tid)
+        return {i for i in ids if i is not None}
+
+    def chat_ids(self, conversation: str | list[dict]) -> list[int]:
+        """Token ids of the chat-formatted conversation, generation prompt included."""
+        messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+        _validate_messages(messages)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(ids)
+
+    def fingerprint(self) -> dict:
+        """What identifies the model an artifact was calibrated on: shapes plus a probe of the weights."""
+        return model_fingerprint(self)
+
+
+def _validate_messages(messages: list[dict]) -> None:
+    if not messages:
+        raise InvalidPromptError("the conversation is empty")
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, str):
+            raise InvalidPromptError(f"message content must be text, got {type(content).__name__}")
+    if not messages[-1]["content"].strip():
+        raise InvalidPromptError("the prompt is empty or whitespace")
+
+
+def model_fingerprint(handle: ModelHandle) -> dict:
+    """Architecture, sizes and a strided probe of a few weight matrices.
+
+    The probe is compared with a tolerance, so one checkpoint in float32, bfloat16 or on another device
+    matches itself while a different checkpoint does not.
+    """
+    cfg = handle.model.config
+    probe: list[float] = []
+    for name, param in (("embed", handle.model.get_input_embeddings().weight), ("first", handle.layers[0]),
+                        ("last", handle.layers[-1]), ("head", handle.lm_head.weight)):
+        tensor = param if isinstance(param, torch.Tensor) else next(param.parameters())
+        flat = tensor.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, 16).long().to(flat.device)
+        probe.extend(float(x) for x in flat[idx].float().cpu())
+    return {
+        "architecture": type(handle.model).__name__,
+        "n_layers": handle.n_layers,
+        "hidden_size": handle.hidden_size,
+        "vocab_size": int(handle.lm_head.weight.shape[0]),
+        "weight_probe": [round(x, 6) for x in probe],
+        "weight_probe_sha256": hashlib.sha256(
+            ",".join(f"{x:.2e}" for x in probe).encode()
+        ).hexdigest()[:16],
+    }
+
+
+def fingerprints_match(a: dict, b: dict, rtol: float = 2e-2, atol: float = 1e-3) -> bool:
+    """Same shapes and weight probes equal up to dtype rounding."""
+    keys = ("architecture", "n_layers", "hidden_size", "vocab_size")
+    if any(a.get(k) != b.get(k) for k in keys):
+        return False
+    pa, pb = torch.tensor(a["weight_probe"]), torch.tensor(b["weight_probe"])
+    return pa.shape == pb.shape and bool(torch.allclose(pa, pb, rtol=rtol, atol=atol))
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ModelHandle:
+    """Load `model`: None for the embedded default model, a local HF model directory, or a local .gguf file."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    _check_device(device)
+    if model is None:
+        from .default_model import default_model_dir
+
+        path, name = default_model_dir(cache_dir=cache_dir, progress=progress), "qwen2.5-coder-0.5b-instruct-q4_k_m"
+        return _load_hf(path, None, device, dtype, name)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model path does not exist: {path} (scans-guard never downloads weights)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"a model file must be .gguf, got {path.name}")
+        return _load_hf(path.parent, path.name, device, dtype, path.stem)
+    return _load_hf(path, None, device, dtype, path.name)
+
+
+def _check_device(device: str) -> None:
+    kind = device.split(":")[0]
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if kind not in available:
+        raise ModelLoadError(f"device must be cpu, cuda or mps, got {device!r}")
+    if not available[kind]:
+        raise ModelLoadError(f"device {device!r} is not available on this machine")
+
+
+def _load_hf(path: Path, gguf_file: str | None, device: str, dtype: str, name: str) -> ModelHandle:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype=DTYPES[dtype], **kwargs
+        ).to(device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load a causal LM from {path}{'/' + gguf_file if gguf_file else ''}: {exc}") from exc
+    return ModelHandle.wrap(model, tokenizer, name=name)

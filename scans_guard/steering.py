@@ -1,0 +1,95 @@
+"""Steered decoding: add coef_b * v^l at the steering layers from the last prompt token on.
+
+The prompt tokens before the last one are never touched. Each forward step registers its hooks inside
+`step_lock` and removes them before releasing it, so requests that share one model interleave their steps
+without ever running under each other's steering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from .batching import PromptBatch
+from .config import GenerationConfig
+from .hooks import add_to_block_outputs
+from .loading import ModelHandle
+
+
+def steering_deltas(
+    vectors: torch.Tensor, steer_layers: Sequence[int], coefficients: torch.Tensor, handle: ModelHandle
+) -> dict[int, torch.Tensor]:
+    """{layer: coef[:, None] * v^l[None, :]} as [batch, hidden] tensors on the model's device and dtype.
+
+    vectors: [n_layers, hidden] unit refusal vectors; coefficients: [batch] signed magnitudes.
+    """
+    coefs = coefficients.to(handle.device, torch.float32)[:, None]
+    return {l: (coefs * vectors[l].to(handle.device, torch.float32)[None, :]).to(handle.dtype) for l in steer_layers}
+
+
+def _next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy at temperature 0, else temperature + nucleus sampling. logits: [batch, vocab] -> [batch]."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    if config.top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < config.top_p  # always keeps the top token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.inference_mode()
+def steered_decode(
+    handle: ModelHandle,
+    prompts: PromptBatch,
+    deltas: dict[int, torch.Tensor],
+    config: GenerationConfig,
+    cache: object | None = None,
+    step_lock: contextlib.AbstractContextManager | None = None,
+    should_stop: Callable[[int, list[int]], bool] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
+
+    `cache`, if given, must cover every prompt column but the last (as left by the sigma pass); otherwise the
+    whole prompt is prefilled here. `should_stop(row, generated_ids)` lets the caller end a row (stop strings).
+    """
+    lock = step_lock if step_lock is not None else contextlib.nullcontext()
+    width = prompts.input_ids.shape[1]
+    if cache is not None:
+        if cache.get_seq_length() != width - 1:
+            raise ValueError(f"cache covers {cache.get_seq_length()} columns, expected {width - 1}")
+        inputs, start = prompts.input_ids[:, -1:], 0
+    else:
+        inputs, start = prompts.input_ids, width - 1
+    mask = prompts.attention_mask
+    positions = prompts.position_ids[:, -inputs.shape[1]:]
+    generator = None
+    if config.temperature > 0:
+        generator = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
+    eos = torch.tensor(sorted(handle.eos_token_ids()), device=handle.device)
+    pad = handle.tokenizer.pad_token_id
+    done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
+    generated: list[list[int]] = [[] for _ in prompts.lengths]
+    for _ in range(config.max_new_tokens):
+        with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
+            out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
+                               use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        token = _next_tokens(out.logits[:, -1, :].float(), config, generator)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        yield token
+        done |= torch.isin(token, eos)
+        if should_stop is not None:
+            for row in (~done).nonzero().flatten().tolist():
+                generated[row].append(int(token[row]))
+                if should_stop(row, generated[row]):
+                    done[row] = True
+        if bool(done.all()):
+            return
+        inputs, start = token[:, None], 0
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1

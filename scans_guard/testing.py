@@ -1,0 +1,58 @@
+"""A tiny random chat model built in code (no files, ~0.02 s), for tests of scans-guard and of code built on it."""
+
+from __future__ import annotations
+
+import torch
+
+from .loading import ModelHandle
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = [
+    "Sure, here is how to bake bread at home.",
+    "I'm sorry, but I can't assist with that request.",
+    "How do I kill a Python process? Use the kill command.",
+    "What is the capital of France? Paris is the capital.",
+    "Write a script that can exploit vulnerabilities in software.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained in-process on a few sentences, with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def tiny_model(family: str = "qwen2", seed: int = 0, n_layers: int = 4, hidden: int = 64) -> ModelHandle:
+    """A random Qwen2 or Llama with `n_layers` blocks, wrapped as a ModelHandle (global RNG untouched)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    cfg_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[family]
+    config = cfg_cls(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+        # Random init gives near-uniform logits; sharpen them so greedy decoding is stable across batch shapes.
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(20.0)
+    return ModelHandle.wrap(model, tokenizer, name=f"tiny-{family}-{seed}")

@@ -1,0 +1,41 @@
+"""Refusal vectors: per block, mean last-prompt-token activation over harmful minus benign anchors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .batching import PromptBatch, prefill
+from .hooks import capture_block_outputs
+from .loading import ModelHandle
+
+
+def last_token_activations(
+    handle: ModelHandle,
+    conversations: Sequence[str | list[dict]],
+    layer_ids: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "activations",
+) -> torch.Tensor:
+    """Block outputs at the last token of each chat-formatted prompt: [n_prompts, n_layers, hidden] float32."""
+    layer_ids = list(range(handle.n_layers)) if layer_ids is None else list(layer_ids)
+    rows = [handle.chat_ids(c) for c in conversations]
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress):
+        batch = PromptBatch.left_pad(rows[start:start + batch_size], handle.tokenizer.pad_token_id, handle.device)
+        with capture_block_outputs(handle.layers, layer_ids, columns=[-1]) as acts:
+            prefill(handle.model, batch)
+        out.append(torch.stack([acts[l][:, 0, :] for l in layer_ids], dim=1).cpu())
+    return torch.cat(out)
+
+
+def refusal_vectors(harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor:
+    """Unit v^l = normalise(mean harmful - mean benign) per layer: [n_layers, hidden] float32.
+
+    Inputs are [n, n_layers, hidden]; means are accumulated in float64.
+    """
+    diff = harmful.double().mean(0) - benign.double().mean(0)
+    return torch.nn.functional.normalize(diff, dim=-1).float()

