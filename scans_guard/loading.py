@@ -128,7 +128,7 @@ def model_fingerprint(handle: ModelHandle) -> dict:
                         ("last", handle.layers[-1]), ("head", handle.lm_head.weight)):
         tensor = param if isinstance(param, torch.Tensor) else next(param.parameters())
         flat = tensor.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, 16).long().to(flat.device)
+        idx = (torch.arange(16) * (flat.numel() - 1) // 15).to(flat.device)  # exact integer stride
         probe.extend(float(x) for x in flat[idx].float().cpu())
     return {
         "architecture": type(handle.model).__name__,

@@ -48,3 +48,4 @@ def shared_data():
         pytest.skip(f"benchmark data not found at {SHARED_DATA} (set SCANS_GUARD_DATA); "
                     "only AdvBench, TruthfulQA and XSTest ship with the package")
     return SHARED_DATA
+

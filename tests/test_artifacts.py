@@ -1,0 +1,67 @@
+"""Artifacts: safetensors + JSON round trip, refusal on another model, corrupt files."""
+
+import json
+
+import pytest
+import torch
+
+from scans_guard import Artifact, ArtifactError, FingerprintMismatchError, ScansEngine
+from scans_guard.testing import tiny_model
+
+
+def test_round_trip(tiny_artifact, tmp_path):
+    path = tiny_artifact.save(tmp_path / "art")
+    assert sorted(p.name for p in path.iterdir()) == ["artifact.json", "tensors.safetensors"]
+    loaded = Artifact.load(path)
+    assert torch.equal(loaded.refusal_vectors, tiny_artifact.refusal_vectors)
+    assert torch.equal(loaded.d_harm, tiny_artifact.d_harm)
+    assert loaded.meta == tiny_artifact.meta
+    assert not list(tmp_path.glob(".*")), "temporary directory left behind"
+
+
+def test_artifact_records_provenance(tiny_artifact):
+    meta = tiny_artifact.meta
+    assert meta.model_fingerprint["n_layers"] == 4
+    assert meta.anchors["harmful"].source == "advbench" and meta.anchors["benign"].source == "truthfulqa"
+    assert {"f1", "auroc", "data"} <= meta.threshold_fit.keys()
+    assert len(meta.layer_analysis) == 4
+
+
+def test_fingerprint_mismatch_is_a_clear_error(tiny_artifact):
+    other = tiny_model("qwen2", seed=1)
+    with pytest.raises(FingerprintMismatchError, match="calibrated on tiny-qwen2-0"):
+        ScansEngine(other, tiny_artifact)
+    llama = tiny_model("llama", seed=0)
+    with pytest.raises(FingerprintMismatchError):
+        tiny_artifact.check_model(llama)
+
+
+def test_same_model_in_bfloat16_matches(tiny, tiny_artifact):
+    import copy
+
+    bf16 = copy.deepcopy(tiny)
+    bf16.model.to(torch.bfloat16)
+    tiny_artifact.check_model(bf16)
+
+
+@pytest.mark.parametrize("damage", ["missing", "json", "tensors"])
+def test_corrupt_artifact_is_a_clear_error(tiny_artifact, tmp_path, damage):
+    path = tiny_artifact.save(tmp_path / "art")
+    if damage == "missing":
+        (path / "tensors.safetensors").unlink()
+    elif damage == "json":
+        meta = json.loads((path / "artifact.json").read_text())
+        del meta["recipe"]
+        (path / "artifact.json").write_text(json.dumps(meta))
+    else:
+        (path / "tensors.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ArtifactError):
+        Artifact.load(path)
+
+
+def test_shipped_default_artifact_loads():
+    from scans_guard.artifacts import default_artifact_dir
+
+    art = Artifact.load(default_artifact_dir())
+    assert art.meta.model_fingerprint["n_layers"] == 24
+    assert art.refusal_vectors.shape == (24, 896)
