@@ -29,14 +29,27 @@ def best_threshold(scores: np.ndarray, harmful: np.ndarray) -> tuple[float, floa
     return float(candidates[i]), float(f1s[i])
 
 
+def recall_threshold(scores: np.ndarray, harmful: np.ndarray, target: float) -> float:
+    """Highest T (midway between scores) with recall(harmful) >= target."""
+    pos = np.sort(scores[harmful == 1])
+    k = int(np.floor((1 - target) * len(pos) + 1e-9))  # harmful prompts allowed below T
+    if k == 0:
+        below = scores[scores < pos[0]]
+        return float((pos[0] + below.max()) / 2) if below.size else float(pos[0] - 1e-6)
+    return float((pos[k - 1] + pos[k]) / 2)
+
+
 def threshold_split(config: CalibrationConfig, anchors: tuple[list[str], list[str]]) -> tuple[str, list[str], list[str]]:
-    """Prompts T is fitted on: HarmfulQ vs OKTest from a data directory, else held-out AdvBench vs TruthfulQA."""
+    """Prompts T is fitted on: matched RepE-train pairs + OKTest held-out from a data directory, else held-out
+    AdvBench vs TruthfulQA (whose difference in form makes every layer look perfect, so prefer a data directory)."""
     n = config.n_threshold
     if config.threshold_data_dir:
-        harmful = load_set("harmfulq", config.threshold_data_dir)
-        benign = load_set("oktest", config.threshold_data_dir)
-        return ("harmfulq vs oktest",
-                sample_prompts(harmful, min(n, len(harmful)), config.seed),
+        repe = load_set("repe_train", config.threshold_data_dir)
+        harmful = [e for e in repe if e.harmful]
+        benign = [e for e in repe if not e.harmful] + load_set("oktest_heldout", config.threshold_data_dir)
+        n_h = min(n, len({e.prompt for e in harmful} - set(anchors[0])))
+        return ("repe_train (minus anchors) + oktest_heldout",
+                sample_prompts(harmful, n_h, config.seed, exclude=set(anchors[0])),
                 sample_prompts(benign, min(n, len(benign)), config.seed))
     adv, tqa = load_set("advbench"), load_set("truthfulqa")
     return ("held-out advbench vs truthfulqa",
@@ -73,7 +86,12 @@ def calibrate(
     t_b = transitions_for(handle, fit_b, classify_layers, config.r_pos, bs, progress, desc="threshold (benign)")
     scores = torch.cat([sigma_scores(t_h, d_harm)[0], sigma_scores(t_b, d_harm)[0]]).numpy().astype(np.float64)
     labels = np.array([1] * len(fit_h) + [0] * len(fit_b))
-    threshold, f1 = best_threshold(scores, labels)
+    f1_threshold, best_f1 = best_threshold(scores, labels)
+    if config.target_recall is None:
+        threshold = f1_threshold
+    else:
+        threshold = recall_threshold(scores, labels, config.target_recall)
+    predicted = scores >= threshold
     platt_model = LogisticRegression(C=1e4).fit(scores[:, None], labels)
     platt = PlattFit(a=float(platt_model.coef_[0, 0]), b=float(platt_model.intercept_[0]))
 
@@ -94,12 +112,15 @@ def calibrate(
         threshold_fit={
             "data": split_name, "n_harmful": len(fit_h), "n_benign": len(fit_b),
             "threshold_data_sha256": text_sha256(fit_h + fit_b), "positive_class": "harmful",
-            "f1": f1, "auroc": float(roc_auc_score(labels, scores)),
+            "rule": "max F1" if config.target_recall is None else f"harmful recall >= {config.target_recall}",
+            "f1": float(f1_score(labels, predicted)), "recall": float(predicted[labels == 1].mean()),
+            "false_positive_rate": float(predicted[labels == 0].mean()),
+            "auroc": float(roc_auc_score(labels, scores)), "best_f1": best_f1, "best_f1_threshold": f1_threshold,
         },
         platt=platt,
         layer_analysis=[p.model_dump() for p in projection],
         notes={"calibration_config": config.model_dump(), **(notes or {})},
     )
-    log.info("calibrated %s: T=%.4f F1=%.3f AUROC=%.3f on %s", handle.name, threshold, f1,
+    log.info("calibrated %s: T=%.4f F1=%.3f AUROC=%.3f on %s", handle.name, threshold, meta.threshold_fit["f1"],
              meta.threshold_fit["auroc"], split_name)
     return Artifact(meta, vectors, d_harm)

@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-benign", type=float, default=CalibrationConfig.model_fields["alpha_benign"].default)
     p.add_argument("--alpha-harmful", type=float, default=CalibrationConfig.model_fields["alpha_harmful"].default)
     p.add_argument("--grey-zone", type=float, default=CalibrationConfig.model_fields["grey_zone"].default)
-    p.add_argument("--threshold-data-dir", help="directory with harmfulq.csv and oktest.csv to fit T on")
+    p.add_argument("--threshold-data-dir",
+                   help="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv to fit T on")
+    p.add_argument("--target-recall", type=float, default=CalibrationConfig.model_fields["target_recall"].default,
+                   help="T flags this share of harmful fit prompts (default %(default)s); 0 = max F1")
     p.add_argument("--batch-size", type=int, default=8)
     _add_model_args(p, artifact=False)
 
@@ -172,6 +175,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         n_anchors=args.n_anchors, seed=args.seed, r_pos=args.r_pos, steer_layers=args.steer_layers,
         classify_layers=args.classify_layers, alpha_benign=args.alpha_benign, alpha_harmful=args.alpha_harmful,
         grey_zone=args.grey_zone, threshold_data_dir=args.threshold_data_dir, batch_size=args.batch_size,
+        target_recall=args.target_recall or None,
     )
     command = "scans-guard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     artifact = calibrate(handle, config, notes={"command": command})

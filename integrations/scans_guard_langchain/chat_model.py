@@ -1,0 +1,366 @@
+"""SafetyConsciousLLM: a LangChain chat model that runs a local model with SCANS steering (scans_guard.ScansEngine).
+
+Per call, the whole conversation goes through the model's chat template; sigma(q) is computed on it (one forward
+pass over chat(q) + r_pos, whose KV cache the generation reuses), and the reply is decoded with the refusal vector
+added (harmful: towards refusal) or subtracted (benign: away from refusal) at the steering layers.
+
+Concurrency model: one `ScansEngine` serialises forward *steps* under a lock and registers each request's steering
+hooks inside that lock only, so requests in flight at once (threads, `batch`, asyncio tasks) interleave their steps
+and never see each other's steering. Async methods run the blocking engine in a worker thread; `astream` pumps
+tokens from a worker thread into the event loop, so the loop is never blocked. Requests do not run in parallel on
+the model: throughput comes from `engine.generate` on a padded batch, not from concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.block_translators import register_translator
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, model_validator
+
+from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
+from scans_guard.engine import ScansEngine
+from scans_guard.judge import KeywordJudge
+
+from ._convert import Conversation, last_user_text, messages_to_conversation
+from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
+
+if TYPE_CHECKING:
+    from langchain_core.messages import content as types
+
+    from .classifier import SafetyClassifier, ScansDecisionModel
+
+PROVIDER = "scans_guard"
+"""`ls_provider` and `response_metadata["model_provider"]` of every message this package makes."""
+
+log = logging.getLogger(f"{LOGGER_NAME}.llm")
+
+_CALL_KWARGS = {"max_tokens", "temperature", "top_p", "seed", "steer", "coefficient"}
+_IGNORED_KWARGS = {"stream", "ls_structured_output_format"}
+
+
+# -- standard refusal block ------------------------------------------------------------------------------------
+def _with_refusal(message: BaseMessage, blocks: list[types.ContentBlock]) -> list[types.ContentBlock]:
+    meta = message.response_metadata
+    if meta.get("refusal") and not any(b.get("type") == "refusal" for b in blocks):
+        block: dict[str, Any] = {"type": "refusal", "refusal": meta.get("refusal_text") or ""}
+        extras = {k: meta[k] for k in ("refusal_source", "score", "label") if meta.get(k) is not None}
+        if extras:
+            block["extras"] = extras
+        blocks.append(block)  # type: ignore[arg-type]
+    return blocks
+
+
+def _translate_content(message: AIMessage) -> list[types.ContentBlock]:
+    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
+
+
+def _translate_chunk(message: AIMessageChunk) -> list[types.ContentBlock]:
+    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
+
+
+# Messages carry model_provider="scans_guard"; this translator gives their content_blocks, adding LangChain's standard
+# refusal block when the steered model refused (so ModelRefusalMiddleware and ModelRefusalError work with them).
+register_translator(PROVIDER, _translate_content, _translate_chunk)
+
+
+def refusal_message(text: str, *, verdict: SafetyVerdict | None = None, source: str = "guard",
+                    extra: dict[str, Any] | None = None) -> AIMessage:
+    """A canned refusal as an AIMessage whose content_blocks carry the standard refusal block."""
+    meta: dict[str, Any] = {"model_provider": PROVIDER, "model_name": "scans-guard-canned", "finish_reason": "stop",
+                            "refusal": True, "refusal_text": text, "refusal_source": source}
+    if verdict is not None:
+        meta.update(_verdict_metadata(verdict))
+    meta.update(extra or {})
+    return AIMessage(content=text, response_metadata=meta)
+
+
+def _verdict_metadata(verdict: SafetyVerdict | None) -> dict[str, Any]:
+    if verdict is None:
+        return {"score": None, "label": None, "threshold": None, "probability": None, "direction": "none"}
+    return {
+        "score": verdict.score, "label": verdict.label, "threshold": verdict.threshold,
+        "probability": verdict.probability, "direction": verdict.direction, "alpha": verdict.coefficient,
+        "layer_similarities": {str(k): v for k, v in verdict.layer_similarities.items()},
+    }
+
+
+class SafetyConsciousLLM(BaseChatModel):
+    """A local chat model with safety-conscious activation steering (SCANS), as a LangChain chat model.
+
+    Build it from an engine (`SafetyConsciousLLM(engine=ScansEngine.load(...))`), or with `from_default()` /
+    `load(model, artifact)`. `response_metadata` of every reply carries sigma's verdict (score, label, threshold,
+    probability, direction, alpha = the signed steering coefficient), the steering and classification layers, the
+    timings, and `refusal` (whether `refusal_judge` finds that the reply refuses; if so, `content_blocks` ends with
+    LangChain's standard refusal block).
+
+    Not supported: tool calling and structured output (`bind_tools` / `with_structured_output` raise
+    NotImplementedError), and non-text content blocks (InvalidPromptError).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
+
+    engine: ScansEngine = Field(exclude=True)
+    """The local model and its calibrated artifact (owned by this chat model; shared by its classifier)."""
+    model_name: str | None = Field(default=None, alias="model")
+    """Reported name (traces, `response_metadata["model_name"]`); defaults to the engine's model name."""
+    temperature: float = Field(0.0, ge=0)
+    """0 = greedy decoding."""
+    max_tokens: int = Field(256, ge=1)
+    """Most new tokens per reply."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    """Sampling seed (temperature > 0); None draws a fresh one per call."""
+    stop: list[str] | None = None
+    """Default stop strings; the reply is cut before the first one."""
+    steer: bool = True
+    """False: plain generation, no classification (the unsteered baseline)."""
+    coefficient: float | None = None
+    """Fixed signed steering coefficient for every prompt instead of sigma's (no classification)."""
+    refusal_judge: Callable[[str, str], bool] | None = Field(default_factory=KeywordJudge, exclude=True)
+    """(prompt, reply) -> refused?; None: never flag refusals."""
+    streaming: bool = False
+    """Stream from `invoke` as well (LangChain's standard flag)."""
+    timeout: float | None = None
+    """Accepted for LangChain's standard parameters; unused (a local model has no request to time out)."""
+    max_retries: int | None = None
+    """Accepted for LangChain's standard parameters; unused (a local model has nothing to retry)."""
+    log_level: int | None = logging.DEBUG
+    """Level of the per-call verdict log record (logger `scans_guard_langchain.llm`); None: no record."""
+    log_prompts: bool = False
+    """Put the prompt text into log records and verdict events (off by default: prompts may be sensitive)."""
+
+    @model_validator(mode="after")
+    def _default_name(self) -> SafetyConsciousLLM:
+        if self.model_name is None:
+            self.model_name = self.engine.handle.name
+        return self
+
+    # -- construction ----------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, artifact: Any = None, *, device: str = "cpu",
+             dtype: str = "float32", progress: bool = True, **fields: Any) -> SafetyConsciousLLM:
+        """Load a model (None: the embedded default) with its artifact (None: the shipped one); see ScansEngine.load."""
+        engine = ScansEngine.load(model, artifact, device=device, dtype=dtype, progress=progress)
+        return cls(engine=engine, **fields)
+
+    @classmethod
+    def from_default(cls, **fields: Any) -> SafetyConsciousLLM:
+        """The embedded default model (Qwen2.5-Coder-0.5B-Instruct) with its shipped artifact, offline."""
+        return cls.load(**fields)
+
+    # -- classifier views ------------------------------------------------------------------------------------
+    @property
+    def classifier(self) -> SafetyClassifier:
+        """sigma(q) alone as a Runnable: str | messages | PromptValue -> SafetyVerdict (same engine)."""
+        from .classifier import SafetyClassifier
+
+        return SafetyClassifier(engine=self.engine)
+
+    def as_classifier(self, **kwargs: Any) -> SafetyClassifier:
+        from .classifier import SafetyClassifier
+
+        return SafetyClassifier(engine=self.engine, **kwargs)
+
+    def as_decision_model(self, **kwargs: Any) -> ScansDecisionModel:
+        """sigma as a `langchain_core.decisions.BaseDecisionModel` (for AutoModeMiddleware, ModelRouterMiddleware)."""
+        from .classifier import ScansDecisionModel
+
+        return ScansDecisionModel(engine=self.engine, **kwargs)
+
+    # -- LangChain plumbing ----------------------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "scans-guard"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        recipe, meta = self.engine.recipe, self.engine.artifact.meta
+        return {
+            "model_name": self.model_name,
+            "model_fingerprint": meta.model_fingerprint.get("weight_probe_sha256"),
+            "artifact_model": meta.model_name,
+            "recipe": recipe.model_dump(),
+            "temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed,
+            "steer": self.steer, "coefficient": self.coefficient,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=kwargs.get("model") if isinstance(kwargs.get("model"), str) else self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if ls_stop := (stop if stop is not None else self.stop):
+            params["ls_stop"] = list(ls_stop)
+        return params
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        raise NotImplementedError("SafetyConsciousLLM does not support tool calling")
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("SafetyConsciousLLM does not support structured output")
+
+    # -- one call --------------------------------------------------------------------------------------------
+    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
+        unknown = set(kwargs) - _CALL_KWARGS - _IGNORED_KWARGS - {"model"}
+        if unknown:
+            raise TypeError(f"SafetyConsciousLLM got unexpected call arguments {sorted(unknown)}")
+        if kwargs.get("model") not in (None, self.model_name):
+            raise ValueError(f"SafetyConsciousLLM serves one local model ({self.model_name}); "
+                             f"per-call model {kwargs['model']!r} is not available")
+        config = GenerationConfig(
+            max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            seed=kwargs.get("seed", self.seed),
+            stop=list(stop if stop is not None else self.stop or []),
+        )
+        steering = {"steer": kwargs.get("steer", self.steer), "coefficient": kwargs.get("coefficient", self.coefficient)}
+        return config, steering
+
+    def _report(self, verdict: SafetyVerdict | None, prompt: str) -> dict[str, Any] | None:
+        if verdict is None:
+            return None
+        fields = verdict_fields(verdict, band=verdict.label, source="llm",
+                                prompt=prompt if self.log_prompts else None)
+        log_verdict(log, self.log_level, fields)
+        return fields
+
+    def _final_metadata(self, output: SteeredOutput, prompt: str, steering: dict[str, Any]) -> dict[str, Any]:
+        recipe = self.engine.recipe
+        refused = bool(self.refusal_judge(prompt, output.text)) if self.refusal_judge is not None else False
+        meta: dict[str, Any] = {
+            "model_name": self.model_name, "model_provider": PROVIDER, "finish_reason": output.finish_reason,
+            **_verdict_metadata(output.verdict),
+            "layers": {"steer": list(recipe.steer_layers), "classify": list(recipe.classify_layers)},
+            "timings": dict(output.timings),
+            "refusal": refused,
+        }
+        if output.verdict is None:  # unsteered, or a fixed coefficient without classification
+            fixed = steering["coefficient"] if steering["steer"] and steering["coefficient"] is not None else 0.0
+            meta["alpha"] = float(fixed)
+            meta["direction"] = "towards_refusal" if fixed > 0 else "away_from_refusal" if fixed < 0 else "none"
+        meta["steered"] = meta["alpha"] != 0.0
+        if refused:
+            meta["refusal_text"] = output.text
+            meta["refusal_source"] = type(self.refusal_judge).__name__
+        return meta
+
+    @staticmethod
+    def _usage(output: SteeredOutput) -> dict[str, int]:
+        return {"input_tokens": output.prompt_tokens, "output_tokens": output.completion_tokens,
+                "total_tokens": output.prompt_tokens + output.completion_tokens}
+
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> tuple[Conversation, str, GenerationConfig, dict[str, Any]]:
+        conversation = messages_to_conversation(messages)
+        config, steering = self._settings(stop, kwargs)
+        return conversation, last_user_text(conversation), config, steering
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
+        output = self.engine.generate([conversation], config, **steering)[0]
+        if (fields := self._report(output.verdict, prompt)) is not None and run_manager is not None:
+            emit_event(run_manager, fields)
+        message = AIMessage(content=output.text, response_metadata=self._final_metadata(output, prompt, steering),
+                            usage_metadata=self._usage(output))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _iter_chunks(self, messages: list[BaseMessage], stop: list[str] | None,
+                     kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        """("verdict", fields) once, then ("chunk", ChatGenerationChunk)...; closing it stops generation."""
+        conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
+        events = self.engine.iter_generate([conversation], config, **steering)
+        try:
+            for event in events:
+                if event.verdict is not None:
+                    yield "verdict", self._report(event.verdict, prompt)
+                if event.text:
+                    yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
+                        content=event.text, response_metadata={"model_provider": PROVIDER}))
+                if event.output is not None:
+                    yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
+                        content="", chunk_position="last", usage_metadata=self._usage(event.output),
+                        response_metadata=self._final_metadata(event.output, prompt, steering)))
+        finally:
+            events.close()  # removes nothing that outlives a step, but frees the KV cache and stops decoding now
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        items = self._iter_chunks(messages, stop, kwargs)
+        try:
+            for kind, item in items:
+                if kind == "verdict":
+                    if run_manager is not None:
+                        emit_event(run_manager, item)
+                    continue
+                if run_manager is not None and item.message.content:
+                    run_manager.on_llm_new_token(item.message.content, chunk=item)
+                yield item
+        finally:
+            items.close()
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        """Token streaming from a worker thread; the event loop only awaits a queue, so it is never blocked.
+
+        Closing the async iterator (or cancelling the task) tells the worker to stop; it closes the engine's
+        stream after at most one more decoding step, and this coroutine waits for that before it returns.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def put(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                cancelled.set()
+
+        def worker() -> None:
+            try:
+                items = self._iter_chunks(messages, stop, kwargs)
+                try:
+                    for item in items:
+                        if cancelled.is_set():
+                            break
+                        put(item)
+                finally:
+                    items.close()
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                put(("error", exc))
+            finally:
+                put(("done", None))
+
+        future = loop.run_in_executor(None, worker)
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "done":
+                    break
+                if kind == "error":
+                    raise item
+                if kind == "verdict":
+                    if run_manager is not None:
+                        await aemit_event(run_manager, item)
+                    continue
+                if run_manager is not None and item.message.content:
+                    await run_manager.on_llm_new_token(item.message.content, chunk=item)
+                yield item
+        finally:
+            cancelled.set()
+            await asyncio.shield(future)

@@ -1,0 +1,24 @@
+"""Typed errors of the LangChain integration."""
+
+from __future__ import annotations
+
+from scans_guard.config import SafetyVerdict
+from scans_guard.errors import ScansGuardError
+
+
+class HarmfulPromptError(ScansGuardError):
+    """A guard blocked a prompt: `verdict` is sigma's verdict on it (None when classification failed and the guard
+    fails closed; `cause` then holds the classification error)."""
+
+    def __init__(self, verdict: SafetyVerdict | None, *, band: str = "harmful", cause: BaseException | None = None,
+                 message: str | None = None):
+        self.verdict = verdict
+        self.band = band
+        self.cause = cause
+        if message is None:
+            if verdict is None:
+                message = f"prompt blocked: classification failed ({type(cause).__name__}: {cause}) and the guard fails closed"
+            else:
+                message = (f"prompt blocked as {band}: sigma score {verdict.score:.4f} "
+                           f"(threshold {verdict.threshold:.4f}, label {verdict.label})")
+        super().__init__(message)

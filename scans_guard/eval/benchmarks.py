@@ -1,0 +1,217 @@
+"""Which prompt sets the evaluation reads, how they pair up for classification, and which prompts it leaves out.
+
+Sets come from the package (AdvBench, TruthfulQA, XSTest) or from a data directory (`--data-dir`, default
+../shared/data); nothing is downloaded. Calibration anchors are always removed: the artifact records only their
+count, seed and sha256, so they are recomputed with `anchor_split` and checked against the hash. The prompts the
+threshold T was fitted on are recomputed the same way; by default they are only counted (and reported), with
+`exclude_threshold_fit` they are removed too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..artifacts import Artifact, text_sha256
+from ..calibration import threshold_split
+from ..config import CalibrationConfig
+from ..data import EXTERNAL, SHIPPED, Example, anchor_split, load_set
+
+log = logging.getLogger(__name__)
+
+# The evaluation sets, in report order, with the paper's names.
+SETS: dict[str, str] = {
+    "xstest": "XSTest v2",
+    "oktest": "OKTest",
+    "harmfulq": "HarmfulQ",
+    "truthfulqa": "TruthfulQA (minus anchors)",
+    "advbench": "AdvBench (minus anchors)",
+    "repe_test": "RepE test (minus anchors)",
+    "heldout_harmless": "Held-out harmless",
+    "malicious_instruct": "MaliciousInstruct",
+}
+
+# Classification benchmarks: a safe and an unsafe side, from one set or two.
+SUITES: dict[str, tuple[str, ...]] = {
+    "xstest": ("xstest",),
+    "oktest+harmfulq": ("oktest", "harmfulq"),
+    "truthfulqa+advbench": ("truthfulqa", "advbench"),
+    "repe_test": ("repe_test",),
+    "heldout_harmless+malicious_instruct": ("heldout_harmless", "malicious_instruct"),
+}
+
+DATA_ENV = "SCANS_GUARD_DATA"
+
+
+def default_data_dir() -> Path | None:
+    """$SCANS_GUARD_DATA, else ../shared/data from the working directory, if it exists."""
+    for candidate in (os.environ.get(DATA_ENV), Path.cwd().parent / "shared" / "data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def needs_data_dir(name: str) -> bool:
+    return name not in SHIPPED
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One evaluation prompt: its set, gold label (safe/unsafe) and its index in the source file."""
+
+    set: str
+    label: str
+    prompt: str
+    index: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.set, self.label, self.prompt)
+
+
+@dataclass
+class CalibrationPrompts:
+    """The prompts the artifact was calibrated on, recomputed from what it records."""
+
+    anchors: set[str] = field(default_factory=set)
+    anchors_verified: bool = False
+    threshold_fit: set[str] = field(default_factory=set)
+    threshold_fit_verified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def calibration_prompts(artifact: Artifact | dict, data_dir: str | os.PathLike | None) -> CalibrationPrompts:
+    """Recompute the anchors (and T-fit prompts) of an artifact (or its meta as a dict) and check their hashes."""
+    meta = artifact.meta.model_dump() if isinstance(artifact, Artifact) else artifact
+    out = CalibrationPrompts()
+    anchors = meta.get("anchors", {})
+    harm, benign = anchors.get("harmful"), anchors.get("benign")
+    if not harm or not benign:
+        out.notes.append("the artifact records no anchors: nothing excluded")
+        return out
+    if (harm["source"], benign["source"]) != ("advbench", "truthfulqa") or harm["n"] != benign["n"] \
+            or harm["seed"] != benign["seed"]:
+        out.notes.append(f"anchors from {harm['source']}/{benign['source']} cannot be recomputed: none excluded")
+        return out
+    h, b = anchor_split(harm["n"], harm["seed"])
+    if text_sha256(h) != harm["sha256"] or text_sha256(b) != benign["sha256"]:
+        out.notes.append("recomputed anchors do not match the artifact's sha256: none excluded (results may include "
+                         "calibration prompts)")
+        log.warning(out.notes[-1])
+        return out
+    out.anchors, out.anchors_verified = set(h) | set(b), True
+
+    fit = meta.get("threshold_fit", {})
+    cfg = meta.get("notes", {}).get("calibration_config")
+    if not cfg or "threshold_data_sha256" not in fit:
+        out.notes.append("the artifact does not record how T was fitted: T-fit prompts not identified")
+        return out
+    config = CalibrationConfig.model_validate(cfg)
+    if config.threshold_data_dir:
+        if data_dir is None:
+            out.notes.append("T was fitted on HarmfulQ vs OKTest; no data directory to recompute them from")
+            return out
+        config = config.model_copy(update={"threshold_data_dir": str(data_dir)})
+    try:
+        _, fit_h, fit_b = threshold_split(config, (h, b))
+    except (OSError, ValueError) as exc:
+        out.notes.append(f"T-fit prompts could not be recomputed: {exc}")
+        return out
+    if text_sha256(fit_h + fit_b) != fit["threshold_data_sha256"]:
+        out.notes.append("recomputed T-fit prompts do not match the artifact's sha256")
+        return out
+    out.threshold_fit, out.threshold_fit_verified = set(fit_h) | set(fit_b), True
+    return out
+
+
+@dataclass
+class SetInfo:
+    """What was loaded for one set and what was left out."""
+
+    name: str
+    total: int
+    anchors_removed: int
+    threshold_fit_removed: int
+    threshold_fit_overlap: int  # T-fit prompts still in the evaluated prompts
+    duplicates_removed: int
+    evaluated: int
+    labels: dict[str, int]
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def limit_prompts(prompts: list[EvalPrompt], limit: int | None, seed: int) -> list[EvalPrompt]:
+    """At most `limit` prompts, drawn with a seeded RNG and balanced across labels; source order kept."""
+    if limit is None or len(prompts) <= limit:
+        return prompts
+    rng = random.Random(seed)
+    by_label: dict[str, list[EvalPrompt]] = {}
+    for p in prompts:
+        by_label.setdefault(p.label, []).append(p)
+    pools = [rng.sample(v, len(v)) for _, v in sorted(by_label.items())]
+    chosen: list[EvalPrompt] = []
+    while len(chosen) < limit:
+        for pool in pools:
+            if pool and len(chosen) < limit:
+                chosen.append(pool.pop())
+    return sorted(chosen, key=lambda p: p.index)
+
+
+def load_benchmarks(
+    sets: list[str] | None,
+    data_dir: str | os.PathLike | None,
+    calib: CalibrationPrompts,
+    limit: int | None = None,
+    seed: int = 0,
+    exclude_threshold_fit: bool = False,
+) -> tuple[dict[str, list[EvalPrompt]], dict[str, SetInfo], list[str]]:
+    """Load the evaluation sets: ({set: prompts}, {set: info}, names of sets skipped for lack of data).
+
+    `sets=None` means every set in SETS, skipping (with a warning) those that need a data directory when there is
+    none; a set named explicitly must be available.
+    """
+    explicit = sets is not None
+    names = list(SETS) if sets is None else sets
+    unknown = [n for n in names if n not in SETS and n not in SHIPPED and n not in EXTERNAL]
+    if unknown:
+        raise ValueError(f"unknown set(s) {unknown}; known: {list(SETS)}")
+    loaded: dict[str, list[EvalPrompt]] = {}
+    infos: dict[str, SetInfo] = {}
+    skipped: list[str] = []
+    for name in names:
+        if needs_data_dir(name) and (data_dir is None or not (Path(data_dir) / EXTERNAL[name]).is_file()):
+            if explicit:
+                where = data_dir if data_dir is not None else "(none found; pass --data-dir)"
+                raise FileNotFoundError(f"set {name} needs {EXTERNAL[name]} in the data directory {where}")
+            skipped.append(name)
+            continue
+        examples: list[Example] = load_set(name, data_dir)
+        seen: set[tuple[str, str]] = set()
+        kept: list[EvalPrompt] = []
+        n_anchor = n_fit = n_dup = 0
+        for i, ex in enumerate(examples):
+            if ex.prompt in calib.anchors:
+                n_anchor += 1
+                continue
+            if exclude_threshold_fit and ex.prompt in calib.threshold_fit:
+                n_fit += 1
+                continue
+            if (ex.prompt, ex.label) in seen:
+                n_dup += 1
+                continue
+            seen.add((ex.prompt, ex.label))
+            kept.append(EvalPrompt(name, ex.label, ex.prompt, i))
+        kept = limit_prompts(kept, limit, seed)
+        loaded[name] = kept
+        infos[name] = SetInfo(
+            name=name, total=len(examples), anchors_removed=n_anchor, threshold_fit_removed=n_fit,
+            threshold_fit_overlap=sum(p.prompt in calib.threshold_fit for p in kept), duplicates_removed=n_dup,
+            evaluated=len(kept), labels={lab: sum(p.label == lab for p in kept) for lab in ("safe", "unsafe")},
+        )
+    if skipped:
+        log.warning("skipping %s: no data directory with them (pass --data-dir)", ", ".join(skipped))
+    return loaded, infos, skipped

@@ -1,0 +1,238 @@
+"""Does steering cost capability? Perplexity on WikiText-2 (test split) and accuracy on a fixed MMLU subset.
+
+Steered scoring adds coefficient * v^l at the steering layers:
+- perplexity: at every position of every window (all positions are scored);
+- MMLU: from the last prompt token on, the one position scored (as steered generation does: the prompt before
+  it is never touched). The question goes in a user turn; the answer is the letter among A-D whose token has the
+  highest logit as the first assistant token.
+The coefficient per condition: unsteered 0, always_negative -alpha_benign, always_positive +alpha_harmful, scans the
+coefficient sigma(q) gives the window's text or the question (as the SCANS reference does); the helpful system
+prompt applies to MMLU only. Both tasks write rows to `capability.jsonl`, so they resume like the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..batching import PromptBatch, prefill
+from ..engine import ScansEngine
+from ..hooks import add_to_block_outputs
+from ..steering import steering_deltas
+from .conditions import Condition
+from .store import JsonlStore
+
+CAPABILITY_FILE = "capability.jsonl"
+CAPABILITY_KEY = ("task", "condition", "item")
+WIKITEXT_TEST = Path("wikitext2_tokenized") / "test.txt"
+MMLU_DIR = Path("mmlu")
+CHOICES = ("A", "B", "C", "D")
+
+
+def capability_store(out_dir: str | os.PathLike) -> JsonlStore:
+    return JsonlStore(Path(out_dir) / CAPABILITY_FILE, CAPABILITY_KEY)
+
+
+# -- steering -------------------------------------------------------------------------------------------------
+def _coefficients(engine: ScansEngine, cond: Condition, conversations: Sequence[str | list[dict]]) -> list[float]:
+    if cond.mode == "scans":
+        return [v.coefficient for v in engine.classify(list(conversations), batch_size=len(conversations))]
+    return [cond.coefficient if cond.mode == "fixed" else 0.0] * len(conversations)
+
+
+def _deltas(engine: ScansEngine, coefs: Sequence[float]) -> dict[int, torch.Tensor]:
+    if not any(coefs):
+        return {}
+    return steering_deltas(engine.artifact.refusal_vectors, engine.recipe.steer_layers,
+                           torch.tensor(list(coefs), dtype=torch.float32), engine.handle)
+
+
+# -- perplexity -----------------------------------------------------------------------------------------------
+def wikitext_windows(engine: ScansEngine, path: str | os.PathLike, window: int = 1024,
+                     max_windows: int | None = None) -> list[list[int]]:
+    """Non-overlapping windows of `window` tokens of the file (the last, shorter one kept if >= 2 tokens)."""
+    text = Path(path).read_text(encoding="utf-8")
+    ids = engine.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+    windows = [ids[i:i + window] for i in range(0, len(ids), window)]
+    windows = [w for w in windows if len(w) >= 2]
+    return windows[:max_windows] if max_windows is not None else windows
+
+
+def _uses_plain_head(model: torch.nn.Module) -> bool:
+    """True if logits are lm_head(decoder output) with nothing in between (no soft-capping or scaling)."""
+    cfg = model.config
+    return (hasattr(model, "get_decoder") and not getattr(cfg, "final_logit_softcapping", None)
+            and getattr(cfg, "logit_scale", None) in (None, 1.0))
+
+
+@torch.inference_mode()
+def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], coefs: Sequence[float],
+              chunk: int = 256) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood in nats, tokens predicted) per window, steered by coefs[row] * v."""
+    handle = engine.handle
+    batch = PromptBatch.left_pad(windows, handle.tokenizer.pad_token_id, handle.device)
+    with add_to_block_outputs(handle.layers, _deltas(engine, coefs), start_column=0):
+        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids)
+        if _uses_plain_head(handle.model):
+            hidden = handle.model.get_decoder()(**kwargs, use_cache=False).last_hidden_state
+            head = handle.lm_head
+        else:
+            hidden = handle.model(**kwargs, use_cache=False).logits
+            head = None
+    targets = batch.input_ids[:, 1:]
+    valid = (batch.attention_mask[:, :-1] * batch.attention_mask[:, 1:]).bool()
+    nll = torch.zeros(len(windows), dtype=torch.float64)
+    for a in range(0, targets.shape[1], chunk):
+        b = min(a + chunk, targets.shape[1])
+        logits = (head(hidden[:, a:b]) if head is not None else hidden[:, a:b]).float()
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, a:b, None])[..., 0]
+        nll += (-(lp * valid[:, a:b])).sum(-1).double().cpu()
+    counts = valid.sum(-1).tolist()
+    return [(float(n), int(c)) for n, c in zip(nll.tolist(), counts)]
+
+
+def run_perplexity(engine: ScansEngine, windows: Sequence[Sequence[int]], conditions: Sequence[Condition],
+                   store: JsonlStore, batch_size: int = 4, progress: bool = True) -> None:
+    conds = [c for c in conditions if c.system is None]
+    todo = [(c, i) for c in conds for i in range(len(windows)) if ("ppl", c.name, str(i)) not in store]
+    with tqdm(total=len(todo), desc="perplexity", unit="window", disable=not progress) as bar:
+        for cond in conds:
+            idx = [i for c, i in todo if c is cond]
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                texts = [engine.handle.tokenizer.decode(windows[i]) for i in chunk] if cond.mode == "scans" else []
+                coefs = _coefficients(engine, cond, texts) if texts else _coefficients(engine, cond, [""] * len(chunk))
+                results = token_nll(engine, [windows[i] for i in chunk], coefs)
+                store.append({"task": "ppl", "condition": cond.name, "item": str(i), "nll": nll, "tokens": n,
+                              "coefficient": coef} for i, (nll, n), coef in zip(chunk, results, coefs))
+                bar.update(len(chunk))
+
+
+# -- MMLU -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MmluQuestion:
+    subject: str
+    index: int
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: str
+
+    @property
+    def item(self) -> str:
+        return f"{self.subject}/{self.index}"
+
+
+def _read_mmlu(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row for row in csv.reader(f) if len(row) >= 6]
+
+
+def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10) -> tuple[list[MmluQuestion], dict[str, list]]:
+    """The fixed subset: the first `per_subject` test questions of every subject; plus each subject's dev rows."""
+    root = Path(data_dir) / MMLU_DIR
+    files = sorted((root / "test").glob("*_test.csv"))
+    if not files:
+        raise FileNotFoundError(f"no MMLU test files under {root / 'test'}")
+    questions, dev = [], {}
+    for f in files:
+        subject = f.name[: -len("_test.csv")]
+        for i, row in enumerate(_read_mmlu(f)[:per_subject]):
+            questions.append(MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip()))
+        dev_file = root / "dev" / f"{subject}_dev.csv"
+        dev[subject] = _read_mmlu(dev_file) if dev_file.is_file() else []
+    return questions, dev
+
+
+def _format_question(question: str, choices: Sequence[str], answer: str | None = None) -> str:
+    text = question + "".join(f"\n{letter}. {c}" for letter, c in zip(CHOICES, choices)) + "\nAnswer:"
+    return text + (f" {answer}\n\n" if answer is not None else "")
+
+
+def mmlu_prompt(q: MmluQuestion, dev_rows: Sequence[Sequence[str]] = (), shots: int = 0) -> str:
+    """The prompt of the MMLU reference evaluation (Hendrycks et al.): header, `shots` dev examples, the question."""
+    header = f"The following are multiple choice questions (with answers) about {q.subject.replace('_', ' ')}.\n\n"
+    examples = "".join(_format_question(r[0], r[1:5], r[5].strip()) for r in list(dev_rows)[:shots])
+    return header + examples + _format_question(q.question, q.choices)
+
+
+def choice_token_ids(tokenizer) -> list[list[int]]:
+    """Per letter, the single-token spellings of its answer ("A" and " A" where each is one token)."""
+    out = []
+    for letter in CHOICES:
+        ids = {enc[0] for s in (letter, " " + letter) if len(enc := tokenizer(s, add_special_tokens=False)
+                                                             ["input_ids"]) == 1}
+        if not ids:
+            ids = {tokenizer(letter, add_special_tokens=False)["input_ids"][-1]}
+        out.append(sorted(ids))
+    return out
+
+
+@torch.inference_mode()
+def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]], coefs: Sequence[float]) -> np.ndarray:
+    """[n, 4] best logit of each answer letter as the first assistant token, steered from the last prompt token."""
+    handle = engine.handle
+    rows = [handle.chat_ids(c) for c in conversations]
+    batch = PromptBatch.left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
+    with add_to_block_outputs(handle.layers, _deltas(engine, coefs), start_column=batch.input_ids.shape[1] - 1):
+        logits = prefill(handle.model, batch).logits[:, -1, :].float().cpu()
+    letters = choice_token_ids(handle.tokenizer)
+    return np.stack([logits[:, ids].max(-1).values.numpy() for ids in letters], axis=1)
+
+
+def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[str, list], conditions: Sequence[Condition],
+             store: JsonlStore, shots: int = 0, batch_size: int = 8, progress: bool = True) -> None:
+    todo = [(c, q) for c in conditions for q in questions if ("mmlu", c.name, q.item) not in store]
+    with tqdm(total=len(todo), desc="mmlu", unit="question", disable=not progress) as bar:
+        for cond in conditions:
+            mine = sorted((q for c, q in todo if c is cond), key=lambda q: len(mmlu_prompt(q, dev[q.subject], shots)))
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start:start + batch_size]
+                convs = [cond.conversation(mmlu_prompt(q, dev[q.subject], shots)) for q in chunk]
+                coefs = _coefficients(engine, cond, convs)
+                scores = choice_logits(engine, convs, coefs)
+                rows = []
+                for q, s, coef in zip(chunk, scores, coefs):
+                    pred = CHOICES[int(np.argmax(s))]
+                    rows.append({"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject,
+                                 "answer": q.answer, "pred": pred, "correct": pred == q.answer, "coefficient": coef})
+                store.append(rows)
+                bar.update(len(chunk))
+
+
+# -- summary --------------------------------------------------------------------------------------------------
+def summarise_capability(rows: Sequence[dict]) -> dict:
+    """Perplexity and MMLU accuracy per condition (with counts), and MMLU accuracy per subject."""
+    out: dict = {"perplexity": {}, "mmlu": {}, "mmlu_by_subject": {}}
+    for r in rows:
+        if r["task"] == "ppl":
+            e = out["perplexity"].setdefault(r["condition"], {"nll": 0.0, "tokens": 0, "windows": 0, "steered": 0})
+            e["nll"] += r["nll"]
+            e["tokens"] += r["tokens"]
+            e["windows"] += 1
+            e["steered"] += r["coefficient"] != 0
+        elif r["task"] == "mmlu":
+            e = out["mmlu"].setdefault(r["condition"], {"correct": 0, "n": 0, "towards_refusal": 0,
+                                                        "away_from_refusal": 0})
+            e["correct"] += bool(r["correct"])
+            e["n"] += 1
+            e["towards_refusal"] += r["coefficient"] > 0
+            e["away_from_refusal"] += r["coefficient"] < 0
+            s = out["mmlu_by_subject"].setdefault(r["subject"], {}).setdefault(r["condition"], [0, 0])
+            s[0] += bool(r["correct"])
+            s[1] += 1
+    for e in out["perplexity"].values():
+        e["perplexity"] = math.exp(e["nll"] / e["tokens"]) if e["tokens"] else None
+    for e in out["mmlu"].values():
+        e["accuracy"] = e["correct"] / e["n"] if e["n"] else None
+    out["mmlu_by_subject"] = {subj: {c: k / n for c, (k, n) in conds.items()}
+                              for subj, conds in sorted(out["mmlu_by_subject"].items())}
+    return out
