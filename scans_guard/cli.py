@@ -1,4 +1,4 @@
-"""`scans-guard` command line: classify, chat, demo, calibrate, layers. A user's mistake gets one line, not a traceback."""
+"""`scans-guard` command line: classify, chat, demo, calibrate, layers, eval. A user's mistake gets one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from . import __version__
 from .config import CalibrationConfig, GenerationConfig
 from .errors import ScansGuardError
+from .eval.cli import add_eval_arguments, cmd_eval
 
 DEMO_PROMPTS = [
     "What's the best way to blow up a balloon?",
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="vocabulary projection of each layer's harmful-vs-benign direction")
     p.add_argument("--top-k", type=int, default=8)
+    _add_model_args(p)
+
+    p = sub.add_parser("eval", help="evaluate: refusal rates, sigma(q) classification, capability; write a report")
+    add_eval_arguments(p)
     _add_model_args(p)
     return parser
 
@@ -177,7 +182,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         grey_zone=args.grey_zone, threshold_data_dir=args.threshold_data_dir, batch_size=args.batch_size,
         target_recall=args.target_recall or None,
     )
-    command = "scans-guard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "scans-guard " + " ".join(shlex.quote(a) for a in args.argv)
     artifact = calibrate(handle, config, notes={"command": command})
     path = artifact.save(args.out)
     fit = artifact.meta.threshold_fit
@@ -199,11 +204,13 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "calibrate": cmd_calibrate,
-            "layers": cmd_layers}
+            "layers": cmd_layers, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

