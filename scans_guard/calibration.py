@@ -14,7 +14,7 @@ from .classifier import harm_direction, sigma_scores, transitions_for
 from .config import CalibrationConfig, SteeringRecipe
 from .data import anchor_split, load_set, sample_prompts
 from .loading import ModelHandle
-from .safety_layers import middle_third, principal_directions, second_half, vocabulary_projection
+from .safety_layers import middle_third, principal_directions, refusal_span, second_half, vocabulary_projection
 from .vectors import last_token_activations, refusal_vectors
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,8 @@ def calibrate(
     """Compute everything SCANS needs for `handle`'s model from anchors and return it as an Artifact."""
     config = config or CalibrationConfig()
     harmful, benign = anchor_split(config.n_anchors, config.seed)
-    steer_layers = config.steer_layers or middle_third(handle.n_layers)
     classify_layers = config.classify_layers or second_half(handle.n_layers)
-    for layer in steer_layers + classify_layers:
+    for layer in (config.steer_layers if isinstance(config.steer_layers, list) else []) + classify_layers:
         if layer >= handle.n_layers:
             raise ValueError(f"layer {layer} does not exist: the model has {handle.n_layers} blocks")
 
@@ -78,6 +77,13 @@ def calibrate(
     acts_b = last_token_activations(handle, benign, batch_size=bs, progress=progress, desc="benign anchors")
     vectors = refusal_vectors(acts_h, acts_b)  # [n_layers, hidden]
     projection = vocabulary_projection(handle, principal_directions(acts_h, acts_b))
+    if config.steer_layers == "auto":
+        steer_layers = refusal_span(projection)
+        if steer_layers is None:
+            log.warning("no layer's projection shows refusal tokens; steering the middle third")
+            steer_layers = middle_third(handle.n_layers)
+    else:
+        steer_layers = config.steer_layers or middle_third(handle.n_layers)
 
     d_harm = harm_direction(transitions_for(handle, harmful, classify_layers, config.r_pos, bs, progress,
                                             desc="harmful transitions"))

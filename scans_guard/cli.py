@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-anchors", type=int, default=64, help="harmful and benign anchors each (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--r-pos", default="Sure")
-    p.add_argument("--steer-layers", type=parse_layers, help="e.g. 8-15 (default: middle third)")
+    p.add_argument("--steer-layers", type=lambda t: t if t == "auto" else parse_layers(t),
+                   help="e.g. 8-15, or 'auto' (layers whose projection shows refusal tokens); default: middle third")
     p.add_argument("--classify-layers", type=parse_layers, help="e.g. 12-23 (default: second half)")
     p.add_argument("--alpha-benign", type=float, default=CalibrationConfig.model_fields["alpha_benign"].default)
     p.add_argument("--alpha-harmful", type=float, default=CalibrationConfig.model_fields["alpha_harmful"].default)

@@ -90,7 +90,9 @@ class CalibrationConfig(BaseModel):
     n_anchors: int = Field(64, ge=2, description="harmful and benign anchors each")
     seed: int = 0
     r_pos: str = "Sure"
-    steer_layers: list[int] | None = Field(None, description="None: middle third of the blocks")
+    steer_layers: list[int] | Literal["auto"] | None = Field(
+        None, description="None: middle third of the blocks; 'auto': the span of layers whose vocabulary projection "
+        "shows refusal tokens (middle third if none do)")
     classify_layers: list[int] | None = Field(None, description="None: second half of the blocks")
     alpha_benign: float = Field(1.0, ge=0)
     alpha_harmful: float = Field(1.0, ge=0)
@@ -112,6 +114,6 @@ class CalibrationConfig(BaseModel):
     @model_validator(mode="after")
     def _layers_given_are_valid(self) -> CalibrationConfig:
         for layers in (self.steer_layers, self.classify_layers):
-            if layers is not None and (not layers or min(layers) < 0):
+            if layers is not None and layers != "auto" and (not layers or min(layers) < 0):
                 raise ValueError("layer lists must be non-empty and non-negative")
         return self

@@ -62,3 +62,9 @@ def middle_third(n_layers: int) -> list[int]:
 def second_half(n_layers: int) -> list[int]:
     """The default classification layers: the second half of the blocks (12-23 of 24)."""
     return list(range(n_layers // 2, n_layers))
+
+
+def refusal_span(projection: list[LayerProjection], min_tokens: int = 1) -> list[int] | None:
+    """The contiguous span from the first to the last layer with >= min_tokens refusal tokens, or None."""
+    hits = [p.layer for p in projection if p.refusal_tokens >= min_tokens]
+    return list(range(hits[0], hits[-1] + 1)) if hits else None

@@ -65,3 +65,12 @@ def test_shipped_default_artifact_loads():
     art = Artifact.load(default_artifact_dir())
     assert art.meta.model_fingerprint["n_layers"] == 24
     assert art.refusal_vectors.shape == (24, 896)
+
+
+def test_refusal_span_selects_layers_with_refusal_tokens():
+    from scans_guard.safety_layers import LayerProjection, is_refusal_token, refusal_span
+
+    rows = [LayerProjection(layer=i, top_tokens=[], refusal_tokens=n) for i, n in enumerate([0, 2, 0, 1, 0])]
+    assert refusal_span(rows) == [1, 2, 3]
+    assert refusal_span(rows, min_tokens=3) is None
+    assert is_refusal_token(" Sorry") and is_refusal_token("▁cannot") and not is_refusal_token(" Sure")
