@@ -1,14 +1,14 @@
 """ScansEngine: one model plus its calibrated artifact; classify prompts with sigma and generate with SCANS steering.
 
-Thread-safe by design: every forward step runs under one lock with its own hooks registered and removed inside it,
-so concurrent requests interleave their steps and never see each other's steering. Throughput comes from batching
+Thread-safe by design: every forward step runs under the model's lock (`ModelHandle.lock`, shared by all engines on
+that model) with its own hooks registered and removed inside it, so concurrent requests interleave their steps and
+never see each other's steering. Throughput comes from batching
 (each row carries its own steering sign), not from running forward passes in parallel on one model.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +57,6 @@ class ScansEngine:
             artifact.check_model(handle)
         self.handle = handle
         self.artifact = artifact
-        self._lock = threading.RLock()
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
         self._vectors = artifact.refusal_vectors.to(handle.device)  # [n_layers, hidden]
 
@@ -111,7 +110,7 @@ class ScansEngine:
         verdicts: list[SafetyVerdict] = []
         for start in range(0, len(rows), batch_size):
             t0 = time.perf_counter()
-            with self._lock:
+            with self.handle.lock:
                 sp = run_sigma_pass(self.handle, rows[start:start + batch_size], self._rpos, self.recipe.classify_layers)
             verdicts += self._verdicts(sp.transitions, time.perf_counter() - t0)
         return verdicts
@@ -138,7 +137,7 @@ class ScansEngine:
         verdicts: list[SafetyVerdict | None] = [None] * len(rows)
         cache = None
         if steer and coefficient is None:
-            with self._lock:
+            with self.handle.lock:
                 sp = run_sigma_pass(self.handle, rows, self._rpos, self.recipe.classify_layers, keep_cache=reuse_cache)
             verdicts = self._verdicts(sp.transitions, time.perf_counter() - t0)
             prompts, cache = sp.prompt_batch, sp.cache
@@ -155,7 +154,7 @@ class ScansEngine:
         deltas = steering_deltas(self._vectors, self.recipe.steer_layers, coefs, self.handle) if coefs.any() else {}
         state = [_Row() for _ in rows]
         eos = self.handle.eos_token_ids()
-        decoder = steered_decode(self.handle, prompts, deltas, config, cache=cache, step_lock=self._lock,
+        decoder = steered_decode(self.handle, prompts, deltas, config, cache=cache, step_lock=self.handle.lock,
                                  should_stop=lambda r, _ids: state[r].finish is not None)
         t1 = time.perf_counter()
         try:

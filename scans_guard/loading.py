@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,6 +43,8 @@ class ModelHandle:
     final_norm: nn.Module
     lm_head: nn.Module
     name: str
+    # One lock per model: every engine on this model runs its forward steps (and their hooks) under it.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def wrap(cls, model: nn.Module, tokenizer: object, name: str = "model") -> ModelHandle:

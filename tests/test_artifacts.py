@@ -39,8 +39,9 @@ def test_fingerprint_mismatch_is_a_clear_error(tiny_artifact):
 def test_same_model_in_bfloat16_matches(tiny, tiny_artifact):
     import copy
 
-    bf16 = copy.deepcopy(tiny)
-    bf16.model.to(torch.bfloat16)
+    from scans_guard import ModelHandle
+
+    bf16 = ModelHandle.wrap(copy.deepcopy(tiny.model).to(torch.bfloat16), tiny.tokenizer)
     tiny_artifact.check_model(bf16)
 
 
