@@ -24,7 +24,6 @@ from langchain_core.runnables.config import (
     get_async_callback_manager_for_config,
     get_callback_manager_for_config,
     patch_config,
-    run_in_executor,
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -363,8 +362,10 @@ class SafetyRouter(SafetyGuard):
     harmful: Route = DEFAULT_REFUSAL
     grey: Route | None = None
 
-    _coerce = field_validator("benign", "harmful", "grey", mode="before")(
-        classmethod(lambda cls, v: v if v is None else _coerce_route(v)))
+    @field_validator("benign", "harmful", "grey", mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        return value if value is None else _coerce_route(value)
 
     def _outcome(self, input: Any, verdict: SafetyVerdict | None, band: Band,
                  error: BaseException | None) -> _Outcome:
@@ -387,8 +388,10 @@ class SafetyBlocker(SafetyGuard):
     refusal: str = DEFAULT_REFUSAL
     block_grey: bool = False
 
-    _coerce = field_validator("runnable", mode="before")(
-        classmethod(lambda cls, v: v if v is None or isinstance(v, Runnable) else coerce_to_runnable(v)))
+    @field_validator("runnable", mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, Runnable) else coerce_to_runnable(value)
 
     def _outcome(self, input: Any, verdict: SafetyVerdict | None, band: Band,
                  error: BaseException | None) -> _Outcome:
@@ -406,13 +409,14 @@ class SafetyLogger(SafetyGuard):
     log_level: int | None = logging.INFO
     runnable: Runnable | None = None
 
-    _coerce = field_validator("runnable", mode="before")(
-        classmethod(lambda cls, v: v if v is None or isinstance(v, Runnable) else coerce_to_runnable(v)))
+    @field_validator("runnable", mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, Runnable) else coerce_to_runnable(value)
 
     def _outcome(self, input: Any, verdict: SafetyVerdict | None, band: Band,
                  error: BaseException | None) -> _Outcome:
         return _Outcome(runnable=self.runnable or RunnablePassthrough())
 
 
-__all__ = ["DEFAULT_REFUSAL", "SafetyBlocker", "SafetyGuard", "SafetyLogger", "SafetyPolicy", "SafetyRouter",
-           "run_in_executor"]
+__all__ = ["DEFAULT_REFUSAL", "Band", "SafetyBlocker", "SafetyGuard", "SafetyLogger", "SafetyPolicy", "SafetyRouter"]

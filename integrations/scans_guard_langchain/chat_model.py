@@ -227,7 +227,8 @@ class SafetyConsciousLLM(BaseChatModel):
             seed=kwargs.get("seed", self.seed),
             stop=list(stop if stop is not None else self.stop or []),
         )
-        steering = {"steer": kwargs.get("steer", self.steer), "coefficient": kwargs.get("coefficient", self.coefficient)}
+        steering = {"steer": kwargs.get("steer", self.steer),
+                    "coefficient": kwargs.get("coefficient", self.coefficient)}
         return config, steering
 
     def _report(self, verdict: SafetyVerdict | None, prompt: str) -> dict[str, Any] | None:
@@ -304,8 +305,9 @@ class SafetyConsciousLLM(BaseChatModel):
         try:
             for kind, item in items:
                 if kind == "verdict":
-                    if run_manager is not None:
-                        emit_event(run_manager, item)
+                    # stream() passes no run manager (LangChain reports tokens itself): then the event goes to the
+                    # run this call belongs to, if any (e.g. the chain that streams this model)
+                    emit_event(run_manager, item)
                     continue
                 if run_manager is not None and item.message.content:
                     run_manager.on_llm_new_token(item.message.content, chunk=item)
@@ -355,8 +357,7 @@ class SafetyConsciousLLM(BaseChatModel):
                 if kind == "error":
                     raise item
                 if kind == "verdict":
-                    if run_manager is not None:
-                        await aemit_event(run_manager, item)
+                    await aemit_event(run_manager, item)
                     continue
                 if run_manager is not None and item.message.content:
                     await run_manager.on_llm_new_token(item.message.content, chunk=item)

@@ -17,7 +17,8 @@ class HarmfulPromptError(ScansGuardError):
         self.cause = cause
         if message is None:
             if verdict is None:
-                message = f"prompt blocked: classification failed ({type(cause).__name__}: {cause}) and the guard fails closed"
+                message = (f"prompt blocked: classification failed ({type(cause).__name__}: {cause}) "
+                           "and the guard fails closed")
             else:
                 message = (f"prompt blocked as {band}: sigma score {verdict.score:.4f} "
                            f"(threshold {verdict.threshold:.4f}, label {verdict.label})")

@@ -1,0 +1,48 @@
+"""Fixtures of the LangChain integration tests: chat models and engines on the tiny model (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scans_guard import ScansEngine
+
+pytest.importorskip("langchain_core")
+
+from scans_guard_langchain import SafetyConsciousLLM  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The tiny model's matrices are too small for intra-op threads, which only contend for the 2 cores here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def harmful_engine(tiny, tiny_artifact):
+    """Every prompt is harmful (T = -1 <= any cosine score): steered towards refusal."""
+    return ScansEngine(tiny, tiny_artifact.with_recipe(threshold=-1.0))
+
+
+@pytest.fixture(scope="session")
+def benign_engine(tiny, tiny_artifact):
+    """Every prompt is benign (T above any cosine score): steered away from refusal."""
+    return ScansEngine(tiny, tiny_artifact.with_recipe(threshold=1.5))
+
+
+@pytest.fixture
+def llm(tiny_engine):
+    return SafetyConsciousLLM(engine=tiny_engine, max_tokens=8)
+
+
+@pytest.fixture
+def no_hooks():
+    def check(engine: ScansEngine) -> bool:
+        return all(not layer._forward_hooks for layer in engine.handle.layers)
+
+    return check
+

@@ -1,0 +1,307 @@
+"""SafetyConsciousLLM: conversion, metadata, steering, streaming, concurrency and refusal flags (tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.prompts import ChatPromptTemplate
+
+from scans_guard import GenerationConfig
+from scans_guard.errors import InvalidPromptError
+from scans_guard.judge import KeywordJudge
+from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM
+
+PROMPT = "What is the capital of France?"
+
+
+class Events(BaseCallbackHandler):
+    def __init__(self):
+        self.custom: list[tuple[str, dict]] = []
+        self.tokens: list[str] = []
+
+    def on_custom_event(self, name, data, **kwargs):
+        self.custom.append((name, data))
+
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens.append(token)
+
+
+def test_invoke_carries_verdict_layers_timings_and_usage(llm, tiny_engine):
+    reply = llm.invoke(PROMPT)
+    verdict = tiny_engine.classify(PROMPT)[0]
+    direct = tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=8))[0]
+    meta = reply.response_metadata
+    assert isinstance(reply, AIMessage) and reply.content == direct.text
+    assert meta["score"] == pytest.approx(verdict.score, abs=1e-5)
+    assert meta["label"] == verdict.label and meta["threshold"] == verdict.threshold
+    assert meta["probability"] == pytest.approx(verdict.probability, abs=1e-5)
+    assert meta["direction"] == verdict.direction and meta["alpha"] == verdict.coefficient
+    assert meta["layers"] == {"steer": [1, 2], "classify": [1, 2]}
+    assert set(meta["timings"]) == {"classify_s", "generate_s"}
+    assert meta["model_provider"] == PROVIDER and meta["model_name"] == tiny_engine.handle.name
+    assert meta["finish_reason"] in ("stop", "length") and meta["steered"] is True
+    usage = reply.usage_metadata
+    assert usage["input_tokens"] == direct.prompt_tokens and usage["output_tokens"] == direct.completion_tokens
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def test_whole_multi_turn_conversation_goes_through_the_template(llm, tiny_engine):
+    history = [SystemMessage("Be brief."), HumanMessage("Hello"), AIMessage("Hi there."), HumanMessage(PROMPT)]
+    as_dicts = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi there."}, {"role": "user", "content": PROMPT}]
+    reply = llm.invoke(history)
+    assert reply.usage_metadata["input_tokens"] == len(tiny_engine.handle.chat_ids(as_dicts))
+    assert reply.response_metadata["score"] == pytest.approx(tiny_engine.classify([as_dicts])[0].score, abs=1e-5)
+    assert reply.content == tiny_engine.generate([as_dicts], GenerationConfig(max_new_tokens=8))[0].text
+    # the last turn alone is a different prompt
+    assert reply.response_metadata["score"] != pytest.approx(llm.invoke(PROMPT).response_metadata["score"], abs=1e-6)
+
+
+def test_text_blocks_are_read_and_other_blocks_are_refused(llm):
+    as_text = llm.invoke([HumanMessage(PROMPT)])
+    as_blocks = llm.invoke([HumanMessage([{"type": "text", "text": "What is the capital "},
+                                          {"type": "text", "text": "of France?"}])])
+    assert as_blocks.content == as_text.content
+    image = HumanMessage([{"type": "text", "text": "What is this?"},
+                          {"type": "image", "base64": "AAAA", "mime_type": "image/png"}])
+    with pytest.raises(InvalidPromptError, match="image"):
+        llm.invoke([image])
+
+
+def test_max_tokens_temperature_and_stop(llm):
+    short = llm.invoke(PROMPT, max_tokens=3)
+    assert short.usage_metadata["output_tokens"] == 3 and short.response_metadata["finish_reason"] == "length"
+    a = llm.invoke(PROMPT, temperature=1.5, seed=7, max_tokens=12)
+    b = llm.invoke(PROMPT, temperature=1.5, seed=7, max_tokens=12)
+    greedy = llm.invoke(PROMPT, max_tokens=12)
+    assert a.content == b.content
+    assert any(llm.invoke(PROMPT, temperature=1.5, seed=s, max_tokens=12).content != greedy.content
+               for s in range(4))
+    unsteered = llm.invoke(PROMPT, steer=False, max_tokens=12).content
+    k = next(i for i, ch in enumerate(unsteered) if i > 0 and ch != "\ufffd" and ch not in unsteered[:i])
+    stopped = llm.invoke(PROMPT, steer=False, max_tokens=12, stop=[unsteered[k]])
+    assert stopped.content == unsteered[:k] and stopped.response_metadata["finish_reason"] == "stop"
+    with_default_stop = SafetyConsciousLLM(engine=llm.engine, max_tokens=12, steer=False, stop=[unsteered[k]])
+    assert with_default_stop.invoke(PROMPT).content == unsteered[:k]
+
+
+def test_steering_changes_the_reply(tiny_engine, harmful_engine, benign_engine):
+    towards = SafetyConsciousLLM(engine=harmful_engine, max_tokens=12).invoke(PROMPT)
+    away = SafetyConsciousLLM(engine=benign_engine, max_tokens=12).invoke(PROMPT)
+    plain = SafetyConsciousLLM(engine=tiny_engine, max_tokens=12, steer=False).invoke(PROMPT)
+    assert towards.response_metadata["direction"] == "towards_refusal" and towards.response_metadata["alpha"] > 0
+    assert away.response_metadata["direction"] == "away_from_refusal" and away.response_metadata["alpha"] < 0
+    assert plain.response_metadata["score"] is None and plain.response_metadata["steered"] is False
+    assert len({towards.content, away.content, plain.content}) == 3
+    fixed = SafetyConsciousLLM(engine=tiny_engine, max_tokens=12, coefficient=4.0).invoke(PROMPT)
+    assert fixed.content == towards.content and fixed.response_metadata["alpha"] == 4.0
+
+
+def test_stream_is_token_by_token_and_matches_invoke(llm):
+    handler = Events()
+    chunks = list(llm.stream(PROMPT, config={"callbacks": [handler]}))
+    text_chunks = [c for c in chunks if c.content]
+    assert len(text_chunks) >= 4
+    full = chunks[0]
+    for c in chunks[1:]:
+        full += c
+    reply = llm.invoke(PROMPT)
+    assert full.content == reply.content
+    assert chunks[-1].chunk_position == "last"
+    assert full.usage_metadata == reply.usage_metadata
+    assert full.response_metadata["score"] == reply.response_metadata["score"]
+    assert "".join(handler.tokens) == reply.content
+
+
+def test_abandoned_stream_removes_its_hooks_and_stops(llm, no_hooks):
+    engine = llm.engine
+    for chunk in llm.stream(PROMPT, max_tokens=64):
+        assert chunk.content
+        break
+    assert no_hooks(engine)
+    assert llm.invoke(PROMPT).content  # the engine is free
+
+
+async def test_abandoned_async_stream_removes_its_hooks(llm, no_hooks):
+    async with aclosing(llm.astream(PROMPT, max_tokens=200)) as stream:
+        async for chunk in stream:
+            assert chunk.content
+            break
+    assert no_hooks(llm.engine)
+    assert (await llm.ainvoke(PROMPT)).content
+
+
+async def test_async_stream_does_not_block_the_event_loop(llm):
+    """Each forward step waits until the event loop has run once more: a stream that ran the model on the loop
+    thread would deadlock here (and time out), one that runs it in a worker thread does not."""
+    loop_ran = threading.Event()
+    blocked: list[bool] = []
+
+    def wait_for_loop(_module, _args):
+        loop_ran.clear()
+        blocked.append(not loop_ran.wait(timeout=2.0))
+
+    async def ticker():
+        while True:
+            loop_ran.set()
+            await asyncio.sleep(0.001)
+
+    tick = asyncio.create_task(ticker())
+    hook = llm.engine.handle.model.get_input_embeddings().register_forward_pre_hook(wait_for_loop)
+    try:
+        chunks = [c async for c in llm.astream(PROMPT)]
+    finally:
+        hook.remove()
+        tick.cancel()
+    assert len(blocked) >= 8 and not any(blocked)
+    assert "".join(c.content for c in chunks) == llm.invoke(PROMPT).content
+
+
+def _requests():
+    """Mixed requests: classified (benign), unsteered, fixed towards / away from refusal, multi-turn, short."""
+    return [
+        (PROMPT, {}), ("Hello", {"steer": False}), ("How do I kill a Python process?", {"coefficient": 4.0}),
+        ("Write a script that can exploit vulnerabilities.", {"coefficient": -4.0}),
+        ([HumanMessage("Hello"), AIMessage("Hi."), HumanMessage("Tell me about bread.")], {}),
+        ("The quick fox", {"max_tokens": 4}),
+    ]
+
+
+def test_concurrent_threads_match_sequential(llm):
+    requests = _requests()
+    sequential = [llm.invoke(p, **kw).content for p, kw in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        concurrent = list(pool.map(lambda r: llm.invoke(r[0], **r[1]).content, requests))
+    with ThreadPoolExecutor(len(requests)) as pool:
+        streamed = list(pool.map(lambda r: "".join(c.content for c in llm.stream(r[0], **r[1])), requests))
+    assert concurrent == sequential and streamed == sequential
+    assert len(set(sequential)) > 3
+
+
+async def test_concurrent_asyncio_matches_sequential(llm):
+    requests = _requests()
+    sequential = [llm.invoke(p, **kw).content for p, kw in requests]
+
+    async def streamed(p, kw):
+        return "".join([c.content async for c in llm.astream(p, **kw)])
+
+    invoked = await asyncio.gather(*(llm.ainvoke(p, **kw) for p, kw in requests))
+    streams = await asyncio.gather(*(streamed(p, kw) for p, kw in requests))
+    assert [m.content for m in invoked] == sequential and list(streams) == sequential
+
+
+async def test_batch_and_abatch_match_invoke(llm):
+    prompts = [PROMPT, "Hello", [HumanMessage("Hello"), AIMessage("Hi."), HumanMessage("Bye")]]
+    expected = [llm.invoke(p).content for p in prompts]
+    assert [m.content for m in llm.batch(prompts)] == expected
+    assert [m.content for m in await llm.abatch(prompts)] == expected
+
+
+def test_chain_with_prompt_template(llm):
+    from langchain_core.output_parsers import StrOutputParser
+
+    prompt = ChatPromptTemplate.from_messages([("system", "Answer briefly."), ("human", "{q}")])
+    chain = prompt | llm | StrOutputParser()
+    assert chain.invoke({"q": PROMPT}) == llm.invoke([SystemMessage("Answer briefly."), HumanMessage(PROMPT)]).content
+
+
+def test_refusal_gets_the_standard_block(tiny_engine):
+    calls = []
+
+    def judge(prompt, reply):
+        calls.append((prompt, reply))
+        return True
+
+    llm = SafetyConsciousLLM(engine=tiny_engine, max_tokens=6, refusal_judge=judge)
+    reply = llm.invoke([HumanMessage("first"), AIMessage("ok"), HumanMessage(PROMPT)])
+    assert calls == [(PROMPT, reply.content)]
+    blocks = reply.content_blocks
+    assert blocks[-1]["type"] == "refusal" and blocks[-1]["refusal"] == reply.content
+    assert isinstance(reply.content, str) and reply.response_metadata["refusal"] is True
+    full = None
+    for chunk in llm.stream(PROMPT):
+        full = chunk if full is None else full + chunk
+    assert [b["type"] for b in full.content_blocks] == ["text", "refusal"]
+    v1 = SafetyConsciousLLM(engine=tiny_engine, max_tokens=6, refusal_judge=judge, output_version="v1")
+    assert [b["type"] for b in v1.invoke(PROMPT).content] == ["text", "refusal"]
+
+
+def test_no_refusal_block_without_a_refusal(llm):
+    assert isinstance(llm.refusal_judge, KeywordJudge)
+    reply = llm.invoke(PROMPT)
+    assert reply.response_metadata["refusal"] is False
+    assert [b["type"] for b in reply.content_blocks] == ["text"]
+
+
+def test_model_refusal_middleware_raises_on_steered_refusal(tiny_engine):
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import ModelRefusalMiddleware
+    from langchain_core.exceptions import ModelRefusalError
+
+    refusing = SafetyConsciousLLM(engine=tiny_engine, max_tokens=4, refusal_judge=lambda p, r: True)
+    agent = create_agent(refusing, middleware=[ModelRefusalMiddleware()])
+    with pytest.raises(ModelRefusalError):
+        agent.invoke({"messages": [HumanMessage(PROMPT)]})
+    answering = SafetyConsciousLLM(engine=tiny_engine, max_tokens=4, refusal_judge=lambda p, r: False)
+    result = create_agent(answering, middleware=[ModelRefusalMiddleware()]).invoke({"messages": [HumanMessage(PROMPT)]})
+    assert result["messages"][-1].response_metadata["model_provider"] == PROVIDER
+
+
+def test_verdict_is_logged_and_sent_as_event(llm, caplog):
+    handler = Events()
+    with caplog.at_level(logging.DEBUG, logger="scans_guard_langchain"):
+        reply = llm.invoke(PROMPT, config={"callbacks": [handler]})
+    records = [r for r in caplog.records if hasattr(r, "scans_score")]
+    assert len(records) == 1 and records[0].scans_score == reply.response_metadata["score"]
+    assert not hasattr(records[0], "scans_prompt")
+    (name, data), = handler.custom
+    assert name == EVENT_NAME and data["scans_score"] == reply.response_metadata["score"]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="scans_guard_langchain"):
+        SafetyConsciousLLM(engine=llm.engine, max_tokens=2, log_prompts=True).invoke(PROMPT)
+    assert [r.scans_prompt for r in caplog.records if hasattr(r, "scans_score")] == [PROMPT]
+
+
+def test_params_tools_and_model_override(llm, tiny_engine):
+    ls = llm._get_ls_params(stop=["x"])
+    assert ls == {"ls_provider": PROVIDER, "ls_model_name": tiny_engine.handle.name, "ls_model_type": "chat",
+                  "ls_temperature": 0.0, "ls_max_tokens": 8, "ls_stop": ["x"]}
+    assert llm._get_ls_params(model="other")["ls_model_name"] == "other"
+    ident = llm._identifying_params
+    assert ident["recipe"]["threshold"] == tiny_engine.recipe.threshold
+    assert ident["model_name"] == tiny_engine.handle.name
+    assert ident["model_fingerprint"] == tiny_engine.artifact.meta.model_fingerprint["weight_probe_sha256"]
+    with pytest.raises(NotImplementedError):
+        llm.bind_tools([])
+    with pytest.raises(ValueError, match="one local model"):
+        llm.invoke(PROMPT, model="gpt-x")
+    with pytest.raises(TypeError, match="unexpected"):
+        llm.invoke(PROMPT, frequency_penalty=1.0)
+    with pytest.raises(Exception, match="Extra inputs"):
+        SafetyConsciousLLM(engine=tiny_engine, max_token=3)
+
+
+async def test_stream_errors_reach_the_caller(llm):
+    image = HumanMessage([{"type": "image", "base64": "AAAA", "mime_type": "image/png"}])
+    with pytest.raises(InvalidPromptError):
+        list(llm.stream([image]))
+    with pytest.raises(InvalidPromptError):
+        [c async for c in llm.astream([image])]
+    with pytest.raises(InvalidPromptError, match="context window"):
+        [c async for c in llm.astream("word " * 600)]
+
+
+def test_load_needs_an_artifact_for_a_non_default_model(tiny_artifact, tmp_path):
+    from scans_guard.errors import ArtifactError, ModelLoadError
+
+    with pytest.raises(ArtifactError, match="needs an artifact"):
+        SafetyConsciousLLM.load(tmp_path / "model")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        SafetyConsciousLLM.load(tmp_path / "model", tiny_artifact)

@@ -1,0 +1,159 @@
+"""ScansGuardMiddleware in `create_agent` agents: steer, block, route and log (tiny model, fake agent models)."""
+
+from __future__ import annotations
+
+import logging
+from unittest import mock
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import FakeListChatModel, GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+
+from scans_guard.errors import InvalidPromptError
+from scans_guard_langchain import HarmfulPromptError, SafetyClassifier, SafetyConsciousLLM, SafetyPolicy
+from scans_guard_langchain.middleware import ScansGuardMiddleware
+
+PROMPT = "What is the capital of France?"
+IMAGE = HumanMessage([{"type": "text", "text": "What is in it?"},
+                      {"type": "image", "base64": "AAAA", "mime_type": "image/png"}])
+
+
+class Events(BaseCallbackHandler):
+    def __init__(self):
+        self.custom = []
+
+    def on_custom_event(self, name, data, **kwargs):
+        self.custom.append((name, data))
+
+
+def _agent(model, middleware, tools=()):
+    return create_agent(model, tools=list(tools), middleware=[middleware])
+
+
+def _fake(*answers: str):
+    return FakeListChatModel(responses=list(answers))
+
+
+def test_block_ends_the_run_with_a_refusal(harmful_engine, benign_engine):
+    model = _fake("model answer")
+    blocked = _agent(model, ScansGuardMiddleware(harmful_engine, strategy="block", refusal="Not with me."))
+    result = blocked.invoke({"messages": [HumanMessage(PROMPT)]})
+    last = result["messages"][-1]
+    assert [type(m) for m in result["messages"]] == [HumanMessage, AIMessage]
+    assert last.content == "Not with me." and last.content_blocks[-1]["type"] == "refusal"
+    assert result["scans_guard"]["band"] == "harmful" and result["scans_guard"]["verdict"]["label"] == "harmful"
+    assert model.i == 0  # the model never ran
+    allowed = _agent(model, ScansGuardMiddleware(benign_engine, strategy="block"))
+    assert allowed.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1].content == "model answer"
+
+
+def test_block_can_raise(harmful_engine):
+    agent = _agent(_fake("x"), ScansGuardMiddleware(harmful_engine, strategy="block", on_block="raise"))
+    with pytest.raises(HarmfulPromptError) as info:
+        agent.invoke({"messages": [HumanMessage(PROMPT)]})
+    assert info.value.verdict.label == "harmful"
+
+
+async def test_block_async(harmful_engine, benign_engine):
+    blocked = _agent(_fake("answer"), ScansGuardMiddleware(harmful_engine, strategy="block"))
+    assert (await blocked.ainvoke({"messages": [HumanMessage(PROMPT)]}))["messages"][-1].response_metadata["refusal"]
+    allowed = _agent(_fake("answer"), ScansGuardMiddleware(benign_engine, strategy="block"))
+    assert (await allowed.ainvoke({"messages": [HumanMessage(PROMPT)]}))["messages"][-1].content == "answer"
+
+
+def test_block_grey_zone_by_policy(tiny_engine):
+    score = tiny_engine.classify(PROMPT)[0].score
+    grey = SafetyPolicy(threshold=score + 0.001, grey_zone=0.01)
+    passes = _agent(_fake("answer"), ScansGuardMiddleware(tiny_engine, strategy="block", policy=grey))
+    assert passes.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1].content == "answer"
+    stops = _agent(_fake("answer"), ScansGuardMiddleware(tiny_engine, strategy="block", policy=grey, block_grey=True))
+    result = stops.invoke({"messages": [HumanMessage(PROMPT)]})
+    assert result["messages"][-1].response_metadata["refusal"] and result["scans_guard"]["band"] == "grey"
+
+
+def test_route_by_band(harmful_engine, benign_engine):
+    careful, default = _fake("careful model"), _fake("default model")
+    routes = {"harmful": careful, "benign": None}
+    to_careful = _agent(default, ScansGuardMiddleware(harmful_engine, strategy="route", routes=routes))
+    assert to_careful.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1].content == "careful model"
+    to_default = _agent(default, ScansGuardMiddleware(benign_engine, strategy="route", routes=routes))
+    assert to_default.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1].content == "default model"
+    canned = _agent(default, ScansGuardMiddleware(harmful_engine, strategy="route", routes={"harmful": "Canned."}))
+    reply = canned.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1]
+    assert reply.content == "Canned." and reply.response_metadata["refusal"] is True
+    with pytest.raises(ValueError, match="routes"):
+        ScansGuardMiddleware(harmful_engine, strategy="route")
+
+
+async def test_route_async(harmful_engine):
+    agent = _agent(_fake("default"), ScansGuardMiddleware(harmful_engine, strategy="route",
+                                                          routes={"harmful": _fake("careful")}))
+    assert (await agent.ainvoke({"messages": [HumanMessage(PROMPT)]}))["messages"][-1].content == "careful"
+
+
+def test_steer_answers_with_the_steered_model(tiny_engine, harmful_engine):
+    llm = SafetyConsciousLLM(engine=harmful_engine, max_tokens=4)
+    agent = _agent(_fake("unguarded model"), ScansGuardMiddleware(llm))  # strategy="steer" is the default
+    reply = agent.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1]
+    assert reply.response_metadata["model_provider"] == "scans_guard"
+    assert reply.response_metadata["direction"] == "towards_refusal"
+    assert reply.content == llm.invoke(PROMPT).content
+    with pytest.raises(ValueError, match="SafetyConsciousLLM"):
+        _agent(_fake("x"), ScansGuardMiddleware(tiny_engine)).invoke({"messages": [HumanMessage(PROMPT)]})
+
+
+async def test_steer_async_with_the_agents_own_steered_model(benign_engine, caplog):
+    llm = SafetyConsciousLLM(engine=benign_engine, max_tokens=4)
+    agent = _agent(llm, ScansGuardMiddleware(llm))
+    handler = Events()
+    with caplog.at_level(logging.INFO, logger="scans_guard_langchain"):
+        reply = (await agent.ainvoke({"messages": [HumanMessage(PROMPT)]}, {"callbacks": [handler]}))["messages"][-1]
+    assert reply.content == llm.invoke(PROMPT).content
+    records = [r for r in caplog.records if r.name.endswith("middleware")]
+    assert [r.scans_score for r in records] == [reply.response_metadata["score"]]
+    assert [data["scans_score"] for _, data in handler.custom] == [reply.response_metadata["score"]]
+
+
+def test_log_classifies_once_per_human_turn(tiny_engine, caplog):
+    @tool
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return "a city"
+
+    class ToolModel(GenericFakeChatModel):
+        def bind_tools(self, tools, **kwargs):
+            return self
+
+    model = ToolModel(messages=iter([
+        AIMessage("", tool_calls=[{"name": "lookup", "args": {"city": "Paris"}, "id": "t1"}]), AIMessage("Paris"),
+    ]))
+    guard = ScansGuardMiddleware(SafetyClassifier(engine=tiny_engine), strategy="log")
+    agent = _agent(model, guard, tools=[lookup])
+    handler = Events()
+    with mock.patch.object(tiny_engine, "classify", wraps=tiny_engine.classify) as spy, \
+            caplog.at_level(logging.INFO, logger="scans_guard_langchain"):
+        result = agent.invoke({"messages": [HumanMessage(PROMPT)]}, {"callbacks": [handler]})
+    assert isinstance(result["messages"][2], ToolMessage) and result["messages"][-1].content == "Paris"
+    assert spy.call_count == 1  # two model calls, one classification
+    verdict = tiny_engine.classify(PROMPT)[0]
+    records = [r for r in caplog.records if hasattr(r, "scans_score")]
+    assert len(records) == 1 and records[0].scans_score == pytest.approx(verdict.score, abs=1e-6)
+    assert not hasattr(records[0], "scans_prompt")
+    assert result["scans_guard"]["verdict"]["score"] == pytest.approx(verdict.score, abs=1e-6)
+    assert [(name, data["scans_score"]) for name, data in handler.custom] == \
+        [("scans_guard_verdict", records[0].scans_score)]
+
+
+def test_fail_closed_blocks_when_classification_fails(benign_engine):
+    state = {"messages": [IMAGE]}
+    with pytest.raises(InvalidPromptError):
+        _agent(_fake("answer"), ScansGuardMiddleware(benign_engine, strategy="block")).invoke(state)
+    closed = _agent(_fake("answer"), ScansGuardMiddleware(benign_engine, strategy="block", on_error="block"))
+    result = closed.invoke(state)
+    assert result["messages"][-1].response_metadata["refusal"] is True
+    assert result["scans_guard"]["verdict"] is None and "InvalidPromptError" in result["scans_guard"]["error"]
+    opened = _agent(_fake("answer"), ScansGuardMiddleware(benign_engine, strategy="block", on_error="allow"))
+    assert opened.invoke(state)["messages"][-1].content == "answer"
