@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .bench import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
 from .errors import ScansGuardError
 from .eval.cli import add_eval_arguments, cmd_eval
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate: refusal rates, sigma(q) classification, capability; write a report")
     add_eval_arguments(p)
+    _add_model_args(p)
+
+    p = sub.add_parser("bench", help="benchmark plain vs SCANS generation, sigma, batching, memory, load; JSON out")
+    add_bench_arguments(p)
     _add_model_args(p)
     return parser
 
@@ -205,7 +210,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "calibrate": cmd_calibrate,
-            "layers": cmd_layers, "eval": cmd_eval}
+            "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,6 +94,12 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None, progress: bool
     return target
 
 
+def invalidate_cache(target: Path) -> None:
+    """Remove a cached copy (its marker first, so a crash midway still leaves it marked incomplete)."""
+    (target / _COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+
+
 def _is_complete(target: Path) -> bool:
     marker = target / _COMPLETE
     try:

@@ -106,6 +106,8 @@ class ScansEngine:
         """sigma(q) for each conversation (a string is one user turn); one forward pass per batch."""
         if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
             conversations = [conversations]
+        if not conversations:
+            return []
         rows = self._prompt_rows(conversations, 0)
         verdicts: list[SafetyVerdict] = []
         for start in range(0, len(rows), batch_size):
@@ -131,6 +133,8 @@ class ScansEngine:
         classification (the always-positive / always-negative baselines). Closing the iterator early is safe.
         """
         config = config or GenerationConfig()
+        if not conversations:
+            return
         tok = self.handle.tokenizer
         rows = self._prompt_rows(conversations, config.max_new_tokens)
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .errors import InvalidPromptError, ModelLoadError, UnsupportedArchitectureError
@@ -99,7 +100,12 @@ class ModelHandle:
         """Token ids of the chat-formatted conversation, generation prompt included."""
         messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
         _validate_messages(messages)
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja2 errors and TypeErrors from malformed messages
+            raise InvalidPromptError(f"the chat template rejected the conversation: {exc}") from exc
+        if messages[-1]["content"].strip() not in text:
+            raise InvalidPromptError(f"the chat template dropped the last message (role {messages[-1].get('role')!r})")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return list(ids)
 
@@ -108,13 +114,19 @@ class ModelHandle:
         return model_fingerprint(self)
 
 
-def _validate_messages(messages: list[dict]) -> None:
+def _validate_messages(messages: object) -> None:
+    if not isinstance(messages, list):
+        raise InvalidPromptError(f"a conversation is a string or a list of messages, got {type(messages).__name__}")
     if not messages:
         raise InvalidPromptError("the conversation is empty")
     for m in messages:
         content = m.get("content") if isinstance(m, dict) else None
         if not isinstance(content, str):
             raise InvalidPromptError(f"message content must be text, got {type(content).__name__}")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPromptError(f"message content is not valid Unicode text: {exc.reason}") from None
     if not messages[-1]["content"].strip():
         raise InvalidPromptError("the prompt is empty or whitespace")
 
@@ -167,10 +179,16 @@ def load_model(
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     _check_device(device)
     if model is None:
-        from .default_model import default_model_dir
+        from .default_model import default_model_dir, invalidate_cache
 
-        path, name = default_model_dir(cache_dir=cache_dir, progress=progress), "qwen2.5-coder-0.5b-instruct-q4_k_m"
-        return _load_hf(path, None, device, dtype, name)
+        name = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+        path = default_model_dir(cache_dir=cache_dir, progress=progress)
+        try:
+            return _load_hf(path, None, device, dtype, name)
+        except ModelLoadError as exc:  # a cache damaged after it was written: rebuild it once
+            log.warning("cached default model at %s is unreadable (%s); rebuilding it", path, exc)
+            invalidate_cache(path)
+            return _load_hf(default_model_dir(cache_dir=cache_dir, progress=progress), None, device, dtype, name)
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model path does not exist: {path} (scans-guard never downloads weights)")
@@ -200,6 +218,6 @@ def _load_hf(path: Path, gguf_file: str | None, device: str, dtype: str, name: s
         model = AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, dtype=DTYPES[dtype], **kwargs
         ).to(device)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {path}{'/' + gguf_file if gguf_file else ''}: {exc}") from exc
     return ModelHandle.wrap(model, tokenizer, name=name)

@@ -1,0 +1,171 @@
+"""`scans-guard bench` on the tiny model: the JSON's structure and the equal-work mechanics, never its timings."""
+
+import json
+
+import pytest
+import torch
+
+from scans_guard import GenerationConfig
+from scans_guard.bench import SCHEMA, BenchConfig, format_table, forced_length, run_benchmark
+from scans_guard.cli import build_parser, main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is faster on one thread, and much faster when other processes share the CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+
+
+def _check_summary(s):
+    assert set(s) == {"mean", "median", "min", "max", "p90", "n"}
+    assert all(_number(v) for v in s.values())
+    assert s["min"] <= s["median"] <= s["max"]
+
+
+def _check_common(r, cfg):
+    assert r["schema"] == SCHEMA
+    m = r["machine"]
+    assert m["torch_num_threads"] >= 1 and m["os_cpu_count"] >= 1
+    assert {"torch", "transformers", "scans_guard", "python"} <= r["versions"].keys()
+    assert r["model"]["n_layers"] == 4 and r["model"]["parameters"] > 0
+
+    e = r["end_to_end"]
+    assert e["equal_work"] == "eos_suppressed" and e["max_new_tokens"] == cfg.max_new_tokens
+    for mode in ("plain", "scans"):
+        x = e[mode]
+        assert x["requests"] == cfg.n_prompts * cfg.repeats
+        # Equal work: EOS is suppressed, so every request generates exactly max_new_tokens.
+        assert x["completion_tokens"] == x["requests"] * cfg.max_new_tokens
+        assert _number(x["tokens_per_s"])
+        _check_summary(x["latency_s"])
+        _check_summary(x["ms_per_token"])
+        _check_summary(x["ttft_s"])
+        _check_summary(x["decode_ms_per_token"])
+        assert _number(x["decode_tokens_per_s"])
+    # Plain: prefill + one forward per further token. SCANS: the sigma pass, then one forward per token.
+    assert e["plain"]["forwards_per_request"]["max"] == cfg.max_new_tokens
+    assert e["scans"]["forwards_per_request"]["min"] == cfg.max_new_tokens + 1
+    assert sum(e["scans"]["directions"].values()) == cfg.n_prompts
+    c = e["scans_vs_plain"]
+    assert c["same_token_counts"] is True and c["goal"] == 0.99
+    assert isinstance(c["meets_goal"], bool) and _number(c["throughput_ratio"])
+    assert isinstance(c["decode_meets_goal"], bool) and _number(c["decode_throughput_ratio"])
+    assert _number(c["ratio_if_only_one_extra_forward"]) and _number(c["ttft_ratio_median"])
+
+    sigma = r["sigma"]["batches"]
+    assert [row["batch_size"] for row in sigma] == cfg.sigma_batch_sizes
+    for row in sigma:
+        assert _number(row["prompts_per_s"]) and row["n_prompts"] >= row["batch_size"]
+        _check_summary(row["ms_per_prompt"])
+        _check_summary(row["pass_latency_ms"])
+
+    b = r["batched_steering"]
+    assert [row["batch_size"] for row in b["batches"]] == cfg.steer_batch_sizes
+    assert b["coefficients"][0] > 0 > b["coefficients"][1], "per-row signs alternate"
+    assert len(b["coefficients"]) == max(cfg.steer_batch_sizes)
+    for row in b["batches"]:
+        assert row["completion_tokens"] == row["n_prompts"] * cfg.repeats * cfg.max_new_tokens
+        assert _number(row["tokens_per_s"])
+    assert isinstance(b["same_tokens_as_unbatched"], bool)
+    assert b["same_tokens_as_unbatched"] is True and b["mismatched_rows"] == []  # the tiny model is batch-stable
+
+    assert "scans_guard" in json.dumps(r)  # serialisable
+    table = format_table(r)
+    assert "end to end" in table and "sigma alone" in table and "SCANS / plain" in table
+
+
+def test_run_benchmark_in_process(tiny_engine):
+    cfg = BenchConfig.quick_config(memory=False, load_time=False, threads=1, max_new_tokens=4,
+                                   sigma_batch_sizes=[1, 4], steer_batch_sizes=[1, 2], n_prompts=2)
+    r = run_benchmark(cfg, engine=tiny_engine)
+    _check_common(r, cfg)
+    assert r["memory"] == {"skipped": "--no-memory"}
+    assert r["load"]["skipped"] == "--no-load-time" and r["load"]["in_process_s"] is None
+    assert all(not layer._forward_hooks for layer in tiny_engine.handle.layers)
+
+
+def test_forced_length_is_temporary(tiny_engine):
+    cfg = GenerationConfig(max_new_tokens=6)
+    eos_before = tiny_engine.handle.eos_token_ids()
+    with forced_length(tiny_engine):
+        assert tiny_engine.handle.eos_token_ids() == {-1}
+        out = tiny_engine.generate(["Paris?", "How do I bake bread?"], cfg, steer=False)
+        assert [o.completion_tokens for o in out] == [6, 6]
+        assert all(o.finish_reason == "length" for o in out)
+    assert tiny_engine.handle.eos_token_ids() == eos_before
+    with forced_length(tiny_engine, enabled=False):
+        assert tiny_engine.handle.eos_token_ids() == eos_before
+
+
+@pytest.fixture(scope="module")
+def tiny_on_disk(tiny, tiny_artifact, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    tiny.model.save_pretrained(root / "model")
+    tiny.tokenizer.save_pretrained(root / "model")
+    tiny_artifact.save(root / "artifact")
+    return root
+
+
+def test_cli_bench_quick_writes_json(tiny_on_disk, tmp_path, capsys):
+    """The whole command, subprocesses included (memory per mode, warm load time)."""
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"),
+               "--quick", "--threads", "1", "--max-new-tokens", "3", "--cold", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "SCANS / plain" in captured.out and "memory (MiB)" in captured.out
+    r = json.loads(out.read_text())
+    cfg = BenchConfig(**r["config"])
+    assert cfg.quick and cfg.max_new_tokens == 3 and cfg.threads == 1 and cfg.repeats == 1
+    _check_common(r, cfg)
+    assert r["machine"]["torch_num_threads"] == 1
+
+    mem = r["memory"]
+    for mode in ("plain", "scans"):
+        assert "error" not in mem[mode], mem[mode]
+        assert _number(mem[mode]["rss_after_warmup_mb"])
+        assert mem[mode]["mode"] == mode and _number(mem[mode]["peak_rss_mb"]) and _number(mem[mode]["load_s"])
+    assert mem["compared"] in {"generation_peak_rss_mb", "peak_rss_mb"}
+    assert isinstance(mem["scans_minus_plain_mb"], float)
+
+    load = r["load"]
+    assert _number(load["in_process_s"])
+    _check_summary(load["warm_subprocess_s"])
+    assert load["cold_s"] is None and "default model only" in load["cold_skipped"]
+
+
+def test_cli_bench_arguments():
+    args = build_parser().parse_args(["bench", "--quick", "--repeats", "2", "--sigma-batch-sizes", "1,4",
+                                      "--natural-length", "--no-memory", "--cold"])
+    from scans_guard.bench import config_from_args
+
+    cfg = config_from_args(args)
+    assert cfg.quick and cfg.repeats == 2 and cfg.max_new_tokens == 8 and cfg.sigma_batch_sizes == [1, 4]
+    assert not cfg.force_length and not cfg.memory and cfg.cold and cfg.model is None
+    full = config_from_args(build_parser().parse_args(["bench"]))
+    assert full.max_new_tokens == 48 and full.sigma_batch_sizes == [1, 8, 32] and full.steer_batch_sizes == [1, 8]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--sigma-batch-sizes", "0,x"])
+
+
+def test_cli_bench_other_model_needs_an_artifact(tiny_on_disk, capsys):
+    assert main(["bench", "--model", str(tiny_on_disk / "model"), "--quick"]) == 2
+    assert "needs an artifact" in capsys.readouterr().err
+
+
+def test_natural_length_reports_per_token(tiny_engine):
+    cfg = BenchConfig.quick_config(memory=False, load_time=False, threads=1, max_new_tokens=4, force_length=False,
+                                   sigma_batch_sizes=[1], steer_batch_sizes=[1], n_prompts=1)
+    from scans_guard.bench import bench_end_to_end
+
+    e = bench_end_to_end(tiny_engine, ["Paris?"], cfg)
+    assert e["equal_work"] == "natural_length_per_token"
+    for mode in ("plain", "scans"):
+        assert 1 <= e[mode]["completion_tokens"] <= 4
