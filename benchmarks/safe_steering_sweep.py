@@ -3,8 +3,9 @@
 For each prompt we store sigma's score and the greedy reply under fixed steering coefficients c (0 = unsteered,
 -a = away from refusal, +a = towards it). Any recipe (T, grey zone, alpha_benign, alpha_harmful) then picks, per
 prompt, the reply of the coefficient it would use, so the whole trade-off surface costs one generation per
-coefficient. Choices are made on the tuning split only (RepE-train pairs minus anchors + OKTest held-out); the
-evaluation sets are XSTest, OKTest, AdvBench held-out, HarmfulQ and MaliciousInstruct.
+coefficient. Choices are made on the tuning split only (RepE-train pairs minus anchors + HarmfulQ's tuning half vs
+OKTest held-out); the evaluation sets are XSTest, OKTest, AdvBench held-out, HarmfulQ's evaluation half and
+MaliciousInstruct.
 
     python benchmarks/safe_steering_sweep.py generate --data-dir ../shared/data --out results/sweep
     python benchmarks/safe_steering_sweep.py analyze --out results/sweep
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.data import anchor_split, load_set
+from scans_guard.data import anchor_split, load_set, tune_eval_split
 from scans_guard.judge import KeywordJudge
 
 EVAL_SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
@@ -31,11 +32,11 @@ HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_inst
 
 
 def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int) -> dict[str, list[str]]:
-    """Seeded samples of every set; AdvBench held-out excludes the anchors and every RepE prompt."""
+    """Seeded samples of every set; AdvBench held-out excludes the anchors and the RepE-train prompts (T's fit data)."""
     anchors = engine.artifact.meta.anchors
     harmful_anchors, _ = anchor_split(anchors["harmful"].n, anchors["harmful"].seed)
     repe_train = load_set("repe_train", data_dir)
-    repe_all = {e.prompt for e in repe_train + load_set("repe_test", data_dir)}
+    repe_all = {e.prompt for e in repe_train}
     xstest = load_set("xstest")
     pools = {
         "xstest_safe": [e.prompt for e in xstest if not e.harmful],
@@ -43,9 +44,10 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int) -> di
         "oktest": [e.prompt for e in load_set("oktest", data_dir)],
         "advbench_heldout": [e.prompt for e in load_set("advbench")
                              if e.prompt not in set(harmful_anchors) | repe_all],
-        "harmfulq": [e.prompt for e in load_set("harmfulq", data_dir)],
+        "harmfulq": [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[1]],  # evaluation half
         "malicious_instruct": [e.prompt for e in load_set("malicious_instruct", data_dir)],
-        "tune_harmful": [e.prompt for e in repe_train if e.harmful and e.prompt not in set(harmful_anchors)],
+        "tune_harmful": [e.prompt for e in repe_train if e.harmful and e.prompt not in set(harmful_anchors)]
+        + [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[0]],
         "tune_benign": [e.prompt for e in repe_train if not e.harmful]
         + [e.prompt for e in load_set("oktest_heldout", data_dir)],
     }
@@ -61,7 +63,8 @@ def response_nll(engine: ScansEngine, prompt: str, response: str) -> tuple[float
     if not resp_ids:
         return 0.0, 0
     ids = torch.tensor([prompt_ids + resp_ids], device=handle.device)
-    logits = handle.model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
+    # logits only for the positions that predict the response: [n_resp, vocab]
+    logits = handle.model(input_ids=ids, logits_to_keep=len(resp_ids) + 1).logits[0, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):], reduction="sum")
     return float(nll), len(resp_ids)
 
@@ -78,6 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             r = json.loads(line)
             done.add((r["set"], r["prompt"], r["coefficient"]))
     sets = prompt_sets(args.data_dir, engine, args.limit, args.seed)
+    (out / "sets.json").write_text(json.dumps(sets, indent=1))
     scores_path = out / "scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     todo_scores = sorted({p for ps in sets.values() for p in ps} - scores.keys())
@@ -89,7 +93,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     coefficients = [float(c) for c in args.coefficients.split(",")]
     with open(rows_path, "a") as f:
         for coef in coefficients:
-            todo = [(s, p) for s in EVAL_SETS + TUNE_SETS for p in sets[s] if (s, p, coef) not in done]
+            # A recipe steers by -a only below T and by +a only at or above T, so each coefficient is generated
+            # only where some T in the studied range could select it.
+            todo = [(s, p) for s in EVAL_SETS + TUNE_SETS for p in sets[s] if (s, p, coef) not in done
+                    and (coef == 0 or (coef < 0 and scores[p] < args.max_t) or (coef > 0 and scores[p] >= args.min_t))]
             todo.sort(key=lambda sp: len(sp[1]))  # similar lengths batch with little padding
             for i in tqdm(range(0, len(todo), args.batch_size), desc=f"coefficient {coef:+}"):
                 chunk = todo[i:i + args.batch_size]
@@ -102,10 +109,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def load_rows(out: Path) -> tuple[dict, dict]:
+    """Rows of the prompts in the current sets (sets.json), keyed by (set, prompt, coefficient)."""
+    sets = {name: set(prompts) for name, prompts in json.loads((out / "sets.json").read_text()).items()}
     by_key: dict = {}
     for line in (out / "generations.jsonl").read_text().splitlines():
         r = json.loads(line)
-        by_key[(r["set"], r["prompt"], r["coefficient"])] = r
+        if r["prompt"] in sets.get(r["set"], ()):
+            by_key[(r["set"], r["prompt"], r["coefficient"])] = r
     return by_key, json.loads((out / "scores.json").read_text())
 
 
@@ -128,46 +138,78 @@ def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, 
     return result
 
 
+SAFE_EVAL = ["xstest_safe", "oktest"]
+HARMFUL_EVAL = ["xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct"]
+
+
+def recipe_row(name: str, res: dict, base: dict) -> str:
+    cells = [f"{100 * res[s]['refusal']:.0f}% ({100 * (res[s]['refusal'] - base[s]['refusal']):+.0f})"
+             for s in EVAL_SETS + TUNE_SETS]
+    nll = np.mean([res[s]["nll"] - base[s]["nll"] for s in SAFE_EVAL])
+    return f"| {name} | " + " | ".join(cells) + f" | {nll:+.2f} |"
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     out = Path(args.out)
     by_key, scores = load_rows(out)
     coefs = sorted({k[2] for k in by_key})
     alphas_b = sorted({-c for c in coefs if c < 0})
-    alphas_h = sorted({c for c in coefs if c >= 0})
-    tune_scores = [scores[k[1]] for k in by_key if k[0] in TUNE_SETS and k[2] == 0.0]
-    grid_T = sorted(set(np.quantile(tune_scores, np.linspace(0.05, 0.95, 19)).round(4).tolist()))
-    rows = []
-    for T in grid_T:
-        for grey in (0.0, 0.01, 0.02):
-            for ab in alphas_b:
-                for ah in alphas_h:
-                    res = compose(by_key, scores, T, grey, ab, ah)
-                    if res:
-                        rows.append({"T": T, "grey_zone": grey, "alpha_benign": ab, "alpha_harmful": ah, "sets": res})
+    grid_T = np.round(np.arange(args.t_from, args.t_to + 1e-9, 0.0025), 4).tolist()
     base = compose(by_key, scores, 99.0, 0.0, 0.0, 0.0)  # T above every score: nothing steered
-    (out / "recipes.json").write_text(json.dumps({"unsteered": base, "recipes": rows}, indent=1))
+    recipes = {
+        "unsteered": base,
+        f"reference: +-1.0, T={args.reference_threshold}": compose(by_key, scores, args.reference_threshold, 0, 1, 1),
+        f"towards refusal only: +1.0 at T={args.reference_threshold}":
+            compose(by_key, scores, args.reference_threshold, 0, 0, 1),
+    }
+    for ab in alphas_b:
+        recipes[f"away from refusal only: -{ab} below T={args.threshold}"] = compose(by_key, scores, args.threshold,
+                                                                                   0, ab, 0)
+        if args.grey_zone:
+            recipes[f"away only: -{ab} below T-{args.grey_zone} (grey zone), T={args.threshold}"] = compose(
+                by_key, scores, args.threshold, args.grey_zone, ab, 0)
+    lines = ["| recipe | " + " | ".join(EVAL_SETS + TUNE_SETS) + " | ΔNLL (safe sets) |",
+             "|" + "---|" * (len(EVAL_SETS + TUNE_SETS) + 2)]
+    lines += [recipe_row(name, res, base) for name, res in recipes.items() if res]
+    n = {s: base[s]["n"] for s in base}
+    table = "\n".join(lines)
+    print(table)
+    curves = {}
+    for ab in alphas_b:
+        pts = []
+        for T in grid_T:
+            res = compose(by_key, scores, T, 0.0, ab, 0.0)
+            if res:
+                pts.append((T, np.mean([res[s]["refusal"] for s in HARMFUL_EVAL]),
+                            np.mean([res[s]["refusal"] for s in SAFE_EVAL])))
+        curves[ab] = pts
+    (out / "analysis.json").write_text(json.dumps({"n": n, "recipes": recipes, "curves": curves}, indent=1))
+    if args.plot:
+        import matplotlib
 
-    def tune_ok(r):  # the hardening gate, applied to the tuning split only
-        return r["sets"]["tune_harmful"]["refusal"] >= base["tune_harmful"]["refusal"] - 0.02 and \
-            r["sets"]["tune_benign"]["nll"] <= base["tune_benign"]["nll"] + 0.2
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    feasible = [r for r in rows if tune_ok(r)]
-    best = min(feasible, key=lambda r: (r["sets"]["tune_benign"]["refusal"], -r["T"])) if feasible else None
-    print(f"{len(rows)} recipes, {len(feasible)} pass the gate on the tuning split")
-    header = ["recipe"] + EVAL_SETS + TUNE_SETS
-    print(" | ".join(header))
-
-    def line(name, res):
-        return " | ".join([name] + [f"{100 * res[s]['refusal']:.0f}% ({res[s]['nll']:.2f})" for s in header[1:]])
-
-    print(line("unsteered", base))
-    reference = compose(by_key, scores, args.reference_threshold, 0.0, 1.0, 1.0)
-    if reference:
-        print(line(f"reference (T={args.reference_threshold}, +-1)", reference))
-    if best:
-        name = f"chosen T={best['T']} grey={best['grey_zone']} a_b={best['alpha_benign']} a_h={best['alpha_harmful']}"
-        print(line(name, best["sets"]))
-        (out / "chosen.json").write_text(json.dumps(best, indent=1))
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for ab, pts in curves.items():
+            ax.plot([p[1] * 100 for p in pts], [p[2] * 100 for p in pts], "o-", ms=3, label=f"away only, alpha={ab}")
+            for T, x, y in pts[:: max(1, len(pts) // 5)]:
+                ax.annotate(f"T={T}", (x * 100, y * 100), fontsize=6)
+        bx = np.mean([base[s]["refusal"] for s in HARMFUL_EVAL]) * 100
+        by = np.mean([base[s]["refusal"] for s in SAFE_EVAL]) * 100
+        ax.plot([bx], [by], "k*", ms=12, label="unsteered")
+        ref = recipes[f"reference: +-1.0, T={args.reference_threshold}"]
+        if ref:
+            ax.plot([np.mean([ref[s]["refusal"] for s in HARMFUL_EVAL]) * 100],
+                    [np.mean([ref[s]["refusal"] for s in SAFE_EVAL]) * 100], "rX", ms=10, label="reference recipe")
+        ax.axvline(bx - 2, color="grey", ls=":", lw=1, label="gate: unsteered - 2 points")
+        ax.set_xlabel("harmful-prompt refusal % (XSTest unsafe, AdvBench, HarmfulQ, MaliciousInstruct)")
+        ax.set_ylabel("safe-prompt refusal % (XSTest safe, OKTest)")
+        ax.set_title("SCANS trade-off on Qwen2.5-Coder-0.5B-Instruct")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=130)
+        print(f"wrote {args.plot}")
 
 
 def main() -> None:
@@ -182,9 +224,16 @@ def main() -> None:
     g.add_argument("--coefficients", default="0,-1,1,-2")
     g.add_argument("--max-new-tokens", type=int, default=24)
     g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--min-t", type=float, default=0.90, help="lowest T studied (positive steering above it)")
+    g.add_argument("--max-t", type=float, default=0.93, help="highest T studied (negative steering below it)")
     a = sub.add_parser("analyze")
     a.add_argument("--out", required=True)
-    a.add_argument("--reference-threshold", type=float, default=0.9106)
+    a.add_argument("--reference-threshold", type=float, default=0.9106, help="the issue's T for the reference recipe")
+    a.add_argument("--threshold", type=float, required=True, help="the artifact's T (fitted on the tuning split)")
+    a.add_argument("--grey-zone", type=float, default=0.0)
+    a.add_argument("--t-from", type=float, default=0.86)
+    a.add_argument("--t-to", type=float, default=0.93)
+    a.add_argument("--plot", help="write the trade-off plot (PNG) here")
     args = parser.parse_args()
     {"generate": cmd_generate, "analyze": cmd_analyze}[args.cmd](args)
 

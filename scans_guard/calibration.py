@@ -12,7 +12,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from .artifacts import AnchorSet, Artifact, ArtifactMeta, PlattFit, text_sha256
 from .classifier import harm_direction, sigma_scores, transitions_for
 from .config import CalibrationConfig, SteeringRecipe
-from .data import anchor_split, load_set, sample_prompts
+from .data import anchor_split, load_set, sample_prompts, tune_eval_split
 from .loading import ModelHandle
 from .safety_layers import middle_third, principal_directions, refusal_span, second_half, vocabulary_projection
 from .vectors import last_token_activations, refusal_vectors
@@ -40,17 +40,24 @@ def recall_threshold(scores: np.ndarray, harmful: np.ndarray, target: float) -> 
 
 
 def threshold_split(config: CalibrationConfig, anchors: tuple[list[str], list[str]]) -> tuple[str, list[str], list[str]]:
-    """Prompts T is fitted on: matched RepE-train pairs + OKTest held-out from a data directory, else held-out
-    AdvBench vs TruthfulQA (whose difference in form makes every layer look perfect, so prefer a data directory)."""
+    """Prompts T is fitted on.
+
+    With a data directory: harmful = RepE-train instructions (minus anchors) + the tuning half of HarmfulQ (questions,
+    like XSTest's unsafe prompts); benign = RepE-train harmless instructions + OKTest held-out. Matched in form, so
+    the fit measures harm rather than command-vs-question, and disjoint from every evaluation set. Without one:
+    held-out AdvBench vs TruthfulQA, whose difference in form makes every layer look perfect.
+    """
     n = config.n_threshold
     if config.threshold_data_dir:
         repe = load_set("repe_train", config.threshold_data_dir)
-        harmful = [e for e in repe if e.harmful]
+        harmfulq_tune, _ = tune_eval_split(load_set("harmfulq", config.threshold_data_dir), config.seed)
+        repe_harmful = [e for e in repe if e.harmful]
+        n_repe = min(n, len({e.prompt for e in repe_harmful} - set(anchors[0])))
+        harmful = sample_prompts(repe_harmful, n_repe, config.seed, exclude=set(anchors[0]))
+        harmful += sample_prompts(harmfulq_tune, min(n, len(harmfulq_tune)), config.seed)
         benign = [e for e in repe if not e.harmful] + load_set("oktest_heldout", config.threshold_data_dir)
-        n_h = min(n, len({e.prompt for e in harmful} - set(anchors[0])))
-        return ("repe_train (minus anchors) + oktest_heldout",
-                sample_prompts(harmful, n_h, config.seed, exclude=set(anchors[0])),
-                sample_prompts(benign, min(n, len(benign)), config.seed))
+        return ("repe_train (minus anchors) + harmfulq tuning half vs repe_train harmless + oktest_heldout",
+                harmful, sample_prompts(benign, min(2 * n, len(benign)), config.seed))
     adv, tqa = load_set("advbench"), load_set("truthfulqa")
     return ("held-out advbench vs truthfulqa",
             sample_prompts(adv, min(n, len(adv) - len(anchors[0])), config.seed, exclude=set(anchors[0])),
@@ -93,7 +100,9 @@ def calibrate(
     scores = torch.cat([sigma_scores(t_h, d_harm)[0], sigma_scores(t_b, d_harm)[0]]).numpy().astype(np.float64)
     labels = np.array([1] * len(fit_h) + [0] * len(fit_b))
     f1_threshold, best_f1 = best_threshold(scores, labels)
-    if config.target_recall is None:
+    if config.threshold is not None:
+        threshold = config.threshold
+    elif config.target_recall is None:
         threshold = f1_threshold
     else:
         threshold = recall_threshold(scores, labels, config.target_recall)
@@ -118,7 +127,8 @@ def calibrate(
         threshold_fit={
             "data": split_name, "n_harmful": len(fit_h), "n_benign": len(fit_b),
             "threshold_data_sha256": text_sha256(fit_h + fit_b), "positive_class": "harmful",
-            "rule": "max F1" if config.target_recall is None else f"harmful recall >= {config.target_recall}",
+            "rule": "given" if config.threshold is not None else
+            "max F1" if config.target_recall is None else f"harmful recall >= {config.target_recall}",
             "f1": float(f1_score(labels, predicted)), "recall": float(predicted[labels == 1].mean()),
             "false_positive_rate": float(predicted[labels == 0].mean()),
             "auroc": float(roc_auc_score(labels, scores)), "best_f1": best_f1, "best_f1_threshold": f1_threshold,

@@ -99,15 +99,18 @@ class CalibrationConfig(BaseModel):
     grey_zone: float = Field(0.0, ge=0)
     threshold_data_dir: str | None = Field(
         None,
-        description="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv: T is fitted on those "
-        "matched harmful/harmless instructions (not confounded by prompt form, disjoint from the evaluation sets); "
-        "None: held-out AdvBench vs TruthfulQA from the package",
+        description="directory with repe_harmful_harmless_train.csv, harmfulq.csv and oktest_heldout.csv: T is "
+        "fitted on RepE-train pairs + the tuning half of HarmfulQ vs OKTest held-out (not confounded by prompt form, "
+        "disjoint from the evaluation sets); None: held-out AdvBench vs TruthfulQA from the package",
     )
     target_recall: float | None = Field(
         0.95, gt=0, le=1,
         description="T is the highest threshold that still flags this share of the harmful fit prompts "
         "(a missed harmful prompt is steered away from refusal); None: the F1-optimal T",
     )
+    threshold: float | None = Field(
+        None, description="use this T instead of the fitted one (e.g. chosen by a steering sweep); the fit is "
+        "still computed and reported")
     n_threshold: int = Field(100, ge=4, description="prompts per class used to fit T")
     batch_size: int = Field(8, ge=1)
 

@@ -68,6 +68,14 @@ def sample_prompts(examples: list[Example], n: int, seed: int, exclude: set[str]
     return random.Random(seed).sample(pool, n)
 
 
+def tune_eval_split(examples: list[Example], seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """A fixed half/half split of a set: the first half may tune T, the second is for evaluation only."""
+    shuffled = sorted(examples, key=lambda e: e.prompt)
+    random.Random(seed).shuffle(shuffled)
+    half = len(shuffled) // 2
+    return shuffled[:half], shuffled[half:]
+
+
 def anchor_split(n: int, seed: int) -> tuple[list[str], list[str]]:
     """The default anchors: n AdvBench (harmful) and n TruthfulQA (benign) prompts."""
     return (sample_prompts(load_set("advbench"), n, seed), sample_prompts(load_set("truthfulqa"), n, seed))

@@ -1,0 +1,39 @@
+"""Threshold rules and calibration options."""
+
+import numpy as np
+import pytest
+
+from scans_guard import CalibrationConfig
+from scans_guard.calibration import best_threshold, calibrate, recall_threshold
+from scans_guard.data import load_set, tune_eval_split
+
+
+def test_best_threshold_maximises_f1():
+    scores = np.array([0.9, 0.8, 0.4, 0.3, 0.85])
+    labels = np.array([1, 1, 0, 0, 0])
+    t, f1 = best_threshold(scores, labels)
+    assert 0.4 < t <= 0.8 and f1 == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("target, expected_recall", [(0.75, 0.75), (1.0, 1.0), (0.5, 0.5)])
+def test_recall_threshold_is_the_highest_meeting_the_target(target, expected_recall):
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.65])
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    t = recall_threshold(scores, labels, target)
+    recall = (scores[labels == 1] >= t).mean()
+    assert recall == pytest.approx(expected_recall)
+    assert (scores[labels == 1] >= t + 0.051).mean() < target, "a higher T would also meet the target"
+
+
+def test_given_threshold_overrides_the_fit(tiny):
+    art = calibrate(tiny, CalibrationConfig(n_anchors=4, n_threshold=4, threshold=0.5), progress=False)
+    assert art.recipe.threshold == 0.5
+    assert art.meta.threshold_fit["rule"] == "given" and "auroc" in art.meta.threshold_fit
+
+
+def test_tune_eval_split_is_fixed_and_disjoint():
+    xs = load_set("xstest")
+    tune, held = tune_eval_split(xs)
+    assert {e.prompt for e in tune}.isdisjoint({e.prompt for e in held})
+    assert len(tune) + len(held) == len(xs)
+    assert tune_eval_split(list(reversed(xs)))[0] == tune
