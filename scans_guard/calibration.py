@@ -127,6 +127,7 @@ def calibrate(
         threshold_fit={
             "data": split_name, "n_harmful": len(fit_h), "n_benign": len(fit_b),
             "threshold_data_sha256": text_sha256(fit_h + fit_b), "positive_class": "harmful",
+            "prompt_sha256": sorted({text_sha256(p) for p in fit_h + fit_b}),  # lets evaluations exclude them
             "rule": "given" if config.threshold is not None else
             "max F1" if config.target_recall is None else f"harmful recall >= {config.target_recall}",
             "f1": float(f1_score(labels, predicted)), "recall": float(predicted[labels == 1].mean()),

@@ -3,8 +3,10 @@
 Sets come from the package (AdvBench, TruthfulQA, XSTest) or from a data directory (`--data-dir`, default
 ../shared/data); nothing is downloaded. Calibration anchors are always removed: the artifact records only their
 count, seed and sha256, so they are recomputed with `anchor_split` and checked against the hash. The prompts the
-threshold T was fitted on are recomputed the same way; by default they are only counted (and reported), with
-`exclude_threshold_fit` they are removed too.
+threshold T was fitted on (e.g. the tuning half of HarmfulQ) are identified the same way (by re-running
+`calibration.threshold_split` with the artifact's recorded config and checking `threshold_data_sha256`), or, if the
+artifact lists them, by the sha256 of each prompt (`threshold_fit["prompt_sha256"]`). They are removed by default
+(`exclude_threshold_fit`); kept, they are counted in the report.
 """
 
 from __future__ import annotations
@@ -79,8 +81,13 @@ class CalibrationPrompts:
     anchors: set[str] = field(default_factory=set)
     anchors_verified: bool = False
     threshold_fit: set[str] = field(default_factory=set)
+    threshold_fit_hashes: set[str] = field(default_factory=set)  # sha256 per prompt, if the artifact lists them
     threshold_fit_verified: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def in_threshold_fit(self, prompt: str) -> bool:
+        return prompt in self.threshold_fit or (bool(self.threshold_fit_hashes)
+                                                and text_sha256(prompt) in self.threshold_fit_hashes)
 
 
 def calibration_prompts(artifact: Artifact | dict, data_dir: str | os.PathLike | None) -> CalibrationPrompts:
@@ -105,6 +112,9 @@ def calibration_prompts(artifact: Artifact | dict, data_dir: str | os.PathLike |
     out.anchors, out.anchors_verified = set(h) | set(b), True
 
     fit = meta.get("threshold_fit", {})
+    if fit.get("prompt_sha256"):
+        out.threshold_fit_hashes, out.threshold_fit_verified = set(fit["prompt_sha256"]), True
+        return out
     cfg = meta.get("notes", {}).get("calibration_config")
     if not cfg or "threshold_data_sha256" not in fit:
         out.notes.append("the artifact does not record how T was fitted: T-fit prompts not identified")
@@ -121,7 +131,9 @@ def calibration_prompts(artifact: Artifact | dict, data_dir: str | os.PathLike |
         out.notes.append(f"T-fit prompts could not be recomputed: {exc}")
         return out
     if text_sha256(fit_h + fit_b) != fit["threshold_data_sha256"]:
-        out.notes.append("recomputed T-fit prompts do not match the artifact's sha256")
+        out.notes.append("the prompts T was fitted on could not be recomputed (this version of threshold_split "
+                         "selects others; their sha256 differs): T-fit prompts not identified, none removed")
+        log.warning(out.notes[-1])
         return out
     out.threshold_fit, out.threshold_fit_verified = set(fit_h) | set(fit_b), True
     return out
@@ -167,7 +179,7 @@ def load_benchmarks(
     calib: CalibrationPrompts,
     limit: int | None = None,
     seed: int = 0,
-    exclude_threshold_fit: bool = False,
+    exclude_threshold_fit: bool = True,
 ) -> tuple[dict[str, list[EvalPrompt]], dict[str, SetInfo], list[str]]:
     """Load the evaluation sets: ({set: prompts}, {set: info}, names of sets skipped for lack of data).
 
@@ -197,7 +209,7 @@ def load_benchmarks(
             if ex.prompt in calib.anchors:
                 n_anchor += 1
                 continue
-            if exclude_threshold_fit and ex.prompt in calib.threshold_fit:
+            if exclude_threshold_fit and calib.in_threshold_fit(ex.prompt):
                 n_fit += 1
                 continue
             if (ex.prompt, ex.label) in seen:
@@ -209,7 +221,7 @@ def load_benchmarks(
         loaded[name] = kept
         infos[name] = SetInfo(
             name=name, total=len(examples), anchors_removed=n_anchor, threshold_fit_removed=n_fit,
-            threshold_fit_overlap=sum(p.prompt in calib.threshold_fit for p in kept), duplicates_removed=n_dup,
+            threshold_fit_overlap=sum(calib.in_threshold_fit(p.prompt) for p in kept), duplicates_removed=n_dup,
             evaluated=len(kept), labels={lab: sum(p.label == lab for p in kept) for lab in ("safe", "unsafe")},
         )
     if skipped:

@@ -12,6 +12,7 @@ prompt applies to MMLU only. Both tasks write rows to `capability.jsonl`, so the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -55,12 +56,24 @@ def _deltas(engine: ScansEngine, coefs: Sequence[float]) -> dict[int, torch.Tens
                            torch.tensor(list(coefs), dtype=torch.float32), engine.handle)
 
 
+def _model_lock(handle) -> contextlib.AbstractContextManager:
+    """The model's lock: hooks live only while it is held, so requests sharing the model never see them."""
+    return getattr(handle, "lock", None) or contextlib.nullcontext()
+
+
 # -- perplexity -----------------------------------------------------------------------------------------------
 def wikitext_windows(engine: ScansEngine, path: str | os.PathLike, window: int = 1024,
                      max_windows: int | None = None) -> list[list[int]]:
     """Non-overlapping windows of `window` tokens of the file (the last, shorter one kept if >= 2 tokens)."""
     text = Path(path).read_text(encoding="utf-8")
-    ids = engine.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+    window = min(window, engine.handle.context_window)
+    ids: list[int] = []
+    if max_windows is not None:  # tokenize only a prefix that surely holds enough tokens (never > 8 chars each)
+        prefix = text[: max_windows * window * 8]
+        ids = engine.handle.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        ids = ids[: max_windows * window] if len(ids) > max_windows * window or len(prefix) == len(text) else []
+    if not ids:
+        ids = engine.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
     windows = [ids[i:i + window] for i in range(0, len(ids), window)]
     windows = [w for w in windows if len(w) >= 2]
     return windows[:max_windows] if max_windows is not None else windows
@@ -79,7 +92,8 @@ def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], coefs: Sequ
     """(summed negative log-likelihood in nats, tokens predicted) per window, steered by coefs[row] * v."""
     handle = engine.handle
     batch = PromptBatch.left_pad(windows, handle.tokenizer.pad_token_id, handle.device)
-    with add_to_block_outputs(handle.layers, _deltas(engine, coefs), start_column=0):
+    deltas = _deltas(engine, coefs)
+    with _model_lock(handle), add_to_block_outputs(handle.layers, deltas, start_column=0):
         kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids)
         if _uses_plain_head(handle.model):
@@ -102,6 +116,7 @@ def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], coefs: Sequ
 
 def run_perplexity(engine: ScansEngine, windows: Sequence[Sequence[int]], conditions: Sequence[Condition],
                    store: JsonlStore, batch_size: int = 4, progress: bool = True) -> None:
+    """NLL of every window not yet in `store` under each condition without a system prompt."""
     conds = [c for c in conditions if c.system is None]
     todo = [(c, i) for c in conds for i in range(len(windows)) if ("ppl", c.name, str(i)) not in store]
     with tqdm(total=len(todo), desc="perplexity", unit="window", disable=not progress) as bar:
@@ -136,12 +151,19 @@ def _read_mmlu(path: Path) -> list[list[str]]:
         return [row for row in csv.reader(f) if len(row) >= 6]
 
 
-def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10) -> tuple[list[MmluQuestion], dict[str, list]]:
-    """The fixed subset: the first `per_subject` test questions of every subject; plus each subject's dev rows."""
+def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10,
+              subjects: Sequence[str] | None = None) -> tuple[list[MmluQuestion], dict[str, list]]:
+    """The fixed subset: the first `per_subject` test questions of every subject (or of `subjects`); plus each
+    subject's dev rows."""
     root = Path(data_dir) / MMLU_DIR
     files = sorted((root / "test").glob("*_test.csv"))
     if not files:
         raise FileNotFoundError(f"no MMLU test files under {root / 'test'}")
+    if subjects is not None:
+        known = {f.name[: -len("_test.csv")] for f in files}
+        if unknown := sorted(set(subjects) - known):
+            raise ValueError(f"unknown MMLU subject(s) {unknown}")
+        files = [f for f in files if f.name[: -len("_test.csv")] in set(subjects)]
     questions, dev = [], {}
     for f in files:
         subject = f.name[: -len("_test.csv")]
@@ -176,26 +198,40 @@ def choice_token_ids(tokenizer) -> list[list[int]]:
     return out
 
 
+def _fits(engine: ScansEngine, conversation: str | list[dict]) -> bool:
+    """Whether the prompt plus sigma's answer prefix fits the context window (longer questions are skipped)."""
+    return len(engine.handle.chat_ids(conversation)) + 8 <= engine.handle.context_window
+
+
 @torch.inference_mode()
 def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]], coefs: Sequence[float]) -> np.ndarray:
     """[n, 4] best logit of each answer letter as the first assistant token, steered from the last prompt token."""
     handle = engine.handle
     rows = [handle.chat_ids(c) for c in conversations]
     batch = PromptBatch.left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
-    with add_to_block_outputs(handle.layers, _deltas(engine, coefs), start_column=batch.input_ids.shape[1] - 1):
+    deltas = _deltas(engine, coefs)
+    with _model_lock(handle), add_to_block_outputs(handle.layers, deltas, start_column=batch.input_ids.shape[1] - 1):
         logits = prefill(handle.model, batch).logits[:, -1, :].float().cpu()
     letters = choice_token_ids(handle.tokenizer)
     return np.stack([logits[:, ids].max(-1).values.numpy() for ids in letters], axis=1)
 
 
-def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[str, list], conditions: Sequence[Condition],
-             store: JsonlStore, shots: int = 0, batch_size: int = 8, progress: bool = True) -> None:
+def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[str, list],
+             conditions: Sequence[Condition], store: JsonlStore, shots: int = 0, batch_size: int = 8,
+             progress: bool = True) -> None:
+    """Score every question not yet in `store` under each condition (too-long prompts: rows marked skipped)."""
     todo = [(c, q) for c in conditions for q in questions if ("mmlu", c.name, q.item) not in store]
     with tqdm(total=len(todo), desc="mmlu", unit="question", disable=not progress) as bar:
         for cond in conditions:
             mine = sorted((q for c, q in todo if c is cond), key=lambda q: len(mmlu_prompt(q, dev[q.subject], shots)))
-            for start in range(0, len(mine), batch_size):
-                chunk = mine[start:start + batch_size]
+            fits = [q for q in mine if _fits(engine, cond.conversation(mmlu_prompt(q, dev[q.subject], shots)))]
+            too_long = [q for q in mine if q not in set(fits)]
+            store.append({"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject,
+                          "answer": q.answer, "pred": None, "correct": None, "coefficient": 0.0, "skipped": True}
+                         for q in too_long)
+            bar.update(len(too_long))
+            for start in range(0, len(fits), batch_size):
+                chunk = fits[start:start + batch_size]
                 convs = [cond.conversation(mmlu_prompt(q, dev[q.subject], shots)) for q in chunk]
                 coefs = _coefficients(engine, cond, convs)
                 scores = choice_logits(engine, convs, coefs)
@@ -221,7 +257,10 @@ def summarise_capability(rows: Sequence[dict]) -> dict:
             e["steered"] += r["coefficient"] != 0
         elif r["task"] == "mmlu":
             e = out["mmlu"].setdefault(r["condition"], {"correct": 0, "n": 0, "towards_refusal": 0,
-                                                        "away_from_refusal": 0})
+                                                        "away_from_refusal": 0, "skipped_too_long": 0})
+            if r.get("skipped"):
+                e["skipped_too_long"] += 1
+                continue
             e["correct"] += bool(r["correct"])
             e["n"] += 1
             e["towards_refusal"] += r["coefficient"] > 0

@@ -17,12 +17,12 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .. import __version__
 from ..engine import ScansEngine
 from ..judge import KeywordJudge, RefusalJudge, judge_name
-from .benchmarks import calibration_prompts, default_data_dir, load_benchmarks
+from .benchmarks import SETS, calibration_prompts, default_data_dir, load_benchmarks
 from .capability import (
     WIKITEXT_TEST,
     capability_store,
@@ -31,9 +31,9 @@ from .capability import (
     run_perplexity,
     wikitext_windows,
 )
-from .conditions import HELPFUL_SYSTEM_PROMPT, build_conditions
+from .conditions import CONDITION_NAMES, HELPFUL_SYSTEM_PROMPT, build_conditions
 from .report import write_report
-from .runner import generations_store, run_classification, run_generations, scores_store
+from .runner import generations_store, rejudge, run_classification, run_generations, scores_store
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
@@ -49,14 +49,29 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
     helpful_system_prompt: str = HELPFUL_SYSTEM_PROMPT
-    exclude_threshold_fit: bool = Field(False, description="also drop the prompts T was fitted on")
+    exclude_threshold_fit: bool = Field(True, description="drop the prompts T was fitted on (False: keep, count)")
     capability: bool = True
     ppl_window: int = Field(1024, ge=16)
     ppl_windows: int | None = Field(None, ge=1, description="None: the whole test split (or --limit windows)")
     mmlu_per_subject: int | None = Field(None, ge=1, description="None: 10 (or --limit if smaller)")
     mmlu_shots: int = Field(0, ge=0, le=5)
+    mmlu_subjects: list[str] | None = Field(None, description="None: all 57 subjects")
     plots: bool = True
     progress: bool = True
+
+    @field_validator("sets")
+    @classmethod
+    def _known_sets(cls, sets: list[str] | None) -> list[str] | None:
+        if sets is not None and (unknown := [s for s in sets if s not in SETS]):
+            raise ValueError(f"unknown set(s) {unknown}; known: {list(SETS)}")
+        return sets
+
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and (unknown := [n for n in names if n not in CONDITION_NAMES]):
+            raise ValueError(f"unknown condition(s) {unknown}; known: {list(CONDITION_NAMES)}")
+        return names
 
     def resolved_data_dir(self) -> Path | None:
         return Path(self.data_dir) if self.data_dir else default_data_dir()
@@ -124,9 +139,10 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
                      "ppl_windows": config.resolved_ppl_windows()},
         "conditions": [c.as_dict() for c in conditions],
         "sets": {k: v.as_dict() for k, v in infos.items()},
+        "selection": {k: [p.index for p in v] for k, v in sets.items()},  # row numbers in each set's file
         "skipped_sets": skipped,
         "calibration_prompts": {"anchors_excluded": len(calib.anchors), "anchors_verified": calib.anchors_verified,
-                                "threshold_fit_prompts": len(calib.threshold_fit),
+                                "threshold_fit_prompts": len(calib.threshold_fit or calib.threshold_fit_hashes),
                                 "threshold_fit_verified": calib.threshold_fit_verified,
                                 "threshold_fit_excluded": config.exclude_threshold_fit, "notes": calib.notes},
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -142,9 +158,10 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     gen_rows = run_generations(engine, prompts, conditions, generations_store(out), judge, config.max_new_tokens,
                                config.batch_size, scores, config.progress)
     cap_rows: list[dict] = []
-    run["capability_notes"] = []
+    run["capability_notes"], run["capability_items"] = [], []
     if config.capability:
         cap_rows = _run_capability(engine, config, conditions, data_dir, out, run["capability_notes"])
+        run["capability_items"] = sorted({r["item"] for r in cap_rows}, key=lambda i: (len(i), i))
     run["elapsed_s_this_session"] = round(time.perf_counter() - t0, 1)
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     return write_report(out, run, score_rows, gen_rows, cap_rows, plots=config.plots)
@@ -166,7 +183,7 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
         notes.append(f"perplexity skipped: {wiki} not found")
         wanted = set()
     if (data_dir / "mmlu" / "test").is_dir():
-        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject())
+        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects)
         run_mmlu(engine, questions, dev, conditions, store, config.mmlu_shots, config.batch_size, config.progress)
         wanted |= {q.item for q in questions}
     else:
@@ -175,13 +192,28 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
     return [r for r in store.rows if r["condition"] in names and r["item"] in wanted]
 
 
-def report_only(out_dir: str | os.PathLike, plots: bool = True) -> dict:
-    """Rebuild results.json, report.md and the plots from a results directory's files (no model needed)."""
+def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJudge | None = None) -> dict:
+    """Rebuild results.json, report.md and the plots from a results directory's files (no model needed).
+
+    With `judge`, every stored reply is judged again and the report uses (and records) that judge's verdicts;
+    generations.jsonl itself is left as it is.
+    """
     out = Path(out_dir)
     if not (out / RUN_FILE).is_file():
         raise FileNotFoundError(f"{out / RUN_FILE} not found: not a results directory")
     run = json.loads((out / RUN_FILE).read_text())
     names = {c["name"] for c in run["conditions"]}
-    gen_rows = [r for r in generations_store(out).rows if r["condition"] in names]
-    cap_rows = [r for r in capability_store(out).rows if r["condition"] in names]
-    return write_report(out, run, scores_store(out).rows, gen_rows, cap_rows, plots=plots)
+    chosen = {(name, i) for name, indices in run.get("selection", {}).items() for i in indices}
+
+    def selected(r: dict) -> bool:  # the prompts of the last run (rows of earlier, wider runs stay out)
+        return not chosen or (r["set"], r["index"]) in chosen
+
+    score_rows = [r for r in scores_store(out).rows if selected(r)]
+    gen_rows = [r for r in generations_store(out).rows if r["condition"] in names and selected(r)]
+    if judge is not None:
+        gen_rows = rejudge(gen_rows, judge)
+        run["settings"]["judge"] = f"{judge_name(judge)} (re-judged; generations.jsonl holds " \
+                                   f"{run['settings']['judge']}'s verdicts)"
+    items = set(run.get("capability_items", []))
+    cap_rows = [r for r in capability_store(out).rows if r["condition"] in names and r["item"] in items]
+    return write_report(out, run, score_rows, gen_rows, cap_rows, plots=plots)

@@ -130,10 +130,24 @@ def test_abandoned_stream_removes_its_hooks_and_stops(llm, no_hooks):
 
 
 async def test_abandoned_async_stream_removes_its_hooks(llm, no_hooks):
-    async with aclosing(llm.astream(PROMPT, max_tokens=200)) as stream:
-        async for chunk in stream:
-            assert chunk.content
-            break
+    forward_calls: list[int] = []
+    counter = llm.engine.handle.model.get_input_embeddings().register_forward_pre_hook(
+        lambda _m, _a: forward_calls.append(1))
+    try:
+        async with aclosing(llm.astream(PROMPT, max_tokens=200)) as stream:
+            async for chunk in stream:
+                assert chunk.content
+                break
+        # LangChain does not close its inner stream; the event loop's async-generator finaliser does, on a later
+        # turn of the loop, and the worker then stops after at most one more step. Wait until steps stop.
+        for _ in range(100):
+            seen = len(forward_calls)
+            await asyncio.sleep(0.05)
+            if len(forward_calls) == seen:
+                break
+    finally:
+        counter.remove()
+    assert len(forward_calls) < 200, "the abandoned stream kept decoding"
     assert no_hooks(llm.engine)
     assert (await llm.ainvoke(PROMPT)).content
 

@@ -1,0 +1,113 @@
+"""`scans-guard eval`: the evaluation harness from the command line (arguments and the command body)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .benchmarks import SETS
+from .conditions import CONDITION_NAMES
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="results directory (default: results/eval-<model>); an existing one "
+                                               "is resumed: rows already there are skipped")
+    p.add_argument("--data-dir", help="benchmark data directory (default: $SCANS_GUARD_DATA or ../shared/data)")
+    p.add_argument("--sets", type=_names, help=f"comma-separated (default: all available): {','.join(SETS)}")
+    p.add_argument("--conditions", type=_names, help=f"comma-separated (default: all): {','.join(CONDITION_NAMES)}")
+    p.add_argument("--limit", type=int, help="at most N prompts per set (label-balanced sample), N MMLU questions "
+                                             "per subject and N perplexity windows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="reply length (default 48)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--judge", help="refusal judge: keyword (default), keyword-reference, or package.module:attribute; "
+                                   "with --report-only, re-judges every stored reply")
+    p.add_argument("--helpful-system-prompt", help="system prompt of the helpful_prompt baseline")
+    p.add_argument("--keep-threshold-fit", action="store_true",
+                   help="keep (and count) the prompts the artifact's T was fitted on; by default they are dropped")
+    p.add_argument("--no-capability", action="store_true", help="skip perplexity and MMLU")
+    p.add_argument("--ppl-window", type=int, default=1024, help="tokens per perplexity window (default 1024)")
+    p.add_argument("--ppl-windows", type=int, help="perplexity windows (default: the whole test split)")
+    p.add_argument("--mmlu-per-subject", type=int, help="MMLU test questions per subject (default 10)")
+    p.add_argument("--mmlu-subjects", type=_names, help="comma-separated MMLU subjects (default: all 57)")
+    p.add_argument("--mmlu-shots", type=int, default=0, help="dev examples before each MMLU question (default 0)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild results.json, report.md and plots from --out's files; loads no model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(cls, **kwargs):
+    """Build the config; a bad value gets one line (pydantic's errors run to several)."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"--{where.replace('_', '-')}: {err['msg']}") from None
+
+
+def _default_out(model: str | None) -> str:
+    from pathlib import Path
+
+    name = Path(model).name if model else "default-model"
+    return str(Path("results") / f"eval-{name}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from ..judge import get_judge
+    from .pipeline import EvalConfig, report_only, run_eval
+
+    out = args.out or _default_out(args.model)
+    if args.report_only:
+        results = report_only(out, plots=not args.no_plots, judge=get_judge(args.judge) if args.judge else None)
+    else:
+        from ..engine import ScansEngine
+
+        judge = get_judge(args.judge or "keyword")
+        config = _config(
+            EvalConfig,
+            out_dir=out, data_dir=args.data_dir, sets=args.sets, conditions=args.conditions, limit=args.limit,
+            seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            exclude_threshold_fit=not args.keep_threshold_fit, capability=not args.no_capability,
+            ppl_window=args.ppl_window, ppl_windows=args.ppl_windows, mmlu_per_subject=args.mmlu_per_subject,
+            mmlu_shots=args.mmlu_shots, mmlu_subjects=args.mmlu_subjects, plots=not args.no_plots,
+            progress=not args.quiet,
+            **({"helpful_system_prompt": args.helpful_system_prompt} if args.helpful_system_prompt else {}),
+        )
+        engine = ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype,
+                                  progress=not args.quiet)
+        results = run_eval(engine, config, judge)
+    print(summary_text(results, out), file=sys.stdout)
+
+
+def summary_text(results: dict, out: str) -> str:
+    """A few lines for the terminal: refusal rates per condition, classification, capability, where the files are."""
+    lines = []
+    labels = {c["name"]: c["label"] for c in results["run"]["conditions"]}
+    summary = results["refusal"]["summary"]
+    for cond, s in ((c, summary[c]) for c in labels if c in summary):
+        lines.append(f"{labels.get(cond, cond):22s} refused: safe {_pct(s['safe_mean_rate'])} (n={s['safe_n']})  "
+                     f"unsafe {_pct(s['unsafe_mean_rate'])} (n={s['unsafe_n']})")
+    for e in results["classification"]["suites"]:
+        m = e["at_artifact_T"]["positive=unsafe"]
+        auroc = "–" if m["auroc"] is None else f"{m['auroc']:.3f}"
+        f1 = "–" if m["f1"] is None else f"{m['f1']:.3f}"
+        lines.append(f"sigma(q) {e['suite']:36s} AUROC {auroc}  F1@T {f1}  FPR@T {_pct(m['fpr'])}")
+    cap = results["capability"]
+    for cond, p in cap.get("perplexity", {}).items():
+        lines.append(f"perplexity {labels.get(cond, cond):22s} {p['perplexity']:.2f} ({p['tokens']} tokens)")
+    for cond, m in cap.get("mmlu", {}).items():
+        lines.append(f"MMLU {labels.get(cond, cond):28s} {_pct(m['accuracy'])} ({m['correct']}/{m['n']})")
+    lines.append(f"report: {out}/report.md")
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"

@@ -1,0 +1,96 @@
+"""Which prompts are evaluated: anchors out, T-fit prompts identified, label-balanced --limit, missing data."""
+
+import pytest
+
+from scans_guard.data import anchor_split, load_set
+from scans_guard.eval.benchmarks import calibration_prompts, limit_prompts, load_benchmarks
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_artifact, eval_data):
+    return calibration_prompts(tiny_artifact, eval_data)
+
+
+def test_anchors_recomputed_and_verified(tiny_artifact, calib):
+    a = tiny_artifact.meta.anchors["harmful"]
+    harmful, benign = anchor_split(a.n, a.seed)
+    assert calib.anchors_verified and calib.anchors == set(harmful) | set(benign)
+    # The tiny artifact fits T on held-out AdvBench vs TruthfulQA and lists those prompts' hashes.
+    assert calib.threshold_fit_verified and len(calib.threshold_fit_hashes) == 16
+    assert not any(calib.in_threshold_fit(p) for p in calib.anchors)
+
+
+def test_anchors_removed_from_every_set(calib, eval_data):
+    sets, infos, skipped = load_benchmarks(["advbench", "truthfulqa", "repe_test"], eval_data, calib,
+                                           exclude_threshold_fit=False)
+    assert not skipped
+    for prompts in sets.values():
+        assert not {p.prompt for p in prompts} & calib.anchors
+    assert infos["advbench"].anchors_removed == 8 and infos["advbench"].evaluated == 520 - 8
+    assert infos["truthfulqa"].anchors_removed == 8
+    # The RepE fixture holds one anchor and one duplicated safe prompt.
+    assert infos["repe_test"].anchors_removed == 1 and infos["repe_test"].duplicates_removed == 1
+    assert infos["repe_test"].labels == {"safe": 2, "unsafe": 2}
+    assert infos["advbench"].threshold_fit_overlap == 8  # counted when kept
+
+
+def test_threshold_fit_prompts_removed_by_default(calib, eval_data):
+    sets, infos, _ = load_benchmarks(["advbench"], eval_data, calib)
+    assert infos["advbench"].threshold_fit_removed == 8 and infos["advbench"].threshold_fit_overlap == 0
+    assert infos["advbench"].evaluated == 520 - 8 - 8
+    assert not {p.prompt for p in sets["advbench"]} & calib.threshold_fit
+
+
+def test_threshold_fit_by_prompt_hashes(tiny_artifact, eval_data):
+    hashed = calibration_prompts(tiny_artifact.meta.model_dump(), None)  # no data directory needed
+    assert hashed.threshold_fit_verified and not hashed.threshold_fit
+    _, infos, _ = load_benchmarks(["advbench", "truthfulqa"], eval_data, hashed)
+    assert infos["advbench"].threshold_fit_removed == 8 and infos["truthfulqa"].threshold_fit_removed == 8
+
+
+def test_threshold_fit_recomputed_without_hashes(tiny_artifact, eval_data):
+    meta = tiny_artifact.meta.model_dump()
+    del meta["threshold_fit"]["prompt_sha256"]
+    calib = calibration_prompts(meta, eval_data)
+    assert calib.threshold_fit_verified and len(calib.threshold_fit) == 16
+
+
+def test_unreproducible_threshold_fit_is_reported(tiny_artifact, eval_data):
+    meta = tiny_artifact.meta.model_dump()
+    del meta["threshold_fit"]["prompt_sha256"]
+    meta["threshold_fit"]["threshold_data_sha256"] = "0" * 64
+    calib = calibration_prompts(meta, eval_data)
+    assert calib.anchors_verified and not calib.threshold_fit_verified and "could not be recomputed" in calib.notes[0]
+
+
+def test_limit_is_seeded_and_label_balanced(calib):
+    sets, _, _ = load_benchmarks(["xstest"], None, calib, limit=10, seed=3)
+    again, _, _ = load_benchmarks(["xstest"], None, calib, limit=10, seed=3)
+    other, _, _ = load_benchmarks(["xstest"], None, calib, limit=10, seed=4)
+    labels = [p.label for p in sets["xstest"]]
+    assert len(labels) == 10 and labels.count("safe") == 5
+    assert sets == again and sets != other
+    assert [p.index for p in sets["xstest"]] == sorted(p.index for p in sets["xstest"])
+    assert limit_prompts(sets["xstest"], None, 0) == sets["xstest"]
+
+
+def test_missing_data_dir(calib, tmp_path):
+    sets, _, skipped = load_benchmarks(None, None, calib, limit=2)
+    assert set(sets) == {"xstest", "truthfulqa", "advbench"}
+    assert "oktest" in skipped and "repe_test" in skipped
+    with pytest.raises(FileNotFoundError, match="oktest.csv"):
+        load_benchmarks(["oktest"], tmp_path, calib)
+    with pytest.raises(ValueError, match="unknown set"):
+        load_benchmarks(["nope"], tmp_path, calib)
+
+
+def test_unverifiable_anchors_are_reported(tiny_artifact):
+    meta = tiny_artifact.meta.model_dump()
+    meta["anchors"]["harmful"]["sha256"] = "0" * 64
+    calib = calibration_prompts(meta, None)
+    assert not calib.anchors_verified and not calib.anchors and "do not match" in calib.notes[0]
+
+
+def test_xstest_shipped_counts():
+    xs = load_set("xstest")
+    assert sum(e.label == "safe" for e in xs) == 250 and sum(e.label == "unsafe" for e in xs) == 200

@@ -1,0 +1,132 @@
+"""The whole harness on the tiny model: files written, numbers consistent, resume, report-only, the CLI."""
+
+import json
+
+import pytest
+
+from scans_guard.cli import main
+from scans_guard.eval import EvalConfig, report_only, run_eval
+from scans_guard.eval.plots import available as plots_available
+from scans_guard.judge import KeywordJudge, Rule
+
+
+def _config(out, data, **kw):
+    base = dict(out_dir=str(out), data_dir=str(data), limit=2, max_new_tokens=3, ppl_window=16,
+                mmlu_subjects=["cooking"], progress=False)
+    return EvalConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_engine, eval_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    results = run_eval(tiny_engine, _config(out, eval_data))
+    return out, results
+
+
+def test_files_written(run_dir):
+    out, results = run_dir
+    for name in ("run.json", "results.json", "report.md", "generations.jsonl", "scores.jsonl", "capability.jsonl"):
+        assert (out / name).is_file(), name
+    if plots_available():
+        for png in ("refusal_rates", "roc", "threshold_sweep", "layer_profile", "scores"):
+            path = out / "plots" / f"{png}.png"
+            assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+        assert set(results["figures"]) >= {"refusal_rates", "roc", "threshold_sweep", "layer_profile"}
+    assert json.loads((out / "results.json").read_text())["classification"]["artifact_threshold"] == \
+        results["run"]["artifact"]["recipe"]["threshold"]
+
+
+def test_rows_and_numbers_agree(run_dir):
+    out, results = run_dir
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    n_sets = len(results["run"]["sets"])
+    assert len(rows) == 5 * 2 * n_sets  # five conditions, two prompts per set
+    for r in rows:
+        assert {"prompt", "set", "label", "condition", "score", "direction", "response", "refused"} <= r.keys()
+    scans = [r for r in rows if r["condition"] == "scans" and r["set"] == "xstest" and r["label"] == "safe"]
+    rate = next(x for x in results["refusal"]["rates"]
+                if (x["condition"], x["set"], x["label"]) == ("scans", "xstest", "safe"))
+    assert rate["n"] == len(scans) and rate["refused"] == sum(r["refused"] for r in scans)
+    suites = {e["suite"] for e in results["classification"]["suites"]}
+    assert {"xstest", "oktest+harmfulq", "repe_test", "all"} <= suites
+    assert results["classification"]["layer_profile"]["all"][0]["layer"] == 1
+    cap = results["capability"]
+    assert set(cap["perplexity"]) == {"unsteered", "scans", "always_negative", "always_positive"}
+    assert cap["mmlu"]["unsteered"]["n"] == 2
+    assert results["vocabulary_projection"] and "positive=safe" in results["classification"]["suites"][0][
+        "at_artifact_T"]
+
+
+def test_report_sections(run_dir):
+    out, _ = run_dir
+    md = (out / "report.md").read_text()
+    for heading in ("## Setup", "## Refusal rates (Table 2)", "## sigma(q) classification",
+                    "## Threshold sweep (Table 7)", "## Layer profile (Figure 5)", "## Vocabulary projection (Table 1)",
+                    "## Capability", "Positive class: unsafe", "Positive class: safe"):
+        assert heading in md, heading
+    if plots_available():
+        assert "![refusal rates](plots/refusal_rates.png)" in md
+
+
+def test_second_run_resumes_without_work(run_dir, tiny_engine, eval_data):
+    out, results = run_dir
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(tiny_engine, name)
+
+        def generate(self, *a, **kw):
+            calls.append("generate")
+            return tiny_engine.generate(*a, **kw)
+
+        def classify(self, *a, **kw):
+            calls.append("classify")
+            return tiny_engine.classify(*a, **kw)
+
+    again = run_eval(Spy(), _config(out, eval_data, plots=False))
+    assert calls == []
+    assert again["refusal"] == results["refusal"]
+
+
+def test_changed_settings_refuse_to_resume(run_dir, tiny_engine, eval_data):
+    out, _ = run_dir
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        run_eval(tiny_engine, _config(out, eval_data, max_new_tokens=5))
+
+
+def test_report_only_rejudges(run_dir, tmp_path):
+    out, results = run_dir
+    everything = KeywordJudge([Rule("")], name="always")  # "" is in every reply: every reply refuses
+    rebuilt = report_only(out, plots=False, judge=everything)
+    assert all(r["rate"] == 1.0 for r in rebuilt["refusal"]["rates"])
+    assert "always (re-judged" in rebuilt["run"]["settings"]["judge"]
+    plain = report_only(out, plots=False)
+    assert plain["refusal"] == results["refusal"]
+    with pytest.raises(FileNotFoundError):
+        report_only(tmp_path)
+
+
+def test_cli_eval(tiny_engine, eval_data, tmp_path, monkeypatch, capsys):
+    from scans_guard.engine import ScansEngine
+
+    monkeypatch.setattr(ScansEngine, "load", classmethod(lambda cls, *a, **kw: tiny_engine))
+    out = tmp_path / "cli"
+    code = main(["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "xstest,oktest",
+                 "--conditions", "unsteered,scans", "--limit", "2", "--max-new-tokens", "2", "--no-capability",
+                 "--no-plots", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "SCANS" in printed and "report:" in printed
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["sets"]) == {"xstest", "oktest"} and [c["name"] for c in run["conditions"]] == ["unsteered", "scans"]
+    assert main(["eval", "--out", str(out), "--report-only", "--no-plots", "--judge", "keyword-reference"]) == 0
+    # A narrower rerun reuses the rows it needs; its report (and a report-only rebuild) covers only its prompts.
+    args = ["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "xstest,oktest", "--conditions",
+            "unsteered,scans", "--limit", "1", "--max-new-tokens", "2", "--no-capability", "--no-plots", "--quiet"]
+    assert main(args) == 0
+    lines = (out / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 2  # nothing new generated
+    for results in (json.loads((out / "results.json").read_text()), report_only(out, plots=False)):
+        assert sum(r["n"] for r in results["refusal"]["rates"]) == 2 * 2
+    assert main(["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "nope", "--quiet"]) == 2
