@@ -4,8 +4,8 @@ Per call, the whole conversation goes through the model's chat template; sigma(q
 pass over chat(q) + r_pos, whose KV cache the generation reuses), and the reply is decoded with the refusal vector
 added (harmful: towards refusal) or subtracted (benign: away from refusal) at the steering layers.
 
-Concurrency model: one `ScansEngine` serialises forward *steps* under a lock and registers each request's steering
-hooks inside that lock only, so requests in flight at once (threads, `batch`, asyncio tasks) interleave their steps
+Concurrency model: the engine serialises forward *steps* under the model's lock (`ModelHandle.lock`, shared by every
+engine on that model) and registers each request's steering hooks inside that lock only, so requests in flight at once (threads, `batch`, asyncio tasks) interleave their steps
 and never see each other's steering. Async methods run the blocking engine in a worker thread; `astream` pumps
 tokens from a worker thread into the event loop, so the loop is never blocked. Requests do not run in parallel on
 the model: throughput comes from `engine.generate` on a padded batch, not from concurrency.
