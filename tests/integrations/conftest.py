@@ -12,14 +12,8 @@ from scans_guard_langchain import SafetyConsciousLLM  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny model's matrices are too small for intra-op threads, which only contend for the 2 cores here."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Every integration test runs the tiny model on one thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
