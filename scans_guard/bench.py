@@ -90,25 +90,6 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
             "p90": p90, "n": len(vals)}
 
 
-@contextlib.contextmanager
-def forced_length(engine, enabled: bool = True) -> Iterator[None]:
-    """While active, no token counts as EOS for this engine, so every row runs to max_new_tokens.
-
-    The engine asks `handle.eos_token_ids()` at the start of each generation; an instance attribute returning an id
-    no token can have shadows the method and is removed on exit. Only for benchmarking: the text after a real EOS is
-    not a reply.
-    """
-    handle = engine.handle
-    if not enabled:
-        yield
-        return
-    handle.eos_token_ids = lambda: {-1}
-    try:
-        yield
-    finally:
-        del handle.eos_token_ids
-
-
 def _peak_rss_mb() -> float:
     """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -256,18 +237,17 @@ def bench_end_to_end(engine, prompts: Sequence[str], cfg: BenchConfig) -> dict:
     """
     from .config import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, ignore_eos=cfg.force_length)
     modes = {"plain": {"steer": False}, "scans": {"steer": True, "reuse_cache": True}}
     runs: dict[str, list[dict]] = {m: [] for m in modes}
-    with forced_length(engine, cfg.force_length):
-        for _ in range(cfg.warmup):
-            for kwargs in modes.values():
-                engine.generate([prompts[0]], gen, **kwargs)
-        for rep in range(cfg.repeats):
-            for i, prompt in enumerate(prompts):
-                order = list(modes) if (rep + i) % 2 == 0 else list(modes)[::-1]
-                for mode in order:
-                    runs[mode].append({"prompt": i, "repeat": rep, **_timed_request(engine, prompt, gen, modes[mode])})
+    for _ in range(cfg.warmup):
+        for kwargs in modes.values():
+            engine.generate([prompts[0]], gen, **kwargs)
+    for rep in range(cfg.repeats):
+        for i, prompt in enumerate(prompts):
+            order = list(modes) if (rep + i) % 2 == 0 else list(modes)[::-1]
+            for mode in order:
+                runs[mode].append({"prompt": i, "repeat": rep, **_timed_request(engine, prompt, gen, modes[mode])})
     result: dict = {"equal_work": "eos_suppressed" if cfg.force_length else "natural_length_per_token",
                     "n_prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "repeats": cfg.repeats,
                     "batch_size": 1}
@@ -350,21 +330,20 @@ def bench_batched_steering(engine, prompts: Sequence[str], cfg: BenchConfig) -> 
     n = max(cfg.steer_batch_sizes)
     rows = list(prompts[:n])
     coefs = [a if i % 2 == 0 else -a for i in range(len(rows))]
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, ignore_eos=cfg.force_length)
     out_rows = []
-    with forced_length(engine, cfg.force_length):
-        for b in cfg.steer_batch_sizes:
-            chunks = [(rows[i:i + b], coefs[i:i + b]) for i in range(0, len(rows), b)]
-            for _ in range(cfg.warmup):
-                engine.generate(chunks[0][0], gen, coefficient=chunks[0][1])
-            walls, tokens = [], 0
-            for _ in range(cfg.repeats):
-                for chunk, c in chunks:
-                    wall, outs = _timed(lambda: engine.generate(chunk, gen, coefficient=c))
-                    walls.append(wall)
-                    tokens += sum(o.completion_tokens for o in outs)
-            out_rows.append({"batch_size": b, "n_prompts": len(rows), "calls": len(walls), "completion_tokens": tokens,
-                             "tokens_per_s": tokens / sum(walls), "call_latency_s": _summary(walls)})
+    for b in cfg.steer_batch_sizes:
+        chunks = [(rows[i:i + b], coefs[i:i + b]) for i in range(0, len(rows), b)]
+        for _ in range(cfg.warmup):
+            engine.generate(chunks[0][0], gen, coefficient=chunks[0][1])
+        walls, tokens = [], 0
+        for _ in range(cfg.repeats):
+            for chunk, c in chunks:
+                wall, outs = _timed(lambda: engine.generate(chunk, gen, coefficient=c))
+                walls.append(wall)
+                tokens += sum(o.completion_tokens for o in outs)
+        out_rows.append({"batch_size": b, "n_prompts": len(rows), "calls": len(walls), "completion_tokens": tokens,
+                         "tokens_per_s": tokens / sum(walls), "call_latency_s": _summary(walls)})
     # Equality check with real EOS handling (what a user gets), greedy, untimed.
     batched = engine.generate(rows, gen, coefficient=coefs)
     single = [engine.generate([p], gen, coefficient=[c])[0] for p, c in zip(rows, coefs)]
@@ -394,15 +373,14 @@ def _child(spec: dict) -> dict:
     out = {"mode": spec["mode"], "load_s": load_s, "rss_start_mb": rss_start, "rss_after_load_mb": _current_rss_mb(),
            "peak_rss_after_load_mb": _peak_rss_mb()}
     if spec["mode"] in ("plain", "scans"):
-        gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"])
+        gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"], ignore_eos=spec["force_length"])
         kwargs = {"steer": spec["mode"] == "scans"}
         # Safetensors weights are memory-mapped and become resident on first use: one short warm-up request first,
         # so the peak below measures generation (activations, KV cache, steering) rather than page-ins.
         engine.generate([spec["prompts"][0]], GenerationConfig(max_new_tokens=2), **kwargs)
         out["rss_after_warmup_mb"] = _current_rss_mb()
         reset = _reset_peak_rss()
-        with forced_length(engine, spec["force_length"]):
-            engine.generate(spec["prompts"], gen, **kwargs)  # the end-to-end prompts as one batch
+        engine.generate(spec["prompts"], gen, **kwargs)  # the end-to-end prompts as one batch
         out.update({
             "hwm_reset": reset,
             "generation_peak_rss_mb": _status_kib("VmHWM") if reset else None,

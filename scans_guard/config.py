@@ -54,6 +54,7 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
     seed: int | None = Field(None, description="seed for sampling; None draws a fresh one")
+    ignore_eos: bool = Field(False, description="decode all max_new_tokens even past end-of-turn (benchmarks)")
 
 
 class SafetyVerdict(BaseModel):

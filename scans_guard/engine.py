@@ -157,7 +157,7 @@ class ScansEngine:
             yield StreamEvent(row=i, verdict=v)
         deltas = steering_deltas(self._vectors, self.recipe.steer_layers, coefs, self.handle) if coefs.any() else {}
         state = [_Row() for _ in rows]
-        eos = self.handle.eos_token_ids()
+        eos = set() if config.ignore_eos else self.handle.eos_token_ids()
         decoder = steered_decode(self.handle, prompts, deltas, config, cache=cache, step_lock=self.handle.lock,
                                  should_stop=lambda r, _ids: state[r].finish is not None)
         t1 = time.perf_counter()

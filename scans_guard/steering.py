@@ -70,7 +70,8 @@ def steered_decode(
     generator = None
     if config.temperature > 0:
         generator = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
-    eos = torch.tensor(sorted(handle.eos_token_ids()), device=handle.device)
+    eos = torch.tensor(sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long,
+                       device=handle.device)
     pad = handle.tokenizer.pad_token_id
     done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
     generated: list[list[int]] = [[] for _ in prompts.lengths]

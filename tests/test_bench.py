@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.bench import SCHEMA, BenchConfig, format_table, forced_length, run_benchmark
+from scans_guard.bench import SCHEMA, BenchConfig, format_table, run_benchmark
 from scans_guard.cli import build_parser, main
 
 
@@ -84,17 +84,11 @@ def test_run_benchmark_in_process(tiny_engine):
     assert all(not layer._forward_hooks for layer in tiny_engine.handle.layers)
 
 
-def test_forced_length_is_temporary(tiny_engine):
-    cfg = GenerationConfig(max_new_tokens=6)
-    eos_before = tiny_engine.handle.eos_token_ids()
-    with forced_length(tiny_engine):
-        assert tiny_engine.handle.eos_token_ids() == {-1}
-        out = tiny_engine.generate(["Paris?", "How do I bake bread?"], cfg, steer=False)
-        assert [o.completion_tokens for o in out] == [6, 6]
-        assert all(o.finish_reason == "length" for o in out)
-    assert tiny_engine.handle.eos_token_ids() == eos_before
-    with forced_length(tiny_engine, enabled=False):
-        assert tiny_engine.handle.eos_token_ids() == eos_before
+def test_ignore_eos_decodes_every_token(tiny_engine):
+    cfg = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    out = tiny_engine.generate(["Paris?", "How do I bake bread?"], cfg, steer=False)
+    assert [o.completion_tokens for o in out] == [6, 6]
+    assert all(o.finish_reason == "length" for o in out)
 
 
 def test_cli_bench_quick_writes_json(tiny_on_disk, tmp_path, capsys):
