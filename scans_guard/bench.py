@@ -3,9 +3,8 @@
 Every section runs on the same engine in one process (memory and load time in subprocesses, so each gets its own
 peak), times with `time.perf_counter`, excludes warm-up runs, and writes one JSON document (also printed as a table).
 
-Equal work. The engine ends a row at EOS and has no option to ignore it, so by default the benchmark makes every
-row run to `max_new_tokens` by giving the model handle an EOS set that no token matches, for the duration of the
-timed runs only (as vLLM's `ignore_eos`); plain and SCANS then produce exactly the same number of tokens per prompt.
+Equal work. By default the timed runs decode with `GenerationConfig(ignore_eos=True)` (as vLLM's `ignore_eos`), so
+plain and SCANS produce exactly `max_new_tokens` per prompt.
 `--natural-length` keeps EOS; compare `ms_per_token` (wall / completion tokens) then. Either way both are reported.
 
     scans-guard bench --out results/bench.json          # default model, 48 new tokens, 3 repeats
