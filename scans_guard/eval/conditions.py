@@ -54,7 +54,13 @@ CONDITION_NAMES = ("unsteered", "scans", "helpful_prompt", "always_negative", "a
 
 def build_conditions(names: list[str] | None, recipe: SteeringRecipe,
                      helpful_system_prompt: str = HELPFUL_SYSTEM_PROMPT) -> list[Condition]:
-    """The named conditions (None: all), with coefficients from the artifact's recipe."""
+    """The named conditions (None: all), with coefficients from the artifact's recipe.
+
+    A recipe that never steers one way (alpha 0, e.g. the default model's alpha_harmful) still gets a meaningful
+    baseline for that direction: the other direction's magnitude.
+    """
+    positive = recipe.alpha_harmful or recipe.alpha_benign
+    negative = recipe.alpha_benign or recipe.alpha_harmful
     table = {
         "unsteered": Condition("unsteered", "Unsteered", "the model as is", "plain"),
         "scans": Condition("scans", "SCANS", "classify with sigma(q), steer towards or away from refusal", "scans"),
@@ -62,11 +68,11 @@ def build_conditions(names: list[str] | None, recipe: SteeringRecipe,
                                     "unsteered, with a system prompt asking for helpfulness", "plain",
                                     system=helpful_system_prompt),
         "always_negative": Condition("always_negative", "Always negative",
-                                     f"every prompt steered away from refusal ({-recipe.alpha_benign:+g} v)", "fixed",
-                                     coefficient=-recipe.alpha_benign),
+                                     f"every prompt steered away from refusal ({-negative:+g} v)", "fixed",
+                                     coefficient=-negative),
         "always_positive": Condition("always_positive", "Always positive",
-                                     f"every prompt steered towards refusal ({recipe.alpha_harmful:+g} v)", "fixed",
-                                     coefficient=recipe.alpha_harmful),
+                                     f"every prompt steered towards refusal ({positive:+g} v)", "fixed",
+                                     coefficient=positive),
     }
     names = list(CONDITION_NAMES) if names is None else names
     unknown = [n for n in names if n not in table]

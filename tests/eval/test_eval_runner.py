@@ -89,3 +89,12 @@ def test_classification_resumes(tiny_engine, tmp_path):
 def test_unknown_condition(tiny_engine):
     with pytest.raises(ValueError, match="unknown condition"):
         build_conditions(["scans", "nope"], tiny_engine.recipe)
+
+
+def test_baselines_keep_a_magnitude_when_the_recipe_disables_a_direction(tiny_artifact):
+    from scans_guard.eval.conditions import build_conditions
+
+    recipe = tiny_artifact.with_recipe(alpha_harmful=0.0, alpha_benign=1.5).recipe
+    by_name = {c.name: c for c in build_conditions(None, recipe)}
+    assert by_name["always_positive"].coefficient == 1.5
+    assert by_name["always_negative"].coefficient == -1.5
