@@ -228,10 +228,13 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
             return outcome.message
         return await outcome.runnable.ainvoke(input, config, **kwargs)
 
-    def _batch_impl(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig]) -> list[Any]:
-        results = self._classify_all(inputs, config)
+    def _route_batch(self, inputs: list[Any], results: list[Any], run_manager: list[Any]
+                     ) -> tuple[list[Any], dict[int, tuple[Runnable, list[int]]], list[tuple[Any, dict]]]:
+        """Decide every input: finished outputs (messages, errors), inputs grouped by the runnable they go to, and
+        the verdict events to emit."""
         outputs: list[Any] = [None] * len(inputs)
         groups: dict[int, tuple[Runnable, list[int]]] = {}
+        events: list[tuple[Any, dict]] = []
         for i, (x, result, rm) in enumerate(zip(inputs, results, run_manager)):
             try:
                 outcome, fields = self._decide(x, result, rm)
@@ -239,13 +242,19 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
                 outputs[i] = exc
                 continue
             if self.emit_events:
-                emit_event(rm, fields)
+                events.append((rm, fields))
             if outcome.error is not None:
                 outputs[i] = outcome.error
             elif outcome.runnable is None:
                 outputs[i] = outcome.message
             else:
                 groups.setdefault(id(outcome.runnable), (outcome.runnable, []))[1].append(i)
+        return outputs, groups, events
+
+    def _batch_impl(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig]) -> list[Any]:
+        outputs, groups, events = self._route_batch(inputs, self._classify_all(inputs, config), run_manager)
+        for rm, fields in events:
+            emit_event(rm, fields)
         for runnable, idx in groups.values():
             for i, out in zip(idx, runnable.batch([inputs[i] for i in idx], [config[i] for i in idx],
                                                   return_exceptions=True)):
@@ -255,22 +264,9 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
     async def _abatch_impl(self, inputs: list[Any], run_manager: list[Any],
                            config: list[RunnableConfig]) -> list[Any]:
         results = await self._aclassify_all(inputs, config)
-        outputs: list[Any] = [None] * len(inputs)
-        groups: dict[int, tuple[Runnable, list[int]]] = {}
-        for i, (x, result, rm) in enumerate(zip(inputs, results, run_manager)):
-            try:
-                outcome, fields = self._decide(x, result, rm)
-            except Exception as exc:  # noqa: BLE001
-                outputs[i] = exc
-                continue
-            if self.emit_events:
-                await aemit_event(rm, fields)
-            if outcome.error is not None:
-                outputs[i] = outcome.error
-            elif outcome.runnable is None:
-                outputs[i] = outcome.message
-            else:
-                groups.setdefault(id(outcome.runnable), (outcome.runnable, []))[1].append(i)
+        outputs, groups, events = self._route_batch(inputs, results, run_manager)
+        for rm, fields in events:
+            await aemit_event(rm, fields)
         for runnable, idx in groups.values():
             outs = await runnable.abatch([inputs[i] for i in idx], [config[i] for i in idx], return_exceptions=True)
             for i, out in zip(idx, outs):
