@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .bench import add_bench_arguments, cmd_bench
+from .bench_cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
 from .errors import ScansGuardError
 from .eval.cli import add_eval_arguments, cmd_eval

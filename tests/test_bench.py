@@ -5,7 +5,8 @@ import json
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.bench import SCHEMA, BenchConfig, format_table, run_benchmark
+from scans_guard.bench import SCHEMA, BenchConfig, run_benchmark
+from scans_guard.bench_cli import format_table
 from scans_guard.cli import build_parser, main
 
 
@@ -122,7 +123,7 @@ def test_cli_bench_quick_writes_json(tiny_on_disk, tmp_path, capsys):
 def test_cli_bench_arguments():
     args = build_parser().parse_args(["bench", "--quick", "--repeats", "2", "--sigma-batch-sizes", "1,4",
                                       "--natural-length", "--no-memory", "--cold"])
-    from scans_guard.bench import config_from_args
+    from scans_guard.bench_cli import config_from_args
 
     cfg = config_from_args(args)
     assert cfg.quick and cfg.repeats == 2 and cfg.max_new_tokens == 8 and cfg.sigma_batch_sizes == [1, 4]

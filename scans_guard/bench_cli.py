@@ -1,0 +1,143 @@
+"""`scans-guard bench` command: arguments, the printed table, and writing the JSON (measurements live in bench.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .bench import BenchConfig, run_benchmark
+
+
+def _fmt(x: object, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+
+def format_table(r: dict) -> str:
+    """A human-readable summary of a result."""
+    m, e = r["machine"], r["end_to_end"]
+    lines = [
+        f"scans-guard bench: {r['model']['name']} ({r['model']['dtype']}, {r['model']['device']}), "
+        f"torch {r['versions']['torch']}, transformers {r['versions']['transformers']}",
+        f"threads: torch {m['torch_num_threads']}, os.cpu_count {m['os_cpu_count']}, affinity {m['cpu_affinity']}; "
+        f"loadavg {_fmt(m['loadavg'])} -> {_fmt(m.get('loadavg_end'))}",
+        "",
+        f"end to end ({e['n_prompts']} prompts x {e['repeats']} repeats, {e['max_new_tokens']} new tokens, "
+        f"batch 1, {e['equal_work']})",
+        f"  {'mode':<6} {'tok/s':>8} {'ms/token':>9} {'latency s':>10} {'p90':>7} {'TTFT s':>7} {'sigma s':>8} "
+        f"{'decode tok/s':>13}",
+    ]
+    for mode in ("plain", "scans"):
+        x = e[mode]
+        lines.append(f"  {mode:<6} {_fmt(x['tokens_per_s']):>8} {_fmt((x['ms_per_token'] or {}).get('median')):>9} "
+                     f"{_fmt(x['latency_s']['median'], '.3f'):>10} {_fmt(x['latency_s']['p90'], '.3f'):>7} "
+                     f"{_fmt(x['ttft_s']['median'], '.3f'):>7} {_fmt(x['classify_s']['median'], '.3f'):>8} "
+                     f"{_fmt(x['decode_tokens_per_s']):>13}")
+    c = e["scans_vs_plain"]
+    lines.append(f"  SCANS / plain throughput {_fmt(c['throughput_ratio'], '.3f')} (per-token paired median "
+                 f"{_fmt(c['per_token_ratio_median'], '.3f')}); goal >= {c['goal']}: "
+                 f"{'met' if c['meets_goal'] else 'NOT met'}")
+    lines.append(f"  decode only (after the first token) {_fmt(c['decode_throughput_ratio'], '.3f')}: "
+                 f"{'met' if c['decode_meets_goal'] else 'NOT met'}; end-to-end bound if SCANS cost only its one "
+                 f"extra forward: {_fmt(c['ratio_if_only_one_extra_forward'], '.3f')}")
+    lines += ["", "sigma alone (engine.classify)", f"  {'batch':>5} {'prompts/s':>10} {'ms/prompt':>10} "
+                                                   f"{'ms/pass':>9}"]
+    for row in r["sigma"]["batches"]:
+        lines.append(f"  {row['batch_size']:>5} {_fmt(row['prompts_per_s']):>10} "
+                     f"{_fmt(row['ms_per_prompt']['median']):>10} {_fmt(row['pass_latency_ms']['median']):>9}")
+    b = r["batched_steering"]
+    signs = f"{b['coefficients'][:4]}{'...' if len(b['coefficients']) > 4 else ''}"
+    lines += ["", f"batched steering, per-row signs {signs}", f"  {'batch':>5} {'tok/s':>8} {'s/call':>8}"]
+    for row in b["batches"]:
+        lines.append(f"  {row['batch_size']:>5} {_fmt(row['tokens_per_s']):>8} "
+                     f"{_fmt(row['call_latency_s']['median'], '.3f'):>8}")
+    lines.append(f"  same greedy tokens per row as unbatched (batch {b['checked_batch_size']}): "
+                 f"{b['same_tokens_as_unbatched']}" + (f" (rows {b['mismatched_rows']} differ)"
+                                                       if b["mismatched_rows"] else ""))
+    mem = r["memory"]
+    lines += ["", "memory (MiB)"]
+    if "skipped" in mem:
+        lines.append(f"  skipped: {mem['skipped']}")
+    else:
+        for mode in ("plain", "scans"):
+            x = mem[mode]
+            if "error" in x:
+                lines.append(f"  {mode:<6} error: {x['error']}")
+            else:
+                lines.append(f"  {mode:<6} after load {_fmt(x.get('rss_after_load_mb'), '.0f')}, generation peak "
+                             f"{_fmt(x.get('generation_peak_rss_mb'), '.0f')}, "
+                             f"process peak {_fmt(x.get('peak_rss_mb'), '.0f')}")
+        if "scans_minus_plain_mb" in mem:
+            lines.append(f"  SCANS - plain ({mem['compared']}): {mem['scans_minus_plain_mb']:+.0f}")
+    ld = r["load"]
+    warm = ld["warm_subprocess_s"]
+    lines += ["", f"load: in process {_fmt(ld['in_process_s'])} s, warm (fresh process) "
+                  f"{_fmt(warm['median'] if warm else None)} s, cold {_fmt(ld['cold_s'])} s"
+              + (f" ({ld.get('skipped') or ld['cold_skipped']})" if ld.get("skipped") or ld.get("cold_skipped")
+                 else "")]
+    busy = max((m.get("loadavg") or [0])[0], (m.get("loadavg_end") or [0])[0])
+    if busy > (m["cpu_affinity"] or m["os_cpu_count"] or 1):
+        lines.append(f"\nwarning: load average {busy:.1f} exceeds the {m['cpu_affinity'] or m['os_cpu_count']} CPUs: "
+                     "other processes were running, timings are noisy (fewer --threads can help under contention)")
+    return "\n".join(lines)
+
+
+# -- command line ------------------------------------------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes look like '1,8,32', got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {text!r}")
+    return sizes
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="write the JSON result here (it is also printed as a table)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens per reply in every mode (default 48; --quick 8)")
+    p.add_argument("--repeats", type=int, help="timed repeats of each measurement (default 3; --quick 1)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up runs before each measurement (default 1)")
+    p.add_argument("--prompts", type=int, dest="n_prompts", help="end-to-end prompts (default 8; --quick 2)")
+    p.add_argument("--sigma-batch-sizes", type=_sizes, help="default 1,8,32 (--quick 1,8)")
+    p.add_argument("--steer-batch-sizes", type=_sizes, help="default 1,8 (--quick 1,2)")
+    p.add_argument("--quick", action="store_true", help="a tiny sanity run: 2 prompts, 8 tokens, 1 repeat")
+    p.add_argument("--cold", action="store_true",
+                   help="also time a first load of the default model (GGUF -> cache) into a temporary cache")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--no-load-time", action="store_true", help="skip timing a warm load in a fresh process")
+    p.add_argument("--natural-length", action="store_true",
+                   help="let rows stop at EOS (default: suppress EOS while timing so every row does equal work)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    overrides = dict(model=args.model, artifact=args.artifact, device=args.device, dtype=args.dtype,
+                     max_new_tokens=args.max_new_tokens, repeats=args.repeats, warmup=args.warmup,
+                     n_prompts=args.n_prompts, sigma_batch_sizes=args.sigma_batch_sizes,
+                     steer_batch_sizes=args.steer_batch_sizes, memory=not args.no_memory,
+                     load_time=not args.no_load_time, cold=args.cold,
+                     force_length=not args.natural_length, threads=args.threads)
+    if args.quick:
+        return BenchConfig.quick_config(**overrides)
+    return BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .errors import ArtifactError
+
+    if args.artifact is None and args.model is not None:
+        raise ArtifactError("a model other than the default needs an artifact: run `scans-guard calibrate`")
+    cfg = config_from_args(args)
+    result = run_benchmark(cfg, progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.out:
+        print(f"\nwrote {args.out}", file=sys.stderr)
