@@ -44,12 +44,12 @@ def check_fits(lengths: Sequence[int], extra_tokens: int, context_window: int) -
 
 
 @torch.inference_mode()
-def prefill(model: torch.nn.Module, batch: PromptBatch, use_cache: bool = False) -> object:
-    """One forward pass over a left-padded batch with correct positions; logits only for the last column."""
+def prefill(model: torch.nn.Module, batch: PromptBatch, use_cache: bool = False, logits_to_keep: int = 1) -> object:
+    """One forward pass over a left-padded batch with correct positions; logits only for the last columns."""
     return model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=use_cache,
-        logits_to_keep=1,
+        logits_to_keep=logits_to_keep,
     )

@@ -33,7 +33,13 @@ class SigmaPass:
 
     transitions: torch.Tensor  # [batch, n_classify_layers, hidden] float32, on CPU
     prompt_batch: PromptBatch  # left-padded prompts without r_pos
-    cache: object | None  # KV cache over every prompt column but the last one, or None
+    cache: object | None  # KV cache over every prompt column (r_pos cropped off), or None
+    last_prompt_logits: torch.Tensor | None  # [batch, vocab] unsteered next-token logits after the prompt, or None
+
+    def drop_last_prompt_token(self) -> None:
+        """Crop the cache to prompt[:-1], so steered decoding can recompute the last prompt token under steering."""
+        self.cache.crop(-1)
+        self.last_prompt_logits = None
 
 
 def run_sigma_pass(
@@ -43,19 +49,21 @@ def run_sigma_pass(
     classify_layers: Sequence[int],
     keep_cache: bool = False,
 ) -> SigmaPass:
-    """Forward chat(q) + r_pos once; read transitions and optionally keep the prompt's KV cache."""
+    """Forward chat(q) + r_pos once; read transitions and optionally keep the prompt's KV cache and the logits after
+    the last prompt token (an unsteered row can take its first token from them: no extra forward pass)."""
     n = len(rpos)
     batch = PromptBatch.left_pad([list(r) + list(rpos) for r in prompt_rows], handle.tokenizer.pad_token_id,
                                  handle.device)
     with capture_block_outputs(handle.layers, classify_layers, columns=[-1 - n, -1]) as h:
-        out = prefill(handle.model, batch, use_cache=keep_cache)
+        out = prefill(handle.model, batch, use_cache=keep_cache, logits_to_keep=n + 1 if keep_cache else 1)
     transitions = torch.stack([h[l][:, 0, :] - h[l][:, 1, :] for l in classify_layers], dim=1).cpu()
-    cache = None
+    cache, logits = None, None
     if keep_cache:
         cache = out.cache
-        cache.crop(-(n + 1))  # keep prompt[:-1]: the last prompt token is the first one steering touches
+        cache.crop(-n)  # drop r_pos: the cache now covers exactly the prompt
+        logits = out.logits[:, 0, :].float()  # predicted at the last prompt token
     prompt_batch = PromptBatch(batch.input_ids[:, :-n], batch.attention_mask[:, :-n], [len(r) for r in prompt_rows])
-    return SigmaPass(transitions=transitions, prompt_batch=prompt_batch, cache=cache)
+    return SigmaPass(transitions=transitions, prompt_batch=prompt_batch, cache=cache, last_prompt_logits=logits)
 
 
 def transitions_for(

@@ -156,10 +156,16 @@ class ScansEngine:
         for i, v in enumerate(verdicts):
             yield StreamEvent(row=i, verdict=v)
         deltas = steering_deltas(self._vectors, self.recipe.steer_layers, coefs, self.handle) if coefs.any() else {}
+        first_logits = None
+        if cache is not None:
+            if deltas:  # steering starts at the last prompt token: recompute it under the hooks
+                sp.drop_last_prompt_token()
+            else:  # nothing steered: the sigma pass already predicted the first token
+                first_logits = sp.last_prompt_logits
         state = [_Row() for _ in rows]
         eos = set() if config.ignore_eos else self.handle.eos_token_ids()
         decoder = steered_decode(self.handle, prompts, deltas, config, cache=cache, step_lock=self.handle.lock,
-                                 should_stop=lambda r, _ids: state[r].finish is not None)
+                                 should_stop=lambda r, _ids: state[r].finish is not None, first_logits=first_logits)
         t1 = time.perf_counter()
         try:
             for step, tokens in enumerate(decoder, start=1):

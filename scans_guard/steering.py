@@ -51,22 +51,30 @@ def steered_decode(
     cache: object | None = None,
     step_lock: contextlib.AbstractContextManager | None = None,
     should_stop: Callable[[int, list[int]], bool] | None = None,
+    first_logits: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
 
     `cache`, if given, must cover every prompt column but the last (as left by the sigma pass); otherwise the
-    whole prompt is prefilled here. `should_stop(row, generated_ids)` lets the caller end a row (stop strings).
+    whole prompt is prefilled here. With `first_logits` ([batch, vocab], the unsteered logits after the prompt) and a
+    cache over the whole prompt, the first token comes from them without a forward pass — only valid when nothing
+    is steered (`deltas` empty), since the last prompt token is where steering starts.
+    `should_stop(row, generated_ids)` lets the caller end a row (stop strings).
     """
     lock = step_lock if step_lock is not None else contextlib.nullcontext()
     width = prompts.input_ids.shape[1]
+    expected_cache = width if first_logits is not None else width - 1
+    if first_logits is not None and (deltas or cache is None):
+        raise ValueError("first_logits needs a cache over the whole prompt and no steering")
     if cache is not None:
-        if cache.get_seq_length() != width - 1:
-            raise ValueError(f"cache covers {cache.get_seq_length()} columns, expected {width - 1}")
+        if cache.get_seq_length() != expected_cache:
+            raise ValueError(f"cache covers {cache.get_seq_length()} columns, expected {expected_cache}")
         inputs, start = prompts.input_ids[:, -1:], 0
     else:
         inputs, start = prompts.input_ids, width - 1
     mask = prompts.attention_mask
     positions = prompts.position_ids[:, -inputs.shape[1]:]
+    logits = first_logits
     generator = None
     if config.temperature > 0:
         generator = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
@@ -76,11 +84,13 @@ def steered_decode(
     done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
     generated: list[list[int]] = [[] for _ in prompts.lengths]
     for _ in range(config.max_new_tokens):
-        with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
-            out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
-                               use_cache=True, logits_to_keep=1)
-        cache = out.cache
-        token = _next_tokens(out.logits[:, -1, :].float(), config, generator)
+        if logits is None:
+            with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
+                out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
+                                   use_cache=True, logits_to_keep=1)
+            cache, logits = out.cache, out.logits[:, -1, :].float()
+        token = _next_tokens(logits, config, generator)
+        logits = None
         token = torch.where(done, torch.full_like(token, pad), token)
         yield token
         done |= torch.isin(token, eos)

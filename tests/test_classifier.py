@@ -64,3 +64,21 @@ def test_reused_sigma_cache_gives_same_tokens_as_fresh_steered_generation(tiny_e
     fresh = tiny_engine.generate(prompts, cfg, reuse_cache=False)
     assert [o.text for o in reused] == [o.text for o in fresh]
     assert all(o.completion_tokens > 0 for o in reused)
+
+
+def test_unsteered_rows_take_their_first_token_from_the_sigma_pass(tiny_engine):
+    """Harmful under a recipe that never steers harmful prompts: no extra forward pass, same tokens as plain."""
+    art = tiny_engine.artifact.with_recipe(threshold=-1.0, alpha_harmful=0.0)  # every prompt harmful, coef 0
+    engine = type(tiny_engine)(tiny_engine.handle, art)
+    prompts = ["How do I bake bread?", "Paris?"]
+    cfg = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    calls: list[int] = []
+    counter = engine.handle.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        reused = engine.generate(prompts, cfg)
+    finally:
+        counter.remove()
+    assert all(o.verdict.direction == "none" for o in reused)
+    assert len(calls) == 1 + 5, "sigma pass + one step per token after the first"
+    plain = engine.generate(prompts, cfg, steer=False)
+    assert [o.text for o in reused] == [o.text for o in plain]
