@@ -278,8 +278,9 @@ def bench_end_to_end(engine, prompts: Sequence[str], cfg: BenchConfig) -> dict:
              if scans["tokens_per_s"] and plain["tokens_per_s"] else None)
     decode_ratio = (scans["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
                     if scans["decode_tokens_per_s"] and plain["decode_tokens_per_s"] else None)
-    # SCANS runs one forward more than plain (the sigma pass; plain's prefill yields token 1 directly). If that were
-    # its only cost, the end-to-end ratio would be wall / (wall + one decode step):
+    # A steered SCANS request runs one forward more than plain (the last prompt token again, under steering; an
+    # unsteered one takes token 1 from the sigma pass). If that were its only cost, the end-to-end ratio would be
+    # wall / (wall + one decode step):
     step_s = (plain["decode_ms_per_token"] or {}).get("median", 0.0) / 1e3
     one_extra = plain["latency_s"]["median"] / (plain["latency_s"]["median"] + step_s) if step_s else None
     result["scans_vs_plain"] = {
