@@ -45,6 +45,13 @@ class _Row:
     finish: str | None = None
 
 
+def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[Conversation]:
+    """One conversation (a string, or a list of message dicts) becomes a batch of one."""
+    if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
+        return [conversations]
+    return conversations
+
+
 def _direction(coefficient: float) -> str:
     return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
 
@@ -104,8 +111,7 @@ class ScansEngine:
 
     def classify(self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8) -> list[SafetyVerdict]:
         """sigma(q) for each conversation (a string is one user turn); one forward pass per batch."""
-        if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
-            conversations = [conversations]
+        conversations = _as_batch(conversations)
         if not conversations:
             return []
         rows = self._prompt_rows(conversations, 0)
@@ -221,8 +227,7 @@ class ScansEngine:
         **kwargs: object,
     ) -> list[SteeredOutput]:
         """Generate for each conversation (batched); see `iter_generate` for the steering options."""
-        if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
-            conversations = [conversations]
+        conversations = _as_batch(conversations)
         outputs: dict[int, SteeredOutput] = {}
         for event in self.iter_generate(conversations, config, **kwargs):
             if event.output is not None:
