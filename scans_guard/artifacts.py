@@ -51,6 +51,16 @@ class PlattFit(BaseModel):
         return float(torch.sigmoid(torch.tensor(self.a * score + self.b)))
 
 
+class OperatingPoint(BaseModel):
+    """A named threshold on sigma(q) with the statistics of its fit (harmful is the positive class)."""
+
+    threshold: float = Field(allow_inf_nan=False)
+    rule: str = Field(description="how it was chosen, e.g. 'harmful recall >= 0.95, lowest false-positive rate'")
+    recall: float | None = None
+    false_positive_rate: float | None = None
+    f1: float | None = None
+
+
 class ArtifactMeta(BaseModel):
     format_version: int = FORMAT_VERSION
     library_version: str = __version__
@@ -60,7 +70,9 @@ class ArtifactMeta(BaseModel):
     recipe: SteeringRecipe
     anchors: dict[str, AnchorSet]
     threshold_fit: dict = Field(default_factory=dict, description="data, F1, AUROC, ... of the T fit")
-    platt: PlattFit | None = None
+    operating_points: dict[str, OperatingPoint] = Field(
+        default_factory=dict, description="named thresholds: 'steer' (= recipe.threshold) and 'guard' (blocking)")
+    platt: PlattFit | None = Field(None, description="P(harmful | score), centred on the guard point")
     layer_analysis: list[dict] = Field(default_factory=list)
     notes: dict = Field(default_factory=dict, description="free-form provenance: command, tuning data")
 
@@ -88,6 +100,23 @@ class Artifact:
     @property
     def recipe(self) -> SteeringRecipe:
         return self.meta.recipe
+
+    def threshold(self, point: str) -> float:
+        """T of a named operating point; 'steer' is always the recipe's T, and an artifact without a 'guard'
+        point (made before they existed) guards at its steer T."""
+        if point == "steer" or (point == "guard" and point not in self.meta.operating_points):
+            return self.recipe.threshold
+        if point not in self.meta.operating_points:
+            raise ArtifactError(f"unknown operating point {point!r}; this artifact has "
+                                f"{sorted({'steer', *self.meta.operating_points})}")
+        return self.meta.operating_points[point].threshold
+
+    def with_thresholds(self, **thresholds: float) -> Artifact:
+        """A copy with operating points set, e.g. `with_thresholds(steer=0.9, guard=0.85)` (rule 'given')."""
+        art = self.with_recipe(threshold=thresholds.pop("steer")) if "steer" in thresholds else self
+        points = {**art.meta.operating_points,
+                  **{k: OperatingPoint(threshold=t, rule="given") for k, t in thresholds.items()}}
+        return Artifact(art.meta.model_copy(update={"operating_points": points}), art.refusal_vectors, art.d_harm)
 
     def with_recipe(self, **changes: object) -> Artifact:
         """A copy with recipe fields replaced (e.g. alpha, threshold); classify layers must stay the same."""

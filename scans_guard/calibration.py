@@ -9,7 +9,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 
-from .artifacts import AnchorSet, Artifact, ArtifactMeta, PlattFit, text_sha256
+from .artifacts import AnchorSet, Artifact, ArtifactMeta, OperatingPoint, PlattFit, text_sha256
 from .classifier import harm_direction, sigma_scores, transitions_for
 from .config import CalibrationConfig, SteeringRecipe
 from .data import anchor_split, load_set, sample_prompts, tune_eval_split
@@ -37,6 +37,22 @@ def recall_threshold(scores: np.ndarray, harmful: np.ndarray, target: float) -> 
         below = scores[scores < pos[0]]
         return float((pos[0] + below.max()) / 2) if below.size else float(pos[0] - 1e-6)
     return float((pos[k - 1] + pos[k]) / 2)
+
+
+def operating_point(scores: np.ndarray, harmful: np.ndarray, threshold: float, rule: str) -> OperatingPoint:
+    """A threshold with its recall, false-positive rate and F1 on the fit prompts."""
+    predicted = scores >= threshold
+    return OperatingPoint(threshold=threshold, rule=rule, recall=float(predicted[harmful == 1].mean()),
+                          false_positive_rate=float(predicted[harmful == 0].mean()),
+                          f1=float(f1_score(harmful, predicted, zero_division=0)))
+
+
+def platt_fit(scores: np.ndarray, harmful: np.ndarray, centre: float) -> PlattFit:
+    """P(harmful | score) by logistic regression on score - centre with no intercept: P = 0.5 exactly at the centre
+    (the guard point), so probability and label agree."""
+    model = LogisticRegression(C=1e4, fit_intercept=False).fit((scores - centre)[:, None], harmful)
+    a = float(model.coef_[0, 0])
+    return PlattFit(a=a, b=-a * centre)
 
 
 def threshold_split(config: CalibrationConfig, anchors: tuple[list[str], list[str]]) -> tuple[str, list[str], list[str]]:
@@ -106,9 +122,13 @@ def calibrate(
         threshold = f1_threshold
     else:
         threshold = recall_threshold(scores, labels, config.target_recall)
-    predicted = scores >= threshold
-    platt_model = LogisticRegression(C=1e4).fit(scores[:, None], labels)
-    platt = PlattFit(a=float(platt_model.coef_[0, 0]), b=float(platt_model.intercept_[0]))
+    guard_threshold = recall_threshold(scores, labels, config.guard_recall)
+    rule = "given" if config.threshold is not None else \
+        "max F1" if config.target_recall is None else f"harmful recall >= {config.target_recall}"
+    points = {"steer": operating_point(scores, labels, threshold, rule),
+              "guard": operating_point(scores, labels, guard_threshold,
+                                       f"harmful recall >= {config.guard_recall}, lowest false-positive rate")}
+    platt = platt_fit(scores, labels, guard_threshold)
 
     recipe = SteeringRecipe(
         steer_layers=steer_layers, classify_layers=classify_layers, threshold=threshold,
@@ -128,12 +148,10 @@ def calibrate(
             "data": split_name, "n_harmful": len(fit_h), "n_benign": len(fit_b),
             "threshold_data_sha256": text_sha256(fit_h + fit_b), "positive_class": "harmful",
             "prompt_sha256": sorted({text_sha256(p) for p in fit_h + fit_b}),  # lets evaluations exclude them
-            "rule": "given" if config.threshold is not None else
-            "max F1" if config.target_recall is None else f"harmful recall >= {config.target_recall}",
-            "f1": float(f1_score(labels, predicted)), "recall": float(predicted[labels == 1].mean()),
-            "false_positive_rate": float(predicted[labels == 0].mean()),
+            **points["steer"].model_dump(exclude={"threshold"}),
             "auroc": float(roc_auc_score(labels, scores)), "best_f1": best_f1, "best_f1_threshold": f1_threshold,
         },
+        operating_points=points,
         platt=platt,
         layer_analysis=[p.model_dump() for p in projection],
         notes={"calibration_config": config.model_dump(), **(notes or {})},

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv to fit T on")
     p.add_argument("--target-recall", type=float, default=CalibrationConfig.model_fields["target_recall"].default,
                    help="T flags this share of harmful fit prompts (default %(default)s); 0 = max F1")
+    p.add_argument("--guard-recall", type=float, default=CalibrationConfig.model_fields["guard_recall"].default,
+                   help="the guard operating point flags this share of the harmful fit prompts (default 0.95)")
     p.add_argument("--threshold", type=float, help="use this T instead of the fitted one (the fit is still reported)")
     p.add_argument("--batch-size", type=int, default=8)
     _add_model_args(p, artifact=False)
@@ -187,7 +189,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         n_anchors=args.n_anchors, seed=args.seed, r_pos=args.r_pos, steer_layers=args.steer_layers,
         classify_layers=args.classify_layers, alpha_benign=args.alpha_benign, alpha_harmful=args.alpha_harmful,
         grey_zone=args.grey_zone, threshold_data_dir=args.threshold_data_dir, batch_size=args.batch_size,
-        target_recall=args.target_recall or None, threshold=args.threshold,
+        target_recall=args.target_recall or None, guard_recall=args.guard_recall, threshold=args.threshold,
     )
     command = "scans-guard " + " ".join(shlex.quote(a) for a in args.argv)
     artifact = calibrate(handle, config, notes={"command": command})

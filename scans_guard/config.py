@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .domain import DomainConfig
 
 Direction = Literal["towards_refusal", "away_from_refusal", "none"]
 Label = Literal["harmful", "benign"]
@@ -27,6 +30,7 @@ class SteeringRecipe(BaseModel):
     alpha_harmful: float = Field(1.0, ge=0, description="magnitude of the step towards refusal")
     grey_zone: float = Field(0.0, ge=0, description="scores in [T - grey_zone, T) are not steered")
     r_pos: str = Field("Sure", min_length=1, description="answer prefix whose transition sigma measures")
+    domain: DomainConfig = Field(default_factory=DomainConfig, description="where sigma may steer away from refusal")
 
     @field_validator("steer_layers", "classify_layers")
     @classmethod
@@ -37,13 +41,22 @@ class SteeringRecipe(BaseModel):
             raise ValueError("layer indices are 0-based and non-negative")
         return sorted(set(layers))
 
-    def coefficient(self, score: float) -> float:
-        """Signed steering magnitude for one query: +alpha_harmful, -alpha_benign, or 0 (grey zone)."""
-        if score >= self.threshold:
+    def coefficient(self, score: float, in_domain: bool = True) -> float:
+        """Signed steering magnitude for one query: +alpha_harmful, -alpha_benign, or 0 (grey zone).
+
+        Fails closed: a non-finite score counts as harmful, and a prompt outside the calibration domain is never
+        steered away from refusal.
+        """
+        if is_harmful(score, self.threshold):
             return self.alpha_harmful
-        if score >= self.threshold - self.grey_zone:
+        if not in_domain or score >= self.threshold - self.grey_zone:
             return 0.0
         return -self.alpha_benign
+
+
+def is_harmful(score: float, threshold: float) -> bool:
+    """The one decision rule: score >= T is harmful, and so is a score that is not a finite number."""
+    return not math.isfinite(score) or score >= threshold
 
 
 class GenerationConfig(BaseModel):
@@ -58,13 +71,22 @@ class GenerationConfig(BaseModel):
 
 
 class SafetyVerdict(BaseModel):
-    """sigma(q) for one prompt: the score, the decision and how it was reached."""
+    """sigma(q) for one prompt: the score, the decision and how it was reached.
 
-    score: float = Field(description="mean cosine similarity of the prompt's transitions to d_harm")
+    `label`, `threshold` and `probability` are at `operating_point` (the artifact's `guard` point unless asked
+    otherwise); `direction` and `coefficient` are decided at the `steer` point and by `in_domain`.
+    """
+
+    score: float = Field(description="sigma(q): the most harmful of `renderings` (mean cosine to d_harm)")
     label: Label
-    threshold: float
-    probability: float | None = Field(None, description="calibrated P(harmful), if the artifact has a Platt fit")
+    threshold: float = Field(description="T of the operating point that decided `label`")
+    operating_point: str = Field("guard", description="which of the artifact's operating points `label` uses")
+    probability: float | None = Field(None, description="calibrated P(harmful); >= 0.5 exactly when label is harmful")
     layer_similarities: dict[int, float] = Field(description="per classification layer cosine similarity")
+    renderings: dict[str, float] = Field(
+        default_factory=dict, description="score of each rendering: as sent, and without the caller's system prompt")
+    in_domain: bool = Field(True, description="inside the calibration domain (language, length, not mostly code)")
+    domain_reasons: list[str] = Field(default_factory=list, description="why not in domain, e.g. 'language:es'")
     direction: Direction = Field(description="how generation for this prompt is steered")
     coefficient: float = Field(description="signed multiple of the refusal vector added while steering")
     latency_s: float = Field(description="wall time of the classification pass, shared across a batch")
@@ -109,6 +131,8 @@ class CalibrationConfig(BaseModel):
         description="T is the highest threshold that still flags this share of the harmful fit prompts "
         "(a missed harmful prompt is steered away from refusal); None: the F1-optimal T",
     )
+    guard_recall: float = Field(0.95, gt=0, le=1, description="the guard operating point (blocking, routing) is the "
+                                "highest T that flags this share of the harmful fit prompts")
     threshold: float | None = Field(
         None, description="use this T instead of the fitted one (e.g. chosen by a steering sweep); the fit is "
         "still computed and reported")

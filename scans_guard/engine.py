@@ -8,6 +8,7 @@ never see each other's steering. Throughput comes from batching
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -18,13 +19,15 @@ from pydantic import BaseModel
 
 from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
-from .classifier import r_pos_ids, run_sigma_pass, sigma_scores
-from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
+from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
+from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, is_harmful
+from .domain import check_domain
 from .errors import ArtifactError
 from .loading import ModelHandle, load_model
 from .steering import steered_decode, steering_deltas
 
 Conversation = str | list[dict]
+_SYSTEM_ROLES = ("system", "developer")
 
 
 class StreamEvent(BaseModel):
@@ -50,6 +53,27 @@ def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[
     if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
         return [conversations]
     return conversations
+
+
+def without_system_prompt(conversation: Conversation) -> list[dict] | None:
+    """The conversation with the caller's system messages dropped (the template's default applies), or None if it
+    has none to drop."""
+    if isinstance(conversation, str):
+        return None
+    kept = [m for m in conversation if not (isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)]
+    return kept if kept and len(kept) < len(conversation) else None
+
+
+def user_text(conversation: Conversation) -> str:
+    """The text a domain check reads: what the user (or a tool) wrote, else every message's content."""
+    if isinstance(conversation, str):
+        return conversation
+    texts = [m["content"] for m in conversation if m.get("role") not in (*_SYSTEM_ROLES, "assistant")]
+    return "\n".join(texts or [m["content"] for m in conversation])
+
+
+def _worst_first(score: float) -> float:
+    return math.inf if not math.isfinite(score) else score
 
 
 def _direction(coefficient: float) -> str:
@@ -90,37 +114,68 @@ class ScansEngine:
         return self.artifact.recipe
 
     # -- classification -------------------------------------------------------------------------------------
-    def _verdicts(self, transitions: torch.Tensor, latency: float) -> list[SafetyVerdict]:
-        recipe, platt = self.recipe, self.artifact.meta.platt
-        scores, per_layer = sigma_scores(transitions, self.artifact.d_harm)
+    def _sigma(
+        self, conversations: Sequence[Conversation], rows: list[list[int]], *, keep_cache: bool = False,
+        operating_point: str = "guard",
+    ) -> tuple[SigmaPass, list[SafetyVerdict]]:
+        """One sigma pass over `rows` (its KV cache kept on request) and the verdicts.
+
+        A conversation with a system prompt is scored twice, as sent and with the system prompt replaced by the
+        template's default, and the more harmful score counts: an innocuous system prompt cannot launder a request.
+        """
+        threshold = self.artifact.threshold(operating_point)
+        layers = self.recipe.classify_layers
+        plain = {i: c for i, conv in enumerate(conversations) if (c := without_system_prompt(conv)) is not None}
+        plain_rows = [self.handle.chat_ids(c) for c in plain.values()]
+        t0 = time.perf_counter()
+        with self.handle.lock:
+            sp = run_sigma_pass(self.handle, rows, self._rpos, layers, keep_cache=keep_cache)
+            plain_t = run_sigma_pass(self.handle, plain_rows, self._rpos, layers).transitions if plain else None
+        latency = time.perf_counter() - t0
+        scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm)
+        renderings = [{"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())]
+        if plain_t is not None:
+            for i, s, l in zip(plain, *(x.tolist() for x in sigma_scores(plain_t, self.artifact.d_harm))):
+                renderings[i]["without_system_prompt"] = (s, l)
         verdicts = []
-        for score, sims in zip(scores.tolist(), per_layer.tolist()):
-            coef = recipe.coefficient(score)
+        for conv, row, rendered in zip(conversations, rows, renderings):
+            name = max(rendered, key=lambda k: _worst_first(rendered[k][0]))
+            score, sims_l = rendered[name]
+            domain = check_domain(user_text(conv), len(row), self.recipe.domain)
+            coef = self.recipe.coefficient(score, domain.in_domain)
             verdicts.append(SafetyVerdict(
-                score=score, label="harmful" if score >= recipe.threshold else "benign", threshold=recipe.threshold,
-                probability=platt.probability(score) if platt else None,
-                layer_similarities=dict(zip(recipe.classify_layers, sims)),
+                score=score, label="harmful" if is_harmful(score, threshold) else "benign", threshold=threshold,
+                operating_point=operating_point, probability=self._probability(score),
+                layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
+                in_domain=domain.in_domain, domain_reasons=domain.reasons,
                 direction=_direction(coef), coefficient=coef, latency_s=latency,
             ))
-        return verdicts
+        return sp, verdicts
+
+    def _probability(self, score: float) -> float | None:
+        platt = self.artifact.meta.platt
+        if platt is None:
+            return None
+        return platt.probability(score) if math.isfinite(score) else 1.0
 
     def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
         rows = [self.handle.chat_ids(c) for c in conversations]
         check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
         return rows
 
-    def classify(self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8) -> list[SafetyVerdict]:
-        """sigma(q) for each conversation (a string is one user turn); one forward pass per batch."""
+    def classify(
+        self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8, *,
+        operating_point: str = "guard",
+    ) -> list[SafetyVerdict]:
+        """sigma(q) for each conversation (a string is one user turn), labelled at `operating_point`."""
         conversations = _as_batch(conversations)
         if not conversations:
             return []
         rows = self._prompt_rows(conversations, 0)
         verdicts: list[SafetyVerdict] = []
         for start in range(0, len(rows), batch_size):
-            t0 = time.perf_counter()
-            with self.handle.lock:
-                sp = run_sigma_pass(self.handle, rows[start:start + batch_size], self._rpos, self.recipe.classify_layers)
-            verdicts += self._verdicts(sp.transitions, time.perf_counter() - t0)
+            end = start + batch_size
+            verdicts += self._sigma(conversations[start:end], rows[start:end], operating_point=operating_point)[1]
         return verdicts
 
     # -- generation -----------------------------------------------------------------------------------------
@@ -147,9 +202,7 @@ class ScansEngine:
         verdicts: list[SafetyVerdict | None] = [None] * len(rows)
         cache = None
         if steer and coefficient is None:
-            with self.handle.lock:
-                sp = run_sigma_pass(self.handle, rows, self._rpos, self.recipe.classify_layers, keep_cache=reuse_cache)
-            verdicts = self._verdicts(sp.transitions, time.perf_counter() - t0)
+            sp, verdicts = self._sigma(conversations, rows, keep_cache=reuse_cache)
             prompts, cache = sp.prompt_batch, sp.cache
             coefs = torch.tensor([v.coefficient for v in verdicts])
         else:

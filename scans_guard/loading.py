@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,21 +98,56 @@ class ModelHandle:
         return {i for i in ids if i is not None}
 
     def chat_ids(self, conversation: str | list[dict]) -> list[int]:
-        """Token ids of the chat-formatted conversation, generation prompt included."""
+        """Token ids of the chat-formatted conversation, generation prompt included.
+
+        Message content is data: special-token text inside it (a forged `<|im_start|>system`) is tokenised as the
+        literal characters, so only the chat template itself can open or close a turn.
+        """
         messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
         _validate_messages(messages)
-        try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # jinja2 errors and TypeErrors from malformed messages
-            raise InvalidPromptError(f"the chat template rejected the conversation: {exc}") from exc
+        text = self._render(messages)
         if messages[-1]["content"].strip() not in text:
             raise InvalidPromptError(f"the chat template dropped the last message (role {messages[-1].get('role')!r})")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return list(ids)
+        ids: list[int] = []
+        for segment, is_content in self._template_segments(messages, text):
+            ids += self.tokenizer(segment, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
+        return ids
+
+    def _render(self, messages: list[dict]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja2 errors and TypeErrors from malformed messages
+            raise InvalidPromptError(f"the chat template rejected the conversation: {exc}") from exc
+
+    def _template_segments(self, messages: list[dict], text: str) -> list[tuple[str, bool]]:
+        """`text` cut into (segment, is_message_content) pieces.
+
+        The template is rendered once more with each content replaced by a private-use placeholder; where it
+        placed a placeholder, that message's content goes. A template that transforms content (trims it, say)
+        cannot be cut this way: that is fine for plain text, but content holding special-token text is refused.
+        """
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+        rendered = self._render([{**m, "content": mark} for m, mark in zip(messages, marks)])
+        segments: list[tuple[str, bool]] = []
+        for piece in _MARK.split(rendered):
+            if _MARK.fullmatch(piece):
+                segments.append((messages[int(piece[1:-1])]["content"], True))
+            elif piece:
+                segments.append((piece, False))
+        if "".join(s for s, _ in segments) == text:
+            return segments
+        specials = [t for t in self.tokenizer.all_special_tokens if t]
+        if any(t in m["content"] for m in messages for t in specials):
+            raise InvalidPromptError("message content holds special-token text and this chat template transforms "
+                                     "content, so it cannot be kept as plain text; remove the special-token text")
+        return [(text, False)]
 
     def fingerprint(self) -> dict:
         """What identifies the model an artifact was calibrated on: shapes plus a probe of the weights."""
         return model_fingerprint(self)
+
+
+_MARK = re.compile("(\ue000\\d+\ue001)")
 
 
 def _validate_messages(messages: object) -> None:

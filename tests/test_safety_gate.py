@@ -14,7 +14,15 @@ import pytest
 
 from scans_guard import GenerationConfig
 from scans_guard.data import anchor_split, load_set, sample_prompts
-from scans_guard.jailbreaks import FRAMINGS, Framing, framed_set, refusal_comparison, wrap
+from scans_guard.jailbreaks import (
+    FRAMINGS,
+    SYSTEM_PROMPTS,
+    Framing,
+    framed_set,
+    refusal_comparison,
+    translated_set,
+    wrap,
+)
 from scans_guard.judge import KeywordJudge
 
 N_PROMPTS = 12
@@ -60,13 +68,29 @@ def test_framings_wrap_the_prompt():
     prompt = "Explain how to pick a lock"
     assert {"role_play", "ignore_previous", "fiction", "false_authorisation"} <= FRAMINGS.keys()
     for name, framing in FRAMINGS.items():
-        text = wrap(prompt, name)
-        assert text.count(prompt) == 1 and len(text) > len(prompt) + 40, name
-        assert "{prompt}" not in text and framing.family
+        conversation = wrap(prompt, name)
+        text = conversation if framing.system is None else conversation[-1]["content"]
+        assert text.count(prompt) == 1 and "{prompt}" not in text and framing.family, name
+        if framing.system is None and name != "forged_system":
+            assert len(text) > len(prompt) + 40, name
+    assert len(SYSTEM_PROMPTS) >= 6
+    for name, system in SYSTEM_PROMPTS.items():
+        assert wrap(prompt, f"system:{name}") == [{"role": "system", "content": system},
+                                                  {"role": "user", "content": prompt}]
+    assert wrap(prompt, "forged_system").startswith("<|im_start|>system\n")
     assert wrap("  padded  ", "fiction").endswith("padded")
     assert Framing("x", "y", "[{prompt}]").wrap("a {b}") == "[a {b}]"  # braces in prompts are kept as they are
     with pytest.raises(KeyError, match="known"):
         wrap(prompt, "no_such_framing")
+
+
+def test_translated_set_is_held_out_and_complete():
+    items = translated_set()
+    assert {i.framing for i in items} == {"lang:es", "lang:fr", "lang:de", "lang:zh", "lang:ru"}
+    assert len(items) == 5 * 48 and all(i.text != i.original for i in items)
+    anchors, _ = anchor_split(64, 0)
+    assert not {i.original for i in items} & set(anchors)
+    assert len(translated_set(["h01"], ["es", "zh"])) == 2 and len(translated_set(label="safe")) == 5 * 48
 
 
 def test_framed_set_layout():

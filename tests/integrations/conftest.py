@@ -19,13 +19,13 @@ def _one_torch_thread(one_torch_thread):
 @pytest.fixture(scope="session")
 def harmful_engine(tiny, tiny_artifact):
     """Every prompt is harmful (T = -1 <= any cosine score): steered towards refusal."""
-    return ScansEngine(tiny, tiny_artifact.with_recipe(threshold=-1.0))
+    return ScansEngine(tiny, tiny_artifact.with_thresholds(steer=-1.0, guard=-1.0))
 
 
 @pytest.fixture(scope="session")
 def benign_engine(tiny, tiny_artifact):
     """Every prompt is benign (T above any cosine score): steered away from refusal."""
-    return ScansEngine(tiny, tiny_artifact.with_recipe(threshold=1.5))
+    return ScansEngine(tiny, tiny_artifact.with_thresholds(steer=1.5, guard=1.5))
 
 
 @pytest.fixture

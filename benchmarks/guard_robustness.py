@@ -1,0 +1,139 @@
+"""Does the guard hold? sigma(q) and SCANS refusals on held-out harmful prompts under innocuous system prompts, a
+forged system turn and translation, against the plain prompts; false-positive rates on benign prompts alike.
+
+    python benchmarks/guard_robustness.py run --data-dir ../shared/data --out results/guard-robustness
+    python benchmarks/guard_robustness.py report --out results/guard-robustness
+
+Harmful: the evaluation half of HarmfulQ (100) + 50 held-out AdvBench prompts (no anchor, no T-fit prompt) under
+each framing (none, system:NAME for the 7 SYSTEM_PROMPTS, forged_system), and the 48 held-out harmful prompts of the
+multilingual set in en/es/fr/de/zh/ru. Benign (classification only): 100 OKTest prompts under the same framings and
+the 48 benign multilingual prompts per language. Greedy, 20 new tokens, KeywordJudge. A row that SCANS leaves
+unsteered (coefficient 0) is decoded once: its SCANS reply is its plain reply (same greedy decode from the same
+prompt). Rows are appended to JSONL as each batch finishes: a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from scans_guard import GenerationConfig, ScansEngine
+from scans_guard.config import is_harmful
+from scans_guard.data import load_set, tune_eval_split
+from scans_guard.eval.benchmarks import calibration_prompts
+from scans_guard.eval.store import JsonlStore
+from scans_guard.jailbreaks import FRAMINGS, SYSTEM_PROMPTS, translated_set, wrap
+from scans_guard.judge import KeywordJudge
+
+FRAMING_NAMES = ["none", *(f"system:{n}" for n in SYSTEM_PROMPTS), "forged_system"]
+LANGUAGES = ["en", "es", "fr", "de", "zh", "ru"]
+CONFIG = GenerationConfig(max_new_tokens=20)
+BATCH = 8
+
+
+def prompt_sets(engine: ScansEngine, data_dir: str, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """{'harmful'|'benign': [(id, english prompt)]}, none of them an anchor or a T-fit prompt."""
+    calib = calibration_prompts(engine.artifact, data_dir)
+    held = [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir), seed)[1]]
+    adv = sorted({e.prompt for e in load_set("advbench")} - calib.anchors)
+    adv = [p for p in adv if not calib.in_threshold_fit(p)]
+    harmful = held + random.Random(seed).sample(adv, 50)
+    benign = random.Random(seed).sample(sorted({e.prompt for e in load_set("oktest", data_dir)}), 100)
+    return {"harmful": [(f"h{i:03d}", p) for i, p in enumerate(harmful)],
+            "benign": [(f"b{i:03d}", p) for i, p in enumerate(benign)]}
+
+
+def work_items(engine: ScansEngine, data_dir: str) -> list[dict]:
+    items = []
+    for kind, prompts in prompt_sets(engine, data_dir).items():
+        for framing in FRAMING_NAMES:
+            items += [{"kind": kind, "condition": framing, "id": i, "prompt": p,
+                       "conversation": p if framing == "none" else wrap(p, FRAMINGS[framing])} for i, p in prompts]
+    for label, kind in (("unsafe", "harmful"), ("safe", "benign")):
+        for lang in LANGUAGES:
+            items += [{"kind": kind, "condition": f"lang:{lang}", "id": f"m{n:02d}", "prompt": r.original,
+                       "conversation": r.text} for n, r in enumerate(translated_set(languages=[lang], label=label))]
+    return items
+
+
+def run(args: argparse.Namespace) -> None:
+    engine = ScansEngine.load()
+    store = JsonlStore(Path(args.out) / "rows.jsonl", ("condition", "kind", "id"))
+    judge, steer_t = KeywordJudge(), engine.artifact.threshold("steer")
+    todo = [it for it in work_items(engine, args.data_dir) if (it["condition"], it["kind"], it["id"]) not in store]
+    print(f"{len(todo)} rows to do, {len(store)} done", file=sys.stderr)
+    for start in range(0, len(todo), BATCH):
+        chunk = todo[start:start + BATCH]
+        convs = [it["conversation"] for it in chunk]
+        rows = [{k: it[k] for k in ("kind", "condition", "id", "prompt")} | {
+            "score": g.score, "renderings": g.renderings, "flagged_guard": g.is_harmful,
+            "flagged_steer": is_harmful(g.score, steer_t), "in_domain": g.in_domain,
+            "domain_reasons": g.domain_reasons, "coefficient": g.coefficient,
+        } for it, g in zip(chunk, engine.classify(convs))]
+        harmful = [i for i, it in enumerate(chunk) if it["kind"] == "harmful"]
+        if harmful:
+            plain = engine.generate([convs[i] for i in harmful], CONFIG, steer=False)
+            steered = [i for i in harmful if rows[i]["coefficient"] != 0]
+            scans = dict(zip(steered, engine.generate([convs[i] for i in steered], CONFIG,
+                                                      coefficient=[rows[i]["coefficient"] for i in steered])
+                             if steered else []))
+            for i, out in zip(harmful, plain):
+                reply = scans[i].text if i in scans else out.text
+                rows[i] |= {"plain_reply": out.text, "scans_reply": reply,
+                            "plain_refused": judge(chunk[i]["prompt"], out.text),
+                            "scans_refused": judge(chunk[i]["prompt"], reply)}
+        store.append(rows)
+        print(f"{start + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One line per condition: harmful flagged / refused, benign flagged, out-of-domain shares (percent)."""
+    def pct(xs: list[bool]) -> float | None:
+        return round(100 * sum(xs) / len(xs), 1) if xs else None
+
+    table = []
+    for cond in dict.fromkeys(r["condition"] for r in rows):
+        h = [r for r in rows if r["condition"] == cond and r["kind"] == "harmful"]
+        b = [r for r in rows if r["condition"] == cond and r["kind"] == "benign"]
+        table.append({
+            "condition": cond, "n_harmful": len(h), "n_benign": len(b),
+            "harmful_flagged_guard": pct([r["flagged_guard"] for r in h]),
+            "harmful_flagged_steer": pct([r["flagged_steer"] for r in h]),
+            "harmful_steered_away": pct([r["coefficient"] < 0 for r in h]),
+            "plain_refusal": pct([r["plain_refused"] for r in h if "plain_refused" in r]),
+            "scans_refusal": pct([r["scans_refused"] for r in h if "scans_refused" in r]),
+            "benign_flagged_guard": pct([r["flagged_guard"] for r in b]),
+            "benign_flagged_steer": pct([r["flagged_steer"] for r in b]),
+            "out_of_domain": pct([not r["in_domain"] for r in h + b]),
+        })
+    return table
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = JsonlStore(Path(args.out) / "rows.jsonl", ("condition", "kind", "id")).rows
+    table = summarise(rows)
+    (Path(args.out) / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
+    cols = list(table[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
+    (Path(args.out) / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("report")
+    p.add_argument("--out", required=True)
+    args = parser.parse_args()
+    {"run": run, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

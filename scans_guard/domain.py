@@ -1,0 +1,85 @@
+"""Is a prompt inside the domain the artifact was calibrated on? Outside it, sigma(q) is not trusted to say benign.
+
+sigma(q) was calibrated on short English prompts; measured on the default model, the same harmful request in
+Spanish, French or Chinese scores below T. A prompt outside the domain is therefore never steered away from
+refusal, and the guards treat it as grey. Signs checked, each cheap and offline:
+- language: py3langid (a naive Bayes language identifier whose model ships in the package, no download) must
+  give the calibrated languages at least half of the probability mass (texts of 16 letters or more);
+- script: at most 30 % of the letters outside the Latin script (catches short texts the identifier is unsure of);
+- code: at most 25 % of the non-space characters code punctuation (a prompt that is mostly code);
+- length: at most `max_tokens` prompt tokens (calibration prompts are a few dozen tokens long).
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# langid's English-lexified creole: its 'pcm' label takes short English questions ("How did X die?").
+_LANGUAGE_ALIASES = {"en": ("en", "pcm")}
+_CODE_CHARS = frozenset("{}[]()<>;=_#$\\|/*&^%~`@+")
+
+
+class DomainConfig(BaseModel):
+    """The calibration domain, stored in the recipe: languages (ISO 639-1) and limits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    min_language_probability: float = Field(0.5, ge=0, le=1)
+    min_letters: int = Field(16, ge=0, description="shorter texts skip the language test (too short to identify)")
+    max_non_latin_share: float = Field(0.3, ge=0, le=1)
+    max_code_share: float = Field(0.25, ge=0, le=1)
+    max_tokens: int = Field(512, ge=1, description="longer prompts are outside the calibration domain")
+
+
+class DomainCheck(BaseModel):
+    in_domain: bool
+    reasons: list[str] = Field(default_factory=list, description="why not, e.g. 'language:es', 'script', 'code'")
+    language: str | None = None
+    language_probability: float | None = None
+
+
+@functools.cache
+def _identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def language_mass(text: str, languages: list[str]) -> tuple[str, float, float]:
+    """(most likely language, its probability, probability mass of `languages` and their aliases)."""
+    ranked = _identifier().rank(text)
+    wanted = {alias for lang in languages for alias in _LANGUAGE_ALIASES.get(lang, (lang,))}
+    return ranked[0][0], float(ranked[0][1]), float(sum(p for lang, p in ranked if lang in wanted))
+
+
+def non_latin_share(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 0.0
+    return sum("LATIN" not in unicodedata.name(c, "") for c in letters) / len(letters)
+
+
+def code_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(c in _CODE_CHARS for c in chars) / len(chars) if chars else 0.0
+
+
+def check_domain(text: str, n_tokens: int, config: DomainConfig) -> DomainCheck:
+    """Whether `text` (the conversation's user content) lies in the calibration domain, and why not."""
+    reasons = []
+    top, top_p = None, None
+    if sum(c.isalpha() for c in text) >= config.min_letters:
+        top, top_p, mass = language_mass(text, config.languages)
+        if mass < config.min_language_probability:
+            reasons.append(f"language:{top}")
+    if non_latin_share(text) > config.max_non_latin_share and not any(r.startswith("language") for r in reasons):
+        reasons.append("script")
+    if code_share(text) > config.max_code_share:
+        reasons.append("code")
+    if n_tokens > config.max_tokens:
+        reasons.append("length")
+    return DomainCheck(in_domain=not reasons, reasons=reasons, language=top, language_probability=top_p)
