@@ -27,7 +27,7 @@ from langchain_core.runnables.config import (
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from scans_guard.config import SafetyVerdict
+from scans_guard.config import SafetyVerdict, is_harmful
 
 from ._convert import last_user_text, to_conversation
 from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
@@ -37,6 +37,7 @@ from .errors import HarmfulPromptError
 
 Band = Literal["harmful", "grey", "benign"]
 OnError = Literal["raise", "block", "allow"]
+_SEVERITY = {"benign": 0, "grey": 1, "harmful": 2}
 
 DEFAULT_REFUSAL = "I can't help with that request."
 
@@ -44,7 +45,7 @@ DEFAULT_REFUSAL = "I can't help with that request."
 class SafetyPolicy(BaseModel):
     """How a verdict's score maps to a band.
 
-    threshold: T (None: the artifact's own T, i.e. the verdict's `threshold`).
+    threshold: T (None: the verdict's `threshold`, i.e. the artifact's `guard` operating point).
     grey_zone: a float g makes [T - g, T) grey (the same convention as the recipe's grey_zone); a pair
     (below, above) makes [T - below, T + above) grey, a zone around T. Scores above it are harmful, below benign.
     """
@@ -53,6 +54,8 @@ class SafetyPolicy(BaseModel):
 
     threshold: float | None = None
     grey_zone: float | tuple[float, float] = 0.0
+    out_of_domain: Band = Field("grey", description="the band at least given to a prompt outside the calibration "
+                                "domain (another language, mostly code, very long): sigma is not trusted to say benign")
 
     @field_validator("grey_zone")
     @classmethod
@@ -65,11 +68,15 @@ class SafetyPolicy(BaseModel):
     def band(self, verdict: SafetyVerdict) -> Band:
         t = verdict.threshold if self.threshold is None else self.threshold
         below, above = self.grey_zone if isinstance(self.grey_zone, tuple) else (self.grey_zone, 0.0)
-        if verdict.score >= t + above:
-            return "harmful"
-        if verdict.score >= t - below:
-            return "grey"
-        return "benign"
+        if is_harmful(verdict.score, t + above):
+            band: Band = "harmful"
+        elif verdict.score >= t - below:
+            band = "grey"
+        else:
+            band = "benign"
+        if not verdict.in_domain and _SEVERITY[self.out_of_domain] > _SEVERITY[band]:
+            return self.out_of_domain
+        return band
 
 
 Route = Runnable | Callable[..., Any] | str

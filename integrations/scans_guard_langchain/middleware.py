@@ -46,7 +46,9 @@ class ScansGuardMiddleware(AgentMiddleware):
       when it is one, else the one passed as `guard`). The LLM classifies the full conversation it is given
       (system prompt and tool turns included) and steers; the verdict from its reply is logged. It has no tool
       calling, so use it for agents without tools.
-    - "block": `before_model` classifies the conversation up to the latest human message once per human turn;
+    - "block": `before_model` classifies the conversation in the agent state up to the latest human message once
+      per human turn (an agent's `system_prompt` lives outside the state and is not part of it: the developer's
+      prompt is trusted, and by the engine's rule a system prompt can only raise a score, never lower it);
       harmful (and, with `block_grey`, grey) turns end the run with a refusal AIMessage (`jump_to: "end"`;
       `on_block="refuse"`, default) or raise `HarmfulPromptError` (`on_block="raise"`).
     - "route": same classification; `wrap_model_call` sends the call to `routes[band]`: a chat model, a str
