@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from .batching import PromptBatch
 from .config import GenerationConfig
 from .hooks import add_to_block_outputs
 from .loading import ModelHandle
+
+if TYPE_CHECKING:
+    from transformers import LogitsProcessorList
 
 
 def steering_deltas(
@@ -29,16 +33,39 @@ def steering_deltas(
     return {l: (coefs * vectors[l].to(handle.device, torch.float32)[None, :]).to(handle.dtype) for l in steer_layers}
 
 
-def _next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy at temperature 0, else temperature + nucleus sampling. logits: [batch, vocab] -> [batch]."""
+def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) -> LogitsProcessorList:
+    """transformers' processors for `config`, in `generate`'s order: the repetition penalty (greedy too, left
+    padding ignored as `generate` does), then, when sampling, temperature, top-k and top-p."""
+    from transformers import (  # imported here: `import scans_guard` stays free of transformers
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+        padding = (attention_mask != 0).int().argmax(dim=1)
+        processors.append(RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty), padding))
+    if config.temperature > 0:
+        if config.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(float(config.temperature)))
+        if config.top_k is not None:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1:
+            processors.append(TopPLogitsWarper(config.top_p))
+    return processors
+
+
+def _next_tokens(logits: torch.Tensor, seen: torch.Tensor | None, processors: LogitsProcessorList,
+                 config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy at temperature 0, else a draw from the processed distribution (on the CPU, so a seed gives the same
+    tokens on every device). logits: [batch, vocab]; seen: [batch, columns so far] -> [batch]."""
+    scores = processors(seen, logits) if processors else logits
     if config.temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / config.temperature, dim=-1)
-    if config.top_p < 1:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < config.top_p  # always keeps the top token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return scores.argmax(-1)
+    probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
@@ -75,6 +102,8 @@ def steered_decode(
     mask = prompts.attention_mask
     positions = prompts.position_ids[:, -inputs.shape[1]:]
     logits = first_logits
+    processors = logits_processors(config, mask)
+    seen = prompts.input_ids if processors else None  # the ids the repetition penalty looks at
     generator = None
     if config.temperature > 0:
         generator = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
@@ -89,10 +118,12 @@ def steered_decode(
                 out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
                                    use_cache=True, logits_to_keep=1)
             cache, logits = out.cache, out.logits[:, -1, :].float()
-        token = _next_tokens(logits, config, generator)
+        token = _next_tokens(logits, seen, processors, config, generator)
         logits = None
         token = torch.where(done, torch.full_like(token, pad), token)
         yield token
+        if seen is not None:
+            seen = torch.cat([seen, token[:, None]], dim=1)
         done |= torch.isin(token, eos)
         if should_stop is not None:
             for row in (~done).nonzero().flatten().tolist():
