@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field, field_validator
 from .. import __version__
 from ..engine import ScansEngine
 from ..judge import KeywordJudge, RefusalJudge, judge_name
-from .benchmarks import SETS, calibration_prompts, default_data_dir, load_benchmarks
+from ..paths import data_dir as resolve_data_dir
+from ..paths import missing_data_dir_hint
+from .benchmarks import SETS, calibration_prompts, load_benchmarks
 from .capability import (
     WIKITEXT_TEST,
     capability_store,
@@ -41,7 +43,8 @@ RUN_FILE = "run.json"
 
 class EvalConfig(BaseModel):
     out_dir: str = Field(description="results directory (created; an existing one is resumed)")
-    data_dir: str | None = Field(None, description="benchmark data; None: $SCANS_GUARD_DATA or ../shared/data")
+    data_dir: str | None = Field(None, description="benchmark data; None: $SCANS_GUARD_DATA (no default: without "
+                                 "either only the shipped sets run, and no capability)")
     sets: list[str] | None = Field(None, description="None: every set available")
     conditions: list[str] | None = Field(None, description="None: unsteered, scans and the three baselines")
     limit: int | None = Field(None, ge=1, description="per set; also caps MMLU questions per subject and ppl windows")
@@ -74,7 +77,7 @@ class EvalConfig(BaseModel):
         return names
 
     def resolved_data_dir(self) -> Path | None:
-        return Path(self.data_dir) if self.data_dir else default_data_dir()
+        return resolve_data_dir(self.data_dir)
 
     def resolved_mmlu_per_subject(self) -> int:
         if self.mmlu_per_subject is not None:
@@ -171,7 +174,8 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
                     notes: list[str]) -> list[dict]:
     store = capability_store(out)
     if data_dir is None:
-        notes.append("capability skipped: no data directory (WikiText-2 and MMLU are not shipped)")
+        notes.append(f"capability skipped: no data directory (WikiText-2 and MMLU are not shipped; "
+                     f"{missing_data_dir_hint()})")
         log.warning(notes[-1])
         return []
     wiki = data_dir / WIKITEXT_TEST
