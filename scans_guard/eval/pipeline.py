@@ -47,7 +47,8 @@ class EvalConfig(BaseModel):
                                  "either only the shipped sets run, and no capability)")
     sets: list[str] | None = Field(None, description="None: every set available")
     conditions: list[str] | None = Field(None, description="None: unsteered, scans and the three baselines")
-    limit: int | None = Field(None, ge=1, description="per set; also caps MMLU questions per subject and ppl windows")
+    limit: int | None = Field(None, ge=1, description="caps every part: prompts per set, MMLU questions in all "
+                              "(spread over subjects) and perplexity windows")
     seed: int = Field(0, description="seed of the --limit sample")
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -55,7 +56,7 @@ class EvalConfig(BaseModel):
     exclude_threshold_fit: bool = Field(True, description="drop the prompts T was fitted on (False: keep, count)")
     capability: bool = True
     ppl_window: int = Field(1024, ge=16)
-    ppl_windows: int | None = Field(None, ge=1, description="None: the whole test split (or --limit windows)")
+    ppl_windows: int | None = Field(None, ge=1, description="None: the whole test split; --limit caps it")
     mmlu_per_subject: int | None = Field(None, ge=1, description="None: 10 (or --limit if smaller)")
     mmlu_shots: int = Field(0, ge=0, le=5)
     mmlu_subjects: list[str] | None = Field(None, description="None: all 57 subjects")
@@ -85,7 +86,8 @@ class EvalConfig(BaseModel):
         return min(10, self.limit) if self.limit is not None else 10
 
     def resolved_ppl_windows(self) -> int | None:
-        return self.ppl_windows if self.ppl_windows is not None else self.limit
+        caps = [n for n in (self.ppl_windows, self.limit) if n is not None]
+        return min(caps) if caps else None
 
 
 def _artifact_summary(engine: ScansEngine) -> dict:
@@ -187,7 +189,8 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
         notes.append(f"perplexity skipped: {wiki} not found")
         wanted = set()
     if (data_dir / "mmlu" / "test").is_dir():
-        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects)
+        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects,
+                                   limit=config.limit, seed=config.seed)
         run_mmlu(engine, questions, dev, conditions, store, config.mmlu_shots, config.batch_size, config.progress)
         wanted |= {q.item for q in questions}
     else:
