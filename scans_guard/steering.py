@@ -58,15 +58,29 @@ def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) ->
     return processors
 
 
-def _next_tokens(logits: torch.Tensor, seen: torch.Tensor | None, processors: LogitsProcessorList,
-                 config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy at temperature 0, else a draw from the processed distribution (on the CPU, so a seed gives the same
-    tokens on every device). logits: [batch, vocab]; seen: [batch, columns so far] -> [batch]."""
-    scores = processors(seen, logits) if processors else logits
-    if config.temperature == 0:
-        return scores.argmax(-1)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+class _TokenChooser:
+    """Each step's token per row: the processors over the ids so far (prompt + reply), then argmax at temperature 0,
+    else a draw seeded by `config.seed` and made on the CPU, so a seed gives the same tokens on every device."""
+
+    def __init__(self, config: GenerationConfig, prompts: PromptBatch):
+        self.greedy = config.temperature == 0
+        self.processors = logits_processors(config, prompts.attention_mask)
+        self.seen = prompts.input_ids if self.processors else None  # what the repetition penalty looks at
+        self.generator = None if self.greedy else torch.Generator().manual_seed(
+            config.seed if config.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [batch, vocab] -> [batch] token ids."""
+        scores = self.processors(self.seen, logits) if self.processors else logits
+        if self.greedy:
+            return scores.argmax(-1)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1).to(logits.device)
+
+    def emitted(self, token: torch.Tensor) -> None:
+        """Record this step's tokens (pads for finished rows) for the repetition penalty."""
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, token[:, None]], dim=1)
 
 
 @torch.inference_mode()
@@ -102,11 +116,7 @@ def steered_decode(
     mask = prompts.attention_mask
     positions = prompts.position_ids[:, -inputs.shape[1]:]
     logits = first_logits
-    processors = logits_processors(config, mask)
-    seen = prompts.input_ids if processors else None  # the ids the repetition penalty looks at
-    generator = None
-    if config.temperature > 0:
-        generator = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
+    choose = _TokenChooser(config, prompts)
     eos = torch.tensor(sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long,
                        device=handle.device)
     pad = handle.tokenizer.pad_token_id
@@ -118,12 +128,11 @@ def steered_decode(
                 out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
                                    use_cache=True, logits_to_keep=1)
             cache, logits = out.cache, out.logits[:, -1, :].float()
-        token = _next_tokens(logits, seen, processors, config, generator)
+        token = choose(logits)
         logits = None
         token = torch.where(done, torch.full_like(token, pad), token)
         yield token
-        if seen is not None:
-            seen = torch.cat([seen, token[:, None]], dim=1)
+        choose.emitted(token)
         done |= torch.isin(token, eos)
         if should_stop is not None:
             for row in (~done).nonzero().flatten().tolist():
