@@ -25,6 +25,7 @@ from tqdm import tqdm
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.data import anchor_split, load_set, tune_eval_split
 from scans_guard.judge import KeywordJudge
+from scans_guard.paths import require_data_dir
 
 EVAL_SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
 TUNE_SETS = ["tune_harmful", "tune_benign"]
@@ -80,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         for line in rows_path.read_text().splitlines():
             r = json.loads(line)
             done.add((r["set"], r["prompt"], r["coefficient"]))
-    sets = prompt_sets(args.data_dir, engine, args.limit, args.seed)
+    sets = prompt_sets(str(require_data_dir(args.data_dir, "the sweep")), engine, args.limit, args.seed)
     (out / "sets.json").write_text(json.dumps(sets, indent=1))
     scores_path = out / "scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
@@ -233,7 +234,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate")
-    g.add_argument("--data-dir", required=True)
+    g.add_argument("--data-dir", help="benchmark data directory (default: $SCANS_GUARD_DATA)")
     g.add_argument("--artifact", default=None)
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=40)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from .artifacts import AnchorSet, Artifact, ArtifactMeta, OperatingPoint, PlattFit, text_sha256
 from .classifier import harm_direction, sigma_scores, transitions_for
@@ -21,10 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def best_threshold(scores: np.ndarray, harmful: np.ndarray) -> tuple[float, float]:
-    """(T, F1) maximising F1 with harmful as the positive class; T sits midway between neighbouring scores."""
-    order = np.sort(np.unique(scores))
+    """(T, F1) maximising F1 with harmful as the positive class; T sits midway between neighbouring scores.
+
+    One pass of `precision_recall_curve` (its thresholds are the distinct scores, ascending, plus "flag nothing");
+    F1 is computed from exact counts as `f1_score` does, so ties resolve to the lowest T as a per-candidate search.
+    """
+    scores, harmful = np.asarray(scores, dtype=np.float64), np.asarray(harmful).astype(int)
+    order = np.unique(scores)
     candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
-    f1s = [f1_score(harmful, scores >= t, zero_division=0) for t in candidates]
+    n_pos = int(harmful.sum())
+    if n_pos == 0:
+        return float(candidates[0]), 0.0
+    _, recall, thresholds = precision_recall_curve(harmful, scores)
+    n_flagged = np.append(len(scores) - np.searchsorted(np.sort(scores), thresholds, side="left"), 0)
+    f1s = 2 * np.rint(recall * n_pos) / (n_pos + n_flagged)
     i = int(np.argmax(f1s))
     return float(candidates[i]), float(f1s[i])
 

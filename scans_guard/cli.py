@@ -46,7 +46,12 @@ def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default, or the model's with --model-sampling)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: keep the most likely tokens up to this mass")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--repetition-penalty", type=float, help="penalise tokens already seen (>1; greedy too)")
+    p.add_argument("--model-sampling", action="store_true",
+                   help="sampling settings not given here come from the model's generation_config")
     p.add_argument("--seed", type=int, default=None)
 
 
@@ -114,8 +119,11 @@ def _engine(args: argparse.Namespace):
     return ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype)
 
 
-def _gen_config(args: argparse.Namespace) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+def _gen_config(args: argparse.Namespace, engine) -> GenerationConfig:
+    """The flags given; with --model-sampling the model's generation_config fills the sampling flags not given."""
+    given = {k: v for k in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+             if (v := getattr(args, k)) is not None}
+    return GenerationConfig.from_model_defaults(engine, **given) if args.model_sampling else GenerationConfig(**given)
 
 
 def _verdict_line(v) -> str:
@@ -145,7 +153,8 @@ def _stream_reply(engine, conversation, config, steer: bool) -> str:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    engine, config = _engine(args), _gen_config(args)
+    engine = _engine(args)
+    config = _gen_config(args, engine)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = history + [{"role": "user", "content": args.prompt}]
@@ -170,7 +179,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    engine, config = _engine(args), _gen_config(args)
+    engine = _engine(args)
+    config = _gen_config(args, engine)
     print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
           f"classify layers {engine.recipe.classify_layers}  T={engine.recipe.threshold:.4f}")
     steered = engine.generate(DEMO_PROMPTS, config)

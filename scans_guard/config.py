@@ -60,14 +60,41 @@ def is_harmful(score: float, threshold: float) -> bool:
 
 
 class GenerationConfig(BaseModel):
-    """Decoding settings; temperature 0 means greedy."""
+    """Decoding settings; temperature 0 means greedy.
+
+    The defaults decode greedily whatever the model's own `generation_config` suggests, so outputs are reproducible
+    and do not depend on a checkpoint's sampling preferences; `from_model_defaults` opts into them.
+    """
 
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, description="sample among the k most likely tokens; None: no limit")
+    repetition_penalty: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="divide (or, if negative, multiply) the logits of tokens already in the prompt or reply, as in "
+        "transformers; applies to greedy decoding too; None or 1: no penalty")
     stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
     seed: int | None = Field(None, description="seed for sampling; None draws a fresh one")
     ignore_eos: bool = Field(False, description="decode all max_new_tokens even past end-of-turn (benchmarks)")
+
+    @classmethod
+    def from_model_defaults(cls, model: object, **fields: object) -> GenerationConfig:
+        """The given `fields`; sampling settings not given come from the model's `generation_config`.
+
+        `model`: a ModelHandle, ScansEngine, HF model or transformers GenerationConfig. Taken when the model sets
+        them: do_sample (False or unset: temperature 0), temperature, top_p, top_k (0: none), repetition_penalty.
+        max_new_tokens, stop and seed are never taken from the model.
+        """
+        model = getattr(model, "handle", model)
+        gc = getattr(getattr(model, "model", model), "generation_config", model)
+        temperature = getattr(gc, "temperature", None)
+        found: dict[str, object] = {"temperature": (1.0 if temperature is None else temperature)
+                                    if getattr(gc, "do_sample", None) else 0.0}
+        for name in ("top_p", "top_k", "repetition_penalty"):
+            if getattr(gc, name, None):  # None and 0 (transformers' "off" for top_k) are left at our default
+                found[name] = getattr(gc, name)
+        return cls(**{**found, **fields})
 
 
 class SafetyVerdict(BaseModel):

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .paths import data_dir as resolve_data_dir
+from .paths import missing_data_dir_hint
+
 SHIPPED = {"advbench": "advbench.csv", "truthfulqa": "truthfulqa.csv", "xstest": "xstest.csv"}
 
-# Sets read from a data directory (../shared/data in this repository); never shipped, never downloaded.
+# Sets read from a data directory (data_dir= / --data-dir, or $SCANS_GUARD_DATA); never shipped, never downloaded.
 EXTERNAL = {
     "oktest": "oktest.csv",
     "oktest_heldout": "oktest_heldout.csv",
@@ -46,14 +49,16 @@ def read_csv(path: str | os.PathLike) -> list[Example]:
 
 
 def load_set(name: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
-    """A named set: shipped ones from the package, others from `data_dir` (clear error if it is missing)."""
+    """A named set: shipped ones from the package, others from `data_dir` or $SCANS_GUARD_DATA (clear error if
+    neither is given or the file is missing)."""
     if name in SHIPPED:
         return read_csv(Path(str(resources.files("scans_guard") / "data" / SHIPPED[name])))
     if name not in EXTERNAL:
         raise ValueError(f"unknown prompt set {name!r}; known: {sorted(SHIPPED) + sorted(EXTERNAL)}")
+    data_dir = resolve_data_dir(data_dir)
     if data_dir is None:
         raise FileNotFoundError(f"{name} is not shipped with scans-guard (its licence does not allow it); "
-                                f"pass the directory holding {EXTERNAL[name]}")
+                                f"name the directory holding {EXTERNAL[name]}: {missing_data_dir_hint()}")
     path = Path(data_dir) / EXTERNAL[name]
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")

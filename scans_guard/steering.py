@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from .batching import PromptBatch
 from .config import GenerationConfig
 from .hooks import add_to_block_outputs
 from .loading import ModelHandle
+
+if TYPE_CHECKING:
+    from transformers import LogitsProcessorList
 
 
 def steering_deltas(
@@ -29,17 +33,54 @@ def steering_deltas(
     return {l: (coefs * vectors[l].to(handle.device, torch.float32)[None, :]).to(handle.dtype) for l in steer_layers}
 
 
-def _next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy at temperature 0, else temperature + nucleus sampling. logits: [batch, vocab] -> [batch]."""
-    if config.temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / config.temperature, dim=-1)
-    if config.top_p < 1:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < config.top_p  # always keeps the top token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) -> LogitsProcessorList:
+    """transformers' processors for `config`, in `generate`'s order: the repetition penalty (greedy too, left
+    padding ignored as `generate` does), then, when sampling, temperature, top-k and top-p."""
+    from transformers import (  # imported here: `import scans_guard` stays free of transformers
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+        padding = (attention_mask != 0).int().argmax(dim=1)
+        processors.append(RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty), padding))
+    if config.temperature > 0:
+        if config.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(float(config.temperature)))
+        if config.top_k is not None:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1:
+            processors.append(TopPLogitsWarper(config.top_p))
+    return processors
+
+
+class _TokenChooser:
+    """Each step's token per row: the processors over the ids so far (prompt + reply), then argmax at temperature 0,
+    else a draw seeded by `config.seed` and made on the CPU, so a seed gives the same tokens on every device."""
+
+    def __init__(self, config: GenerationConfig, prompts: PromptBatch):
+        self.greedy = config.temperature == 0
+        self.processors = logits_processors(config, prompts.attention_mask)
+        self.seen = prompts.input_ids if self.processors else None  # what the repetition penalty looks at
+        self.generator = None if self.greedy else torch.Generator().manual_seed(
+            config.seed if config.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [batch, vocab] -> [batch] token ids."""
+        scores = self.processors(self.seen, logits) if self.processors else logits
+        if self.greedy:
+            return scores.argmax(-1)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1).to(logits.device)
+
+    def emitted(self, token: torch.Tensor) -> None:
+        """Record this step's tokens (pads for finished rows) for the repetition penalty."""
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, token[:, None]], dim=1)
 
 
 @torch.inference_mode()
@@ -75,9 +116,7 @@ def steered_decode(
     mask = prompts.attention_mask
     positions = prompts.position_ids[:, -inputs.shape[1]:]
     logits = first_logits
-    generator = None
-    if config.temperature > 0:
-        generator = torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
+    choose = _TokenChooser(config, prompts)
     eos = torch.tensor(sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long,
                        device=handle.device)
     pad = handle.tokenizer.pad_token_id
@@ -89,10 +128,11 @@ def steered_decode(
                 out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
                                    use_cache=True, logits_to_keep=1)
             cache, logits = out.cache, out.logits[:, -1, :].float()
-        token = _next_tokens(logits, config, generator)
+        token = choose(logits)
         logits = None
         token = torch.where(done, torch.full_like(token, pad), token)
         yield token
+        choose.emitted(token)
         done |= torch.isin(token, eos)
         if should_stop is not None:
             for row in (~done).nonzero().flatten().tolist():

@@ -37,3 +37,28 @@ def test_tune_eval_split_is_fixed_and_disjoint():
     assert {e.prompt for e in tune}.isdisjoint({e.prompt for e in held})
     assert len(tune) + len(held) == len(xs)
     assert tune_eval_split(list(reversed(xs)))[0] == tune
+
+
+def _brute_force_best_threshold(scores, labels):
+    """The per-candidate search best_threshold replaced: f1_score at every midway threshold."""
+    from sklearn.metrics import f1_score
+
+    order = np.sort(np.unique(scores))
+    candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
+    f1s = [f1_score(labels, scores >= t, zero_division=0) for t in candidates]
+    i = int(np.argmax(f1s))
+    return float(candidates[i]), float(f1s[i])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_best_threshold_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    # Few distinct values on even seeds, so scores (and F1 values) tie often.
+    scores = rng.integers(0, 6, n) / 5 if seed % 2 == 0 else rng.normal(size=n)
+    labels = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(int)
+    if seed % 10 == 3:
+        labels[:] = 0  # one class only
+    elif seed % 10 == 7:
+        labels[:] = 1
+    assert best_threshold(scores, labels) == _brute_force_best_threshold(scores, labels)

@@ -47,3 +47,13 @@ def test_other_model_needs_an_artifact(tiny_on_disk, capsys):
 
 def test_parse_layers():
     assert parse_layers("8-10,12") == [8, 9, 10, 12]
+
+
+def test_chat_sampling_flags_are_seeded(tiny_on_disk, capsys):
+    args = ["chat", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"),
+            "--max-new-tokens", "6", "--temperature", "1.2", "--top-k", "20", "--top-p", "0.9",
+            "--repetition-penalty", "1.1", "--seed", "4", "--model-sampling", "Paris?"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first

@@ -1,9 +1,9 @@
 """Which prompt sets the evaluation reads, how they pair up for classification, and which prompts it leaves out.
 
-Sets come from the package (AdvBench, TruthfulQA, XSTest) or from a data directory (`--data-dir`, default
-../shared/data); nothing is downloaded. Calibration anchors are always removed: the artifact records only their
-count, seed and sha256, so they are recomputed with `anchor_split` and checked against the hash. The prompts the
-threshold T was fitted on (e.g. the tuning half of HarmfulQ) are identified the same way (by re-running
+Sets come from the package (AdvBench, TruthfulQA, XSTest) or from a data directory (`--data-dir`, else
+$SCANS_GUARD_DATA; no default); nothing is downloaded. Calibration anchors are always removed: the artifact records
+only their count, seed and sha256, so they are recomputed with `anchor_split` and checked against the hash. The
+prompts the threshold T was fitted on (e.g. the tuning half of HarmfulQ) are identified the same way (by re-running
 `calibration.threshold_split` with the artifact's recorded config and checking `threshold_data_sha256`), or, if the
 artifact lists them, by the sha256 of each prompt (`threshold_fit["prompt_sha256"]`). They are removed by default
 (`exclude_threshold_fit`); kept, they are counted in the report.
@@ -21,6 +21,7 @@ from ..artifacts import Artifact, text_sha256
 from ..calibration import threshold_split
 from ..config import CalibrationConfig
 from ..data import EXTERNAL, SHIPPED, Example, anchor_split, load_set
+from ..paths import missing_data_dir_hint
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ SUITES: dict[str, tuple[str, ...]] = {
     "repe_test": ("repe_test",),
     "heldout_harmless+malicious_instruct": ("heldout_harmless", "malicious_instruct"),
 }
-
-DATA_ENV = "SCANS_GUARD_DATA"
-
-
-def default_data_dir() -> Path | None:
-    """$SCANS_GUARD_DATA, else ../shared/data from the working directory, if it exists."""
-    for candidate in (os.environ.get(DATA_ENV), Path.cwd().parent / "shared" / "data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
 
 def needs_data_dir(name: str) -> bool:
     return name not in SHIPPED
@@ -197,7 +187,7 @@ def load_benchmarks(
     for name in names:
         if needs_data_dir(name) and (data_dir is None or not (Path(data_dir) / EXTERNAL[name]).is_file()):
             if explicit:
-                where = data_dir if data_dir is not None else "(none found; pass --data-dir)"
+                where = data_dir if data_dir is not None else f"(none given: {missing_data_dir_hint()})"
                 raise FileNotFoundError(f"set {name} needs {EXTERNAL[name]} in the data directory {where}")
             skipped.append(name)
             continue
@@ -225,5 +215,5 @@ def load_benchmarks(
             evaluated=len(kept), labels={lab: sum(p.label == lab for p in kept) for lab in ("safe", "unsafe")},
         )
     if skipped:
-        log.warning("skipping %s: no data directory with them (pass --data-dir)", ", ".join(skipped))
+        log.warning("skipping %s: no data directory with them (%s)", ", ".join(skipped), missing_data_dir_hint())
     return loaded, infos, skipped

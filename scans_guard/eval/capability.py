@@ -16,6 +16,7 @@ import contextlib
 import csv
 import math
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +152,10 @@ def _read_mmlu(path: Path) -> list[list[str]]:
         return [row for row in csv.reader(f) if len(row) >= 6]
 
 
-def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10,
-              subjects: Sequence[str] | None = None) -> tuple[list[MmluQuestion], dict[str, list]]:
-    """The fixed subset: the first `per_subject` test questions of every subject (or of `subjects`); plus each
-    subject's dev rows."""
+def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10, subjects: Sequence[str] | None = None,
+              limit: int | None = None, seed: int = 0) -> tuple[list[MmluQuestion], dict[str, list]]:
+    """The fixed subset: the first `per_subject` test questions of every subject (or of `subjects`), at most `limit`
+    in all (see `spread_questions`); plus the dev rows of each subject asked."""
     root = Path(data_dir) / MMLU_DIR
     files = sorted((root / "test").glob("*_test.csv"))
     if not files:
@@ -169,9 +170,25 @@ def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10,
         subject = f.name[: -len("_test.csv")]
         for i, row in enumerate(_read_mmlu(f)[:per_subject]):
             questions.append(MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip()))
+    if limit is not None and len(questions) > limit:
+        questions = spread_questions(questions, limit, seed)
+    for subject in dict.fromkeys(q.subject for q in questions):
         dev_file = root / "dev" / f"{subject}_dev.csv"
         dev[subject] = _read_mmlu(dev_file) if dev_file.is_file() else []
     return questions, dev
+
+
+def spread_questions(questions: Sequence[MmluQuestion], n: int, seed: int = 0) -> list[MmluQuestion]:
+    """n questions spread over the subjects: round-robin over a seeded order of the subjects, each subject's
+    questions in file order (so a small --limit samples many subjects, not the first ones alphabetically)."""
+    by_subject: dict[str, list[MmluQuestion]] = {}
+    for q in questions:
+        by_subject.setdefault(q.subject, []).append(q)
+    order = sorted(by_subject)
+    random.Random(seed).shuffle(order)
+    depth = max(map(len, by_subject.values()), default=0)
+    picked = [by_subject[s][i] for i in range(depth) for s in order if i < len(by_subject[s])][:n]
+    return sorted(picked, key=lambda q: (q.subject, q.index))
 
 
 def _format_question(question: str, choices: Sequence[str], answer: str | None = None) -> str:

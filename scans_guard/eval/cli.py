@@ -16,12 +16,13 @@ def _names(text: str) -> list[str]:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="results directory (default: results/eval-<model>); an existing one "
                                                "is resumed: rows already there are skipped")
-    p.add_argument("--data-dir", help="benchmark data directory (default: $SCANS_GUARD_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="benchmark data directory (default: $SCANS_GUARD_DATA; without either, only "
+                                      "the shipped sets and no capability)")
     p.add_argument("--sets", type=_names, help=f"comma-separated (default: all available): {','.join(SETS)}")
     p.add_argument("--conditions", type=_names, help=f"comma-separated (default: all): {','.join(CONDITION_NAMES)}")
-    p.add_argument("--limit", type=int, help="at most N prompts per set (label-balanced sample), N MMLU questions "
-                                             "per subject and N perplexity windows")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    p.add_argument("--limit", type=int, help="caps every part: at most N prompts per set (label-balanced sample), "
+                                             "N MMLU questions in all (spread over subjects) and N perplexity windows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit samples (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="reply length (default 48)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--judge", help="refusal judge: keyword (default), keyword-reference, or package.module:attribute; "

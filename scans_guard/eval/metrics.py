@@ -8,11 +8,11 @@ scikit-learn; a rate whose denominator is empty is None. AUPRC is average precis
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from scipy.stats import binomtest, norm
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
 from ..calibration import best_threshold
 from .benchmarks import SUITES
@@ -21,14 +21,11 @@ POSITIVES = ("unsafe", "safe")
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | tuple[None, None]:
-    """95% Wilson score interval of a proportion k/n."""
+    """Wilson score interval of a proportion k/n at +-z standard errors (z = 1.96: 95%), via scipy."""
     if n == 0:
         return None, None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(k, n).proportion_ci(confidence_level=1 - 2 * norm.sf(z), method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def refusal_rates(rows: Iterable[dict]) -> list[dict]:
@@ -63,10 +60,13 @@ def refusal_summary(rates: Sequence[dict]) -> dict[str, dict]:
 
 
 def confusion(actual: Sequence[bool] | np.ndarray, predicted: Sequence[bool] | np.ndarray) -> dict:
-    """Counts and rates for one positive class: tp, fp, tn, fn, precision, recall, f1, fpr, accuracy."""
+    """Counts and rates for one positive class: tp, fp, tn, fn, precision, recall, f1, fpr, accuracy.
+
+    Rates are written out (not sklearn's) for the None-when-undefined convention of the module docstring.
+    """
     a, p = np.asarray(actual, dtype=bool), np.asarray(predicted, dtype=bool)
-    tp, fp = int(np.sum(a & p)), int(np.sum(~a & p))
-    tn, fn = int(np.sum(~a & ~p)), int(np.sum(a & ~p))
+    counts = confusion_matrix(a, p, labels=[False, True]).ravel() if len(a) else (0, 0, 0, 0)
+    tn, fp, fn, tp = (int(c) for c in counts)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else None
     f1 = (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None

@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field, field_validator
 from .. import __version__
 from ..engine import ScansEngine
 from ..judge import KeywordJudge, RefusalJudge, judge_name
-from .benchmarks import SETS, calibration_prompts, default_data_dir, load_benchmarks
+from ..paths import data_dir as resolve_data_dir
+from ..paths import missing_data_dir_hint
+from .benchmarks import SETS, calibration_prompts, load_benchmarks
 from .capability import (
     WIKITEXT_TEST,
     capability_store,
@@ -41,10 +43,12 @@ RUN_FILE = "run.json"
 
 class EvalConfig(BaseModel):
     out_dir: str = Field(description="results directory (created; an existing one is resumed)")
-    data_dir: str | None = Field(None, description="benchmark data; None: $SCANS_GUARD_DATA or ../shared/data")
+    data_dir: str | None = Field(None, description="benchmark data; None: $SCANS_GUARD_DATA (no default: without "
+                                 "either only the shipped sets run, and no capability)")
     sets: list[str] | None = Field(None, description="None: every set available")
     conditions: list[str] | None = Field(None, description="None: unsteered, scans and the three baselines")
-    limit: int | None = Field(None, ge=1, description="per set; also caps MMLU questions per subject and ppl windows")
+    limit: int | None = Field(None, ge=1, description="caps every part: prompts per set, MMLU questions in all "
+                              "(spread over subjects) and perplexity windows")
     seed: int = Field(0, description="seed of the --limit sample")
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -52,7 +56,7 @@ class EvalConfig(BaseModel):
     exclude_threshold_fit: bool = Field(True, description="drop the prompts T was fitted on (False: keep, count)")
     capability: bool = True
     ppl_window: int = Field(1024, ge=16)
-    ppl_windows: int | None = Field(None, ge=1, description="None: the whole test split (or --limit windows)")
+    ppl_windows: int | None = Field(None, ge=1, description="None: the whole test split; --limit caps it")
     mmlu_per_subject: int | None = Field(None, ge=1, description="None: 10 (or --limit if smaller)")
     mmlu_shots: int = Field(0, ge=0, le=5)
     mmlu_subjects: list[str] | None = Field(None, description="None: all 57 subjects")
@@ -74,7 +78,7 @@ class EvalConfig(BaseModel):
         return names
 
     def resolved_data_dir(self) -> Path | None:
-        return Path(self.data_dir) if self.data_dir else default_data_dir()
+        return resolve_data_dir(self.data_dir)
 
     def resolved_mmlu_per_subject(self) -> int:
         if self.mmlu_per_subject is not None:
@@ -82,7 +86,8 @@ class EvalConfig(BaseModel):
         return min(10, self.limit) if self.limit is not None else 10
 
     def resolved_ppl_windows(self) -> int | None:
-        return self.ppl_windows if self.ppl_windows is not None else self.limit
+        caps = [n for n in (self.ppl_windows, self.limit) if n is not None]
+        return min(caps) if caps else None
 
 
 def _artifact_summary(engine: ScansEngine) -> dict:
@@ -171,7 +176,8 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
                     notes: list[str]) -> list[dict]:
     store = capability_store(out)
     if data_dir is None:
-        notes.append("capability skipped: no data directory (WikiText-2 and MMLU are not shipped)")
+        notes.append(f"capability skipped: no data directory (WikiText-2 and MMLU are not shipped; "
+                     f"{missing_data_dir_hint()})")
         log.warning(notes[-1])
         return []
     wiki = data_dir / WIKITEXT_TEST
@@ -183,7 +189,8 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
         notes.append(f"perplexity skipped: {wiki} not found")
         wanted = set()
     if (data_dir / "mmlu" / "test").is_dir():
-        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects)
+        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects,
+                                   limit=config.limit, seed=config.seed)
         run_mmlu(engine, questions, dev, conditions, store, config.mmlu_shots, config.batch_size, config.progress)
         wanted |= {q.item for q in questions}
     else:

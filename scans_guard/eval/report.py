@@ -148,7 +148,9 @@ def _headline(results: dict) -> list[str]:
     if parts:
         lines.append(f"- **Capability**, unsteered → SCANS: {'; '.join(parts)}.")
     if run["settings"].get("limit"):
-        lines.append(f"- A small run: at most {run['settings']['limit']} prompts per set; numbers are noisy.")
+        n = run["settings"]["limit"]
+        lines.append(f"- A small run: at most {n} prompts per set, {n} MMLU questions and {n} perplexity windows; "
+                     "numbers are noisy.")
     return lines
 
 

@@ -88,3 +88,13 @@ def test_mmlu_questions_too_long_are_skipped(tiny_engine, eval_data, tmp_path):
     run_mmlu(tiny_engine, long, dev, conds, capability_store(tmp_path), progress=False)
     summary = summarise_capability(capability_store(tmp_path).rows)["mmlu"]["unsteered"]
     assert summary["skipped_too_long"] == 1 and summary["n"] == 0 and summary["accuracy"] is None
+
+
+def test_mmlu_limit_spreads_over_subjects(eval_data):
+    every, _ = load_mmlu(eval_data)
+    assert len(every) == 6
+    some, dev = load_mmlu(eval_data, limit=3, seed=0)
+    assert len(some) == 3 and {q.subject for q in some} == {"cooking", "geography"}
+    assert set(dev) == {"cooking", "geography"} and some == load_mmlu(eval_data, limit=3, seed=0)[0]
+    one, dev = load_mmlu(eval_data, limit=1, seed=0)
+    assert len(one) == 1 and set(dev) == {one[0].subject} and one[0].index == 0

@@ -123,3 +123,21 @@ def test_layer_profile_by_hand():
     assert prof[3]["auroc"] == pytest.approx(4 / 6)
     assert prof[4]["auroc"] == pytest.approx(2 / 6)  # 1 - s reverses the ranking
     assert not math.isnan(prof[4]["mean_unsafe"])
+
+
+def _wilson_by_hand(k, n, z=1.96):
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 4), (4, 4), (3, 7), (5, 10), (100, 1000), (999, 1000)])
+def test_wilson_interval_matches_the_formula(k, n):
+    assert wilson_interval(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-12)
+
+
+def test_confusion_of_nothing():
+    m = confusion([], [])
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (0, 0, 0, 0) and m["accuracy"] is None

@@ -130,3 +130,27 @@ def test_cli_eval(tiny_engine, eval_data, tmp_path, monkeypatch, capsys):
     for results in (json.loads((out / "results.json").read_text()), report_only(out, plots=False)):
         assert sum(r["n"] for r in results["refusal"]["rates"]) == 2 * 2
     assert main(["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "nope", "--quiet"]) == 2
+
+
+def test_limit_caps_every_part(tiny_engine, eval_data, tmp_path):
+    """--limit N: at most N prompts per set, N MMLU questions in all and N perplexity windows."""
+    from scans_guard.eval.capability import load_mmlu, wikitext_windows
+
+    wiki = eval_data / "wikitext2_tokenized" / "test.txt"
+    assert len(wikitext_windows(tiny_engine, wiki, 16)) > 2 and len(load_mmlu(eval_data)[0]) > 2  # more than N exist
+    out = tmp_path / "limited"
+    config = _config(out, eval_data, mmlu_subjects=None, ppl_windows=5, sets=["xstest", "oktest"],
+                     conditions=["unsteered", "scans"], max_new_tokens=2, plots=False)
+    results = run_eval(tiny_engine, config)
+    run = results["run"]
+    assert run["settings"]["ppl_windows"] == 2  # --limit caps an explicit --ppl-windows too
+    for name in ("scores", "generations", "capability"):
+        rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        parts: dict[str, set] = {}
+        for r in rows:
+            part = r.get("set") or r["task"]
+            parts.setdefault(part, set()).add(r.get("prompt") or r.get("item"))
+        assert parts and all(len(items) <= 2 for items in parts.values()), (name, parts)
+    mmlu = {r["item"] for r in (json.loads(x) for x in (out / "capability.jsonl").read_text().splitlines())
+            if r["task"] == "mmlu"}
+    assert len(mmlu) == 2 and {i.split("/")[0] for i in mmlu} == {"cooking", "geography"}  # spread over subjects
