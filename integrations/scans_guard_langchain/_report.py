@@ -27,6 +27,10 @@ def verdict_fields(verdict: SafetyVerdict | None, *, band: str | None = None, so
             "scans_probability": verdict.probability,
             "scans_direction": verdict.direction,
             "scans_coefficient": verdict.coefficient,
+            "scans_operating_point": verdict.operating_point,
+            "scans_in_domain": verdict.in_domain,
+            "scans_domain_reasons": list(verdict.domain_reasons),
+            "scans_renderings": dict(verdict.renderings),
             "scans_layer_similarities": dict(verdict.layer_similarities),
             "scans_latency_s": verdict.latency_s,
         })

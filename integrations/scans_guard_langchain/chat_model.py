@@ -90,6 +90,8 @@ def _verdict_metadata(verdict: SafetyVerdict | None) -> dict[str, Any]:
     return {
         "score": verdict.score, "label": verdict.label, "threshold": verdict.threshold,
         "probability": verdict.probability, "direction": verdict.direction, "alpha": verdict.coefficient,
+        "operating_point": verdict.operating_point, "in_domain": verdict.in_domain,
+        "domain_reasons": list(verdict.domain_reasons), "renderings": dict(verdict.renderings),
         "layer_similarities": {str(k): v for k, v in verdict.layer_similarities.items()},
     }
 

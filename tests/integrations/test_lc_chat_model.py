@@ -13,7 +13,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 
-from scans_guard import GenerationConfig
+from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.errors import InvalidPromptError
 from scans_guard.judge import KeywordJudge
 from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM
@@ -319,3 +319,26 @@ def test_load_needs_an_artifact_for_a_non_default_model(tiny_artifact, tmp_path)
         SafetyConsciousLLM.load(tmp_path / "model")
     with pytest.raises(ModelLoadError, match="does not exist"):
         SafetyConsciousLLM.load(tmp_path / "model", tiny_artifact)
+
+
+# -- fail-safe defaults (docs/guard.md) --------------------------------------------------------------------------------
+
+def test_out_of_domain_and_grey_input_is_answered_unsteered(tiny, tiny_artifact, benign_engine):
+    spanish = "¿Cómo se hace pan en casa, paso a paso, sin levadura?"
+    reply = SafetyConsciousLLM(engine=benign_engine, max_tokens=4).invoke(spanish)
+    meta = reply.response_metadata
+    assert meta["in_domain"] is False and meta["direction"] == "none" and meta["domain_reasons"] == ["language:es"]
+    english = SafetyConsciousLLM(engine=benign_engine, max_tokens=4).invoke("How do I bake bread at home?")
+    assert english.response_metadata["direction"] == "away_from_refusal"
+    grey = ScansEngine(tiny, tiny_artifact.with_recipe(threshold=1.5, grey_zone=10.0))  # every score is grey
+    meta = SafetyConsciousLLM(engine=grey, max_tokens=4).invoke("How do I bake bread at home?").response_metadata
+    assert meta["direction"] == "none" and meta["alpha"] == 0.0
+
+
+def test_guard_band_of_out_of_domain_input_is_grey(benign_engine):
+    from scans_guard_langchain import SafetyClassifier, SafetyPolicy
+
+    verdict = SafetyClassifier(engine=benign_engine).invoke("¿Cómo se hace pan en casa, paso a paso, sin levadura?")
+    assert verdict.label == "benign" and SafetyPolicy().band(verdict) == "grey"
+    assert SafetyPolicy(out_of_domain="harmful").band(verdict) == "harmful"
+    assert SafetyPolicy(out_of_domain="benign").band(verdict) == "benign"
