@@ -32,7 +32,8 @@ TUNE_SETS = ["tune_harmful", "tune_benign"]
 HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct", "tune_harmful"}
 
 
-def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int) -> dict[str, list[str]]:
+def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstest_limit: int | None = None,
+                sets: list[str] | None = None) -> dict[str, list[str]]:
     """Seeded samples of every set; AdvBench held-out excludes the anchors and the RepE-train prompts (T's fit data)."""
     anchors = engine.artifact.meta.anchors
     harmful_anchors, _ = anchor_split(anchors["harmful"].n, anchors["harmful"].seed)
@@ -52,7 +53,9 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int) -> di
         "tune_benign": [e.prompt for e in repe_train if not e.harmful]
         + [e.prompt for e in load_set("oktest_heldout", data_dir)],
     }
-    return {name: random.Random(seed).sample(sorted(set(p)), min(limit, len(set(p)))) for name, p in pools.items()}
+    limits = {"xstest_safe": xstest_limit or limit, "xstest_unsafe": xstest_limit or limit}
+    return {name: random.Random(seed).sample(sorted(set(p)), min(limits.get(name, limit), len(set(p))))
+            for name, p in pools.items() if sets is None or name in sets}
 
 
 @torch.inference_mode()
@@ -81,7 +84,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         for line in rows_path.read_text().splitlines():
             r = json.loads(line)
             done.add((r["set"], r["prompt"], r["coefficient"]))
-    sets = prompt_sets(str(require_data_dir(args.data_dir, "the sweep")), engine, args.limit, args.seed)
+    sets = prompt_sets(str(require_data_dir(args.data_dir, "the sweep")), engine, args.limit, args.seed,
+                       args.xstest_limit, args.sets)
     (out / "sets.json").write_text(json.dumps(sets, indent=1))
     scores_path = out / "scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
@@ -96,7 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         for coef in coefficients:
             # A recipe steers by -a only below T and by +a only at or above T, so each coefficient is generated
             # only where some T in the studied range could select it.
-            todo = [(s, p) for s in EVAL_SETS + TUNE_SETS for p in sets[s] if (s, p, coef) not in done
+            todo = [(s, p) for s in sets for p in sets[s] if (s, p, coef) not in done
                     and (coef == 0 or (coef < 0 and scores[p] < args.max_t) or (coef > 0 and scores[p] >= args.min_t))]
             todo.sort(key=lambda sp: len(sp[1]))  # similar lengths batch with little padding
             for i in tqdm(range(0, len(todo), args.batch_size), desc=f"coefficient {coef:+}"):
@@ -145,7 +149,7 @@ HARMFUL_EVAL = ["xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_inst
 
 def recipe_row(name: str, res: dict, base: dict) -> str:
     cells = [f"{100 * res[s]['refusal']:.0f}% ({100 * (res[s]['refusal'] - base[s]['refusal']):+.0f})"
-             for s in EVAL_SETS + TUNE_SETS]
+             for s in EVAL_SETS + TUNE_SETS if s in base]
     nll = np.mean([res[s]["nll"] - base[s]["nll"] for s in SAFE_EVAL])
     return f"| {name} | " + " | ".join(cells) + f" | {nll:+.2f} |"
 
@@ -169,8 +173,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         if args.grey_zone:
             recipes[f"away only: -{ab} below T-{args.grey_zone} (grey zone), T={args.threshold}"] = compose(
                 by_key, scores, args.threshold, args.grey_zone, ab, 0)
-    lines = ["| recipe | " + " | ".join(EVAL_SETS + TUNE_SETS) + " | ΔNLL (safe sets) |",
-             "|" + "---|" * (len(EVAL_SETS + TUNE_SETS) + 2)]
+    present = [s for s in EVAL_SETS + TUNE_SETS if s in base]
+    lines = ["| recipe | " + " | ".join(f"{s} (n={base[s]['n']})" for s in present) + " | ΔNLL (safe sets) |",
+             "|" + "---|" * (len(present) + 2)]
     lines += [recipe_row(name, res, base) for name, res in recipes.items() if res]
     n = {s: base[s]["n"] for s in base}
     table = "\n".join(lines)
@@ -187,7 +192,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     # The choice, on the tuning split only: the lowest benign refusal whose harmful refusal stays within 2 points of
     # unsteered and whose fluency (NLL under the unsteered model) stays within 0.2 nats/token.
     chosen = None
-    for ab in alphas_b:
+    for ab in alphas_b if "tune_harmful" in base else []:
         for T in grid_T:
             res = compose(by_key, scores, T, 0.0, ab, 0.0)
             if not res or res["tune_harmful"]["refusal"] < base["tune_harmful"]["refusal"] - 0.02 \
@@ -217,7 +222,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         by = np.mean([base[s]["refusal"] for s in SAFE_EVAL]) * 100
         ax.plot([bx], [by], "k*", ms=12, label="unsteered")
         ref = recipes[f"reference: +-1.0, T={args.reference_threshold}"]
-        if ref:
+        if ref and all(s in ref for s in HARMFUL_EVAL + SAFE_EVAL):
             ax.plot([np.mean([ref[s]["refusal"] for s in HARMFUL_EVAL]) * 100],
                     [np.mean([ref[s]["refusal"] for s in SAFE_EVAL]) * 100], "rX", ms=10, label="reference recipe")
         ax.axvline(bx - 2, color="grey", ls=":", lw=1, label="gate: unsteered - 2 points")
@@ -237,7 +242,9 @@ def main() -> None:
     g.add_argument("--data-dir", help="benchmark data directory (default: $SCANS_GUARD_DATA)")
     g.add_argument("--artifact", default=None)
     g.add_argument("--out", required=True)
-    g.add_argument("--limit", type=int, default=40)
+    g.add_argument("--limit", type=int, default=40, help="prompts per set")
+    g.add_argument("--xstest-limit", type=int, help="prompts per XSTest half (default: --limit; 250 takes all)")
+    g.add_argument("--sets", nargs="*", help=f"only these sets (default: all of {EVAL_SETS + TUNE_SETS})")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--coefficients", default="0,-1,1,-2")
     g.add_argument("--max-new-tokens", type=int, default=24)
