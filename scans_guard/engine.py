@@ -8,6 +8,8 @@ never see each other's steering. Throughput comes from batching
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -20,7 +22,7 @@ from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
-from .errors import ArtifactError
+from .errors import ArtifactError, InvalidArgumentError, InvalidPromptError
 from .loading import ModelHandle, load_model
 from .steering import steered_decode, steering_deltas
 
@@ -46,10 +48,32 @@ class _Row:
 
 
 def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[Conversation]:
-    """One conversation (a string, or a list of message dicts) becomes a batch of one."""
-    if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
+    """One conversation (a string, or a list of message dicts) becomes a batch of one.
+
+    Anything else that is not a list or tuple is an InvalidPromptError, never an empty result: a guard doing
+    `any(v.is_harmful for v in ...)` over `[]` would pass everything.
+    """
+    if isinstance(conversations, str):
+        return [conversations]
+    if isinstance(conversations, dict):
+        raise InvalidPromptError("a conversation is a list of messages: wrap a single message dict in a list, "
+                                 "[{'role': 'user', 'content': ...}]")
+    if not isinstance(conversations, (list, tuple)):
+        raise InvalidPromptError("conversations must be a string, a list of messages or a list of conversations, "
+                                 f"got {type(conversations).__name__}")
+    if conversations and isinstance(conversations[0], dict):
         return [conversations]
     return conversations
+
+
+def _coefficients(fixed: float | Sequence[float], n_rows: int) -> torch.Tensor:
+    """Fixed steering coefficients as a [n_rows] tensor; NaN or inf would turn every hidden state into NaN."""
+    values = list(fixed) if isinstance(fixed, Sequence) and not isinstance(fixed, str) else [fixed] * n_rows
+    if len(values) != n_rows:
+        raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
+    if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
+        raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {fixed!r}")
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def _direction(coefficient: float) -> str:
@@ -112,6 +136,8 @@ class ScansEngine:
     def classify(self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8) -> list[SafetyVerdict]:
         """sigma(q) for each conversation (a string is one user turn); one forward pass per batch."""
         conversations = _as_batch(conversations)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not conversations:
             return []
         rows = self._prompt_rows(conversations, 0)
@@ -126,7 +152,7 @@ class ScansEngine:
     # -- generation -----------------------------------------------------------------------------------------
     def iter_generate(
         self,
-        conversations: Sequence[Conversation],
+        conversations: Sequence[Conversation] | Conversation,
         config: GenerationConfig | None = None,
         *,
         steer: bool = True,
@@ -138,6 +164,7 @@ class ScansEngine:
         steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
         classification (the always-positive / always-negative baselines). Closing the iterator early is safe.
         """
+        conversations = _as_batch(conversations)
         config = config or GenerationConfig()
         if not conversations:
             return
@@ -155,9 +182,7 @@ class ScansEngine:
         else:
             prompts = PromptBatch.left_pad(rows, tok.pad_token_id, self.handle.device)
             fixed = [0.0] * len(rows) if not steer or coefficient is None else coefficient
-            coefs = torch.tensor(fixed if isinstance(fixed, Sequence) else [fixed] * len(rows), dtype=torch.float32)
-            if len(coefs) != len(rows):
-                raise ValueError(f"{len(coefs)} coefficients for {len(rows)} prompts")
+            coefs = _coefficients(fixed, len(rows))
         t_classify = time.perf_counter() - t0
         for i, v in enumerate(verdicts):
             yield StreamEvent(row=i, verdict=v)

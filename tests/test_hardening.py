@@ -1,0 +1,65 @@
+"""Issue 9 (items 5, 6): every bad input gets a typed error, and no non-finite number ever comes out benign.
+
+Runs on the tiny model; see docs/hardening.md for the table these tests back.
+"""
+
+import pytest
+
+from scans_guard import GenerationConfig, InvalidPromptError
+from scans_guard.errors import InvalidArgumentError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHORT = GenerationConfig(max_new_tokens=2)
+
+
+# -- conversations and batch arguments ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [5, None, 1.5, b"bytes", {"hi"}, iter(["hi"])], ids=repr)
+@pytest.mark.parametrize("call", ["classify", "generate", "iter_generate"])
+def test_a_non_conversation_is_an_invalid_prompt_in_every_path(tiny_engine, call, bad):
+    with pytest.raises(InvalidPromptError, match="conversations must be"):
+        result = getattr(tiny_engine, call)(bad)
+        list(result)  # iter_generate is lazy
+
+
+@pytest.mark.parametrize("call", ["classify", "generate", "iter_generate"])
+def test_a_bare_message_dict_says_to_wrap_it_in_a_list(tiny_engine, call):
+    with pytest.raises(InvalidPromptError, match="wrap a single message dict in a list"):
+        list(getattr(tiny_engine, call)({"role": "user", "content": "hi"}))
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0, 1.5, "8", True])
+def test_batch_size_must_be_a_positive_integer(tiny_engine, batch_size):
+    with pytest.raises(InvalidArgumentError, match="batch_size") as info:
+        tiny_engine.classify(["x"], batch_size=batch_size)
+    assert isinstance(info.value, ValueError)
+
+
+def test_iter_generate_treats_a_string_as_one_conversation(tiny_engine):
+    events = list(tiny_engine.iter_generate("hey", SHORT))
+    assert {e.row for e in events} == {0}
+    verdict = next(e.verdict for e in events if e.verdict is not None)
+    assert verdict.score == pytest.approx(tiny_engine.classify("hey")[0].score, abs=1e-5)
+    assert [o.text for o in tiny_engine.generate("hey", SHORT)] == [next(e.output for e in events if e.output).text]
+
+
+@pytest.mark.parametrize("call", ["classify", "generate", "iter_generate"])
+def test_an_empty_batch_is_still_empty(tiny_engine, call):
+    assert list(getattr(tiny_engine, call)([])) == []
+
+
+@pytest.mark.parametrize("coefficient", [float("nan"), float("inf"), -float("inf"), [1.0, float("nan")], "1", None],
+                         ids=repr)
+def test_steering_coefficients_must_be_finite_numbers(tiny_engine, coefficient):
+    if coefficient is None:  # None means "classify": the control case
+        assert len(tiny_engine.generate(["a", "b"], SHORT, coefficient=coefficient)) == 2
+        return
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        tiny_engine.generate(["a", "b"], SHORT, coefficient=coefficient)
+
+
+def test_one_coefficient_per_prompt(tiny_engine):
+    with pytest.raises(InvalidArgumentError, match="3 coefficients for 2 prompts"):
+        tiny_engine.generate(["a", "b"], SHORT, coefficient=[1.0, 2.0, 3.0])
