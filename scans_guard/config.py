@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Direction = Literal["towards_refusal", "away_from_refusal", "none"]
 Label = Literal["harmful", "benign"]
+MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
 
 
 class SteeringRecipe(BaseModel):
@@ -18,7 +19,8 @@ class SteeringRecipe(BaseModel):
     borderline harmful prompt is never pushed away from refusal.
     """
 
-    model_config = ConfigDict(frozen=True)
+    # NaN compares false with everything: a NaN threshold would label every prompt benign.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     steer_layers: list[int] = Field(description="decoder blocks whose output is steered")
     classify_layers: list[int] = Field(description="decoder blocks whose transitions sigma averages")
@@ -47,14 +49,34 @@ class SteeringRecipe(BaseModel):
 
 
 class GenerationConfig(BaseModel):
-    """Decoding settings; temperature 0 means greedy."""
+    """Decoding settings; temperature 0 means greedy.
+
+    Temperatures in (0, MIN_TEMPERATURE) are refused rather than rounded to greedy: logits / 1e-45 overflow float32
+    and sampling would see NaN probabilities. Use 0 for greedy decoding.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, description=f"0 (greedy) or at least {MIN_TEMPERATURE}")
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
     seed: int | None = Field(None, description="seed for sampling; None draws a fresh one")
     ignore_eos: bool = Field(False, description="decode all max_new_tokens even past end-of-turn (benchmarks)")
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sampling(cls, temperature: float) -> float:
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
+        return temperature
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: list[str]) -> list[str]:
+        if any(not s for s in stop):
+            raise ValueError("a stop string must not be empty (it would match before the first character)")
+        return stop
 
 
 class SafetyVerdict(BaseModel):
@@ -87,6 +109,8 @@ class SteeredOutput(BaseModel):
 
 class CalibrationConfig(BaseModel):
     """Inputs of `calibrate`: which anchors, how many, and how T and alpha are chosen."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     n_anchors: int = Field(64, ge=2, description="harmful and benign anchors each")
     seed: int = 0

@@ -4,8 +4,10 @@ Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """
 
 import pytest
+from pydantic import ValidationError
 
-from scans_guard import GenerationConfig, InvalidPromptError
+from scans_guard import CalibrationConfig, GenerationConfig, InvalidPromptError, SteeringRecipe
+from scans_guard.config import MIN_TEMPERATURE
 from scans_guard.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -63,3 +65,41 @@ def test_steering_coefficients_must_be_finite_numbers(tiny_engine, coefficient):
 def test_one_coefficient_per_prompt(tiny_engine):
     with pytest.raises(InvalidArgumentError, match="3 coefficients for 2 prompts"):
         tiny_engine.generate(["a", "b"], SHORT, coefficient=[1.0, 2.0, 3.0])
+
+
+# -- configuration numbers ------------------------------------------------------------------------------------------
+
+NON_FINITE = [float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stop", [""]), ("stop", ["ok", ""]),
+    *[("temperature", v) for v in [*NON_FINITE, 1e-45, 5e-324, 1e-4, -1.0]],
+    *[("top_p", v) for v in [*NON_FINITE, 0.0, 1.5]],
+])
+def test_generation_config_rejects(field, value):
+    with pytest.raises(ValidationError, match=field):
+        GenerationConfig(**{field: value})
+
+
+def test_smallest_sampling_temperature_samples(tiny_engine):
+    config = GenerationConfig(max_new_tokens=3, temperature=MIN_TEMPERATURE, seed=1)
+    sampled = tiny_engine.generate("How do I bake bread?", config, steer=False)[0]
+    greedy = tiny_engine.generate("How do I bake bread?", GenerationConfig(max_new_tokens=3), steer=False)[0]
+    assert sampled.completion_tokens > 0 and sampled.text == greedy.text  # T=1e-3 is greedy in all but name
+
+
+@pytest.mark.parametrize("field", ["threshold", "alpha_benign", "alpha_harmful", "grey_zone"])
+@pytest.mark.parametrize("value", NON_FINITE)
+def test_steering_recipe_numbers_must_be_finite(tiny_artifact, field, value):
+    with pytest.raises(ValidationError, match="finite"):
+        SteeringRecipe.model_validate({**tiny_artifact.recipe.model_dump(), field: value})
+    with pytest.raises(ValidationError, match="finite"):
+        tiny_artifact.with_recipe(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["alpha_benign", "alpha_harmful", "grey_zone", "threshold", "target_recall"])
+@pytest.mark.parametrize("value", NON_FINITE)
+def test_calibration_config_numbers_must_be_finite(field, value):
+    with pytest.raises(ValidationError, match="finite"):
+        CalibrationConfig(**{field: value})
