@@ -4,13 +4,11 @@ The contract: whatever a caller passes as a conversation, `classify` (and `gener
 `InvalidPromptError`; never another exception (see docs/hardening.md).
 """
 
-import json
 import shutil
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors import SafetensorError
 
 from scans_guard import GenerationConfig, InvalidPromptError, ModelLoadError, SafetyVerdict, load_model
 from scans_guard import default_model
@@ -221,7 +219,7 @@ def corrupted_cache(tiny, tmp_path):
     target = tmp_path / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
     tiny.model.save_pretrained(target)
     tiny.tokenizer.save_pretrained(target)
-    (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+    default_model._write_marker(target)
     weights = target / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return tmp_path
@@ -232,7 +230,7 @@ def test_cache_marked_complete_loads_from_cache(tiny, tmp_path):
     target = tmp_path / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
     tiny.model.save_pretrained(target)
     tiny.tokenizer.save_pretrained(target)
-    (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+    default_model._write_marker(target)
     assert load_model(None, cache_dir=tmp_path, progress=False).n_layers == 4
 
 
@@ -242,7 +240,6 @@ def test_corrupted_cache_is_rebuilt_once(corrupted_cache, tiny, monkeypatch):
     def fake_build(work, progress):  # stands in for the minute-long GGUF dequantisation
         tiny.model.save_pretrained(work / "model")
         tiny.tokenizer.save_pretrained(work / "model")
-        (work / "model" / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
         rebuilt.append(work)
 
     monkeypatch.setattr(default_model, "_build_cache", fake_build)
