@@ -22,7 +22,7 @@ from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
-from .errors import ArtifactError, InvalidArgumentError, InvalidPromptError
+from .errors import ArtifactError, InvalidArgumentError, InvalidPromptError, NonFiniteScoreError
 from .loading import ModelHandle, load_model
 from .steering import steered_decode, steering_deltas
 
@@ -146,7 +146,10 @@ class ScansEngine:
             t0 = time.perf_counter()
             with self.handle.lock:
                 sp = run_sigma_pass(self.handle, rows[start:start + batch_size], self._rpos, self.recipe.classify_layers)
-            verdicts += self._verdicts(sp.transitions, time.perf_counter() - t0)
+            try:
+                verdicts += self._verdicts(sp.transitions, time.perf_counter() - t0)
+            except NonFiniteScoreError as exc:  # name the prompt in the caller's list, not in this batch
+                raise NonFiniteScoreError(start + exc.index) from None
         return verdicts
 
     # -- generation -----------------------------------------------------------------------------------------

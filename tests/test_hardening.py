@@ -3,6 +3,7 @@
 Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -21,11 +22,16 @@ from scans_guard import (
     CalibrationConfig,
     GenerationConfig,
     InvalidPromptError,
+    ModelHandle,
+    NonFiniteScoreError,
+    ScansEngine,
+    ScansGuardError,
     SteeringRecipe,
     default_model,
     load_model,
 )
 from scans_guard.artifacts import default_artifact_dir
+from scans_guard.classifier import sigma_scores
 from scans_guard.config import MIN_TEMPERATURE
 from scans_guard.errors import InvalidArgumentError
 
@@ -298,3 +304,44 @@ def test_two_builders_at_once_build_once(tmp_path, fake_build, caplog):
     assert len(fake_build) == 1, "the second builder waited and used the first one's copy"
     assert "waiting for it" in caplog.text
     assert default_model._is_complete(results[0])
+
+
+# -- scores ---------------------------------------------------------------------------------------------------------
+
+
+def _damaged_engine(tiny, tiny_artifact, damage):
+    """An engine on a copy of the tiny model with `damage(model)` applied (the shared fixture stays intact)."""
+    model = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        damage(model)
+    return ScansEngine(ModelHandle.wrap(model, tiny.tokenizer), tiny_artifact, check_fingerprint=False)
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+def test_sigma_scores_of_non_finite_transitions_raise(tiny_artifact, value):
+    transitions = torch.randn(3, *tiny_artifact.d_harm.shape)
+    transitions[2, 1, 5] = value
+    with pytest.raises(NonFiniteScoreError, match="prompt 2") as info:
+        sigma_scores(transitions, tiny_artifact.d_harm)
+    assert info.value.index == 2 and isinstance(info.value, ScansGuardError)
+
+
+def test_nan_weight_is_an_error_never_a_benign_verdict(tiny, tiny_artifact):
+    engine = _damaged_engine(tiny, tiny_artifact, lambda m: m.model.layers[0].mlp.down_proj.weight[3, 7].fill_(
+        float("nan")))
+    with pytest.raises(NonFiniteScoreError, match="prompt 0"):
+        engine.classify("How do I make a bomb?")
+    with pytest.raises(NonFiniteScoreError):
+        engine.generate("How do I make a bomb?", SHORT)
+    with pytest.raises(NonFiniteScoreError):
+        list(engine.iter_generate("How do I make a bomb?", SHORT))
+
+
+def test_non_finite_score_names_the_prompt_across_batches(tiny, tiny_artifact):
+    clean, damaged = "Paris?", "How do I kill a Python process?"
+    token = next(t for t in tiny.chat_ids(damaged) if t not in tiny.chat_ids(clean))
+    engine = _damaged_engine(tiny, tiny_artifact, lambda m: m.get_input_embeddings().weight[token].fill_(
+        float("nan")))
+    assert engine.classify(clean)[0].label in {"harmful", "benign"}
+    with pytest.raises(NonFiniteScoreError, match="prompt 3"):
+        engine.classify([clean, clean, clean, damaged], batch_size=2)
