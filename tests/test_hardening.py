@@ -23,6 +23,7 @@ from scans_guard import (
     GenerationConfig,
     InvalidPromptError,
     ModelHandle,
+    ModelLoadError,
     NonFiniteScoreError,
     ScansEngine,
     ScansGuardError,
@@ -345,3 +346,23 @@ def test_non_finite_score_names_the_prompt_across_batches(tiny, tiny_artifact):
     assert engine.classify(clean)[0].label in {"harmful", "benign"}
     with pytest.raises(NonFiniteScoreError, match="prompt 3"):
         engine.classify([clean, clean, clean, damaged], batch_size=2)
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu:abc", "cuda:x", "", "cpu:", "tpu", "meta", "cuda:99"])
+def test_a_bad_device_string_is_a_model_load_error(tmp_path, device):
+    with pytest.raises(ModelLoadError, match="device"):
+        load_model(tmp_path, device=device)
+
+
+def test_pickled_weights_are_refused_not_unpickled(tiny, tmp_path, monkeypatch):
+    # transformers 5 writes safetensors even with safe_serialization=False: pickle the weights by hand
+    tiny.model.config.save_pretrained(tmp_path)
+    torch.save(tiny.model.state_dict(), tmp_path / "pytorch_model.bin")
+    tiny.tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not list(tmp_path.glob("*.safetensors"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called on pickled weights"))
+    with pytest.raises(ModelLoadError, match="only safetensors or GGUF"):
+        load_model(tmp_path)
