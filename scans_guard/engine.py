@@ -22,11 +22,19 @@ from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
-from .errors import ArtifactError, InvalidArgumentError, InvalidPromptError, NonFiniteScoreError
+from .errors import (
+    ArtifactError,
+    InvalidArgumentError,
+    InvalidPromptError,
+    NonFiniteScoreError,
+    PromptTooLongError,
+)
 from .loading import ModelHandle, load_model
 from .steering import steered_decode, steering_deltas
 
 Conversation = str | list[dict]
+# Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
+DEFAULT_MAX_INPUT_TOKENS = 4096
 
 
 class StreamEvent(BaseModel):
@@ -68,6 +76,7 @@ def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[
 
 def _coefficients(fixed: float | Sequence[float], n_rows: int) -> torch.Tensor:
     """Fixed steering coefficients as a [n_rows] tensor; NaN or inf would turn every hidden state into NaN."""
+    fixed = fixed.tolist() if hasattr(fixed, "tolist") else fixed  # numpy arrays and tensors, too
     values = list(fixed) if isinstance(fixed, Sequence) and not isinstance(fixed, str) else [fixed] * n_rows
     if len(values) != n_rows:
         raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
@@ -83,11 +92,18 @@ def _direction(coefficient: float) -> str:
 class ScansEngine:
     """Classify with sigma(q) and generate with safety-conscious steering, on one local model."""
 
-    def __init__(self, handle: ModelHandle, artifact: Artifact, *, check_fingerprint: bool = True):
+    def __init__(self, handle: ModelHandle, artifact: Artifact, *, check_fingerprint: bool = True,
+                 max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS):
+        """`max_input_tokens`: longest prompt accepted, in tokens after chat formatting (None: up to the context
+        window); a longer one is a PromptTooLongError before any forward pass."""
+        if max_input_tokens is not None and (isinstance(max_input_tokens, bool) or not isinstance(max_input_tokens, int)
+                                             or max_input_tokens < 1):
+            raise InvalidArgumentError(f"max_input_tokens must be a positive integer or None, got {max_input_tokens!r}")
         if check_fingerprint:
             artifact.check_model(handle)
         self.handle = handle
         self.artifact = artifact
+        self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
         self._vectors = artifact.refusal_vectors.to(handle.device)  # [n_layers, hidden]
 
@@ -100,6 +116,7 @@ class ScansEngine:
         device: str = "cpu",
         dtype: str = "float32",
         progress: bool = True,
+        max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
     ) -> ScansEngine:
         """Load a model (None: the embedded default) and its artifact (None: the one shipped for the default)."""
         if artifact is None and model is not None:
@@ -107,7 +124,7 @@ class ScansEngine:
         handle = load_model(model, device=device, dtype=dtype, progress=progress)
         if not isinstance(artifact, Artifact):
             artifact = Artifact.load(artifact if artifact is not None else default_artifact_dir())
-        return cls(handle, artifact)
+        return cls(handle, artifact, max_input_tokens=max_input_tokens)
 
     @property
     def recipe(self) -> SteeringRecipe:
@@ -130,6 +147,11 @@ class ScansEngine:
 
     def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
         rows = [self.handle.chat_ids(c) for c in conversations]
+        cap = self.max_input_tokens
+        for i, row in enumerate(rows):
+            if cap is not None and len(row) > cap:
+                raise PromptTooLongError(f"prompt {i} has {len(row)} tokens after chat formatting, more than "
+                                         f"max_input_tokens={cap}")
         check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
         return rows
 

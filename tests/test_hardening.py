@@ -25,6 +25,7 @@ from scans_guard import (
     ModelHandle,
     ModelLoadError,
     NonFiniteScoreError,
+    PromptTooLongError,
     ScansEngine,
     ScansGuardError,
     SteeringRecipe,
@@ -33,6 +34,7 @@ from scans_guard import (
 )
 from scans_guard.artifacts import default_artifact_dir
 from scans_guard.classifier import sigma_scores
+from scans_guard.cli import main
 from scans_guard.config import MIN_TEMPERATURE
 from scans_guard.errors import InvalidArgumentError
 
@@ -366,3 +368,87 @@ def test_pickled_weights_are_refused_not_unpickled(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called on pickled weights"))
     with pytest.raises(ModelLoadError, match="only safetensors or GGUF"):
         load_model(tmp_path)
+
+
+# -- input-length cap -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def capped_engine(tiny, tiny_artifact):
+    return ScansEngine(tiny, tiny_artifact, max_input_tokens=40)
+
+
+def _text_of_tokens(engine, n):
+    """A prompt of exactly n tokens after chat formatting."""
+    text = ""
+    while len(engine.handle.chat_ids(text + "a")) <= n:
+        text += "a"
+    assert len(engine.handle.chat_ids(text)) == n
+    return text
+
+
+@pytest.mark.parametrize("call", ["classify", "generate", "iter_generate"])
+def test_prompt_longer_than_max_input_tokens(capped_engine, call, monkeypatch):
+    at_cap, over = _text_of_tokens(capped_engine, 40), _text_of_tokens(capped_engine, 41)
+    assert len(list(getattr(capped_engine, call)(at_cap, SHORT) if call != "classify"
+                    else capped_engine.classify(at_cap))) >= 1
+    monkeypatch.setattr(capped_engine.handle, "model", None)  # any forward pass would fail with AttributeError
+    with pytest.raises(PromptTooLongError, match="prompt 1 has 41 tokens.*max_input_tokens=40") as info:
+        list(getattr(capped_engine, call)(["short", over]))
+    assert isinstance(info.value, InvalidPromptError)
+
+
+def test_max_input_tokens_default_and_none(tiny, tiny_artifact, tiny_engine):
+    assert tiny_engine.max_input_tokens == 4096
+    uncapped = ScansEngine(tiny, tiny_artifact, max_input_tokens=None)
+    assert uncapped.classify(_text_of_tokens(uncapped, 200))[0].label in {"harmful", "benign"}
+
+
+@pytest.mark.parametrize("cap", [0, -5, 1.5, "100", True])
+def test_max_input_tokens_must_be_a_positive_integer(tiny, tiny_artifact, cap):
+    with pytest.raises(InvalidArgumentError, match="max_input_tokens"):
+        ScansEngine(tiny, tiny_artifact, max_input_tokens=cap)
+
+
+def test_engine_load_passes_max_input_tokens(tiny_on_disk):
+    engine = ScansEngine.load(tiny_on_disk / "model", tiny_on_disk / "artifact", max_input_tokens=33)
+    assert engine.max_input_tokens == 33
+
+
+# -- the command line -----------------------------------------------------------------------------------------------
+
+
+def _cli(tiny_on_disk, command, *args):
+    return [command, "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"), *args]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["chat", "--temperature", "1e-45", "hi"], "temperature: temperature must be 0 (greedy) or at least 0.001"),
+    (["chat", "--temperature", "inf", "hi"], "temperature: Input should be a finite number"),
+    (["demo", "--temperature", "nan"], "temperature: Input should be a finite number"),
+    (["chat", "--max-new-tokens", "0", "hi"], "max_new_tokens"),
+    (["classify", "--device", "cpu:abc", "hi"], "device must be cpu, cuda, cuda:N or mps, got 'cpu:abc'"),
+    (["chat", "--device", "cpu:abc", "hi"], "device must be"),
+    (["classify", "--max-input-tokens", "10", "a long enough prompt for ten tokens"], "max_input_tokens=10"),
+    (["classify", "--max-input-tokens", "-3", "hi"], "max_input_tokens must be a positive integer"),
+])
+def test_cli_errors_are_one_line(tiny_on_disk, capsys, argv, match):
+    assert main(_cli(tiny_on_disk, *argv)) == 2
+    err = capsys.readouterr().err
+    error = err[err.index("scans-guard: error:"):]  # after transformers' progress bar, if the model loaded
+    assert error.count("\n") == 1 and error.endswith("\n"), err
+    assert match in error
+
+
+def test_cli_validation_error_lists_every_field_on_one_line(tiny_on_disk, capsys):
+    assert main(["calibrate", "--model", str(tiny_on_disk / "model"), "--out", "x", "--alpha-benign", "inf",
+                 "--grey-zone", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid CalibrationConfig: alpha_benign: " in err and "; grey_zone: " in err
+
+
+def test_cli_max_input_tokens_zero_disables_the_cap(tiny_on_disk, capsys):
+    prompt = "x " * 40
+    assert main(_cli(tiny_on_disk, "classify", "--max-input-tokens", "20", prompt)) == 2
+    assert main(_cli(tiny_on_disk, "classify", "--max-input-tokens", "0", "--json", prompt)) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in {"harmful", "benign"}
