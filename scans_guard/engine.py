@@ -147,12 +147,12 @@ class ScansEngine:
 
     def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
         rows = [self.handle.chat_ids(c) for c in conversations]
+        check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
         cap = self.max_input_tokens
         for i, row in enumerate(rows):
             if cap is not None and len(row) > cap:
                 raise PromptTooLongError(f"prompt {i} has {len(row)} tokens after chat formatting, more than "
                                          f"max_input_tokens={cap}")
-        check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
         return rows
 
     def classify(self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8) -> list[SafetyVerdict]:

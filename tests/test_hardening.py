@@ -32,6 +32,7 @@ from scans_guard import (
     default_model,
     load_model,
 )
+from scans_guard import engine as engine_module
 from scans_guard.artifacts import default_artifact_dir
 from scans_guard.classifier import sigma_scores
 from scans_guard.cli import main
@@ -392,7 +393,8 @@ def test_prompt_longer_than_max_input_tokens(capped_engine, call, monkeypatch):
     at_cap, over = _text_of_tokens(capped_engine, 40), _text_of_tokens(capped_engine, 41)
     assert len(list(getattr(capped_engine, call)(at_cap, SHORT) if call != "classify"
                     else capped_engine.classify(at_cap))) >= 1
-    monkeypatch.setattr(capped_engine.handle, "model", None)  # any forward pass would fail with AttributeError
+    for forward in ("run_sigma_pass", "steered_decode"):  # refused before any forward pass
+        monkeypatch.setattr(engine_module, forward, lambda *a, **k: pytest.fail("a forward pass ran"))
     with pytest.raises(PromptTooLongError, match="prompt 1 has 41 tokens.*max_input_tokens=40") as info:
         list(getattr(capped_engine, call)(["short", over]))
     assert isinstance(info.value, InvalidPromptError)
