@@ -8,8 +8,11 @@ from .engine import ScansEngine  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
     FingerprintMismatchError,
+    InvalidArgumentError,
     InvalidPromptError,
     ModelLoadError,
+    NonFiniteScoreError,
+    PromptTooLongError,
     ScansGuardError,
     UnsupportedArchitectureError,
 )
@@ -17,6 +20,7 @@ from .loading import ModelHandle, load_model  # noqa: E402
 
 __all__ = [
     "Artifact", "ArtifactError", "CalibrationConfig", "FingerprintMismatchError", "GenerationConfig",
-    "InvalidPromptError", "ModelHandle", "ModelLoadError", "SafetyVerdict", "ScansEngine", "ScansGuardError",
-    "SteeredOutput", "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
+    "InvalidArgumentError", "InvalidPromptError", "ModelHandle", "ModelLoadError", "NonFiniteScoreError",
+    "PromptTooLongError", "SafetyVerdict", "ScansEngine", "ScansGuardError", "SteeredOutput", "SteeringRecipe",
+    "UnsupportedArchitectureError", "load_model",
 ]

@@ -1,14 +1,14 @@
 """Calibration artifacts: tensors in safetensors, everything else in JSON; never pickle.
 
 An artifact directory holds `tensors.safetensors` (refusal_vectors [n_layers, hidden], d_harm
-[n_classify_layers, hidden]) and `artifact.json` (recipe, model fingerprint, data hashes, fit report).
-Writes go to a temporary directory renamed into place, so a reader never sees half an artifact.
+[n_classify_layers, hidden]) and `artifact.json` (recipe, model fingerprint, data hashes, fit report, and the
+sha256 of the tensors file, checked on load). Writes go to a temporary directory renamed into place, so a reader
+never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -17,9 +17,9 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from . import __version__
 from .config import SteeringRecipe
@@ -44,6 +44,8 @@ class AnchorSet(BaseModel):
 class PlattFit(BaseModel):
     """P(harmful | score) = 1 / (1 + exp(-(a * score + b)))."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     a: float
     b: float
 
@@ -61,11 +63,24 @@ class OperatingPoint(BaseModel):
     f1: float | None = None
 
 
+class ModelFingerprint(BaseModel):
+    """The keys of `ModelHandle.fingerprint()` that matching and the mismatch message read; other keys are kept."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    architecture: str
+    n_layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    weight_probe: list[float] = Field(min_length=1)
+    weight_probe_sha256: str
+
+
 class ArtifactMeta(BaseModel):
     format_version: int = FORMAT_VERSION
     library_version: str = __version__
     model_name: str
-    model_fingerprint: dict
+    model_fingerprint: dict = Field(description="ModelFingerprint, kept a dict for callers that index it")
     chat_template_sha256: str
     recipe: SteeringRecipe
     anchors: dict[str, AnchorSet]
@@ -75,6 +90,21 @@ class ArtifactMeta(BaseModel):
     platt: PlattFit | None = Field(None, description="P(harmful | score), centred on the guard point")
     layer_analysis: list[dict] = Field(default_factory=list)
     notes: dict = Field(default_factory=dict, description="free-form provenance: command, tuning data")
+    tensors_sha256: str | None = Field(None, description="sha256 of tensors.safetensors, written by `save`; "
+                                       "None in artifacts saved before it was recorded (loaded with a warning)")
+
+    @field_validator("model_fingerprint")
+    @classmethod
+    def _complete_fingerprint(cls, fingerprint: dict) -> dict:
+        return ModelFingerprint.model_validate(fingerprint).model_dump()
+
+
+def _one_line(exc: Exception) -> str:
+    """A pydantic error's first problem on one line ('loc: message'), else the exception's first line."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        err = exc.errors()[0]
+        return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def text_sha256(texts: list[str] | str) -> str:
@@ -93,6 +123,9 @@ class Artifact:
             raise ArtifactError(f"d_harm shape {list(d_harm.shape)} does not match the classify layers")
         if max(meta.recipe.steer_layers + meta.recipe.classify_layers) >= n_layers:
             raise ArtifactError(f"recipe names a layer >= the model's {n_layers} layers")
+        for name, tensor in (("refusal_vectors", refusal_vectors), ("d_harm", d_harm)):
+            if not bool(torch.isfinite(tensor).all()):
+                raise ArtifactError(f"{name} contains NaN or infinite values")
         self.meta = meta
         self.refusal_vectors = refusal_vectors.float()  # [n_layers, hidden]
         self.d_harm = d_harm.float()  # [n_classify_layers, hidden]
@@ -134,7 +167,9 @@ class Artifact:
             work.mkdir()
             save_file({"refusal_vectors": self.refusal_vectors.contiguous(), "d_harm": self.d_harm.contiguous()},
                       str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)})
-            (work / META_FILE).write_text(self.meta.model_dump_json(indent=2) + "\n")
+            digest = hashlib.sha256((work / TENSORS_FILE).read_bytes()).hexdigest()
+            meta = self.meta.model_copy(update={"tensors_sha256": digest})
+            (work / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
             if target.exists():
                 shutil.rmtree(target)
             os.rename(work, target)
@@ -147,9 +182,17 @@ class Artifact:
             raise ArtifactError(f"{path} is not a scans-guard artifact (needs {META_FILE} and {TENSORS_FILE})")
         try:
             meta = ArtifactMeta.model_validate_json((path / META_FILE).read_text())
-            tensors = load_file(str(path / TENSORS_FILE))
+            data = (path / TENSORS_FILE).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if meta.tensors_sha256 is not None and digest != meta.tensors_sha256:
+                raise ArtifactError(f"artifact at {path}: its tensors were modified after it was saved (sha256 "
+                                    f"{digest[:16]}..., artifact.json records {meta.tensors_sha256[:16]}...)")
+            tensors = load(data)
         except (ValidationError, SafetensorError, ValueError, OSError) as exc:
-            raise ArtifactError(f"corrupt artifact at {path}: {str(exc).splitlines()[0]}") from exc
+            raise ArtifactError(f"corrupt artifact at {path}: {_one_line(exc)}") from exc
+        if meta.tensors_sha256 is None:
+            log.warning("artifact at %s records no tensors_sha256 (saved by an older scans-guard), so its tensors are "
+                        "not verified; re-save it with Artifact.load(...).save(...)", path)
         if meta.format_version != FORMAT_VERSION:
             raise ArtifactError(f"artifact format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
         missing = {"refusal_vectors", "d_harm"} - tensors.keys()

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import PromptBatch, prefill
+from .errors import NonFiniteScoreError
 from .hooks import capture_block_outputs
 from .loading import ModelHandle
 
@@ -90,6 +91,14 @@ def harm_direction(harmful_transitions: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_scores(transitions: torch.Tensor, d_harm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score [n], per-layer cosine similarity [n, n_classify_layers]) of transitions against d_harm."""
+    """(score [n], per-layer cosine similarity [n, n_classify_layers]) of transitions against d_harm.
+
+    A score that is not finite raises NonFiniteScoreError naming the row: `NaN >= T` is false, so a NaN
+    returned here would read as benign and be steered away from refusal.
+    """
     per_layer = torch.nn.functional.cosine_similarity(transitions.double(), d_harm.double()[None], dim=-1)
-    return per_layer.mean(-1).float(), per_layer.float()
+    scores = per_layer.mean(-1)
+    bad = (~torch.isfinite(scores)).nonzero().flatten()
+    if len(bad):
+        raise NonFiniteScoreError(int(bad[0]))
+    return scores.float(), per_layer.float()

@@ -10,9 +10,12 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from . import __version__
 from .bench_cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
+from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError
 from .eval.cli import add_eval_arguments, cmd_eval
 
@@ -36,12 +39,16 @@ def parse_layers(text: str) -> list[int]:
     return sorted(layers)
 
 
-def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True) -> None:
+def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True, prompts: bool = True) -> None:
     p.add_argument("--model", help="local HF model directory or .gguf file (default: the embedded default model)")
     if artifact:
         p.add_argument("--artifact", help="artifact directory (default: the one shipped for the default model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    if prompts:
+        p.add_argument("--max-input-tokens", type=int, default=DEFAULT_MAX_INPUT_TOKENS,
+                       help="refuse longer prompts (tokens after chat formatting) before any forward pass; "
+                            "0 = up to the context window (default %(default)s)")
 
 
 def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -97,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the guard operating point flags this share of the harmful fit prompts (default 0.95)")
     p.add_argument("--threshold", type=float, help="use this T instead of the fitted one (the fit is still reported)")
     p.add_argument("--batch-size", type=int, default=8)
-    _add_model_args(p, artifact=False)
+    _add_model_args(p, artifact=False, prompts=False)
 
     p = sub.add_parser("layers", help="vocabulary projection of each layer's harmful-vs-benign direction")
     p.add_argument("--top-k", type=int, default=8)
-    _add_model_args(p)
+    _add_model_args(p, prompts=False)
 
     p = sub.add_parser("eval", help="evaluate: refusal rates, sigma(q) classification, capability; write a report")
     add_eval_arguments(p)
@@ -109,14 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark plain vs SCANS generation, sigma, batching, memory, load; JSON out")
     add_bench_arguments(p)
-    _add_model_args(p)
+    _add_model_args(p, prompts=False)  # its own fixed, short prompts
     return parser
 
 
 def _engine(args: argparse.Namespace):
     from .engine import ScansEngine
 
-    return ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype)
+    return ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype,
+                            max_input_tokens=args.max_input_tokens or None)
 
 
 def _gen_config(args: argparse.Namespace, engine) -> GenerationConfig:
@@ -153,8 +161,9 @@ def _stream_reply(engine, conversation, config, steer: bool) -> str:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
+    config = None if args.model_sampling else _gen_config(args, None)  # a bad setting fails before the model loads
     engine = _engine(args)
-    config = _gen_config(args, engine)
+    config = config or _gen_config(args, engine)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = history + [{"role": "user", "content": args.prompt}]
@@ -179,8 +188,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    config = None if args.model_sampling else _gen_config(args, None)  # a bad setting fails before the model loads
     engine = _engine(args)
-    config = _gen_config(args, engine)
+    config = config or _gen_config(args, engine)
     print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
           f"classify layers {engine.recipe.classify_layers}  T={engine.recipe.threshold:.4f}")
     steered = engine.generate(DEMO_PROMPTS, config)
@@ -194,13 +204,13 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from .calibration import calibrate
     from .loading import load_model
 
-    handle = load_model(args.model, device=args.device, dtype=args.dtype)
-    config = CalibrationConfig(
+    config = CalibrationConfig(  # a bad setting fails before the model loads
         n_anchors=args.n_anchors, seed=args.seed, r_pos=args.r_pos, steer_layers=args.steer_layers,
         classify_layers=args.classify_layers, alpha_benign=args.alpha_benign, alpha_harmful=args.alpha_harmful,
         grey_zone=args.grey_zone, threshold_data_dir=args.threshold_data_dir, batch_size=args.batch_size,
         target_recall=args.target_recall or None, guard_recall=args.guard_recall, threshold=args.threshold,
     )
+    handle = load_model(args.model, device=args.device, dtype=args.dtype)
     command = "scans-guard " + " ".join(shlex.quote(a) for a in args.argv)
     artifact = calibrate(handle, config, notes={"command": command})
     path = artifact.save(args.out)
@@ -226,6 +236,17 @@ COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "calib
             "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
 
 
+def _error_line(exc: Exception) -> str:
+    """One line for any user error; a pydantic ValidationError as 'field: problem; ...'."""
+    if isinstance(exc, ValidationError):
+        text = f"invalid {exc.title}: " + "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors())
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -235,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except (ScansGuardError, FileNotFoundError, ValueError) as exc:
-        print(f"scans-guard: error: {exc}", file=sys.stderr)
+        print(f"scans-guard: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

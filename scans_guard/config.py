@@ -11,6 +11,7 @@ from .domain import DomainConfig
 
 Direction = Literal["towards_refusal", "away_from_refusal", "none"]
 Label = Literal["harmful", "benign"]
+MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
 
 
 class SteeringRecipe(BaseModel):
@@ -21,7 +22,8 @@ class SteeringRecipe(BaseModel):
     borderline harmful prompt is never pushed away from refusal.
     """
 
-    model_config = ConfigDict(frozen=True)
+    # NaN compares false with everything: a NaN threshold would label every prompt benign.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     steer_layers: list[int] = Field(description="decoder blocks whose output is steered")
     classify_layers: list[int] = Field(description="decoder blocks whose transitions sigma averages")
@@ -63,11 +65,15 @@ class GenerationConfig(BaseModel):
     """Decoding settings; temperature 0 means greedy.
 
     The defaults decode greedily whatever the model's own `generation_config` suggests, so outputs are reproducible
-    and do not depend on a checkpoint's sampling preferences; `from_model_defaults` opts into them.
+    and do not depend on a checkpoint's sampling preferences; `from_model_defaults` opts into them. Temperatures in
+    (0, MIN_TEMPERATURE) are refused rather than rounded to greedy: logits / 1e-45 overflow float32 and sampling
+    would see NaN probabilities. Use 0 for greedy decoding.
     """
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, description=f"0 (greedy) or at least {MIN_TEMPERATURE}")
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, description="sample among the k most likely tokens; None: no limit")
     repetition_penalty: float | None = Field(
@@ -95,6 +101,20 @@ class GenerationConfig(BaseModel):
             if getattr(gc, name, None):  # None and 0 (transformers' "off" for top_k) are left at our default
                 found[name] = getattr(gc, name)
         return cls(**{**found, **fields})
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sampling(cls, temperature: float) -> float:
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
+        return temperature
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: list[str]) -> list[str]:
+        if any(not s for s in stop):
+            raise ValueError("a stop string must not be empty (it would match before the first character)")
+        return stop
 
 
 class SafetyVerdict(BaseModel):
@@ -136,6 +156,8 @@ class SteeredOutput(BaseModel):
 
 class CalibrationConfig(BaseModel):
     """Inputs of `calibrate`: which anchors, how many, and how T and alpha are chosen."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     n_anchors: int = Field(64, ge=2, description="harmful and benign anchors each")
     seed: int = 0

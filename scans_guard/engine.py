@@ -9,6 +9,7 @@ never see each other's steering. Throughput comes from batching
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -22,12 +23,20 @@ from .batching import PromptBatch, check_fits
 from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, is_harmful
 from .domain import check_domain
-from .errors import ArtifactError
+from .errors import (
+    ArtifactError,
+    InvalidArgumentError,
+    InvalidPromptError,
+    NonFiniteScoreError,
+    PromptTooLongError,
+)
 from .loading import ModelHandle, load_model
 from .steering import steered_decode, steering_deltas
 
 Conversation = str | list[dict]
 _SYSTEM_ROLES = ("system", "developer")
+# Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
+DEFAULT_MAX_INPUT_TOKENS = 4096
 
 
 class StreamEvent(BaseModel):
@@ -49,8 +58,20 @@ class _Row:
 
 
 def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[Conversation]:
-    """One conversation (a string, or a list of message dicts) becomes a batch of one."""
-    if isinstance(conversations, str) or (conversations and isinstance(conversations[0], dict)):
+    """One conversation (a string, or a list of message dicts) becomes a batch of one.
+
+    Anything else that is not a list or tuple is an InvalidPromptError, never an empty result: a guard doing
+    `any(v.is_harmful for v in ...)` over `[]` would pass everything.
+    """
+    if isinstance(conversations, str):
+        return [conversations]
+    if isinstance(conversations, dict):
+        raise InvalidPromptError("a conversation is a list of messages: wrap a single message dict in a list, "
+                                 "[{'role': 'user', 'content': ...}]")
+    if not isinstance(conversations, (list, tuple)):
+        raise InvalidPromptError("conversations must be a string, a list of messages or a list of conversations, "
+                                 f"got {type(conversations).__name__}")
+    if conversations and isinstance(conversations[0], dict):
         return [conversations]
     return conversations
 
@@ -76,6 +97,17 @@ def _worst_first(score: float) -> float:
     return math.inf if not math.isfinite(score) else score
 
 
+def _coefficients(fixed: float | Sequence[float], n_rows: int) -> torch.Tensor:
+    """Fixed steering coefficients as a [n_rows] tensor; NaN or inf would turn every hidden state into NaN."""
+    fixed = fixed.tolist() if hasattr(fixed, "tolist") else fixed  # numpy arrays and tensors, too
+    values = list(fixed) if isinstance(fixed, Sequence) and not isinstance(fixed, str) else [fixed] * n_rows
+    if len(values) != n_rows:
+        raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
+    if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
+        raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {fixed!r}")
+    return torch.tensor(values, dtype=torch.float32)
+
+
 def _direction(coefficient: float) -> str:
     return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
 
@@ -83,11 +115,18 @@ def _direction(coefficient: float) -> str:
 class ScansEngine:
     """Classify with sigma(q) and generate with safety-conscious steering, on one local model."""
 
-    def __init__(self, handle: ModelHandle, artifact: Artifact, *, check_fingerprint: bool = True):
+    def __init__(self, handle: ModelHandle, artifact: Artifact, *, check_fingerprint: bool = True,
+                 max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS):
+        """`max_input_tokens`: longest prompt accepted, in tokens after chat formatting (None: up to the context
+        window); a longer one is a PromptTooLongError before any forward pass."""
+        if max_input_tokens is not None and (isinstance(max_input_tokens, bool) or not isinstance(max_input_tokens, int)
+                                             or max_input_tokens < 1):
+            raise InvalidArgumentError(f"max_input_tokens must be a positive integer or None, got {max_input_tokens!r}")
         if check_fingerprint:
             artifact.check_model(handle)
         self.handle = handle
         self.artifact = artifact
+        self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
         self._vectors = artifact.refusal_vectors.to(handle.device)  # [n_layers, hidden]
 
@@ -100,6 +139,7 @@ class ScansEngine:
         device: str = "cpu",
         dtype: str = "float32",
         progress: bool = True,
+        max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
     ) -> ScansEngine:
         """Load a model (None: the embedded default) and its artifact (None: the one shipped for the default)."""
         if artifact is None and model is not None:
@@ -107,7 +147,7 @@ class ScansEngine:
         handle = load_model(model, device=device, dtype=dtype, progress=progress)
         if not isinstance(artifact, Artifact):
             artifact = Artifact.load(artifact if artifact is not None else default_artifact_dir())
-        return cls(handle, artifact)
+        return cls(handle, artifact, max_input_tokens=max_input_tokens)
 
     @property
     def recipe(self) -> SteeringRecipe:
@@ -135,7 +175,11 @@ class ScansEngine:
         scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm)
         renderings = [{"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())]
         if plain_t is not None:
-            for i, s, l in zip(plain, *(x.tolist() for x in sigma_scores(plain_t, self.artifact.d_harm))):
+            try:
+                plain_scores = sigma_scores(plain_t, self.artifact.d_harm)
+            except NonFiniteScoreError as exc:  # name the conversation, not its row in the second pass
+                raise NonFiniteScoreError(list(plain)[exc.index]) from None
+            for i, s, l in zip(plain, *(x.tolist() for x in plain_scores)):
                 renderings[i]["without_system_prompt"] = (s, l)
         verdicts = []
         for conv, row, rendered in zip(conversations, rows, renderings):
@@ -161,6 +205,11 @@ class ScansEngine:
     def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
         rows = [self.handle.chat_ids(c) for c in conversations]
         check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
+        cap = self.max_input_tokens
+        for i, row in enumerate(rows):
+            if cap is not None and len(row) > cap:
+                raise PromptTooLongError(f"prompt {i} has {len(row)} tokens after chat formatting, more than "
+                                         f"max_input_tokens={cap}")
         return rows
 
     def classify(
@@ -169,19 +218,25 @@ class ScansEngine:
     ) -> list[SafetyVerdict]:
         """sigma(q) for each conversation (a string is one user turn), labelled at `operating_point`."""
         conversations = _as_batch(conversations)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not conversations:
             return []
         rows = self._prompt_rows(conversations, 0)
         verdicts: list[SafetyVerdict] = []
         for start in range(0, len(rows), batch_size):
             end = start + batch_size
-            verdicts += self._sigma(conversations[start:end], rows[start:end], operating_point=operating_point)[1]
+            try:
+                verdicts += self._sigma(conversations[start:end], rows[start:end],
+                                        operating_point=operating_point)[1]
+            except NonFiniteScoreError as exc:  # name the prompt in the caller's list, not in this batch
+                raise NonFiniteScoreError(start + exc.index) from None
         return verdicts
 
     # -- generation -----------------------------------------------------------------------------------------
     def iter_generate(
         self,
-        conversations: Sequence[Conversation],
+        conversations: Sequence[Conversation] | Conversation,
         config: GenerationConfig | None = None,
         *,
         steer: bool = True,
@@ -193,6 +248,7 @@ class ScansEngine:
         steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
         classification (the always-positive / always-negative baselines). Closing the iterator early is safe.
         """
+        conversations = _as_batch(conversations)
         config = config or GenerationConfig()
         if not conversations:
             return
@@ -208,9 +264,7 @@ class ScansEngine:
         else:
             prompts = PromptBatch.left_pad(rows, tok.pad_token_id, self.handle.device)
             fixed = [0.0] * len(rows) if not steer or coefficient is None else coefficient
-            coefs = torch.tensor(fixed if isinstance(fixed, Sequence) else [fixed] * len(rows), dtype=torch.float32)
-            if len(coefs) != len(rows):
-                raise ValueError(f"{len(coefs)} coefficients for {len(rows)} prompts")
+            coefs = _coefficients(fixed, len(rows))
         t_classify = time.perf_counter() - t0
         for i, v in enumerate(verdicts):
             yield StreamEvent(row=i, verdict=v)

@@ -27,3 +27,23 @@ class FingerprintMismatchError(ArtifactError):
 
 class InvalidPromptError(ScansGuardError, ValueError):
     """The prompt is empty, not text, or does not fit the model's context window."""
+
+
+class PromptTooLongError(InvalidPromptError):
+    """The prompt has more tokens than the engine's `max_input_tokens` cap."""
+
+
+class InvalidArgumentError(ScansGuardError, ValueError):
+    """An argument other than the prompt is out of range (batch size, steering coefficient, token cap)."""
+
+
+class NonFiniteScoreError(ScansGuardError):
+    """A sigma score came out NaN or infinite: the model's weights or the artifact are damaged.
+
+    Raised rather than returned, because `score >= T` is false for NaN and would read as benign.
+    """
+
+    def __init__(self, index: int):
+        self.index = index
+        super().__init__(f"the sigma score of prompt {index} is not finite (NaN or inf in the model's hidden states "
+                         "or the artifact); refusing to classify it")

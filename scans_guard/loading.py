@@ -18,6 +18,7 @@ from .errors import InvalidPromptError, ModelLoadError, UnsupportedArchitectureE
 
 log = logging.getLogger(__name__)
 
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Attribute paths tried in order; covers Llama, Qwen2/2.5/3, Mistral, Gemma 1-3, Phi-3, GPT-2/NeoX style models.
@@ -236,23 +237,31 @@ def load_model(
 
 
 def _check_device(device: str) -> None:
-    kind = device.split(":")[0]
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if kind not in available:
-        raise ModelLoadError(f"device must be cpu, cuda or mps, got {device!r}")
-    if not available[kind]:
+    if parsed.type not in available:
+        raise ModelLoadError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if not available[parsed.type] or (parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count()):
         raise ModelLoadError(f"device {device!r} is not available on this machine")
 
 
 def _load_hf(path: Path, gguf_file: str | None, device: str, dtype: str, name: str) -> ModelHandle:
+    """Load from a GGUF file or a directory of safetensors weights; pickled weights (.bin, .pt) are never opened."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not gguf_file and not any(path.glob("*.safetensors")) and any(
+            p.suffix in _PICKLE_SUFFIXES for p in path.iterdir()):
+        raise ModelLoadError(f"{path} has only pickled weights (e.g. pytorch_model.bin); scans-guard loads only "
+                             "safetensors or GGUF, since unpickling can run code: convert the checkpoint to safetensors")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype=DTYPES[dtype], **kwargs
+            str(path), local_files_only=True, dtype=DTYPES[dtype], **(kwargs or {"use_safetensors": True})
         ).to(device)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {path}{'/' + gguf_file if gguf_file else ''}: {exc}") from exc

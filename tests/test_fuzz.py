@@ -1,19 +1,36 @@
-"""Bad input and fuzzing of the classifier's input path, on the tiny model.
+"""Bad input and fuzzing of the classifier's input path, the artifact loader and the generation numbers, on the tiny
+model.
 
 The contract: whatever a caller passes as a conversation, `classify` (and `generate`) return results or raise
 `InvalidPromptError`; never another exception (see docs/hardening.md).
 """
 
 import json
+import math
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors import SafetensorError
+from pydantic import ValidationError
 
-from scans_guard import GenerationConfig, InvalidPromptError, ModelLoadError, SafetyVerdict, load_model
-from scans_guard import default_model
+from scans_guard import (
+    Artifact,
+    ArtifactError,
+    FingerprintMismatchError,
+    GenerationConfig,
+    InvalidArgumentError,
+    InvalidPromptError,
+    ModelLoadError,
+    SafetyVerdict,
+    ScansEngine,
+    default_model,
+    load_model,
+)
+from scans_guard.artifacts import ArtifactMeta
 from scans_guard.cli import main
 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -221,7 +238,7 @@ def corrupted_cache(tiny, tmp_path):
     target = tmp_path / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
     tiny.model.save_pretrained(target)
     tiny.tokenizer.save_pretrained(target)
-    (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+    default_model._write_marker(target)
     weights = target / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return tmp_path
@@ -232,7 +249,7 @@ def test_cache_marked_complete_loads_from_cache(tiny, tmp_path):
     target = tmp_path / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
     tiny.model.save_pretrained(target)
     tiny.tokenizer.save_pretrained(target)
-    (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+    default_model._write_marker(target)
     assert load_model(None, cache_dir=tmp_path, progress=False).n_layers == 4
 
 
@@ -242,7 +259,6 @@ def test_corrupted_cache_is_rebuilt_once(corrupted_cache, tiny, monkeypatch):
     def fake_build(work, progress):  # stands in for the minute-long GGUF dequantisation
         tiny.model.save_pretrained(work / "model")
         tiny.tokenizer.save_pretrained(work / "model")
-        (work / "model" / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
         rebuilt.append(work)
 
     monkeypatch.setattr(default_model, "_build_cache", fake_build)
@@ -301,3 +317,107 @@ def test_chat_template_errors_are_invalid_prompts(qwen_template_engine):
 def test_message_dropped_by_the_template_is_an_invalid_prompt(qwen_template_engine):
     with pytest.raises(InvalidPromptError):
         qwen_template_engine.classify([[{"role": "developer", "content": "How do I make a bomb?"}]])
+
+
+# -- the artifact loader -------------------------------------------------------------------------------------------
+
+
+def _json_paths(node, prefix=()):
+    """Every key path below `node` (dict keys and list indices)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        yield (*prefix, key)
+        yield from _json_paths(child, (*prefix, key))
+
+
+REPLACEMENTS = st.one_of(
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e308, -1e308, 10**30, -(10**30), 0, -1, 0.5, True,
+                     None, "", "nan", [], {}, [1.0], {"a": 1}]),
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(max_size=8),
+)
+
+
+def _mutate(meta: dict, data) -> None:
+    """Replace a value somewhere in the artifact's JSON (numbers by non-finite, huge or negative ones; anything by
+    another type) or drop a key; the top-level key is drawn first so small sections are hit as often as big ones."""
+    top = data.draw(st.sampled_from(sorted(meta)))
+    paths = [(top,), *_json_paths(meta[top], (top,))]
+    path = data.draw(st.sampled_from(paths))
+    parent = meta
+    for key in path[:-1]:
+        parent = parent[key]
+    if isinstance(parent, dict) and data.draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(REPLACEMENTS)
+
+
+@pytest.fixture(scope="module")
+def saved_artifact(tiny_artifact, tmp_path_factory):
+    return tiny_artifact.save(tmp_path_factory.mktemp("fuzz-artifact") / "art")
+
+
+@FUZZ
+@given(data=st.data(), n_mutations=st.integers(1, 3))
+def test_fuzz_artifact_json(saved_artifact, tiny, data, n_mutations):
+    """A mutated artifact.json gives ArtifactError, or an artifact that validates and works, never anything else."""
+    meta = json.loads((saved_artifact / "artifact.json").read_text())
+    for _ in range(n_mutations):
+        _mutate(meta, data)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(shutil.copytree(saved_artifact, Path(tmp) / "art"))
+        (path / "artifact.json").write_text(json.dumps(meta))
+        try:
+            loaded = Artifact.load(path)
+        except ArtifactError:
+            return
+    ArtifactMeta.model_validate(loaded.meta.model_dump())
+    recipe = loaded.recipe
+    assert all(math.isfinite(x) for x in (recipe.threshold, recipe.alpha_benign, recipe.alpha_harmful,
+                                          recipe.grey_zone))
+    assert torch.isfinite(loaded.refusal_vectors).all() and torch.isfinite(loaded.d_harm).all()
+    try:
+        engine = ScansEngine(tiny, loaded)
+    except FingerprintMismatchError:
+        return  # a mutated fingerprint: the typed error the loader's caller gets
+    verdict = engine.classify("How do I bake bread?")[0]
+    assert math.isfinite(verdict.score) and verdict.label in {"harmful", "benign"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(offset=st.integers(0, 10**9), value=st.integers(0, 255))
+def test_fuzz_artifact_tensor_bytes(saved_artifact, offset, value):
+    """Any byte changed in tensors.safetensors: ArtifactError (the recorded sha256 no longer matches)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(shutil.copytree(saved_artifact, Path(tmp) / "art"))
+        blob = bytearray((path / "tensors.safetensors").read_bytes())
+        offset %= len(blob)
+        if blob[offset] == value:
+            value = (value + 1) % 256
+        blob[offset] = value
+        (path / "tensors.safetensors").write_bytes(bytes(blob))
+        with pytest.raises(ArtifactError, match="tensors were modified"):
+            Artifact.load(path)
+
+
+# -- numbers on the generation path --------------------------------------------------------------------------------
+
+ANY_FLOAT = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1e-45, 1e-3, 1.0, 1e30]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(temperature=ANY_FLOAT, top_p=ANY_FLOAT, coefficient=st.one_of(st.none(), ANY_FLOAT))
+def test_fuzz_generation_numbers(tiny_engine, temperature, top_p, coefficient):
+    """Any temperature, top_p and fixed coefficient: a typed error or a reply, never NaN-driven decoding errors."""
+    try:
+        config = GenerationConfig(max_new_tokens=2, temperature=temperature, top_p=top_p, seed=0)
+    except ValidationError:
+        assert not (math.isfinite(temperature) and (temperature == 0 or temperature >= 1e-3)
+                    and math.isfinite(top_p) and 0 < top_p <= 1)
+        return
+    try:
+        out = tiny_engine.generate("Paris?", config, coefficient=coefficient)
+    except InvalidArgumentError:
+        assert coefficient is not None and not math.isfinite(coefficient)
+        return
+    assert len(out) == 1 and out[0].completion_tokens <= 2

@@ -1,7 +1,6 @@
 """Loading local models, architecture detection, and the default model's assembly and cache."""
 
 import hashlib
-import json
 
 import pytest
 import torch
@@ -95,9 +94,9 @@ def test_missing_packages_name_the_install_command(monkeypatch):
 def test_half_written_cache_is_rebuilt(tmp_path, monkeypatch):
     built = []
 
-    def fake_build(work, progress):
+    def fake_build(work, progress):  # the marker, with the weights' hashes, is written after the build
         (work / "model").mkdir()
-        (work / "model" / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+        (work / "model" / "model.safetensors").write_bytes(b"weights")
         built.append(work)
 
     monkeypatch.setattr(default_model, "_build_cache", fake_build)

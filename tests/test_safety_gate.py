@@ -99,7 +99,7 @@ def test_translated_set_is_held_out_and_complete():
 def test_framed_set_layout():
     items = framed_set(["a", "b"], GATE_FRAMINGS)
     assert [i.framing for i in items] == ["none", "none"] + [f for f in GATE_FRAMINGS for _ in range(2)]
-    assert [i.original for i in items] == ["a", "b"] * 3
+    assert [i.original for i in items] == ["a", "b"] * (1 + len(GATE_FRAMINGS))
     assert items[0].text == "a" and items[2].text == wrap("a", GATE_FRAMINGS[0])
     assert len(framed_set(["a"], include_plain=False)) == len(FRAMINGS)
 
@@ -108,9 +108,10 @@ def test_gate_plumbing_on_the_tiny_model(tiny_engine):
     prompts = heldout_advbench(tiny_engine, n=2, seed=0)
     items = framed_set(prompts, GATE_FRAMINGS)
     report = refusal_comparison(tiny_engine, items, GenerationConfig(max_new_tokens=3), KeywordJudge(), batch_size=4)
-    assert report["n"] == 6 and set(report["by_framing"]) == {"none", *GATE_FRAMINGS}
+    n = 2 * (1 + len(GATE_FRAMINGS))
+    assert report["n"] == n and set(report["by_framing"]) == {"none", *GATE_FRAMINGS}
     assert all(r["n"] == 2 for r in report["by_framing"].values())
-    assert 0 <= report["plain_refusals"] <= 6 and 0 <= report["scans_refusals"] <= 6
+    assert 0 <= report["plain_refusals"] <= n and 0 <= report["scans_refusals"] <= n
     assert all(d in {"towards_refusal", "away_from_refusal", "none"} for d in report["directions"])
     assert "allowed drop 0" in _gate_message(report)
     assert allowed_drop(36) == 0 and allowed_drop(50) == 1

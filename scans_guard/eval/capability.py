@@ -216,8 +216,10 @@ def choice_token_ids(tokenizer) -> list[list[int]]:
 
 
 def _fits(engine: ScansEngine, conversation: str | list[dict]) -> bool:
-    """Whether the prompt plus sigma's answer prefix fits the context window (longer questions are skipped)."""
-    return len(engine.handle.chat_ids(conversation)) + 8 <= engine.handle.context_window
+    """Whether the prompt plus sigma's answer prefix fits the context window and the engine's max_input_tokens
+    (longer questions are skipped)."""
+    n, cap = len(engine.handle.chat_ids(conversation)), engine.max_input_tokens
+    return n + 8 <= engine.handle.context_window and (cap is None or n <= cap)
 
 
 @torch.inference_mode()

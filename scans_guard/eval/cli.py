@@ -83,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             **({"helpful_system_prompt": args.helpful_system_prompt} if args.helpful_system_prompt else {}),
         )
         engine = ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, max_input_tokens=args.max_input_tokens or None)
         results = run_eval(engine, config, judge)
     print(summary_text(results, out), file=sys.stdout)
 
