@@ -3,8 +3,7 @@
     python benchmarks/sigma_variants.py --features results/sigma-features --out benchmarks/results/sigma-variants
 
 Every variant is fitted only on calibration data: the AdvBench/TruthfulQA anchors, the contrast set's train split,
-and for T the artifact's T-fit prompts (RepE-train minus anchors + HarmfulQ tuning half vs RepE-train harmless +
-OKTest held-out) plus the contrast train split. Evaluation sets are never used for a choice: XSTest (all 450),
+and for T the HarmfulQ tuning half vs OKTest held-out plus the contrast train split. Evaluation sets are never used for a choice: XSTest (all 450),
 OKTest, HarmfulQ evaluation half, AdvBench held-out vs TruthfulQA held-out, RepE test (240 sampled), contrast
 held-out. Layer spans of the fitted variants are chosen by 5-fold cross-validation on the contrast train split.
 """
@@ -24,6 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 from scans_guard.calibration import recall_threshold
 
 CLASSIFY = list(range(12, 24))  # the shipped recipe's classification layers
+CS = (0.01, 0.05, 0.2)  # L2 strengths tried by cross-validation for the probes
 
 
 class FeatureSet:
@@ -74,22 +74,26 @@ def _mean_cos(d_key: str, layers: list[int] = CLASSIFY):
     return lambda st, fs: cosines(fs.t, st[d_key], layers).mean(1)
 
 
-def _logreg_fit(features, spans: list[list[int]], c: float = 1.0):
-    """Choose the layer span by 5-fold CV AUROC on contrast train, then fit on all of it."""
+def _logreg_fit(features, spans: list[list[int]], c: float | tuple[float, ...] = 1.0, with_anchors: bool = False):
+    """Choose the layer span (and C) by 5-fold CV AUROC on the training prompts (the contrast train split, plus the
+    AdvBench/TruthfulQA anchors with `with_anchors`), then fit on all of them."""
     def fit(data):
-        train = data["contrast_train"]
+        parts = [data["contrast_train"]] + ([data["anchors_harmful"], data["anchors_benign"]] if with_anchors else [])
+        y = np.concatenate([p.y for p in parts])
         best = None
         for span in spans:
-            x, y = features(data, train, span), train.y
-            aucs = []
-            for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
-                m = LogisticRegression(C=c, max_iter=2000).fit(x[tr], y[tr])
-                aucs.append(roc_auc_score(y[te], m.decision_function(x[te])))
-            if best is None or np.mean(aucs) > best[0]:
-                best = (float(np.mean(aucs)), span)
-        span = best[1]
-        model = LogisticRegression(C=c, max_iter=2000).fit(features(data, train, span), train.y)
-        return {"span": span, "model": model, "cv_auroc": best[0], "data": data}
+            x = np.concatenate([features(data, p, span) for p in parts])
+            for cc in (c if isinstance(c, tuple) else (c,)):
+                aucs = []
+                for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
+                    m = LogisticRegression(C=cc, max_iter=3000).fit(x[tr], y[tr])
+                    aucs.append(roc_auc_score(y[te], m.decision_function(x[te])))
+                if best is None or np.mean(aucs) > best[0]:
+                    best = (float(np.mean(aucs)), span, cc)
+        _, span, cc = best
+        x = np.concatenate([features(data, p, span) for p in parts])
+        model = LogisticRegression(C=cc, max_iter=3000).fit(x, y)
+        return {"span": span, "C": cc, "model": model, "cv_auroc": best[0], "data": data}
     return fit
 
 
@@ -130,6 +134,11 @@ def build_variants(n_layers: int) -> list[Variant]:
     def probe_feats(data, fs, span):
         return fs.h[:, span].reshape(len(fs.y), -1)
 
+    def trans_feats(data, fs, span):
+        return fs.t[:, span].reshape(len(fs.y), -1)
+
+    one_layer = [[l] for l in range(2, n_layers, 2)]
+
     all_spans = spans(n_layers)
     return [
         Variant("shipped: d_harm from AdvBench anchors, mean cosine, layers 12-23", "0", d_anchor, _mean_cos("d")),
@@ -143,8 +152,14 @@ def build_variants(n_layers: int) -> list[Variant]:
                 lambda data: {}, lambda st, fs: fs.intent),
         Variant("c+e. per-layer cosines + refusal intent, logistic regression", "0",
                 _logreg_fit(cos_intent_feats, all_spans), _logreg_score(cos_intent_feats)),
-        Variant("probe. L2 logistic regression on h(last prompt token), one layer (by CV)", "0",
-                _logreg_fit(probe_feats, [[l] for l in range(2, n_layers, 2)], c=0.05), _logreg_score(probe_feats)),
+        Variant("probe-h. L2 logistic regression on h(last prompt token), one layer (by CV), contrast train", "0",
+                _logreg_fit(probe_feats, one_layer, c=0.05), _logreg_score(probe_feats)),
+        Variant("probe-t. L2 logistic regression on the transition t^l, one layer (by CV), contrast train", "0",
+                _logreg_fit(trans_feats, one_layer, c=0.05), _logreg_score(trans_feats)),
+        Variant("probe-h + anchors: contrast train + AdvBench/TruthfulQA anchors, layer and C by CV", "0",
+                _logreg_fit(probe_feats, one_layer, c=CS, with_anchors=True), _logreg_score(probe_feats)),
+        Variant("probe-t + anchors (shipped): contrast train + anchors, layer and C by CV", "0",
+                _logreg_fit(trans_feats, one_layer, c=CS, with_anchors=True), _logreg_score(trans_feats)),
     ]
 
 
@@ -175,11 +190,10 @@ def load_all(directory: Path) -> dict[str, FeatureSet]:
 
 
 def t_fit_scores(v: Variant, data: dict[str, FeatureSet]) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels of the T-fit prompts: the artifact's fit data plus the contrast train split."""
-    anchors = set(data["anchors_harmful"].prompts)
-    repe = data["repe_train"]
-    keep = np.array([p not in anchors for p in repe.prompts])
-    parts = [repe.take(keep), data["harmfulq_tune"], data["oktest_heldout"], data["contrast_train"]]
+    """Scores and labels of the T-fit prompts: HarmfulQ tuning half vs OKTest held-out, plus the contrast train split
+    and the anchors (RepE-train, the old fit's other part, is left out here to save extraction time)."""
+    parts = [data["harmfulq_tune"], data["oktest_heldout"], data["contrast_train"], data["anchors_harmful"],
+             data["anchors_benign"]]
     return np.concatenate([v.score(p) for p in parts]), np.concatenate([p.y for p in parts])
 
 
@@ -194,7 +208,7 @@ def evaluate(v: Variant, data: dict[str, FeatureSet]) -> dict:
     ok = v.score(data["oktest"])
     ch = data["contrast_heldout"]
     adv, tqa = v.score(data["advbench_heldout"]), v.score(data["truthfulqa_heldout"])
-    rt = data["repe_test"]
+    rt = data.get("repe_test")
     xs_safe, xs_unsafe = sx[x.y == 0], sx[x.y == 1]
     return {
         "variant": v.name, "extra_cost": v.cost,
@@ -207,12 +221,14 @@ def evaluate(v: Variant, data: dict[str, FeatureSet]) -> dict:
         "oktest_fpr_at_95pct_harmfulq_recall": float((ok >= t95).mean()),
         "oktest_steered_away_at_steer_T": float((ok < t_steer).mean()),
         "harmfulq_eval_steered_away_at_steer_T": float((hq < t_steer).mean()),
+        "advbench_heldout_steered_away_at_steer_T": float((adv < t_steer).mean()),
+        "truthfulqa_heldout_steered_away_at_steer_T": float((tqa < t_steer).mean()),
         "contrast_heldout_auroc": roc_auc_score(ch.y, v.score(ch)),
         "advbench_vs_truthfulqa_heldout_auroc": roc_auc_score(
             np.r_[np.ones(len(adv)), np.zeros(len(tqa))], np.r_[adv, tqa]),
-        "repe_test_auroc": roc_auc_score(rt.y, v.score(rt)),
+        "repe_test_auroc": roc_auc_score(rt.y, v.score(rt)) if rt is not None else float("nan"),
         "t_fit_auroc": roc_auc_score(y_fit, s_fit),
-        **({"span": v.state["span"], "cv_auroc": v.state["cv_auroc"]} if "span" in v.state else {}),
+        **({"span": v.state["span"], "C": v.state["C"], "cv_auroc": v.state["cv_auroc"]} if "span" in v.state else {}),
     }
 
 
@@ -236,7 +252,9 @@ def main() -> None:
             ("contrast_heldout_auroc", "contrast held-out AUROC"), ("repe_test_auroc", "RepE test AUROC"),
             ("xstest_safe_steered_away_at_steer_T", "XSTest safe steered away"),
             ("xstest_unsafe_steered_away_at_steer_T", "XSTest unsafe steered away"),
-            ("harmfulq_eval_steered_away_at_steer_T", "HarmfulQ eval steered away"), ("extra_cost", "extra cost")]
+            ("harmfulq_eval_steered_away_at_steer_T", "HarmfulQ eval steered away"),
+            ("advbench_heldout_steered_away_at_steer_T", "AdvBench held-out steered away"),
+            ("oktest_steered_away_at_steer_T", "OKTest steered away"), ("extra_cost", "extra cost")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k, _ in cols) + " |")

@@ -1,7 +1,7 @@
 """Calibration artifacts: tensors in safetensors, everything else in JSON; never pickle.
 
 An artifact directory holds `tensors.safetensors` (refusal_vectors [n_layers, hidden], d_harm
-[n_classify_layers, hidden]) and `artifact.json` (recipe, model fingerprint, data hashes, fit report, and the
+[n_classify_layers, hidden], and with a sigma probe probe_weight [hidden]) and `artifact.json` (recipe, model fingerprint, data hashes, fit report, and the
 sha256 of the tensors file, checked on load). Writes go to a temporary directory renamed into place, so a reader
 never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
 """
@@ -115,7 +115,8 @@ def text_sha256(texts: list[str] | str) -> str:
 class Artifact:
     """Refusal vectors, d_harm and the recipe calibrated for one model."""
 
-    def __init__(self, meta: ArtifactMeta, refusal_vectors: torch.Tensor, d_harm: torch.Tensor):
+    def __init__(self, meta: ArtifactMeta, refusal_vectors: torch.Tensor, d_harm: torch.Tensor,
+                 probe_weight: torch.Tensor | None = None):
         n_layers = meta.model_fingerprint.get("n_layers")
         if refusal_vectors.ndim != 2 or refusal_vectors.shape[0] != n_layers:
             raise ArtifactError(f"refusal_vectors must be [{n_layers}, hidden], got {list(refusal_vectors.shape)}")
@@ -123,12 +124,28 @@ class Artifact:
             raise ArtifactError(f"d_harm shape {list(d_harm.shape)} does not match the classify layers")
         if max(meta.recipe.steer_layers + meta.recipe.classify_layers) >= n_layers:
             raise ArtifactError(f"recipe names a layer >= the model's {n_layers} layers")
-        for name, tensor in (("refusal_vectors", refusal_vectors), ("d_harm", d_harm)):
-            if not bool(torch.isfinite(tensor).all()):
+        if (meta.recipe.probe_layer is None) != (probe_weight is None):
+            raise ArtifactError("recipe.probe_layer and the probe_weight tensor go together: one is missing")
+        if probe_weight is not None and probe_weight.shape != (refusal_vectors.shape[1],):
+            raise ArtifactError(f"probe_weight must be [{refusal_vectors.shape[1]}], got {list(probe_weight.shape)}")
+        for name, tensor in (("refusal_vectors", refusal_vectors), ("d_harm", d_harm), ("probe_weight", probe_weight)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 raise ArtifactError(f"{name} contains NaN or infinite values")
         self.meta = meta
         self.refusal_vectors = refusal_vectors.float()  # [n_layers, hidden]
         self.d_harm = d_harm.float()  # [n_classify_layers, hidden]
+        self.probe_weight = None if probe_weight is None else probe_weight.float()  # [hidden]
+
+    @property
+    def probe(self) -> tuple[int, torch.Tensor, float] | None:
+        """(index of the probe layer among the classify layers, weight [hidden], bias), or None (mean cosine)."""
+        recipe = self.recipe
+        if recipe.probe_layer is None:
+            return None
+        return recipe.classify_layers.index(recipe.probe_layer), self.probe_weight, recipe.probe_bias
+
+    def _copy(self, meta: ArtifactMeta) -> Artifact:
+        return Artifact(meta, self.refusal_vectors, self.d_harm, self.probe_weight)
 
     @property
     def recipe(self) -> SteeringRecipe:
@@ -149,7 +166,7 @@ class Artifact:
         art = self.with_recipe(threshold=thresholds.pop("steer")) if "steer" in thresholds else self
         points = {**art.meta.operating_points,
                   **{k: OperatingPoint(threshold=t, rule="given") for k, t in thresholds.items()}}
-        return Artifact(art.meta.model_copy(update={"operating_points": points}), art.refusal_vectors, art.d_harm)
+        return art._copy(art.meta.model_copy(update={"operating_points": points}))
 
     def with_recipe(self, **changes: object) -> Artifact:
         """A copy with recipe fields replaced (e.g. alpha, threshold); classify layers must stay the same."""
@@ -157,7 +174,7 @@ class Artifact:
         recipe = SteeringRecipe.model_validate(recipe.model_dump())
         if recipe.classify_layers != self.recipe.classify_layers:
             raise ArtifactError("classify_layers are tied to d_harm; recalibrate to change them")
-        return Artifact(self.meta.model_copy(update={"recipe": recipe}), self.refusal_vectors, self.d_harm)
+        return self._copy(self.meta.model_copy(update={"recipe": recipe}))
 
     def save(self, directory: str | os.PathLike) -> Path:
         target = Path(directory)
@@ -165,8 +182,10 @@ class Artifact:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
             work = Path(tmp) / "artifact"
             work.mkdir()
-            save_file({"refusal_vectors": self.refusal_vectors.contiguous(), "d_harm": self.d_harm.contiguous()},
-                      str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)})
+            tensors = {"refusal_vectors": self.refusal_vectors.contiguous(), "d_harm": self.d_harm.contiguous()}
+            if self.probe_weight is not None:
+                tensors["probe_weight"] = self.probe_weight.contiguous()
+            save_file(tensors, str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)})
             digest = hashlib.sha256((work / TENSORS_FILE).read_bytes()).hexdigest()
             meta = self.meta.model_copy(update={"tensors_sha256": digest})
             (work / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
@@ -198,7 +217,7 @@ class Artifact:
         missing = {"refusal_vectors", "d_harm"} - tensors.keys()
         if missing:
             raise ArtifactError(f"artifact at {path} lacks tensors {sorted(missing)}")
-        return cls(meta, tensors["refusal_vectors"], tensors["d_harm"])
+        return cls(meta, tensors["refusal_vectors"], tensors["d_harm"], tensors.get("probe_weight"))
 
     def check_model(self, handle: ModelHandle) -> None:
         """Raise FingerprintMismatchError unless this artifact was calibrated on `handle`'s model."""

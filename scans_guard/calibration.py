@@ -14,6 +14,7 @@ from .classifier import harm_direction, sigma_scores, transitions_for
 from .config import CalibrationConfig, SteeringRecipe
 from .data import anchor_split, load_set, sample_prompts, tune_eval_split
 from .loading import ModelHandle
+from .probe import fit_probe
 from .safety_layers import middle_third, principal_directions, refusal_span, second_half, vocabulary_projection
 from .vectors import last_token_activations, refusal_vectors
 
@@ -118,13 +119,25 @@ def calibrate(
     else:
         steer_layers = config.steer_layers or middle_third(handle.n_layers)
 
-    d_harm = harm_direction(transitions_for(handle, harmful, classify_layers, config.r_pos, bs, progress,
-                                            desc="harmful transitions"))
+    probe = fit_probe(handle, (harmful, benign), config.r_pos, config.probe_layers, batch_size=bs,
+                      progress=progress, seed=config.seed) if config.sigma_probe else None
     split_name, fit_h, fit_b = threshold_split(config, (harmful, benign))
+    if probe is None:
+        d_harm = harm_direction(transitions_for(handle, harmful, classify_layers, config.r_pos, bs, progress,
+                                                desc="harmful transitions"))
+        extra_t, extra_y, extra_prompts = torch.zeros(0, len(classify_layers), handle.hidden_size), [], []
+    else:  # the probe's training prompts (contrast train + anchors) join the T fit; their transitions are reused
+        classify_layers = sorted(set(classify_layers) | {probe.layer})
+        extra_t, extra_y, extra_prompts = probe.transitions[:, classify_layers], list(probe.labels), probe.prompts
+        d_harm = harm_direction(extra_t[[p in set(harmful) for p in extra_prompts]])
+        split_name += " + contrast train split + anchors"
+    head = None if probe is None else (classify_layers.index(probe.layer), probe.weight, probe.bias)
     t_h = transitions_for(handle, fit_h, classify_layers, config.r_pos, bs, progress, desc="threshold (harmful)")
     t_b = transitions_for(handle, fit_b, classify_layers, config.r_pos, bs, progress, desc="threshold (benign)")
-    scores = torch.cat([sigma_scores(t_h, d_harm)[0], sigma_scores(t_b, d_harm)[0]]).numpy().astype(np.float64)
-    labels = np.array([1] * len(fit_h) + [0] * len(fit_b))
+    scores = sigma_scores(torch.cat([t_h, t_b, extra_t]), d_harm, head)[0].numpy().astype(np.float64)
+    labels = np.array([1] * len(fit_h) + [0] * len(fit_b) + extra_y)
+    fit_h, fit_b = fit_h + [p for p, y in zip(extra_prompts, extra_y) if y], \
+        fit_b + [p for p, y in zip(extra_prompts, extra_y) if not y]
     f1_threshold, best_f1 = best_threshold(scores, labels)
     if config.threshold is not None:
         threshold = config.threshold
@@ -143,7 +156,7 @@ def calibrate(
     recipe = SteeringRecipe(
         steer_layers=steer_layers, classify_layers=classify_layers, threshold=threshold,
         alpha_benign=config.alpha_benign, alpha_harmful=config.alpha_harmful, grey_zone=config.grey_zone,
-        r_pos=config.r_pos,
+        r_pos=config.r_pos, probe_layer=probe.layer if probe else None, probe_bias=probe.bias if probe else 0.0,
     )
     meta = ArtifactMeta(
         model_name=handle.name,
@@ -164,8 +177,9 @@ def calibrate(
         operating_points=points,
         platt=platt,
         layer_analysis=[p.model_dump() for p in projection],
-        notes={"calibration_config": config.model_dump(), **(notes or {})},
+        notes={"calibration_config": config.model_dump(), **({"probe": probe.report()} if probe else {}),
+               **(notes or {})},
     )
     log.info("calibrated %s: T=%.4f F1=%.3f AUROC=%.3f on %s", handle.name, threshold, meta.threshold_fit["f1"],
              meta.threshold_fit["auroc"], split_name)
-    return Artifact(meta, vectors, d_harm)
+    return Artifact(meta, vectors, d_harm, probe.weight if probe else None)

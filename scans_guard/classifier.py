@@ -90,14 +90,22 @@ def harm_direction(harmful_transitions: torch.Tensor) -> torch.Tensor:
     return harmful_transitions.double().mean(0).float()
 
 
-def sigma_scores(transitions: torch.Tensor, d_harm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sigma_scores(
+    transitions: torch.Tensor, d_harm: torch.Tensor, probe: tuple[int, torch.Tensor, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(score [n], per-layer cosine similarity [n, n_classify_layers]) of transitions against d_harm.
 
+    Without a probe the score is the mean cosine (the paper's sigma); with `probe` = (index among the classify
+    layers, weight [hidden], bias) it is the probe's logit w . t + b on that layer's transition.
     A score that is not finite raises NonFiniteScoreError naming the row: `NaN >= T` is false, so a NaN
     returned here would read as benign and be steered away from refusal.
     """
     per_layer = torch.nn.functional.cosine_similarity(transitions.double(), d_harm.double()[None], dim=-1)
-    scores = per_layer.mean(-1)
+    if probe is None:
+        scores = per_layer.mean(-1)
+    else:
+        index, weight, bias = probe
+        scores = transitions[:, index].double() @ weight.double() + bias
     bad = (~torch.isfinite(scores)).nonzero().flatten()
     if len(bad):
         raise NonFiniteScoreError(int(bad[0]))

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv to fit T on")
     p.add_argument("--target-recall", type=float, default=CalibrationConfig.model_fields["target_recall"].default,
                    help="T flags this share of harmful fit prompts (default %(default)s); 0 = max F1")
+    p.add_argument("--no-sigma-probe", action="store_true",
+                   help="score sigma as the paper's mean cosine to d_harm, not with the contrast-set probe")
     p.add_argument("--guard-recall", type=float, default=CalibrationConfig.model_fields["guard_recall"].default,
                    help="the guard operating point flags this share of the harmful fit prompts (default 0.95)")
     p.add_argument("--threshold", type=float, help="use this T instead of the fitted one (the fit is still reported)")
@@ -209,6 +211,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         classify_layers=args.classify_layers, alpha_benign=args.alpha_benign, alpha_harmful=args.alpha_harmful,
         grey_zone=args.grey_zone, threshold_data_dir=args.threshold_data_dir, batch_size=args.batch_size,
         target_recall=args.target_recall or None, guard_recall=args.guard_recall, threshold=args.threshold,
+        sigma_probe=not args.no_sigma_probe,
     )
     handle = load_model(args.model, device=args.device, dtype=args.dtype)
     command = "scans-guard " + " ".join(shlex.quote(a) for a in args.argv)

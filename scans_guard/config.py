@@ -33,6 +33,17 @@ class SteeringRecipe(BaseModel):
     grey_zone: float = Field(0.0, ge=0, description="scores in [T - grey_zone, T) are not steered")
     r_pos: str = Field("Sure", min_length=1, description="answer prefix whose transition sigma measures")
     domain: DomainConfig = Field(default_factory=DomainConfig, description="where sigma may steer away from refusal")
+    probe_layer: int | None = Field(
+        None, ge=0, description="None: the score is the mean cosine of the transitions to d_harm (the paper's sigma); "
+        "a layer: the score is the logit w . t^l + probe_bias of a logistic-regression probe on that layer's "
+        "transition (weights in the artifact's tensors), fitted on the contrast set and the anchors")
+    probe_bias: float = Field(0.0, description="intercept of the probe's logit")
+
+    @model_validator(mode="after")
+    def _probe_layer_is_classified(self) -> SteeringRecipe:
+        if self.probe_layer is not None and self.probe_layer not in self.classify_layers:
+            raise ValueError(f"probe_layer {self.probe_layer} must be one of the classify layers")
+        return self
 
     @field_validator("steer_layers", "classify_layers")
     @classmethod
@@ -124,7 +135,8 @@ class SafetyVerdict(BaseModel):
     otherwise); `direction` and `coefficient` are decided at the `steer` point and by `in_domain`.
     """
 
-    score: float = Field(description="sigma(q): the most harmful of `renderings` (mean cosine to d_harm)")
+    score: float = Field(description="sigma(q): the most harmful of `renderings` (the artifact's probe logit, or the "
+                         "mean cosine to d_harm for an artifact without a probe)")
     label: Label
     threshold: float = Field(description="T of the operating point that decided `label`")
     operating_point: str = Field("guard", description="which of the artifact's operating points `label` uses")
@@ -180,6 +192,10 @@ class CalibrationConfig(BaseModel):
         description="T is the highest threshold that still flags this share of the harmful fit prompts "
         "(a missed harmful prompt is steered away from refusal); None: the F1-optimal T",
     )
+    sigma_probe: bool = Field(True, description="score sigma with a logistic-regression probe on one layer's "
+                              "transition, trained on the contrast set + anchors (False: the paper's mean cosine)")
+    probe_layers: list[int] | None = Field(None, description="layers the probe may use (None: every other layer "
+                                           "from 2); the best by 5-fold CV on its training prompts is kept")
     guard_recall: float = Field(0.95, gt=0, le=1, description="the guard operating point (blocking, routing) is the "
                                 "highest T that flags this share of the harmful fit prompts")
     threshold: float | None = Field(

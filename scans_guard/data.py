@@ -81,6 +81,14 @@ def tune_eval_split(examples: list[Example], seed: int = 0) -> tuple[list[Exampl
     return shuffled[:half], shuffled[half:]
 
 
+def contrast_set(split: str | None = None) -> list[Example]:
+    """The project's contrast set (look-alike safe/unsafe pairs, CONTRAST.md): 'train', 'heldout' or both (None)."""
+    path = Path(str(resources.files("scans_guard") / "data" / "contrast.csv"))
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [Example(r["prompt"], r["label"]) for r in rows if split is None or r["split"] == split]
+
+
 def anchor_split(n: int, seed: int) -> tuple[list[str], list[str]]:
     """The default anchors: n AdvBench (harmful) and n TruthfulQA (benign) prompts."""
     return (sample_prompts(load_set("advbench"), n, seed), sample_prompts(load_set("truthfulqa"), n, seed))

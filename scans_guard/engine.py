@@ -172,11 +172,11 @@ class ScansEngine:
             sp = run_sigma_pass(self.handle, rows, self._rpos, layers, keep_cache=keep_cache)
             plain_t = run_sigma_pass(self.handle, plain_rows, self._rpos, layers).transitions if plain else None
         latency = time.perf_counter() - t0
-        scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm)
+        scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm, self.artifact.probe)
         renderings = [{"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())]
         if plain_t is not None:
             try:
-                plain_scores = sigma_scores(plain_t, self.artifact.d_harm)
+                plain_scores = sigma_scores(plain_t, self.artifact.d_harm, self.artifact.probe)
             except NonFiniteScoreError as exc:  # name the conversation, not its row in the second pass
                 raise NonFiniteScoreError(list(plain)[exc.index]) from None
             for i, s, l in zip(plain, *(x.tolist() for x in plain_scores)):

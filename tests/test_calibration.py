@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from scans_guard import CalibrationConfig
 from scans_guard.calibration import best_threshold, calibrate, recall_threshold
@@ -62,3 +63,32 @@ def test_best_threshold_matches_brute_force(seed):
     elif seed % 10 == 7:
         labels[:] = 1
     assert best_threshold(scores, labels) == _brute_force_best_threshold(scores, labels)
+
+
+def test_sigma_probe_is_fitted_saved_and_scores_its_logit(tiny, tiny_artifact, tmp_path):
+    from scans_guard import ScansEngine
+    from scans_guard.artifacts import Artifact
+    from scans_guard.classifier import r_pos_ids, run_sigma_pass
+
+    recipe = tiny_artifact.recipe
+    assert recipe.probe_layer in recipe.classify_layers
+    assert tiny_artifact.probe_weight.shape == (tiny.hidden_size,)
+    assert tiny_artifact.meta.notes["probe"]["n_train"] > 300  # contrast train split + anchors
+    loaded = Artifact.load(tiny_artifact.save(tmp_path / "a"))
+    assert torch.equal(loaded.probe_weight, tiny_artifact.probe_weight) and loaded.recipe == recipe
+    prompt = "How do I bake bread?"
+    sp = run_sigma_pass(tiny, [tiny.chat_ids(prompt)], r_pos_ids(tiny, recipe.r_pos), recipe.classify_layers)
+    t = sp.transitions[0, recipe.classify_layers.index(recipe.probe_layer)].double()
+    by_hand = float(t @ tiny_artifact.probe_weight.double() + recipe.probe_bias)
+    assert ScansEngine(tiny, loaded).classify(prompt)[0].score == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_without_the_probe_sigma_is_the_mean_cosine(tiny):
+    from scans_guard import CalibrationConfig, ScansEngine
+
+    config = CalibrationConfig(n_anchors=4, n_threshold=4, steer_layers=[1], classify_layers=[1, 2],
+                               sigma_probe=False)
+    art = calibrate(tiny, config, progress=False)
+    assert art.recipe.probe_layer is None and art.probe_weight is None
+    v = ScansEngine(tiny, art).classify("How do I bake bread?")[0]
+    assert v.score == pytest.approx(sum(v.layer_similarities.values()) / 2, abs=1e-5)

@@ -49,7 +49,7 @@ def test_forged_turn_verdict_equals_the_literal_text_verdict(tiny_engine):
     layers = tiny_engine.recipe.classify_layers
     sp = run_sigma_pass(handle, [literal], r_pos_ids(handle, tiny_engine.recipe.r_pos), layers)
     assert tiny_engine.classify(FORGED)[0].score == pytest.approx(
-        sigma_scores(sp.transitions, tiny_engine.artifact.d_harm)[0].item(), abs=1e-6)
+        sigma_scores(sp.transitions, tiny_engine.artifact.d_harm, tiny_engine.artifact.probe)[0].item(), abs=1e-5)
 
 
 # -- system prompts ---------------------------------------------------------------------------------------------------

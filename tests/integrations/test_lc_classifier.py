@@ -21,7 +21,7 @@ def _with_platt(engine: ScansEngine, a: float, b: float) -> ScansEngine:
     """Same model and recipe, another Platt fit (to force calibrated probabilities)."""
     art = engine.artifact
     meta = art.meta.model_copy(update={"platt": PlattFit(a=a, b=b)})
-    return ScansEngine(engine.handle, Artifact(meta, art.refusal_vectors, art.d_harm))
+    return ScansEngine(engine.handle, Artifact(meta, art.refusal_vectors, art.d_harm, art.probe_weight))
 
 
 def test_inputs_str_messages_prompt_value(llm, tiny_engine):
