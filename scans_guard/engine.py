@@ -37,6 +37,7 @@ Conversation = str | list[dict]
 _SYSTEM_ROLES = ("system", "developer")
 # Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
 DEFAULT_MAX_INPUT_TOKENS = 4096
+MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
 
 
 class StreamEvent(BaseModel):
@@ -105,6 +106,8 @@ def _coefficients(fixed: float | Sequence[float], n_rows: int) -> torch.Tensor:
         raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
     if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
         raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {fixed!r}")
+    if any(abs(c) > MAX_COEFFICIENT for c in values):  # a unit vector times 1e38 overflows the hidden states
+        raise InvalidArgumentError(f"steering coefficients must lie within +-{MAX_COEFFICIENT:g}, got {fixed!r}")
     return torch.tensor(values, dtype=torch.float32)
 
 

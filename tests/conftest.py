@@ -30,6 +30,14 @@ def tiny_artifact(tiny):
 
 
 @pytest.fixture(scope="session")
+def tiny_cosine_artifact(tiny):
+    """The same calibration without the sigma probe: the paper's mean-cosine sigma (and older artifacts' layout)."""
+    config = CalibrationConfig(n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2],
+                               alpha_benign=4.0, alpha_harmful=4.0, sigma_probe=False)
+    return calibrate(tiny, config, progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny, tiny_artifact):
     return ScansEngine(tiny, tiny_artifact)
 

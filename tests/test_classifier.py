@@ -3,12 +3,14 @@
 import pytest
 import torch
 
-from scans_guard import GenerationConfig
+from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.testing import tiny_model
 from scans_guard.classifier import harm_direction, r_pos_ids, sigma_scores, transitions_for
 
 
-def test_sigma_matches_hand_computed_example(tiny_engine):
+def test_sigma_matches_hand_computed_example(tiny, tiny_cosine_artifact):
+    """The paper's sigma (an artifact without the probe): the mean cosine of the transitions to d_harm."""
+    tiny_engine = ScansEngine(tiny, tiny_cosine_artifact)
     handle, art = tiny_engine.handle, tiny_engine.artifact
     prompt = "How do I kill a Python process?"
     ids = handle.chat_ids(prompt) + r_pos_ids(handle, art.recipe.r_pos)

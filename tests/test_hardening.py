@@ -171,7 +171,8 @@ def test_fingerprint_without_a_key(tiny_artifact, tmp_path, key):
 
 @pytest.mark.parametrize("tensor", ["refusal_vectors", "d_harm"])
 @pytest.mark.parametrize("value", NON_FINITE)
-def test_non_finite_tensors(tiny_artifact, tmp_path, tensor, value):
+def test_non_finite_tensors(tiny_cosine_artifact, tmp_path, tensor, value):
+    tiny_artifact = tiny_cosine_artifact
     vectors, d_harm = tiny_artifact.refusal_vectors.clone(), tiny_artifact.d_harm.clone()
     (vectors if tensor == "refusal_vectors" else d_harm)[0, 3] = value
     with pytest.raises(ArtifactError, match=f"{tensor} contains NaN or infinite"):

@@ -15,9 +15,11 @@ def test_anchors_recomputed_and_verified(tiny_artifact, calib):
     a = tiny_artifact.meta.anchors["harmful"]
     harmful, benign = anchor_split(a.n, a.seed)
     assert calib.anchors_verified and calib.anchors == set(harmful) | set(benign)
-    # The tiny artifact fits T on held-out AdvBench vs TruthfulQA and lists those prompts' hashes.
-    assert calib.threshold_fit_verified and len(calib.threshold_fit_hashes) == 16
-    assert not any(calib.in_threshold_fit(p) for p in calib.anchors)
+    # The tiny artifact fits T on held-out AdvBench vs TruthfulQA plus the probe's training prompts (the contrast
+    # set's train split and the anchors), and lists those prompts' hashes.
+    n_probe = tiny_artifact.meta.notes["probe"]["n_train"]
+    assert calib.threshold_fit_verified and len(calib.threshold_fit_hashes) == 16 + n_probe
+    assert all(calib.in_threshold_fit(p) for p in calib.anchors)
 
 
 def test_anchors_removed_from_every_set(calib, eval_data):
@@ -48,15 +50,15 @@ def test_threshold_fit_by_prompt_hashes(tiny_artifact, eval_data):
     assert infos["advbench"].threshold_fit_removed == 8 and infos["truthfulqa"].threshold_fit_removed == 8
 
 
-def test_threshold_fit_recomputed_without_hashes(tiny_artifact, eval_data):
-    meta = tiny_artifact.meta.model_dump()
+def test_threshold_fit_recomputed_without_hashes(tiny_cosine_artifact, eval_data):
+    meta = tiny_cosine_artifact.meta.model_dump()
     del meta["threshold_fit"]["prompt_sha256"]
     calib = calibration_prompts(meta, eval_data)
     assert calib.threshold_fit_verified and len(calib.threshold_fit) == 16
 
 
-def test_unreproducible_threshold_fit_is_reported(tiny_artifact, eval_data):
-    meta = tiny_artifact.meta.model_dump()
+def test_unreproducible_threshold_fit_is_reported(tiny_cosine_artifact, eval_data):
+    meta = tiny_cosine_artifact.meta.model_dump()
     del meta["threshold_fit"]["prompt_sha256"]
     meta["threshold_fit"]["threshold_data_sha256"] = "0" * 64
     calib = calibration_prompts(meta, eval_data)
