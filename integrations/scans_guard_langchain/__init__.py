@@ -17,11 +17,12 @@ from ._report import EVENT_NAME, LOGGER_NAME
 from .adapters import DEFAULT_REFUSAL, SafetyBlocker, SafetyGuard, SafetyLogger, SafetyPolicy, SafetyRouter
 from .chat_model import PROVIDER, SafetyConsciousLLM, refusal_message
 from .classifier import SafetyClassifier, ScansDecisionModel
-from .errors import HarmfulPromptError
+from .errors import HarmfulPromptError, ScansGuardTimeoutError
 
 __all__ = [
     "DEFAULT_REFUSAL", "EVENT_NAME", "LOGGER_NAME", "PROVIDER", "HarmfulPromptError", "SafetyBlocker",
     "SafetyClassifier", "SafetyConsciousLLM", "SafetyGuard", "SafetyLogger", "SafetyPolicy", "SafetyRouter",
+    "ScansGuardTimeoutError",
     "ScansDecisionModel", "ScansGuardMiddleware", "message_text", "messages_to_conversation", "refusal_message",
     "state_to_conversation", "to_conversation",
 ]

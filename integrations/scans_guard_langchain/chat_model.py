@@ -17,22 +17,24 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.block_translators import register_translator
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, model_validator
 
 from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
-from scans_guard.engine import ScansEngine
+from scans_guard.engine import ScansEngine, StreamEvent
 from scans_guard.judge import KeywordJudge
 
 from ._convert import Conversation, last_user_text, messages_to_conversation
 from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
+from .errors import ScansGuardTimeoutError
 
 if TYPE_CHECKING:
     from langchain_core.messages import content as types
@@ -106,7 +108,7 @@ class SafetyConsciousLLM(BaseChatModel):
     LangChain's standard refusal block).
 
     Not supported: tool calling and structured output (`bind_tools` / `with_structured_output` raise
-    NotImplementedError), and non-text content blocks (InvalidPromptError).
+    NotImplementedError, and `profile` says so), and non-text content blocks (InvalidPromptError).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
@@ -132,8 +134,10 @@ class SafetyConsciousLLM(BaseChatModel):
     """(prompt, reply) -> refused?; None: never flag refusals."""
     streaming: bool = False
     """Stream from `invoke` as well (LangChain's standard flag)."""
-    timeout: float | None = None
-    """Accepted for LangChain's standard parameters; unused (a local model has no request to time out)."""
+    timeout: float | None = Field(None, gt=0)
+    """Seconds a call may run; past it, decoding stops between two steps with
+    `ScansGuardTimeoutError` (a TimeoutError). The classification pass is not interrupted (`max_input_tokens`
+    bounds it). None: no limit."""
     max_retries: int | None = None
     """Accepted for LangChain's standard parameters; unused (a local model has nothing to retry)."""
     log_level: int | None = logging.DEBUG
@@ -214,6 +218,37 @@ class SafetyConsciousLLM(BaseChatModel):
     def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("SafetyConsciousLLM does not support structured output")
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What LangChain reads to size contexts (SummarizationMiddleware) and pick strategies (create_agent).
+
+        max_input_tokens: the longest prompt the engine accepts (its `max_input_tokens`, within the context window).
+        """
+        window = self.engine.handle.context_window
+        cap = self.engine.max_input_tokens
+        return ModelProfile(
+            max_input_tokens=window if cap is None else min(cap, window),
+            text_inputs=True, image_inputs=False, audio_inputs=False, video_inputs=False, pdf_inputs=False,
+            text_outputs=True, tool_calling=False, tool_choice=False, structured_output=False, temperature=True,
+        )
+
+    # -- token counting (the model's own tokenizer: exact and offline; LangChain's default is GPT-2, online) --------
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as message content (special-token text is read as literal characters)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self.engine.handle.tokenizer(text, add_special_tokens=False,
+                                                 split_special_tokens=True)["input_ids"])
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Tokens of the conversation as the model reads it: chat template and generation prompt included.
+
+        This equals a reply's `usage_metadata["input_tokens"]` for the same messages. `tools` add nothing: this
+        model sends no tool schemas to its template (it has no tool calling).
+        """
+        if not messages:
+            return 0
+        return len(self.engine.handle.chat_ids(messages_to_conversation(messages)))
+
     # -- one call --------------------------------------------------------------------------------------------
     def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
         unknown = set(kwargs) - _CALL_KWARGS - _IGNORED_KWARGS - {"model"}
@@ -272,12 +307,34 @@ class SafetyConsciousLLM(BaseChatModel):
         config, steering = self._settings(stop, kwargs)
         return conversation, last_user_text(conversation), config, steering
 
+    def _events(self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any],
+                timeout: float | None) -> Iterator[StreamEvent]:
+        """The engine's stream for one conversation, stopped between steps once `timeout` seconds have passed.
+
+        The deadline is checked here, not in the engine, so every path (invoke, stream, async) honours it.
+        """
+        start = time.monotonic()
+        events = self.engine.iter_generate([conversation], config, **steering)
+        try:
+            for event in events:
+                elapsed = time.monotonic() - start
+                if timeout is not None and event.output is None and elapsed > timeout:
+                    raise ScansGuardTimeoutError(timeout, elapsed)
+                yield event
+        finally:
+            events.close()  # frees the KV cache and stops decoding now
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
-        output = self.engine.generate([conversation], config, **steering)[0]
-        if (fields := self._report(output.verdict, prompt)) is not None and run_manager is not None:
-            emit_event(run_manager, fields)
+        output: SteeredOutput | None = None
+        for event in self._events(conversation, config, steering, self.timeout):
+            if event.verdict is not None and (fields := self._report(event.verdict, prompt)) is not None \
+                    and run_manager is not None:
+                emit_event(run_manager, fields)
+            if event.output is not None:
+                output = event.output
+        assert output is not None  # the engine ends every row with an output event
         message = AIMessage(content=output.text, response_metadata=self._final_metadata(output, prompt, steering),
                             usage_metadata=self._usage(output))
         return ChatResult(generations=[ChatGeneration(message=message)])
@@ -286,7 +343,7 @@ class SafetyConsciousLLM(BaseChatModel):
                      kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         """("verdict", fields) once, then ("chunk", ChatGenerationChunk)...; closing it stops generation."""
         conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
-        events = self.engine.iter_generate([conversation], config, **steering)
+        events = self._events(conversation, config, steering, self.timeout)
         try:
             for event in events:
                 if event.verdict is not None:
@@ -299,7 +356,7 @@ class SafetyConsciousLLM(BaseChatModel):
                         content="", chunk_position="last", usage_metadata=self._usage(event.output),
                         response_metadata=self._final_metadata(event.output, prompt, steering)))
         finally:
-            events.close()  # removes nothing that outlives a step, but frees the KV cache and stops decoding now
+            events.close()
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:

@@ -23,3 +23,13 @@ class HarmfulPromptError(ScansGuardError):
                 message = (f"prompt blocked as {band}: sigma score {verdict.score:.4f} "
                            f"(threshold {verdict.threshold:.4f}, label {verdict.label})")
         super().__init__(message)
+
+
+class ScansGuardTimeoutError(ScansGuardError, TimeoutError):
+    """A call ran past the chat model's `timeout`: decoding stopped between two steps (the classification pass
+    itself is not interrupted; `max_input_tokens` bounds it). `elapsed_s` is how long it had run."""
+
+    def __init__(self, timeout: float, elapsed_s: float):
+        self.timeout = timeout
+        self.elapsed_s = elapsed_s
+        super().__init__(f"generation stopped after {elapsed_s:.2f} s: over the timeout of {timeout:g} s")

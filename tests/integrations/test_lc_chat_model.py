@@ -16,7 +16,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.errors import InvalidPromptError
 from scans_guard.judge import KeywordJudge
-from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM
+from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM, ScansGuardTimeoutError
 
 PROMPT = "What is the capital of France?"
 
@@ -300,6 +300,45 @@ def test_params_tools_and_model_override(llm, tiny_engine):
         llm.invoke(PROMPT, frequency_penalty=1.0)
     with pytest.raises(Exception, match="Extra inputs"):
         SafetyConsciousLLM(engine=tiny_engine, max_token=3)
+
+
+def test_token_counts_use_the_models_own_tokenizer(llm, tiny_engine):
+    tok = tiny_engine.handle.tokenizer
+    text = "Count me: <|im_start|> is text here."
+    assert llm.get_token_ids(text) == tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert llm.get_num_tokens(text) == len(llm.get_token_ids(text)) > 0
+    history = [SystemMessage("Be brief."), HumanMessage("Hello"), AIMessage("Hi there."), HumanMessage(PROMPT)]
+    assert llm.get_num_tokens_from_messages(history) == llm.invoke(history).usage_metadata["input_tokens"]
+    assert llm.get_num_tokens_from_messages([]) == 0
+
+
+def test_profile_reports_the_input_cap_and_no_tools(tiny, tiny_artifact, llm, tiny_engine):
+    window = tiny_engine.handle.context_window
+    profile = llm.profile
+    assert profile["max_input_tokens"] == min(tiny_engine.max_input_tokens, window)
+    assert profile["tool_calling"] is False and profile["structured_output"] is False
+    uncapped = SafetyConsciousLLM(engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=None))
+    assert uncapped.profile["max_input_tokens"] == window
+    capped = SafetyConsciousLLM(engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=7))
+    assert capped.profile["max_input_tokens"] == 7
+
+
+async def test_timeout_stops_generation_with_a_typed_error(llm, tiny_engine, no_hooks):
+    slow = SafetyConsciousLLM(engine=tiny_engine, max_tokens=64, timeout=1e-9)
+    with pytest.raises(ScansGuardTimeoutError, match="timeout") as err:
+        slow.invoke(PROMPT)
+    assert isinstance(err.value, TimeoutError) and err.value.elapsed_s > err.value.timeout
+    with pytest.raises(TimeoutError):
+        list(slow.stream(PROMPT))
+    with pytest.raises(TimeoutError):
+        await slow.ainvoke(PROMPT)
+    with pytest.raises(TimeoutError):
+        [c async for c in slow.astream(PROMPT)]
+    assert no_hooks(tiny_engine)
+    roomy = SafetyConsciousLLM(engine=tiny_engine, max_tokens=8, timeout=600)
+    assert roomy.invoke(PROMPT).content == llm.invoke(PROMPT).content
+    with pytest.raises(Exception, match="greater than 0"):
+        SafetyConsciousLLM(engine=tiny_engine, timeout=0)
 
 
 async def test_stream_errors_reach_the_caller(llm):
