@@ -108,9 +108,22 @@ def to_conversation(value: Any) -> Conversation:
         except (ValueError, TypeError, NotImplementedError) as exc:
             raise InvalidPromptError(f"cannot read {type(value).__name__} as a conversation: {exc}") from exc
         return messages_to_conversation(messages)
+    if isinstance(value, Mapping):
+        raise InvalidPromptError(
+            f"got a {type(value).__name__} with keys {sorted(map(str, value))}: set input_key=<key> on the guard "
+            "or classifier to classify that value (a guard still passes the whole dict on)")
     raise InvalidPromptError(
         f"expected a str, a PromptValue or messages, got {type(value).__name__}"
     )
+
+
+def select_input(value: Any, input_key: str | None) -> Any:
+    """What to classify of a guard's input: `value[input_key]` for a dict (chains pass dicts), else `value`."""
+    if input_key is None or not isinstance(value, Mapping):
+        return value
+    if input_key not in value:
+        raise InvalidPromptError(f"input_key {input_key!r} is not in the input (keys {sorted(map(str, value))})")
+    return value[input_key]
 
 
 def last_user_text(conversation: Conversation) -> str:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scans_guard.config import SafetyVerdict, is_harmful
 
-from ._convert import last_user_text, to_conversation
+from ._convert import last_user_text, select_input, to_conversation
 from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
 from .chat_model import refusal_message
 from .classifier import SafetyClassifier
@@ -117,6 +117,9 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
     logger_name: str = LOGGER_NAME
     emit_events: bool = True
     """Send each verdict as a `scans_guard_verdict` custom callback event."""
+    input_key: str | None = None
+    """For dict inputs (a chain's `{"question": ...}`): classify `input[input_key]`; routes and the pass-through
+    still get the whole dict. None: a dict input is an error (or the classifier's own `input_key` applies)."""
 
     # -- subclass hook ---------------------------------------------------------------------------------------
     def _outcome(self, input: Any, verdict: SafetyVerdict | None, band: Band,
@@ -134,23 +137,25 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
     def _classify_all(self, inputs: list[Any], configs: list[RunnableConfig]) -> list[Any]:
         """Verdicts, or the exception for inputs that could not be classified (one engine call when all succeed)."""
         try:
-            return list(self.classifier.batch(inputs, configs))
+            return list(self.classifier.batch([self._select(x) for x in inputs], configs))
         except Exception:  # noqa: BLE001 - find which inputs failed
-            if len(inputs) == 1:
-                return [self._capture(lambda: self.classifier.invoke(inputs[0], configs[0]))]
-            return [self._capture(lambda x=x, c=c: self.classifier.invoke(x, c)) for x, c in zip(inputs, configs)]
+            return [self._capture(lambda x=x, c=c: self.classifier.invoke(self._select(x), c))
+                    for x, c in zip(inputs, configs)]
 
     async def _aclassify_all(self, inputs: list[Any], configs: list[RunnableConfig]) -> list[Any]:
         try:
-            return list(await self.classifier.abatch(inputs, configs))
+            return list(await self.classifier.abatch([self._select(x) for x in inputs], configs))
         except Exception:  # noqa: BLE001
             out = []
             for x, c in zip(inputs, configs):
                 try:
-                    out.append(await self.classifier.ainvoke(x, c))
+                    out.append(await self.classifier.ainvoke(self._select(x), c))
                 except Exception as exc:  # noqa: BLE001
                     out.append(exc)
             return out
+
+    def _select(self, input: Any) -> Any:
+        return select_input(input, self.input_key)
 
     @staticmethod
     def _capture(fn: Callable[[], Any]) -> Any:
@@ -164,7 +169,7 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
         prompt = None
         if self.log_prompts:
             try:
-                prompt = last_user_text(to_conversation(input))
+                prompt = last_user_text(to_conversation(self._select(input)))
             except Exception:  # noqa: BLE001
                 prompt = repr(input)
         return verdict_fields(verdict, band=band, source=self.get_name(), prompt=prompt, error=error)

@@ -13,7 +13,7 @@ from scans_guard.classifier import r_pos_ids
 from scans_guard.config import SafetyVerdict
 from scans_guard.engine import ScansEngine
 
-from ._convert import state_to_conversation, to_conversation
+from ._convert import select_input, state_to_conversation, to_conversation
 
 try:  # langchain-core >= 1.8 (decision models); absent in older releases
     from langchain_core.decisions import (
@@ -31,7 +31,8 @@ except ImportError:  # pragma: no cover - depends on the installed langchain-cor
 
 
 class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
-    """sigma(q) as a Runnable: str | messages | PromptValue | [{"role", "content"}] -> `SafetyVerdict`.
+    """sigma(q) as a Runnable: str | messages | PromptValue | [{"role", "content"}] -> `SafetyVerdict`
+    (or a dict holding one of these under `input_key`).
 
     A str is one user turn; messages and prompt values are classified as the whole conversation, through the
     chat template, exactly as `SafetyConsciousLLM` classifies them before steering. `batch` makes one
@@ -42,6 +43,8 @@ class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
 
     engine: ScansEngine = Field(exclude=True)
     batch_size: int | None = Field(None, ge=1, description="prompts per forward pass in batch(); None: the whole batch")
+    input_key: str | None = None
+    """For dict inputs (what chains pass): classify `input[input_key]`. None: a dict input raises."""
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
@@ -55,7 +58,7 @@ class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
         """Verdicts for many inputs with one engine.classify call (no callbacks)."""
         if not inputs:
             return []
-        conversations = [to_conversation(x) for x in inputs]
+        conversations = [to_conversation(select_input(x, self.input_key)) for x in inputs]
         return self.engine.classify(conversations, batch_size=self.batch_size or len(conversations))
 
     def _one(self, value: Any) -> SafetyVerdict:

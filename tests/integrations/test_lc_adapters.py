@@ -190,3 +190,48 @@ def test_logger_in_front_of_a_model_and_failures_logged(tiny_engine, caplog):
         SafetyLogger(classifier=SafetyClassifier(engine=tiny_engine)).invoke(IMAGE)
     assert any(getattr(r, "scans_error", "").startswith("InvalidPromptError") and r.levelno == logging.WARNING
                for r in caplog.records)
+
+
+async def test_guards_classify_input_key_and_pass_the_dict_on(tiny_engine, harmful_engine, benign_engine):
+    """A chain's first step gets a dict: input_key names what to classify; routes get the whole dict."""
+    question = {"question": PROMPT, "context": "ignored by sigma"}
+    verdict = tiny_engine.classify(PROMPT)[0]
+    seen = RunnableLambda(lambda x: x)
+    router = SafetyRouter(classifier=SafetyClassifier(engine=benign_engine), input_key="question", benign=seen,
+                          harmful="no")
+    assert router.invoke(question) == question
+    assert await router.ainvoke(question) == question
+    assert router.batch([question, {"question": "Hello"}]) == [question, {"question": "Hello"}]
+    assert list(router.stream(question)) == [question]
+    refused = SafetyRouter(classifier=SafetyClassifier(engine=harmful_engine), input_key="question", benign=seen,
+                           harmful="no").invoke(question)
+    assert refused.content == "no"
+    blocker = SafetyBlocker(classifier=SafetyClassifier(engine=harmful_engine), input_key="question")
+    with pytest.raises(HarmfulPromptError):
+        blocker.invoke(question)
+    assert SafetyBlocker(classifier=SafetyClassifier(engine=benign_engine), input_key="question").invoke(question) \
+        == question
+    handler = Events()
+    logger = SafetyLogger(classifier=SafetyClassifier(engine=tiny_engine), input_key="question")
+    assert logger.invoke(question, config={"callbacks": [handler]}) == question
+    assert handler.custom[0][1]["scans_score"] == pytest.approx(verdict.score, abs=1e-6)
+    clf = SafetyClassifier(engine=tiny_engine, input_key="question")
+    assert clf.invoke(question).score == pytest.approx(verdict.score, abs=1e-6)
+    assert clf.invoke(PROMPT).score == pytest.approx(verdict.score, abs=1e-6)  # non-dict inputs as before
+    # the classifier's input_key also serves a guard without one
+    assert SafetyLogger(classifier=clf).invoke(question) == question
+
+
+def test_dict_input_without_input_key_names_the_fix(benign_engine):
+    clf = SafetyClassifier(engine=benign_engine)
+    with pytest.raises(InvalidPromptError, match="input_key"):
+        SafetyLogger(classifier=clf).invoke({"question": PROMPT})
+    with pytest.raises(InvalidPromptError, match="input_key"):
+        clf.invoke({"question": PROMPT})
+    with pytest.raises(InvalidPromptError, match="'query' is not in the input"):
+        SafetyLogger(classifier=clf, input_key="query").invoke({"question": PROMPT})
+    # fail closed applies to it as to any classification failure, per input in a batch
+    out = SafetyBlocker(classifier=clf, input_key="q", on_error="block").batch([{"q": PROMPT}, {"x": 1}],
+                                                                              return_exceptions=True)
+    assert out[0] == {"q": PROMPT}
+    assert isinstance(out[1], HarmfulPromptError) and isinstance(out[1].cause, InvalidPromptError)
