@@ -3,8 +3,11 @@
     python examples/langchain_chain.py            # the embedded default model (offline)
     python examples/langchain_chain.py --tiny     # a tiny random model built in code (seconds; gibberish replies)
 
-Each reply is steered by sigma(q): away from refusal for benign questions, towards refusal for harmful ones.
-The verdict travels in the reply's response_metadata; the chain's string output is the text alone.
+sigma(q) decides each reply's steering: benign questions are steered away from refusal (fewer false refusals).
+With the shipped recipe (alpha_harmful = 0) harmful questions are left unsteered, answered as the plain model
+would: the chain does not block them (put SafetyBlocker or SafetyRouter in front for that, see
+examples/langchain_classifier_guard.py). The verdict and the steering direction travel in the reply's
+response_metadata; the chain's string output is the text alone.
 """
 
 from __future__ import annotations

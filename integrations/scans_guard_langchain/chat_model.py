@@ -1,8 +1,9 @@
 """SafetyConsciousLLM: a LangChain chat model that runs a local model with SCANS steering (scans_guard.ScansEngine).
 
 Per call, the whole conversation goes through the model's chat template; sigma(q) is computed on it (one forward
-pass over chat(q) + r_pos, whose KV cache the generation reuses), and the reply is decoded with the refusal vector
-added (harmful: towards refusal) or subtracted (benign: away from refusal) at the steering layers.
+pass over chat(q) + r_pos, whose KV cache the generation reuses), and the reply is decoded with the recipe's signed
+coefficient at the steering layers: benign prompts are steered away from refusal; prompts at or above the steer
+threshold get +alpha_harmful, which is 0 in the shipped recipe (left unsteered: blocking them is the guards' job).
 
 Concurrency model: the engine serialises forward *steps* under the model's lock (`ModelHandle.lock`, shared by every
 engine on that model) and registers each request's steering hooks inside that lock only, so requests in flight at once (threads, `batch`, asyncio tasks) interleave their steps
