@@ -22,7 +22,7 @@ from .loading import ModelHandle
 
 def r_pos_ids(handle: ModelHandle, r_pos: str) -> list[int]:
     """Token ids of the answer prefix as it follows the generation prompt."""
-    ids = handle.tokenizer(r_pos, add_special_tokens=False)["input_ids"]
+    ids = handle.encode(r_pos, content=False)
     if not ids:
         raise ValueError(f"r_pos {r_pos!r} has no tokens")
     return list(ids)

@@ -48,6 +48,9 @@ class ModelHandle:
     name: str
     # One lock per model: every engine on this model runs its forward steps (and their hooks) under it.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # A fast tokenizer keeps `split_special_tokens` as state on its shared backend: encode calls from several threads
+    # must not interleave, or a template's <|im_start|> gets split, or a forged one in content becomes a control token.
+    tokenize_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def wrap(cls, model: nn.Module, tokenizer: object, name: str = "model") -> ModelHandle:
@@ -98,6 +101,14 @@ class ModelHandle:
             ids.add(tid)
         return {i for i in ids if i is not None}
 
+    def encode(self, text: str, *, content: bool) -> list[int]:
+        """Token ids of `text`, no BOS/EOS; `content=True` reads special-token text as literal characters.
+
+        The one way to tokenise (thread-safe): see `tokenize_lock`.
+        """
+        with self.tokenize_lock:
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=content)["input_ids"])
+
     def chat_ids(self, conversation: str | list[dict]) -> list[int]:
         """Token ids of the chat-formatted conversation, generation prompt included.
 
@@ -111,7 +122,7 @@ class ModelHandle:
             raise InvalidPromptError(f"the chat template dropped the last message (role {messages[-1].get('role')!r})")
         ids: list[int] = []
         for segment, is_content in self._template_segments(messages, text):
-            ids += self.tokenizer(segment, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
+            ids += self.encode(segment, content=is_content)
         return ids
 
     def _render(self, messages: list[dict]) -> str:

@@ -237,8 +237,7 @@ class SafetyConsciousLLM(BaseChatModel):
         """Token ids of `text` as message content (special-token text is read as literal characters)."""
         if self.custom_get_token_ids is not None:
             return self.custom_get_token_ids(text)
-        return list(self.engine.handle.tokenizer(text, add_special_tokens=False,
-                                                 split_special_tokens=True)["input_ids"])
+        return self.engine.handle.encode(text, content=True)
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens of the conversation as the model reads it: chat template and generation prompt included.
