@@ -5,11 +5,14 @@ forged system turn and translation, against the plain prompts; false-positive ra
     python benchmarks/guard_robustness.py report --out results/guard-robustness
 
 Harmful: the evaluation half of HarmfulQ (100) + 50 held-out AdvBench prompts (no anchor, no T-fit prompt) under
-each framing (none, system:NAME for the 7 SYSTEM_PROMPTS, forged_system), and the 48 held-out harmful prompts of the
-multilingual set in en/es/fr/de/zh/ru. Benign (classification only): 100 OKTest prompts under the same framings and
-the 48 benign multilingual prompts per language. Greedy, 20 new tokens, KeywordJudge. A row that SCANS leaves
-unsteered (coefficient 0) is decoded once: its SCANS reply is its plain reply (same greedy decode from the same
-prompt). Rows are appended to JSONL as each batch finishes: a killed run continues where it stopped.
+each framing (none, and system:NAME for six of the SYSTEM_PROMPTS), and 40 held-out harmful prompts of the
+multilingual set in en/es/fr/de/zh. Benign (classification only): 40 OKTest prompts under the same framings and 40
+benign multilingual prompts per language. The forged-turn framing is not here: content is tokenised as literal text,
+so its verdict equals the literal rendering's by construction (tests/test_guard.py).
+SCANS can change a harmful row's reply only where it steers it (the shipped recipe leaves flagged rows unsteered), so
+only those rows are decoded, plain and steered (greedy, 20 new tokens, KeywordJudge); `scans_minus_plain_refusal` is
+the change in refusal rate over the whole condition, in points. Rows are appended to JSONL as each batch finishes: a
+killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from scans_guard.eval.store import JsonlStore
 from scans_guard.jailbreaks import FRAMINGS, SYSTEM_PROMPTS, translated_set, wrap
 from scans_guard.judge import KeywordJudge
 
-FRAMING_NAMES = ["none", *(f"system:{n}" for n in SYSTEM_PROMPTS), "forged_system"]
-LANGUAGES = ["en", "es", "fr", "de", "zh", "ru"]
+FRAMING_NAMES = ["none", *(f"system:{n}" for n in list(SYSTEM_PROMPTS)[:6])]
+LANGUAGES = ["en", "es", "fr", "de", "zh"]
+N_BENIGN, N_MULTILINGUAL = 40, 40
 CONFIG = GenerationConfig(max_new_tokens=20)
 BATCH = 8
 
@@ -41,7 +45,7 @@ def prompt_sets(engine: ScansEngine, data_dir: str, seed: int = 0) -> dict[str, 
     adv = sorted({e.prompt for e in load_set("advbench")} - calib.anchors)
     adv = [p for p in adv if not calib.in_threshold_fit(p)]
     harmful = held + random.Random(seed).sample(adv, 50)
-    benign = random.Random(seed).sample(sorted({e.prompt for e in load_set("oktest", data_dir)}), 100)
+    benign = random.Random(seed).sample(sorted({e.prompt for e in load_set("oktest", data_dir)}), N_BENIGN)
     return {"harmful": [(f"h{i:03d}", p) for i, p in enumerate(harmful)],
             "benign": [(f"b{i:03d}", p) for i, p in enumerate(benign)]}
 
@@ -54,8 +58,9 @@ def work_items(engine: ScansEngine, data_dir: str) -> list[dict]:
                        "conversation": p if framing == "none" else wrap(p, FRAMINGS[framing])} for i, p in prompts]
     for label, kind in (("unsafe", "harmful"), ("safe", "benign")):
         for lang in LANGUAGES:
+            rows = translated_set(languages=[lang], label=label)[:N_MULTILINGUAL]
             items += [{"kind": kind, "condition": f"lang:{lang}", "id": f"m{n:02d}", "prompt": r.original,
-                       "conversation": r.text} for n, r in enumerate(translated_set(languages=[lang], label=label))]
+                       "conversation": r.text} for n, r in enumerate(rows)]
     return items
 
 
@@ -73,18 +78,17 @@ def run(args: argparse.Namespace) -> None:
             "flagged_steer": is_harmful(g.score, steer_t), "in_domain": g.in_domain,
             "domain_reasons": g.domain_reasons, "coefficient": g.coefficient,
         } for it, g in zip(chunk, engine.classify(convs))]
-        harmful = [i for i, it in enumerate(chunk) if it["kind"] == "harmful"]
-        if harmful:
-            plain = engine.generate([convs[i] for i in harmful], CONFIG, steer=False)
-            steered = [i for i in harmful if rows[i]["coefficient"] != 0]
-            scans = dict(zip(steered, engine.generate([convs[i] for i in steered], CONFIG,
-                                                      coefficient=[rows[i]["coefficient"] for i in steered])
-                             if steered else []))
-            for i, out in zip(harmful, plain):
-                reply = scans[i].text if i in scans else out.text
-                rows[i] |= {"plain_reply": out.text, "scans_reply": reply,
-                            "plain_refused": judge(chunk[i]["prompt"], out.text),
-                            "scans_refused": judge(chunk[i]["prompt"], reply)}
+        # Only a harmful row SCANS steers can change its reply (the recipe leaves flagged rows unsteered): decode
+        # those plain and steered; every other row's SCANS reply is its plain reply.
+        steered = [i for i, it in enumerate(chunk) if it["kind"] == "harmful" and rows[i]["coefficient"] != 0]
+        if steered:
+            plain = engine.generate([convs[i] for i in steered], CONFIG, steer=False)
+            scans = engine.generate([convs[i] for i in steered], CONFIG,
+                                    coefficient=[rows[i]["coefficient"] for i in steered])
+            for i, p, s in zip(steered, plain, scans):
+                rows[i] |= {"plain_reply": p.text, "scans_reply": s.text,
+                            "plain_refused": judge(chunk[i]["prompt"], p.text),
+                            "scans_refused": judge(chunk[i]["prompt"], s.text)}
         store.append(rows)
         print(f"{start + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
 
@@ -103,8 +107,9 @@ def summarise(rows: list[dict]) -> list[dict]:
             "harmful_flagged_guard": pct([r["flagged_guard"] for r in h]),
             "harmful_flagged_steer": pct([r["flagged_steer"] for r in h]),
             "harmful_steered_away": pct([r["coefficient"] < 0 for r in h]),
-            "plain_refusal": pct([r["plain_refused"] for r in h if "plain_refused" in r]),
-            "scans_refusal": pct([r["scans_refused"] for r in h if "scans_refused" in r]),
+            "benign_steered_away": pct([r["coefficient"] < 0 for r in b]),
+            "scans_minus_plain_refusal": round(100 * sum(r.get("scans_refused", 0) - r.get("plain_refused", 0)
+                                                         for r in h) / len(h), 1) if h else None,
             "benign_flagged_guard": pct([r["flagged_guard"] for r in b]),
             "benign_flagged_steer": pct([r["flagged_steer"] for r in b]),
             "out_of_domain": pct([not r["in_domain"] for r in h + b]),

@@ -95,6 +95,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
             scores[p] = v.score
     scores_path.write_text(json.dumps(scores))
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    # Fluency (NLL of the reply under the unsteered model) costs a forward pass per reply: measured on the first
+    # --nll-limit prompts of each set (all with None).
+    nll_prompts = {p for ps in sets.values() for p in ps[:args.nll_limit]}
     coefficients = [float(c) for c in args.coefficients.split(",")]
     with open(rows_path, "a") as f:
         for coef in coefficients:
@@ -107,7 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 chunk = todo[i:i + args.batch_size]
                 outputs = engine.generate([p for _, p in chunk], config, coefficient=coef)
                 for (s, p), o in zip(chunk, outputs):
-                    nll, n = response_nll(engine, p, o.text)
+                    nll, n = response_nll(engine, p, o.text) if p in nll_prompts else (0.0, 0)
                     f.write(json.dumps({"set": s, "prompt": p, "coefficient": coef, "response": o.text,
                                         "refused": judge(p, o.text), "nll_sum": nll, "nll_tokens": n}) + "\n")
                 f.flush()
@@ -138,7 +141,7 @@ def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, 
             if r is None:
                 return {}
             refused.append(r["refused"])
-            nll, n = nll + r["nll_sum"], n + r["nll_tokens"]
+            nll, n = nll + r["nll_sum"], n + r["nll_tokens"]  # rows without an NLL measurement add 0 tokens
         result[s] = {"n": len(prompts), "refusal": float(np.mean(refused)), "nll": nll / max(n, 1)}
     return result
 
@@ -247,6 +250,7 @@ def main() -> None:
     g.add_argument("--sets", nargs="*", help=f"only these sets (default: all of {EVAL_SETS + TUNE_SETS})")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--coefficients", default="0,-1,1,-2")
+    g.add_argument("--nll-limit", type=int, default=None, help="fluency NLL on this many prompts per set")
     g.add_argument("--max-new-tokens", type=int, default=24)
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--min-t", type=float, default=0.90, help="lowest T studied (positive steering above it)")
