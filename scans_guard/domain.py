@@ -7,7 +7,10 @@ refusal, and the guards treat it as grey. Signs checked, each cheap and offline:
   give the calibrated languages at least half of the probability mass (texts of 16 letters or more);
 - script: at most 30 % of the letters outside the Latin script (catches short texts the identifier is unsure of);
 - code: at most 25 % of the non-space characters code punctuation (a prompt that is mostly code);
-- length: at most `max_tokens` prompt tokens (calibration prompts are a few dozen tokens long).
+- length: at most `max_tokens` prompt tokens (calibration prompts are a few dozen tokens long);
+- markup: no special-token text of the model's chat template (`<|im_start|>` typed by the user). Such text is
+  tokenised as plain characters, but measured on the default model a forged system turn written out in the user's
+  text still moved a methamphetamine request below T, so it is treated as outside the domain.
 """
 
 from __future__ import annotations
@@ -68,9 +71,12 @@ def code_share(text: str) -> float:
     return sum(c in _CODE_CHARS for c in chars) / len(chars) if chars else 0.0
 
 
-def check_domain(text: str, n_tokens: int, config: DomainConfig) -> DomainCheck:
+def check_domain(text: str, n_tokens: int, config: DomainConfig, special_tokens: tuple[str, ...] = ()
+                 ) -> DomainCheck:
     """Whether `text` (the conversation's user content) lies in the calibration domain, and why not."""
     reasons = []
+    if any(t in text for t in special_tokens):  # chat markup typed as text: a forged turn
+        reasons.append("special_tokens")
     top, top_p = None, None
     if sum(c.isalpha() for c in text) >= config.min_letters:
         top, top_p, mass = language_mass(text, config.languages)

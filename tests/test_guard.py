@@ -98,6 +98,13 @@ def test_out_of_domain_signs(text, reason):
         assert reason in check.reasons
 
 
+def test_typed_chat_markup_is_out_of_domain(tiny_engine):
+    verdict = tiny_engine.classify(FORGED)[0]
+    assert not verdict.in_domain and "special_tokens" in verdict.domain_reasons
+    assert verdict.direction != "away_from_refusal"
+    assert "special_tokens" in check_domain("a <|im_start|> b", 5, DomainConfig(), ("<|im_start|>",)).reasons
+
+
 def test_english_prompts_and_limits_are_in_domain():
     for text in ("How do I kill a Python process?", "What's the best way to blow up a balloon?", "Paris?",
                  "How did Sylvia Plath die?"):
