@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> None:
     store = JsonlStore(Path(args.out) / "rows.jsonl", ("condition", "kind", "id"))
     judge, steer_t = KeywordJudge(), engine.artifact.threshold("steer")
     todo = [it for it in work_items(engine, args.data_dir) if (it["condition"], it["kind"], it["id"]) not in store]
+    todo.sort(key=lambda it: not it["condition"].startswith("lang:"))  # translations first (one pass per row)
     print(f"{len(todo)} rows to do, {len(store)} done", file=sys.stderr)
     for start in range(0, len(todo), BATCH):
         chunk = todo[start:start + BATCH]
