@@ -195,7 +195,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     engine = _engine(args)
     config = config or _gen_config(args, engine)
     print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
-          f"classify layers {engine.recipe.classify_layers}  T={engine.recipe.threshold:.4f}")
+          f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
+          f"guard T={engine.artifact.threshold('guard'):.4f}")
     steered = engine.generate(DEMO_PROMPTS, config)
     plain = engine.generate(DEMO_PROMPTS, config, steer=False)
     for prompt, s, p in zip(DEMO_PROMPTS, steered, plain):

@@ -57,3 +57,13 @@ def test_chat_sampling_flags_are_seeded(tiny_on_disk, capsys):
     first = capsys.readouterr().out
     assert main(args) == 0
     assert capsys.readouterr().out == first
+
+
+def test_demo_runs_every_prompt_steered_and_plain(tiny_on_disk, capsys):
+    from scans_guard.cli import DEMO_PROMPTS
+
+    rc = main(["demo", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"),
+               "--max-new-tokens", "2"])
+    out = capsys.readouterr().out
+    assert rc in (0, None) and "steer T=" in out and "guard T=" in out
+    assert all(f"### {p}" in out for p in DEMO_PROMPTS) and out.count("SCANS:") == len(DEMO_PROMPTS)
