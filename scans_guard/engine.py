@@ -132,7 +132,6 @@ class ScansEngine:
         self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
         self._vectors = artifact.refusal_vectors.to(handle.device)  # [n_layers, hidden]
-        self._special_tokens = tuple(t for t in handle.tokenizer.all_special_tokens if len(t) > 2)
 
     @classmethod
     def load(
@@ -189,7 +188,7 @@ class ScansEngine:
         for conv, row, rendered in zip(conversations, rows, renderings):
             name = max(rendered, key=lambda k: _worst_first(rendered[k][0]))
             score, sims_l = rendered[name]
-            domain = check_domain(user_text(conv), len(row), self.recipe.domain, self._special_tokens)
+            domain = check_domain(user_text(conv), len(row), self.recipe.domain, self.handle.special_tokens)
             coef = self.recipe.coefficient(score, domain.in_domain)
             verdicts.append(SafetyVerdict(
                 score=score, label="harmful" if is_harmful(score, threshold) else "benign", threshold=threshold,

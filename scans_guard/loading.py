@@ -91,6 +91,11 @@ class ModelHandle:
     def context_window(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 4096))
 
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The tokenizer's special-token strings (chat markup such as `<|im_start|>`), as text."""
+        return tuple(t for t in self.tokenizer.all_special_tokens if t)
+
     def eos_token_ids(self) -> set[int]:
         """Token ids that end a reply: the tokenizer's EOS plus the generation config's (e.g. <|im_end|>)."""
         ids = {self.tokenizer.eos_token_id}
@@ -148,8 +153,7 @@ class ModelHandle:
                 segments.append((piece, False))
         if "".join(s for s, _ in segments) == text:
             return segments
-        specials = [t for t in self.tokenizer.all_special_tokens if t]
-        if any(t in m["content"] for m in messages for t in specials):
+        if any(t in m["content"] for m in messages for t in self.special_tokens):
             raise InvalidPromptError("message content holds special-token text and this chat template transforms "
                                      "content, so it cannot be kept as plain text; remove the special-token text")
         return [(text, False)]
