@@ -234,6 +234,16 @@ class Artifact:
             log.warning("the model's chat template differs from the one the artifact was calibrated with")
 
 
-def default_artifact_dir() -> Path:
-    """The calibrated artifact shipped for the default model."""
-    return Path(str(resources.files("scans_guard.shipped_artifacts") / DEFAULT_ARTIFACT_NAME))
+def default_artifact_dir(model: str | os.PathLike | None = None) -> Path:
+    """The calibrated artifact shipped for an embedded model (None: the default model).
+
+    Any other model needs its own artifact (`scans-guard calibrate`): an ArtifactError says so.
+    """
+    from .default_model import embedded_model
+
+    spec = embedded_model(None if model is None else str(model))
+    path = Path(str(resources.files("scans_guard.shipped_artifacts") / (spec.name if spec else DEFAULT_ARTIFACT_NAME)))
+    if spec is None or not (path / "artifact.json").exists():
+        raise ArtifactError(f"{model} needs an artifact (none ships for it): run `scans-guard calibrate --model "
+                            f"{model} --out DIR` and pass --artifact DIR")
+    return path

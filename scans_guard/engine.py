@@ -24,7 +24,6 @@ from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, is_harmful
 from .domain import check_domain
 from .errors import (
-    ArtifactError,
     InvalidArgumentError,
     InvalidPromptError,
     NonFiniteScoreError,
@@ -144,12 +143,13 @@ class ScansEngine:
         progress: bool = True,
         max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
     ) -> ScansEngine:
-        """Load a model (None: the embedded default) and its artifact (None: the one shipped for the default)."""
-        if artifact is None and model is not None:
-            raise ArtifactError("a model other than the default needs an artifact: run `scans-guard calibrate`")
+        """Load a model (None: the embedded default; or an embedded model's name) and its artifact (None: the one
+        shipped for that embedded model; any other model needs its own, from `scans-guard calibrate`)."""
+        if artifact is None:
+            artifact = default_artifact_dir(model)  # before the model loads: a missing artifact fails fast
         handle = load_model(model, device=device, dtype=dtype, progress=progress)
         if not isinstance(artifact, Artifact):
-            artifact = Artifact.load(artifact if artifact is not None else default_artifact_dir())
+            artifact = Artifact.load(artifact)
         return cls(handle, artifact, max_input_tokens=max_input_tokens)
 
     @property

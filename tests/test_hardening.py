@@ -215,7 +215,7 @@ def test_shipped_artifact_still_loads():
 
 
 def _cache_target(cache_dir):
-    return cache_dir / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
+    return cache_dir / "models" / default_model.DEFAULT_MODEL.cache_name
 
 
 @pytest.fixture
@@ -223,7 +223,7 @@ def fake_build(tiny, monkeypatch):
     """Stands in for the minute-long GGUF dequantisation: writes the tiny model; records each build."""
     builds = []
 
-    def build(work, progress):
+    def build(work, get_gguf, progress):
         builds.append(work)
         time.sleep(0.3)  # long enough for a second builder to arrive while this one holds the lock
         tiny.model.save_pretrained(work / "model")
@@ -258,7 +258,7 @@ def test_cached_weights_damaged_with_nan_are_rebuilt_not_used(tiny, tmp_path, fa
 def test_cache_marked_by_an_older_version_is_rebuilt(tiny, tmp_path, fake_build):
     target = _cache_target(tmp_path)
     tiny.model.save_pretrained(target)
-    (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.GGUF_SHA256}))
+    (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.DEFAULT_MODEL.gguf_sha256}))
     assert default_model.default_model_dir(cache_dir=tmp_path, progress=False) == target
     assert len(fake_build) == 1 and default_model._is_complete(target)
 
