@@ -212,18 +212,18 @@ def _timed_request(engine, prompt: str, gen, kwargs: dict) -> dict:
     Plain: forward 1 is the prefill and yields token 1. SCANS: forward 1 is the sigma pass (prompt + r_pos), forward 2
     re-runs the last prompt token under steering and yields token 1. Every later forward is one decode step.
     """
-    first = 1 if kwargs.get("steer", True) and kwargs.get("coefficient") is None else 0
     gc.collect()
     with step_clock(engine) as stamps:
         t0 = time.perf_counter()
         out = engine.generate([prompt], gen, **kwargs)[0]
         wall = time.perf_counter() - t0
+    first = 1 if out.steering.source == "sigma" else 0  # the sigma pass ran first
     decode_steps = len(stamps) - first - 1
     return {"wall_s": wall, "completion_tokens": out.completion_tokens, "forwards": len(stamps),
             "ttft_s": stamps[first] - t0, "decode_steps": decode_steps,
             "decode_s": stamps[-1] - stamps[first] if decode_steps > 0 else 0.0,
             "classify_s": out.timings.get("classify_s", 0.0) if first else 0.0,
-            "direction": out.verdict.direction if out.verdict else None}
+            "direction": out.steering.direction}
 
 
 def bench_end_to_end(engine, prompts: Sequence[str], cfg: BenchConfig) -> dict:
