@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.data import anchor_split, load_set, tune_eval_split
+from scans_guard.artifacts import text_sha256
+from scans_guard.data import load_set, tune_eval_split
 from scans_guard.judge import KeywordJudge
 from scans_guard.paths import require_data_dir
 
@@ -35,8 +36,11 @@ HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_inst
 def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstest_limit: int | None = None,
                 sets: list[str] | None = None) -> dict[str, list[str]]:
     """Seeded samples of every set; AdvBench held-out excludes the anchors and the RepE-train prompts (T's fit data)."""
-    anchors = engine.artifact.meta.anchors
-    harmful_anchors, _ = anchor_split(anchors["harmful"].n, anchors["harmful"].seed)
+    anchors = engine.artifact.meta.anchor_hashes()  # as the artifact records them
+
+    def not_anchor(prompt: str) -> bool:
+        return text_sha256(prompt) not in anchors
+
     repe_train = load_set("repe_train", data_dir)
     repe_all = {e.prompt for e in repe_train}
     xstest = load_set("xstest")
@@ -44,11 +48,10 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         "xstest_safe": [e.prompt for e in xstest if not e.harmful],
         "xstest_unsafe": [e.prompt for e in xstest if e.harmful],
         "oktest": [e.prompt for e in load_set("oktest", data_dir)],
-        "advbench_heldout": [e.prompt for e in load_set("advbench")
-                             if e.prompt not in set(harmful_anchors) | repe_all],
+        "advbench_heldout": [e.prompt for e in load_set("advbench") if not_anchor(e.prompt) and e.prompt not in repe_all],
         "harmfulq": [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[1]],  # evaluation half
         "malicious_instruct": [e.prompt for e in load_set("malicious_instruct", data_dir)],
-        "tune_harmful": [e.prompt for e in repe_train if e.harmful and e.prompt not in set(harmful_anchors)]
+        "tune_harmful": [e.prompt for e in repe_train if e.harmful and not_anchor(e.prompt)]
         + [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[0]],
         "tune_benign": [e.prompt for e in repe_train if not e.harmful]
         + [e.prompt for e in load_set("oktest_heldout", data_dir)],

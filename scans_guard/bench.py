@@ -166,17 +166,16 @@ def versions() -> dict:
 
 
 def bench_prompts(engine, n: int, seed: int) -> list[str]:
-    """n prompts alternating harmful (AdvBench) and benign (TruthfulQA), none of them a calibration anchor."""
-    from .data import anchor_split, load_set, sample_prompts
+    """n prompts alternating harmful (AdvBench) and benign (TruthfulQA), none of them a calibration anchor (as the
+    artifact records them)."""
+    from .artifacts import text_sha256
+    from .data import load_set, sample_prompts
 
-    anchors = engine.artifact.meta.anchors
-    exclude: set[str] = set()
-    if "harmful" in anchors:
-        harmful_anchors, benign_anchors = anchor_split(anchors["harmful"].n, anchors["harmful"].seed)
-        exclude = set(harmful_anchors) | set(benign_anchors)
+    anchors = engine.artifact.meta.anchor_hashes()
+    harmful, benign = ([e for e in load_set(name) if text_sha256(e.prompt) not in anchors]
+                       for name in ("advbench", "truthfulqa"))
     n_harm = (n + 1) // 2
-    harmful = sample_prompts(load_set("advbench"), n_harm, seed, exclude)
-    benign = sample_prompts(load_set("truthfulqa"), n - n_harm, seed, exclude)
+    harmful, benign = sample_prompts(harmful, n_harm, seed), sample_prompts(benign, n - n_harm, seed)
     out = []
     for i in range(n_harm):
         out.append(harmful[i])

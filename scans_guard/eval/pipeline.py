@@ -94,7 +94,7 @@ def _artifact_summary(engine: ScansEngine) -> dict:
     meta = engine.artifact.meta
     return {
         "model_name": meta.model_name, "recipe": meta.recipe.model_dump(), "anchors": {
-            k: v.model_dump() for k, v in meta.anchors.items()},
+            k: v.model_dump(exclude={"prompt_sha256"}) for k, v in meta.anchors.items()},
         "threshold_fit": meta.threshold_fit, "platt": meta.platt.model_dump() if meta.platt else None,
         "layer_analysis": meta.layer_analysis, "notes": meta.notes, "library_version": meta.library_version,
     }
@@ -130,7 +130,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     out = Path(config.out_dir)
     data_dir = config.resolved_data_dir()
     conditions = build_conditions(config.conditions, engine.recipe, config.helpful_system_prompt)
-    calib = calibration_prompts(engine.artifact, data_dir)
+    calib = calibration_prompts(engine.artifact)
     sets, infos, skipped = load_benchmarks(config.sets, data_dir, calib, config.limit, config.seed,
                                            config.exclude_threshold_fit)
     run = {
@@ -146,8 +146,9 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
         "sets": {k: v.as_dict() for k, v in infos.items()},
         "selection": {k: [p.index for p in v] for k, v in sets.items()},  # row numbers in each set's file
         "skipped_sets": skipped,
-        "calibration_prompts": {"anchors_excluded": len(calib.anchors), "anchors_verified": calib.anchors_verified,
-                                "threshold_fit_prompts": len(calib.threshold_fit or calib.threshold_fit_hashes),
+        "calibration_prompts": {"anchors_excluded": len(calib.anchor_hashes),
+                                "anchors_verified": calib.anchors_verified,
+                                "threshold_fit_prompts": len(calib.threshold_fit_hashes),
                                 "threshold_fit_verified": calib.threshold_fit_verified,
                                 "threshold_fit_excluded": config.exclude_threshold_fit, "notes": calib.notes},
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
