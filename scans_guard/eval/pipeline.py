@@ -35,6 +35,7 @@ from .capability import (
 )
 from .conditions import CONDITION_NAMES, HELPFUL_SYSTEM_PROMPT, build_conditions
 from .report import write_report
+from .results import EvalResults
 from .runner import generations_store, rejudge, run_classification, run_generations, scores_store
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ def _check_resume(out: Path, run: dict) -> None:
         raise ValueError(f"{out} holds a run with different {', '.join(diff)}; use another --out to start afresh")
 
 
-def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None = None) -> dict:
-    """Run (or resume) the evaluation and write the report; returns the results dict (also in results.json)."""
+def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None = None) -> EvalResults:
+    """Run (or resume) the evaluation and write the report; returns the typed results (also in results.json)."""
     judge = judge or KeywordJudge()
     out = Path(config.out_dir)
     data_dir = config.resolved_data_dir()
@@ -200,7 +201,7 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
     return [r for r in store.rows if r["condition"] in names and r["item"] in wanted]
 
 
-def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJudge | None = None) -> dict:
+def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJudge | None = None) -> EvalResults:
     """Rebuild results.json, report.md and the plots from a results directory's files (no model needed).
 
     With `judge`, every stored reply is judged again and the report uses (and records) that judge's verdicts;
