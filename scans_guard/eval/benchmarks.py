@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ..artifacts import Artifact, ArtifactMeta, text_sha256
 from ..data import EXTERNAL, SHIPPED, Example, load_set
 from ..errors import ArtifactError
@@ -97,8 +99,7 @@ def calibration_prompts(artifact: Artifact | ArtifactMeta | dict) -> Calibration
     return out
 
 
-@dataclass
-class SetInfo:
+class SetInfo(BaseModel):
     """What was loaded for one set and what was left out."""
 
     name: str
@@ -109,9 +110,6 @@ class SetInfo:
     duplicates_removed: int
     evaluated: int
     labels: dict[str, int]
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
 
 
 def limit_prompts(prompts: list[EvalPrompt], limit: int | None, seed: int) -> list[EvalPrompt]:

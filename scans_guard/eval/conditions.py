@@ -41,9 +41,6 @@ class Condition:
             return {"steer": True}
         return {"steer": True, "coefficient": self.coefficient}
 
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
-
 
 CONDITION_NAMES = ("unsteered", "scans", "helpful_prompt", "always_negative", "always_positive")
 

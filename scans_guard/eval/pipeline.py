@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
@@ -143,8 +144,8 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
         "settings": {**config.model_dump(exclude={"progress"}), "data_dir": str(data_dir) if data_dir else None,
                      "judge": judge_name(judge), "mmlu_per_subject": config.resolved_mmlu_per_subject(),
                      "ppl_windows": config.resolved_ppl_windows()},
-        "conditions": [c.as_dict() for c in conditions],
-        "sets": {k: v.as_dict() for k, v in infos.items()},
+        "conditions": [asdict(c) for c in conditions],
+        "sets": {k: v.model_dump() for k, v in infos.items()},
         "selection": {k: [p.index for p in v] for k, v in sets.items()},  # row numbers in each set's file
         "skipped_sets": skipped,
         "calibration_prompts": {"anchors_excluded": len(calib.anchor_hashes),

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import SteeringRecipe
+from .benchmarks import SetInfo
+from .conditions import Condition
 
 SCHEMA = "scans-guard-eval/1"
 _OPEN = ConfigDict(extra="allow", populate_by_name=True)  # run.json keeps every setting; the models name the read ones
@@ -40,23 +42,6 @@ class RunSettings(BaseModel):
     mmlu_subjects: list[str] | None = None
 
 
-class ConditionInfo(BaseModel):
-    model_config = _OPEN
-    name: str
-    label: str
-    description: str
-
-
-class SetSummary(BaseModel):
-    model_config = _OPEN
-    total: int
-    evaluated: int
-    anchors_removed: int
-    threshold_fit_removed: int
-    threshold_fit_overlap: int
-    labels: dict[str, int]
-
-
 class RunInfo(BaseModel):
     """run.json: the model, artifact, settings, conditions and sets of a run."""
 
@@ -65,8 +50,8 @@ class RunInfo(BaseModel):
     model: RunModel
     artifact: ArtifactSummary
     settings: RunSettings
-    conditions: list[ConditionInfo]
-    sets: dict[str, SetSummary] = Field(default_factory=dict)
+    conditions: list[Condition]
+    sets: dict[str, SetInfo] = Field(default_factory=dict)
     skipped_sets: list[str] = Field(default_factory=list)
     calibration_prompts: dict = Field(default_factory=dict)
     capability_notes: list[str] = Field(default_factory=list)
