@@ -48,7 +48,8 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         "xstest_safe": [e.prompt for e in xstest if not e.harmful],
         "xstest_unsafe": [e.prompt for e in xstest if e.harmful],
         "oktest": [e.prompt for e in load_set("oktest", data_dir)],
-        "advbench_heldout": [e.prompt for e in load_set("advbench") if not_anchor(e.prompt) and e.prompt not in repe_all],
+        "advbench_heldout": [e.prompt for e in load_set("advbench")
+                             if not_anchor(e.prompt) and e.prompt not in repe_all],
         "harmfulq": [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[1]],  # evaluation half
         "malicious_instruct": [e.prompt for e in load_set("malicious_instruct", data_dir)],
         "tune_harmful": [e.prompt for e in repe_train if e.harmful and not_anchor(e.prompt)]

@@ -3,8 +3,8 @@
 An artifact directory holds `tensors.safetensors` (refusal_vectors [n_layers, hidden], d_harm
 [n_classify_layers, hidden], and with a sigma probe probe_weight [hidden]) and `artifact.json` (recipe, model
 fingerprint, fit report, the sha256 of the tensors file, checked on load, and the sha256 of every prompt it was
-fitted on: anchors, T fit, probe training, so evaluations and benchmarks hold them out without re-deriving them). Writes go to a temporary directory renamed into place, so a reader
-never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
+fitted on: anchors, T fit, probe training, so evaluations and benchmarks hold them out without re-deriving them).
+Writes go to a temporary directory renamed into place, so a reader never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
 """
 
 from __future__ import annotations

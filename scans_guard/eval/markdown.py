@@ -178,11 +178,11 @@ def _capability(res: EvalResults) -> list[str]:
     rows = []
     for c in res.run.conditions:
         p, m = cap.perplexity.get(c.name), cap.mmlu.get(c.name)
+        skipped = f"; {m.skipped_too_long} too long, skipped" if m and m.skipped_too_long else ""
         rows.append([c.label,
                      f"{num(p.perplexity, 2)} ({p.windows} window{'s' if p.windows != 1 else ''}, {p.tokens} tokens)"
                      if p else "n/a",
-                     f"{pct(m.accuracy)} ({m.correct}/{m.n}"
-                     + (f"; {m.skipped_too_long} too long, skipped" if m.skipped_too_long else "") + ")" if m else "n/a",
+                     f"{pct(m.accuracy)} ({m.correct}/{m.n}{skipped})" if m else "n/a",
                      f"{m.towards_refusal}/{m.away_from_refusal}" if m else "–"])
     subjects = "each subject" if not settings.mmlu_subjects else ", ".join(settings.mmlu_subjects)
     return ["## Capability", "",
