@@ -33,7 +33,7 @@ from scans_guard import (
 )
 from scans_guard.artifacts import ArtifactMeta
 from scans_guard.cli import main
-from scans_guard.engine import MAX_COEFFICIENT
+from scans_guard.steering import MAX_COEFFICIENT
 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
