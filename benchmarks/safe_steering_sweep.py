@@ -24,13 +24,16 @@ from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.artifacts import text_sha256
-from scans_guard.data import load_set, tune_eval_split
+from scans_guard.data import contrast_set, load_set, tune_eval_split
 from scans_guard.judge import KeywordJudge
 from scans_guard.paths import require_data_dir
 
 EVAL_SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
 TUNE_SETS = ["tune_harmful", "tune_benign"]
-HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct", "tune_harmful"}
+# The project's own look-alike pairs (train split): where the steer T is chosen (benchmarks/steer_threshold.py).
+CONTRAST_SETS = ["contrast_train_unsafe", "contrast_train_safe"]
+HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct", "tune_harmful",
+                "contrast_train_unsafe"}
 
 
 def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstest_limit: int | None = None,
@@ -56,6 +59,8 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         + [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[0]],
         "tune_benign": [e.prompt for e in repe_train if not e.harmful]
         + [e.prompt for e in load_set("oktest_heldout", data_dir)],
+        "contrast_train_unsafe": [e.prompt for e in contrast_set("train") if e.harmful],
+        "contrast_train_safe": [e.prompt for e in contrast_set("train") if not e.harmful],
     }
     limits = {"xstest_safe": xstest_limit or limit, "xstest_unsafe": xstest_limit or limit}
     return {name: random.Random(seed).sample(sorted(set(p)), min(limits.get(name, limit), len(set(p))))
@@ -251,7 +256,8 @@ def main() -> None:
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=40, help="prompts per set")
     g.add_argument("--xstest-limit", type=int, help="prompts per XSTest half (default: --limit; 250 takes all)")
-    g.add_argument("--sets", nargs="*", help=f"only these sets (default: all of {EVAL_SETS + TUNE_SETS})")
+    g.add_argument("--sets", nargs="*",
+                   help=f"only these sets (default: all of {EVAL_SETS + TUNE_SETS + CONTRAST_SETS})")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--coefficients", default="0,-1,1,-2")
     g.add_argument("--nll-limit", type=int, default=None, help="fluency NLL on this many prompts per set")
