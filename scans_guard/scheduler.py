@@ -28,164 +28,36 @@ as with the engine's own batching).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .batching import PromptBatch, prefill
-from .config import GenerationConfig, SafetyVerdict, SteeredOutput
+from .config import GenerationConfig, SteeredOutput
 from .engine import Conversation, ScansEngine, StreamEvent, _coefficients, _Row
-from .errors import InvalidArgumentError, NonFiniteScoreError, ScansGuardError, UnsupportedArchitectureError
+from .errors import InvalidArgumentError, NonFiniteScoreError
 from .hooks import add_to_block_outputs
+from .kv_batch import KVBatch, cache_tensors, make_cache
+from .request_handle import (  # noqa: F401  (re-exported: the scheduler's public names live here too)
+    QueueFullError,
+    RequestHandle,
+    RequestTimeoutError,
+    SchedulerClosedError,
+    SchedulerError,
+)
 from .steering import _TokenChooser, steering_deltas
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
-
-
-class SchedulerError(ScansGuardError):
-    """Base of the continuous-batching scheduler's errors."""
-
-
-class QueueFullError(SchedulerError):
-    """Too many requests are waiting to join the batch (HTTP 429)."""
-
-
-class RequestTimeoutError(SchedulerError):
-    """The request did not finish within its time limit."""
-
-
-class SchedulerClosedError(SchedulerError):
-    """The scheduler was closed before the request finished."""
-
-
-class RequestHandle:
-    """One submitted request: its events, in order, for one consumer (a thread or an asyncio task).
-
-    Events are the engine's `StreamEvent`s with `row=0`: the verdict (when the request is classified), text pieces,
-    and finally the output. Iteration ends after the output, after `cancel()`, or raises the request's error.
-    """
-
-    def __init__(self, request_id: int, prompt_tokens: int):
-        self.id = request_id
-        self.prompt_tokens = prompt_tokens
-        self.submitted_at = time.perf_counter()
-        self.started_at: float | None = None  # joined the batch (after its sigma pass or prefill)
-        self.first_token_at: float | None = None  # its first token was chosen
-        self.finished_at: float | None = None
-        self.verdict: SafetyVerdict | None = None
-        self.output: SteeredOutput | None = None
-        self.refused = False  # answered with the refusal text without generating (guard mode)
-        self.error: BaseException | None = None
-        self._cancelled = threading.Event()
-        self._events: collections.deque[StreamEvent] = collections.deque()
-        self._done = False
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self._on_cancel: Callable[[], None] | None = None
-
-    # -- producer side (the worker thread) --------------------------------------------------------------------
-    def _push(self, event: StreamEvent | None = None, *, done: bool = False, error: BaseException | None = None):
-        with self._cond:
-            if self._done:
-                return
-            if event is not None:
-                self._events.append(event)
-                if event.output is not None:
-                    self.output = event.output
-            if done or error is not None:
-                self._done = True
-                self.error = error
-                self.finished_at = time.perf_counter()
-            self._cond.notify_all()
-            waiters, self._waiters = self._waiters, []
-        for loop, ready in waiters:
-            try:
-                loop.call_soon_threadsafe(ready.set)
-            except RuntimeError:  # that event loop is closed: nobody waits there any more
-                pass
-
-    # -- consumer side ------------------------------------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        """End the request: it leaves the batch (or the queue) at the next step; iteration stops."""
-        if self._done:
-            return
-        self._cancelled.set()
-        self._push(done=True)
-        if self._on_cancel is not None:
-            self._on_cancel()
-
-    def _pop(self) -> StreamEvent | None:
-        """The next event, or None when the request is over (raising its error, if any); caller holds _cond."""
-        if self._events:
-            return self._events.popleft()
-        if self.error is not None:
-            raise self.error
-        return None
-
-    def next_event(self, timeout: float | None = None) -> StreamEvent | None:
-        """Block for the next event; None once the request is over. TimeoutError if `timeout` passes first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self._events and not self._done:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError("no event within the timeout")
-                self._cond.wait(left)
-            return self._pop()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> StreamEvent:
-        event = self.next_event()
-        if event is None:
-            raise StopIteration
-        return event
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        while True:
-            with self._cond:
-                if self._events or self._done:
-                    event = self._pop()
-                    if event is None:
-                        raise StopAsyncIteration
-                    return event
-                ready = asyncio.Event()
-                self._waiters.append((asyncio.get_running_loop(), ready))
-            await ready.wait()
-
-    def result(self, timeout: float | None = None) -> SteeredOutput | None:
-        """Wait for the output (None if cancelled); raises the request's error."""
-        for event in iter(lambda: self.next_event(timeout), None):
-            pass
-        return self.output
-
-    async def aresult(self) -> SteeredOutput | None:
-        async for _ in self:
-            pass
-        return self.output
 
 
 @dataclass
@@ -214,79 +86,6 @@ class _Active:
     classify_s: float = 0.0
 
 
-@dataclass
-class _Batch:
-    """The running batch: per-layer KV tensors, masks and positions, one row per active request."""
-
-    keys: list[torch.Tensor]  # per layer [batch, heads, seq, head_dim]
-    values: list[torch.Tensor]
-    mask: torch.Tensor  # [batch, seq] 1 = real token
-    positions: torch.Tensor  # [batch] position of the next input token
-    inputs: torch.Tensor  # [batch] next input token
-    rows: list[_Active]
-
-    def select(self, index: Sequence[int], rows: list[_Active] | None = None) -> _Batch:
-        """Rows `index` only (named `rows`, default: their own), without columns that are padding in all of them."""
-        idx = torch.tensor(list(index), dtype=torch.long, device=self.mask.device)
-        batch = _Batch([k[idx] for k in self.keys], [v[idx] for v in self.values], self.mask[idx],
-                       self.positions[idx], self.inputs[idx], rows if rows is not None else [self.rows[i] for i in index])
-        batch._trim()
-        return batch
-
-    def _trim(self) -> None:
-        """Drop leading columns that are padding in every row."""
-        if self.mask.shape[1] == 0 or not self.rows:
-            return
-        first = int((self.mask != 0).int().argmax(dim=1).min()) if bool(self.mask.any()) else self.mask.shape[1]
-        if first > 0:
-            self.keys = [k[:, :, first:] for k in self.keys]
-            self.values = [v[:, :, first:] for v in self.values]
-            self.mask = self.mask[:, first:]
-
-    @staticmethod
-    def merge(a: _Batch | None, b: _Batch) -> _Batch:
-        """Rows of `a` then `b`, left-padded to a common cache length."""
-        if a is None or not a.rows:
-            return b
-        width = max(a.mask.shape[1], b.mask.shape[1])
-
-        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = width - t.shape[dim]
-            if missing == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = missing
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-        return _Batch([torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.keys, b.keys)],
-                      [torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.values, b.values)],
-                      torch.cat([pad(a.mask, 1), pad(b.mask, 1)]), torch.cat([a.positions, b.positions]),
-                      torch.cat([a.inputs, b.inputs]), a.rows + b.rows)
-
-
-def _cache_tensors(cache: object) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-layer keys and values of a transformers DynamicCache of full-attention layers."""
-    layers = getattr(cache, "layers", None)
-    if layers is None or any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
-        raise UnsupportedArchitectureError(
-            f"continuous batching needs a dynamic full-attention KV cache, got {type(cache).__name__}")
-    return [layer.keys for layer in layers], [layer.values for layer in layers]
-
-
-def _make_cache(keys: list[torch.Tensor], values: list[torch.Tensor]) -> object:
-    """A DynamicCache whose layers hold these tensors (no copy; the forward pass appends to them)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache()
-    for k, v in zip(keys, values):
-        layer = DynamicLayer()
-        layer.lazy_initialization(k, v)
-        layer.keys, layer.values = k, v
-        cache.layers.append(layer)
-    return cache
-
-
 class ContinuousBatcher:
     """Serve many requests on one engine with continuous batching (see the module docstring).
 
@@ -305,7 +104,7 @@ class ContinuousBatcher:
         self.max_queue = max_queue
         self.on_step = on_step
         self._waiting: collections.deque[_Request] = collections.deque()
-        self._batch: _Batch | None = None
+        self._batch: KVBatch | None = None
         self._deltas: dict[int, torch.Tensor] | None = None  # of the current batch rows; None: recompute
         self._cond = threading.Condition()
         self._closed = False
@@ -476,7 +275,7 @@ class ContinuousBatcher:
                 self._admit_classified(rest, operating_point)
             return
         classify_s = time.perf_counter() - t0
-        keys, values = _cache_tensors(sp.cache)
+        keys, values = cache_tensors(sp.cache)
         mask = sp.prompt_batch.attention_mask
         logits = sp.last_prompt_logits
         first_token, steered = [], []
@@ -495,14 +294,14 @@ class ContinuousBatcher:
                 continue
             coefficient = verdict.coefficient if request.steer else 0.0
             (steered if coefficient != 0 else first_token).append((i, coefficient))
-        full = _Batch(keys, values, mask, torch.tensor([len(r.prompt) for r in requests], device=mask.device),
+        full = KVBatch(keys, values, mask, torch.tensor([len(r.prompt) for r in requests], device=mask.device),
                       torch.zeros(len(requests), dtype=torch.long, device=mask.device), [])
         if first_token:  # unsteered: token 1 comes from the sigma pass, as in iter_generate
             rows = [self._active(requests[i], c, classify_s) for i, c in first_token]
             self._join(full, [i for i, _ in first_token], rows, logits)
         if steered:  # steering starts at the last prompt token: drop it from the cache and feed it again
             rows = [self._active(requests[i], c, classify_s) for i, c in steered]
-            cropped = _Batch([k[..., :-1, :] for k in keys], [v[..., :-1, :] for v in values], mask[:, :-1],
+            cropped = KVBatch([k[..., :-1, :] for k in keys], [v[..., :-1, :] for v in values], mask[:, :-1],
                              full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
             self._join(cropped, [i for i, _ in steered], rows, None)
 
@@ -517,8 +316,8 @@ class ContinuousBatcher:
         with torch.inference_mode(), self.handle.lock, \
                 add_to_block_outputs(self.handle.layers, deltas, start_column=width - 1):
             out = prefill(self.handle.model, prompts, use_cache=True, logits_to_keep=1)
-        keys, values = _cache_tensors(out.cache)
-        full = _Batch(keys, values, prompts.attention_mask,
+        keys, values = cache_tensors(out.cache)
+        full = KVBatch(keys, values, prompts.attention_mask,
                       torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
                       torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
         rows = [self._active(r, float(c), 0.0) for r, c in zip(requests, coefs.tolist())]
@@ -529,7 +328,7 @@ class ContinuousBatcher:
         return _Active(request=request, chooser=_TokenChooser(request.config, prompts), coefficient=coefficient,
                        classify_s=classify_s)
 
-    def _join(self, group: _Batch, index: list[int], rows: list[_Active], logits: torch.Tensor | None) -> None:
+    def _join(self, group: KVBatch, index: list[int], rows: list[_Active], logits: torch.Tensor | None) -> None:
         """Rows `index` of `group` (a newcomers' pass) join the running batch as `rows`; with `logits`, each first
         chooses its token from them."""
         part = group.select(index, rows)
@@ -544,7 +343,7 @@ class ContinuousBatcher:
             if len(keep) < len(rows):
                 part = part.select(keep)
         if part.rows:
-            self._batch = _Batch.merge(self._batch, part)
+            self._batch = KVBatch.merge(self._batch, part)
             self._deltas = None
 
     # -- decoding -------------------------------------------------------------------------------------------
@@ -571,14 +370,14 @@ class ContinuousBatcher:
         if self._deltas is None:
             self._deltas = self._steering(torch.tensor([row.coefficient for row in batch.rows]))
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
-        cache = _make_cache(batch.keys, batch.values)
+        cache = make_cache(batch.keys, batch.values)
         with torch.inference_mode(), self.handle.lock, \
                 add_to_block_outputs(self.handle.layers, self._deltas, start_column=0):
             out = self.handle.model(input_ids=batch.inputs[:, None], attention_mask=mask,
                                     position_ids=batch.positions[:, None], cache=cache, use_cache=True,
                                     logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
-        batch.keys, batch.values = _cache_tensors(out.cache)
+        batch.keys, batch.values = cache_tensors(out.cache)
         batch.mask = mask
         batch.positions = batch.positions + 1
         tokens = [self._accept(row, row.chooser(logits[i:i + 1])) for i, row in enumerate(batch.rows)]

@@ -1,4 +1,4 @@
-"""The official `openai` client and LangChain's ChatOpenAI against a live server: create, stream, stop, usage, errors."""
+"""The `openai` client and LangChain's ChatOpenAI against a live server: create, stream, stop, usage, errors."""
 
 import pytest
 
