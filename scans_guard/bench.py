@@ -58,6 +58,7 @@ class BenchConfig:
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     seed: int = 0
     quick: bool = False
+    serve: bool = True  # the serve section: the HTTP server under concurrent clients (needs the [serve] extra)
 
     @classmethod
     def quick_config(cls, **overrides: object) -> BenchConfig:
@@ -502,6 +503,13 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> dict:
     result["sigma"] = bench_sigma(engine, pool, cfg)
     say("batched steering with per-row signs")
     result["batched_steering"] = bench_batched_steering(engine, pool, cfg)
+    if cfg.serve:
+        from .bench_serve import bench_serve
+
+        say("serve: the HTTP server, one client vs concurrent clients, /v1/classify, idle memory")
+        result["serve"] = bench_serve(engine, e2e_prompts, cfg, _current_rss_mb)
+    else:
+        result["serve"] = {"skipped": "--no-serve"}
     memory = None
     if cfg.memory:
         say("memory: one subprocess per mode")
