@@ -59,6 +59,8 @@ def _cases(engine):
             full = engine.generate(prompt, config, **kw)[0].text
             assert len(full) >= 4
             config = config.model_copy(update={"stop": [full[2:4]]})
+        if i == 6:
+            config = config.model_copy(update={"repetition_penalty": 1.3})
         if i == 7:
             config = config.model_copy(update={"temperature": 0.9, "top_p": 0.9, "seed": 3})
         cases.append((prompt, config, kw))

@@ -147,6 +147,8 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
             return StreamingResponse(stream(state, request, handle, meta, extension, include_usage, started),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         await until_done(request, handle)
+        if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
+            return Response(status_code=499)
         return JSONResponse(completion(state, handle, meta, extension, started))
 
     @app.post("/v1/classify")

@@ -81,6 +81,18 @@ def test_client_that_disconnects_mid_stream_frees_its_row(server, model_name, ti
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
 
 
+def test_client_that_gives_up_on_a_completion_frees_its_row(server, model_name, tiny_engine):
+    scheduler = scheduler_of(server)
+    body = {"model": model_name, "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 400,
+            "ignore_eos": True}
+    with slow_steps(tiny_engine, 0.01), httpx.Client(base_url=server.base_url, timeout=0.5) as http:
+        steps_before = scheduler.steps
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json=body)
+        assert wait_until(lambda: scheduler.running == 0, timeout=10)
+        assert scheduler.steps - steps_before < 200
+
+
 def test_queue_full_is_429_and_timeout_is_504(tiny_engine, model_name):
     body = {"model": model_name, "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": 300,
             "ignore_eos": True}
