@@ -1,7 +1,6 @@
 """Continuous batching on the tiny model: every request's output equals its output alone, rows join and leave."""
 
 import asyncio
-import contextlib
 import threading
 import time
 
@@ -15,6 +14,7 @@ from scans_guard.scheduler import (
     RequestTimeoutError,
     SchedulerClosedError,
 )
+from scans_guard.testing import slow_steps, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,25 +28,6 @@ PROMPTS = [
     "Sure, here is how to bake bread at home.",
     "I'm sorry",
 ]
-
-
-@contextlib.contextmanager
-def slow_steps(engine, seconds: float):
-    """Every forward pass of the model takes at least `seconds` (so a test can act while a request decodes)."""
-    hook = engine.handle.model.register_forward_hook(lambda *_: time.sleep(seconds))
-    try:
-        yield
-    finally:
-        hook.remove()
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def _cases(engine):
@@ -81,7 +62,7 @@ def test_staggered_requests_equal_their_output_alone(tiny_engine):
     assert {o.verdict.direction for o in alone if o.verdict} >= {"towards_refusal"}
     assert any(o.finish_reason == "stop" and o.completion_tokens < c.max_new_tokens
                for o, (_, c, _) in zip(alone, cases))
-    with ContinuousBatcher(tiny_engine) as batcher, slow_steps(tiny_engine, 0.002):
+    with ContinuousBatcher(tiny_engine) as batcher, slow_steps(tiny_engine.handle, 0.002):
         handles = []
         for prompt, config, kw in cases:  # each arrives while the earlier ones decode
             handles.append(batcher.submit(prompt, config, **kw))
@@ -128,7 +109,7 @@ def test_async_consumers(tiny_engine):
 def test_cancel_frees_the_row_and_others_go_on(tiny_engine):
     long = GenerationConfig(max_new_tokens=400, ignore_eos=True)
     short = GenerationConfig(max_new_tokens=8)
-    with ContinuousBatcher(tiny_engine) as batcher, slow_steps(tiny_engine, 0.003):
+    with ContinuousBatcher(tiny_engine) as batcher, slow_steps(tiny_engine.handle, 0.003):
         doomed = batcher.submit(PROMPTS[0], long)
         other = batcher.submit(PROMPTS[2], short)
         assert wait_until(lambda: doomed.first_token_at is not None)
@@ -198,7 +179,7 @@ def test_prompt_cap_raises_at_submit(tiny, tiny_artifact):
 
 def test_queue_full_timeout_and_close(tiny_engine):
     long = GenerationConfig(max_new_tokens=300, ignore_eos=True)
-    with slow_steps(tiny_engine, 0.003):
+    with slow_steps(tiny_engine.handle, 0.003):
         batcher = ContinuousBatcher(tiny_engine, max_batch=1, max_queue=1)
         running = batcher.submit(PROMPTS[0], long)
         assert wait_until(lambda: batcher.running == 1)

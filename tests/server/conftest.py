@@ -14,14 +14,9 @@ pytest.importorskip("uvicorn", reason="the server needs the [serve] extra: pip i
 from server_helpers import running  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_torch_thread(one_torch_thread):
+    """The tiny model's matrices are too small for intra-op threads (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""Helpers of the server tests: a server on a loopback port, slowed-down model steps, bounded polling."""
+"""Helpers of the server tests: a server on a loopback port, bounded polling, slowed-down model steps."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 
 from scans_guard.server import LocalServer, ServerSettings, create_app
+from scans_guard.testing import slow_steps, wait_until  # noqa: F401  (the tests import them from here)
 
 
 @contextlib.contextmanager
@@ -13,25 +13,6 @@ def running(engine_or_loader, **settings):
     """A server on 127.0.0.1 (a free port) for the block; stopped when it ends."""
     with LocalServer(create_app(engine_or_loader, ServerSettings(**settings))) as server:
         yield server
-
-
-@contextlib.contextmanager
-def slow_steps(engine, seconds: float):
-    """Every forward pass of the model takes at least `seconds`."""
-    hook = engine.handle.model.register_forward_hook(lambda *_: time.sleep(seconds))
-    try:
-        yield
-    finally:
-        hook.remove()
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def scheduler_of(server):

@@ -53,7 +53,7 @@ def test_eight_concurrent_clients_equal_alone(server, model_name, tiny_engine):
         assert (text, tokens) == (out.text, out.completion_tokens)
     scheduler = scheduler_of(server)
     steps_before = scheduler.steps
-    with slow_steps(tiny_engine, 0.003), ThreadPoolExecutor(8) as pool:
+    with slow_steps(tiny_engine.handle, 0.003), ThreadPoolExecutor(8) as pool:
         together = list(pool.map(_send, clients, requests, timeout=120))
     assert together == alone
     # they shared decoding steps: fewer steps than tokens generated
@@ -66,7 +66,7 @@ def test_client_that_disconnects_mid_stream_frees_its_row(server, model_name, ti
     scheduler = scheduler_of(server)
     body = {"model": model_name, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 400,
             "ignore_eos": True, "stream": True}
-    with slow_steps(tiny_engine, 0.01), httpx.Client(base_url=server.base_url, timeout=30) as http:
+    with slow_steps(tiny_engine.handle, 0.01), httpx.Client(base_url=server.base_url, timeout=30) as http:
         steps_before = scheduler.steps
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
@@ -85,7 +85,7 @@ def test_client_that_gives_up_on_a_completion_frees_its_row(server, model_name, 
     scheduler = scheduler_of(server)
     body = {"model": model_name, "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 400,
             "ignore_eos": True}
-    with slow_steps(tiny_engine, 0.01), httpx.Client(base_url=server.base_url, timeout=0.5) as http:
+    with slow_steps(tiny_engine.handle, 0.01), httpx.Client(base_url=server.base_url, timeout=0.5) as http:
         steps_before = scheduler.steps
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/chat/completions", json=body)
@@ -96,7 +96,7 @@ def test_client_that_gives_up_on_a_completion_frees_its_row(server, model_name, 
 def test_queue_full_is_429_and_timeout_is_504(tiny_engine, model_name):
     body = {"model": model_name, "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": 300,
             "ignore_eos": True}
-    with slow_steps(tiny_engine, 0.01), running(tiny_engine, max_batch=1, max_queue=1,
+    with slow_steps(tiny_engine.handle, 0.01), running(tiny_engine, max_batch=1, max_queue=1,
                                                 request_timeout_s=2.0) as srv, \
             httpx.Client(base_url=srv.base_url, timeout=30) as http:
         scheduler = scheduler_of(srv)
