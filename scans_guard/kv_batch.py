@@ -61,9 +61,9 @@ class KVBatch:
             return torch.cat([t.new_zeros(shape), t], dim=dim)
 
         return KVBatch([torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.keys, b.keys)],
-                      [torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.values, b.values)],
-                      torch.cat([pad(a.mask, 1), pad(b.mask, 1)]), torch.cat([a.positions, b.positions]),
-                      torch.cat([a.inputs, b.inputs]), a.rows + b.rows)
+                       [torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.values, b.values)],
+                       torch.cat([pad(a.mask, 1), pad(b.mask, 1)]), torch.cat([a.positions, b.positions]),
+                       torch.cat([a.inputs, b.inputs]), a.rows + b.rows)
 
 
 def cache_tensors(cache: object) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -99,7 +99,7 @@ class ContinuousBatcher:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         self.engine = engine
-        self.handle = engine.handle
+        self._model = engine.handle  # the ModelHandle
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.on_step = on_step
@@ -110,7 +110,7 @@ class ContinuousBatcher:
         self._closed = False
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
-        self._eos = None
+        self._eos = engine.handle.eos_token_ids()  # tokens that end a reply (unless ignore_eos)
         self.steps = 0  # decoding steps run (all rows together)
 
     # -- public API ---------------------------------------------------------------------------------------------
@@ -245,22 +245,24 @@ class ContinuousBatcher:
 
     # -- admission ------------------------------------------------------------------------------------------
     def _admit(self, requests: list[_Request]) -> None:
-        """Newcomers' passes, batched: one sigma pass per operating point, one prefill for the unclassified. A pass
-        that fails fails its own requests only; the running batch goes on."""
+        """Newcomers' passes, batched: one sigma pass per operating point, one prefill for the unclassified."""
         requests = [r for r in requests if not r.handle.cancelled]
         sigma = [r for r in requests if r.classify]
-        groups = [(self._admit_classified, [r for r in sigma if r.operating_point == point], point)
-                  for point in sorted({r.operating_point for r in sigma})]
+        for point in sorted({r.operating_point for r in sigma}):
+            self._isolated(self._admit_classified, [r for r in sigma if r.operating_point == point], point)
         plain = [r for r in requests if not r.classify]
         if plain:
-            groups.append((self._admit_prefilled, plain, None))
-        for admit, group, *args in groups:
-            try:
-                admit(group, *[a for a in args if a is not None])
-            except Exception as exc:
-                log.exception("admitting %d request(s) failed", len(group))
-                for request in group:
-                    request.handle._push(error=exc)
+            self._isolated(self._admit_prefilled, plain)
+
+    @staticmethod
+    def _isolated(admit: Callable, group: list[_Request], *args: object) -> None:
+        """A pass that fails fails its own requests only; the running batch goes on."""
+        try:
+            admit(group, *args)
+        except Exception as exc:
+            log.exception("admitting %d request(s) failed", len(group))
+            for request in group:
+                request.handle._push(error=exc)
 
     def _admit_classified(self, requests: list[_Request], operating_point: str) -> None:
         """One sigma pass over the newcomers (its cache kept); each row then joins as the engine would start it."""
@@ -295,36 +297,36 @@ class ContinuousBatcher:
             coefficient = verdict.coefficient if request.steer else 0.0
             (steered if coefficient != 0 else first_token).append((i, coefficient))
         full = KVBatch(keys, values, mask, torch.tensor([len(r.prompt) for r in requests], device=mask.device),
-                      torch.zeros(len(requests), dtype=torch.long, device=mask.device), [])
+                       torch.zeros(len(requests), dtype=torch.long, device=mask.device), [])
         if first_token:  # unsteered: token 1 comes from the sigma pass, as in iter_generate
             rows = [self._active(requests[i], c, classify_s) for i, c in first_token]
             self._join(full, [i for i, _ in first_token], rows, logits)
         if steered:  # steering starts at the last prompt token: drop it from the cache and feed it again
             rows = [self._active(requests[i], c, classify_s) for i, c in steered]
             cropped = KVBatch([k[..., :-1, :] for k in keys], [v[..., :-1, :] for v in values], mask[:, :-1],
-                             full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
+                              full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
             self._join(cropped, [i for i, _ in steered], rows, None)
 
     def _admit_prefilled(self, requests: list[_Request]) -> None:
         """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt
         token on, as `steered_decode` prefills them); token 1 comes from its logits."""
-        prompts = PromptBatch.left_pad([r.prompt for r in requests], self.handle.tokenizer.pad_token_id,
-                                       self.handle.device)
+        prompts = PromptBatch.left_pad([r.prompt for r in requests], self._model.tokenizer.pad_token_id,
+                                       self._model.device)
         coefs = torch.tensor([r.coefficient or 0.0 for r in requests])
         deltas = self._steering(coefs)
         width = prompts.input_ids.shape[1]
-        with torch.inference_mode(), self.handle.lock, \
-                add_to_block_outputs(self.handle.layers, deltas, start_column=width - 1):
-            out = prefill(self.handle.model, prompts, use_cache=True, logits_to_keep=1)
+        with torch.inference_mode(), self._model.lock, \
+                add_to_block_outputs(self._model.layers, deltas, start_column=width - 1):
+            out = prefill(self._model.model, prompts, use_cache=True, logits_to_keep=1)
         keys, values = cache_tensors(out.cache)
         full = KVBatch(keys, values, prompts.attention_mask,
-                      torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
-                      torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
+                       torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
+                       torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
         rows = [self._active(r, float(c), 0.0) for r, c in zip(requests, coefs.tolist())]
         self._join(full, list(range(len(requests))), rows, out.logits[:, -1, :].float())
 
     def _active(self, request: _Request, coefficient: float, classify_s: float) -> _Active:
-        prompts = PromptBatch.left_pad([request.prompt], self.handle.tokenizer.pad_token_id, self.handle.device)
+        prompts = PromptBatch.left_pad([request.prompt], self._model.tokenizer.pad_token_id, self._model.device)
         return _Active(request=request, chooser=_TokenChooser(request.config, prompts), coefficient=coefficient,
                        classify_s=classify_s)
 
@@ -350,7 +352,7 @@ class ContinuousBatcher:
     def _steering(self, coefs: torch.Tensor) -> dict[int, torch.Tensor]:
         if not bool(coefs.any()):
             return {}
-        return steering_deltas(self.engine._vectors, self.engine.recipe.steer_layers, coefs, self.handle)
+        return steering_deltas(self.engine._vectors, self.engine.recipe.steer_layers, coefs, self._model)
 
     def _step(self) -> None:
         batch = self._batch
@@ -371,9 +373,9 @@ class ContinuousBatcher:
             self._deltas = self._steering(torch.tensor([row.coefficient for row in batch.rows]))
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         cache = make_cache(batch.keys, batch.values)
-        with torch.inference_mode(), self.handle.lock, \
-                add_to_block_outputs(self.handle.layers, self._deltas, start_column=0):
-            out = self.handle.model(input_ids=batch.inputs[:, None], attention_mask=mask,
+        with torch.inference_mode(), self._model.lock, \
+                add_to_block_outputs(self._model.layers, self._deltas, start_column=0):
+            out = self._model.model(input_ids=batch.inputs[:, None], attention_mask=mask,
                                     position_ids=batch.positions[:, None], cache=cache, use_cache=True,
                                     logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
@@ -408,8 +410,6 @@ class ContinuousBatcher:
         if handle.first_token_at is None:
             handle.first_token_at = time.perf_counter()
         row.chooser.emitted(token_tensor.reshape(1))
-        if self._eos is None:
-            self._eos = self.handle.eos_token_ids()
         if token in self._eos and not config.ignore_eos:
             state.finish = "stop"
         else:
