@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.data import anchor_split, load_set, tune_eval_split
+from scans_guard.artifacts import text_sha256
+from scans_guard.data import load_set, tune_eval_split
 from scans_guard.judge import KeywordJudge
 from scans_guard.paths import require_data_dir
 
@@ -35,8 +36,11 @@ HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_inst
 def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstest_limit: int | None = None,
                 sets: list[str] | None = None) -> dict[str, list[str]]:
     """Seeded samples of every set; AdvBench held-out excludes the anchors and the RepE-train prompts (T's fit data)."""
-    anchors = engine.artifact.meta.anchors
-    harmful_anchors, _ = anchor_split(anchors["harmful"].n, anchors["harmful"].seed)
+    anchors = engine.artifact.meta.anchor_hashes()  # as the artifact records them
+
+    def not_anchor(prompt: str) -> bool:
+        return text_sha256(prompt) not in anchors
+
     repe_train = load_set("repe_train", data_dir)
     repe_all = {e.prompt for e in repe_train}
     xstest = load_set("xstest")
@@ -45,10 +49,10 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         "xstest_unsafe": [e.prompt for e in xstest if e.harmful],
         "oktest": [e.prompt for e in load_set("oktest", data_dir)],
         "advbench_heldout": [e.prompt for e in load_set("advbench")
-                             if e.prompt not in set(harmful_anchors) | repe_all],
+                             if not_anchor(e.prompt) and e.prompt not in repe_all],
         "harmfulq": [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[1]],  # evaluation half
         "malicious_instruct": [e.prompt for e in load_set("malicious_instruct", data_dir)],
-        "tune_harmful": [e.prompt for e in repe_train if e.harmful and e.prompt not in set(harmful_anchors)]
+        "tune_harmful": [e.prompt for e in repe_train if e.harmful and not_anchor(e.prompt)]
         + [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[0]],
         "tune_benign": [e.prompt for e in repe_train if not e.harmful]
         + [e.prompt for e in load_set("oktest_heldout", data_dir)],
@@ -157,16 +161,60 @@ def recipe_row(name: str, res: dict, base: dict) -> str:
     return f"| {name} | " + " | ".join(cells) + f" | {nll:+.2f} |"
 
 
+def _choose(by_key: dict, scores: dict, base: dict, alphas_b: list[float], grid_T: list[float]) -> dict | None:
+    """The choice, on the tuning split only: the lowest benign refusal whose harmful refusal stays within 2 points of
+    unsteered and whose fluency (NLL under the unsteered model) stays within 0.2 nats/token."""
+    chosen = None
+    for ab in alphas_b if "tune_harmful" in base else []:
+        for T in grid_T:
+            res = compose(by_key, scores, T, 0.0, ab, 0.0)
+            if not res or res["tune_harmful"]["refusal"] < base["tune_harmful"]["refusal"] - 0.02 \
+                    or res["tune_benign"]["nll"] > base["tune_benign"]["nll"] + 0.2:
+                continue
+            key = (res["tune_benign"]["refusal"], ab, -T)
+            if chosen is None or key < chosen[0]:
+                chosen = (key, {"T": T, "alpha_benign": ab, "sets": res})
+    return chosen[1] if chosen else None
+
+
+def _plot(path: str, curves: dict, base: dict, reference: dict) -> None:
+    """Harmful vs safe refusal of each away-only curve, with the unsteered point and the reference recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for ab, pts in curves.items():
+        ax.plot([p[1] * 100 for p in pts], [p[2] * 100 for p in pts], "o-", ms=3, label=f"away only, alpha={ab}")
+        for T, x, y in pts[:: max(1, len(pts) // 5)]:
+            ax.annotate(f"T={T}", (x * 100, y * 100), fontsize=6)
+    bx = np.mean([base[s]["refusal"] for s in HARMFUL_EVAL]) * 100
+    by = np.mean([base[s]["refusal"] for s in SAFE_EVAL]) * 100
+    ax.plot([bx], [by], "k*", ms=12, label="unsteered")
+    if reference and all(s in reference for s in HARMFUL_EVAL + SAFE_EVAL):
+        ax.plot([np.mean([reference[s]["refusal"] for s in HARMFUL_EVAL]) * 100],
+                [np.mean([reference[s]["refusal"] for s in SAFE_EVAL]) * 100], "rX", ms=10, label="reference recipe")
+    ax.axvline(bx - 2, color="grey", ls=":", lw=1, label="gate: unsteered - 2 points")
+    ax.set_xlabel("harmful-prompt refusal % (XSTest unsafe, AdvBench, HarmfulQ, MaliciousInstruct)")
+    ax.set_ylabel("safe-prompt refusal % (XSTest safe, OKTest)")
+    ax.set_title("SCANS trade-off on Qwen2.5-Coder-0.5B-Instruct")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    print(f"wrote {path}")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     out = Path(args.out)
     by_key, scores = load_rows(out)
-    coefs = sorted({k[2] for k in by_key})
-    alphas_b = sorted({-c for c in coefs if c < 0})
+    alphas_b = sorted({-k[2] for k in by_key if k[2] < 0})
     grid_T = np.round(np.arange(args.t_from, args.t_to + 1e-9, 0.0025), 4).tolist()
     base = compose(by_key, scores, 99.0, 0.0, 0.0, 0.0)  # T above every score: nothing steered
+    reference = f"reference: +-1.0, T={args.reference_threshold}"
     recipes = {
         "unsteered": base,
-        f"reference: +-1.0, T={args.reference_threshold}": compose(by_key, scores, args.reference_threshold, 0, 1, 1),
+        reference: compose(by_key, scores, args.reference_threshold, 0, 1, 1),
         f"towards refusal only: +1.0 at T={args.reference_threshold}":
             compose(by_key, scores, args.reference_threshold, 0, 0, 1),
     }
@@ -179,63 +227,19 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     present = [s for s in EVAL_SETS + TUNE_SETS if s in base]
     lines = ["| recipe | " + " | ".join(f"{s} (n={base[s]['n']})" for s in present) + " | ΔNLL (safe sets) |",
              "|" + "---|" * (len(present) + 2)]
-    lines += [recipe_row(name, res, base) for name, res in recipes.items() if res]
-    n = {s: base[s]["n"] for s in base}
-    table = "\n".join(lines)
-    print(table)
-    curves = {}
-    for ab in alphas_b:
-        pts = []
-        for T in grid_T:
-            res = compose(by_key, scores, T, 0.0, ab, 0.0)
-            if res:
-                pts.append((T, np.mean([res[s]["refusal"] for s in HARMFUL_EVAL]),
-                            np.mean([res[s]["refusal"] for s in SAFE_EVAL])))
-        curves[ab] = pts
-    # The choice, on the tuning split only: the lowest benign refusal whose harmful refusal stays within 2 points of
-    # unsteered and whose fluency (NLL under the unsteered model) stays within 0.2 nats/token.
-    chosen = None
-    for ab in alphas_b if "tune_harmful" in base else []:
-        for T in grid_T:
-            res = compose(by_key, scores, T, 0.0, ab, 0.0)
-            if not res or res["tune_harmful"]["refusal"] < base["tune_harmful"]["refusal"] - 0.02 \
-                    or res["tune_benign"]["nll"] > base["tune_benign"]["nll"] + 0.2:
-                continue
-            key = (res["tune_benign"]["refusal"], ab, -T)
-            if chosen is None or key < chosen[0]:
-                chosen = (key, {"T": T, "alpha_benign": ab, "sets": res})
+    print("\n".join(lines + [recipe_row(name, res, base) for name, res in recipes.items() if res]))
+    curves = {ab: [(T, np.mean([res[s]["refusal"] for s in HARMFUL_EVAL]),
+                    np.mean([res[s]["refusal"] for s in SAFE_EVAL]))
+                   for T in grid_T if (res := compose(by_key, scores, T, 0.0, ab, 0.0))] for ab in alphas_b}
+    chosen = _choose(by_key, scores, base, alphas_b, grid_T)
     if chosen:
-        c = chosen[1]
-        recipes[f"chosen on the tuning split: -{c['alpha_benign']} below T={c['T']}"] = c["sets"]
-        print(recipe_row(f"chosen on the tuning split: -{c['alpha_benign']} below T={c['T']}", c["sets"], base))
-    (out / "analysis.json").write_text(json.dumps({"n": n, "recipes": recipes, "curves": curves,
-                                                   "chosen": chosen[1] if chosen else None}, indent=1))
+        name = f"chosen on the tuning split: -{chosen['alpha_benign']} below T={chosen['T']}"
+        recipes[name] = chosen["sets"]
+        print(recipe_row(name, chosen["sets"], base))
+    (out / "analysis.json").write_text(json.dumps({"n": {s: base[s]["n"] for s in base}, "recipes": recipes,
+                                                   "curves": curves, "chosen": chosen}, indent=1))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        for ab, pts in curves.items():
-            ax.plot([p[1] * 100 for p in pts], [p[2] * 100 for p in pts], "o-", ms=3, label=f"away only, alpha={ab}")
-            for T, x, y in pts[:: max(1, len(pts) // 5)]:
-                ax.annotate(f"T={T}", (x * 100, y * 100), fontsize=6)
-        bx = np.mean([base[s]["refusal"] for s in HARMFUL_EVAL]) * 100
-        by = np.mean([base[s]["refusal"] for s in SAFE_EVAL]) * 100
-        ax.plot([bx], [by], "k*", ms=12, label="unsteered")
-        ref = recipes[f"reference: +-1.0, T={args.reference_threshold}"]
-        if ref and all(s in ref for s in HARMFUL_EVAL + SAFE_EVAL):
-            ax.plot([np.mean([ref[s]["refusal"] for s in HARMFUL_EVAL]) * 100],
-                    [np.mean([ref[s]["refusal"] for s in SAFE_EVAL]) * 100], "rX", ms=10, label="reference recipe")
-        ax.axvline(bx - 2, color="grey", ls=":", lw=1, label="gate: unsteered - 2 points")
-        ax.set_xlabel("harmful-prompt refusal % (XSTest unsafe, AdvBench, HarmfulQ, MaliciousInstruct)")
-        ax.set_ylabel("safe-prompt refusal % (XSTest safe, OKTest)")
-        ax.set_title("SCANS trade-off on Qwen2.5-Coder-0.5B-Instruct")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=130)
-        print(f"wrote {args.plot}")
+        _plot(args.plot, curves, base, recipes[reference])
 
 
 def main() -> None:

@@ -84,10 +84,11 @@ def main() -> None:
     parser.add_argument("--r-pos", default="Sure")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sets", nargs="*", help="only these sets")
+    parser.add_argument("--model", help="local HF model directory or .gguf (default: the embedded default model)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    handle = load_model(None)
+    handle = load_model(args.model)
     for name, rows in sets(args.data_dir).items():
         if args.sets and name not in args.sets:
             continue

@@ -22,7 +22,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from scans_guard.calibration import recall_threshold
 
-CLASSIFY = list(range(12, 24))  # the shipped recipe's classification layers
+def classify_layers(n_layers: int) -> list[int]:
+    """The recipe's default classification layers: the second half (12-23 on the 0.5B, 14-27 on the 1.5B)."""
+    return list(range(n_layers // 2, n_layers))
+
+
 CS = (0.01, 0.05, 0.2)  # L2 strengths tried by cross-validation for the probes
 
 
@@ -70,7 +74,7 @@ class Variant:
         return self._score(self.state, fs)
 
 
-def _mean_cos(d_key: str, layers: list[int] = CLASSIFY):
+def _mean_cos(d_key: str, layers: list[int]):
     return lambda st, fs: cosines(fs.t, st[d_key], layers).mean(1)
 
 
@@ -106,6 +110,8 @@ def spans(n_layers: int) -> list[list[int]]:
 
 
 def build_variants(n_layers: int) -> list[Variant]:
+    classify = classify_layers(n_layers)
+
     def d_anchor(data):
         return {"d": data["anchors_harmful"].t.mean(0)}
 
@@ -122,8 +128,8 @@ def build_variants(n_layers: int) -> list[Variant]:
         return {"d": np.concatenate([tr.t[tr.y == 1], ah.t]).mean(0) - np.concatenate([tr.t[tr.y == 0], ab.t]).mean(0)}
 
     def proj(st, fs):
-        d = st["d"][CLASSIFY]
-        return ((fs.t[:, CLASSIFY] * d).sum(-1) / np.linalg.norm(d, axis=-1)).mean(1)
+        d = st["d"][classify]
+        return ((fs.t[:, classify] * d).sum(-1) / np.linalg.norm(d, axis=-1)).mean(1)
 
     def cos_feats(data, fs, span):
         return cosines(fs.t, d_contrastive(data)["d"], span)
@@ -141,11 +147,13 @@ def build_variants(n_layers: int) -> list[Variant]:
 
     all_spans = spans(n_layers)
     return [
-        Variant("shipped: d_harm from AdvBench anchors, mean cosine, layers 12-23", "0", d_anchor, _mean_cos("d")),
-        Variant("a. d_harm from the contrast set's harmful half", "0", d_contrast_harm, _mean_cos("d")),
-        Variant("b. contrastive d (harmful - safe twins), mean cosine", "0", d_contrastive, _mean_cos("d")),
+        Variant("paper's sigma: d_harm from AdvBench anchors, mean cosine, second half of the layers", "0", d_anchor,
+                _mean_cos("d", classify)),
+        Variant("a. d_harm from the contrast set's harmful half", "0", d_contrast_harm, _mean_cos("d", classify)),
+        Variant("b. contrastive d (harmful - safe twins), mean cosine", "0", d_contrastive, _mean_cos("d", classify)),
         Variant("b'. contrastive d, mean projection", "0", d_contrastive, proj),
-        Variant("b''. contrastive d over contrast + anchors, mean cosine", "0", d_contrastive_all, _mean_cos("d")),
+        Variant("b''. contrastive d over contrast + anchors, mean cosine", "0", d_contrastive_all,
+                _mean_cos("d", classify)),
         Variant("c. logistic regression on per-layer cosines to contrastive d (span by CV)", "0",
                 _logreg_fit(cos_feats, all_spans), _logreg_score(cos_feats)),
         Variant("e. refusal intent alone (opener log-probs at the last prompt token)", "0",

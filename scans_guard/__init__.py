@@ -3,7 +3,14 @@
 __version__ = "0.1.0"
 
 from .artifacts import Artifact  # noqa: E402
-from .config import CalibrationConfig, GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe  # noqa: E402
+from .config import (  # noqa: E402
+    CalibrationConfig,
+    GenerationConfig,
+    RowSteering,
+    SafetyVerdict,
+    SteeredOutput,
+    SteeringRecipe,
+)
 from .engine import ScansEngine  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
@@ -21,6 +28,6 @@ from .loading import ModelHandle, load_model  # noqa: E402
 __all__ = [
     "Artifact", "ArtifactError", "CalibrationConfig", "FingerprintMismatchError", "GenerationConfig",
     "InvalidArgumentError", "InvalidPromptError", "ModelHandle", "ModelLoadError", "NonFiniteScoreError",
-    "PromptTooLongError", "SafetyVerdict", "ScansEngine", "ScansGuardError", "SteeredOutput", "SteeringRecipe",
-    "UnsupportedArchitectureError", "load_model",
+    "PromptTooLongError", "RowSteering", "SafetyVerdict", "ScansEngine", "ScansGuardError", "SteeredOutput",
+    "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
 ]

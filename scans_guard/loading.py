@@ -226,29 +226,39 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> ModelHandle:
-    """Load `model`: None for the embedded default model, a local HF model directory, or a local .gguf file."""
+    """Load `model`: None for the embedded default model, an embedded model's name (`EMBEDDED_MODELS`), a local HF
+    model directory, or a local .gguf file (dequantised once, then loaded from its safetensors cache)."""
+    from .default_model import embedded_model, embedded_model_dir, gguf_file_dir, invalidate_cache
+
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     _check_device(device)
-    if model is None:
-        from .default_model import default_model_dir, invalidate_cache
-
-        name = "qwen2.5-coder-0.5b-instruct-q4_k_m"
-        path = default_model_dir(cache_dir=cache_dir, progress=progress)
+    spec = embedded_model(model) if model is None or not Path(model).expanduser().exists() else None
+    if spec is not None:
+        name = f"{spec.name}-q4_k_m"
+        path = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
         try:
-            return _load_hf(path, None, device, dtype, name)
+            return _load_hf(path, device, dtype, name)
         except ModelLoadError as exc:  # a cache damaged after it was written: rebuild it once
-            log.warning("cached default model at %s is unreadable (%s); rebuilding it", path, exc)
+            log.warning("cached model at %s is unreadable (%s); rebuilding it", path, exc)
             invalidate_cache(path)
-            return _load_hf(default_model_dir(cache_dir=cache_dir, progress=progress), None, device, dtype, name)
+            rebuilt = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
+            return _load_hf(rebuilt, device, dtype, name)
     path = Path(model).expanduser()
     if not path.exists():
-        raise ModelLoadError(f"model path does not exist: {path} (scans-guard never downloads weights)")
+        raise ModelLoadError(f"model path does not exist: {path} (scans-guard never downloads weights; embedded "
+                             f"models: {', '.join(_embedded_names())})")
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"a model file must be .gguf, got {path.name}")
-        return _load_hf(path.parent, path.name, device, dtype, path.stem)
-    return _load_hf(path, None, device, dtype, path.name)
+        return _load_hf(gguf_file_dir(path, cache_dir=cache_dir, progress=progress), device, dtype, path.stem)
+    return _load_hf(path, device, dtype, path.name)
+
+
+def _embedded_names() -> list[str]:
+    from .default_model import EMBEDDED_MODELS
+
+    return list(EMBEDDED_MODELS)
 
 
 def _check_device(device: str) -> None:
@@ -264,20 +274,17 @@ def _check_device(device: str) -> None:
         raise ModelLoadError(f"device {device!r} is not available on this machine")
 
 
-def _load_hf(path: Path, gguf_file: str | None, device: str, dtype: str, name: str) -> ModelHandle:
-    """Load from a GGUF file or a directory of safetensors weights; pickled weights (.bin, .pt) are never opened."""
+def _load_hf(path: Path, device: str, dtype: str, name: str) -> ModelHandle:
+    """Load from a directory of safetensors weights; pickled weights (.bin, .pt) are never opened."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not gguf_file and not any(path.glob("*.safetensors")) and any(
-            p.suffix in _PICKLE_SUFFIXES for p in path.iterdir()):
+    if not any(path.glob("*.safetensors")) and any(p.suffix in _PICKLE_SUFFIXES for p in path.iterdir()):
         raise ModelLoadError(f"{path} has only pickled weights (e.g. pytorch_model.bin); scans-guard loads only "
                              "safetensors or GGUF, since unpickling can run code: convert the checkpoint to safetensors")
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype=DTYPES[dtype], **(kwargs or {"use_safetensors": True})
-        ).to(device)
+            str(path), local_files_only=True, dtype=DTYPES[dtype], use_safetensors=True).to(device)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        raise ModelLoadError(f"could not load a causal LM from {path}{'/' + gguf_file if gguf_file else ''}: {exc}") from exc
+        raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from exc
     return ModelHandle.wrap(model, tokenizer, name=name)

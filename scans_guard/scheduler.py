@@ -16,14 +16,15 @@ Each step of the worker:
 2. One forward pass over every running row: one input token each, the row's own attention mask and position, and
    the steering hooks adding each row's own delta (`coefficient * v^l`, a `[batch, hidden]` tensor per layer).
 3. Each row chooses its token with its own sampling settings (transformers' processors, its own seeded generator),
-   and its text is cut and held back exactly as `ScansEngine._visible_text` does.
+   and its reply ends (EOS, stop string, length) and its text is cut and held back by the engine's own
+   `ScansEngine._advance`, so it ends exactly as it would alone.
 4. Rows that finished, were cancelled or ran out of time leave the batch at once (the cache's batch dimension is
    index-selected and columns that are padding in every remaining row are dropped).
 
-Every forward pass runs under the model's lock (`ModelHandle.lock`), one step at a time, with its hooks registered
-and removed inside it, so direct engine calls on the same model interleave with the batch as they do with each
-other. Greedy output of each request is the output it gets alone (up to float rounding of a different batch shape,
-as with the engine's own batching).
+Every forward pass runs inside `engine.steering.apply(plan)` (the running rows' `SteeringPlan`): under the model's
+lock, one step at a time, with its hooks registered and removed inside it, so direct engine calls on the same model
+interleave with the batch as they do with each other. Greedy output of each request is the output it gets alone (up
+to float rounding of a different batch shape, as with the engine's own batching), and records the same steering.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .batching import PromptBatch, prefill
-from .config import GenerationConfig, SteeredOutput
-from .engine import Conversation, ScansEngine, StreamEvent, _coefficients, _Row
+from .config import GenerationConfig, RowSteering, SteeredOutput
+from .engine import Conversation, ScansEngine, StreamEvent, _Row
 from .errors import InvalidArgumentError, NonFiniteScoreError
-from .hooks import add_to_block_outputs
 from .kv_batch import KVBatch, cache_tensors, make_cache
 from .request_handle import (  # noqa: F401  (re-exported: the scheduler's public names live here too)
     QueueFullError,
@@ -52,7 +52,7 @@ from .request_handle import (  # noqa: F401  (re-exported: the scheduler's publi
     SchedulerClosedError,
     SchedulerError,
 )
-from .steering import _TokenChooser, steering_deltas
+from .steering import SteeringPlan, _TokenChooser
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Request:
     config: GenerationConfig
     classify: bool  # run the sigma pass
     steer: bool  # steer by the verdict (with classify)
-    coefficient: float | None  # fixed steering, no classification
+    fixed: RowSteering  # the steering of a request that is not classified (plain, or a fixed coefficient)
     refusal: str | None  # guard mode: answer a harmful request with this text, without generating
     operating_point: str
     handle: RequestHandle
@@ -80,7 +80,7 @@ class _Active:
 
     request: _Request
     chooser: _TokenChooser
-    coefficient: float
+    steering: RowSteering  # what this row adds at the steer layers; its output records it
     state: _Row = field(default_factory=_Row)
     steps: int = 0
     classify_s: float = 0.0
@@ -105,7 +105,7 @@ class ContinuousBatcher:
         self.on_step = on_step
         self._waiting: collections.deque[_Request] = collections.deque()
         self._batch: KVBatch | None = None
-        self._deltas: dict[int, torch.Tensor] | None = None  # of the current batch rows; None: recompute
+        self._plan: SteeringPlan | None = None  # of the current batch rows; None: recompute
         self._cond = threading.Condition()
         self._closed = False
         self._ids = itertools.count(1)
@@ -138,7 +138,8 @@ class ContinuousBatcher:
     ) -> RequestHandle:
         """Queue one conversation; returns at once. Bad input raises the engine's typed errors here.
 
-        steer / coefficient: as `ScansEngine.iter_generate` (steer=False: plain; coefficient: fixed, unclassified).
+        steer / coefficient: as `ScansEngine.iter_generate` (steer=False: plain; coefficient: fixed, unclassified);
+        every output records the steering applied (`SteeredOutput.steering`).
         refusal: guard mode: a request labelled harmful at `operating_point` gets this text as its output without any
         decoding (the handle's `refused` is set); the others are generated as usual (steered unless steer=False).
         timeout: seconds from now until the request fails with RequestTimeoutError.
@@ -146,8 +147,7 @@ class ContinuousBatcher:
         config = config or GenerationConfig()
         if isinstance(conversation, list) and conversation and not isinstance(conversation[0], dict):
             raise InvalidArgumentError("submit takes one conversation; submit each of a batch separately")
-        if coefficient is not None:
-            coefficient = float(_coefficients(coefficient, 1)[0])
+        fixed = SteeringPlan.from_options(1, steer, coefficient).rows[0]  # a bad coefficient fails here
         if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
@@ -155,7 +155,7 @@ class ContinuousBatcher:
         handle = RequestHandle(next(self._ids), len(prompt))
         request = _Request(conversation=conversation, prompt=prompt, config=config,
                            classify=coefficient is None and (steer or refusal is not None),
-                           steer=steer and coefficient is None, coefficient=coefficient, refusal=refusal,
+                           steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
                            operating_point=operating_point, handle=handle,
                            deadline=None if timeout is None else time.perf_counter() + timeout)
         with self._cond:
@@ -225,7 +225,7 @@ class ContinuousBatcher:
                 self._step()
             except Exception as exc:  # a failed forward pass: fail what is running, keep serving
                 log.exception("continuous batching step failed")
-                batch, self._batch, self._deltas = self._batch, None, None
+                batch, self._batch, self._plan = self._batch, None, None
                 for row in batch.rows:
                     row.request.handle._push(error=exc)
 
@@ -281,6 +281,7 @@ class ContinuousBatcher:
         mask = sp.prompt_batch.attention_mask
         logits = sp.last_prompt_logits
         first_token, steered = [], []
+        plan = SteeringPlan.from_verdicts(verdicts)
         for i, (request, verdict) in enumerate(zip(requests, verdicts)):
             handle = request.handle
             handle.verdict = verdict
@@ -294,8 +295,8 @@ class ContinuousBatcher:
                     finish_reason="stop", timings={"classify_s": classify_s, "generate_s": 0.0,
                                                    "queue_s": t0 - handle.submitted_at})), done=True)
                 continue
-            coefficient = verdict.coefficient if request.steer else 0.0
-            (steered if coefficient != 0 else first_token).append((i, coefficient))
+            row = plan.rows[i] if request.steer else RowSteering()
+            (steered if row.coefficient != 0 else first_token).append((i, row))
         full = KVBatch(keys, values, mask, torch.tensor([len(r.prompt) for r in requests], device=mask.device),
                        torch.zeros(len(requests), dtype=torch.long, device=mask.device), [])
         if first_token:  # unsteered: token 1 comes from the sigma pass, as in iter_generate
@@ -312,22 +313,20 @@ class ContinuousBatcher:
         token on, as `steered_decode` prefills them); token 1 comes from its logits."""
         prompts = PromptBatch.left_pad([r.prompt for r in requests], self._model.tokenizer.pad_token_id,
                                        self._model.device)
-        coefs = torch.tensor([r.coefficient or 0.0 for r in requests])
-        deltas = self._steering(coefs)
+        plan = SteeringPlan(tuple(r.fixed for r in requests))
         width = prompts.input_ids.shape[1]
-        with torch.inference_mode(), self._model.lock, \
-                add_to_block_outputs(self._model.layers, deltas, start_column=width - 1):
+        with torch.inference_mode(), self.engine.steering.apply(plan, start_column=width - 1):
             out = prefill(self._model.model, prompts, use_cache=True, logits_to_keep=1)
         keys, values = cache_tensors(out.cache)
         full = KVBatch(keys, values, prompts.attention_mask,
                        torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
                        torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
-        rows = [self._active(r, float(c), 0.0) for r, c in zip(requests, coefs.tolist())]
+        rows = [self._active(r, r.fixed, 0.0) for r in requests]
         self._join(full, list(range(len(requests))), rows, out.logits[:, -1, :].float())
 
-    def _active(self, request: _Request, coefficient: float, classify_s: float) -> _Active:
+    def _active(self, request: _Request, steering: RowSteering, classify_s: float) -> _Active:
         prompts = PromptBatch.left_pad([request.prompt], self._model.tokenizer.pad_token_id, self._model.device)
-        return _Active(request=request, chooser=_TokenChooser(request.config, prompts), coefficient=coefficient,
+        return _Active(request=request, chooser=_TokenChooser(request.config, prompts), steering=steering,
                        classify_s=classify_s)
 
     def _join(self, group: KVBatch, index: list[int], rows: list[_Active], logits: torch.Tensor | None) -> None:
@@ -346,14 +345,9 @@ class ContinuousBatcher:
                 part = part.select(keep)
         if part.rows:
             self._batch = KVBatch.merge(self._batch, part)
-            self._deltas = None
+            self._plan = None
 
     # -- decoding -------------------------------------------------------------------------------------------
-    def _steering(self, coefs: torch.Tensor) -> dict[int, torch.Tensor]:
-        if not bool(coefs.any()):
-            return {}
-        return steering_deltas(self.engine._vectors, self.engine.recipe.steer_layers, coefs, self._model)
-
     def _step(self) -> None:
         batch = self._batch
         now = time.perf_counter()
@@ -369,12 +363,11 @@ class ContinuousBatcher:
             batch = self._batch
             if batch is None:
                 return
-        if self._deltas is None:
-            self._deltas = self._steering(torch.tensor([row.coefficient for row in batch.rows]))
+        if self._plan is None:
+            self._plan = SteeringPlan(tuple(row.steering for row in batch.rows))
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         cache = make_cache(batch.keys, batch.values)
-        with torch.inference_mode(), self._model.lock, \
-                add_to_block_outputs(self._model.layers, self._deltas, start_column=0):
+        with torch.inference_mode(), self.engine.steering.apply(self._plan):
             out = self._model.model(input_ids=batch.inputs[:, None], attention_mask=mask,
                                     position_ids=batch.positions[:, None], cache=cache, use_cache=True,
                                     logits_to_keep=1)
@@ -397,7 +390,7 @@ class ContinuousBatcher:
         gone = set(index)
         keep = [i for i in range(len(batch.rows)) if i not in gone]
         self._batch = batch.select(keep) if keep else None
-        self._deltas = None
+        self._plan = None
 
     def _accept(self, row: _Active, token_tensor: torch.Tensor) -> int | None:
         """Record one chosen token of `row` (as `iter_generate` does); the token to feed next, or None if it ended."""
@@ -410,24 +403,13 @@ class ContinuousBatcher:
         if handle.first_token_at is None:
             handle.first_token_at = time.perf_counter()
         row.chooser.emitted(token_tensor.reshape(1))
-        if token in self._eos and not config.ignore_eos:
-            state.finish = "stop"
-        else:
-            state.ids.append(token)
-        text, hit_stop = self.engine._visible_text(state, config.stop, final=state.finish is not None)
-        if hit_stop:
-            state.finish = "stop"
-        elif row.steps == config.max_new_tokens and state.finish is None:
-            state.finish = "length"
-            text, _ = self.engine._visible_text(state, config.stop, final=True)
-        if len(text) > len(state.emitted):
-            handle._push(StreamEvent(row=0, text=text[len(state.emitted):]))
-            state.emitted = text
+        if piece := self.engine._advance(state, token, row.steps, config, set() if config.ignore_eos else self._eos):
+            handle._push(StreamEvent(row=0, text=piece))
         if state.finish is None:
             return token
         started = handle.started_at or handle.submitted_at
         handle._push(StreamEvent(row=0, output=SteeredOutput(
-            text=state.emitted, verdict=handle.verdict, prompt_tokens=len(request.prompt),
+            text=state.emitted, verdict=handle.verdict, steering=row.steering, prompt_tokens=len(request.prompt),
             completion_tokens=len(state.ids), finish_reason=state.finish,
             timings={"classify_s": row.classify_s, "generate_s": time.perf_counter() - started,
                      "queue_s": max(0.0, started - handle.submitted_at - row.classify_s)})), done=True)

@@ -57,16 +57,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as exc:
         raise ScansGuardError(f"scans-guard serve needs the [serve] extra ({exc.name} is missing): "
                               "pip install 'scans-guard[serve]'") from None
+    from .artifacts import default_artifact_dir
     from .engine import ScansEngine
 
-    if args.artifact is None and args.model is not None:
-        from .errors import ArtifactError
-
-        raise ArtifactError("a model other than the default needs an artifact: run `scans-guard calibrate`")
+    # An embedded model (by name) has its shipped artifact; any other needs --artifact: fail before serving.
+    artifact = args.artifact if args.artifact is not None else default_artifact_dir(args.model)
     settings = settings_from_args(args)  # a bad setting fails before anything loads
 
     def load() -> ScansEngine:
-        return ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype, progress=False,
+        return ScansEngine.load(args.model, artifact, device=args.device, dtype=args.dtype, progress=False,
                                 max_input_tokens=args.max_input_tokens or None)
 
     app = create_app(load, settings)

@@ -1,25 +1,84 @@
-"""Steered decoding: add coef_b * v^l at the steering layers from the last prompt token on.
+"""Steering: the refusal vector and the plan of what each row gets, the one seam every steered forward goes through.
 
-The prompt tokens before the last one are never touched. Each forward step registers its hooks inside
-`step_lock` and removes them before releasing it, so requests that share one model interleave their steps
-without ever running under each other's steering.
+`SteeringPlan` records per row the coefficient, its direction and what decided it (sigma at an operating point, a
+fixed value, or nothing); `RefusalVector.apply(plan)` adds coef_b * v^l at the steering layers for the forward
+passes run inside it, under the model's lock, and `RefusalVector.decode` runs steered decoding from the last prompt
+token on (the prompt tokens before it are never touched). Each forward step registers its hooks inside the lock
+and removes them before releasing it, so requests that share one model interleave their steps without ever running
+under each other's steering.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from .batching import PromptBatch
-from .config import GenerationConfig
+from .config import GenerationConfig, RowSteering, SafetyVerdict
+from .errors import InvalidArgumentError
 from .hooks import add_to_block_outputs
 from .loading import ModelHandle
 
 if TYPE_CHECKING:
     from transformers import LogitsProcessorList
+
+    from .artifacts import Artifact
+
+MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
+
+
+@dataclass(frozen=True)
+class SteeringPlan:
+    """Per row of a batch: the coefficient applied, its direction and what decided it."""
+
+    rows: tuple[RowSteering, ...]
+
+    @classmethod
+    def from_verdicts(cls, verdicts: Sequence[SafetyVerdict]) -> SteeringPlan:
+        """Each row by its verdict's coefficient (decided at the artifact's `steer` point)."""
+        return cls(tuple(RowSteering.of(v.coefficient, "sigma", "steer") for v in verdicts))
+
+    @classmethod
+    def unsteered(cls, n_rows: int) -> SteeringPlan:
+        return cls((RowSteering(),) * n_rows)
+
+    @classmethod
+    def fixed(cls, coefficients: float | Sequence[float], n_rows: int) -> SteeringPlan:
+        """The caller's coefficients (one for all rows, or one per row); NaN or inf would turn every hidden state
+        into NaN, and a unit vector times 1e38 overflows them: both are refused."""
+        given = coefficients.tolist() if hasattr(coefficients, "tolist") else coefficients  # numpy, tensors
+        values = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else [given] * n_rows
+        if len(values) != n_rows:
+            raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
+        if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
+            raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {coefficients!r}")
+        if any(abs(c) > MAX_COEFFICIENT for c in values):
+            raise InvalidArgumentError(f"steering coefficients must lie within +-{MAX_COEFFICIENT:g}, "
+                                       f"got {coefficients!r}")
+        return cls(tuple(RowSteering.of(float(c), "fixed") for c in values))
+
+    @classmethod
+    def from_options(cls, n_rows: int, steer: bool, coefficient: float | Sequence[float] | None) -> SteeringPlan:
+        """The plan of the engine's options when no classification runs: steer=False, or a fixed coefficient."""
+        return cls.fixed(coefficient, n_rows) if steer and coefficient is not None else cls.unsteered(n_rows)
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """[batch] float32 signed magnitudes."""
+        return torch.tensor([r.coefficient for r in self.rows], dtype=torch.float32)
+
+    @property
+    def steered(self) -> bool:
+        return any(r.coefficient != 0 for r in self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def steering_deltas(
@@ -31,6 +90,34 @@ def steering_deltas(
     """
     coefs = coefficients.to(handle.device, torch.float32)[:, None]
     return {l: (coefs * vectors[l].to(handle.device, torch.float32)[None, :]).to(handle.dtype) for l in steer_layers}
+
+
+class RefusalVector:
+    """v^l of one model at its steering layers: the only owner of steering hooks and of the lock they run under."""
+
+    def __init__(self, handle: ModelHandle, vectors: torch.Tensor, steer_layers: Sequence[int]):
+        self.handle = handle
+        self.vectors = vectors.to(handle.device)  # [n_layers, hidden]
+        self.steer_layers = list(steer_layers)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, handle: ModelHandle) -> RefusalVector:
+        return cls(handle, artifact.refusal_vectors, artifact.recipe.steer_layers)
+
+    def deltas(self, plan: SteeringPlan) -> dict[int, torch.Tensor]:
+        """The per-layer additions of `plan`; none at all when no row is steered (no hooks, no cost)."""
+        return steering_deltas(self.vectors, self.steer_layers, plan.coefficients, self.handle) if plan.steered else {}
+
+    @contextlib.contextmanager
+    def apply(self, plan: SteeringPlan, start_column: int = 0) -> Iterator[None]:
+        """Forward passes run inside are steered by `plan` (columns >= start_column), holding the model's lock."""
+        with self.handle.lock, add_to_block_outputs(self.handle.layers, self.deltas(plan), start_column):
+            yield
+
+    def decode(self, prompts: PromptBatch, plan: SteeringPlan, config: GenerationConfig,
+               **kwargs: object) -> Iterator[torch.Tensor]:
+        """`steered_decode` under `plan`, each step under the model's lock (kwargs: cache, should_stop, ...)."""
+        return steered_decode(self.handle, prompts, self.deltas(plan), config, step_lock=self.handle.lock, **kwargs)
 
 
 def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) -> LogitsProcessorList:

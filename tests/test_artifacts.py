@@ -69,6 +69,37 @@ def test_shipped_default_artifact_loads():
     assert art.refusal_vectors.shape == (24, 896)
 
 
+def test_shipped_artifact_records_its_anchors_and_splits():
+    """The artifact in this checkout (meta version 2): per-prompt hashes of the default anchors (anchor_split, seed 0)
+    and of every split it was fitted on; the probe's training prompts are part of the T fit."""
+    from pathlib import Path
+
+    from scans_guard.artifacts import text_sha256
+    from scans_guard.data import anchor_split, contrast_set
+
+    art = Artifact.load(Path(__file__).resolve().parents[1] / "artifacts" / "qwen2.5-coder-0.5b-instruct")
+    harmful, benign = anchor_split(64, 0)
+    assert art.meta.meta_version == 2 and art.meta.anchor_hashes() == {text_sha256(p) for p in harmful + benign}
+    probe = set(art.meta.splits["probe_train"].prompt_sha256)
+    assert probe == {text_sha256(p) for p in [e.prompt for e in contrast_set("train")] + harmful + benign}
+    assert probe <= art.meta.fit_hashes() and len(art.meta.fit_hashes()) == art.meta.threshold_fit["n_harmful"] \
+        + art.meta.threshold_fit["n_benign"]
+
+
+def test_meta_without_anchor_hashes_is_an_error_where_asked(tiny_artifact):
+    from scans_guard.artifacts import ArtifactMeta
+
+    meta = tiny_artifact.meta.model_dump()
+    del meta["meta_version"]
+    for a in meta["anchors"].values():
+        a.pop("prompt_sha256")
+        a["source"] = "elsewhere"  # not the default anchors: cannot be recomputed
+    old = ArtifactMeta.parse(meta)
+    assert old.meta_version == 1
+    with pytest.raises(ArtifactError, match="recalibrate"):
+        old.anchor_hashes()
+
+
 def test_refusal_span_selects_layers_with_refusal_tokens():
     from scans_guard.safety_layers import LayerProjection, is_refusal_token, refusal_span
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.bench import SCHEMA, BenchConfig, run_benchmark
+from scans_guard.bench import SCHEMA, BenchConfig, BenchResult, run_benchmark
 from scans_guard.bench_cli import format_table
 from scans_guard.cli import build_parser, main
 
@@ -71,16 +71,17 @@ def _check_common(r, cfg):
     assert b["same_tokens_as_unbatched"] is True and b["mismatched_rows"] == []  # the tiny model is batch-stable
 
     assert "scans_guard" in json.dumps(r)  # serialisable
-    table = format_table(r)
+    table = format_table(BenchResult.model_validate(r))  # the JSON reads back as the typed result
     assert "end to end" in table and "sigma alone" in table and "SCANS / plain" in table
 
 
 def test_run_benchmark_in_process(tiny_engine):
     cfg = BenchConfig.quick_config(memory=False, load_time=False, threads=1, max_new_tokens=4,
                                    sigma_batch_sizes=[1, 4], steer_batch_sizes=[1, 2], n_prompts=2)
-    r = run_benchmark(cfg, engine=tiny_engine)
+    result = run_benchmark(cfg, engine=tiny_engine)
+    r = json.loads(result.to_json())
     _check_common(r, cfg)
-    assert r["memory"] == {"skipped": "--no-memory"}
+    assert result.memory.skipped == "--no-memory" and result.memory.plain is None
     assert r["load"]["skipped"] == "--no-load-time" and r["load"]["in_process_s"] is None
     assert all(not layer._forward_hooks for layer in tiny_engine.handle.layers)
 
@@ -142,9 +143,9 @@ def test_cli_bench_other_model_needs_an_artifact(tiny_on_disk, capsys):
 def test_natural_length_reports_per_token(tiny_engine):
     cfg = BenchConfig.quick_config(memory=False, load_time=False, threads=1, max_new_tokens=4, force_length=False,
                                    sigma_batch_sizes=[1], steer_batch_sizes=[1], n_prompts=1)
-    from scans_guard.bench import bench_end_to_end
+    from scans_guard.bench_speed import bench_end_to_end
 
     e = bench_end_to_end(tiny_engine, ["Paris?"], cfg)
-    assert e["equal_work"] == "natural_length_per_token"
-    for mode in ("plain", "scans"):
-        assert 1 <= e[mode]["completion_tokens"] <= 4
+    assert e.equal_work == "natural_length_per_token"
+    for mode in (e.plain, e.scans):
+        assert 1 <= mode.completion_tokens <= 4

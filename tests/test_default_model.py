@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from scans_guard import GenerationConfig
+from scans_guard.artifacts import text_sha256
 from scans_guard.data import load_set, sample_prompts
 from scans_guard.judge import KeywordJudge
 
@@ -16,11 +17,8 @@ SHORT = GenerationConfig(max_new_tokens=24)
 
 
 def _heldout(engine, name, n):
-    anchors = engine.artifact.meta.anchors
-    from scans_guard.data import anchor_split
-
-    harmful, benign = anchor_split(anchors["harmful"].n, anchors["harmful"].seed)
-    return sample_prompts(load_set(name), n, seed=123, exclude=set(harmful) | set(benign))
+    anchors = engine.artifact.meta.anchor_hashes()
+    return sample_prompts([e for e in load_set(name) if text_sha256(e.prompt) not in anchors], n, seed=123)
 
 
 def test_sigma_ranks_heldout_advbench_above_truthfulqa(default_engine):

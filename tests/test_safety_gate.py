@@ -14,7 +14,8 @@ import math
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.data import anchor_split, load_set, sample_prompts
+from scans_guard.artifacts import Artifact, default_artifact_dir, text_sha256
+from scans_guard.data import load_set, sample_prompts
 from scans_guard.jailbreaks import (
     FRAMINGS,
     SYSTEM_PROMPTS,
@@ -38,10 +39,9 @@ def allowed_drop(n: int) -> int:
 
 
 def heldout_advbench(engine, n: int = N_PROMPTS, seed: int = 2025) -> list[str]:
-    anchors = engine.artifact.meta.anchors["harmful"]
-    harmful_anchors, _ = anchor_split(anchors.n, anchors.seed)
-    prompts = sample_prompts(load_set("advbench"), n, seed=seed, exclude=set(harmful_anchors))
-    assert not set(prompts) & set(harmful_anchors)
+    anchors = engine.artifact.meta.anchor_hashes()
+    prompts = sample_prompts([e for e in load_set("advbench") if text_sha256(e.prompt) not in anchors], n, seed=seed)
+    assert not {text_sha256(p) for p in prompts} & anchors
     return prompts
 
 
@@ -91,8 +91,8 @@ def test_translated_set_is_held_out_and_complete():
     items = translated_set()
     assert {i.framing for i in items} == {"lang:es", "lang:fr", "lang:de", "lang:zh", "lang:ru"}
     assert len(items) == 5 * 48 and all(i.text != i.original for i in items)
-    anchors, _ = anchor_split(64, 0)
-    assert not {i.original for i in items} & set(anchors)
+    anchors = Artifact.load(default_artifact_dir()).meta.anchor_hashes()  # the shipped artifact's
+    assert not {text_sha256(i.original) for i in items} & anchors
     assert len(translated_set(["h01"], ["es", "zh"])) == 2 and len(translated_set(label="safe")) == 5 * 48
 
 

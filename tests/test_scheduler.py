@@ -52,6 +52,7 @@ def _same(a, b):
     assert (b.text, b.finish_reason, b.completion_tokens, b.prompt_tokens) == \
         (a.text, a.finish_reason, a.completion_tokens, a.prompt_tokens)
     assert (a.verdict is None) == (b.verdict is None)
+    assert b.steering == a.steering  # the same coefficient, direction and source as the engine records
     if a.verdict is not None:
         assert b.verdict.direction == a.verdict.direction and b.verdict.label == a.verdict.label
 
@@ -148,8 +149,21 @@ def test_guard_refusal_without_generating(tiny_engine):
         answered = batcher.submit(benign[0], config, refusal="no.")
         out = refused.result(timeout=30)
         assert refused.refused and out.text == "no." and out.completion_tokens == 0
+        assert out.steering.source == "none" and out.steering.coefficient == 0  # nothing was decoded
         assert not answered.refused
         assert answered.result(timeout=30).text == tiny_engine.generate(benign[0], config)[0].text
+
+
+def test_outputs_record_the_steering_as_the_engine_does(tiny_engine):
+    """steer=False wins over a coefficient, as in `iter_generate`; a fixed coefficient is recorded as fixed."""
+    config = GenerationConfig(max_new_tokens=4)
+    options = [{"steer": False, "coefficient": 2.0}, {"coefficient": 2.0}, {"steer": False}, {}]
+    with ContinuousBatcher(tiny_engine) as batcher:
+        outputs = [batcher.generate(PROMPTS[0], config, **kw) for kw in options]
+    alone = [tiny_engine.generate(PROMPTS[0], config, **kw)[0] for kw in options]
+    assert [o.steering for o in outputs] == [o.steering for o in alone]
+    assert [o.steering.source for o in outputs] == ["none", "fixed", "none", "sigma"]
+    assert outputs[1].steering.direction == "towards_refusal" and outputs[0].text == outputs[2].text
 
 
 def test_bad_input_raises_at_submit(tiny_engine):

@@ -276,7 +276,7 @@ class SafetyConsciousLLM(BaseChatModel):
         log_verdict(log, self.log_level, fields)
         return fields
 
-    def _final_metadata(self, output: SteeredOutput, prompt: str, steering: dict[str, Any]) -> dict[str, Any]:
+    def _final_metadata(self, output: SteeredOutput, prompt: str) -> dict[str, Any]:
         recipe = self.engine.recipe
         refused = bool(self.refusal_judge(prompt, output.text)) if self.refusal_judge is not None else False
         meta: dict[str, Any] = {
@@ -286,10 +286,7 @@ class SafetyConsciousLLM(BaseChatModel):
             "timings": dict(output.timings),
             "refusal": refused,
         }
-        if output.verdict is None:  # unsteered, or a fixed coefficient without classification
-            fixed = steering["coefficient"] if steering["steer"] and steering["coefficient"] is not None else 0.0
-            meta["alpha"] = float(fixed)
-            meta["direction"] = "towards_refusal" if fixed > 0 else "away_from_refusal" if fixed < 0 else "none"
+        meta["alpha"], meta["direction"] = output.steering.coefficient, output.steering.direction  # as applied
         meta["steered"] = meta["alpha"] != 0.0
         if refused:
             meta["refusal_text"] = output.text
@@ -335,7 +332,7 @@ class SafetyConsciousLLM(BaseChatModel):
             if event.output is not None:
                 output = event.output
         assert output is not None  # the engine ends every row with an output event
-        message = AIMessage(content=output.text, response_metadata=self._final_metadata(output, prompt, steering),
+        message = AIMessage(content=output.text, response_metadata=self._final_metadata(output, prompt),
                             usage_metadata=self._usage(output))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -354,7 +351,7 @@ class SafetyConsciousLLM(BaseChatModel):
                 if event.output is not None:
                     yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
                         content="", chunk_position="last", usage_metadata=self._usage(event.output),
-                        response_metadata=self._final_metadata(event.output, prompt, steering)))
+                        response_metadata=self._final_metadata(event.output, prompt)))
         finally:
             events.close()
 

@@ -1,12 +1,9 @@
 """Which prompt sets the evaluation reads, how they pair up for classification, and which prompts it leaves out.
 
 Sets come from the package (AdvBench, TruthfulQA, XSTest) or from a data directory (`--data-dir`, else
-$SCANS_GUARD_DATA; no default); nothing is downloaded. Calibration anchors are always removed: the artifact records
-only their count, seed and sha256, so they are recomputed with `anchor_split` and checked against the hash. The
-prompts the threshold T was fitted on (e.g. the tuning half of HarmfulQ) are identified the same way (by re-running
-`calibration.threshold_split` with the artifact's recorded config and checking `threshold_data_sha256`), or, if the
-artifact lists them, by the sha256 of each prompt (`threshold_fit["prompt_sha256"]`). They are removed by default
-(`exclude_threshold_fit`); kept, they are counted in the report.
+$SCANS_GUARD_DATA; no default); nothing is downloaded. Calibration anchors are always removed and the prompts the
+threshold T was fitted on (e.g. the tuning half of HarmfulQ) are removed by default (`exclude_threshold_fit`; kept,
+they are counted in the report): both by the sha256 of each prompt, as the artifact records them.
 """
 
 from __future__ import annotations
@@ -17,10 +14,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import Artifact, text_sha256
-from ..calibration import threshold_split
-from ..config import CalibrationConfig
-from ..data import EXTERNAL, SHIPPED, Example, anchor_split, load_set
+from pydantic import BaseModel
+
+from ..artifacts import Artifact, ArtifactMeta, text_sha256
+from ..data import EXTERNAL, SHIPPED, Example, load_set
+from ..errors import ArtifactError
 from ..paths import missing_data_dir_hint
 
 log = logging.getLogger(__name__)
@@ -66,71 +64,42 @@ class EvalPrompt:
 
 @dataclass
 class CalibrationPrompts:
-    """The prompts the artifact was calibrated on, recomputed from what it records."""
+    """The prompts the artifact was fitted on, by the sha256 the artifact records for each."""
 
-    anchors: set[str] = field(default_factory=set)
+    anchor_hashes: set[str] = field(default_factory=set)
     anchors_verified: bool = False
-    threshold_fit: set[str] = field(default_factory=set)
-    threshold_fit_hashes: set[str] = field(default_factory=set)  # sha256 per prompt, if the artifact lists them
+    threshold_fit_hashes: set[str] = field(default_factory=set)
     threshold_fit_verified: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def is_anchor(self, prompt: str) -> bool:
+        return text_sha256(prompt) in self.anchor_hashes
+
     def in_threshold_fit(self, prompt: str) -> bool:
-        return prompt in self.threshold_fit or (bool(self.threshold_fit_hashes)
-                                                and text_sha256(prompt) in self.threshold_fit_hashes)
+        return text_sha256(prompt) in self.threshold_fit_hashes
 
 
-def calibration_prompts(artifact: Artifact | dict, data_dir: str | os.PathLike | None) -> CalibrationPrompts:
-    """Recompute the anchors (and T-fit prompts) of an artifact (or its meta as a dict) and check their hashes."""
-    meta = artifact.meta.model_dump() if isinstance(artifact, Artifact) else artifact
+def calibration_prompts(artifact: Artifact | ArtifactMeta | dict) -> CalibrationPrompts:
+    """The anchors and T-fit prompts an artifact (or its meta) records; what it does not record is noted."""
+    meta = artifact.meta if isinstance(artifact, Artifact) else artifact
+    meta = ArtifactMeta.parse(meta) if isinstance(meta, dict) else meta
     out = CalibrationPrompts()
-    anchors = meta.get("anchors", {})
-    harm, benign = anchors.get("harmful"), anchors.get("benign")
-    if not harm or not benign:
-        out.notes.append("the artifact records no anchors: nothing excluded")
-        return out
-    if (harm["source"], benign["source"]) != ("advbench", "truthfulqa") or harm["n"] != benign["n"] \
-            or harm["seed"] != benign["seed"]:
-        out.notes.append(f"anchors from {harm['source']}/{benign['source']} cannot be recomputed: none excluded")
-        return out
-    h, b = anchor_split(harm["n"], harm["seed"])
-    if text_sha256(h) != harm["sha256"] or text_sha256(b) != benign["sha256"]:
-        out.notes.append("recomputed anchors do not match the artifact's sha256: none excluded (results may include "
-                         "calibration prompts)")
-        log.warning(out.notes[-1])
-        return out
-    out.anchors, out.anchors_verified = set(h) | set(b), True
-
-    fit = meta.get("threshold_fit", {})
-    if fit.get("prompt_sha256"):
-        out.threshold_fit_hashes, out.threshold_fit_verified = set(fit["prompt_sha256"]), True
-        return out
-    cfg = meta.get("notes", {}).get("calibration_config")
-    if not cfg or "threshold_data_sha256" not in fit:
-        out.notes.append("the artifact does not record how T was fitted: T-fit prompts not identified")
-        return out
-    config = CalibrationConfig.model_validate(cfg)
-    if config.threshold_data_dir:
-        if data_dir is None:
-            out.notes.append("T was fitted on HarmfulQ vs OKTest; no data directory to recompute them from")
-            return out
-        config = config.model_copy(update={"threshold_data_dir": str(data_dir)})
     try:
-        _, fit_h, fit_b = threshold_split(config, (h, b))
-    except (OSError, ValueError) as exc:
-        out.notes.append(f"T-fit prompts could not be recomputed: {exc}")
-        return out
-    if text_sha256(fit_h + fit_b) != fit["threshold_data_sha256"]:
-        out.notes.append("the prompts T was fitted on could not be recomputed (this version of threshold_split "
-                         "selects others; their sha256 differs): T-fit prompts not identified, none removed")
+        out.anchor_hashes, out.anchors_verified = meta.anchor_hashes(), bool(meta.anchors)
+    except ArtifactError as exc:
+        out.notes.append(f"{exc}: none excluded (results may include calibration prompts)")
         log.warning(out.notes[-1])
-        return out
-    out.threshold_fit, out.threshold_fit_verified = set(fit_h) | set(fit_b), True
+    if not meta.anchors:
+        out.notes.append("the artifact records no anchors: nothing excluded")
+    fit = meta.fit_hashes()
+    if fit is None:
+        out.notes.append("the artifact does not record the prompts T was fitted on: T-fit prompts not identified")
+    else:
+        out.threshold_fit_hashes, out.threshold_fit_verified = fit, True
     return out
 
 
-@dataclass
-class SetInfo:
+class SetInfo(BaseModel):
     """What was loaded for one set and what was left out."""
 
     name: str
@@ -141,9 +110,6 @@ class SetInfo:
     duplicates_removed: int
     evaluated: int
     labels: dict[str, int]
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
 
 
 def limit_prompts(prompts: list[EvalPrompt], limit: int | None, seed: int) -> list[EvalPrompt]:
@@ -196,7 +162,7 @@ def load_benchmarks(
         kept: list[EvalPrompt] = []
         n_anchor = n_fit = n_dup = 0
         for i, ex in enumerate(examples):
-            if ex.prompt in calib.anchors:
+            if calib.is_anchor(ex.prompt):
                 n_anchor += 1
                 continue
             if exclude_threshold_fit and calib.in_threshold_fit(ex.prompt):

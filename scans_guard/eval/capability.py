@@ -1,6 +1,7 @@
 """Does steering cost capability? Perplexity on WikiText-2 (test split) and accuracy on a fixed MMLU subset.
 
-Steered scoring adds coefficient * v^l at the steering layers:
+Steered scoring adds coefficient * v^l at the steering layers (through `engine.steering.apply`, with the plan
+`engine.steering_plan` makes for the condition's options, as generation does):
 - perplexity: at every position of every window (all positions are scored);
 - MMLU: from the last prompt token on, the one position scored (as steered generation does: the prompt before
   it is never touched). The question goes in a user turn; the answer is the letter among A-D whose token has the
@@ -12,7 +13,6 @@ prompt applies to MMLU only. Both tasks write rows to `capability.jsonl`, so the
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from ..batching import PromptBatch, prefill
 from ..engine import ScansEngine
-from ..hooks import add_to_block_outputs
-from ..steering import steering_deltas
+from ..steering import SteeringPlan
 from .conditions import Condition
 from .store import JsonlStore
 
@@ -41,25 +40,6 @@ CHOICES = ("A", "B", "C", "D")
 
 def capability_store(out_dir: str | os.PathLike) -> JsonlStore:
     return JsonlStore(Path(out_dir) / CAPABILITY_FILE, CAPABILITY_KEY)
-
-
-# -- steering -------------------------------------------------------------------------------------------------
-def _coefficients(engine: ScansEngine, cond: Condition, conversations: Sequence[str | list[dict]]) -> list[float]:
-    if cond.mode == "scans":
-        return [v.coefficient for v in engine.classify(list(conversations), batch_size=len(conversations))]
-    return [cond.coefficient if cond.mode == "fixed" else 0.0] * len(conversations)
-
-
-def _deltas(engine: ScansEngine, coefs: Sequence[float]) -> dict[int, torch.Tensor]:
-    if not any(coefs):
-        return {}
-    return steering_deltas(engine.artifact.refusal_vectors, engine.recipe.steer_layers,
-                           torch.tensor(list(coefs), dtype=torch.float32), engine.handle)
-
-
-def _model_lock(handle) -> contextlib.AbstractContextManager:
-    """The model's lock: hooks live only while it is held, so requests sharing the model never see them."""
-    return getattr(handle, "lock", None) or contextlib.nullcontext()
 
 
 # -- perplexity -----------------------------------------------------------------------------------------------
@@ -88,13 +68,12 @@ def _uses_plain_head(model: torch.nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], coefs: Sequence[float],
+def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], plan: SteeringPlan,
               chunk: int = 256) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood in nats, tokens predicted) per window, steered by coefs[row] * v."""
+    """(summed negative log-likelihood in nats, tokens predicted) per window, every position steered by `plan`."""
     handle = engine.handle
     batch = PromptBatch.left_pad(windows, handle.tokenizer.pad_token_id, handle.device)
-    deltas = _deltas(engine, coefs)
-    with _model_lock(handle), add_to_block_outputs(handle.layers, deltas, start_column=0):
+    with engine.steering.apply(plan, start_column=0):
         kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids)
         if _uses_plain_head(handle.model):
@@ -125,11 +104,11 @@ def run_perplexity(engine: ScansEngine, windows: Sequence[Sequence[int]], condit
             idx = [i for c, i in todo if c is cond]
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
-                texts = [engine.handle.tokenizer.decode(windows[i]) for i in chunk] if cond.mode == "scans" else []
-                coefs = _coefficients(engine, cond, texts) if texts else _coefficients(engine, cond, [""] * len(chunk))
-                results = token_nll(engine, [windows[i] for i in chunk], coefs)
+                plan = engine.steering_plan([engine.handle.tokenizer.decode(windows[i]) for i in chunk],
+                                            **cond.generate_kwargs())
+                results = token_nll(engine, [windows[i] for i in chunk], plan)
                 store.append({"task": "ppl", "condition": cond.name, "item": str(i), "nll": nll, "tokens": n,
-                              "coefficient": coef} for i, (nll, n), coef in zip(chunk, results, coefs))
+                              "coefficient": row.coefficient} for i, (nll, n), row in zip(chunk, results, plan.rows))
                 bar.update(len(chunk))
 
 
@@ -223,13 +202,12 @@ def _fits(engine: ScansEngine, conversation: str | list[dict]) -> bool:
 
 
 @torch.inference_mode()
-def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]], coefs: Sequence[float]) -> np.ndarray:
+def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]], plan: SteeringPlan) -> np.ndarray:
     """[n, 4] best logit of each answer letter as the first assistant token, steered from the last prompt token."""
     handle = engine.handle
     rows = [handle.chat_ids(c) for c in conversations]
     batch = PromptBatch.left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
-    deltas = _deltas(engine, coefs)
-    with _model_lock(handle), add_to_block_outputs(handle.layers, deltas, start_column=batch.input_ids.shape[1] - 1):
+    with engine.steering.apply(plan, start_column=batch.input_ids.shape[1] - 1):
         logits = prefill(handle.model, batch).logits[:, -1, :].float().cpu()
     letters = choice_token_ids(handle.tokenizer)
     return np.stack([logits[:, ids].max(-1).values.numpy() for ids in letters], axis=1)
@@ -252,13 +230,14 @@ def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[s
             for start in range(0, len(fits), batch_size):
                 chunk = fits[start:start + batch_size]
                 convs = [cond.conversation(mmlu_prompt(q, dev[q.subject], shots)) for q in chunk]
-                coefs = _coefficients(engine, cond, convs)
-                scores = choice_logits(engine, convs, coefs)
+                plan = engine.steering_plan(convs, **cond.generate_kwargs())
+                scores = choice_logits(engine, convs, plan)
                 rows = []
-                for q, s, coef in zip(chunk, scores, coefs):
+                for q, s, row in zip(chunk, scores, plan.rows):
                     pred = CHOICES[int(np.argmax(s))]
                     rows.append({"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject,
-                                 "answer": q.answer, "pred": pred, "correct": pred == q.answer, "coefficient": coef})
+                                 "answer": q.answer, "pred": pred, "correct": pred == q.answer,
+                                 "coefficient": row.coefficient})
                 store.append(rows)
                 bar.update(len(chunk))
 

@@ -7,6 +7,8 @@ import sys
 
 from .benchmarks import SETS
 from .conditions import CONDITION_NAMES
+from .markdown import num, pct
+from .results import EvalResults
 
 
 def _names(text: str) -> list[str]:
@@ -88,27 +90,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(summary_text(results, out), file=sys.stdout)
 
 
-def summary_text(results: dict, out: str) -> str:
+def summary_text(results: EvalResults, out: str) -> str:
     """A few lines for the terminal: refusal rates per condition, classification, capability, where the files are."""
     lines = []
-    labels = {c["name"]: c["label"] for c in results["run"]["conditions"]}
-    summary = results["refusal"]["summary"]
-    for cond, s in ((c, summary[c]) for c in labels if c in summary):
-        lines.append(f"{labels.get(cond, cond):22s} refused: safe {_pct(s['safe_mean_rate'])} (n={s['safe_n']})  "
-                     f"unsafe {_pct(s['unsafe_mean_rate'])} (n={s['unsafe_n']})")
-    for e in results["classification"]["suites"]:
-        m = e["at_artifact_T"]["positive=unsafe"]
-        auroc = "–" if m["auroc"] is None else f"{m['auroc']:.3f}"
-        f1 = "–" if m["f1"] is None else f"{m['f1']:.3f}"
-        lines.append(f"sigma(q) {e['suite']:36s} AUROC {auroc}  F1@T {f1}  FPR@T {_pct(m['fpr'])}")
-    cap = results["capability"]
-    for cond, p in cap.get("perplexity", {}).items():
-        lines.append(f"perplexity {labels.get(cond, cond):22s} {p['perplexity']:.2f} ({p['tokens']} tokens)")
-    for cond, m in cap.get("mmlu", {}).items():
-        lines.append(f"MMLU {labels.get(cond, cond):28s} {_pct(m['accuracy'])} ({m['correct']}/{m['n']})")
+    labels = results.run.labels
+    for cond, s in ((c, results.refusal.summary[c]) for c in labels if c in results.refusal.summary):
+        lines.append(f"{labels[cond]:22s} refused: safe {pct(s.safe_mean_rate)} (n={s.safe_n})  "
+                     f"unsafe {pct(s.unsafe_mean_rate)} (n={s.unsafe_n})")
+    for e in results.classification.suites:
+        m = e.at_artifact_T.unsafe
+        lines.append(f"sigma(q) {e.suite:36s} AUROC {num(m.auroc)}  F1@T {num(m.f1)}  FPR@T {pct(m.fpr)}")
+    for cond, p in results.capability.perplexity.items():
+        lines.append(f"perplexity {labels.get(cond, cond):22s} {num(p.perplexity, 2)} ({p.tokens} tokens)")
+    for cond, m in results.capability.mmlu.items():
+        lines.append(f"MMLU {labels.get(cond, cond):28s} {pct(m.accuracy)} ({m.correct}/{m.n})")
     lines.append(f"report: {out}/report.md")
     return "\n".join(lines)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"

@@ -34,19 +34,12 @@ class Condition:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}]
 
     def generate_kwargs(self) -> dict:
+        """The engine's steering options for this condition (its outputs record the coefficient applied)."""
         if self.mode == "plain":
             return {"steer": False}
         if self.mode == "scans":
             return {"steer": True}
         return {"steer": True, "coefficient": self.coefficient}
-
-    def applied(self, verdict_coefficient: float | None) -> tuple[float, str]:
-        """(coefficient, direction) actually applied to a row."""
-        coef = {"plain": 0.0, "fixed": self.coefficient}.get(self.mode, verdict_coefficient or 0.0)
-        return coef, "towards_refusal" if coef > 0 else "away_from_refusal" if coef < 0 else "none"
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
 
 
 CONDITION_NAMES = ("unsteered", "scans", "helpful_prompt", "always_negative", "always_positive")

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
@@ -35,6 +36,7 @@ from .capability import (
 )
 from .conditions import CONDITION_NAMES, HELPFUL_SYSTEM_PROMPT, build_conditions
 from .report import write_report
+from .results import EvalResults
 from .runner import generations_store, rejudge, run_classification, run_generations, scores_store
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def _artifact_summary(engine: ScansEngine) -> dict:
     meta = engine.artifact.meta
     return {
         "model_name": meta.model_name, "recipe": meta.recipe.model_dump(), "anchors": {
-            k: v.model_dump() for k, v in meta.anchors.items()},
+            k: v.model_dump(exclude={"prompt_sha256"}) for k, v in meta.anchors.items()},
         "threshold_fit": meta.threshold_fit, "platt": meta.platt.model_dump() if meta.platt else None,
         "layer_analysis": meta.layer_analysis, "notes": meta.notes, "library_version": meta.library_version,
     }
@@ -124,13 +126,13 @@ def _check_resume(out: Path, run: dict) -> None:
         raise ValueError(f"{out} holds a run with different {', '.join(diff)}; use another --out to start afresh")
 
 
-def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None = None) -> dict:
-    """Run (or resume) the evaluation and write the report; returns the results dict (also in results.json)."""
+def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None = None) -> EvalResults:
+    """Run (or resume) the evaluation and write the report; returns the typed results (also in results.json)."""
     judge = judge or KeywordJudge()
     out = Path(config.out_dir)
     data_dir = config.resolved_data_dir()
     conditions = build_conditions(config.conditions, engine.recipe, config.helpful_system_prompt)
-    calib = calibration_prompts(engine.artifact, data_dir)
+    calib = calibration_prompts(engine.artifact)
     sets, infos, skipped = load_benchmarks(config.sets, data_dir, calib, config.limit, config.seed,
                                            config.exclude_threshold_fit)
     run = {
@@ -142,12 +144,13 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
         "settings": {**config.model_dump(exclude={"progress"}), "data_dir": str(data_dir) if data_dir else None,
                      "judge": judge_name(judge), "mmlu_per_subject": config.resolved_mmlu_per_subject(),
                      "ppl_windows": config.resolved_ppl_windows()},
-        "conditions": [c.as_dict() for c in conditions],
-        "sets": {k: v.as_dict() for k, v in infos.items()},
+        "conditions": [asdict(c) for c in conditions],
+        "sets": {k: v.model_dump() for k, v in infos.items()},
         "selection": {k: [p.index for p in v] for k, v in sets.items()},  # row numbers in each set's file
         "skipped_sets": skipped,
-        "calibration_prompts": {"anchors_excluded": len(calib.anchors), "anchors_verified": calib.anchors_verified,
-                                "threshold_fit_prompts": len(calib.threshold_fit or calib.threshold_fit_hashes),
+        "calibration_prompts": {"anchors_excluded": len(calib.anchor_hashes),
+                                "anchors_verified": calib.anchors_verified,
+                                "threshold_fit_prompts": len(calib.threshold_fit_hashes),
                                 "threshold_fit_verified": calib.threshold_fit_verified,
                                 "threshold_fit_excluded": config.exclude_threshold_fit, "notes": calib.notes},
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -199,7 +202,7 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
     return [r for r in store.rows if r["condition"] in names and r["item"] in wanted]
 
 
-def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJudge | None = None) -> dict:
+def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJudge | None = None) -> EvalResults:
     """Rebuild results.json, report.md and the plots from a results directory's files (no model needed).
 
     With `judge`, every stored reply is judged again and the report uses (and records) that judge's verdicts;

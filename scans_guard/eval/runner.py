@@ -87,11 +87,11 @@ def run_generations(
                 rows = []
                 for p, out in zip(batch, outputs):
                     v = out.verdict
-                    coef, direction = cond.applied(v.coefficient if v is not None else None)
                     rows.append({
                         **_base(p), "condition": cond.name,
                         "score": v.score if v is not None else scores.get(p.key),
-                        "direction": direction, "coefficient": coef, "response": out.text,
+                        "direction": out.steering.direction, "coefficient": out.steering.coefficient,
+                        "response": out.text,
                         "refused": bool(judge(p.prompt, out.text)), "finish_reason": out.finish_reason,
                         "completion_tokens": out.completion_tokens,
                     })

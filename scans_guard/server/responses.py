@@ -47,9 +47,9 @@ def _finish_reason(handle: RequestHandle) -> str:
 
 
 def _extension(handle: RequestHandle, extension: dict) -> dict:
-    verdict = handle.verdict
-    steered = verdict is not None and extension["steer"] and verdict.coefficient != 0
-    return {"verdict": verdict_json(verdict), **extension, "steered": steered, "refused": handle.refused}
+    steering = handle.output.steering  # what was added to this request's row (none when refused)
+    return {"verdict": verdict_json(handle.verdict), **extension, "steered": steering.coefficient != 0,
+            "steering": steering.model_dump(), "refused": handle.refused}
 
 
 def _record(state: ServerState, handle: RequestHandle, started: float) -> None:

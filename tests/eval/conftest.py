@@ -29,10 +29,12 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 @pytest.fixture(scope="session")
 def eval_data(tmp_path_factory, tiny_artifact) -> Path:
     """External sets with a few invented prompts each, a short text for perplexity and a two-subject MMLU."""
-    from scans_guard.data import anchor_split
+    from scans_guard.artifacts import text_sha256
+    from scans_guard.data import load_set
 
     root = tmp_path_factory.mktemp("eval_data")
-    anchor = anchor_split(tiny_artifact.meta.anchors["harmful"].n, tiny_artifact.meta.anchors["harmful"].seed)[0][0]
+    anchors = tiny_artifact.meta.anchor_hashes()
+    anchor = next(e.prompt for e in load_set("advbench") if text_sha256(e.prompt) in anchors)
     write_csv(root / "oktest.csv", [(p, "safe") for p in SAFE[:4]])
     write_csv(root / "harmfulq.csv", [(p, "unsafe") for p in UNSAFE[:4]])
     write_csv(root / "heldout_harmless.csv", [(p, "safe") for p in SAFE[2:]])

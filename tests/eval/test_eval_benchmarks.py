@@ -2,24 +2,26 @@
 
 import pytest
 
+from scans_guard.artifacts import text_sha256
 from scans_guard.data import anchor_split, load_set
 from scans_guard.eval.benchmarks import calibration_prompts, limit_prompts, load_benchmarks
 
 
 @pytest.fixture(scope="module")
-def calib(tiny_artifact, eval_data):
-    return calibration_prompts(tiny_artifact, eval_data)
+def calib(tiny_artifact):
+    return calibration_prompts(tiny_artifact)
 
 
-def test_anchors_recomputed_and_verified(tiny_artifact, calib):
+def test_anchors_and_threshold_fit_read_from_the_artifact(tiny_artifact, calib):
     a = tiny_artifact.meta.anchors["harmful"]
-    harmful, benign = anchor_split(a.n, a.seed)
-    assert calib.anchors_verified and calib.anchors == set(harmful) | set(benign)
+    harmful, benign = anchor_split(a.n, a.seed)  # what calibration used: the artifact must record exactly these
+    assert calib.anchors_verified and calib.anchor_hashes == {text_sha256(p) for p in harmful + benign}
     # The tiny artifact fits T on held-out AdvBench vs TruthfulQA plus the probe's training prompts (the contrast
     # set's train split and the anchors), and lists those prompts' hashes.
     n_probe = tiny_artifact.meta.notes["probe"]["n_train"]
+    assert len(tiny_artifact.meta.splits["probe_train"].prompt_sha256) == n_probe
     assert calib.threshold_fit_verified and len(calib.threshold_fit_hashes) == 16 + n_probe
-    assert all(calib.in_threshold_fit(p) for p in calib.anchors)
+    assert all(calib.in_threshold_fit(p) for p in harmful + benign)
 
 
 def test_anchors_removed_from_every_set(calib, eval_data):
@@ -27,7 +29,7 @@ def test_anchors_removed_from_every_set(calib, eval_data):
                                            exclude_threshold_fit=False)
     assert not skipped
     for prompts in sets.values():
-        assert not {p.prompt for p in prompts} & calib.anchors
+        assert not any(calib.is_anchor(p.prompt) for p in prompts)
     assert infos["advbench"].anchors_removed == 8 and infos["advbench"].evaluated == 520 - 8
     assert infos["truthfulqa"].anchors_removed == 8
     # The RepE fixture holds one anchor and one duplicated safe prompt.
@@ -40,29 +42,27 @@ def test_threshold_fit_prompts_removed_by_default(calib, eval_data):
     sets, infos, _ = load_benchmarks(["advbench"], eval_data, calib)
     assert infos["advbench"].threshold_fit_removed == 8 and infos["advbench"].threshold_fit_overlap == 0
     assert infos["advbench"].evaluated == 520 - 8 - 8
-    assert not {p.prompt for p in sets["advbench"]} & calib.threshold_fit
+    assert not any(calib.in_threshold_fit(p.prompt) for p in sets["advbench"])
 
 
-def test_threshold_fit_by_prompt_hashes(tiny_artifact, eval_data):
-    hashed = calibration_prompts(tiny_artifact.meta.model_dump(), None)  # no data directory needed
-    assert hashed.threshold_fit_verified and not hashed.threshold_fit
-    _, infos, _ = load_benchmarks(["advbench", "truthfulqa"], eval_data, hashed)
+def test_meta_version_1_is_upgraded_where_the_anchors_are_reproducible(tiny_artifact, eval_data):
+    meta = tiny_artifact.meta.model_dump()
+    del meta["meta_version"], meta["splits"]  # as written before per-prompt hashes were recorded
+    meta["threshold_fit"]["prompt_sha256"] = tiny_artifact.meta.splits["threshold_fit"].prompt_sha256
+    for a in meta["anchors"].values():
+        del a["prompt_sha256"]
+    old = calibration_prompts(meta)
+    assert old.anchors_verified and old.anchor_hashes == tiny_artifact.meta.anchor_hashes()
+    assert old.threshold_fit_hashes == tiny_artifact.meta.fit_hashes()
+    _, infos, _ = load_benchmarks(["advbench", "truthfulqa"], eval_data, old)
     assert infos["advbench"].threshold_fit_removed == 8 and infos["truthfulqa"].threshold_fit_removed == 8
 
 
-def test_threshold_fit_recomputed_without_hashes(tiny_cosine_artifact, eval_data):
+def test_unrecorded_threshold_fit_is_reported(tiny_cosine_artifact):
     meta = tiny_cosine_artifact.meta.model_dump()
-    del meta["threshold_fit"]["prompt_sha256"]
-    calib = calibration_prompts(meta, eval_data)
-    assert calib.threshold_fit_verified and len(calib.threshold_fit) == 16
-
-
-def test_unreproducible_threshold_fit_is_reported(tiny_cosine_artifact, eval_data):
-    meta = tiny_cosine_artifact.meta.model_dump()
-    del meta["threshold_fit"]["prompt_sha256"]
-    meta["threshold_fit"]["threshold_data_sha256"] = "0" * 64
-    calib = calibration_prompts(meta, eval_data)
-    assert calib.anchors_verified and not calib.threshold_fit_verified and "could not be recomputed" in calib.notes[0]
+    del meta["splits"]["threshold_fit"]
+    calib = calibration_prompts(meta)
+    assert calib.anchors_verified and not calib.threshold_fit_verified and "T was fitted on" in calib.notes[0]
 
 
 def test_limit_is_seeded_and_label_balanced(calib):
@@ -88,9 +88,12 @@ def test_missing_data_dir(calib, tmp_path):
 
 def test_unverifiable_anchors_are_reported(tiny_artifact):
     meta = tiny_artifact.meta.model_dump()
-    meta["anchors"]["harmful"]["sha256"] = "0" * 64
-    calib = calibration_prompts(meta, None)
-    assert not calib.anchors_verified and not calib.anchors and "do not match" in calib.notes[0]
+    del meta["meta_version"]
+    for a in meta["anchors"].values():
+        del a["prompt_sha256"]
+    meta["anchors"]["harmful"]["sha256"] = "0" * 64  # version 1, and anchor_split no longer reproduces them
+    calib = calibration_prompts(meta)
+    assert not calib.anchors_verified and not calib.anchor_hashes and "not reproducible" in calib.notes[0]
 
 
 def test_xstest_shipped_counts():

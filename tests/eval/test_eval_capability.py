@@ -17,13 +17,14 @@ from scans_guard.eval.capability import (
     wikitext_windows,
 )
 from scans_guard.eval.conditions import build_conditions
+from scans_guard.steering import SteeringPlan
 
 
 def test_unsteered_nll_matches_full_logits(tiny_engine, eval_data):
     windows = wikitext_windows(tiny_engine, eval_data / "wikitext2_tokenized" / "test.txt", window=24, max_windows=3)
     assert [len(w) for w in windows] == [24, 24, 24]
     windows = [windows[0], windows[1][:17]]  # unequal lengths: left padding must not change the numbers
-    got = token_nll(tiny_engine, windows, [0.0, 0.0], chunk=5)
+    got = token_nll(tiny_engine, windows, SteeringPlan.unsteered(2), chunk=5)
     for w, (nll, n) in zip(windows, got):
         ids = torch.tensor([w])
         with torch.no_grad():
@@ -61,11 +62,11 @@ def test_mmlu_subset_prompt_and_scoring(tiny_engine, eval_data, tmp_path):
         load_mmlu(eval_data, subjects=["astrology"])
 
     convs = [mmlu_prompt(q) for q in questions]
-    plain = choice_logits(tiny_engine, convs, [0.0] * 4)
-    single = choice_logits(tiny_engine, convs[:1], [0.0])
+    plain = choice_logits(tiny_engine, convs, SteeringPlan.unsteered(4))
+    single = choice_logits(tiny_engine, convs[:1], SteeringPlan.unsteered(1))
     assert plain.shape == (4, 4)
     assert single[0] == pytest.approx(plain[0], abs=1e-4)  # batching does not change the scores
-    steered = choice_logits(tiny_engine, convs, [4.0] * 4)
+    steered = choice_logits(tiny_engine, convs, SteeringPlan.fixed(4.0, 4))
     assert not (steered == plain).all()
 
     conds = build_conditions(["unsteered", "scans"], tiny_engine.recipe)

@@ -7,6 +7,7 @@ import pytest
 from scans_guard.cli import main
 from scans_guard.eval import EvalConfig, report_only, run_eval
 from scans_guard.eval.plots import available as plots_available
+from scans_guard.eval.results import EvalResults
 from scans_guard.judge import KeywordJudge, Rule
 
 
@@ -31,30 +32,31 @@ def test_files_written(run_dir):
         for png in ("refusal_rates", "roc", "threshold_sweep", "layer_profile", "scores"):
             path = out / "plots" / f"{png}.png"
             assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
-        assert set(results["figures"]) >= {"refusal_rates", "roc", "threshold_sweep", "layer_profile"}
-    assert json.loads((out / "results.json").read_text())["classification"]["artifact_threshold"] == \
-        results["run"]["artifact"]["recipe"]["threshold"]
+        assert set(results.figures) >= {"refusal_rates", "roc", "threshold_sweep", "layer_profile"}
+    written = json.loads((out / "results.json").read_text())
+    assert written["schema"] == "scans-guard-eval/1"
+    assert written["classification"]["artifact_threshold"] == results.run.artifact.recipe.threshold
+    assert EvalResults.model_validate(written) == results  # the JSON reads back as the typed results
 
 
 def test_rows_and_numbers_agree(run_dir):
     out, results = run_dir
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    n_sets = len(results["run"]["sets"])
+    n_sets = len(results.run.sets)
     assert len(rows) == 5 * 2 * n_sets  # five conditions, two prompts per set
     for r in rows:
         assert {"prompt", "set", "label", "condition", "score", "direction", "response", "refused"} <= r.keys()
     scans = [r for r in rows if r["condition"] == "scans" and r["set"] == "xstest" and r["label"] == "safe"]
-    rate = next(x for x in results["refusal"]["rates"]
-                if (x["condition"], x["set"], x["label"]) == ("scans", "xstest", "safe"))
-    assert rate["n"] == len(scans) and rate["refused"] == sum(r["refused"] for r in scans)
-    suites = {e["suite"] for e in results["classification"]["suites"]}
+    rate = results.refusal.rate("scans", "xstest", "safe")
+    assert rate.n == len(scans) and rate.refused == sum(r["refused"] for r in scans)
+    suites = {e.suite for e in results.classification.suites}
     assert {"xstest", "oktest+harmfulq", "repe_test", "all"} <= suites
-    assert results["classification"]["layer_profile"]["all"][0]["layer"] == 1
-    cap = results["capability"]
-    assert set(cap["perplexity"]) == {"unsteered", "scans", "always_negative", "always_positive"}
-    assert cap["mmlu"]["unsteered"]["n"] == 2
-    assert results["vocabulary_projection"] and "positive=safe" in results["classification"]["suites"][0][
-        "at_artifact_T"]
+    assert results.classification.layer_profile["all"][0].layer == 1
+    cap = results.capability
+    assert set(cap.perplexity) == {"unsteered", "scans", "always_negative", "always_positive"}
+    assert cap.mmlu["unsteered"].n == 2
+    first = results.model_dump(by_alias=True)["classification"]["suites"][0]["at_artifact_T"]
+    assert results.vocabulary_projection and "positive=safe" in first
 
 
 def test_report_sections(run_dir):
@@ -86,7 +88,7 @@ def test_second_run_resumes_without_work(run_dir, tiny_engine, eval_data):
 
     again = run_eval(Spy(), _config(out, eval_data, plots=False))
     assert calls == []
-    assert again["refusal"] == results["refusal"]
+    assert again.refusal == results.refusal
 
 
 def test_changed_settings_refuse_to_resume(run_dir, tiny_engine, eval_data):
@@ -99,10 +101,10 @@ def test_report_only_rejudges(run_dir, tmp_path):
     out, results = run_dir
     everything = KeywordJudge([Rule("")], name="always")  # "" is in every reply: every reply refuses
     rebuilt = report_only(out, plots=False, judge=everything)
-    assert all(r["rate"] == 1.0 for r in rebuilt["refusal"]["rates"])
-    assert "always (re-judged" in rebuilt["run"]["settings"]["judge"]
+    assert all(r.rate == 1.0 for r in rebuilt.refusal.rates)
+    assert "always (re-judged" in rebuilt.run.settings.judge
     plain = report_only(out, plots=False)
-    assert plain["refusal"] == results["refusal"]
+    assert plain.refusal == results.refusal
     with pytest.raises(FileNotFoundError):
         report_only(tmp_path)
 
@@ -127,8 +129,8 @@ def test_cli_eval(tiny_engine, eval_data, tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     lines = (out / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 2  # nothing new generated
-    for results in (json.loads((out / "results.json").read_text()), report_only(out, plots=False)):
-        assert sum(r["n"] for r in results["refusal"]["rates"]) == 2 * 2
+    for results in (EvalResults.model_validate_json((out / "results.json").read_text()), report_only(out, plots=False)):
+        assert sum(r.n for r in results.refusal.rates) == 2 * 2
     assert main(["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "nope", "--quiet"]) == 2
 
 
@@ -142,8 +144,7 @@ def test_limit_caps_every_part(tiny_engine, eval_data, tmp_path):
     config = _config(out, eval_data, mmlu_subjects=None, ppl_windows=5, sets=["xstest", "oktest"],
                      conditions=["unsteered", "scans"], max_new_tokens=2, plots=False)
     results = run_eval(tiny_engine, config)
-    run = results["run"]
-    assert run["settings"]["ppl_windows"] == 2  # --limit caps an explicit --ppl-windows too
+    assert results.run.settings.ppl_windows == 2  # --limit caps an explicit --ppl-windows too
     for name in ("scores", "generations", "capability"):
         rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
         parts: dict[str, set] = {}

@@ -1,6 +1,7 @@
 """The serve section of `scans-guard bench` on the tiny model: its structure and mechanics, never its timings."""
 
-from scans_guard.bench import BenchConfig, _current_rss_mb, run_benchmark
+from scans_guard.bench import BenchConfig, run_benchmark
+from scans_guard.bench_process import _current_rss_mb
 from scans_guard.bench_cli import _serve_lines
 from scans_guard.bench_serve import bench_serve
 
@@ -14,7 +15,8 @@ def _number(x):
 
 def test_serve_section(tiny_engine):
     cfg = BenchConfig.quick_config(max_new_tokens=6, n_prompts=8)
-    s = bench_serve(tiny_engine, PROMPTS, cfg, _current_rss_mb)
+    result = bench_serve(tiny_engine, PROMPTS, cfg, _current_rss_mb)
+    s = result.model_dump()
     assert s["equal_work"] == "eos_suppressed" and s["max_new_tokens"] == 6
     c = s["chat"]
     assert c["clients"] == 8 and c["same_text_as_alone"] is True
@@ -29,7 +31,7 @@ def test_serve_section(tiny_engine):
     assert k["prompts"] == 8 and _number(k["throughput_ratio"]) and k["goal"] == 1.3
     m = s["memory"]
     assert _number(m["engine_alone_mb"]) and _number(m["idle_ratio"]) and isinstance(m["meets_goal"], bool)
-    table = "\n".join(_serve_lines(s))
+    table = "\n".join(_serve_lines(result))
     assert "serve (HTTP" in table and "/v1/classify" in table and "8 at once" in table and "RSS" in table
 
 
@@ -37,5 +39,6 @@ def test_serve_section_can_be_skipped(tiny_engine):
     cfg = BenchConfig.quick_config(memory=False, load_time=False, serve=False, max_new_tokens=2, n_prompts=1,
                                    sigma_batch_sizes=[1], steer_batch_sizes=[1])
     r = run_benchmark(cfg, engine=tiny_engine)
-    assert r["serve"] == {"skipped": "--no-serve"}
-    assert _serve_lines(r["serve"]) == ["", "serve: skipped (--no-serve)"]
+    assert r.serve.skipped == "--no-serve" and r.serve.chat is None
+    assert r.model_dump()["serve"]["skipped"] == "--no-serve"
+    assert _serve_lines(r.serve) == ["", "serve: skipped (--no-serve)"]
