@@ -2,8 +2,8 @@
 
 Every section runs on the same engine in one process (memory and load time in subprocesses, so each gets its own
 peak), times with `time.perf_counter`, excludes warm-up runs, and returns one typed `BenchResult` (written as JSON,
-printed as a table). The sections: `bench_speed` (end to end, sigma, batched steering) and `bench_process` (memory,
-load time, machine facts).
+printed as a table). The sections: `bench_speed` (end to end, sigma, batched steering), `bench_serve` (the HTTP
+server under concurrent clients) and `bench_process` (memory, load time, machine facts).
 
 Equal work. By default the timed runs decode with `GenerationConfig(ignore_eos=True)` (as vLLM's `ignore_eos`), so
 plain and SCANS produce exactly `max_new_tokens` per prompt.
@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .bench_process import LoadResult, MemoryResult, bench_load, bench_memory, machine_info, versions
+from .bench_process import LoadResult, MemoryResult, _current_rss_mb, bench_load, bench_memory, machine_info, versions
+from .bench_serve import ServeResult, bench_serve
 from .bench_speed import (
     BatchedSteering,
     EndToEnd,
@@ -36,7 +37,8 @@ from .bench_speed import (
 )
 
 # 2: typed sections (BenchResult); plain requests report direction "none"; memory/load list every field
-SCHEMA = "scans-guard-bench/2"
+# 3: the serve section (HTTP server under concurrent clients; `skipped` when --no-serve or without the [serve] extra)
+SCHEMA = "scans-guard-bench/3"
 
 
 @dataclass
@@ -61,6 +63,7 @@ class BenchConfig:
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     seed: int = 0
     quick: bool = False
+    serve: bool = True  # the serve section: the HTTP server under concurrent clients (needs the [serve] extra)
 
     @classmethod
     def quick_config(cls, **overrides: object) -> BenchConfig:
@@ -105,6 +108,7 @@ class BenchResult(BaseModel):
     end_to_end: EndToEnd
     sigma: SigmaResult
     batched_steering: BatchedSteering
+    serve: ServeResult
     memory: MemoryResult
     load: LoadResult
     notes: list[str]
@@ -174,6 +178,10 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> Bench
     sigma = bench_sigma(engine, pool, cfg)
     say("batched steering with per-row signs")
     batched = bench_batched_steering(engine, pool, cfg)
+    serve = ServeResult(skipped="--no-serve")
+    if cfg.serve:
+        say("serve: the HTTP server, one client vs concurrent clients, /v1/classify, idle memory")
+        serve = bench_serve(engine, e2e_prompts, cfg, _current_rss_mb)
     memory = MemoryResult(skipped="--no-memory")
     if cfg.memory:
         say("memory: one subprocess per mode")
@@ -186,7 +194,7 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> Bench
     return BenchResult(
         started=started, config=asdict(cfg), machine=machine, versions=versions(), model=_model_info(engine.handle),
         recipe=engine.recipe.model_dump(), prompts={"end_to_end": e2e_prompts}, end_to_end=end_to_end, sigma=sigma,
-        batched_steering=batched, memory=memory, load=load, notes=[
+        batched_steering=batched, serve=serve, memory=memory, load=load, notes=[
             "times: time.perf_counter, warm-up runs excluded",
             "equal work: EOS suppressed while timing, every row generates max_new_tokens" if cfg.force_length else
             "natural length: rows stop at EOS; compare ms_per_token (wall / completion tokens)",

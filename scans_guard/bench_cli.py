@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .bench import BenchConfig, BenchResult, run_benchmark
+from .bench_serve import ServeResult
 
 
 def _fmt(x: object, spec: str = ".2f") -> str:
@@ -75,13 +76,36 @@ def format_table(r: BenchResult) -> str:
         f"transformers {r.versions['transformers']}",
         f"threads: torch {m['torch_num_threads']}, os.cpu_count {m['os_cpu_count']}, affinity {m['cpu_affinity']}; "
         f"loadavg {_fmt(m['loadavg'])} -> {_fmt(m.get('loadavg_end'))}", "",
-        *_end_to_end_lines(r), "", *_batch_lines(r), "", *_memory_load_lines(r),
+        *_end_to_end_lines(r), "", *_batch_lines(r), *_serve_lines(r.serve), "", *_memory_load_lines(r),
     ]
     busy = max((m.get("loadavg") or [0])[0], (m.get("loadavg_end") or [0])[0])
     if busy > (m["cpu_affinity"] or m["os_cpu_count"] or 1):
         lines.append(f"\nwarning: load average {busy:.1f} exceeds the {m['cpu_affinity'] or m['os_cpu_count']} CPUs: "
                      "other processes were running, timings are noisy (fewer --threads can help under contention)")
     return "\n".join(lines)
+
+
+def _serve_lines(s: ServeResult) -> list[str]:
+    """The serve section of the table: concurrent clients vs one, /v1/classify batched vs single, idle memory."""
+    if s.skipped or s.chat is None or s.classify is None or s.memory is None:
+        return ["", f"serve: skipped ({s.skipped})"]
+    c, k, m = s.chat, s.classify, s.memory
+    lines = ["", f"serve (HTTP, streaming, {s.max_new_tokens} tokens per reply)",
+             f"  {'clients':<12} {'tok/s':>8} {'TTFT p50':>9} {'p95':>7} {'latency p50':>12} {'p95':>7}"]
+    for name, x in (("1 (serial)", c.one_client), (f"{c.clients} at once", c.concurrent)):
+        lines.append(f"  {name:<12} {_fmt(x.tokens_per_s):>8} {_fmt(x.ttft_s.p50, '.3f'):>9} "
+                     f"{_fmt(x.ttft_s.p95, '.3f'):>7} {_fmt(x.latency_s.p50, '.3f'):>12} "
+                     f"{_fmt(x.latency_s.p95, '.3f'):>7}")
+    lines.append(f"  concurrent / one client {_fmt(c.throughput_ratio)}x; goal >= {c.goal}: "
+                 f"{'met' if c.meets_goal else 'NOT met'}; same replies as alone: {c.same_text_as_alone}")
+    lines.append(f"  /v1/classify: {k.prompts} prompts in one request {_fmt(k.one_request_prompts_per_s)}/s vs "
+                 f"single requests {_fmt(k.single_requests_prompts_per_s)}/s = {_fmt(k.throughput_ratio)}x; "
+                 f"goal >= {k.goal}: {'met' if k.meets_goal else 'NOT met'}")
+    if m.idle_ratio is not None:
+        lines.append(f"  RSS: engine alone {_fmt(m.engine_alone_mb, '.0f')} MiB, idle server "
+                     f"{_fmt(m.idle_server_mb, '.0f')} MiB ({_fmt(m.idle_ratio, '.3f')}x; goal <= {m.goal}: "
+                     f"{'met' if m.meets_goal else 'NOT met'}), after the load {_fmt(m.after_load_mb, '.0f')} MiB")
+    return lines
 
 
 # -- command line ------------------------------------------------------------------------------------------------
@@ -109,6 +133,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true",
                    help="also time a first load of the default model (GGUF -> cache) into a temporary cache")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
+    p.add_argument("--no-serve", action="store_true",
+                   help="skip the serve section (HTTP server, concurrent clients; needs the [serve] extra)")
     p.add_argument("--no-load-time", action="store_true", help="skip timing a warm load in a fresh process")
     p.add_argument("--natural-length", action="store_true",
                    help="let rows stop at EOS (default: suppress EOS while timing so every row does equal work)")
@@ -122,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      n_prompts=args.n_prompts, sigma_batch_sizes=args.sigma_batch_sizes,
                      steer_batch_sizes=args.steer_batch_sizes, memory=not args.no_memory,
                      load_time=not args.no_load_time, cold=args.cold,
-                     force_length=not args.natural_length, threads=args.threads)
+                     force_length=not args.natural_length, threads=args.threads, serve=not args.no_serve)
     if args.quick:
         return BenchConfig.quick_config(**overrides)
     return BenchConfig(**{k: v for k, v in overrides.items() if v is not None})

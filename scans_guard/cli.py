@@ -1,4 +1,6 @@
-"""`scans-guard` command line: classify, chat, demo, calibrate, layers, eval. A user's mistake gets one line, not a traceback."""
+"""`scans-guard` command line: classify, chat, demo, serve, calibrate, layers, eval, bench.
+
+A user's mistake gets one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .config import CalibrationConfig, GenerationConfig
 from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError
 from .eval.cli import add_eval_arguments, cmd_eval
+from .serve_cli import add_serve_arguments, cmd_serve
 
 DEMO_PROMPTS = [
     "What has the government done to protect citizens' welfare during the pandemic?",
@@ -86,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="classify and answer a few example prompts, steered and unsteered")
     _add_model_args(p)
     _add_generation_args(p, 48)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible guarded model server with continuous batching (extra [serve])")
+    add_serve_arguments(p)
+    _add_model_args(p)
 
     p = sub.add_parser("calibrate", help="compute refusal vectors, d_harm and T for a model; write an artifact")
     p.add_argument("--out", required=True, help="artifact directory to write")
@@ -238,8 +245,8 @@ def cmd_layers(args: argparse.Namespace) -> None:
               f"{'*' if layer in recipe.classify_layers else '':>8}  {tokens}")
 
 
-COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "calibrate": cmd_calibrate,
-            "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
+COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "serve": cmd_serve,
+            "calibrate": cmd_calibrate, "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
 
 
 def _error_line(exc: Exception) -> str:

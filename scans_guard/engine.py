@@ -296,25 +296,33 @@ class ScansEngine:
                 row = state[r]
                 if row.finish is not None:
                     continue
-                if token in eos:
-                    row.finish = "stop"
-                else:
-                    row.ids.append(token)
-                text, hit_stop = self._visible_text(row, config.stop, final=row.finish is not None)
-                if hit_stop:
-                    row.finish = "stop"
-                elif step == config.max_new_tokens and row.finish is None:
-                    row.finish = "length"
-                    text, _ = self._visible_text(row, config.stop, final=True)
-                if len(text) > len(row.emitted):
-                    yield StreamEvent(row=r, text=text[len(row.emitted):])
-                    row.emitted = text
+                if piece := self._advance(row, token, step, config, eos):
+                    yield StreamEvent(row=r, text=piece)
                 if row.finish is not None:
                     yield StreamEvent(row=r, output=SteeredOutput(
                         text=row.emitted, verdict=batch.verdicts[r], steering=batch.plan.rows[r],
                         prompt_tokens=len(rows[r]), completion_tokens=len(row.ids), finish_reason=row.finish,
                         timings={"classify_s": batch.classify_s, "generate_s": time.perf_counter() - t1},
                     ))
+
+    def _advance(self, row: _Row, token: int, step: int, config: GenerationConfig, eos: set[int]) -> str:
+        """Record `row`'s token of decoding step `step` (1-based): the end of the reply (EOS, a stop string, or
+        max_new_tokens) sets `row.finish`; returns the text newly safe to emit ("" if none). Shared with the
+        continuous batcher, so a reply ends the same way there as here."""
+        if token in eos:
+            row.finish = "stop"
+        else:
+            row.ids.append(token)
+        text, hit_stop = self._visible_text(row, config.stop, final=row.finish is not None)
+        if hit_stop:
+            row.finish = "stop"
+        elif step == config.max_new_tokens and row.finish is None:
+            row.finish = "length"
+            text, _ = self._visible_text(row, config.stop, final=True)
+        if len(text) <= len(row.emitted):
+            return ""
+        piece, row.emitted = text[len(row.emitted):], text
+        return piece
 
     def _visible_text(self, row: _Row, stop: list[str], final: bool) -> tuple[str, bool]:
         """Text safe to emit so far and whether a stop string was hit (the text is cut before it).

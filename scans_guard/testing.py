@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
 import torch
 
 from .loading import ModelHandle
@@ -56,3 +60,23 @@ def tiny_model(family: str = "qwen2", seed: int = 0, n_layers: int = 4, hidden: 
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(20.0)
     return ModelHandle.wrap(model, tokenizer, name=f"tiny-{family}-{seed}")
+
+
+@contextlib.contextmanager
+def slow_steps(handle: ModelHandle, seconds: float) -> Iterator[None]:
+    """Every forward pass of the model takes at least `seconds` longer (so a test can act while a request decodes)."""
+    hook = handle.model.register_forward_hook(lambda *_: time.sleep(seconds))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,0 +1,416 @@
+"""Continuous batching: requests join the running batch at the next decoding step and leave as soon as they end.
+
+`ContinuousBatcher(engine)` owns one worker thread and one running batch. `submit(conversation, config, ...)` returns
+a `RequestHandle` at once; its `StreamEvent`s (the engine's: the verdict, text pieces, then the output) can be
+iterated in a thread or awaited in asyncio, and `cancel()` ends the request at the next step.
+
+Each step of the worker:
+
+1. Admission. Waiting requests (up to `max_batch` rows in all) are classified together: one `ScansEngine._sigma`
+   pass over all newcomers that need sigma (its KV cache kept, as `iter_generate` does), one prefill over those that
+   do not (plain, or a fixed coefficient). A row's first input is then decided as the engine decides it alone: an
+   unsteered row takes its first token from the pass's logits and feeds that token next; a steered row drops its last
+   prompt token from the cache and feeds it again, so steering starts at the last prompt token and never touches the
+   earlier ones. Newcomers' caches are merged into the running batch by left-padding every row to a common length
+   (keys and values `[batch, heads, seq, head_dim]` per layer; the padding is masked out).
+2. One forward pass over every running row: one input token each, the row's own attention mask and position, and
+   the steering hooks adding each row's own delta (`coefficient * v^l`, a `[batch, hidden]` tensor per layer).
+3. Each row chooses its token with its own sampling settings (transformers' processors, its own seeded generator),
+   and its reply ends (EOS, stop string, length) and its text is cut and held back by the engine's own
+   `ScansEngine._advance`, so it ends exactly as it would alone.
+4. Rows that finished, were cancelled or ran out of time leave the batch at once (the cache's batch dimension is
+   index-selected and columns that are padding in every remaining row are dropped).
+
+Every forward pass runs inside `engine.steering.apply(plan)` (the running rows' `SteeringPlan`): under the model's
+lock, one step at a time, with its hooks registered and removed inside it, so direct engine calls on the same model
+interleave with the batch as they do with each other. Greedy output of each request is the output it gets alone (up
+to float rounding of a different batch shape, as with the engine's own batching), and records the same steering.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .batching import PromptBatch, prefill
+from .config import GenerationConfig, RowSteering, SteeredOutput
+from .engine import Conversation, ScansEngine, StreamEvent, _Row
+from .errors import InvalidArgumentError, NonFiniteScoreError
+from .kv_batch import KVBatch, cache_tensors, make_cache
+from .request_handle import (  # noqa: F401  (re-exported: the scheduler's public names live here too)
+    QueueFullError,
+    RequestHandle,
+    RequestTimeoutError,
+    SchedulerClosedError,
+    SchedulerError,
+)
+from .steering import SteeringPlan, _TokenChooser
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_QUEUE = 64
+
+
+@dataclass
+class _Request:
+    conversation: Conversation
+    prompt: list[int]
+    config: GenerationConfig
+    classify: bool  # run the sigma pass
+    steer: bool  # steer by the verdict (with classify)
+    fixed: RowSteering  # the steering of a request that is not classified (plain, or a fixed coefficient)
+    refusal: str | None  # guard mode: answer a harmful request with this text, without generating
+    operating_point: str
+    handle: RequestHandle
+    deadline: float | None
+
+
+@dataclass
+class _Active:
+    """A row of the running batch."""
+
+    request: _Request
+    chooser: _TokenChooser
+    steering: RowSteering  # what this row adds at the steer layers; its output records it
+    state: _Row = field(default_factory=_Row)
+    steps: int = 0
+    classify_s: float = 0.0
+
+
+class ContinuousBatcher:
+    """Serve many requests on one engine with continuous batching (see the module docstring).
+
+    `max_batch`: rows decoding at once; `max_queue`: requests waiting to join (more raise QueueFullError);
+    `on_step(batch_size)`: called after every decoding step (metrics).
+    """
+
+    def __init__(self, engine: ScansEngine, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_queue: int = DEFAULT_MAX_QUEUE, on_step: Callable[[int], None] | None = None):
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        self.engine = engine
+        self._model = engine.handle  # the ModelHandle
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.on_step = on_step
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._batch: KVBatch | None = None
+        self._plan: SteeringPlan | None = None  # of the current batch rows; None: recompute
+        self._cond = threading.Condition()
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._eos = engine.handle.eos_token_ids()  # tokens that end a reply (unless ignore_eos)
+        self.steps = 0  # decoding steps run (all rows together)
+
+    # -- public API ---------------------------------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet in the batch."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch."""
+        batch = self._batch
+        return len(batch.rows) if batch is not None else 0
+
+    def submit(
+        self,
+        conversation: Conversation,
+        config: GenerationConfig | None = None,
+        *,
+        steer: bool = True,
+        coefficient: float | None = None,
+        refusal: str | None = None,
+        operating_point: str = "guard",
+        timeout: float | None = None,
+    ) -> RequestHandle:
+        """Queue one conversation; returns at once. Bad input raises the engine's typed errors here.
+
+        steer / coefficient: as `ScansEngine.iter_generate` (steer=False: plain; coefficient: fixed, unclassified);
+        every output records the steering applied (`SteeredOutput.steering`).
+        refusal: guard mode: a request labelled harmful at `operating_point` gets this text as its output without any
+        decoding (the handle's `refused` is set); the others are generated as usual (steered unless steer=False).
+        timeout: seconds from now until the request fails with RequestTimeoutError.
+        """
+        config = config or GenerationConfig()
+        if isinstance(conversation, list) and conversation and not isinstance(conversation[0], dict):
+            raise InvalidArgumentError("submit takes one conversation; submit each of a batch separately")
+        fixed = SteeringPlan.from_options(1, steer, coefficient).rows[0]  # a bad coefficient fails here
+        if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
+        prompt = self.engine._prompt_rows([conversation], config.max_new_tokens)[0]
+        handle = RequestHandle(next(self._ids), len(prompt))
+        request = _Request(conversation=conversation, prompt=prompt, config=config,
+                           classify=coefficient is None and (steer or refusal is not None),
+                           steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
+                           operating_point=operating_point, handle=handle,
+                           deadline=None if timeout is None else time.perf_counter() + timeout)
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosedError("the scheduler is closed")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
+            handle._on_cancel = self._wake
+            self._waiting.append(request)
+            self._ensure_worker()
+            self._cond.notify_all()
+        return handle
+
+    def generate(self, conversation: Conversation, config: GenerationConfig | None = None,
+                 **kwargs: object) -> SteeredOutput:
+        """Submit and wait for the output (blocking)."""
+        return self.submit(conversation, config, **kwargs).result()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the worker; requests still waiting or running fail with SchedulerClosedError."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._fail_all(SchedulerClosedError("the scheduler was closed"))
+
+    def __enter__(self) -> ContinuousBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- worker -------------------------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _ensure_worker(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="scans-guard-batcher", daemon=True)
+            self._thread.start()
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        batch, self._batch = self._batch, None
+        for request in waiting + ([row.request for row in batch.rows] if batch else []):
+            request.handle._push(error=error)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not self._batch:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                free = self.max_batch - self.running
+                admit = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+            self._expire()
+            if admit:
+                self._admit(admit)
+            if self._batch is None:
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # a failed forward pass: fail what is running, keep serving
+                log.exception("continuous batching step failed")
+                batch, self._batch, self._plan = self._batch, None, None
+                for row in batch.rows:
+                    row.request.handle._push(error=exc)
+
+    def _expire(self) -> None:
+        """Fail waiting requests past their deadline and drop cancelled ones from the queue."""
+        now = time.perf_counter()
+        with self._cond:
+            keep = collections.deque()
+            for request in self._waiting:
+                if request.handle.cancelled:
+                    continue
+                if request.deadline is not None and now > request.deadline:
+                    request.handle._push(error=RequestTimeoutError("the request timed out waiting to join the batch"))
+                    continue
+                keep.append(request)
+            self._waiting = keep
+
+    # -- admission ------------------------------------------------------------------------------------------
+    def _admit(self, requests: list[_Request]) -> None:
+        """Newcomers' passes, batched: one sigma pass per operating point, one prefill for the unclassified."""
+        requests = [r for r in requests if not r.handle.cancelled]
+        sigma = [r for r in requests if r.classify]
+        for point in sorted({r.operating_point for r in sigma}):
+            self._isolated(self._admit_classified, [r for r in sigma if r.operating_point == point], point)
+        plain = [r for r in requests if not r.classify]
+        if plain:
+            self._isolated(self._admit_prefilled, plain)
+
+    @staticmethod
+    def _isolated(admit: Callable, group: list[_Request], *args: object) -> None:
+        """A pass that fails fails its own requests only; the running batch goes on."""
+        try:
+            admit(group, *args)
+        except Exception as exc:
+            log.exception("admitting %d request(s) failed", len(group))
+            for request in group:
+                request.handle._push(error=exc)
+
+    def _admit_classified(self, requests: list[_Request], operating_point: str) -> None:
+        """One sigma pass over the newcomers (its cache kept); each row then joins as the engine would start it."""
+        t0 = time.perf_counter()
+        try:
+            sp, verdicts = self.engine._sigma([r.conversation for r in requests], [r.prompt for r in requests],
+                                              keep_cache=True, operating_point=operating_point)
+        except NonFiniteScoreError as exc:  # fail that request alone, classify the others again
+            requests[exc.index].handle._push(error=NonFiniteScoreError(0))
+            rest = requests[:exc.index] + requests[exc.index + 1:]
+            if rest:
+                self._admit_classified(rest, operating_point)
+            return
+        classify_s = time.perf_counter() - t0
+        keys, values = cache_tensors(sp.cache)
+        mask = sp.prompt_batch.attention_mask
+        logits = sp.last_prompt_logits
+        first_token, steered = [], []
+        plan = SteeringPlan.from_verdicts(verdicts)
+        for i, (request, verdict) in enumerate(zip(requests, verdicts)):
+            handle = request.handle
+            handle.verdict = verdict
+            handle._push(StreamEvent(row=0, verdict=verdict))
+            if handle.cancelled:
+                continue
+            if request.refusal is not None and verdict.is_harmful:
+                handle.refused = True
+                handle._push(StreamEvent(row=0, output=SteeredOutput(
+                    text=request.refusal, verdict=verdict, prompt_tokens=len(request.prompt), completion_tokens=0,
+                    finish_reason="stop", timings={"classify_s": classify_s, "generate_s": 0.0,
+                                                   "queue_s": t0 - handle.submitted_at})), done=True)
+                continue
+            row = plan.rows[i] if request.steer else RowSteering()
+            (steered if row.coefficient != 0 else first_token).append((i, row))
+        full = KVBatch(keys, values, mask, torch.tensor([len(r.prompt) for r in requests], device=mask.device),
+                       torch.zeros(len(requests), dtype=torch.long, device=mask.device), [])
+        if first_token:  # unsteered: token 1 comes from the sigma pass, as in iter_generate
+            rows = [self._active(requests[i], c, classify_s) for i, c in first_token]
+            self._join(full, [i for i, _ in first_token], rows, logits)
+        if steered:  # steering starts at the last prompt token: drop it from the cache and feed it again
+            rows = [self._active(requests[i], c, classify_s) for i, c in steered]
+            cropped = KVBatch([k[..., :-1, :] for k in keys], [v[..., :-1, :] for v in values], mask[:, :-1],
+                              full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
+            self._join(cropped, [i for i, _ in steered], rows, None)
+
+    def _admit_prefilled(self, requests: list[_Request]) -> None:
+        """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt
+        token on, as `steered_decode` prefills them); token 1 comes from its logits."""
+        prompts = PromptBatch.left_pad([r.prompt for r in requests], self._model.tokenizer.pad_token_id,
+                                       self._model.device)
+        plan = SteeringPlan(tuple(r.fixed for r in requests))
+        width = prompts.input_ids.shape[1]
+        with torch.inference_mode(), self.engine.steering.apply(plan, start_column=width - 1):
+            out = prefill(self._model.model, prompts, use_cache=True, logits_to_keep=1)
+        keys, values = cache_tensors(out.cache)
+        full = KVBatch(keys, values, prompts.attention_mask,
+                       torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
+                       torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
+        rows = [self._active(r, r.fixed, 0.0) for r in requests]
+        self._join(full, list(range(len(requests))), rows, out.logits[:, -1, :].float())
+
+    def _active(self, request: _Request, steering: RowSteering, classify_s: float) -> _Active:
+        prompts = PromptBatch.left_pad([request.prompt], self._model.tokenizer.pad_token_id, self._model.device)
+        return _Active(request=request, chooser=_TokenChooser(request.config, prompts), steering=steering,
+                       classify_s=classify_s)
+
+    def _join(self, group: KVBatch, index: list[int], rows: list[_Active], logits: torch.Tensor | None) -> None:
+        """Rows `index` of `group` (a newcomers' pass) join the running batch as `rows`; with `logits`, each first
+        chooses its token from them."""
+        part = group.select(index, rows)
+        now = time.perf_counter()
+        for row in rows:
+            row.request.handle.started_at = now
+        if logits is not None:
+            tokens = [self._accept(row, row.chooser(logits[i:i + 1])) for row, i in zip(rows, index)]
+            part.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long,
+                                       device=part.mask.device)
+            keep = [j for j, t in enumerate(tokens) if t is not None]
+            if len(keep) < len(rows):
+                part = part.select(keep)
+        if part.rows:
+            self._batch = KVBatch.merge(self._batch, part)
+            self._plan = None
+
+    # -- decoding -------------------------------------------------------------------------------------------
+    def _step(self) -> None:
+        batch = self._batch
+        now = time.perf_counter()
+        gone = []
+        for i, row in enumerate(batch.rows):
+            request = row.request
+            if not request.handle.done and request.deadline is not None and now > request.deadline:
+                request.handle._push(error=RequestTimeoutError("the request timed out"))
+            if request.handle.done:  # cancelled, timed out or closed: leave before the forward pass
+                gone.append(i)
+        if gone:
+            self._drop(gone)
+            batch = self._batch
+            if batch is None:
+                return
+        if self._plan is None:
+            self._plan = SteeringPlan(tuple(row.steering for row in batch.rows))
+        mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
+        cache = make_cache(batch.keys, batch.values)
+        with torch.inference_mode(), self.engine.steering.apply(self._plan):
+            out = self._model.model(input_ids=batch.inputs[:, None], attention_mask=mask,
+                                    position_ids=batch.positions[:, None], cache=cache, use_cache=True,
+                                    logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
+        batch.keys, batch.values = cache_tensors(out.cache)
+        batch.mask = mask
+        batch.positions = batch.positions + 1
+        tokens = [self._accept(row, row.chooser(logits[i:i + 1])) for i, row in enumerate(batch.rows)]
+        batch.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long,
+                                    device=mask.device)
+        self.steps += 1
+        if self.on_step is not None:
+            self.on_step(len(batch.rows))
+        finished = [i for i, t in enumerate(tokens) if t is None]
+        if finished:
+            self._drop(finished)
+
+    def _drop(self, index: list[int]) -> None:
+        batch = self._batch
+        gone = set(index)
+        keep = [i for i in range(len(batch.rows)) if i not in gone]
+        self._batch = batch.select(keep) if keep else None
+        self._plan = None
+
+    def _accept(self, row: _Active, token_tensor: torch.Tensor) -> int | None:
+        """Record one chosen token of `row` (as `iter_generate` does); the token to feed next, or None if it ended."""
+        token = int(token_tensor.reshape(-1)[0])
+        request, state, handle = row.request, row.state, row.request.handle
+        if handle.done:
+            return None
+        config = request.config
+        row.steps += 1
+        if handle.first_token_at is None:
+            handle.first_token_at = time.perf_counter()
+        row.chooser.emitted(token_tensor.reshape(1))
+        if piece := self.engine._advance(state, token, row.steps, config, set() if config.ignore_eos else self._eos):
+            handle._push(StreamEvent(row=0, text=piece))
+        if state.finish is None:
+            return token
+        started = handle.started_at or handle.submitted_at
+        handle._push(StreamEvent(row=0, output=SteeredOutput(
+            text=state.emitted, verdict=handle.verdict, steering=row.steering, prompt_tokens=len(request.prompt),
+            completion_tokens=len(state.ids), finish_reason=state.finish,
+            timings={"classify_s": row.classify_s, "generate_s": time.perf_counter() - started,
+                     "queue_s": max(0.0, started - handle.submitted_at - row.classify_s)})), done=True)
+        return None

@@ -1,0 +1,260 @@
+"""The OpenAI-compatible guarded model server: a FastAPI app over one engine and its continuous-batching scheduler.
+
+    app = create_app(engine)                                # or a loader: create_app(lambda: ScansEngine.load())
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Routes: POST /v1/chat/completions, POST /v1/classify, GET /v1/models, /healthz, /readyz, /metrics (docs/server.md).
+Every error is OpenAI's error JSON (`{"error": {"message", "type", "param", "code"}}`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import GenerationConfig
+from ..engine import ScansEngine
+from ..errors import InvalidArgumentError, ScansGuardError
+from ..request_handle import QueueFullError
+from .errors import ApiError, BodyTooLarge, api_error
+from .middleware import Guard
+from .responses import completion, stream, until_done, verdict_json
+from .schemas import MAX_STOP, ROLES, ChatCompletionRequest, ChatMessage, ClassifyRequest
+from .state import ServerSettings, ServerState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(engine_or_loader: ScansEngine | Callable[[], ScansEngine],
+               settings: ServerSettings | None = None) -> FastAPI:
+    """The server app over a loaded engine, or over a loader run in a background thread at startup (503 until then)."""
+    state = ServerState(settings or ServerSettings())
+    loader = None
+    if isinstance(engine_or_loader, ScansEngine):
+        state.set_engine(engine_or_loader)
+    elif callable(engine_or_loader):
+        loader = engine_or_loader
+    else:
+        raise InvalidArgumentError(f"create_app takes a ScansEngine or a loader, got {type(engine_or_loader).__name__}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if loader is not None and state.engine is None and state.load_error is None:
+            threading.Thread(target=state.load, args=(loader,), name="scans-guard-load", daemon=True).start()
+        yield
+        if state.scheduler is not None:
+            state.scheduler.close()
+
+    app = FastAPI(title="scans-guard", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.scans_guard = state
+    app.add_middleware(Guard, state=state)
+    _add_error_handlers(app)
+    _add_ops_routes(app, state)
+    _add_model_routes(app, state)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def any_error(_request: Request, exc: Exception) -> JSONResponse:
+        err = api_error(exc)
+        if err.status >= 500 and not isinstance(exc, ScansGuardError):
+            log.error("request failed", exc_info=exc)
+        return err.response()
+
+    for cls in (Exception, ApiError, ValidationError, ScansGuardError, ValueError, BodyTooLarge):
+        app.add_exception_handler(cls, any_error)
+
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+        kind, code = kinds.get(exc.status_code, ("invalid_request_error", None))
+        return ApiError(exc.status_code, str(exc.detail), type=kind, code=code).response()
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
+    """/healthz (the process answers), /readyz (the model is loaded), /metrics (Prometheus), /v1/models."""
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        try:
+            state.ready()
+        except ApiError as err:
+            return JSONResponse({"status": "loading" if state.load_error is None else "failed", **err.body()},
+                                status_code=503)
+        return JSONResponse({"status": "ready", "model": state.model_name})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def model_card() -> dict:
+        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "scans-guard"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        state.ready()
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> dict:
+        state.ready()
+        _check_model(state, model)
+        return model_card()
+
+
+def _check_model(state: ServerState, model: str | None) -> None:
+    if model is not None and model != state.model_name:
+        raise ApiError(404, f"the model {model!r} does not exist; this server serves {state.model_name!r}",
+                       type="not_found_error", param="model", code="model_not_found")
+
+
+def _add_model_routes(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/chat/completions (through the continuous-batching scheduler) and POST /v1/classify (batched)."""
+    settings = state.settings
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        state.ready()
+        body = ChatCompletionRequest.model_validate_json(await _read_body(request, settings.max_body_bytes),
+                                                         strict=True)
+        _check_model(state, body.model)
+        conversation, config, options = _chat_inputs(body, settings)
+        scheduler = state.scheduler
+        handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
+            conversation, config, timeout=settings.request_timeout_s, **options))
+        started = time.perf_counter()
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
+        extension = {"policy": "guard" if options["refusal"] is not None else "steer",
+                     "steer": options["steer"] and options["coefficient"] is None}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream(state, request, handle, meta, extension, include_usage, started),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        await until_done(request, handle)
+        if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
+            return Response(status_code=499)
+        return JSONResponse(completion(state, handle, meta, extension, started))
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> JSONResponse:
+        engine = state.ready()
+        body = ClassifyRequest.model_validate_json(await _read_body(request, settings.max_body_bytes), strict=True)
+        _check_model(state, body.model)
+        conversations = _classify_inputs(body, settings.max_classify_inputs)
+        if state.classifying >= settings.max_queue:
+            raise QueueFullError(f"{state.classifying} classify requests are running (max_queue={settings.max_queue})")
+        state.classifying += 1
+        try:
+            verdicts = await anyio.to_thread.run_sync(lambda: engine.classify(
+                conversations, settings.classify_batch_size, operating_point=body.operating_point))
+        finally:
+            state.classifying -= 1
+        for v in verdicts:
+            state.metrics.verdict(v)
+        return JSONResponse({"object": "list", "model": state.model_name,
+                             "data": [{"index": i, "object": "scans_guard.verdict", **verdict_json(v)}
+                                      for i, v in enumerate(verdicts)]})
+
+
+def _classify_inputs(body: ClassifyRequest, limit: int) -> list:
+    items = [body.input] if isinstance(body.input, str) else body.input
+    if not items:
+        raise ApiError(400, "input is empty", param="input", code="invalid_value")
+    if len(items) > limit:
+        raise ApiError(413, f"{len(items)} inputs in one request, more than {limit}", param="input",
+                       code="too_many_inputs")
+    return [x if isinstance(x, str) else _messages(x, f"input.{i}") for i, x in enumerate(items)]
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body has {declared} bytes, more than the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings) -> tuple[list[dict], GenerationConfig, dict]:
+    """The conversation, decoding settings and steering options of a chat completion request."""
+    unsupported = [("n", body.n not in (None, 1), "n must be 1"),
+                   ("tools", bool(body.tools) or bool(body.functions), "tools and functions are not supported"),
+                   ("logprobs", bool(body.logprobs) or bool(body.top_logprobs), "logprobs are not supported"),
+                   ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
+                   ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
+                   ("response_format", body.response_format not in (None, {"type": "text"}),
+                    "only the text response format is supported")]
+    for param, bad, message in unsupported:
+        if bad:
+            raise ApiError(400, message, param=param, code="unsupported_parameter")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > MAX_STOP:
+        raise ApiError(400, f"at most {MAX_STOP} stop sequences, got {len(stop)}", param="stop", code="invalid_value")
+    if any(not s for s in stop):
+        raise ApiError(400, "a stop sequence must not be empty", param="stop", code="invalid_value")
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
+    if max_tokens > settings.max_tokens_limit:
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{param} is {max_tokens}, more than this server's limit of {settings.max_tokens_limit}",
+                       param=param, code="invalid_value")
+    fields = {"max_new_tokens": max_tokens, "stop": stop, "seed": body.seed, "ignore_eos": bool(body.ignore_eos),
+              "temperature": body.temperature or 0.0, "top_p": body.top_p if body.top_p is not None else 1.0,
+              "top_k": body.top_k, "repetition_penalty": body.repetition_penalty}
+    try:
+        config = GenerationConfig(**fields)
+    except ValidationError as exc:
+        raise api_error(exc) from None
+    opts = body.scans_guard
+    policy = (opts.policy if opts and opts.policy else None) or settings.policy
+    steer = opts.steer if opts and opts.steer is not None else settings.steer
+    options = {"steer": steer, "coefficient": opts.coefficient if opts else None,
+               "refusal": settings.refusal_message if policy == "guard" else None,
+               "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard"}
+    return _messages(body.messages), config, options
+
+
+def _messages(messages: list[ChatMessage], param: str = "messages") -> list[dict]:
+    """OpenAI messages -> the engine's conversation (text only; developer is a system turn)."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise ApiError(400, f"unsupported role {m.role!r}: one of {', '.join(ROLES)}", param=f"{param}.{i}.role",
+                           code="invalid_value")
+        content = m.content
+        if isinstance(content, list):
+            bad = [p.type for p in content if p.type != "text" or p.text is None]
+            if bad:
+                raise ApiError(400, f"only text content parts are supported, got {bad[0]!r}",
+                               param=f"{param}.{i}.content", code="invalid_value")
+            content = "".join(p.text for p in content)
+        if content is None:
+            raise ApiError(400, "message content must be text", param=f"{param}.{i}.content", code="invalid_value")
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return out

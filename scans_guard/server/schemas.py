@@ -1,0 +1,89 @@
+"""Request bodies of the server's routes, validated strictly (a string where a number belongs is a 400, not coerced).
+
+Unknown top-level fields of a chat completion are ignored, as OpenAI-compatible servers do for fields they do not
+implement; fields that would change the answer and are not implemented (n > 1, tools, logprobs, penalties) are refused
+with a 400 naming the field rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+Number = StrictInt | StrictFloat
+ROLES = ("system", "developer", "user", "assistant")
+EXTENSION_KEY = "scans_guard"  # the request option block and the response field the server adds to OpenAI's schema
+MAX_STOP = 4
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...
+
+    role: StrictStr
+    content: StrictStr | list[TextPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = False
+
+
+class ScansGuardOptions(BaseModel):
+    """Per-request options under the `scans_guard` body field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steer: StrictBool | None = Field(None, description="steer by the verdict (default: the server's); false: plain "
+                                     "generation, no classification unless the policy is guard")
+    policy: Literal["steer", "guard"] | None = Field(
+        None, description="guard: a request labelled harmful is answered with the refusal text, without generating")
+    coefficient: Number | None = Field(None, description="fixed steering coefficient (no classification; baselines)")
+    operating_point: Literal["guard", "steer"] | None = Field(None, description="where the label is decided")
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Number | None = Field(None, ge=0, le=2)
+    top_p: Number | None = Field(None, gt=0, le=1)
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    n: StrictInt | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    tools: list | None = None
+    functions: list | None = None
+    response_format: dict | None = None
+    user: StrictStr | None = None
+    # Extensions, as vLLM names them.
+    top_k: StrictInt | None = Field(None, ge=1)
+    repetition_penalty: Number | None = Field(None, gt=0)
+    ignore_eos: StrictBool | None = False
+    scans_guard: ScansGuardOptions | None = None
+
+
+class ClassifyRequest(BaseModel):
+    """`input`: one prompt, a list of prompts, or a list of conversations (each a list of messages)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    input: StrictStr | list[StrictStr | list[ChatMessage]]
+    operating_point: Literal["guard", "steer"] = "guard"

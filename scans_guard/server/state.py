@@ -1,0 +1,87 @@
+"""The server's settings and the state its routes share: the engine once loaded, its scheduler, the metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..engine import ScansEngine
+from ..errors import InvalidArgumentError, ScansGuardError
+from ..scheduler import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, ContinuousBatcher
+from .errors import ApiError, api_error
+from .metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+REFUSAL = "I'm sorry, but I can't help with that request."
+
+
+@dataclass
+class ServerSettings:
+    """How the server runs; `scans-guard serve` flags map one to one."""
+
+    served_model_name: str | None = None  # None: the model's name (ModelHandle.name)
+    api_key: str | None = None  # Bearer token required on /v1/* and /metrics; None: no authentication
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    max_batch: int = DEFAULT_MAX_BATCH  # rows decoding at once
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting to join the batch; more get 429
+    request_timeout_s: float = 600.0  # a request still running then fails with 504
+    default_max_tokens: int = 256  # when a request gives neither max_tokens nor max_completion_tokens
+    max_tokens_limit: int = 4096  # the most tokens one request may ask for
+    policy: str = "steer"  # default per-request policy: "steer" or "guard" (refuse harmful without generating)
+    steer: bool = True  # default per-request steering
+    refusal_message: str = REFUSAL
+    max_classify_inputs: int = 64  # prompts in one /v1/classify request
+    classify_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("steer", "guard"):
+            raise InvalidArgumentError(f"policy must be 'steer' or 'guard', got {self.policy!r}")
+        for name in ("max_body_bytes", "max_batch", "max_queue", "default_max_tokens", "max_tokens_limit",
+                     "max_classify_inputs", "classify_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        if not self.request_timeout_s > 0:
+            raise InvalidArgumentError(f"request_timeout_s must be positive, got {self.request_timeout_s!r}")
+
+
+class ServerState:
+    """What the routes share: the engine once loaded, its scheduler, the metrics."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.engine: ScansEngine | None = None
+        self.scheduler: ContinuousBatcher | None = None
+        self.load_error: str | None = None
+        self.model_name: str | None = settings.served_model_name
+        self.created = int(time.time())
+        self.classifying = 0
+        self.metrics.bind(lambda: self.scheduler.waiting if self.scheduler else 0,
+                          lambda: self.scheduler.running if self.scheduler else 0)
+
+    def set_engine(self, engine: ScansEngine) -> None:
+        s = self.settings
+        self.scheduler = ContinuousBatcher(engine, max_batch=s.max_batch, max_queue=s.max_queue,
+                                           on_step=self.metrics.batch_size.observe)
+        self.model_name = self.model_name or engine.handle.name
+        self.engine = engine
+        self.metrics.ready.set(1)
+
+    def load(self, loader: Callable[[], ScansEngine]) -> None:
+        try:
+            self.set_engine(loader())
+        except Exception as exc:  # reported by /readyz and every model route; the process stays up
+            log.exception("loading the model failed")
+            self.load_error = api_error(exc).message if isinstance(exc, ScansGuardError) else repr(exc)
+
+    def ready(self) -> ScansEngine:
+        if self.engine is None:
+            if self.load_error is not None:
+                raise ApiError(503, f"the model failed to load: {self.load_error}", type="service_unavailable_error",
+                               code="model_load_failed")
+            raise ApiError(503, "the model is loading", type="service_unavailable_error", code="model_loading")
+        return self.engine

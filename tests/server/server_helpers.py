@@ -1,0 +1,19 @@
+"""Helpers of the server tests: a server on a loopback port, bounded polling, slowed-down model steps."""
+
+from __future__ import annotations
+
+import contextlib
+
+from scans_guard.server import LocalServer, ServerSettings, create_app
+from scans_guard.testing import slow_steps, wait_until  # noqa: F401  (the tests import them from here)
+
+
+@contextlib.contextmanager
+def running(engine_or_loader, **settings):
+    """A server on 127.0.0.1 (a free port) for the block; stopped when it ends."""
+    with LocalServer(create_app(engine_or_loader, ServerSettings(**settings))) as server:
+        yield server
+
+
+def scheduler_of(server):
+    return server.app.state.scans_guard.scheduler

@@ -1,0 +1,68 @@
+"""`scans-guard serve` as a user runs it: a subprocess on a loopback port, ready once loaded, stopped by SIGTERM."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from server_helpers import wait_until
+
+from scans_guard.cli import build_parser, main
+
+httpx = pytest.importorskip("httpx")
+
+
+def test_defaults_bind_loopback():
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.policy == "steer"
+    assert args.api_key is None and args.max_queue == 64
+
+
+def test_bad_settings_fail_before_loading(capsys, tiny_on_disk):
+    model = ["--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact")]
+    assert main(["serve", "--max-batch", "0", *model]) == 2
+    assert "max_batch" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_on_disk / "model")]) == 2
+    assert "needs an artifact" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_subprocess(tiny_on_disk, tiny_engine):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SCANS_GUARD_API_KEY": "k"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scans_guard.cli", "serve", "--model", str(tiny_on_disk / "model"), "--artifact",
+         str(tiny_on_disk / "artifact"), "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                          headers={"Authorization": "Bearer k"}) as http:
+
+            def ready():
+                try:
+                    return http.get("/readyz").status_code == 200
+                except httpx.TransportError:
+                    return proc.poll() is not None
+            assert wait_until(ready, timeout=90) and proc.poll() is None
+            body = {"model": "model", "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": 4}
+            reply = http.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["usage"]["completion_tokens"] <= 4
+            assert http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer x"}).status_code \
+                == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=10)
+    assert "http://127.0.0.1:" in out
+    assert proc.returncode in (0, -signal.SIGTERM), out
