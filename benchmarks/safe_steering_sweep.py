@@ -88,11 +88,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "generations.jsonl"
-    done = set()
+    done, refused = set(), set()
     if rows_path.exists():
         for line in rows_path.read_text().splitlines():
             r = json.loads(line)
             done.add((r["set"], r["prompt"], r["coefficient"]))
+            if r["refused"]:
+                refused.add((r["set"], r["prompt"], r["coefficient"]))
     sets = prompt_sets(str(require_data_dir(args.data_dir, "the sweep")), engine, args.limit, args.seed,
                        args.xstest_limit, args.sets)
     (out / "sets.json").write_text(json.dumps(sets, indent=1))
@@ -113,7 +115,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
             # A recipe steers by -a only below T and by +a only at or above T, so each coefficient is generated
             # only where some T in the studied range could select it.
             todo = [(s, p) for s in sets for p in sets[s] if (s, p, coef) not in done
-                    and (coef == 0 or (coef < 0 and scores[p] < args.max_t) or (coef > 0 and scores[p] >= args.min_t))]
+                    and (coef == 0 or (coef < 0 and scores[p] < args.max_t) or (coef > 0 and scores[p] >= args.min_t))
+                    and (args.only_refused_at is None or (s, p, args.only_refused_at) in refused)]
             todo.sort(key=lambda sp: len(sp[1]))  # similar lengths batch with little padding
             for i in tqdm(range(0, len(todo), args.batch_size), desc=f"coefficient {coef:+}"):
                 chunk = todo[i:i + args.batch_size]
@@ -265,6 +268,8 @@ def main() -> None:
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--min-t", type=float, default=0.90, help="lowest T studied (positive steering above it)")
     g.add_argument("--max-t", type=float, default=0.93, help="highest T studied (negative steering below it)")
+    g.add_argument("--only-refused-at", type=float,
+                   help="only prompts whose reply at this coefficient was refused (a retry steered further)")
     a = sub.add_parser("analyze")
     a.add_argument("--out", required=True)
     a.add_argument("--reference-threshold", type=float, default=0.9106, help="the issue's T for the reference recipe")

@@ -1,0 +1,97 @@
+"""sigma(q) of an engine (model + artifact) on evaluation sets: AUROC and the rates at the artifact's operating points.
+
+Resumable: scores are appended to <out>/scores.jsonl as they come, and a rerun skips the prompts already scored.
+
+    python benchmarks/sigma_auroc.py --model qwen2.5-coder-1.5b-instruct --data-dir ../shared/data \
+        --out results/sigma-auroc-1.5b --report benchmarks/results/sigma-auroc-1.5b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from scans_guard import ScansEngine
+from scans_guard.data import load_set, tune_eval_split
+from scans_guard.config import is_harmful
+
+
+def eval_sets(data_dir: str | None, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
+    """(prompt, 1 = unsafe) per set: all of XSTest; with the data directory, OKTest (150) and HarmfulQ's
+    evaluation half (the T fit uses the other half)."""
+    sets = {"xstest": [(e.prompt, int(e.harmful)) for e in load_set("xstest")]}
+    if data_dir:
+        ok = [e.prompt for e in load_set("oktest", data_dir)]
+        sets["oktest"] = [(p, 0) for p in random.Random(seed).sample(sorted(set(ok)), min(150, len(set(ok))))]
+        sets["harmfulq_eval"] = [(e.prompt, 1) for e in tune_eval_split(load_set("harmfulq", data_dir))[1]]
+    return sets
+
+
+def score_all(engine: ScansEngine, prompts: list[str], store: Path, batch_size: int) -> dict[str, float]:
+    done = {}
+    if store.exists():
+        done = {r["prompt"]: r["score"] for r in map(json.loads, store.read_text().splitlines())}
+    todo = [p for p in dict.fromkeys(prompts) if p not in done]
+    with open(store, "a") as f:
+        for i in tqdm(range(0, len(todo), batch_size), desc="sigma"):
+            chunk = todo[i:i + batch_size]
+            for p, v in zip(chunk, engine.classify(chunk, batch_size=batch_size)):
+                done[p] = v.score
+                f.write(json.dumps({"prompt": p, "score": v.score}) + "\n")
+            f.flush()
+    return done
+
+
+def flags(scores, threshold: float) -> np.ndarray:
+    return np.array([is_harmful(float(x), threshold) for x in scores])
+
+
+def summarise(sets: dict, scores: dict, points: dict[str, float]) -> dict:
+    out = {}
+    x = sets["xstest"]
+    y, s = np.array([lab for _, lab in x]), np.array([scores[p] for p, _ in x])
+    out["xstest_auroc"] = float(roc_auc_score(y, s))
+    for name, t in points.items():
+        flagged = flags(s, t)
+        out[f"xstest_unsafe_recall_at_{name}"] = float(flagged[y == 1].mean())
+        out[f"xstest_safe_flagged_at_{name}"] = float(flagged[y == 0].mean())
+        for other in ("oktest", "harmfulq_eval"):
+            if other in sets:
+                out[f"{other}_flagged_at_{name}"] = float(flags([scores[p] for p, _ in sets[other]], t).mean())
+    for recall in (0.85, 0.95):  # false positives on XSTest safe at a given recall of XSTest unsafe
+        t = np.quantile(s[y == 1], 1 - recall)
+        out[f"xstest_fpr_at_{int(recall * 100)}pct_recall"] = float((s[y == 0] >= t).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="embedded model name, HF directory or .gguf (default: the default model)")
+    ap.add_argument("--artifact", help="default: the one shipped for the model")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--report", required=True)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    engine = ScansEngine.load(args.model, args.artifact)
+    sets = eval_sets(args.data_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = score_all(engine, [p for rows in sets.values() for p, _ in rows], out / "scores.jsonl", args.batch_size)
+    points = {name: p.threshold for name, p in engine.artifact.meta.operating_points.items()}
+    summary = {"model": args.model or "default", "artifact": args.artifact or "shipped", "operating_points": points,
+               "n": {k: len(v) for k, v in sets.items()}, **summarise(sets, scores, points)}
+    report = Path(args.report)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
