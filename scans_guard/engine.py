@@ -21,7 +21,8 @@ from pydantic import BaseModel
 from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
-from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, is_harmful
+from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
+from .decision import direction, label
 from .domain import check_domain
 from .errors import (
     ArtifactError,
@@ -111,10 +112,6 @@ def _coefficients(fixed: float | Sequence[float], n_rows: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _direction(coefficient: float) -> str:
-    return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
-
-
 class ScansEngine:
     """Classify with sigma(q) and generate with safety-conscious steering, on one local model."""
 
@@ -191,11 +188,11 @@ class ScansEngine:
             domain = check_domain(user_text(conv), len(row), self.recipe.domain, self.handle.special_tokens)
             coef = self.recipe.coefficient(score, domain.in_domain)
             verdicts.append(SafetyVerdict(
-                score=score, label="harmful" if is_harmful(score, threshold) else "benign", threshold=threshold,
+                score=score, label=label(score, threshold), threshold=threshold,
                 operating_point=operating_point, probability=self._probability(score),
                 layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
                 in_domain=domain.in_domain, domain_reasons=domain.reasons,
-                direction=_direction(coef), coefficient=coef, latency_s=latency,
+                direction=direction(coef), coefficient=coef, latency_s=latency,
             ))
         return sp, verdicts
 
