@@ -97,7 +97,7 @@ class DecisionPolicy(BaseModel):
         grey_widths(value)
         return value
 
-    def band(self, score: float, threshold: float, in_domain: bool = True) -> Band:
+    def score_band(self, score: float, threshold: float, in_domain: bool = True) -> Band:
         """The band of a score; `threshold` is used when the policy has none of its own."""
         t = threshold if self.threshold is None else self.threshold
         return band(score, t, self.grey_zone, in_domain=in_domain, out_of_domain=self.out_of_domain)

@@ -48,8 +48,8 @@ def test_recipe_and_policy_use_the_rule(score, t, g, in_domain):
     # the rule written out once more, independently, as the recipe documents it
     expected = 0.5 if score >= t else 0.0 if (not in_domain or score >= t - g) else -1.5
     assert recipe.coefficient(score, in_domain) == expected == steering_coefficient(score, t, g, 1.5, 0.5, in_domain)
-    assert DecisionPolicy(grey_zone=g).band(score, t, in_domain) == band(score, t, g, in_domain=in_domain)
-    assert DecisionPolicy(threshold=t + 1).band(score, t) == band(score, t + 1)
+    assert DecisionPolicy(grey_zone=g).score_band(score, t, in_domain) == band(score, t, g, in_domain=in_domain)
+    assert DecisionPolicy(threshold=t + 1).score_band(score, t) == band(score, t + 1)
 
 
 def test_verdict_record_round_trips():

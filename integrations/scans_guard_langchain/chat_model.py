@@ -88,15 +88,18 @@ def refusal_message(text: str, *, verdict: SafetyVerdict | None = None, source: 
 
 
 def _verdict_metadata(verdict: SafetyVerdict | None) -> dict[str, Any]:
+    """The verdict's record (`SafetyVerdict.record`) for response_metadata; `alpha` repeats `coefficient`."""
     if verdict is None:
         return {"score": None, "label": None, "threshold": None, "probability": None, "direction": "none"}
-    return {
-        "score": verdict.score, "label": verdict.label, "threshold": verdict.threshold,
-        "probability": verdict.probability, "direction": verdict.direction, "alpha": verdict.coefficient,
-        "operating_point": verdict.operating_point, "in_domain": verdict.in_domain,
-        "domain_reasons": list(verdict.domain_reasons), "renderings": dict(verdict.renderings),
-        "layer_similarities": {str(k): v for k, v in verdict.layer_similarities.items()},
-    }
+    record = verdict.record()
+    return {**record, "alpha": record["coefficient"]}
+
+
+def verdict_from_metadata(meta: dict[str, Any]) -> SafetyVerdict | None:
+    """The verdict a scans-guard message carries in its response_metadata (None for an unclassified reply)."""
+    if meta.get("score") is None or meta.get("layer_similarities") is None:
+        return None
+    return SafetyVerdict.model_validate({k: meta[k] for k in SafetyVerdict.model_fields if k in meta})
 
 
 class SafetyConsciousLLM(BaseChatModel):
