@@ -167,7 +167,8 @@ def tool_call_chunks(calls: list[ToolCall], invalid: list[InvalidToolCall]) -> l
 
 def json_instruction(response_format: dict[str, Any]) -> str:
     """A system instruction asking for one JSON object (matching the schema, for json_schema)."""
-    schema = response_format.get("schema")
+    nested = response_format.get("json_schema")  # OpenAI's form, as create_agent's ProviderStrategy sends it
+    schema = nested.get("schema") if isinstance(nested, dict) else response_format.get("schema")
     if schema is None:
         return "Reply with one JSON object and nothing else."
     return ("Reply with one JSON object and nothing else. It must match this JSON schema:\n"

@@ -60,6 +60,7 @@ class ScriptedEngine(ScansEngine):
                          max_input_tokens=engine.max_input_tokens)
         self.replies = list(replies)
         self.seen: list[Any] = []
+        self.coefficients: list[Any] = []
 
     def iter_generate(self, conversations: Any, config: Any = None, *, steer: bool = True,
                       coefficient: Any = None, **kwargs: Any):
@@ -68,6 +69,7 @@ class ScriptedEngine(ScansEngine):
 
         (conversation,) = conversations
         self.seen.append(conversation)
+        self.coefficients.append(coefficient)
         verdict = self.classify([conversation])[0] if steer and coefficient is None else None
         yield StreamEvent(row=0, verdict=verdict)
         text = self.replies.pop(0)
