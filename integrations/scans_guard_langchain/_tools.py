@@ -2,8 +2,10 @@
 the reply text (in the forms models write them), also while streaming.
 
 Formats read: `<tool_call>{"name", "arguments"}</tool_call>` (Qwen2.5, Hermes; also unterminated at the end of a
-reply), `[TOOL_CALLS][{"name", "arguments"}, ...]` (Mistral), and a reply that is one bare JSON object
-`{"name", "parameters" | "arguments"}` naming a bound tool (Llama 3.1, optionally after `<|python_tag|>`).
+reply), `[TOOL_CALLS][{"name", "arguments"}, ...]` (Mistral), and a JSON object `{"name", "parameters" |
+"arguments"}` that is the whole reply (Llama 3.1, optionally after `<|python_tag|>`) or its one fenced code block
+(how Qwen2.5-Coder-0.5B writes calls: measured on the standard tests). A bare or fenced object with other keys is
+a JSON answer, not a call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from scans_guard.errors import InvalidArgumentError
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")
+_FENCED = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
+_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")
 
 
 def tool_schemas(tools: Sequence[Any]) -> list[dict[str, Any]]:
@@ -80,22 +83,35 @@ def _read_call(raw: str, names: set[str] | None) -> ToolCall | InvalidToolCall:
     return ToolCall(type="tool_call", name=name, args=args, id=_call_id())
 
 
-def _split_calls(text: str) -> tuple[str, list[str]]:
-    """(the text outside tool-call markup, the raw JSON of each call)."""
+def _split_calls(text: str) -> tuple[str, list[str], bool]:
+    """(the text outside tool-call markup, the raw JSON of each call, whether the form is a bare / fenced object,
+    which is a call only if it looks like one)."""
     if "<tool_call>" in text:
-        return _HERMES.sub("", text).strip(), [m.group(1) for m in _HERMES.finditer(text)]
+        return _HERMES.sub("", text).strip(), [m.group(1) for m in _HERMES.finditer(text)], False
     if "[TOOL_CALLS]" in text:
         head, _, tail = text.partition("[TOOL_CALLS]")
         try:
             calls = json.loads(tail.strip())
         except json.JSONDecodeError:
-            return head.strip(), [tail.strip()]
+            return head.strip(), [tail.strip()], False
         calls = calls if isinstance(calls, list) else [calls]
-        return head.strip(), [json.dumps(c) for c in calls]
+        return head.strip(), [json.dumps(c) for c in calls], False
     bare = text.strip().removeprefix("<|python_tag|>").strip()
     if bare.startswith("{") and bare.endswith("}"):
-        return "", [bare]
-    return text, []
+        return "", [bare], True
+    fenced = list(_FENCED.finditer(text))
+    if len(fenced) == 1:
+        return (text[:fenced[0].start()] + text[fenced[0].end():]).strip(), [fenced[0].group(1)], True
+    return text, [], False
+
+
+def _looks_like_call(raw: str) -> bool:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("name"), str) and (
+        "arguments" in data or "parameters" in data) and len(data) == 2
 
 
 def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None
@@ -104,12 +120,9 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None
     if not tools:
         return text, [], []
     names = {t["function"]["name"] for t in tools}
-    content, raws = _split_calls(text)
-    if raws and content == "" and not text.lstrip().startswith(_MARKERS):  # a bare JSON reply
-        call = _read_call(raws[0], None)
-        if call.get("type") != "tool_call" or call["name"] not in names:
-            return text, [], []  # a JSON answer, not a call
-        return "", [call], []  # type: ignore[list-item]
+    content, raws, lenient = _split_calls(text)
+    if lenient and not _looks_like_call(raws[0]):
+        return text, [], []  # a JSON answer, not a call
     calls, invalid = [], []
     for raw in raws:
         call = _read_call(raw, names)

@@ -53,6 +53,9 @@ QWEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}
     ('[TOOL_CALLS][{"name": "add", "arguments": {"a": 1, "b": 2}}]', "", [("add", {"a": 1, "b": 2})]),
     ('{"name": "add", "parameters": {"a": 3, "b": 4}}', "", [("add", {"a": 3, "b": 4})]),  # Llama 3.1 bare JSON
     ('{"name": "Ann", "age": 3}', '{"name": "Ann", "age": 3}', []),  # a JSON answer, not a call
+    ('```json\n{"name": "add", "arguments": {"a": 5, "b": 6}}\n```', "", [("add", {"a": 5, "b": 6})]),  # Qwen-Coder
+    ('Calling it:\n```\n{"name": "add", "parameters": {"a": 1, "b": 1}}\n```', "Calling it:", [("add", {"a": 1, "b": 1})]),
+    ('```python\nprint(1)\n```', '```python\nprint(1)\n```', []),  # code is not a call
     ('<tool_call>{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}</tool_call>', "", [("add", {"a": 1, "b": 2})]),
     ("Paris is sunny.", "Paris is sunny.", []),
 ])
@@ -68,6 +71,8 @@ def test_invalid_tool_calls_are_kept_with_the_reason():
                                          '<tool_call>{"name": "rm", "arguments": {}}</tool_call>', TOOLS)
     assert not calls and [c["name"] for c in invalid] == [None, "rm"]
     assert "not JSON" in invalid[0]["error"] and "not a bound tool" in invalid[1]["error"]
+    _, calls, invalid = parse_tool_calls('{"name": "hello", "arguments": {}}', TOOLS)  # a call to an unbound tool
+    assert not calls and invalid[0]["name"] == "hello"
     assert parse_tool_calls(QWEN_CALL, None) == (QWEN_CALL, [], [])  # no tools bound: text stays text
 
 
