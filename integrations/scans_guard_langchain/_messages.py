@@ -30,10 +30,14 @@ def _with_refusal(message: BaseMessage, blocks: list[types.ContentBlock]) -> lis
 
 
 def _translate_content(message: AIMessage) -> list[types.ContentBlock]:
+    if not message.response_metadata.get("refusal"):
+        raise NotImplementedError  # LangChain's own translation (text, tool calls) is right
     return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
 
 
 def _translate_chunk(message: AIMessageChunk) -> list[types.ContentBlock]:
+    if not message.response_metadata.get("refusal"):
+        raise NotImplementedError
     return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
 
 

@@ -31,6 +31,9 @@ _FENCED = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
 _MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")
 
 
+_CALL_ONE = "Answer by calling one of the functions above, in a <tool_call></tool_call> block."
+
+
 def tool_schemas(tools: Sequence[Any]) -> list[dict[str, Any]]:
     """LangChain tools, pydantic models, functions or dict schemas -> OpenAI-style function schemas."""
     return [convert_to_openai_tool(t) for t in tools]
@@ -49,13 +52,13 @@ def chosen_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tuple[
     if tool_choice in ("none", False):
         return None, None
     if tool_choice in ("any", "required", True):
-        return tools, "Answer by calling one of the functions above, in a <tool_call></tool_call> block."
+        return tools, _CALL_ONE
     name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else tool_choice
     chosen = [t for t in tools if t["function"]["name"] == name]
     if not isinstance(name, str) or not chosen:
         raise InvalidArgumentError(f"tool_choice {tool_choice!r} names no bound tool "
                                    f"({[t['function']['name'] for t in tools]})")
-    return chosen, f"Answer by calling the function {name} in a <tool_call></tool_call> block."
+    return chosen, _CALL_ONE  # naming the function made the 0.5B model write prose about it instead (measured)
 
 
 def _call_id() -> str:

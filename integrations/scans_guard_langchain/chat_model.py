@@ -36,7 +36,7 @@ from scans_guard.judge import KeywordJudge
 from scans_guard.loading import ToolConversation
 
 from ._convert import Conversation, last_user_text, messages_to_conversation
-from ._messages import PROVIDER, _verdict_metadata, refusal_message, verdict_from_metadata
+from ._messages import PROVIDER, _verdict_metadata, refusal_message  # noqa: F401 - refusal_message re-exported
 from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
 from ._tools import (
     ToolCallStream,

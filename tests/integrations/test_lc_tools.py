@@ -102,6 +102,7 @@ def test_bound_tool_call_becomes_tool_calls():
     reply = llm.bind_tools([get_weather, add]).invoke("Weather in Paris?")
     assert reply.content == "Sure." and reply.tool_calls[0]["name"] == "get_weather"
     assert reply.tool_calls[0]["args"] == {"city": "Paris"} and reply.response_metadata["finish_reason"] == "tool_calls"
+    assert [b["name"] for b in reply.content_blocks if b["type"] == "tool_call"] == ["get_weather"]  # standard blocks
     seen = llm.engine.seen[0]
     assert isinstance(seen, ToolConversation) and [t["function"]["name"] for t in seen.tools] == ["get_weather", "add"]
     assert reply.response_metadata["score"] is not None  # classified with the tools in the prompt
@@ -123,7 +124,7 @@ def test_tool_choice(tiny_engine):
     llm.bind_tools([get_weather, add], tool_choice="get_weather").invoke("Weather?")
     seen = llm.engine.seen[0]
     assert [t["function"]["name"] for t in seen.tools] == ["get_weather"]
-    assert seen[0]["role"] == "system" and "get_weather" in seen[0]["content"]
+    assert seen[0]["role"] == "system" and "calling one of the functions" in seen[0]["content"]
     reply = llm.bind_tools([get_weather], tool_choice="none").invoke("Weather?")
     assert not isinstance(llm.engine.seen[1], ToolConversation) and reply.content == "No tools here."
     with pytest.raises(InvalidArgumentError, match="names no bound tool"):
