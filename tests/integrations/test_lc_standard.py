@@ -121,4 +121,13 @@ class TestSafetyConsciousLLMDefaultModel(ChatModelIntegrationTests):
         return False
 
 
-DEFAULT_MODEL_CANNOT: dict[str, str] = {}
+# Measured (9 min on 2 CPU cores): the other 17 tool-calling / structured-output tests pass on the 0.5B model.
+DEFAULT_MODEL_CANNOT: dict[str, str] = {
+    "test_tool_choice": "the 0.5B model calls a tool by a name that is not bound (an invalid tool call)",
+    "test_tool_calling_with_no_arguments": "the 0.5B model answers in prose with an invented result "
+                                           "('magic_function_no_args() returns 10.') instead of calling the tool",
+    "test_structured_output_optional_param": "the 0.5B model does not produce a parseable call for the schema with an "
+                                             "optional field",
+    "test_unicode_tool_call_integration": "the 0.5B model puts the customer's (Chinese) name in the tool-name field "
+                                          "(an invalid tool call)",
+}
