@@ -4,7 +4,7 @@
     python examples/langchain_agent_middleware.py --tiny    # a tiny random model built in code
 
 - steer: the agent's model is the steered SafetyConsciousLLM itself, with a tool (it calls tools the way its chat
-  template describes; sigma classifies the whole conversation, tool turns included). check_output: a reply that
+  template describes; sigma classifies the whole conversation, tool calls and results included). check_output: a reply that
   still refuses a benign request is retried once, steered further; one that complies with a harmful request is
   replaced.
 - block: a harmful human turn ends the run with a refusal before the agent's model runs; check_tool_results

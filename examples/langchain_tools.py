@@ -3,8 +3,9 @@
     python examples/langchain_tools.py           # the embedded default model (offline)
     python examples/langchain_tools.py --tiny    # a tiny random model built in code (it writes no tool calls)
 
-The tool schemas go to the model's chat template (Qwen2.5's has a tools section), sigma classifies the prompt with
-them in it, and the reply's <tool_call> blocks come back as `tool_calls` (streamed as `tool_call_chunks`).
+The tool schemas go to the model's chat template (Qwen2.5's has a tools section); sigma classifies the conversation
+without them (it was calibrated on requests without tool schemas) and the reply, generated with them at that
+verdict's steering, has its <tool_call> blocks read back as `tool_calls` (streamed as `tool_call_chunks`).
 A 0.5B model does not always call the tool it is asked to: `include_raw=True` keeps the raw reply and the
 parsing error instead of raising.
 """
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"   sigma: {reply.response_metadata['label']} (score {reply.response_metadata['score']:.3f})")
 
     streamed = None
-    for chunk in llm.bind_tools([get_weather]).stream(question):
+    for chunk in llm.bind_tools([get_weather], tool_choice="any").stream(question):
         streamed = chunk if streamed is None else streamed + chunk
     print(f"   streamed tool calls: {streamed.tool_calls}")
 

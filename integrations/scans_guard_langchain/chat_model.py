@@ -286,8 +286,10 @@ class SafetyConsciousLLM(BaseChatModel):
                  kwargs: dict[str, Any]) -> tuple[Conversation, str, GenerationConfig, dict[str, Any]]:
         """The conversation the engine gets (tools and instructions included), the prompt, decoding and steering.
 
-        `steering["tools"]` holds the schemas the reply is read against (not an engine argument)."""
+        `steering["tools"]` holds the schemas the reply is read against, `steering["classify"]` what sigma scores
+        when tools are bound: the conversation without the tool schemas (not engine arguments)."""
         conversation = messages_to_conversation(messages)
+        plain = conversation
         prompt = last_user_text(conversation)
         tools, instruction = chosen_tools(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
         if (response_format := kwargs.pop("response_format", None)) is not None:
@@ -296,19 +298,34 @@ class SafetyConsciousLLM(BaseChatModel):
         if tools:
             conversation = ToolConversation(conversation, tools)
         config, steering = self._settings(stop, kwargs)
-        return conversation, prompt, config, {**steering, "tools": tools}
+        return conversation, prompt, config, {**steering, "tools": tools, "classify": plain}
 
     def _events(self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any],
                 timeout: float | None) -> Iterator[StreamEvent]:
         """The engine's stream for one conversation, stopped between steps once `timeout` seconds have passed.
 
         The deadline is checked here, not in the engine, so every path (invoke, stream, async) honours it.
+        With tools bound, sigma scores the conversation without the tool schemas (it was calibrated on requests
+        without them: a schema in the system turn moved a benign shell question from -3.5 to +0.7 on the default
+        model) and the reply is generated, with the schemas, at that verdict's coefficient: one extra prompt pass.
         """
         start = time.monotonic()
-        events = self.engine.iter_generate([conversation], config, steer=steering["steer"],
-                                           coefficient=steering["coefficient"])
+        verdict = None
+        coefficient = steering["coefficient"]
+        if steering["tools"] and steering["steer"] and coefficient is None:
+            verdict = self.engine.classify([steering["classify"]])[0]
+            coefficient = verdict.coefficient
+        events = self.engine.iter_generate([conversation], config, steer=steering["steer"], coefficient=coefficient)
         try:
+            if verdict is not None:
+                yield StreamEvent(row=0, verdict=verdict)
             for event in events:
+                if verdict is not None and event.verdict is None and event.output is None and not event.text:
+                    continue  # the engine's empty verdict event of a fixed-coefficient call
+                if verdict is not None and event.output is not None:
+                    timings = {**event.output.timings, "classify_s": verdict.latency_s}
+                    event = event.model_copy(update={"output": event.output.model_copy(
+                        update={"verdict": verdict, "timings": timings})})
                 elapsed = time.monotonic() - start
                 if timeout is not None and event.output is None and elapsed > timeout:
                     raise ScansGuardTimeoutError(timeout, elapsed)

@@ -78,6 +78,6 @@ def test_agent_middleware(example, monkeypatch):
 
 def test_tools(example):
     out = example("langchain_tools").main(["--tiny"])
-    assert out["reply"].response_metadata["score"] is not None  # classified with the tool schema in the prompt
+    assert out["reply"].response_metadata["score"] is not None  # classified, then generated with the tool schema
     assert out["streamed"].response_metadata["finish_reason"] in ("stop", "length", "tool_calls")
     assert set(out["structured"]) == {"raw", "parsed", "parsing_error"}

@@ -105,7 +105,10 @@ def test_bound_tool_call_becomes_tool_calls():
     assert [b["name"] for b in reply.content_blocks if b["type"] == "tool_call"] == ["get_weather"]  # standard blocks
     seen = llm.engine.seen[0]
     assert isinstance(seen, ToolConversation) and [t["function"]["name"] for t in seen.tools] == ["get_weather", "add"]
-    assert reply.response_metadata["score"] is not None  # classified with the tools in the prompt
+    # sigma scored the conversation without the tool schemas; the reply was generated at that verdict's coefficient
+    plain = llm.engine.classify(["Weather in Paris?"])[0]
+    assert reply.response_metadata["score"] == pytest.approx(plain.score, abs=1e-5)
+    assert llm.engine.coefficients == [plain.coefficient]
 
 
 def test_streamed_tool_calls_are_tool_call_chunks():
