@@ -84,7 +84,8 @@ def without_system_prompt(conversation: Conversation) -> list[dict] | None:
     if isinstance(conversation, str):
         return None
     kept = [m for m in conversation if not (isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)]
-    return kept if kept and len(kept) < len(conversation) else None
+    # without the system prompt the last turn left is blank: nothing to score, no second rendering
+    return kept if kept and len(kept) < len(conversation) and kept[-1]["content"].strip() else None
 
 
 def user_text(conversation: Conversation) -> str:
