@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.config import is_harmful
+from scans_guard.decision import is_harmful
 from scans_guard.data import load_set, tune_eval_split
 from scans_guard.eval.benchmarks import calibration_prompts
 from scans_guard.eval.store import JsonlStore

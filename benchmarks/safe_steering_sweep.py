@@ -25,6 +25,7 @@ from tqdm import tqdm
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.artifacts import text_sha256
 from scans_guard.data import contrast_set, load_set, tune_eval_split
+from scans_guard.decision import steering_coefficient
 from scans_guard.judge import KeywordJudge
 from scans_guard.paths import require_data_dir
 
@@ -148,7 +149,7 @@ def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, 
         refused, nll, n = [], 0.0, 0
         for p in prompts:
             score = scores[p]
-            coef = a_harmful if score >= T else (0.0 if score >= T - grey else -a_benign)
+            coef = steering_coefficient(score, T, grey, a_benign, a_harmful)  # the recipe's rule
             r = by_key.get((s, p, coef))
             if r is None:
                 return {}

@@ -21,6 +21,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from scans_guard.calibration import recall_threshold
+from scans_guard.decision import flags
 
 def classify_layers(n_layers: int) -> list[int]:
     """The recipe's default classification layers: the second half (12-23 on the 0.5B, 14-27 on the 1.5B)."""
@@ -200,7 +201,7 @@ def load_all(directory: Path) -> dict[str, FeatureSet]:
 def fpr_at_recall(scores: np.ndarray, y: np.ndarray, recall: float) -> float:
     """False-positive rate on the safe prompts at the highest T that flags `recall` of the unsafe ones (the curve)."""
     t = recall_threshold(scores, y, recall)
-    return float((scores[y == 0] >= t).mean())
+    return float(flags(scores[y == 0], t).mean())
 
 
 def t_fit_scores(v: Variant, data: dict[str, FeatureSet]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,14 @@
-"""LangChain v1 agents guarded by ScansGuardMiddleware: steer, block and route strategies.
+"""LangChain v1 agents guarded by ScansGuardMiddleware: steer, block and route strategies, with tools.
 
     python examples/langchain_agent_middleware.py           # the embedded default model (offline)
     python examples/langchain_agent_middleware.py --tiny    # a tiny random model built in code
 
-- steer: the agent's model is the steered SafetyConsciousLLM itself (no tools: it has no tool calling).
-- block: a harmful human turn ends the run with a refusal before the agent's model runs.
+- steer: the agent's model is the steered SafetyConsciousLLM itself, with a tool (it calls tools the way its chat
+  template describes; sigma classifies the whole conversation, tool calls and results included). check_output: a reply that
+  still refuses a benign request is retried once, steered further; one that complies with a harmful request is
+  replaced.
+- block: a harmful human turn ends the run with a refusal before the agent's model runs; check_tool_results
+  classifies what the tool returned before the model reads it.
 - route: harmful turns get a canned reply, benign ones go to the agent's model (here a fake tool-using model).
 """
 
@@ -54,9 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
     llm = example_llm(argv, max_tokens=8 if tiny_requested(argv) else 96)
     results: dict[str, list] = {}
 
-    steered = create_agent(llm, middleware=[ScansGuardMiddleware(llm, strategy="steer")])
+    steered = create_agent(llm, tools=[search_docs],
+                           middleware=[ScansGuardMiddleware(llm, strategy="steer", check_output=True)])
     blocking = create_agent(tool_model(), tools=[search_docs],
-                            middleware=[ScansGuardMiddleware(llm, strategy="block")])
+                            middleware=[ScansGuardMiddleware(llm, strategy="block", check_tool_results=True,
+                                                             exit_behavior="replace")])
     routing = create_agent(tool_model(), tools=[search_docs],
                            middleware=[ScansGuardMiddleware(llm, strategy="route",
                                                             routes={"harmful": "I can't help with that.",

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from langchain_core.language_models import FakeListChatModel
+from langchain_core.prompts import ChatPromptTemplate
 
 from scans_guard_langchain import (
     HarmfulPromptError,
@@ -75,7 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
     # 4. log: every call leaves a log record with the verdict fields as `extra` (prompt text only when asked)
     logged = SafetyLogger(classifier=classifier) | other_model
     logged.invoke(PROMPTS[0])
-    return {"verdicts": verdicts, "routed": routed, "blocked": blocked}
+
+    # 5. dict input, as a chain's first step gets it: classify input["question"], pass the whole dict on
+    prompt = ChatPromptTemplate.from_messages([("human", "{question}")])
+    chain = SafetyRouter(classifier=classifier, input_key="question", benign=prompt | other_model,
+                         harmful="I can't help with that.")
+    from_dicts = [m.content for m in chain.batch([{"question": p} for p in PROMPTS])]
+    print(f"dict input -> {from_dicts}")
+    return {"verdicts": verdicts, "routed": routed, "blocked": blocked, "from_dicts": from_dicts}
 
 
 if __name__ == "__main__":

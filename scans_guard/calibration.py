@@ -14,6 +14,7 @@ from .artifacts import AnchorSet, Artifact, ArtifactMeta, OperatingPoint, PlattF
 from .classifier import harm_direction, sigma_scores, transitions_for
 from .config import CalibrationConfig, SteeringRecipe
 from .data import anchor_split, load_set, sample_prompts, tune_eval_split
+from .decision import flags
 from .loading import ModelHandle
 from .probe import ProbeFit, fit_probe
 from .safety_layers import middle_third, principal_directions, refusal_span, second_half, vocabulary_projection
@@ -53,7 +54,7 @@ def recall_threshold(scores: np.ndarray, harmful: np.ndarray, target: float) -> 
 
 def operating_point(scores: np.ndarray, harmful: np.ndarray, threshold: float, rule: str) -> OperatingPoint:
     """A threshold with its recall, false-positive rate and F1 on the fit prompts."""
-    predicted = scores >= threshold
+    predicted = flags(scores, threshold)
     return OperatingPoint(threshold=threshold, rule=rule, recall=float(predicted[harmful == 1].mean()),
                           false_positive_rate=float(predicted[harmful == 0].mean()),
                           f1=float(f1_score(harmful, predicted, zero_division=0)))

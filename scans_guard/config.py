@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .decision import Direction, Label, direction, is_harmful, steering_coefficient  # noqa: F401 - is_harmful re-exported
 from .domain import DomainConfig
 
-Direction = Literal["towards_refusal", "away_from_refusal", "none"]
-Label = Literal["harmful", "benign"]
 MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
 
 
@@ -58,23 +56,10 @@ class SteeringRecipe(BaseModel):
         """Signed steering magnitude for one query: +alpha_harmful, -alpha_benign, or 0 (grey zone).
 
         Fails closed: a non-finite score counts as harmful, and a prompt outside the calibration domain is never
-        steered away from refusal.
+        steered away from refusal (the rule is `scans_guard.decision`).
         """
-        if is_harmful(score, self.threshold):
-            return self.alpha_harmful
-        if not in_domain or score >= self.threshold - self.grey_zone:
-            return 0.0
-        return -self.alpha_benign
-
-
-def direction_of(coefficient: float) -> Direction:
-    """The name of a signed steering coefficient's direction (the one place it is spelled out)."""
-    return "towards_refusal" if coefficient > 0 else "away_from_refusal" if coefficient < 0 else "none"
-
-
-def is_harmful(score: float, threshold: float) -> bool:
-    """The one decision rule: score >= T is harmful, and so is a score that is not a finite number."""
-    return not math.isfinite(score) or score >= threshold
+        return steering_coefficient(score, self.threshold, self.grey_zone, self.alpha_benign, self.alpha_harmful,
+                                    in_domain)
 
 
 class GenerationConfig(BaseModel):
@@ -159,6 +144,19 @@ class SafetyVerdict(BaseModel):
     def is_harmful(self) -> bool:
         return self.label == "harmful"
 
+    def record(self) -> dict[str, Any]:
+        """The verdict as a flat JSON-able dict (layer keys as strings): the one serialisation that log records,
+        callback events, message metadata, agent state and evaluation rows are all built from.
+        `SafetyVerdict.model_validate(record)` reads it back."""
+        return {
+            "score": self.score, "label": self.label, "threshold": self.threshold,
+            "operating_point": self.operating_point, "probability": self.probability,
+            "direction": self.direction, "coefficient": self.coefficient, "in_domain": self.in_domain,
+            "domain_reasons": list(self.domain_reasons), "renderings": dict(self.renderings),
+            "layer_similarities": {str(k): v for k, v in self.layer_similarities.items()},
+            "latency_s": self.latency_s,
+        }
+
 
 class RowSteering(BaseModel):
     """How one row was steered: what was added (coefficient * v at the steer layers) and what decided it.
@@ -176,7 +174,7 @@ class RowSteering(BaseModel):
 
     @classmethod
     def of(cls, coefficient: float, source: str, operating_point: str | None = None) -> RowSteering:
-        return cls(coefficient=coefficient, direction=direction_of(coefficient), source=source,
+        return cls(coefficient=coefficient, direction=direction(coefficient), source=source,
                    operating_point=operating_point)
 
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel
 from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
-from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe, direction_of, is_harmful
+from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
+from .decision import direction, label
 from .domain import check_domain
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
@@ -75,7 +76,8 @@ def without_system_prompt(conversation: Conversation) -> list[dict] | None:
     if isinstance(conversation, str):
         return None
     kept = [m for m in conversation if not (isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)]
-    return kept if kept and len(kept) < len(conversation) else None
+    # without the system prompt the last turn left is blank: nothing to score, no second rendering
+    return kept if kept and len(kept) < len(conversation) and kept[-1]["content"].strip() else None
 
 
 def user_text(conversation: Conversation) -> str:
@@ -179,11 +181,11 @@ class ScansEngine:
             domain = check_domain(user_text(conv), len(row), self.recipe.domain, self.handle.special_tokens)
             coef = self.recipe.coefficient(score, domain.in_domain)
             verdicts.append(SafetyVerdict(
-                score=score, label="harmful" if is_harmful(score, threshold) else "benign", threshold=threshold,
+                score=score, label=label(score, threshold), threshold=threshold,
                 operating_point=operating_point, probability=self._probability(score),
                 layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
                 in_domain=domain.in_domain, domain_reasons=domain.reasons,
-                direction=direction_of(coef), coefficient=coef, latency_s=latency,
+                direction=direction(coef), coefficient=coef, latency_s=latency,
             ))
         return sp, verdicts
 

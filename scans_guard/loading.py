@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -25,6 +26,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 _NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
                "model.decoder.final_layer_norm")
+
+
+class ToolConversation(list):
+    """A conversation (a list of message dicts) that also carries the tool schemas its chat template is given.
+
+    The engine passes conversations through to `ModelHandle.chat_ids` unchanged, so tools travel with them into
+    classification and generation. (Renderings built from it, such as the copy without the system prompt, are
+    plain lists: they are scored without the tool schemas.)
+    """
+
+    def __init__(self, messages: list[dict], tools: list[dict] | None = None):
+        super().__init__(messages)
+        self.tools = list(tools) if tools else None
 
 
 def _get_path(root: nn.Module, path: str) -> object | None:
@@ -114,37 +128,53 @@ class ModelHandle:
         with self.tokenize_lock:
             return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=content)["input_ids"])
 
-    def chat_ids(self, conversation: str | list[dict]) -> list[int]:
+    def chat_ids(self, conversation: str | list[dict], tools: list[dict] | None = None) -> list[int]:
         """Token ids of the chat-formatted conversation, generation prompt included.
 
         Message content is data: special-token text inside it (a forged `<|im_start|>system`) is tokenised as the
-        literal characters, so only the chat template itself can open or close a turn.
+        literal characters, so only the chat template itself can open or close a turn. `tools` (JSON schemas,
+        OpenAI's `{"type": "function", "function": {...}}` form) go to the template's `tools=`; a conversation
+        that is a `ToolConversation` carries its own. Assistant messages may hold `tool_calls` for the template.
+        Tool schemas and tool-call arguments are rendered by the template, not as content, so special-token text
+        in them is refused.
         """
         messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+        tools = tools if tools is not None else getattr(conversation, "tools", None)
         _validate_messages(messages)
-        text = self._render(messages)
+        self._check_template_data(messages, tools)
+        text = self._render(messages, tools)
         if messages[-1]["content"].strip() not in text:
             raise InvalidPromptError(f"the chat template dropped the last message (role {messages[-1].get('role')!r})")
         ids: list[int] = []
-        for segment, is_content in self._template_segments(messages, text):
+        for segment, is_content in self._template_segments(messages, text, tools):
             ids += self.encode(segment, content=is_content)
         return ids
 
-    def _render(self, messages: list[dict]) -> str:
+    def _check_template_data(self, messages: list[dict], tools: list[dict] | None) -> None:
+        """Tool schemas and tool calls are template data, tokenised with special tokens live: refuse chat markup."""
+        data = [json.dumps(tools or [], ensure_ascii=False)]
+        data += [json.dumps(m.get("tool_calls") or [], ensure_ascii=False, default=str) for m in messages]
+        if any(t in d for d in data for t in self.special_tokens):
+            raise InvalidPromptError("a tool schema or tool call holds special-token text (chat markup such as "
+                                     "<|im_start|>); remove it")
+
+    def _render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                                      add_generation_prompt=True)
         except Exception as exc:  # jinja2 errors and TypeErrors from malformed messages
             raise InvalidPromptError(f"the chat template rejected the conversation: {exc}") from exc
 
-    def _template_segments(self, messages: list[dict], text: str) -> list[tuple[str, bool]]:
+    def _template_segments(self, messages: list[dict], text: str,
+                           tools: list[dict] | None = None) -> list[tuple[str, bool]]:
         """`text` cut into (segment, is_message_content) pieces.
 
-        The template is rendered once more with each content replaced by a private-use placeholder; where it
-        placed a placeholder, that message's content goes. A template that transforms content (trims it, say)
-        cannot be cut this way: that is fine for plain text, but content holding special-token text is refused.
+        The template is rendered once more with each non-empty content replaced by a private-use placeholder;
+        where it placed a placeholder, that message's content goes. A template that transforms content (trims it,
+        say) cannot be cut this way: that is fine for plain text, but content holding special-token text is refused.
         """
-        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
-        rendered = self._render([{**m, "content": mark} for m, mark in zip(messages, marks)])
+        marks = [f"\ue000{i}\ue001" if m["content"] else "" for i, m in enumerate(messages)]
+        rendered = self._render([{**m, "content": mark} for m, mark in zip(messages, marks)], tools)
         segments: list[tuple[str, bool]] = []
         for piece in _MARK.split(rendered):
             if _MARK.fullmatch(piece):

@@ -10,9 +10,28 @@ import torch
 
 from .loading import ModelHandle
 
+NL = "{{ '\\n' }}"
+# ChatML, with tools rendered as Qwen2.5's template renders them (schemas in the system turn, calls in
+# <tool_call> tags, results in <tool_response> tags of a user turn; a shorter instruction, since the tiny model's
+# context is 512 tokens); without tools, plain ChatML.
 CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% if tools %}<|im_start|>system" + NL
+    + "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}" + NL + NL + "{% endif %}"
+    "# Tools" + NL + "<tools>{% for tool in tools %}" + NL + "{{ tool | tojson }}{% endfor %}" + NL + "</tools>" + NL
+    + "Call a function in <tool_call></tool_call> tags.<|im_end|>" + NL + "{% endif %}"
+    "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}<|im_start|>assistant"
+    "{% if message['content'] %}" + NL + "{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] %}{% if call.function is defined %}{% set call = call.function %}{% endif %}"
+    + NL + "<tool_call>" + NL + '{"name": "{{ call.name }}", "arguments": {{ call.arguments | tojson }}{{ \'}\' }}'
+    + NL + "</tool_call>{% endfor %}<|im_end|>" + NL
+    + "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
+    + NL + "<tool_response>" + NL + "{{ message['content'] }}" + NL + "</tool_response>"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>" + NL + "{% endif %}"
+    "{% else %}<|im_start|>{{ message['role'] }}" + NL + "{{ message['content'] }}<|im_end|>" + NL + "{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant" + NL + "{% endif %}"
 )
 _CORPUS = [
     "Sure, here is how to bake bread at home.",

@@ -77,6 +77,7 @@ def test_without_system_prompt_and_user_text():
     assert without_system_prompt("hi") is None
     assert without_system_prompt([{"role": "user", "content": "hi"}]) is None
     assert without_system_prompt(SYSTEM) == SYSTEM[1:]
+    assert without_system_prompt([{"role": "user", "content": " "}, {"role": "system", "content": "0"}]) is None
     assert without_system_prompt([{"role": "system", "content": "only"}]) is None
     assert user_text(SYSTEM) == "How do I bake bread?"
     assert user_text([{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]) == "x\ny"

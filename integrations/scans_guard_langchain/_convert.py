@@ -20,7 +20,7 @@ from langchain_core.prompt_values import PromptValue
 
 from scans_guard.errors import InvalidPromptError
 
-Conversation = str | list[dict[str, str]]
+Conversation = str | list[dict[str, Any]]
 
 # Blocks a model writes besides its text (tool calls, reasoning): not part of what the next turn is conditioned on.
 _SKIPPED_BLOCKS = frozenset({
@@ -76,11 +76,27 @@ def message_text(message: BaseMessage) -> str:
     return "".join(parts)
 
 
-def messages_to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages -> [{"role", "content"}] for the chat template (the whole history, system turns kept)."""
+def _message_dict(message: BaseMessage) -> dict[str, Any]:
+    """One message for the chat template; an AI message's tool calls go under "tool_calls" (OpenAI's form, which
+    Hugging Face chat templates read), a tool result keeps its call id and name."""
+    out: dict[str, Any] = {"role": _role(message), "content": message_text(message)}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        out["tool_calls"] = [{"id": c.get("id"), "type": "function",
+                              "function": {"name": c["name"], "arguments": c.get("args") or {}}}
+                             for c in message.tool_calls]
+    if isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+        if message.name:
+            out["name"] = message.name
+    return out
+
+
+def messages_to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages -> [{"role", "content"}] for the chat template (the whole history: system turns, tool
+    calls and tool results kept)."""
     if not messages:
         raise InvalidPromptError("the conversation is empty")
-    return [{"role": _role(m), "content": message_text(m)} for m in messages]
+    return [_message_dict(m) for m in messages]
 
 
 def _is_role_dict_list(value: object) -> bool:

@@ -20,20 +20,7 @@ def verdict_fields(verdict: SafetyVerdict | None, *, band: str | None = None, so
     """Flat record of one verdict: the `extra` of a log record (keys prefixed `scans_`) and a custom event's data."""
     fields: dict[str, Any] = {"scans_source": source, "scans_band": band}
     if verdict is not None:
-        fields.update({
-            "scans_score": verdict.score,
-            "scans_label": verdict.label,
-            "scans_threshold": verdict.threshold,
-            "scans_probability": verdict.probability,
-            "scans_direction": verdict.direction,
-            "scans_coefficient": verdict.coefficient,
-            "scans_operating_point": verdict.operating_point,
-            "scans_in_domain": verdict.in_domain,
-            "scans_domain_reasons": list(verdict.domain_reasons),
-            "scans_renderings": dict(verdict.renderings),
-            "scans_layer_similarities": dict(verdict.layer_similarities),
-            "scans_latency_s": verdict.latency_s,
-        })
+        fields.update({f"scans_{k}": v for k, v in verdict.record().items()})
     if error is not None:
         fields["scans_error"] = f"{type(error).__name__}: {error}"
     if prompt is not None:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.block_translators import register_translator
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, model_validator
 
@@ -33,70 +32,31 @@ from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
 from scans_guard.engine import ScansEngine, StreamEvent
 from scans_guard.judge import KeywordJudge
 
+from scans_guard.loading import ToolConversation
+
 from ._convert import Conversation, last_user_text, messages_to_conversation
+from ._messages import PROVIDER, _verdict_metadata, refusal_message  # noqa: F401 - refusal_message re-exported
 from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
+from ._tools import (
+    ToolCallStream,
+    chosen_tools,
+    json_instruction,
+    parse_tool_calls,
+    structured_output,
+    tool_call_chunks,
+    tool_schemas,
+    with_instruction,
+)
 from .errors import ScansGuardTimeoutError
 
 if TYPE_CHECKING:
-    from langchain_core.messages import content as types
-
     from .classifier import SafetyClassifier, ScansDecisionModel
-
-PROVIDER = "scans_guard"
-"""`ls_provider` and `response_metadata["model_provider"]` of every message this package makes."""
 
 log = logging.getLogger(f"{LOGGER_NAME}.llm")
 
-_CALL_KWARGS = {"max_tokens", "temperature", "top_p", "seed", "steer", "coefficient"}
+_CALL_KWARGS = {"max_tokens", "temperature", "top_p", "seed", "steer", "coefficient", "tools", "tool_choice",
+                "response_format"}
 _IGNORED_KWARGS = {"stream", "ls_structured_output_format"}
-
-
-# -- standard refusal block ------------------------------------------------------------------------------------
-def _with_refusal(message: BaseMessage, blocks: list[types.ContentBlock]) -> list[types.ContentBlock]:
-    meta = message.response_metadata
-    if meta.get("refusal") and not any(b.get("type") == "refusal" for b in blocks):
-        block: dict[str, Any] = {"type": "refusal", "refusal": meta.get("refusal_text") or ""}
-        extras = {k: meta[k] for k in ("refusal_source", "score", "label") if meta.get(k) is not None}
-        if extras:
-            block["extras"] = extras
-        blocks.append(block)  # type: ignore[arg-type]
-    return blocks
-
-
-def _translate_content(message: AIMessage) -> list[types.ContentBlock]:
-    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
-
-
-def _translate_chunk(message: AIMessageChunk) -> list[types.ContentBlock]:
-    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
-
-
-# Messages carry model_provider="scans_guard"; this translator gives their content_blocks, adding LangChain's standard
-# refusal block when the steered model refused (so ModelRefusalMiddleware and ModelRefusalError work with them).
-register_translator(PROVIDER, _translate_content, _translate_chunk)
-
-
-def refusal_message(text: str, *, verdict: SafetyVerdict | None = None, source: str = "guard",
-                    extra: dict[str, Any] | None = None) -> AIMessage:
-    """A canned refusal as an AIMessage whose content_blocks carry the standard refusal block."""
-    meta: dict[str, Any] = {"model_provider": PROVIDER, "model_name": "scans-guard-canned", "finish_reason": "stop",
-                            "refusal": True, "refusal_text": text, "refusal_source": source}
-    if verdict is not None:
-        meta.update(_verdict_metadata(verdict))
-    meta.update(extra or {})
-    return AIMessage(content=text, response_metadata=meta)
-
-
-def _verdict_metadata(verdict: SafetyVerdict | None) -> dict[str, Any]:
-    if verdict is None:
-        return {"score": None, "label": None, "threshold": None, "probability": None, "direction": "none"}
-    return {
-        "score": verdict.score, "label": verdict.label, "threshold": verdict.threshold,
-        "probability": verdict.probability, "direction": verdict.direction, "alpha": verdict.coefficient,
-        "operating_point": verdict.operating_point, "in_domain": verdict.in_domain,
-        "domain_reasons": list(verdict.domain_reasons), "renderings": dict(verdict.renderings),
-        "layer_similarities": {str(k): v for k, v in verdict.layer_similarities.items()},
-    }
 
 
 class SafetyConsciousLLM(BaseChatModel):
@@ -108,8 +68,10 @@ class SafetyConsciousLLM(BaseChatModel):
     timings, and `refusal` (whether `refusal_judge` finds that the reply refuses; if so, `content_blocks` ends with
     LangChain's standard refusal block).
 
-    Not supported: tool calling and structured output (`bind_tools` / `with_structured_output` raise
-    NotImplementedError, and `profile` says so), and non-text content blocks (InvalidPromptError).
+    Tool calling: `bind_tools` sends the tool schemas to the chat template (`tools=`), and tool calls in the reply
+    (as the model writes them, see `_tools`) become `tool_calls` / `invalid_tool_calls` (streamed as
+    `tool_call_chunks`). `with_structured_output` works by tool calling or by a JSON-schema instruction.
+    Not supported: non-text content blocks (InvalidPromptError).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
@@ -213,11 +175,24 @@ class SafetyConsciousLLM(BaseChatModel):
             params["ls_stop"] = list(ls_stop)
         return params
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        raise NotImplementedError("SafetyConsciousLLM does not support tool calling")
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Any:
+        """Bind tools (LangChain tools, pydantic models, functions or OpenAI schemas); see `_tools.chosen_tools`
+        for how `tool_choice` ("auto", "none", "any"/"required", or a tool's name) is honoured."""
+        schemas = tool_schemas(tools)
+        chosen_tools(schemas, tool_choice)  # an unknown tool name fails here, not at the first call
+        return self.bind(tools=schemas, tool_choice=tool_choice, **kwargs)
 
-    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("SafetyConsciousLLM does not support structured output")
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, method: str = "function_calling",
+                               strict: bool | None = None, **kwargs: Any) -> Any:
+        """Replies parsed into `schema` (pydantic class: validated instance; else a dict).
+
+        method "function_calling": the schema is bound as the one tool and the call is asked for;
+        "json_schema": a system instruction asks for one JSON object matching the schema, which is parsed and
+        validated; "json_mode": any JSON object. include_raw: {"raw", "parsed", "parsing_error"}.
+        """
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        return structured_output(self, schema, method=method, include_raw=include_raw)
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         """What LangChain reads to size contexts (SummarizationMiddleware) and pick strategies (create_agent).
@@ -229,7 +204,7 @@ class SafetyConsciousLLM(BaseChatModel):
         return ModelProfile(
             max_input_tokens=window if cap is None else min(cap, window),
             text_inputs=True, image_inputs=False, audio_inputs=False, video_inputs=False, pdf_inputs=False,
-            text_outputs=True, tool_calling=False, tool_choice=False, structured_output=False, temperature=True,
+            text_outputs=True, tool_calling=True, tool_choice=True, structured_output=True, temperature=True,
         )
 
     # -- token counting (the model's own tokenizer: exact and offline; LangChain's default is GPT-2, online) --------
@@ -242,12 +217,13 @@ class SafetyConsciousLLM(BaseChatModel):
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Tokens of the conversation as the model reads it: chat template and generation prompt included.
 
-        This equals a reply's `usage_metadata["input_tokens"]` for the same messages. `tools` add nothing: this
-        model sends no tool schemas to its template (it has no tool calling).
+        This equals a reply's `usage_metadata["input_tokens"]` for the same messages and tools (the schemas are
+        part of the prompt the template renders).
         """
         if not messages:
             return 0
-        return len(self.engine.handle.chat_ids(messages_to_conversation(messages)))
+        schemas = tool_schemas(tools) if tools else None
+        return len(self.engine.handle.chat_ids(messages_to_conversation(messages), tools=schemas))
 
     # -- one call --------------------------------------------------------------------------------------------
     def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
@@ -276,11 +252,14 @@ class SafetyConsciousLLM(BaseChatModel):
         log_verdict(log, self.log_level, fields)
         return fields
 
-    def _final_metadata(self, output: SteeredOutput, prompt: str) -> dict[str, Any]:
+    def _final_metadata(self, output: SteeredOutput, prompt: str, content: str, called: bool) -> dict[str, Any]:
+        """The reply's response_metadata; `content` is its text without tool-call markup (what the judge reads)."""
         recipe = self.engine.recipe
-        refused = bool(self.refusal_judge(prompt, output.text)) if self.refusal_judge is not None else False
+        refused = bool(self.refusal_judge(prompt, content)) if self.refusal_judge is not None and not called \
+            else False
         meta: dict[str, Any] = {
-            "model_name": self.model_name, "model_provider": PROVIDER, "finish_reason": output.finish_reason,
+            "model_name": self.model_name, "model_provider": PROVIDER,
+            "finish_reason": "tool_calls" if called else output.finish_reason,
             **_verdict_metadata(output.verdict),
             "layers": {"steer": list(recipe.steer_layers), "classify": list(recipe.classify_layers)},
             "timings": dict(output.timings),
@@ -289,7 +268,7 @@ class SafetyConsciousLLM(BaseChatModel):
         meta["alpha"], meta["direction"] = output.steering.coefficient, output.steering.direction  # as applied
         meta["steered"] = meta["alpha"] != 0.0
         if refused:
-            meta["refusal_text"] = output.text
+            meta["refusal_text"] = content
             meta["refusal_source"] = type(self.refusal_judge).__name__
         return meta
 
@@ -300,20 +279,48 @@ class SafetyConsciousLLM(BaseChatModel):
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None,
                  kwargs: dict[str, Any]) -> tuple[Conversation, str, GenerationConfig, dict[str, Any]]:
+        """The conversation the engine gets (tools and instructions included), the prompt, decoding and steering.
+
+        `steering["tools"]` holds the schemas the reply is read against, `steering["classify"]` what sigma scores
+        when tools are bound: the conversation without the tool schemas (not engine arguments)."""
         conversation = messages_to_conversation(messages)
+        plain = conversation
+        prompt = last_user_text(conversation)
+        tools, instruction = chosen_tools(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
+        if (response_format := kwargs.pop("response_format", None)) is not None:
+            instruction = "\n\n".join(filter(None, [instruction, json_instruction(response_format)]))
+        conversation = with_instruction(conversation, instruction)
+        if tools:
+            conversation = ToolConversation(conversation, tools)
         config, steering = self._settings(stop, kwargs)
-        return conversation, last_user_text(conversation), config, steering
+        return conversation, prompt, config, {**steering, "tools": tools, "classify": plain}
 
     def _events(self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any],
                 timeout: float | None) -> Iterator[StreamEvent]:
         """The engine's stream for one conversation, stopped between steps once `timeout` seconds have passed.
 
         The deadline is checked here, not in the engine, so every path (invoke, stream, async) honours it.
+        With tools bound, sigma scores the conversation without the tool schemas (it was calibrated on requests
+        without them: a schema in the system turn moved a benign shell question from -3.5 to +0.7 on the default
+        model) and the reply is generated, with the schemas, at that verdict's coefficient: one extra prompt pass.
         """
         start = time.monotonic()
-        events = self.engine.iter_generate([conversation], config, **steering)
+        verdict = None
+        coefficient = steering["coefficient"]
+        if steering["tools"] and steering["steer"] and coefficient is None:
+            verdict = self.engine.classify([steering["classify"]])[0]
+            coefficient = verdict.coefficient
+        events = self.engine.iter_generate([conversation], config, steer=steering["steer"], coefficient=coefficient)
         try:
+            if verdict is not None:
+                yield StreamEvent(row=0, verdict=verdict)
             for event in events:
+                if verdict is not None and event.verdict is None and event.output is None and not event.text:
+                    continue  # the engine's empty verdict event of a fixed-coefficient call
+                if verdict is not None and event.output is not None:
+                    timings = {**event.output.timings, "classify_s": verdict.latency_s}
+                    event = event.model_copy(update={"output": event.output.model_copy(
+                        update={"verdict": verdict, "timings": timings})})
                 elapsed = time.monotonic() - start
                 if timeout is not None and event.output is None and elapsed > timeout:
                     raise ScansGuardTimeoutError(timeout, elapsed)
@@ -332,7 +339,9 @@ class SafetyConsciousLLM(BaseChatModel):
             if event.output is not None:
                 output = event.output
         assert output is not None  # the engine ends every row with an output event
-        message = AIMessage(content=output.text, response_metadata=self._final_metadata(output, prompt),
+        content, calls, invalid = parse_tool_calls(output.text, steering["tools"])
+        message = AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid,
+                            response_metadata=self._final_metadata(output, prompt, content, bool(calls)),
                             usage_metadata=self._usage(output))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -341,17 +350,21 @@ class SafetyConsciousLLM(BaseChatModel):
         """("verdict", fields) once, then ("chunk", ChatGenerationChunk)...; closing it stops generation."""
         conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
         events = self._events(conversation, config, steering, self.timeout)
+        held = ToolCallStream(steering["tools"])  # text that may be tool-call markup waits for the whole reply
         try:
             for event in events:
                 if event.verdict is not None:
                     yield "verdict", self._report(event.verdict, prompt)
-                if event.text:
+                if event.text and (text := held.feed(event.text)):
                     yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
-                        content=event.text, response_metadata={"model_provider": PROVIDER}))
+                        content=text, response_metadata={"model_provider": PROVIDER}))
                 if event.output is not None:
+                    rest, calls, invalid = held.finish()
+                    content = parse_tool_calls(event.output.text, steering["tools"])[0]
                     yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
-                        content="", chunk_position="last", usage_metadata=self._usage(event.output),
-                        response_metadata=self._final_metadata(event.output, prompt)))
+                        content=rest, chunk_position="last", usage_metadata=self._usage(event.output),
+                        tool_call_chunks=tool_call_chunks(calls, invalid),
+                        response_metadata=self._final_metadata(event.output, prompt, content, bool(calls))))
         finally:
             events.close()
 

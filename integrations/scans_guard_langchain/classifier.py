@@ -64,8 +64,20 @@ class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
     def _one(self, value: Any) -> SafetyVerdict:
         return self.classify([value])[0]
 
-    def _many(self, values: list[Any]) -> list[SafetyVerdict]:
-        return self.classify(values)
+    def _many(self, values: list[Any]) -> list[SafetyVerdict | Exception]:
+        """One engine call; if it fails, each value alone, so only the values that fail get their error."""
+        try:
+            return self.classify(values)
+        except Exception:
+            if len(values) == 1:
+                raise
+        out: list[SafetyVerdict | Exception] = []
+        for v in values:
+            try:
+                out.append(self._one(v))
+            except Exception as exc:  # noqa: BLE001 - that input's error (batch reports it per input)
+                out.append(exc)
+        return out
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> SafetyVerdict:
         return self._call_with_config(self._one, input, config, run_type="chain")

@@ -6,21 +6,26 @@ from scans_guard.config import SafetyVerdict
 from scans_guard.errors import ScansGuardError
 
 
+_WHAT = {"input": "prompt", "output": "reply", "tool_result": "tool result"}
+
+
 class HarmfulPromptError(ScansGuardError):
-    """A guard blocked a prompt: `verdict` is sigma's verdict on it (None when classification failed and the guard
+    """A guard blocked a prompt (`stage` "input"), a reply ("output": it complied with a grey or harmful request) or
+    a tool result ("tool_result"): `verdict` is sigma's verdict (None when classification failed and the guard
     fails closed; `cause` then holds the classification error)."""
 
     def __init__(self, verdict: SafetyVerdict | None, *, band: str = "harmful", cause: BaseException | None = None,
-                 message: str | None = None):
+                 message: str | None = None, stage: str = "input"):
         self.verdict = verdict
         self.band = band
         self.cause = cause
+        self.stage = stage
         if message is None:
             if verdict is None:
                 message = (f"prompt blocked: classification failed ({type(cause).__name__}: {cause}) "
                            "and the guard fails closed")
             else:
-                message = (f"prompt blocked as {band}: sigma score {verdict.score:.4f} "
+                message = (f"{_WHAT.get(stage, stage)} blocked as {band}: sigma score {verdict.score:.4f} "
                            f"(threshold {verdict.threshold:.4f}, label {verdict.label})")
         super().__init__(message)
 

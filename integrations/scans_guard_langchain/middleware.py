@@ -1,9 +1,14 @@
-"""A LangChain v1 agent middleware that puts sigma(q) and SCANS steering into `create_agent` agents."""
+"""A LangChain v1 agent middleware that puts sigma(q) and SCANS steering into `create_agent` agents.
+
+One strategy object per strategy (steer, block, route, log) says what the input decision does; the hooks are
+shared. Each hook is written once, as a generator of steps (classify this, send that event, call the model with
+this request), which a sync and an async driver run: the async one runs the blocking engine in a worker thread.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, Literal, NotRequired
 
 from langchain.agents.middleware.types import (
@@ -14,21 +19,25 @@ from langchain.agents.middleware.types import (
     hook_config,
 )
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables.config import run_in_executor
 
 from scans_guard.config import SafetyVerdict
 from scans_guard.engine import ScansEngine
+from scans_guard.judge import KeywordJudge
 
-from ._convert import last_user_text, messages_to_conversation
+from ._convert import message_text, messages_to_conversation
+from ._decision import DEFAULT_REFUSAL, Decision, ExitBehavior, OnError, SafetyPolicy, Stage, decide, violation_text
+from ._messages import verdict_from_metadata
 from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
-from .adapters import DEFAULT_REFUSAL, Band, OnError, SafetyPolicy
 from .chat_model import SafetyConsciousLLM, refusal_message
 from .classifier import SafetyClassifier
 from .errors import HarmfulPromptError
 
 Strategy = Literal["steer", "block", "route", "log"]
+Band = Literal["harmful", "grey", "benign"]
 STATE_KEY = "scans_guard"
+Step = tuple[str, Any]  # ("classify", messages) | ("event", fields) | ("call", ModelRequest)
 
 
 class ScansGuardState(AgentState):
@@ -37,33 +46,118 @@ class ScansGuardState(AgentState):
     scans_guard: NotRequired[dict[str, Any]]
 
 
+def _text(message: BaseMessage) -> str:
+    """A message's text for log records and violation messages ("" when it has none that can be read)."""
+    try:
+        return message_text(message)
+    except Exception:  # noqa: BLE001 - e.g. an image block: classification reports that error
+        return ""
+
+
+# -- strategies: what the input decision does -------------------------------------------------------------------
+class _Steer:
+    """Every model call is answered by a steered SafetyConsciousLLM, which classifies the whole conversation it is
+    given (system prompt, tool calls and tool results included) and steers; tools are bound to it as usual."""
+
+    name, classifies_input = "steer", False
+
+    def model_request(self, mw: ScansGuardMiddleware, request: ModelRequest) -> ModelRequest | AIMessage:
+        if isinstance(request.model, SafetyConsciousLLM):
+            return request
+        if not mw.replace_model:
+            raise TypeError(f"strategy='steer' answers with a SafetyConsciousLLM, but the agent's model is "
+                            f"{type(request.model).__name__}: pass the steered model to create_agent, or set "
+                            "replace_model=True to answer with the middleware's guard model instead")
+        return request.override(model=mw.llm)
+
+    def input_update(self, mw: ScansGuardMiddleware, decision: Decision, human: HumanMessage) -> dict[str, Any]:
+        return {}
+
+
+class _Block:
+    """A harmful (with block_grey, also grey) human turn is a violation before the agent's model runs."""
+
+    name, classifies_input = "block", True
+
+    def model_request(self, mw: ScansGuardMiddleware, request: ModelRequest) -> ModelRequest | AIMessage:
+        return request
+
+    def input_update(self, mw: ScansGuardMiddleware, decision: Decision, human: HumanMessage) -> dict[str, Any]:
+        if decision.action != "block":
+            return {}
+        return mw._violation(decision, "input", _text(human), None)
+
+
+class _Route:
+    """Each model call goes to routes[band]: a chat model, a canned reply (str) or None (the agent's model)."""
+
+    name, classifies_input = "route", True
+
+    def model_request(self, mw: ScansGuardMiddleware, request: ModelRequest) -> ModelRequest | AIMessage:
+        record = request.state.get(STATE_KEY)
+        if not record:
+            return request
+        band = record["band"]
+        route = mw.routes.get(band, mw.routes.get("harmful") if band == "grey" else None)
+        if route is None:
+            return request
+        if isinstance(route, str):
+            verdict = SafetyVerdict.model_validate(record["verdict"]) if record.get("verdict") else None
+            return refusal_message(route, verdict=verdict, source=mw.name, extra={"band": band})
+        return request.override(model=route)
+
+    def input_update(self, mw: ScansGuardMiddleware, decision: Decision, human: HumanMessage) -> dict[str, Any]:
+        return {}
+
+
+class _Log(_Block):
+    """Classification and reporting only."""
+
+    name = "log"
+
+    def input_update(self, mw: ScansGuardMiddleware, decision: Decision, human: HumanMessage) -> dict[str, Any]:
+        return {}
+
+
+STRATEGIES: dict[str, Any] = {"steer": _Steer(), "block": _Block(), "route": _Route(), "log": _Log()}
+
+
+def _drive(steps: Generator[Step, Any, Any], do: Callable[[Step], Any]) -> Any:
+    """Run a hook's steps synchronously."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(do(step))
+    except StopIteration as stop:
+        return stop.value
+
+
+async def _adrive(steps: Generator[Step, Any, Any], do: Callable[[Step], Awaitable[Any]]) -> Any:
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(await do(step))
+    except StopIteration as stop:
+        return stop.value
+
+
 class ScansGuardMiddleware(AgentMiddleware):
-    """Guard an agent with sigma(q) and SCANS, in the manner of `PIIMiddleware`.
+    """Guard an agent with sigma(q) and SCANS, in the manner of LangChain's moderation and PII middleware.
 
-    Strategies:
+    Strategies (what the input decision does): "steer" (default; every model call answered by the steered
+    `SafetyConsciousLLM`, tools included), "block" (a harmful human turn is a violation before the model runs),
+    "route" (each model call goes to `routes[band]`), "log" (report only).
 
-    - "steer" (default): every model call is answered by the steered `SafetyConsciousLLM` (the agent's own model
-      when it is one, else the one passed as `guard`). The LLM classifies the full conversation it is given
-      (system prompt and tool turns included) and steers; the verdict from its reply is logged. It has no tool
-      calling, so use it for agents without tools.
-    - "block": `before_model` classifies the conversation in the agent state up to the latest human message once
-      per human turn (an agent's `system_prompt` lives outside the state and is not part of it: the developer's
-      prompt is trusted, and by the engine's rule a system prompt can only raise a score, never lower it);
-      harmful (and, with `block_grey`, grey) turns end the run with a refusal AIMessage (`jump_to: "end"`;
-      `on_block="refuse"`, default) or raise `HarmfulPromptError` (`on_block="raise"`).
-    - "route": same classification; `wrap_model_call` sends the call to `routes[band]`: a chat model, a str
-      (a canned reply, no model call) or None (the agent's model). "grey" falls back to the "harmful" route.
-    - "log": classification and reporting only.
+    Checks: `check_input` (block / route / log: the conversation up to the latest human turn, once per turn);
+    `check_tool_results` (the conversation including new tool results, before the model reads them);
+    `check_output` (a text reply to a grey or harmful request that the refusal judge finds complying is a
+    violation; with "steer", a reply to a benign request that still refuses is retried once, steered twice as
+    far away from refusal). A violation follows `exit_behavior`: "end" (the run ends with the violation message),
+    "error" (HarmfulPromptError, `.stage` says which check), "replace" (the offending tool result or reply is
+    replaced by the violation message and the run goes on; for an input, the same as "end").
 
-    Every verdict is reported: a log record (logger `scans_guard_langchain.middleware`, fields as `extra`, prompt
-    text only with `log_prompts=True`) and a `scans_guard_verdict` custom callback event (with "steer", the steered
-    model sends that event itself, in the same run). The verdict of the latest
-    human turn is kept in state under "scans_guard" (block/route/log), so the agent's later model calls in the same
-    turn (after tool results) reuse it instead of classifying again.
-
-    on_error (classification failed, e.g. prompt longer than the context window, an image block): "raise"
-    (default) propagates the error and stops the run, as LangChain's decision-driven middleware does; "block"
-    fails closed (the turn is treated as harmful); "allow" fails open (treated as benign).
+    Every verdict is reported (a log record with the fields as `extra`, and a `scans_guard_verdict` event).
+    on_error (classification failed): "raise" (default), "block" (fail closed), "allow" (fail open).
     """
 
     state_schema = ScansGuardState
@@ -75,17 +169,24 @@ class ScansGuardMiddleware(AgentMiddleware):
         strategy: Strategy = "steer",
         routes: Mapping[Band, BaseChatModel | str | None] | None = None,
         policy: SafetyPolicy | None = None,
-        on_block: Literal["refuse", "raise"] = "refuse",
-        refusal: str = DEFAULT_REFUSAL,
+        check_input: bool = True,
+        check_output: bool = False,
+        check_tool_results: bool = False,
+        exit_behavior: ExitBehavior = "end",
+        violation_message: str = DEFAULT_REFUSAL,
         block_grey: bool = False,
+        replace_model: bool = False,
+        refusal_judge: Callable[[str, str], bool] | None = None,
         on_error: OnError = "raise",
         log_level: int | None = logging.INFO,
         log_prompts: bool = False,
         emit_events: bool = True,
     ) -> None:
         super().__init__()
-        if strategy not in ("steer", "block", "route", "log"):
+        if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be steer, block, route or log, got {strategy!r}")
+        if exit_behavior not in ("end", "error", "replace"):
+            raise ValueError(f"exit_behavior must be end, error or replace, got {exit_behavior!r}")
         self.llm = guard if isinstance(guard, SafetyConsciousLLM) else None
         if isinstance(guard, SafetyConsciousLLM):
             self.classifier = guard.classifier
@@ -96,14 +197,21 @@ class ScansGuardMiddleware(AgentMiddleware):
         else:
             raise TypeError(f"guard must be a SafetyConsciousLLM, SafetyClassifier or ScansEngine, "
                             f"got {type(guard).__name__}")
+        if strategy == "steer" and self.llm is None:
+            raise ValueError("strategy='steer' needs the steered model: pass a SafetyConsciousLLM as guard "
+                             "(e.g. ScansGuardMiddleware(SafetyConsciousLLM(engine=engine)))")
         if strategy == "route" and not routes:
             raise ValueError("strategy='route' needs routes={band: model | canned reply | None}")
         self.strategy = strategy
+        self._strategy = STRATEGIES[strategy]
         self.routes = dict(routes or {})
         self.policy = policy or SafetyPolicy()
-        self.on_block = on_block
-        self.refusal = refusal
+        self.check_input, self.check_output, self.check_tool_results = check_input, check_output, check_tool_results
+        self.exit_behavior = exit_behavior
+        self.violation_message = violation_message
         self.block_grey = block_grey
+        self.replace_model = replace_model
+        self.refusal_judge = refusal_judge or KeywordJudge()
         self.on_error = on_error
         self.log_level = log_level
         self.log_prompts = log_prompts
@@ -114,143 +222,174 @@ class ScansGuardMiddleware(AgentMiddleware):
     def name(self) -> str:
         return f"ScansGuardMiddleware[{self.strategy}]"
 
-    # -- classification (block / route / log) ----------------------------------------------------------------
-    @staticmethod
-    def _latest_human(messages: list[BaseMessage]) -> int | None:
-        for i in range(len(messages) - 1, -1, -1):
-            if isinstance(messages[i], HumanMessage):
-                return i
-        return None
-
-    def _pending(self, state: Mapping[str, Any]) -> tuple[list[BaseMessage], HumanMessage] | None:
-        """The conversation to classify, or None when there is no human turn or it was already classified."""
-        if self.strategy == "steer":
-            return None
-        messages = list(state.get("messages") or [])
-        idx = self._latest_human(messages)
-        if idx is None:
-            return None
-        human = messages[idx]
-        record = state.get(STATE_KEY)
-        if record and human.id is not None and record.get("message_id") == human.id:
-            return None
-        return messages[: idx + 1], human
-
+    # -- shared pieces -----------------------------------------------------------------------------------------
     def _classify(self, messages: list[BaseMessage]) -> SafetyVerdict | BaseException:
         try:
             return self.classifier.classify([messages_to_conversation(messages)])[0]
         except Exception as exc:  # noqa: BLE001 - handled by on_error
             return exc
 
-    def _decide(self, messages: list[BaseMessage], human: HumanMessage,
-                result: SafetyVerdict | BaseException) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _decide(self, result: SafetyVerdict | BaseException, prompt: str | None,
+                stage: Stage) -> tuple[Decision, dict[str, Any]]:
         verdict, error = (None, result) if isinstance(result, BaseException) else (result, None)
-        if verdict is not None:
-            band: Band = self.policy.band(verdict)
-        elif self.on_error == "block":
-            band = "harmful"
-        elif self.on_error == "allow":
-            band = "benign"
-        else:
-            band = None  # type: ignore[assignment]
-        prompt = None
-        if self.log_prompts:
-            try:
-                prompt = last_user_text(messages_to_conversation([human]))
-            except Exception:  # noqa: BLE001
-                prompt = None
-        fields = verdict_fields(verdict, band=band, source=self.name, prompt=prompt, error=error)
-        log_verdict(self.logger, self.log_level if error is None else logging.WARNING, fields)
-        if band is None:
-            raise error  # type: ignore[misc]
-        record = {"message_id": human.id, "band": band, "verdict": verdict.model_dump() if verdict else None,
-                  "error": fields.get("scans_error")}
-        update: dict[str, Any] = {STATE_KEY: record}
-        if self.strategy == "block" and (band == "harmful" or (band == "grey" and self.block_grey)):
-            if self.on_block == "raise":
-                raise HarmfulPromptError(verdict, band=band, cause=error)
-            update["messages"] = [refusal_message(self.refusal, verdict=verdict, source=self.name,
-                                                  extra={"band": band})]
-            update["jump_to"] = "end"
-        return update, fields
+        decision = None
+        try:
+            decision = decide(result, self.policy, self.on_error, self.block_grey)
+        finally:
+            fields = verdict_fields(verdict, band=decision.band if decision else None, source=self.name,
+                                    prompt=prompt if self.log_prompts else None, error=error)
+            fields["scans_stage"] = stage
+            log_verdict(self.logger, self.log_level if error is None else logging.WARNING, fields)
+        return decision, fields
+
+    def _violation(self, decision: Decision, stage: Stage, content: str,
+                   replace: list[BaseMessage] | None) -> dict[str, Any]:
+        """The state update of a violation; "error" raises. `replace`: the messages to overwrite (same ids)."""
+        if self.exit_behavior == "error":
+            raise HarmfulPromptError(decision.verdict, band=decision.band, cause=decision.error, stage=stage)
+        text = violation_text(self.violation_message, decision, stage=stage, content=content)
+        if self.exit_behavior == "replace" and replace:
+            return {"messages": [m.model_copy(update={"content": text}) for m in replace]}
+        message = refusal_message(text, verdict=decision.verdict, source=self.name,
+                                  extra={"band": decision.band, "stage": stage})
+        return {"messages": [message], "jump_to": "end"}
+
+    @staticmethod
+    def _latest(messages: list[BaseMessage], kind: type) -> int | None:
+        return next((i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], kind)), None)
+
+    # -- before the model: the input turn and new tool results ---------------------------------------------------
+    def _before(self, state: Mapping[str, Any]) -> Generator[Step, Any, dict[str, Any] | None]:
+        messages = list(state.get("messages") or [])
+        update: dict[str, Any] = {}
+        idx = self._latest(messages, HumanMessage)
+        record = state.get(STATE_KEY)
+        if self._strategy.classifies_input and self.check_input and idx is not None and not (
+                record and messages[idx].id is not None and record.get("message_id") == messages[idx].id):
+            human = messages[idx]
+            decision, fields = self._decide((yield "classify", messages[: idx + 1]), _text(human), "input")
+            yield "event", fields
+            update[STATE_KEY] = {"message_id": human.id, "band": decision.band,
+                                 "verdict": decision.verdict.record() if decision.verdict else None,
+                                 "error": fields.get("scans_error")}
+            update.update(self._strategy.input_update(self, decision, human))
+            if "jump_to" in update:
+                return update
+        n_tools = self._trailing_tools(messages)
+        tools = messages[len(messages) - n_tools:] if n_tools else []
+        if self.check_tool_results and tools:
+            prompt = _text(messages[idx]) if idx is not None else None
+            decision, fields = self._decide((yield "classify", messages), prompt, "tool_result")
+            yield "event", fields
+            if decision.action == "block":
+                update.update(self._violation(decision, "tool_result", "\n".join(map(_text, tools)),
+                                              tools))
+        return update or None
+
+    @staticmethod
+    def _trailing_tools(messages: list[BaseMessage]) -> int:
+        n = 0
+        while n < len(messages) and isinstance(messages[-1 - n], ToolMessage):
+            n += 1
+        return n
+
+    def _do(self, step: Step) -> Any:
+        kind, item = step
+        if kind == "classify":
+            return self._classify(item)
+        if kind == "event" and self.emit_events:
+            emit_event(None, item)
+        if kind == "call":
+            raise AssertionError("model calls are driven by wrap_model_call")
+        return None
+
+    async def _ado(self, step: Step) -> Any:
+        kind, item = step
+        if kind == "classify":
+            return await run_in_executor(None, self._classify, item)  # the engine blocks: keep the loop free
+        if kind == "event" and self.emit_events:
+            await aemit_event(None, item)
+        return None
 
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: ScansGuardState, runtime: Any) -> dict[str, Any] | None:
-        pending = self._pending(state)
-        if pending is None:
-            return None
-        messages, human = pending
-        update, fields = self._decide(messages, human, self._classify(messages))
-        if self.emit_events:
-            emit_event(None, fields)
-        return update
+        return _drive(self._before(state), self._do)
 
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: ScansGuardState, runtime: Any) -> dict[str, Any] | None:
-        pending = self._pending(state)
-        if pending is None:
-            return None
-        messages, human = pending
-        result = await run_in_executor(None, self._classify, messages)  # the engine blocks: keep the loop free
-        update, fields = self._decide(messages, human, result)
-        if self.emit_events:
-            await aemit_event(None, fields)
-        return update
+        return await _adrive(self._before(state), self._ado)
 
-    # -- model calls (steer / route) -------------------------------------------------------------------------
-    def _route(self, request: ModelRequest) -> ModelRequest | AIMessage:
+    # -- model calls: the strategy's request, then the output check ---------------------------------------------
+    def _wrap(self, request: ModelRequest) -> Generator[Step, Any, ModelResponse | AIMessage]:
+        routed = self._strategy.model_request(self, request)
+        if isinstance(routed, AIMessage):
+            return routed
+        response = yield "call", routed
+        reply = self._reply(response)
+        if reply is None or reply.tool_calls:
+            return response
+        decision = self._reply_decision(request, reply)
+        self._report_reply(reply)
+        if decision is None or not self.check_output:
+            return response
+        prompt = self._prompt(request)
+        refused = bool(self.refusal_judge(prompt, message_text(reply)))
+        if decision.band == "benign" and refused and self.strategy == "steer" and decision.verdict is not None \
+                and decision.verdict.coefficient < 0:  # a benign request still refused: once more, steered further
+            further = 2 * decision.verdict.coefficient
+            retried = yield "call", routed.override(model_settings={**routed.model_settings, "coefficient": further})
+            again = self._reply(retried)
+            if again is not None:
+                again.response_metadata.update({**decision.verdict.record(), "coefficient": further, "alpha": further,
+                                                "retried": True, "first_reply": message_text(reply)})
+            return retried
+        if decision.band != "benign" and not refused:  # a grey or harmful request answered
+            update = self._violation(decision, "output", message_text(reply), [reply])
+            return ModelResponse(result=update["messages"], structured_response=None)
+        return response
+
+    @staticmethod
+    def _reply(response: Any) -> AIMessage | None:
+        messages = response.result if isinstance(response, ModelResponse) else [response]
+        return next((m for m in messages if isinstance(m, AIMessage)), None)
+
+    @staticmethod
+    def _prompt(request: ModelRequest) -> str:
+        messages = list(request.messages)
+        idx = next((i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], HumanMessage)), None)
+        return message_text(messages[idx]) if idx is not None else ""
+
+    def _reply_decision(self, request: ModelRequest, reply: AIMessage) -> Decision | None:
+        """The input's decision: from the steered reply's own verdict (steer), else from the state record."""
         if self.strategy == "steer":
-            if isinstance(request.model, SafetyConsciousLLM):
-                return request
-            if self.llm is None:
-                raise ValueError("strategy='steer' needs a SafetyConsciousLLM as guard (or as the agent's model)")
-            return request.override(model=self.llm)
-        if self.strategy != "route":
-            return request
+            verdict = verdict_from_metadata(reply.response_metadata)
+            return decide(verdict, self.policy, "raise", self.block_grey) if verdict is not None else None
         record = request.state.get(STATE_KEY)
         if not record:
-            return request
-        band = record["band"]
-        route = self.routes.get(band, self.routes.get("harmful") if band == "grey" else None)
-        if route is None:
-            return request
-        if isinstance(route, str):
-            verdict = SafetyVerdict.model_validate(record["verdict"]) if record.get("verdict") else None
-            return refusal_message(route, verdict=verdict, source=self.name, extra={"band": band})
-        return request.override(model=route)
+            return None
+        verdict = SafetyVerdict.model_validate(record["verdict"]) if record.get("verdict") else None
+        action = "block" if record["band"] == "harmful" or (record["band"] == "grey" and self.block_grey) else "allow"
+        return Decision(record["band"], action, verdict, None)
 
-    def _report_reply(self, response: Any) -> None:
-        """Log the steered model's verdict (strategy steer), read from its reply's response_metadata."""
-        if self.strategy != "steer":
+    def _report_reply(self, reply: AIMessage) -> None:
+        """Log the steered model's verdict (strategy steer; the model itself sent the verdict event)."""
+        if self.strategy != "steer" or (verdict := verdict_from_metadata(reply.response_metadata)) is None:
             return
-        messages = response.result if isinstance(response, ModelResponse) else [response]
-        meta = next((m.response_metadata for m in messages if isinstance(m, AIMessage)), {})
-        if meta.get("score") is None:
-            return
-        fields = {"scans_source": self.name, "scans_band": meta.get("label"), "scans_score": meta["score"],
-                  "scans_label": meta.get("label"), "scans_threshold": meta.get("threshold"),
-                  "scans_probability": meta.get("probability"), "scans_direction": meta.get("direction"),
-                  "scans_coefficient": meta.get("alpha"), "scans_refusal": meta.get("refusal")}
+        fields = verdict_fields(verdict, band=self.policy.band(verdict), source=self.name)
+        fields["scans_refusal"] = reply.response_metadata.get("refusal")
         log_verdict(self.logger, self.log_level, fields)
 
     def wrap_model_call(self, request: ModelRequest,
                         handler: Callable[[ModelRequest], ModelResponse]) -> ModelResponse | AIMessage:
-        routed = self._route(request)
-        if isinstance(routed, AIMessage):
-            return routed
-        response = handler(routed)
-        self._report_reply(response)  # a log record; the steered model itself sent the verdict event
-        return response
+        return _drive(self._wrap(request), lambda step: handler(step[1]))
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
     ) -> ModelResponse | AIMessage:
-        routed = self._route(request)
-        if isinstance(routed, AIMessage):
-            return routed
-        response = await handler(routed)
-        self._report_reply(response)
-        return response
+        async def call(step: Step) -> Any:
+            return await handler(step[1])
+
+        return await _adrive(self._wrap(request), call)
 
 
 __all__ = ["STATE_KEY", "ScansGuardMiddleware", "ScansGuardState", "Strategy"]

@@ -46,3 +46,43 @@ def example_llm(argv: list[str] | None = None, **fields: Any):
     if tiny_requested(argv):
         return tiny_llm(**fields)
     return SafetyConsciousLLM.from_default(**fields)
+
+
+class ScriptedEngine(ScansEngine):
+    """An engine that classifies for real but answers with scripted replies, streamed a few characters at a time.
+
+    For tests and examples of what a real model's reply *text* would do (tool calls, JSON, refusals) on the tiny
+    model, whose own replies are gibberish. Every conversation it was asked to answer is kept in `seen`.
+    """
+
+    def __init__(self, engine: ScansEngine, replies: list[str]):
+        super().__init__(engine.handle, engine.artifact, check_fingerprint=False,
+                         max_input_tokens=engine.max_input_tokens)
+        self.replies = list(replies)
+        self.seen: list[Any] = []
+        self.coefficients: list[Any] = []
+
+    def iter_generate(self, conversations: Any, config: Any = None, *, steer: bool = True,
+                      coefficient: Any = None, **kwargs: Any):
+        from scans_guard.config import SteeredOutput
+        from scans_guard.engine import StreamEvent
+
+        (conversation,) = conversations
+        self.seen.append(conversation)
+        self.coefficients.append(coefficient)
+        verdict = self.classify([conversation])[0] if steer and coefficient is None else None
+        yield StreamEvent(row=0, verdict=verdict)
+        text = self.replies.pop(0)
+        for i in range(0, len(text), 3):
+            yield StreamEvent(row=0, text=text[i:i + 3])
+        yield StreamEvent(row=0, output=SteeredOutput(
+            text=text, verdict=verdict, prompt_tokens=len(self.handle.chat_ids(conversation)),
+            completion_tokens=len(self.handle.encode(text, content=True)), finish_reason="stop"))
+
+
+def scripted_llm(replies: list[str], engine: ScansEngine | None = None, **fields: Any):
+    """A SafetyConsciousLLM whose replies are `replies`, in order (classification is real, on `engine` or the
+    tiny engine)."""
+    from .chat_model import SafetyConsciousLLM
+
+    return SafetyConsciousLLM(engine=ScriptedEngine(engine or tiny_engine(), replies), **fields)

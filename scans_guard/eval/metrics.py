@@ -15,6 +15,7 @@ from scipy.stats import binomtest, norm
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
 from ..calibration import best_threshold
+from ..decision import flags
 from .benchmarks import SUITES
 
 POSITIVES = ("unsafe", "safe")
@@ -86,7 +87,7 @@ def classification_metrics(scores: Sequence[float] | np.ndarray, unsafe: Sequenc
     """Metrics of `score >= threshold => unsafe`, for both positive classes; AUROC/AUPRC need both classes."""
     s, u = np.asarray(scores, dtype=np.float64), np.asarray(unsafe, dtype=bool)
     out: dict = {"threshold": float(threshold), "n": int(len(s)), "n_unsafe": int(u.sum()), "n_safe": int((~u).sum())}
-    pred_unsafe = s >= threshold
+    pred_unsafe = flags(s, threshold)
     both = 0 < u.sum() < len(u)
     for positive in POSITIVES:
         actual, rank = _ranking(s, u, positive)
@@ -156,7 +157,7 @@ def threshold_sweep(scores: Sequence[float], unsafe: Sequence[bool], thresholds:
         row["fpr"] = m["positive=unsafe"]["fpr"]  # safe prompts flagged unsafe
         row["fnr"] = 1 - m["positive=unsafe"]["recall"] if m["positive=unsafe"]["recall"] is not None else None
         row["accuracy"] = m["positive=unsafe"]["accuracy"]
-        row["flagged_unsafe"] = float(np.mean(np.asarray(scores) >= t)) if len(scores) else None
+        row["flagged_unsafe"] = float(np.mean(flags(scores, t))) if len(scores) else None
         out.append(row)
     return out
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decision import flags
 from . import plots as plotting
 from .capability import summarise_capability
 from .markdown import PLOTS_DIR, render_markdown, set_order
@@ -68,7 +69,7 @@ def compute_results(run: dict, score_rows: Sequence[dict], gen_rows: Sequence[di
         e = by_set.setdefault(r["set"], {}).setdefault(r["label"], [])
         e.append(r["score"])
     score_stats = {name: {lab: {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v)),
-                                "flagged_unsafe": float(np.mean(np.array(v) >= threshold))}
+                                "flagged_unsafe": float(np.mean(flags(v, threshold)))}
                           for lab, v in labs.items()} for name, labs in by_set.items()}
     return EvalResults.model_validate(_clean({
         "run": run,

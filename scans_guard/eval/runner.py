@@ -49,10 +49,9 @@ def run_classification(engine: ScansEngine, prompts: Sequence[EvalPrompt], store
     with tqdm(total=len(todo), desc="classify", unit="prompt", disable=not progress) as bar:
         for batch in _batches(todo, batch_size):
             verdicts = engine.classify([p.prompt for p in batch], batch_size=len(batch))
-            store.append({
-                **_base(p), "score": v.score, "probability": v.probability, "predicted": v.label,
-                "threshold": v.threshold, "layer_similarities": {str(k): s for k, s in v.layer_similarities.items()},
-            } for p, v in zip(batch, verdicts))
+            # the verdict's one serialisation; its label is stored as "predicted" (the row's "label" is the truth)
+            store.append({**{k: x for k, x in v.record().items() if k != "label"}, **_base(p), "predicted": v.label}
+                         for p, v in zip(batch, verdicts))
             bar.update(len(batch))
     wanted = {p.key for p in prompts}
     return [r for r in store.rows if store.key(r) in wanted]

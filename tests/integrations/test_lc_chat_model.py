@@ -292,8 +292,6 @@ def test_params_tools_and_model_override(llm, tiny_engine):
     assert ident["recipe"]["threshold"] == tiny_engine.recipe.threshold
     assert ident["model_name"] == tiny_engine.handle.name
     assert ident["model_fingerprint"] == tiny_engine.artifact.meta.model_fingerprint["weight_probe_sha256"]
-    with pytest.raises(NotImplementedError):
-        llm.bind_tools([])
     with pytest.raises(ValueError, match="one local model"):
         llm.invoke(PROMPT, model="gpt-x")
     with pytest.raises(TypeError, match="unexpected"):
@@ -312,11 +310,11 @@ def test_token_counts_use_the_models_own_tokenizer(llm, tiny_engine):
     assert llm.get_num_tokens_from_messages([]) == 0
 
 
-def test_profile_reports_the_input_cap_and_no_tools(tiny, tiny_artifact, llm, tiny_engine):
+def test_profile_reports_the_input_cap_and_tools(tiny, tiny_artifact, llm, tiny_engine):
     window = tiny_engine.handle.context_window
     profile = llm.profile
     assert profile["max_input_tokens"] == min(tiny_engine.max_input_tokens, window)
-    assert profile["tool_calling"] is False and profile["structured_output"] is False
+    assert profile["tool_calling"] is True and profile["structured_output"] is True
     uncapped = SafetyConsciousLLM(engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=None))
     assert uncapped.profile["max_input_tokens"] == window
     capped = SafetyConsciousLLM(engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=7))

@@ -45,9 +45,11 @@ def test_classifier_guard(example, tiny_engine):
     verdicts = tiny_engine.classify(module.PROMPTS)
     assert [v.label for v in out["verdicts"]] == [v.label for v in verdicts]
     assert out["blocked"] == [v.label == "harmful" for v in verdicts]
-    for v, reply in zip(verdicts, out["routed"]):
+    for v, reply, from_dict in zip(verdicts, out["routed"], out["from_dicts"]):
         if v.label == "harmful":
-            assert reply == "I can't help with that."
+            assert reply == from_dict == "I can't help with that."
+        else:
+            assert from_dict == "(the other model's answer)"
 
 
 def test_steered_vs_unsteered(example):
@@ -72,3 +74,10 @@ def test_agent_middleware(example, monkeypatch):
         harmful = blocked["scans_guard"]["band"] == "harmful"
         assert harmful == (len(blocked["messages"]) == 2)  # a blocked turn never reaches the model or its tools
         assert harmful == (routed["messages"][-1].content == "I can't help with that.")
+
+
+def test_tools(example):
+    out = example("langchain_tools").main(["--tiny"])
+    assert out["reply"].response_metadata["score"] is not None  # classified, then generated with the tool schema
+    assert out["streamed"].response_metadata["finish_reason"] in ("stop", "length", "tool_calls")
+    assert set(out["structured"]) == {"raw", "parsed", "parsing_error"}
