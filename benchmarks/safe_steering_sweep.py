@@ -31,10 +31,11 @@ from scans_guard.paths import require_data_dir
 
 EVAL_SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
 TUNE_SETS = ["tune_harmful", "tune_benign"]
-# The project's own look-alike pairs (train split): where the steer T is chosen (benchmarks/steer_threshold.py).
-CONTRAST_SETS = ["contrast_train_unsafe", "contrast_train_safe"]
+# The project's own look-alike pairs: the held-out split (never fitted on by the probe) is where the steer T is
+# chosen (benchmarks/steer_threshold.py); the train split is shown beside it.
+CONTRAST_SETS = ["contrast_train_unsafe", "contrast_train_safe", "contrast_heldout_unsafe", "contrast_heldout_safe"]
 HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct", "tune_harmful",
-                "contrast_train_unsafe"}
+                "contrast_train_unsafe", "contrast_heldout_unsafe"}
 
 
 def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstest_limit: int | None = None,
@@ -62,6 +63,8 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         + [e.prompt for e in load_set("oktest_heldout", data_dir)],
         "contrast_train_unsafe": [e.prompt for e in contrast_set("train") if e.harmful],
         "contrast_train_safe": [e.prompt for e in contrast_set("train") if not e.harmful],
+        "contrast_heldout_unsafe": [e.prompt for e in contrast_set("heldout") if e.harmful],
+        "contrast_heldout_safe": [e.prompt for e in contrast_set("heldout") if not e.harmful],
     }
     limits = {"xstest_safe": xstest_limit or limit, "xstest_unsafe": xstest_limit or limit}
     return {name: random.Random(seed).sample(sorted(set(p)), min(limits.get(name, limit), len(set(p))))

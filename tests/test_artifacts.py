@@ -107,3 +107,14 @@ def test_refusal_span_selects_layers_with_refusal_tokens():
     assert refusal_span(rows) == [1, 2, 3]
     assert refusal_span(rows, min_tokens=3) is None
     assert is_refusal_token(" Sorry") and is_refusal_token("▁cannot") and not is_refusal_token(" Sure")
+
+
+def test_each_embedded_model_finds_its_shipped_artifact(tmp_path):
+    from scans_guard.artifacts import default_artifact_dir
+
+    for name, layers in (("qwen2.5-coder-0.5b-instruct", 24), ("qwen2.5-coder-1.5b-instruct", 28)):
+        art = Artifact.load(default_artifact_dir(name))
+        assert art.meta.model_fingerprint["n_layers"] == layers and art.recipe.steer_layers
+    assert default_artifact_dir(None) == default_artifact_dir("qwen2.5-coder-0.5b-instruct")
+    with pytest.raises(ArtifactError, match="needs an artifact"):
+        default_artifact_dir(tmp_path / "my-model")
