@@ -87,7 +87,7 @@ def response_nll(engine: ScansEngine, prompt: str, response: str) -> tuple[float
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    engine = ScansEngine.load(artifact=args.artifact)
+    engine = ScansEngine.load(args.model, args.artifact)
     judge = KeywordJudge()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate")
     g.add_argument("--data-dir", help="benchmark data directory (default: $SCANS_GUARD_DATA)")
-    g.add_argument("--artifact", default=None)
+    g.add_argument("--model", default=None, help="an embedded model's name, a model directory or .gguf")
+    g.add_argument("--artifact", default=None, help="default: the one shipped for the model")
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=40, help="prompts per set")
     g.add_argument("--xstest-limit", type=int, help="prompts per XSTest half (default: --limit; 250 takes all)")
