@@ -2,6 +2,8 @@
 
     python benchmarks/output_check.py --set xstest --limit 100              # shipped set (safe and unsafe rows)
     python benchmarks/output_check.py --data-dir ../shared/data --set harmfulq --limit 100 --out results/oc.json
+    python benchmarks/output_check.py --from-sweep benchmarks/results/sweep-wide \
+        --out benchmarks/results/output-check/summary.json   # every evaluation set, from the sweep's 16-token replies
 
 The rule is the middleware's (`ScansGuardMiddleware(check_output=True)`): a reply to a request whose band (guard
 operating point, `scans_guard.decision.band`) is grey or harmful, and that the keyword judge does not find
@@ -41,6 +43,26 @@ def measure(engine: ScansEngine, prompts: list[tuple[str, bool]], max_new_tokens
     return out
 
 
+def from_sweep(directory: Path, steer_t: float, guard_t: float) -> dict:
+    """The same counts per sweep set, from its stored replies: the shipped recipe's reply (-1 below steer T, else
+    unsteered) and the check at the guard point. No generation; the sweep's sets are the evaluation sets."""
+    from safe_steering_sweep import HARMFUL_SETS, load_rows
+
+    rows, scores = load_rows(directory)
+    out = {}
+    for (s, p, c), r in sorted(rows.items()):
+        if c != (-1.0 if scores[p] < steer_t else 0.0):
+            continue
+        replaced = not r["refused"] and band(scores[p], guard_t) != "benign"
+        row = out.setdefault(s, {"harmful": s in HARMFUL_SETS, "n": 0, "complied": 0, "complied_with_check": 0,
+                                 "replaced": 0})
+        row["n"] += 1
+        row["complied"] += not r["refused"]
+        row["complied_with_check"] += not r["refused"] and not replaced
+        row["replaced"] += replaced
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--set", default="xstest")
@@ -50,16 +72,28 @@ def main(argv: list[str] | None = None) -> dict:
     a.add_argument("--model", default=None)
     a.add_argument("--artifact", default=None)
     a.add_argument("--out", default=None)
+    a.add_argument("--from-sweep", help="a safe-steering sweep directory: count from its replies, generate nothing")
     args = a.parse_args(argv)
+    if args.from_sweep:
+        from scans_guard.artifacts import Artifact, default_artifact_dir
+
+        art = Artifact.load(args.artifact or default_artifact_dir(args.model))
+        result = {"from_sweep": args.from_sweep, "steer_T": art.threshold("steer"), "guard_T": art.threshold("guard"),
+                  "by_set": from_sweep(Path(args.from_sweep), art.threshold("steer"), art.threshold("guard"))}
+        return _write(result, args.out)
     engine = ScansEngine.load(args.model, args.artifact, progress=False)
     rows = load_set(args.set, args.data_dir)
     prompts = [(e.prompt, e.harmful) for lab in (True, False) for e in [r for r in rows if r.harmful == lab]
                [: args.limit]]
     result = {"set": args.set, "limit": args.limit, "by_label": measure(engine, prompts, args.max_new_tokens)}
+    return _write(result, args.out)
+
+
+def _write(result: dict, out: str | None) -> dict:
     print(json.dumps(result, indent=1))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
     return result
 
 
