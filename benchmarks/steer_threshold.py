@@ -91,6 +91,8 @@ def main() -> None:
     base = compose(e_rows, e_scores, -np.inf, 0.0, 1.0, 0.0)
     recipes = {"unsteered": base, f"shipped steer T {args.shipped_t}": compose(e_rows, e_scores, args.shipped_t, 0.0,
                                                                               1.0, 0.0)}
+    recipes[f"shipped steer T {args.shipped_t}, retry {args.retry} if refused (ScansGuardMiddleware check_output)"] = \
+        compose_retry(e_rows, e_scores, args.shipped_t, args.retry)
     curves, chosen = {}, {}
     curves["-1"] = contrast_curve(c_rows, c_scores, grid, None)
     t_steer = chosen["-1"] = pick(curves["-1"], args.max_harm_drop)
