@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     answers = []
     with tempfile.TemporaryDirectory() as tmp:
         engine_args = _tiny_on_disk(Path(tmp)) if args.tiny else {}
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")  # Ray's own traffic stays on loopback
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             serve.run(build_app({**engine_args, "num_replicas": args.replicas, "torch_threads": 1}),

@@ -31,7 +31,8 @@ def test_one_replica_behind_the_proxy(tiny_on_disk, tiny_engine):
     from scans_guard.server.ray_serve import build_app
 
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # Ray's own traffic on loopback
+             configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
