@@ -249,17 +249,40 @@ def evaluate(v: Variant, data: dict[str, FeatureSet]) -> dict:
     }
 
 
+def averaged_over_prefixes(data: dict[str, FeatureSet], others: list[dict[str, FeatureSet]]) -> dict[str, FeatureSet]:
+    """Variant d: every set's transitions averaged over several answer prefixes (same prompts, same order)."""
+    out = {}
+    for name, fs in data.items():
+        avg = fs.take(np.ones(len(fs.y), dtype=bool))
+        for other in others:
+            if other[name].prompts != fs.prompts:
+                raise ValueError(f"{name}: the feature runs hold different prompts")
+        avg.t = np.mean([fs.t] + [other[name].t for other in others], axis=0)
+        out[name] = avg
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--features", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--prefix-features", nargs="*", default=[],
+                        help="feature runs of other answer prefixes (sigma_features.py --r-pos ...): adds variant d, "
+                             "the shipped probe recipe on transitions averaged over all prefixes")
     args = parser.parse_args()
     data = load_all(Path(args.features))
     n_layers = data["xstest"].t.shape[1]
     rows = []
-    for v in build_variants(n_layers):
-        v.fit(data)
-        rows.append(evaluate(v, data))
+    runs = [(v, data) for v in build_variants(n_layers)]
+    if args.prefix_features:
+        averaged = averaged_over_prefixes(data, [load_all(Path(d)) for d in args.prefix_features])
+        shipped = build_variants(n_layers)[-1]
+        shipped.name = f"d. shipped probe recipe on t^l averaged over {1 + len(args.prefix_features)} answer prefixes"
+        shipped.cost = f"{len(args.prefix_features)} more prefix rows in the sigma pass"
+        runs.append((shipped, averaged))
+    for v, d in runs:
+        v.fit(d)
+        rows.append(evaluate(v, d))
         print(json.dumps({k: (round(x, 3) if isinstance(x, float) else x) for k, x in rows[-1].items()}), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
