@@ -103,8 +103,10 @@ def main() -> None:
     recipes[f"-1 below {t_steer}, {retry} below T_retry = {t_retry} (chosen on contrast held-out)"] = \
         compose_retry(e_rows, e_scores, t_steer, args.retry, t_retry)
     recipes[f"-1 below {t_steer}, {retry} in the same band"] = compose_retry(e_rows, e_scores, t_steer, args.retry)
-    summary = {"rule": f"widest T with contrast held-out unsafe refusal drop <= {args.max_harm_drop}", "chosen_T": chosen,
-               "contrast_curves": curves, "evaluation": recipes}
+    # Reported, never used for a choice: how the evaluation sets move with T (-1 below T).
+    sensitivity = {t: compose(e_rows, e_scores, t, 0.0, 1.0, 0.0) for t in (-2.25, -1.5, -1.2, -0.9, -0.5, 0.0)}
+    summary = {"rule": f"widest T with contrast held-out unsafe refusal drop <= {args.max_harm_drop}",
+               "chosen_T": chosen, "contrast_curves": curves, "evaluation": recipes, "evaluation_sensitivity": sensitivity}
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -115,6 +117,10 @@ def main() -> None:
                  for s in EVAL_SETS]
         nll = np.mean([res[s]["nll"] - base[s]["nll"] for s in SAFE_EVAL])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {nll:+.2f} |")
+    lines += ["", "Evaluation sets against T (-1 below T; reported, never used for a choice), points vs unsteered", "",
+              "| T | " + " | ".join(EVAL_SETS) + " |", "|---" * (len(EVAL_SETS) + 1) + "|"]
+    lines += [f"| {t} | " + " | ".join(f"{100 * (r[s]['refusal'] - base[s]['refusal']):+.0f}" for s in EVAL_SETS) + " |"
+              for t, r in sensitivity.items()]
     for name, curve in curves.items():
         lines += ["", f"Contrast held-out split (chooses T), recipe {name}: refusal drop of each half, points", "",
                   "| T | safe twins | unsafe twins |", "|---|---|---|"]
