@@ -106,7 +106,8 @@ def main() -> None:
     # Reported, never used for a choice: how the evaluation sets move with T (-1 below T).
     sensitivity = {t: compose(e_rows, e_scores, t, 0.0, 1.0, 0.0) for t in (-2.25, -1.5, -1.2, -0.9, -0.5, 0.0)}
     summary = {"rule": f"widest T with contrast held-out unsafe refusal drop <= {args.max_harm_drop}",
-               "chosen_T": chosen, "contrast_curves": curves, "evaluation": recipes, "evaluation_sensitivity": sensitivity}
+               "chosen_T": chosen, "contrast_curves": curves, "evaluation": recipes,
+               "evaluation_sensitivity": sensitivity}
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
