@@ -3,7 +3,8 @@
     python benchmarks/sigma_variants.py --features results/sigma-features --out benchmarks/results/sigma-variants
 
 Every variant is fitted only on calibration data: the AdvBench/TruthfulQA anchors, the contrast set's train split,
-and for T the HarmfulQ tuning half vs OKTest held-out plus the contrast train split. Evaluation sets are never used for a choice: XSTest (all 450),
+and for T the HarmfulQ tuning half vs OKTest held-out plus the contrast train split. Evaluation sets are never used
+for a choice: XSTest (all 450),
 OKTest, HarmfulQ evaluation half, AdvBench held-out vs TruthfulQA held-out, RepE test (240 sampled), contrast
 held-out. Layer spans of the fitted variants are chosen by 5-fold cross-validation on the contrast train split.
 """
