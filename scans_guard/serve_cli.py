@@ -20,9 +20,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on /v1/* and /metrics (or ${API_KEY_ENV})")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
     p.add_argument("--policy", choices=["steer", "guard"], default="steer",
-                   help="default per-request policy; guard: answer prompts labelled harmful with a refusal, "
-                        "without generating (default %(default)s)")
+                   help="guard: answer prompts labelled harmful with a refusal, without generating; a request may "
+                        "ask for guard, never drop the server's (default %(default)s)")
     p.add_argument("--no-steer", action="store_true", help="default to plain generation (requests may still ask)")
+    p.add_argument("--allow-fixed-coefficient", action="store_true",
+                   help="accept scans_guard.coefficient from clients: it skips sigma, so any prompt could be steered "
+                        "away from refusal (trusted clients only; never under the guard policy)")
     p.add_argument("--refusal-message", help="the text guard mode answers with")
     p.add_argument("--max-batch", type=int, default=16, help="rows decoding at once (default %(default)s)")
     p.add_argument("--max-queue", type=int, default=64,
@@ -46,7 +49,7 @@ def settings_from_args(args: argparse.Namespace):
         max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, policy=args.policy, steer=not args.no_steer,
-        refusal_message=args.refusal_message or REFUSAL)
+        allow_fixed_coefficient=args.allow_fixed_coefficient, refusal_message=args.refusal_message or REFUSAL)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ from ..request_handle import QueueFullError
 from .errors import ApiError, BodyTooLarge, api_error
 from .middleware import Guard
 from .responses import completion, stream, until_done, verdict_json
-from .schemas import MAX_STOP, ROLES, ChatCompletionRequest, ChatMessage, ClassifyRequest
+from .schemas import EXTENSION_KEY, MAX_STOP, ROLES, ChatCompletionRequest, ChatMessage, ClassifyRequest
 from .state import ServerSettings, ServerState
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,16 @@ def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings) -> tuple
     except ValidationError as exc:
         raise api_error(exc) from None
     opts = body.scans_guard
-    policy = (opts.policy if opts and opts.policy else None) or settings.policy
+    # Fail closed: a client may ask for the guard, never drop the server's.
+    policy = "guard" if settings.policy == "guard" or (opts and opts.policy == "guard") else "steer"
     steer = opts.steer if opts and opts.steer is not None else settings.steer
-    options = {"steer": steer, "coefficient": opts.coefficient if opts else None,
+    coefficient = opts.coefficient if opts else None
+    if coefficient is not None and (not settings.allow_fixed_coefficient or policy == "guard"):
+        why = ("this server does not accept fixed coefficients (scans-guard serve --allow-fixed-coefficient)"
+               if not settings.allow_fixed_coefficient else
+               "a fixed coefficient skips classification, so it cannot run under the guard policy")
+        raise ApiError(400, why, param=f"{EXTENSION_KEY}.coefficient", code="not_allowed")
+    options = {"steer": steer, "coefficient": coefficient,
                "refusal": settings.refusal_message if policy == "guard" else None,
                "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard"}
     return _messages(body.messages), config, options

@@ -45,8 +45,10 @@ class ScansGuardOptions(BaseModel):
     steer: StrictBool | None = Field(None, description="steer by the verdict (default: the server's); false: plain "
                                      "generation, no classification unless the policy is guard")
     policy: Literal["steer", "guard"] | None = Field(
-        None, description="guard: a request labelled harmful is answered with the refusal text, without generating")
-    coefficient: Number | None = Field(None, description="fixed steering coefficient (no classification; baselines)")
+        None, description="guard: a request labelled harmful is answered with the refusal text, without generating "
+        "(a server running with the guard keeps it whatever the request says)")
+    coefficient: Number | None = Field(None, description="fixed steering coefficient (no classification; baselines): "
+                                       "only on a server started with --allow-fixed-coefficient, never with guard")
     operating_point: Literal["guard", "steer"] | None = Field(None, description="where the label is decided")
 
 

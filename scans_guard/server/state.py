@@ -30,8 +30,11 @@ class ServerSettings:
     request_timeout_s: float = 600.0  # a request still running then fails with 504
     default_max_tokens: int = 256  # when a request gives neither max_tokens nor max_completion_tokens
     max_tokens_limit: int = 4096  # the most tokens one request may ask for
-    policy: str = "steer"  # default per-request policy: "steer" or "guard" (refuse harmful without generating)
+    policy: str = "steer"  # "steer", or "guard" (refuse harmful without generating): requests cannot drop the guard
     steer: bool = True  # default per-request steering
+    # Clients may send `scans_guard.coefficient`: a fixed coefficient skips sigma, so any prompt could be steered
+    # away from refusal. Off unless the operator trusts the clients (baselines, research).
+    allow_fixed_coefficient: bool = False
     refusal_message: str = REFUSAL
     max_classify_inputs: int = 64  # prompts in one /v1/classify request
     classify_batch_size: int = 8

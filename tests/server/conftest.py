@@ -21,7 +21,7 @@ def _one_torch_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def server(tiny_engine):
-    with running(tiny_engine) as srv:
+    with running(tiny_engine, allow_fixed_coefficient=True) as srv:  # the baselines' fixed coefficients are tested
         yield srv
 
 
