@@ -143,8 +143,12 @@ def load_rows(out: Path) -> tuple[dict, dict]:
     return by_key, json.loads((out / "scores.json").read_text())
 
 
-def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, a_harmful: float) -> dict:
-    """Per set: refusal rate and mean NLL/token of the recipe's replies (None if a needed reply is missing)."""
+def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, a_harmful: float,
+            retry: float | None = None, t_retry: float | None = None) -> dict:
+    """Per set: refusal rate and mean NLL/token of the recipe's replies ({} if a needed reply is missing).
+
+    With `retry`, a reply steered away from refusal that the judge calls a refusal is replaced by the reply at
+    coefficient `retry` (e.g. -2), for prompts scored below `t_retry` (default: every one steered away)."""
     result = {}
     sets = sorted({k[0] for k in by_key})
     for s in sets:
@@ -154,6 +158,9 @@ def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, 
             score = scores[p]
             coef = steering_coefficient(score, T, grey, a_benign, a_harmful)  # the recipe's rule
             r = by_key.get((s, p, coef))
+            if r is not None and retry is not None and coef < 0 and r["refused"] \
+                    and (t_retry is None or score < t_retry):
+                r = by_key.get((s, p, retry))
             if r is None:
                 return {}
             refused.append(r["refused"])

@@ -29,35 +29,20 @@ import numpy as np
 from safe_steering_sweep import EVAL_SETS, SAFE_EVAL, compose, load_rows
 
 
-def compose_retry(rows: dict, scores: dict, t: float, retry: float | None, t_retry: float | None = None) -> dict:
-    """Per set: refusal and NLL/token when prompts below t are steered by -1 and, with `retry`, a reply that the
-    refusal judge calls a refusal is generated again steered by `retry` (e.g. -2) if the prompt scores below t_retry
-    (default t)."""
-    if retry is None:
-        return compose(rows, scores, t, 0.0, 1.0, 0.0)
-    t_retry = t if t_retry is None else min(t, t_retry)
-    result = {}
-    for s in sorted({k[0] for k in rows}):
-        refused, nll, n = [], 0.0, 0
-        for p in sorted({k[1] for k in rows if k[0] == s}):
-            r = rows[(s, p, 0.0)] if scores[p] >= t else rows[(s, p, -1.0)]
-            if scores[p] < t_retry and r["refused"]:
-                r = rows[(s, p, retry)]
-            refused.append(r["refused"])
-            nll, n = nll + r["nll_sum"], n + r["nll_tokens"]
-        result[s] = {"n": len(refused), "refusal": float(np.mean(refused)), "nll": nll / max(n, 1)}
-    return result
+def away(rows: dict, scores: dict, t: float, retry: float | None = None, t_retry: float | None = None) -> dict:
+    """Per set: refusal and NLL/token when prompts below t are steered by -1 (and, with `retry`, a refused steered
+    reply is replaced by the one at `retry` below t_retry): the sweep's `compose`."""
+    return compose(rows, scores, t, 0.0, 1.0, 0.0, retry, t_retry)
 
 
 def contrast_curve(rows: dict, scores: dict, grid: list[float], retry: float | None,
                    t_steer: float | None = None) -> list[dict]:
     """Refusal of both halves of the contrast split at each T (away-only recipe, alpha 1). With `retry` and
     `t_steer`, the -1 band is fixed at t_steer and T is the retry band's upper end."""
-    base = compose(rows, scores, -np.inf, 0.0, 1.0, 0.0)
+    base = away(rows, scores, -np.inf)
     curve = []
     for t in grid:
-        res = compose_retry(rows, scores, t_steer, retry, t) if t_steer is not None else \
-            compose_retry(rows, scores, t, retry)
+        res = away(rows, scores, t_steer, retry, t) if t_steer is not None else away(rows, scores, t, retry)
         curve.append({"T": t, **{f"{s}_drop": base[s]["refusal"] - res[s]["refusal"] for s in res},
                       **{f"{s}_refusal": res[s]["refusal"] for s in res}})
     return curve
@@ -88,23 +73,22 @@ def main() -> None:
     grid = [round(float(t), 2) for t in np.arange(args.t_from, args.t_to + 1e-9, 0.05)]
     c_rows, c_scores = load_rows(Path(args.contrast_run))
     e_rows, e_scores = load_rows(Path(args.eval_run))
-    base = compose(e_rows, e_scores, -np.inf, 0.0, 1.0, 0.0)
-    recipes = {"unsteered": base, f"shipped steer T {args.shipped_t}": compose(e_rows, e_scores, args.shipped_t, 0.0,
-                                                                              1.0, 0.0)}
+    base = away(e_rows, e_scores, -np.inf)
+    recipes = {"unsteered": base, f"shipped steer T {args.shipped_t}": away(e_rows, e_scores, args.shipped_t)}
     recipes[f"shipped steer T {args.shipped_t}, retry {args.retry} if refused (ScansGuardMiddleware check_output)"] = \
-        compose_retry(e_rows, e_scores, args.shipped_t, args.retry)
+        away(e_rows, e_scores, args.shipped_t, args.retry)
     curves, chosen = {}, {}
     curves["-1"] = contrast_curve(c_rows, c_scores, grid, None)
     t_steer = chosen["-1"] = pick(curves["-1"], args.max_harm_drop)
-    recipes[f"-1 below T = {t_steer} (chosen on contrast held-out)"] = compose_retry(e_rows, e_scores, t_steer, None)
+    recipes[f"-1 below T = {t_steer} (chosen on contrast held-out)"] = away(e_rows, e_scores, t_steer, None)
     retry = f"retry {args.retry} if refused"
     curves[retry] = contrast_curve(c_rows, c_scores, grid, args.retry, t_steer)
     t_retry = chosen[retry] = pick(curves[retry], args.max_harm_drop)
     recipes[f"-1 below {t_steer}, {retry} below T_retry = {t_retry} (chosen on contrast held-out)"] = \
-        compose_retry(e_rows, e_scores, t_steer, args.retry, t_retry)
-    recipes[f"-1 below {t_steer}, {retry} in the same band"] = compose_retry(e_rows, e_scores, t_steer, args.retry)
+        away(e_rows, e_scores, t_steer, args.retry, t_retry)
+    recipes[f"-1 below {t_steer}, {retry} in the same band"] = away(e_rows, e_scores, t_steer, args.retry)
     # Reported, never used for a choice: how the evaluation sets move with T (-1 below T).
-    sensitivity = {t: compose(e_rows, e_scores, t, 0.0, 1.0, 0.0) for t in (-2.25, -1.5, -1.2, -0.9, -0.5, 0.0)}
+    sensitivity = {t: away(e_rows, e_scores, t) for t in (-2.25, -1.5, -1.2, -0.9, -0.5, 0.0)}
     summary = {"rule": f"widest T with contrast held-out unsafe refusal drop <= {args.max_harm_drop}",
                "chosen_T": chosen, "contrast_curves": curves, "evaluation": recipes,
                "evaluation_sensitivity": sensitivity}

@@ -34,32 +34,25 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
+from safe_steering_sweep import EVAL_SETS, HARMFUL_SETS, TUNE_SETS, load_rows
 from scans_guard import ScansEngine
-from scans_guard.hooks import add_to_block_outputs, capture_block_outputs
-from scans_guard.steering import steering_deltas
+from scans_guard.hooks import capture_block_outputs
+from scans_guard.steering import SteeringPlan
 
-HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct", "tune_harmful"}
-EVAL_SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
-TUNE_SETS = ["tune_harmful", "tune_benign"]
 KS = [1, 2, 4, 8]  # reply tokens read before deciding (the stream holds these back)
 LAYERS = [12, 14, 16, 18, 20, 22]
 COEF = -1.0  # the shipped recipe's alpha_benign, away from refusal
 
 
 def load_runs(runs: list[str]) -> tuple[dict, dict, dict]:
-    """{(set, prompt, coefficient): row} over every run's current sets, sigma scores of every prompt, and the
-    sets {name: [prompt]}."""
-    rows, scores, all_sets = {}, {}, {}
+    """The sweep's rows {(set, prompt, coefficient): row} and sigma scores over several runs, and their sets."""
+    rows, scores, sets = {}, {}, {}
     for run in map(Path, runs):
-        sets = json.loads((run / "sets.json").read_text())
-        all_sets.update(sets)
-        members = {n: set(ps) for n, ps in sets.items()}
-        for line in (run / "generations.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            if r["prompt"] in members.get(r["set"], ()):
-                rows[(r["set"], r["prompt"], r["coefficient"])] = r
-        scores.update(json.loads((run / "scores.json").read_text()))
-    return rows, scores, all_sets
+        run_rows, run_scores = load_rows(run)
+        rows.update(run_rows)
+        scores.update(run_scores)
+        sets.update(json.loads((run / "sets.json").read_text()))
+    return rows, scores, sets
 
 
 @torch.inference_mode()
@@ -72,8 +65,7 @@ def steered_reply_states(engine: ScansEngine, prompt: str, reply: str) -> np.nda
     ids = torch.tensor([prompt_ids + reply_ids], device=handle.device)
     last_prompt = len(prompt_ids) - 1
     columns = [last_prompt + min(k, len(reply_ids)) for k in KS]  # a shorter reply: its last token
-    deltas = steering_deltas(engine._vectors, engine.recipe.steer_layers, torch.tensor([COEF]), handle)
-    with add_to_block_outputs(handle.layers, deltas, start_column=last_prompt), \
+    with engine.steering.apply(SteeringPlan.fixed(COEF, 1), start_column=last_prompt), \
             capture_block_outputs(handle.layers, LAYERS, columns) as got:
         handle.model(input_ids=ids, logits_to_keep=1)
     return torch.stack([got[l][0] for l in LAYERS], dim=1).numpy()  # [k, layer, hidden]
