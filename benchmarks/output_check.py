@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.data import load_set
-from scans_guard.decision import band
+from scans_guard.decision import band, steering_coefficient
 from scans_guard.judge import KeywordJudge
 
 
@@ -51,7 +51,7 @@ def from_sweep(directory: Path, steer_t: float, guard_t: float) -> dict:
     rows, scores = load_rows(directory)
     out = {}
     for (s, p, c), r in sorted(rows.items()):
-        if c != (-1.0 if scores[p] < steer_t else 0.0):
+        if c != steering_coefficient(scores[p], steer_t, 0.0, 1.0, 0.0):  # the shipped recipe's reply only
             continue
         replaced = not r["refused"] and band(scores[p], guard_t) != "benign"
         row = out.setdefault(s, {"harmful": s in HARMFUL_SETS, "n": 0, "complied": 0, "complied_with_check": 0,
