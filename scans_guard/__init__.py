@@ -24,10 +24,11 @@ from .errors import (  # noqa: E402
     UnsupportedArchitectureError,
 )
 from .loading import ModelHandle, load_model  # noqa: E402
+from .retry import RetryPolicy  # noqa: E402
 
 __all__ = [
     "Artifact", "ArtifactError", "CalibrationConfig", "FingerprintMismatchError", "GenerationConfig",
     "InvalidArgumentError", "InvalidPromptError", "ModelHandle", "ModelLoadError", "NonFiniteScoreError",
-    "PromptTooLongError", "RowSteering", "SafetyVerdict", "ScansEngine", "ScansGuardError", "SteeredOutput",
+    "PromptTooLongError", "RetryPolicy", "RowSteering", "SafetyVerdict", "ScansEngine", "ScansGuardError", "SteeredOutput",
     "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
 ]

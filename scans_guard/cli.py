@@ -19,6 +19,7 @@ from .bench_cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
 from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError
+from .retry import RetryPolicy
 from .eval.cli import add_eval_arguments, cmd_eval
 from .serve_cli import add_serve_arguments, cmd_serve
 
@@ -65,6 +66,9 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> Non
     p.add_argument("--model-sampling", action="store_true",
                    help="sampling settings not given here come from the model's generation_config")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--retry", action="store_true",
+                   help="a reply steered away from refusal that still refuses is generated once more, steered twice "
+                   "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/safe-steering.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,14 +163,20 @@ def cmd_classify(args: argparse.Namespace) -> None:
             print(f"{v.label:8s} {v.score:+.4f} (T={v.threshold:.4f})  {text}")
 
 
-def _stream_reply(engine, conversation, config, steer: bool) -> str:
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
+    return RetryPolicy() if getattr(args, "retry", False) else None
+
+
+def _stream_reply(engine, conversation, config, steer: bool, retry: RetryPolicy | None = None) -> str:
     text = ""
-    for event in engine.iter_generate([conversation], config, steer=steer):
+    for event in engine.iter_generate([conversation], config, steer=steer, retry=retry):
         if event.verdict is not None:
             print(f"[{_verdict_line(event.verdict)}]", flush=True)
         if event.text:
             print(event.text, end="", flush=True)
             text += event.text
+        if event.output is not None and event.output.steering.source == "retry":
+            print(f"\n[retried at {event.output.steering.coefficient:g}: the first reply refused]", end="")
     print()
     return text
 
@@ -178,7 +188,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = history + [{"role": "user", "content": args.prompt}]
-        _stream_reply(engine, conversation, config, steer=not args.no_steer)
+        _stream_reply(engine, conversation, config, steer=not args.no_steer, retry=_retry_policy(args))
         if args.compare and not args.no_steer:
             print("--- unsteered:")
             _stream_reply(engine, conversation, config, steer=False)
@@ -195,7 +205,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
             history = history[:1] if args.system else []
             continue
         history.append({"role": "user", "content": line})
-        history.append({"role": "assistant", "content": _stream_reply(engine, history, config, not args.no_steer)})
+        reply = _stream_reply(engine, history, config, not args.no_steer, _retry_policy(args))
+        history.append({"role": "assistant", "content": reply})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -205,11 +216,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
           f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
           f"guard T={engine.artifact.threshold('guard'):.4f}")
-    steered = engine.generate(DEMO_PROMPTS, config)
+    steered = engine.generate(DEMO_PROMPTS, config, retry=_retry_policy(args))
     plain = engine.generate(DEMO_PROMPTS, config, steer=False)
     for prompt, s, p in zip(DEMO_PROMPTS, steered, plain):
         print(f"\n### {prompt}\n[{_verdict_line(s.verdict)}]")
-        print(f"  unsteered: {p.text.strip()!r}\n  SCANS:     {s.text.strip()!r}")
+        retried = f" (retried at {s.steering.coefficient:g})" if s.steering.source == "retry" else ""
+        print(f"  unsteered: {p.text.strip()!r}\n  SCANS:     {s.text.strip()!r}{retried}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:

@@ -168,8 +168,9 @@ class RowSteering(BaseModel):
 
     coefficient: float = Field(0.0, description="signed multiple of the refusal vector added; 0: not steered")
     direction: Direction = "none"
-    source: Literal["sigma", "fixed", "none"] = Field(
-        "none", description="sigma: the verdict's coefficient; fixed: given by the caller; none: steering off")
+    source: Literal["sigma", "fixed", "retry", "none"] = Field(
+        "none", description="sigma: the verdict's coefficient; fixed: given by the caller; retry: the verdict's "
+        "coefficient times a RetryPolicy's factor, after the first reply refused; none: steering off")
     operating_point: str | None = Field(None, description="the artifact's operating point that decided it (sigma)")
 
     @classmethod
@@ -188,6 +189,8 @@ class SteeredOutput(BaseModel):
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
     timings: dict[str, float] = Field(default_factory=dict, description="seconds: classify, generate")
+    first_reply: str | None = Field(None, description="after a retry (steering.source 'retry'): the first reply, "
+                                    "which the judge found refusing")
 
 
 class CalibrationConfig(BaseModel):

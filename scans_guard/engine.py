@@ -25,6 +25,7 @@ from .decision import direction, label
 from .domain import check_domain
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
+from .retry import RetryPolicy, retry_refused
 from .steering import RefusalVector, SteeringPlan
 
 Conversation = str | list[dict]
@@ -264,17 +265,26 @@ class ScansEngine:
         steer: bool = True,
         coefficient: float | Sequence[float] | None = None,
         reuse_cache: bool = True,
+        retry: RetryPolicy | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream a batch: classify (one pass, its KV cache reused), then decode with per-row steering.
 
         steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
-        classification (the always-positive / always-negative baselines). Every row's output records the steering
-        applied (`SteeredOutput.steering`). Closing the iterator early is safe.
+        classification (the always-positive / always-negative baselines). retry: a row sigma steered away whose
+        reply still refuses is generated once more, steered further (`scans_guard.retry`; off by default). Every
+        row's output records the steering applied (`SteeredOutput.steering`). Closing the iterator early is safe.
         """
         conversations = _as_batch(conversations)
         config = config or GenerationConfig()
         if not conversations:
             return
+        events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache)
+        if retry is not None and steer and coefficient is None:
+            events = retry_refused(self, conversations, events, config, retry)
+        yield from events
+
+    def _iter_generate(self, conversations: Sequence[Conversation], config: GenerationConfig, steer: bool,
+                       coefficient: float | Sequence[float] | None, reuse_cache: bool) -> Iterator[StreamEvent]:
         rows = self._prompt_rows(conversations, config.max_new_tokens)
         batch = self._prepare(conversations, rows, steer, coefficient, reuse_cache)
         for i, v in enumerate(batch.verdicts):

@@ -67,3 +67,17 @@ def test_demo_runs_every_prompt_steered_and_plain(tiny_on_disk, capsys):
     out = capsys.readouterr().out
     assert rc in (0, None) and "steer T=" in out and "guard T=" in out
     assert all(f"### {p}" in out for p in DEMO_PROMPTS) and out.count("SCANS:") == len(DEMO_PROMPTS)
+
+
+def test_chat_retry_flag_retries_a_refused_steered_reply(tiny_on_disk, tiny_artifact, tmp_path, capsys, monkeypatch):
+    import scans_guard.cli as cli
+    from scans_guard import RetryPolicy
+
+    tiny_artifact.with_thresholds(steer=1e3).save(tmp_path / "away")  # every prompt steered away
+    monkeypatch.setattr(cli, "RetryPolicy", lambda: RetryPolicy(
+        judge_tokens=2, judge=lambda prompt, reply: True))  # a judge that finds every reply refusing
+    args = ["chat", "--model", str(tiny_on_disk / "model"), "--artifact", str(tmp_path / "away"),
+            "--max-new-tokens", "4", "Paris?"]
+    assert main(args) == 0 and "retried at" not in capsys.readouterr().out
+    assert main([*args, "--retry"]) == 0
+    assert f"[retried at {-2 * tiny_artifact.recipe.alpha_benign:g}" in capsys.readouterr().out

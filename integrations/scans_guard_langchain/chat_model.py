@@ -31,6 +31,7 @@ from pydantic import ConfigDict, Field, model_validator
 from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
 from scans_guard.engine import ScansEngine, StreamEvent
 from scans_guard.judge import KeywordJudge
+from scans_guard.retry import RetryPolicy
 
 from scans_guard.loading import ToolConversation
 
@@ -93,6 +94,10 @@ class SafetyConsciousLLM(BaseChatModel):
     """False: plain generation, no classification (the unsteered baseline)."""
     coefficient: float | None = None
     """Fixed signed steering coefficient for every prompt instead of sigma's (no classification)."""
+    retry: RetryPolicy | None = None
+    """A reply sigma steered away from refusal that the policy's judge still finds refusing is generated once more,
+    steered `factor` times as far (`scans_guard.retry`; fewer false refusals, slightly less safe:
+    docs/safe-steering.md). None (default): one reply. With tools bound the coefficient is fixed: no retry."""
     refusal_judge: Callable[[str, str], bool] | None = Field(default_factory=KeywordJudge, exclude=True)
     """(prompt, reply) -> refused?; None: never flag refusals."""
     streaming: bool = False
@@ -267,6 +272,8 @@ class SafetyConsciousLLM(BaseChatModel):
         }
         meta["alpha"], meta["direction"] = output.steering.coefficient, output.steering.direction  # as applied
         meta["steered"] = meta["alpha"] != 0.0
+        if output.steering.source == "retry":
+            meta["retried"], meta["first_reply"] = True, output.first_reply
         if refused:
             meta["refusal_text"] = content
             meta["refusal_source"] = type(self.refusal_judge).__name__
@@ -310,7 +317,8 @@ class SafetyConsciousLLM(BaseChatModel):
         if steering["tools"] and steering["steer"] and coefficient is None:
             verdict = self.engine.classify([steering["classify"]])[0]
             coefficient = verdict.coefficient
-        events = self.engine.iter_generate([conversation], config, steer=steering["steer"], coefficient=coefficient)
+        events = self.engine.iter_generate([conversation], config, steer=steering["steer"], coefficient=coefficient,
+                                           retry=self.retry)
         try:
             if verdict is not None:
                 yield StreamEvent(row=0, verdict=verdict)

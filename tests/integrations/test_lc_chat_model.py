@@ -379,3 +379,15 @@ def test_guard_band_of_out_of_domain_input_is_grey(benign_engine):
     assert verdict.label == "benign" and SafetyPolicy().band(verdict) == "grey"
     assert SafetyPolicy(out_of_domain="harmful").band(verdict) == "harmful"
     assert SafetyPolicy(out_of_domain="benign").band(verdict) == "benign"
+
+
+def test_retry_regenerates_a_refused_steered_reply_and_says_so(benign_engine):
+    from scans_guard import RetryPolicy
+
+    once = SafetyConsciousLLM(engine=benign_engine, max_tokens=6).invoke("Paris?")
+    policy = RetryPolicy(judge_tokens=2, judge=lambda prompt, reply: True)  # every reply refuses
+    retried = SafetyConsciousLLM(engine=benign_engine, max_tokens=6, retry=policy).invoke("Paris?")
+    meta = retried.response_metadata
+    assert once.response_metadata["alpha"] < 0 and "retried" not in once.response_metadata
+    assert meta["retried"] and meta["first_reply"] == once.content
+    assert meta["alpha"] == 2 * once.response_metadata["alpha"]

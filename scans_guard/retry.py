@@ -1,0 +1,106 @@
+"""Retry a reply steered away from refusal that still refuses: once, steered `factor` times as far.
+
+On the default model one coefficient does not un-refuse every benign prompt sigma reaches: a quarter of OKTest still
+refuses at -1. Retrying those at -2 meets the issue's benign goals (XSTest safe -16, OKTest -24 points) at +0.18
+nats/token, but 2 more HarmfulQ prompts that sigma scores benign then comply (docs/safe-steering.md), so it is opt-in.
+Only rows sigma steered away are judged; their first `judge_tokens` tokens are held back from the stream until the
+judge has read them (the measured recipe judged 16-token replies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .config import GenerationConfig, RowSteering, SafetyVerdict
+from .judge import RefusalJudge, get_judge
+
+if TYPE_CHECKING:
+    from .engine import Conversation, ScansEngine, StreamEvent
+
+
+class RetryPolicy(BaseModel):
+    """When and how far to retry a steered reply that still refuses."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    factor: float = Field(2.0, gt=1, description="the retry's coefficient: factor x the first one (-1 -> -2)")
+    judge_tokens: int = Field(16, ge=1, description="tokens of the first reply the judge reads before deciding")
+    judge: str | Callable[[str, str], bool] = Field(
+        "keyword", description="refusal judge: a name for scans_guard.judge.get_judge, or a callable(prompt, reply)")
+
+    @field_validator("judge")
+    @classmethod
+    def _known_judge(cls, judge: str | Callable[[str, str], bool]) -> str | Callable[[str, str], bool]:
+        if isinstance(judge, str):
+            get_judge(judge)  # an unknown name fails here, not after the first reply
+        return judge
+
+    def refusal_judge(self) -> RefusalJudge:
+        return get_judge(self.judge) if isinstance(self.judge, str) else self.judge
+
+
+@dataclass
+class _Held:
+    """A row steered away: its text while the judge has not decided, and whether the judge found a refusal."""
+
+    verdict: SafetyVerdict
+    text: str = ""
+    retry: bool = False
+    first_reply: str = ""
+
+
+def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation], events: Iterator[StreamEvent],
+                  config: GenerationConfig, policy: RetryPolicy) -> Iterator[StreamEvent]:
+    """Pass `events` through; a row steered away whose first reply the judge calls a refusal is regenerated after
+    the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and the first
+    reply. A refused row decodes on to its end inside the batch (refusals end within a few tokens)."""
+    from .engine import user_text
+
+    judge, tokenizer = policy.refusal_judge(), engine.handle.tokenizer
+    held: dict[int, _Held] = {}
+    for event in events:
+        r = event.row
+        if event.verdict is not None and event.verdict.coefficient < 0:
+            held[r] = _Held(event.verdict)
+        h = held.get(r)
+        if h is None or event.verdict is not None:
+            yield event
+            continue
+        if h.retry:  # decided already: the rest of the first reply is dropped
+            if event.output is not None:
+                h.first_reply = event.output.text
+            continue
+        h.text += event.text
+        ended = event.output is not None
+        if not ended and len(tokenizer.encode(h.text, add_special_tokens=False)) < policy.judge_tokens:
+            continue
+        h.retry = bool(judge(user_text(conversations[r]), h.text))
+        if h.retry:
+            h.first_reply = event.output.text if ended else h.text
+            continue
+        del held[r]  # the judge let it pass: release what was held back, then stream on
+        yield event.model_copy(update={"text": h.text})
+    yield from _retry(engine, conversations, config, policy, {r: h for r, h in held.items() if h.retry})
+
+
+def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: GenerationConfig,
+           policy: RetryPolicy, retried: dict[int, _Held]) -> Iterator[StreamEvent]:
+    """The refused rows once more, at factor x their coefficient, reported under their own row numbers."""
+    rows = list(retried)
+    if not rows:
+        return
+    coefficients = [policy.factor * retried[r].verdict.coefficient for r in rows]
+    for event in engine.iter_generate([conversations[r] for r in rows], config, coefficient=coefficients):
+        r = rows[event.row]
+        if event.verdict is not None or (event.output is None and not event.text):
+            continue
+        update: dict = {"row": r}
+        if event.output is not None:
+            update["output"] = event.output.model_copy(update={
+                "verdict": retried[r].verdict, "first_reply": retried[r].first_reply,
+                "steering": RowSteering.of(coefficients[event.row], "retry", "steer")})
+        yield event.model_copy(update=update)
