@@ -12,13 +12,11 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
 from . import __version__
 from .bench_cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
 from .engine import DEFAULT_MAX_INPUT_TOKENS
-from .errors import ScansGuardError
+from .errors import ScansGuardError, one_line
 from .eval.cli import add_eval_arguments, cmd_eval
 from .serve_cli import add_serve_arguments, cmd_serve
 
@@ -249,17 +247,6 @@ COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "serve
             "calibrate": cmd_calibrate, "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
 
 
-def _error_line(exc: Exception) -> str:
-    """One line for any user error; a pydantic ValidationError as 'field: problem; ...'."""
-    if isinstance(exc, ValidationError):
-        text = f"invalid {exc.title}: " + "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors())
-    else:
-        text = str(exc)
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -269,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except (ScansGuardError, FileNotFoundError, ValueError) as exc:
-        print(f"scans-guard: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"scans-guard: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
