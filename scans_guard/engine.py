@@ -8,7 +8,6 @@ never see each other's steering. Throughput comes from batching
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -86,10 +85,6 @@ def user_text(conversation: Conversation) -> str:
         return conversation
     texts = [m["content"] for m in conversation if m.get("role") not in (*_SYSTEM_ROLES, "assistant")]
     return "\n".join(texts or [m["content"] for m in conversation])
-
-
-def _worst_first(score: float) -> float:
-    return math.inf if not math.isfinite(score) else score
 
 
 @dataclass
@@ -174,26 +169,19 @@ class ScansEngine:
                 raise NonFiniteScoreError(list(plain)[exc.index]) from None
             for i, s, l in zip(plain, *(x.tolist() for x in plain_scores)):
                 renderings[i]["without_system_prompt"] = (s, l)
-        verdicts = []
+        verdicts, platt = [], self.artifact.meta.platt
         for conv, row, rendered in zip(conversations, rows, renderings):
-            name = max(rendered, key=lambda k: _worst_first(rendered[k][0]))
-            score, sims_l = rendered[name]
+            score, sims_l = max(rendered.values(), key=lambda r: r[0])  # finite: sigma_scores raises otherwise
             domain = check_domain(user_text(conv), len(row), self.recipe.domain, self.handle.special_tokens)
             coef = self.recipe.coefficient(score, domain.in_domain)
             verdicts.append(SafetyVerdict(
                 score=score, label=label(score, threshold), threshold=threshold,
-                operating_point=operating_point, probability=self._probability(score),
+                operating_point=operating_point, probability=platt.probability(score) if platt else None,
                 layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
                 in_domain=domain.in_domain, domain_reasons=domain.reasons,
                 direction=direction(coef), coefficient=coef, latency_s=latency,
             ))
         return sp, verdicts
-
-    def _probability(self, score: float) -> float | None:
-        platt = self.artifact.meta.platt
-        if platt is None:
-            return None
-        return platt.probability(score) if math.isfinite(score) else 1.0
 
     def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
         rows = [self.handle.chat_ids(c) for c in conversations]
@@ -281,7 +269,7 @@ class ScansEngine:
             yield StreamEvent(row=i, verdict=v)
         state = [_Row() for _ in rows]
         decoder = self.steering.decode(batch.prompts, batch.plan, config, cache=batch.cache,
-                                       should_stop=lambda r, _ids: state[r].finish is not None,
+                                       should_stop=lambda r: state[r].finish is not None,
                                        first_logits=batch.first_logits)
         try:
             yield from self._stream(decoder, state, rows, batch, config)

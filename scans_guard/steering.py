@@ -178,7 +178,7 @@ def steered_decode(
     config: GenerationConfig,
     cache: object | None = None,
     step_lock: contextlib.AbstractContextManager | None = None,
-    should_stop: Callable[[int, list[int]], bool] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
     first_logits: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
@@ -187,7 +187,7 @@ def steered_decode(
     whole prompt is prefilled here. With `first_logits` ([batch, vocab], the unsteered logits after the prompt) and a
     cache over the whole prompt, the first token comes from them without a forward pass — only valid when nothing
     is steered (`deltas` empty), since the last prompt token is where steering starts.
-    `should_stop(row, generated_ids)` lets the caller end a row (stop strings).
+    `should_stop(row)`, asked after each of the row's tokens, lets the caller end it (stop strings).
     """
     lock = step_lock if step_lock is not None else contextlib.nullcontext()
     width = prompts.input_ids.shape[1]
@@ -208,7 +208,6 @@ def steered_decode(
                        device=handle.device)
     pad = handle.tokenizer.pad_token_id
     done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
-    generated: list[list[int]] = [[] for _ in prompts.lengths]
     for _ in range(config.max_new_tokens):
         if logits is None:
             with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
@@ -223,9 +222,7 @@ def steered_decode(
         done |= torch.isin(token, eos)
         if should_stop is not None:
             for row in (~done).nonzero().flatten().tolist():
-                generated[row].append(int(token[row]))
-                if should_stop(row, generated[row]):
-                    done[row] = True
+                done[row] = should_stop(row)
         if bool(done.all()):
             return
         inputs, start = token[:, None], 0
