@@ -41,13 +41,11 @@ class ToolConversation(list):
         self.tools = list(tools) if tools else None
 
 
-def _get_path(root: nn.Module, path: str) -> object | None:
-    obj: object = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
+def _get_path(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:  # no such submodule on this architecture
+        return None
 
 
 @dataclass
