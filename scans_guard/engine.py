@@ -107,7 +107,7 @@ class ScansEngine:
         self.artifact = artifact
         self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
-        self.steering = RefusalVector.from_artifact(artifact, handle)
+        self.steering = RefusalVector(handle, artifact.refusal_vectors, artifact.recipe.steer_layers)
 
     @classmethod
     def load(

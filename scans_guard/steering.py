@@ -28,8 +28,6 @@ from .loading import ModelHandle
 if TYPE_CHECKING:
     from transformers import LogitsProcessorList
 
-    from .artifacts import Artifact
-
 MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
 
 
@@ -77,9 +75,6 @@ class SteeringPlan:
     def steered(self) -> bool:
         return any(r.coefficient != 0 for r in self.rows)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
 
 def steering_deltas(
     vectors: torch.Tensor, steer_layers: Sequence[int], coefficients: torch.Tensor, handle: ModelHandle
@@ -99,10 +94,6 @@ class RefusalVector:
         self.handle = handle
         self.vectors = vectors.to(handle.device)  # [n_layers, hidden]
         self.steer_layers = list(steer_layers)
-
-    @classmethod
-    def from_artifact(cls, artifact: Artifact, handle: ModelHandle) -> RefusalVector:
-        return cls(handle, artifact.refusal_vectors, artifact.recipe.steer_layers)
 
     def deltas(self, plan: SteeringPlan) -> dict[int, torch.Tensor]:
         """The per-layer additions of `plan`; none at all when no row is steered (no hooks, no cost)."""

@@ -95,15 +95,9 @@ def _artifact_summary(engine: ScansEngine) -> dict:
 
 def _identity(run: dict) -> dict:
     """The settings that decide the replies: a resumed run must have the same."""
-    return {
-        "model_fingerprint": run["model"]["fingerprint_sha256"],
-        "recipe": run["artifact"]["recipe"],
-        "max_new_tokens": run["settings"]["max_new_tokens"],
-        "judge": run["settings"]["judge"],
-        "helpful_system_prompt": run["settings"]["helpful_system_prompt"],
-        "mmlu_shots": run["settings"]["mmlu_shots"],
-        "ppl_window": run["settings"]["ppl_window"],
-    }
+    return {"model_fingerprint": run["model"]["fingerprint_sha256"], "recipe": run["artifact"]["recipe"],
+            **{k: run["settings"][k] for k in ("max_new_tokens", "judge", "helpful_system_prompt", "mmlu_shots",
+                                               "ppl_window")}}
 
 
 def _check_resume(out: Path, run: dict) -> None:
