@@ -204,7 +204,7 @@ class ScansEngine:
             end = start + batch_size
             try:
                 verdicts += self.classify_rows(conversations[start:end], rows[start:end],
-                                        operating_point=operating_point)[1]
+                                               operating_point=operating_point)[1]
             except NonFiniteScoreError as exc:  # name the prompt in the caller's list, not in this batch
                 raise NonFiniteScoreError(start + exc.index) from None
         return verdicts
