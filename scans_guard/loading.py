@@ -113,9 +113,8 @@ class ModelHandle:
         ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok) if tok in self.tokenizer.get_vocab() else None
-            ids.add(tid)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[tok] for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>") if tok in vocab)
         return {i for i in ids if i is not None}
 
     def encode(self, text: str, *, content: bool) -> list[int]:
