@@ -26,7 +26,7 @@ from safetensors.torch import load, save_file
 from . import __version__
 from .config import SteeringRecipe
 from .data import anchor_split
-from .errors import ArtifactError, FingerprintMismatchError
+from .errors import ArtifactError, FingerprintMismatchError, one_line
 from .loading import ModelHandle, fingerprints_match
 
 log = logging.getLogger(__name__)
@@ -178,14 +178,6 @@ def _upgrade_v1(meta: ArtifactMeta) -> ArtifactMeta:
                                    "meta_version": META_VERSION if upgraded else meta.meta_version})
 
 
-def _one_line(exc: Exception) -> str:
-    """A pydantic error's first problem on one line ('loc: message'), else the exception's first line."""
-    if isinstance(exc, ValidationError) and exc.errors():
-        err = exc.errors()[0]
-        return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 class Artifact:
     """Refusal vectors, d_harm and the recipe calibrated for one model."""
 
@@ -282,7 +274,7 @@ class Artifact:
                                     f"{digest[:16]}..., artifact.json records {meta.tensors_sha256[:16]}...)")
             tensors = load(data)
         except (ValidationError, SafetensorError, ValueError, OSError) as exc:
-            raise ArtifactError(f"corrupt artifact at {path}: {_one_line(exc)}") from exc
+            raise ArtifactError(f"corrupt artifact at {path}: {one_line(exc)}") from exc
         if meta.tensors_sha256 is None:
             log.warning("artifact at %s records no tensors_sha256 (saved by an older scans-guard), so its tensors are "
                         "not verified; re-save it with Artifact.load(...).save(...)", path)

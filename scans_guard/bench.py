@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from itertools import zip_longest
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from .bench_process import LoadResult, MemoryResult, _current_rss_mb, bench_load, bench_memory, machine_info, versions
 from .bench_serve import ServeResult, bench_serve
@@ -41,21 +41,20 @@ from .bench_speed import (
 SCHEMA = "scans-guard-bench/3"
 
 
-@dataclass
-class BenchConfig:
-    """What to measure and how often. `quick()` shrinks it to a sanity run."""
+class BenchConfig(BaseModel):
+    """What to measure and how often. `quick_config()` shrinks it to a sanity run."""
 
     model: str | None = None  # None: the embedded default model
     artifact: str | None = None  # None: the artifact shipped for the default model
     device: str = "cpu"
     dtype: str = "float32"
-    max_new_tokens: int = 48
-    repeats: int = 3
-    warmup: int = 1
-    n_prompts: int = 8  # end-to-end prompts (half harmful, half benign)
-    sigma_prompts: int = 32  # prompts classified at each sigma batch size
-    sigma_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
-    steer_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    max_new_tokens: int = Field(48, ge=1)
+    repeats: int = Field(3, ge=1)
+    warmup: int = Field(1, ge=0)
+    n_prompts: int = Field(8, ge=1)  # end-to-end prompts (half harmful, half benign)
+    sigma_prompts: int = Field(32, ge=1)  # prompts classified at each sigma batch size
+    sigma_batch_sizes: list[PositiveInt] = Field([1, 8, 32], min_length=1)
+    steer_batch_sizes: list[PositiveInt] = Field([1, 8], min_length=1)
     force_length: bool = True  # suppress EOS while timing so both modes generate max_new_tokens per row
     memory: bool = True  # peak RSS plain vs SCANS, one subprocess each
     load_time: bool = True  # warm load time in a fresh process (reuses the memory subprocesses when they run)
@@ -69,18 +68,7 @@ class BenchConfig:
     def quick_config(cls, **overrides: object) -> BenchConfig:
         base = dict(max_new_tokens=8, repeats=1, warmup=1, n_prompts=2, sigma_prompts=8, sigma_batch_sizes=[1, 8],
                     steer_batch_sizes=[1, 2], quick=True)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "repeats", "n_prompts", "sigma_prompts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"bench: {name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ValueError("bench: warmup must be >= 0")
-        if not self.sigma_batch_sizes or not self.steer_batch_sizes or \
-                min(self.sigma_batch_sizes + self.steer_batch_sizes) < 1:
-            raise ValueError("bench: batch sizes must be >= 1")
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 class ModelInfo(BaseModel):
@@ -128,12 +116,7 @@ def bench_prompts(engine, n: int, seed: int) -> list[str]:
                        for name in ("advbench", "truthfulqa"))
     n_harm = (n + 1) // 2
     harmful, benign = sample_prompts(harmful, n_harm, seed), sample_prompts(benign, n - n_harm, seed)
-    out = []
-    for i in range(n_harm):
-        out.append(harmful[i])
-        if i < len(benign):
-            out.append(benign[i])
-    return out
+    return [p for pair in zip_longest(harmful, benign) for p in pair if p is not None]
 
 
 def run_benchmark(cfg: BenchConfig, engine=None, progress: Callable[[str], None] | None = None) -> BenchResult:
@@ -192,9 +175,9 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> Bench
         load = bench_load(cfg, load_s, memory if cfg.memory else None)
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return BenchResult(
-        started=started, config=asdict(cfg), machine=machine, versions=versions(), model=_model_info(engine.handle),
-        recipe=engine.recipe.model_dump(), prompts={"end_to_end": e2e_prompts}, end_to_end=end_to_end, sigma=sigma,
-        batched_steering=batched, serve=serve, memory=memory, load=load, notes=[
+        started=started, config=cfg.model_dump(), machine=machine, versions=versions(),
+        model=_model_info(engine.handle), recipe=engine.recipe.model_dump(), prompts={"end_to_end": e2e_prompts},
+        end_to_end=end_to_end, sigma=sigma, batched_steering=batched, serve=serve, memory=memory, load=load, notes=[
             "times: time.perf_counter, warm-up runs excluded",
             "equal work: EOS suppressed while timing, every row generates max_new_tokens" if cfg.force_length else
             "natural length: rows stop at EOS; compare ms_per_token (wall / completion tokens)",

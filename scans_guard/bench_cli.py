@@ -121,37 +121,41 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+# (flag, BenchConfig field, argparse options); a flag not given leaves the field at its default (or --quick's)
+_FLAGS: list[tuple[str, str, dict]] = [
+    ("--max-new-tokens", "max_new_tokens",
+     dict(type=int, help="tokens per reply in every mode (default 48; --quick 8)")),
+    ("--repeats", "repeats", dict(type=int, help="timed repeats of each measurement (default 3; --quick 1)")),
+    ("--warmup", "warmup", dict(type=int, help="untimed warm-up runs before each measurement (default 1)")),
+    ("--prompts", "n_prompts", dict(type=int, help="end-to-end prompts (default 8; --quick 2)")),
+    ("--sigma-batch-sizes", "sigma_batch_sizes", dict(type=_sizes, help="default 1,8,32 (--quick 1,8)")),
+    ("--steer-batch-sizes", "steer_batch_sizes", dict(type=_sizes, help="default 1,8 (--quick 1,2)")),
+    ("--cold", "cold", dict(action="store_true",
+                            help="also time a first load of the default model (GGUF -> cache) into a temporary cache")),
+    ("--no-memory", "memory", dict(action="store_false", help="skip the peak-RSS subprocesses")),
+    ("--no-serve", "serve", dict(
+        action="store_false", help="skip the serve section (HTTP server, concurrent clients; needs the [serve] "
+        "extra)")),
+    ("--no-load-time", "load_time", dict(action="store_false", help="skip timing a warm load in a fresh process")),
+    ("--natural-length", "force_length", dict(
+        action="store_false", help="let rows stop at EOS (default: suppress EOS while timing so every row does equal "
+        "work)")),
+    ("--threads", "threads", dict(type=int, help="torch.set_num_threads (default: torch's choice)")),
+]
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the JSON result here (it is also printed as a table)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens per reply in every mode (default 48; --quick 8)")
-    p.add_argument("--repeats", type=int, help="timed repeats of each measurement (default 3; --quick 1)")
-    p.add_argument("--warmup", type=int, help="untimed warm-up runs before each measurement (default 1)")
-    p.add_argument("--prompts", type=int, dest="n_prompts", help="end-to-end prompts (default 8; --quick 2)")
-    p.add_argument("--sigma-batch-sizes", type=_sizes, help="default 1,8,32 (--quick 1,8)")
-    p.add_argument("--steer-batch-sizes", type=_sizes, help="default 1,8 (--quick 1,2)")
     p.add_argument("--quick", action="store_true", help="a tiny sanity run: 2 prompts, 8 tokens, 1 repeat")
-    p.add_argument("--cold", action="store_true",
-                   help="also time a first load of the default model (GGUF -> cache) into a temporary cache")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
-    p.add_argument("--no-serve", action="store_true",
-                   help="skip the serve section (HTTP server, concurrent clients; needs the [serve] extra)")
-    p.add_argument("--no-load-time", action="store_true", help="skip timing a warm load in a fresh process")
-    p.add_argument("--natural-length", action="store_true",
-                   help="let rows stop at EOS (default: suppress EOS while timing so every row does equal work)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    for flag, field, options in _FLAGS:
+        p.add_argument(flag, dest=field, default=None, **options)
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    overrides = dict(model=args.model, artifact=args.artifact, device=args.device, dtype=args.dtype,
-                     max_new_tokens=args.max_new_tokens, repeats=args.repeats, warmup=args.warmup,
-                     n_prompts=args.n_prompts, sigma_batch_sizes=args.sigma_batch_sizes,
-                     steer_batch_sizes=args.steer_batch_sizes, memory=not args.no_memory,
-                     load_time=not args.no_load_time, cold=args.cold,
-                     force_length=not args.natural_length, threads=args.threads, serve=not args.no_serve)
-    if args.quick:
-        return BenchConfig.quick_config(**overrides)
-    return BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k in ("model", "artifact", "device", "dtype", *(f for _, f, _ in _FLAGS))
+             if (v := getattr(args, k)) is not None}
+    return BenchConfig.quick_config(**given) if args.quick else BenchConfig(**given)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

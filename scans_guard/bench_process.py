@@ -89,6 +89,8 @@ def _reset_peak_rss() -> bool:
 
 
 def machine_info() -> dict:
+    import importlib.util
+
     import torch
 
     cpu_model = None
@@ -105,14 +107,8 @@ def machine_info() -> dict:
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "psutil": _has_psutil(),
+        "psutil": importlib.util.find_spec("psutil") is not None,
     }
-
-
-def _has_psutil() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("psutil") is not None
 
 
 def versions() -> dict:
@@ -175,11 +171,14 @@ def _run_child(spec: dict, env: dict | None = None, timeout: float = 1800) -> di
     return json.loads(lines[-1])
 
 
+def _spec(cfg: BenchConfig, mode: str, **extra: object) -> dict:
+    """What a child process loads (the bench's model, artifact, device, dtype, threads) and does (`mode`)."""
+    return {**cfg.model_dump(include={"model", "artifact", "device", "dtype", "threads"}), "mode": mode, **extra}
+
+
 def bench_memory(prompts: Sequence[str], cfg: BenchConfig) -> MemoryResult:
-    spec = {"model": cfg.model, "artifact": cfg.artifact, "device": cfg.device, "dtype": cfg.dtype,
-            "max_new_tokens": cfg.max_new_tokens, "force_length": cfg.force_length, "threads": cfg.threads,
-            "prompts": list(prompts)}
-    p, s = (_run_child({**spec, "mode": mode}) for mode in ("plain", "scans"))
+    p, s = (_run_child(_spec(cfg, mode, max_new_tokens=cfg.max_new_tokens, force_length=cfg.force_length,
+                             prompts=list(prompts))) for mode in ("plain", "scans"))
     result = MemoryResult(
         method="one subprocess per mode: load, one warm-up request (weights are memory-mapped and page in on first "
         "use), reset /proc VmHWM, then the end-to-end prompts as one batch; generation_peak_rss_mb = VmHWM after "
@@ -193,8 +192,7 @@ def bench_memory(prompts: Sequence[str], cfg: BenchConfig) -> MemoryResult:
 
 def bench_load(cfg: BenchConfig, in_process_s: float | None, memory: MemoryResult | None) -> LoadResult:
     """Warm load: fresh interpreters loading from the existing cache. Cold: a first load into an empty cache."""
-    spec = {"model": cfg.model, "artifact": cfg.artifact, "device": cfg.device, "dtype": cfg.dtype,
-            "threads": cfg.threads, "mode": "load"}
+    spec = _spec(cfg, "load")
     warm = [m["load_s"] for m in (memory.plain, memory.scans) if m and "load_s" in m] if memory else []
     if not warm:
         child = _run_child(spec)

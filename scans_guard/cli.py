@@ -12,13 +12,11 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
 from . import __version__
 from .bench_cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
 from .engine import DEFAULT_MAX_INPUT_TOKENS
-from .errors import ScansGuardError
+from .errors import ScansGuardError, one_line
 from .retry import RetryPolicy
 from .eval.cli import add_eval_arguments, cmd_eval
 from .serve_cli import add_serve_arguments, cmd_serve
@@ -100,25 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="compute refusal vectors, d_harm and T for a model; write an artifact")
     p.add_argument("--out", required=True, help="artifact directory to write")
-    p.add_argument("--n-anchors", type=int, default=64, help="harmful and benign anchors each (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--r-pos", default="Sure")
+    p.add_argument("--n-anchors", type=int, help="harmful and benign anchors each (default 64)")
+    p.add_argument("--seed", type=int, help="seed of the anchor and fit samples (default 0)")
+    p.add_argument("--r-pos", help="answer prefix whose transition sigma measures (default 'Sure')")
     p.add_argument("--steer-layers", type=lambda t: t if t == "auto" else parse_layers(t),
                    help="e.g. 8-15, or 'auto' (layers whose projection shows refusal tokens); default: middle third")
     p.add_argument("--classify-layers", type=parse_layers, help="e.g. 12-23 (default: second half)")
-    p.add_argument("--alpha-benign", type=float, default=CalibrationConfig.model_fields["alpha_benign"].default)
-    p.add_argument("--alpha-harmful", type=float, default=CalibrationConfig.model_fields["alpha_harmful"].default)
-    p.add_argument("--grey-zone", type=float, default=CalibrationConfig.model_fields["grey_zone"].default)
+    for name in ("alpha_benign", "alpha_harmful", "grey_zone"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, help=CalibrationConfig.model_fields[name].description)
     p.add_argument("--threshold-data-dir",
                    help="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv to fit T on")
     p.add_argument("--target-recall", type=float, default=CalibrationConfig.model_fields["target_recall"].default,
                    help="T flags this share of harmful fit prompts (default %(default)s); 0 = max F1")
-    p.add_argument("--no-sigma-probe", action="store_true",
+    p.add_argument("--no-sigma-probe", dest="sigma_probe", action="store_false",
                    help="score sigma as the paper's mean cosine to d_harm, not with the contrast-set probe")
-    p.add_argument("--guard-recall", type=float, default=CalibrationConfig.model_fields["guard_recall"].default,
+    p.add_argument("--guard-recall", type=float,
                    help="the guard operating point flags this share of the harmful fit prompts (default 0.95)")
     p.add_argument("--threshold", type=float, help="use this T instead of the fitted one (the fit is still reported)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default 8)")
     _add_model_args(p, artifact=False, prompts=False)
 
     p = sub.add_parser("layers", help="vocabulary projection of each layer's harmful-vs-benign direction")
@@ -181,10 +178,15 @@ def _stream_reply(engine, conversation, config, steer: bool, retry: RetryPolicy 
     return text
 
 
-def cmd_chat(args: argparse.Namespace) -> None:
-    config = None if args.model_sampling else _gen_config(args, None)  # a bad setting fails before the model loads
+def _engine_and_config(args: argparse.Namespace) -> tuple:
+    """The engine and the generation settings (a bad setting fails before the model loads)."""
+    config = None if args.model_sampling else _gen_config(args, None)
     engine = _engine(args)
-    config = config or _gen_config(args, engine)
+    return engine, config or _gen_config(args, engine)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    engine, config = _engine_and_config(args)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = history + [{"role": "user", "content": args.prompt}]
@@ -210,9 +212,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    config = None if args.model_sampling else _gen_config(args, None)  # a bad setting fails before the model loads
-    engine = _engine(args)
-    config = config or _gen_config(args, engine)
+    engine, config = _engine_and_config(args)
     print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
           f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
           f"guard T={engine.artifact.threshold('guard'):.4f}")
@@ -228,13 +228,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from .calibration import calibrate
     from .loading import load_model
 
-    config = CalibrationConfig(  # a bad setting fails before the model loads
-        n_anchors=args.n_anchors, seed=args.seed, r_pos=args.r_pos, steer_layers=args.steer_layers,
-        classify_layers=args.classify_layers, alpha_benign=args.alpha_benign, alpha_harmful=args.alpha_harmful,
-        grey_zone=args.grey_zone, threshold_data_dir=args.threshold_data_dir, batch_size=args.batch_size,
-        target_recall=args.target_recall or None, guard_recall=args.guard_recall, threshold=args.threshold,
-        sigma_probe=not args.no_sigma_probe,
-    )
+    # the flags carry the config's field names; one not given keeps the field's default (a bad value fails here,
+    # before the model loads); --target-recall 0 means "max F1", i.e. None
+    given = {k: v for k in CalibrationConfig.model_fields if (v := getattr(args, k, None)) is not None}
+    config = CalibrationConfig(**{**given, "target_recall": args.target_recall or None})
     handle = load_model(args.model, device=args.device, dtype=args.dtype)
     command = "scans-guard " + " ".join(shlex.quote(a) for a in args.argv)
     artifact = calibrate(handle, config, notes={"command": command})
@@ -261,17 +258,6 @@ COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "serve
             "calibrate": cmd_calibrate, "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
 
 
-def _error_line(exc: Exception) -> str:
-    """One line for any user error; a pydantic ValidationError as 'field: problem; ...'."""
-    if isinstance(exc, ValidationError):
-        text = f"invalid {exc.title}: " + "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors())
-    else:
-        text = str(exc)
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -281,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except (ScansGuardError, FileNotFoundError, ValueError) as exc:
-        print(f"scans-guard: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"scans-guard: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -205,9 +205,9 @@ class CalibrationConfig(BaseModel):
         None, description="None: middle third of the blocks; 'auto': the span of layers whose vocabulary projection "
         "shows refusal tokens (middle third if none do)")
     classify_layers: list[int] | None = Field(None, description="None: second half of the blocks")
-    alpha_benign: float = Field(1.0, ge=0)
-    alpha_harmful: float = Field(1.0, ge=0)
-    grey_zone: float = Field(0.0, ge=0)
+    alpha_benign: float = Field(1.0, ge=0, description="magnitude of the step away from refusal (default 1)")
+    alpha_harmful: float = Field(1.0, ge=0, description="magnitude of the step towards refusal (default 1)")
+    grey_zone: float = Field(0.0, ge=0, description="scores in [T - grey_zone, T) are not steered (default 0)")
     threshold_data_dir: str | None = Field(
         None,
         description="directory with repe_harmful_harmless_train.csv, harmfulq.csv and oktest_heldout.csv: T is "

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 _COMPLETE = "scans_guard_cache.json"
 _LOCK = ".build.lock"  # in the models directory: one build at a time, whichever model
-_CHUNK = 1 << 22  # 4 MiB
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,7 @@ def embedded_model(name: str | os.PathLike | None) -> EmbeddedModel | None:
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """`cache_dir`, else $SCANS_GUARD_CACHE, else the platform's user cache directory (~/.cache/scans-guard)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    return default_cache_root()
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
 
 
 def part_paths(spec: EmbeddedModel | None = None) -> list[Path]:
@@ -119,11 +116,6 @@ def assemble_gguf(dest: Path, progress: bool = True, spec: EmbeddedModel | None 
         )
     os.replace(tmp, dest)
     return dest
-
-
-def default_model_dir(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Directory of the cached safetensors copy of the default model, building it on first use."""
-    return embedded_model_dir(None, cache_dir, progress)
 
 
 def embedded_model_dir(spec: EmbeddedModel | None = None, cache_dir: str | os.PathLike | None = None,
@@ -194,17 +186,14 @@ def _build_lock(models: Path) -> Iterator[None]:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed in 4 MiB chunks.
+    """sha256 of a file, streamed (`hashlib.file_digest`).
 
     Measured on the default model's 2.5 GB model.safetensors on the 2-core CPU dev machine (shared, load 3.5-5):
     2.3-3.3 s with the file in the page cache, 5.7 s when first read from disk. Loading then finds the pages cached,
     so the disk read is paid once; the hashing itself is the ~2-3 s added to every load of the default model.
     """
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _weight_hashes(model_dir: Path) -> dict[str, str]:

@@ -8,11 +8,10 @@ never see each other's steering. Throughput comes from batching
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel
@@ -25,6 +24,7 @@ from .decision import direction, label
 from .domain import check_domain
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
+from .reply import ReplyState
 from .retry import RetryPolicy, retry_refused
 from .steering import RefusalVector, SteeringPlan
 
@@ -41,15 +41,6 @@ class StreamEvent(BaseModel):
     text: str = ""
     verdict: SafetyVerdict | None = None
     output: SteeredOutput | None = None
-
-
-@dataclass
-class _Row:
-    """Decoding state of one row: ids so far, text already emitted, and why it ended."""
-
-    ids: list[int] = field(default_factory=list)
-    emitted: str = ""
-    finish: str | None = None
 
 
 def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[Conversation]:
@@ -89,10 +80,6 @@ def user_text(conversation: Conversation) -> str:
     return "\n".join(texts or [m["content"] for m in conversation])
 
 
-def _worst_first(score: float) -> float:
-    return math.inf if not math.isfinite(score) else score
-
-
 @dataclass
 class _Prepared:
     """A batch ready to decode: its prompts, the plan, the verdicts (if classified) and what the sigma pass left."""
@@ -121,7 +108,7 @@ class ScansEngine:
         self.artifact = artifact
         self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
-        self.steering = RefusalVector.from_artifact(artifact, handle)
+        self.steering = RefusalVector(handle, artifact.refusal_vectors, artifact.recipe.steer_layers)
 
     @classmethod
     def load(
@@ -148,11 +135,12 @@ class ScansEngine:
         return self.artifact.recipe
 
     # -- classification -------------------------------------------------------------------------------------
-    def _sigma(
+    def classify_rows(
         self, conversations: Sequence[Conversation], rows: list[list[int]], *, keep_cache: bool = False,
         operating_point: str = "guard",
     ) -> tuple[SigmaPass, list[SafetyVerdict]]:
-        """One sigma pass over `rows` (its KV cache kept on request) and the verdicts.
+        """One sigma pass over `rows` (from `prompt_rows`) and the verdicts; `keep_cache` keeps its KV cache for
+        decoding (as `iter_generate` and the continuous batcher do).
 
         A conversation with a system prompt is scored twice, as sent and with the system prompt replaced by the
         template's default, and the more harmful score counts: an innocuous system prompt cannot launder a request.
@@ -175,28 +163,23 @@ class ScansEngine:
                 raise NonFiniteScoreError(list(plain)[exc.index]) from None
             for i, s, l in zip(plain, *(x.tolist() for x in plain_scores)):
                 renderings[i]["without_system_prompt"] = (s, l)
-        verdicts = []
+        verdicts, platt = [], self.artifact.meta.platt
         for conv, row, rendered in zip(conversations, rows, renderings):
-            name = max(rendered, key=lambda k: _worst_first(rendered[k][0]))
-            score, sims_l = rendered[name]
+            score, sims_l = max(rendered.values(), key=lambda r: r[0])  # finite: sigma_scores raises otherwise
             domain = check_domain(user_text(conv), len(row), self.recipe.domain, self.handle.special_tokens)
             coef = self.recipe.coefficient(score, domain.in_domain)
             verdicts.append(SafetyVerdict(
                 score=score, label=label(score, threshold), threshold=threshold,
-                operating_point=operating_point, probability=self._probability(score),
+                operating_point=operating_point, probability=platt.probability(score) if platt else None,
                 layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
                 in_domain=domain.in_domain, domain_reasons=domain.reasons,
                 direction=direction(coef), coefficient=coef, latency_s=latency,
             ))
         return sp, verdicts
 
-    def _probability(self, score: float) -> float | None:
-        platt = self.artifact.meta.platt
-        if platt is None:
-            return None
-        return platt.probability(score) if math.isfinite(score) else 1.0
-
-    def _prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
+    def prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
+        """Token ids of each chat-formatted conversation; typed errors if one is longer than `max_input_tokens` or
+        would not fit the context window with `extra_tokens` more."""
         rows = [self.handle.chat_ids(c) for c in conversations]
         check_fits([len(r) for r in rows], len(self._rpos) + extra_tokens, self.handle.context_window)
         cap = self.max_input_tokens
@@ -216,13 +199,13 @@ class ScansEngine:
             raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not conversations:
             return []
-        rows = self._prompt_rows(conversations, 0)
+        rows = self.prompt_rows(conversations, 0)
         verdicts: list[SafetyVerdict] = []
         for start in range(0, len(rows), batch_size):
             end = start + batch_size
             try:
-                verdicts += self._sigma(conversations[start:end], rows[start:end],
-                                        operating_point=operating_point)[1]
+                verdicts += self.classify_rows(conversations[start:end], rows[start:end],
+                                               operating_point=operating_point)[1]
             except NonFiniteScoreError as exc:  # name the prompt in the caller's list, not in this batch
                 raise NonFiniteScoreError(start + exc.index) from None
         return verdicts
@@ -247,7 +230,7 @@ class ScansEngine:
             plan = SteeringPlan.from_options(len(rows), steer, coefficient)
             prompts = PromptBatch.left_pad(rows, self.handle.tokenizer.pad_token_id, self.handle.device)
             return _Prepared(prompts, plan, [None] * len(rows), classify_s=time.perf_counter() - t0)
-        sp, verdicts = self._sigma(conversations, rows, keep_cache=reuse_cache)
+        sp, verdicts = self.classify_rows(conversations, rows, keep_cache=reuse_cache)
         plan = SteeringPlan.from_verdicts(verdicts)
         prepared = _Prepared(sp.prompt_batch, plan, verdicts, sp.cache, classify_s=time.perf_counter() - t0)
         if sp.cache is not None:
@@ -285,20 +268,20 @@ class ScansEngine:
 
     def _iter_generate(self, conversations: Sequence[Conversation], config: GenerationConfig, steer: bool,
                        coefficient: float | Sequence[float] | None, reuse_cache: bool) -> Iterator[StreamEvent]:
-        rows = self._prompt_rows(conversations, config.max_new_tokens)
+        rows = self.prompt_rows(conversations, config.max_new_tokens)
         batch = self._prepare(conversations, rows, steer, coefficient, reuse_cache)
         for i, v in enumerate(batch.verdicts):
             yield StreamEvent(row=i, verdict=v)
-        state = [_Row() for _ in rows]
+        state = [ReplyState() for _ in rows]
         decoder = self.steering.decode(batch.prompts, batch.plan, config, cache=batch.cache,
-                                       should_stop=lambda r, _ids: state[r].finish is not None,
+                                       should_stop=lambda r: state[r].finish is not None,
                                        first_logits=batch.first_logits)
         try:
             yield from self._stream(decoder, state, rows, batch, config)
         finally:
             decoder.close()
 
-    def _stream(self, decoder: Iterator[torch.Tensor], state: list[_Row], rows: list[list[int]], batch: _Prepared,
+    def _stream(self, decoder: Iterator[torch.Tensor], state: list[ReplyState], rows: list[list[int]], batch: _Prepared,
                 config: GenerationConfig) -> Iterator[StreamEvent]:
         """Turn each step's tokens into text events per row, and a row's final event with its SteeredOutput."""
         eos = set() if config.ignore_eos else self.handle.eos_token_ids()
@@ -308,7 +291,7 @@ class ScansEngine:
                 row = state[r]
                 if row.finish is not None:
                     continue
-                if piece := self._advance(row, token, step, config, eos):
+                if piece := row.advance(token, step, config, eos, self.handle.tokenizer):
                     yield StreamEvent(row=r, text=piece)
                 if row.finish is not None:
                     yield StreamEvent(row=r, output=SteeredOutput(
@@ -316,44 +299,6 @@ class ScansEngine:
                         prompt_tokens=len(rows[r]), completion_tokens=len(row.ids), finish_reason=row.finish,
                         timings={"classify_s": batch.classify_s, "generate_s": time.perf_counter() - t1},
                     ))
-
-    def _advance(self, row: _Row, token: int, step: int, config: GenerationConfig, eos: set[int]) -> str:
-        """Record `row`'s token of decoding step `step` (1-based): the end of the reply (EOS, a stop string, or
-        max_new_tokens) sets `row.finish`; returns the text newly safe to emit ("" if none). Shared with the
-        continuous batcher, so a reply ends the same way there as here."""
-        if token in eos:
-            row.finish = "stop"
-        else:
-            row.ids.append(token)
-        text, hit_stop = self._visible_text(row, config.stop, final=row.finish is not None)
-        if hit_stop:
-            row.finish = "stop"
-        elif step == config.max_new_tokens and row.finish is None:
-            row.finish = "length"
-            text, _ = self._visible_text(row, config.stop, final=True)
-        if len(text) <= len(row.emitted):
-            return ""
-        piece, row.emitted = text[len(row.emitted):], text
-        return piece
-
-    def _visible_text(self, row: _Row, stop: list[str], final: bool) -> tuple[str, bool]:
-        """Text safe to emit so far and whether a stop string was hit (the text is cut before it).
-
-        Until the row ends, a trailing partial UTF-8 character and a tail that could begin a stop string
-        are held back, so streamed chunks never need to be taken back.
-        """
-        text = self.handle.tokenizer.decode(row.ids, skip_special_tokens=True)
-        cuts = [i for s in stop if (i := text.find(s)) >= 0]
-        if cuts:
-            return text[:min(cuts)], True
-        if final:
-            return text, False
-        text = text.rstrip("\ufffd")
-        hold = max((len(s) - 1 for s in stop), default=0)
-        for k in range(min(hold, len(text)), 0, -1):
-            if any(s.startswith(text[-k:]) for s in stop):
-                return text[:-k], False
-        return text, False
 
     def generate(
         self,

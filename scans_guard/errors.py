@@ -1,5 +1,7 @@
 """Typed errors: every failure a user can cause or fix has its own class and a one-line message."""
 
+from pydantic import ValidationError
+
 
 class ScansGuardError(Exception):
     """Base of all scans-guard errors; the CLI prints these as one line."""
@@ -47,3 +49,14 @@ class NonFiniteScoreError(ScansGuardError):
         self.index = index
         super().__init__(f"the sigma score of prompt {index} is not finite (NaN or inf in the model's hidden states "
                          "or the artifact); refusing to classify it")
+
+
+def one_line(exc: Exception) -> str:
+    """An error as one line; a pydantic ValidationError as 'invalid Model: field: problem; ...' (every field)."""
+    if isinstance(exc, ValidationError):
+        text = f"invalid {exc.title}: " + "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors())
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

@@ -41,13 +41,11 @@ class ToolConversation(list):
         self.tools = list(tools) if tools else None
 
 
-def _get_path(root: nn.Module, path: str) -> object | None:
-    obj: object = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
+def _get_path(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:  # no such submodule on this architecture
+        return None
 
 
 @dataclass
@@ -115,9 +113,8 @@ class ModelHandle:
         ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok) if tok in self.tokenizer.get_vocab() else None
-            ids.add(tid)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[tok] for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>") if tok in vocab)
         return {i for i in ids if i is not None}
 
     def encode(self, text: str, *, content: bool) -> list[int]:
@@ -189,8 +186,18 @@ class ModelHandle:
         return [(text, False)]
 
     def fingerprint(self) -> dict:
-        """What identifies the model an artifact was calibrated on: shapes plus a probe of the weights."""
-        return model_fingerprint(self)
+        """What identifies the model an artifact was calibrated on: architecture, sizes and a strided probe of a few
+        weight matrices, compared with a tolerance, so one checkpoint in float32, bfloat16 or on another device
+        matches itself while a different checkpoint does not."""
+        probe: list[float] = []
+        for param in (self.model.get_input_embeddings().weight, self.layers[0], self.layers[-1], self.lm_head.weight):
+            tensor = param if isinstance(param, torch.Tensor) else next(param.parameters())
+            flat = tensor.detach().reshape(-1)
+            idx = (torch.arange(16) * (flat.numel() - 1) // 15).to(flat.device)  # exact integer stride
+            probe.extend(float(x) for x in flat[idx].float().cpu())
+        return {"architecture": type(self.model).__name__, "n_layers": self.n_layers, "hidden_size": self.hidden_size,
+                "vocab_size": int(self.lm_head.weight.shape[0]), "weight_probe": [round(x, 6) for x in probe],
+                "weight_probe_sha256": hashlib.sha256(",".join(f"{x:.2e}" for x in probe).encode()).hexdigest()[:16]}
 
 
 _MARK = re.compile("(\ue000\\d+\ue001)")
@@ -211,32 +218,6 @@ def _validate_messages(messages: object) -> None:
             raise InvalidPromptError(f"message content is not valid Unicode text: {exc.reason}") from None
     if not messages[-1]["content"].strip():
         raise InvalidPromptError("the prompt is empty or whitespace")
-
-
-def model_fingerprint(handle: ModelHandle) -> dict:
-    """Architecture, sizes and a strided probe of a few weight matrices.
-
-    The probe is compared with a tolerance, so one checkpoint in float32, bfloat16 or on another device
-    matches itself while a different checkpoint does not.
-    """
-    cfg = handle.model.config
-    probe: list[float] = []
-    for name, param in (("embed", handle.model.get_input_embeddings().weight), ("first", handle.layers[0]),
-                        ("last", handle.layers[-1]), ("head", handle.lm_head.weight)):
-        tensor = param if isinstance(param, torch.Tensor) else next(param.parameters())
-        flat = tensor.detach().reshape(-1)
-        idx = (torch.arange(16) * (flat.numel() - 1) // 15).to(flat.device)  # exact integer stride
-        probe.extend(float(x) for x in flat[idx].float().cpu())
-    return {
-        "architecture": type(handle.model).__name__,
-        "n_layers": handle.n_layers,
-        "hidden_size": handle.hidden_size,
-        "vocab_size": int(handle.lm_head.weight.shape[0]),
-        "weight_probe": [round(x, 6) for x in probe],
-        "weight_probe_sha256": hashlib.sha256(
-            ",".join(f"{x:.2e}" for x in probe).encode()
-        ).hexdigest()[:16],
-    }
 
 
 def fingerprints_match(a: dict, b: dict, rtol: float = 2e-2, atol: float = 1e-3) -> bool:

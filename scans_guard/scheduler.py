@@ -6,7 +6,7 @@ iterated in a thread or awaited in asyncio, and `cancel()` ends the request at t
 
 Each step of the worker:
 
-1. Admission. Waiting requests (up to `max_batch` rows in all) are classified together: one `ScansEngine._sigma`
+1. Admission. Waiting requests (up to `max_batch` rows in all) are classified together: one `ScansEngine.classify_rows`
    pass over all newcomers that need sigma (its KV cache kept, as `iter_generate` does), one prefill over those that
    do not (plain, or a fixed coefficient). A row's first input is then decided as the engine decides it alone: an
    unsteered row takes its first token from the pass's logits and feeds that token next; a steered row drops its last
@@ -16,8 +16,8 @@ Each step of the worker:
 2. One forward pass over every running row: one input token each, the row's own attention mask and position, and
    the steering hooks adding each row's own delta (`coefficient * v^l`, a `[batch, hidden]` tensor per layer).
 3. Each row chooses its token with its own sampling settings (transformers' processors, its own seeded generator),
-   and its reply ends (EOS, stop string, length) and its text is cut and held back by the engine's own
-   `ScansEngine._advance`, so it ends exactly as it would alone.
+   and its reply ends (EOS, stop string, length) and its text is cut and held back by `ReplyState.advance`, the
+   engine's own code, so it ends exactly as it would alone.
 4. Rows that finished, were cancelled or ran out of time leave the batch at once (the cache's batch dimension is
    index-selected and columns that are padding in every remaining row are dropped).
 
@@ -42,9 +42,10 @@ import torch
 
 from .batching import PromptBatch, prefill
 from .config import GenerationConfig, RowSteering, SteeredOutput
-from .engine import Conversation, ScansEngine, StreamEvent, _Row
+from .engine import Conversation, ScansEngine, StreamEvent
 from .errors import InvalidArgumentError, NonFiniteScoreError
 from .kv_batch import KVBatch, cache_tensors, make_cache
+from .reply import ReplyState
 from .request_handle import (  # noqa: F401  (re-exported: the scheduler's public names live here too)
     QueueFullError,
     RequestHandle,
@@ -81,7 +82,7 @@ class _Active:
     request: _Request
     chooser: _TokenChooser
     steering: RowSteering  # what this row adds at the steer layers; its output records it
-    state: _Row = field(default_factory=_Row)
+    state: ReplyState = field(default_factory=ReplyState)
     steps: int = 0
     classify_s: float = 0.0
 
@@ -151,7 +152,7 @@ class ContinuousBatcher:
         if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
-        prompt = self.engine._prompt_rows([conversation], config.max_new_tokens)[0]
+        prompt = self.engine.prompt_rows([conversation], config.max_new_tokens)[0]
         handle = RequestHandle(next(self._ids), len(prompt))
         request = _Request(conversation=conversation, prompt=prompt, config=config,
                            classify=coefficient is None and (steer or refusal is not None),
@@ -268,8 +269,8 @@ class ContinuousBatcher:
         """One sigma pass over the newcomers (its cache kept); each row then joins as the engine would start it."""
         t0 = time.perf_counter()
         try:
-            sp, verdicts = self.engine._sigma([r.conversation for r in requests], [r.prompt for r in requests],
-                                              keep_cache=True, operating_point=operating_point)
+            sp, verdicts = self.engine.classify_rows([r.conversation for r in requests], [r.prompt for r in requests],
+                                                     keep_cache=True, operating_point=operating_point)
         except NonFiniteScoreError as exc:  # fail that request alone, classify the others again
             requests[exc.index].handle._push(error=NonFiniteScoreError(0))
             rest = requests[:exc.index] + requests[exc.index + 1:]
@@ -403,7 +404,8 @@ class ContinuousBatcher:
         if handle.first_token_at is None:
             handle.first_token_at = time.perf_counter()
         row.chooser.emitted(token_tensor.reshape(1))
-        if piece := self.engine._advance(state, token, row.steps, config, set() if config.ignore_eos else self._eos):
+        eos = set() if config.ignore_eos else self._eos
+        if piece := state.advance(token, row.steps, config, eos, self._model.tokenizer):
             handle._push(StreamEvent(row=0, text=piece))
         if state.finish is None:
             return token

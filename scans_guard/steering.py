@@ -28,8 +28,6 @@ from .loading import ModelHandle
 if TYPE_CHECKING:
     from transformers import LogitsProcessorList
 
-    from .artifacts import Artifact
-
 MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
 
 
@@ -77,9 +75,6 @@ class SteeringPlan:
     def steered(self) -> bool:
         return any(r.coefficient != 0 for r in self.rows)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
 
 def steering_deltas(
     vectors: torch.Tensor, steer_layers: Sequence[int], coefficients: torch.Tensor, handle: ModelHandle
@@ -99,10 +94,6 @@ class RefusalVector:
         self.handle = handle
         self.vectors = vectors.to(handle.device)  # [n_layers, hidden]
         self.steer_layers = list(steer_layers)
-
-    @classmethod
-    def from_artifact(cls, artifact: Artifact, handle: ModelHandle) -> RefusalVector:
-        return cls(handle, artifact.refusal_vectors, artifact.recipe.steer_layers)
 
     def deltas(self, plan: SteeringPlan) -> dict[int, torch.Tensor]:
         """The per-layer additions of `plan`; none at all when no row is steered (no hooks, no cost)."""
@@ -178,7 +169,7 @@ def steered_decode(
     config: GenerationConfig,
     cache: object | None = None,
     step_lock: contextlib.AbstractContextManager | None = None,
-    should_stop: Callable[[int, list[int]], bool] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
     first_logits: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
@@ -187,7 +178,7 @@ def steered_decode(
     whole prompt is prefilled here. With `first_logits` ([batch, vocab], the unsteered logits after the prompt) and a
     cache over the whole prompt, the first token comes from them without a forward pass — only valid when nothing
     is steered (`deltas` empty), since the last prompt token is where steering starts.
-    `should_stop(row, generated_ids)` lets the caller end a row (stop strings).
+    `should_stop(row)`, asked after each of the row's tokens, lets the caller end it (stop strings).
     """
     lock = step_lock if step_lock is not None else contextlib.nullcontext()
     width = prompts.input_ids.shape[1]
@@ -208,7 +199,6 @@ def steered_decode(
                        device=handle.device)
     pad = handle.tokenizer.pad_token_id
     done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
-    generated: list[list[int]] = [[] for _ in prompts.lengths]
     for _ in range(config.max_new_tokens):
         if logits is None:
             with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
@@ -223,9 +213,7 @@ def steered_decode(
         done |= torch.isin(token, eos)
         if should_stop is not None:
             for row in (~done).nonzero().flatten().tolist():
-                generated[row].append(int(token[row]))
-                if should_stop(row, generated[row]):
-                    done[row] = True
+                done[row] = should_stop(row)
         if bool(done.all()):
             return
         inputs, start = token[:, None], 0

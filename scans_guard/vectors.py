@@ -15,13 +15,12 @@ from .loading import ModelHandle
 def last_token_activations(
     handle: ModelHandle,
     conversations: Sequence[str | list[dict]],
-    layer_ids: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "activations",
 ) -> torch.Tensor:
     """Block outputs at the last token of each chat-formatted prompt: [n_prompts, n_layers, hidden] float32."""
-    layer_ids = list(range(handle.n_layers)) if layer_ids is None else list(layer_ids)
+    layer_ids = range(handle.n_layers)
     rows = [handle.chat_ids(c) for c in conversations]
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress):

@@ -66,7 +66,7 @@ def test_cache_marked_by_an_older_version_is_rebuilt(tiny, tmp_path, fake_build)
     target = _cache_target(tmp_path)
     tiny.model.save_pretrained(target)
     (target / default_model._COMPLETE).write_text(json.dumps({"gguf_sha256": default_model.DEFAULT_MODEL.gguf_sha256}))
-    assert default_model.default_model_dir(cache_dir=tmp_path, progress=False) == target
+    assert default_model.embedded_model_dir(cache_dir=tmp_path, progress=False) == target
     assert len(fake_build) == 1 and default_model._is_complete(target)
 
 
@@ -84,7 +84,7 @@ def test_cache_with_unreadable_missing_or_extra_weights_is_rebuilt(tiny, tmp_pat
     else:
         (target / "model-00002-of-00002.safetensors").write_bytes(b"x")
     assert not default_model._is_complete(target)
-    default_model.default_model_dir(cache_dir=tmp_path, progress=False)
+    default_model.embedded_model_dir(cache_dir=tmp_path, progress=False)
     assert len(fake_build) == 1 and default_model._is_complete(target)
 
 
@@ -92,7 +92,7 @@ def test_a_build_removes_what_a_killed_build_left(tmp_path, fake_build):
     stale = tmp_path / "models" / ".build-abc123"
     (stale / "model").mkdir(parents=True)
     (stale / "model.gguf").write_bytes(b"half a model")
-    target = default_model.default_model_dir(cache_dir=tmp_path, progress=False)
+    target = default_model.embedded_model_dir(cache_dir=tmp_path, progress=False)
     assert sorted(p.name for p in target.parent.iterdir()) == [default_model._LOCK, target.name]
 
 
@@ -102,7 +102,7 @@ def test_two_builders_at_once_build_once(tmp_path, fake_build, caplog):
     def use_cache():
         barrier.wait()
         try:
-            results.append(default_model.default_model_dir(cache_dir=tmp_path, progress=False))
+            results.append(default_model.embedded_model_dir(cache_dir=tmp_path, progress=False))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -31,7 +31,7 @@ def test_hooks_removed_when_generation_raises_or_is_abandoned(tiny):
     batch = _batch(tiny, ["How do I bake bread?"])
     deltas = steering_deltas(torch.randn(tiny.n_layers, tiny.hidden_size), [1, 2], torch.tensor([3.0]), tiny)
 
-    def explode(_row, _ids):
+    def explode(_row):
         raise RuntimeError("stop check failed")
 
     with pytest.raises(RuntimeError, match="stop check failed"):

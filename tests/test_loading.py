@@ -104,12 +104,12 @@ def test_half_written_cache_is_rebuilt(tmp_path, monkeypatch):
         built.append(work)
 
     monkeypatch.setattr(default_model, "_build_cache", fake_build)
-    first = default_model.default_model_dir(cache_dir=tmp_path, progress=False)
+    first = default_model.embedded_model_dir(cache_dir=tmp_path, progress=False)
     assert len(built) == 1 and default_model._is_complete(first)
-    assert default_model.default_model_dir(cache_dir=tmp_path, progress=False) == first
+    assert default_model.embedded_model_dir(cache_dir=tmp_path, progress=False) == first
     assert len(built) == 1, "a complete cache is reused"
     (first / default_model._COMPLETE).unlink()  # as if a copy by hand was interrupted
-    assert default_model.default_model_dir(cache_dir=tmp_path, progress=False) == first
+    assert default_model.embedded_model_dir(cache_dir=tmp_path, progress=False) == first
     assert len(built) == 2
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".build-")]
 

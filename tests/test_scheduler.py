@@ -210,3 +210,19 @@ def test_queue_full_timeout_and_close(tiny_engine):
                 handle.result(timeout=30)
         with pytest.raises(SchedulerClosedError):
             batcher.submit(PROMPTS[0])
+
+
+def test_the_scheduler_uses_only_the_engines_public_names():
+    """It classifies, tokenises and ends replies through public entries, so the engine can change its privates."""
+    import ast
+    from pathlib import Path
+
+    import scans_guard.scheduler as scheduler
+
+    tree = ast.parse(Path(scheduler.__file__).read_text())
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and isinstance(node.value, ast.Attribute) and node.value.attr == "engine"
+                      and node.attr.startswith("_")})
+    imported = sorted(a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                      and (node.module or "").endswith("engine") for a in node.names if a.name.startswith("_"))
+    assert private == [] and imported == [], (private, imported)

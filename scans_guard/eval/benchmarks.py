@@ -44,10 +44,6 @@ SUITES: dict[str, tuple[str, ...]] = {
     "heldout_harmless+malicious_instruct": ("heldout_harmless", "malicious_instruct"),
 }
 
-def needs_data_dir(name: str) -> bool:
-    return name not in SHIPPED
-
-
 @dataclass(frozen=True)
 class EvalPrompt:
     """One evaluation prompt: its set, gold label (safe/unsafe) and its index in the source file."""
@@ -151,7 +147,7 @@ def load_benchmarks(
     infos: dict[str, SetInfo] = {}
     skipped: list[str] = []
     for name in names:
-        if needs_data_dir(name) and (data_dir is None or not (Path(data_dir) / EXTERNAL[name]).is_file()):
+        if name not in SHIPPED and (data_dir is None or not (Path(data_dir) / EXTERNAL[name]).is_file()):
             if explicit:
                 where = data_dir if data_dir is not None else f"(none given: {missing_data_dir_hint()})"
                 raise FileNotFoundError(f"set {name} needs {EXTERNAL[name]} in the data directory {where}")

@@ -136,25 +136,19 @@ def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10, subjects: Sequ
     """The fixed subset: the first `per_subject` test questions of every subject (or of `subjects`), at most `limit`
     in all (see `spread_questions`); plus the dev rows of each subject asked."""
     root = Path(data_dir) / MMLU_DIR
-    files = sorted((root / "test").glob("*_test.csv"))
+    files = {f.name.removesuffix("_test.csv"): f for f in sorted((root / "test").glob("*_test.csv"))}
     if not files:
         raise FileNotFoundError(f"no MMLU test files under {root / 'test'}")
     if subjects is not None:
-        known = {f.name[: -len("_test.csv")] for f in files}
-        if unknown := sorted(set(subjects) - known):
+        if unknown := sorted(set(subjects) - set(files)):
             raise ValueError(f"unknown MMLU subject(s) {unknown}")
-        files = [f for f in files if f.name[: -len("_test.csv")] in set(subjects)]
-    questions, dev = [], {}
-    for f in files:
-        subject = f.name[: -len("_test.csv")]
-        for i, row in enumerate(_read_mmlu(f)[:per_subject]):
-            questions.append(MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip()))
+        files = {name: f for name, f in files.items() if name in set(subjects)}
+    questions = [MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip())
+                 for subject, f in files.items() for i, row in enumerate(_read_mmlu(f)[:per_subject])]
     if limit is not None and len(questions) > limit:
         questions = spread_questions(questions, limit, seed)
-    for subject in dict.fromkeys(q.subject for q in questions):
-        dev_file = root / "dev" / f"{subject}_dev.csv"
-        dev[subject] = _read_mmlu(dev_file) if dev_file.is_file() else []
-    return questions, dev
+    dev_files = {s: root / "dev" / f"{s}_dev.csv" for s in dict.fromkeys(q.subject for q in questions)}
+    return questions, {s: _read_mmlu(f) if f.is_file() else [] for s, f in dev_files.items()}
 
 
 def spread_questions(questions: Sequence[MmluQuestion], n: int, seed: int = 0) -> list[MmluQuestion]:
@@ -213,6 +207,11 @@ def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]]
     return np.stack([logits[:, ids].max(-1).values.numpy() for ids in letters], axis=1)
 
 
+def _mmlu_row(cond: Condition, q: MmluQuestion, pred: str | None, coefficient: float, **extra: object) -> dict:
+    return {"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject, "answer": q.answer,
+            "pred": pred, "correct": None if pred is None else pred == q.answer, "coefficient": coefficient, **extra}
+
+
 def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[str, list],
              conditions: Sequence[Condition], store: JsonlStore, shots: int = 0, batch_size: int = 8,
              progress: bool = True) -> None:
@@ -223,22 +222,15 @@ def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[s
             mine = sorted((q for c, q in todo if c is cond), key=lambda q: len(mmlu_prompt(q, dev[q.subject], shots)))
             fits = [q for q in mine if _fits(engine, cond.conversation(mmlu_prompt(q, dev[q.subject], shots)))]
             too_long = [q for q in mine if q not in set(fits)]
-            store.append({"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject,
-                          "answer": q.answer, "pred": None, "correct": None, "coefficient": 0.0, "skipped": True}
-                         for q in too_long)
+            store.append(_mmlu_row(cond, q, None, 0.0, skipped=True) for q in too_long)
             bar.update(len(too_long))
             for start in range(0, len(fits), batch_size):
                 chunk = fits[start:start + batch_size]
                 convs = [cond.conversation(mmlu_prompt(q, dev[q.subject], shots)) for q in chunk]
                 plan = engine.steering_plan(convs, **cond.generate_kwargs())
                 scores = choice_logits(engine, convs, plan)
-                rows = []
-                for q, s, row in zip(chunk, scores, plan.rows):
-                    pred = CHOICES[int(np.argmax(s))]
-                    rows.append({"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject,
-                                 "answer": q.answer, "pred": pred, "correct": pred == q.answer,
-                                 "coefficient": row.coefficient})
-                store.append(rows)
+                store.append(_mmlu_row(cond, q, CHOICES[int(np.argmax(s))], row.coefficient)
+                             for q, s, row in zip(chunk, scores, plan.rows))
                 bar.update(len(chunk))
 
 

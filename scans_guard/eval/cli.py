@@ -24,36 +24,24 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditions", type=_names, help=f"comma-separated (default: all): {','.join(CONDITION_NAMES)}")
     p.add_argument("--limit", type=int, help="caps every part: at most N prompts per set (label-balanced sample), "
                                              "N MMLU questions in all (spread over subjects) and N perplexity windows")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit samples (default 0)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="reply length (default 48)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, help="seed of the --limit samples (default 0)")
+    p.add_argument("--max-new-tokens", type=int, help="reply length (default 48)")
+    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default 8)")
     p.add_argument("--judge", help="refusal judge: keyword (default), keyword-reference, or package.module:attribute; "
                                    "with --report-only, re-judges every stored reply")
     p.add_argument("--helpful-system-prompt", help="system prompt of the helpful_prompt baseline")
-    p.add_argument("--keep-threshold-fit", action="store_true",
+    p.add_argument("--keep-threshold-fit", dest="exclude_threshold_fit", action="store_false",
                    help="keep (and count) the prompts the artifact's T was fitted on; by default they are dropped")
-    p.add_argument("--no-capability", action="store_true", help="skip perplexity and MMLU")
-    p.add_argument("--ppl-window", type=int, default=1024, help="tokens per perplexity window (default 1024)")
+    p.add_argument("--no-capability", dest="capability", action="store_false", help="skip perplexity and MMLU")
+    p.add_argument("--ppl-window", type=int, help="tokens per perplexity window (default 1024)")
     p.add_argument("--ppl-windows", type=int, help="perplexity windows (default: the whole test split)")
     p.add_argument("--mmlu-per-subject", type=int, help="MMLU test questions per subject (default 10)")
     p.add_argument("--mmlu-subjects", type=_names, help="comma-separated MMLU subjects (default: all 57)")
-    p.add_argument("--mmlu-shots", type=int, default=0, help="dev examples before each MMLU question (default 0)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--mmlu-shots", type=int, help="dev examples before each MMLU question (default 0)")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.json, report.md and plots from --out's files; loads no model")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _config(cls, **kwargs):
-    """Build the config; a bad value gets one line (pydantic's errors run to several)."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**kwargs)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise ValueError(f"--{where.replace('_', '-')}: {err['msg']}") from None
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
 
 
 def _default_out(model: str | None) -> str:
@@ -69,23 +57,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     out = args.out or _default_out(args.model)
     if args.report_only:
-        results = report_only(out, plots=not args.no_plots, judge=get_judge(args.judge) if args.judge else None)
+        results = report_only(out, plots=args.plots, judge=get_judge(args.judge) if args.judge else None)
     else:
         from ..engine import ScansEngine
 
         judge = get_judge(args.judge or "keyword")
-        config = _config(
-            EvalConfig,
-            out_dir=out, data_dir=args.data_dir, sets=args.sets, conditions=args.conditions, limit=args.limit,
-            seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            exclude_threshold_fit=not args.keep_threshold_fit, capability=not args.no_capability,
-            ppl_window=args.ppl_window, ppl_windows=args.ppl_windows, mmlu_per_subject=args.mmlu_per_subject,
-            mmlu_shots=args.mmlu_shots, mmlu_subjects=args.mmlu_subjects, plots=not args.no_plots,
-            progress=not args.quiet,
-            **({"helpful_system_prompt": args.helpful_system_prompt} if args.helpful_system_prompt else {}),
-        )
+        # every EvalConfig field has its flag under the same name; a flag not given keeps the field's default
+        config = EvalConfig(out_dir=out, **{k: v for k in EvalConfig.model_fields if k != "out_dir"
+                                            and (v := getattr(args, k)) not in (None, "")})
         engine = ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype,
-                                  progress=not args.quiet, max_input_tokens=args.max_input_tokens or None)
+                                  progress=args.progress, max_input_tokens=args.max_input_tokens or None)
         results = run_eval(engine, config, judge)
     print(summary_text(results, out), file=sys.stdout)
 

@@ -48,15 +48,12 @@ def refusal_summary(rates: Sequence[dict]) -> dict[str, dict]:
     (higher is better), each set weighted equally, plus pooled over prompts."""
     out: dict[str, dict] = {}
     for cond in dict.fromkeys(r["condition"] for r in rates):
-        mine = [r for r in rates if r["condition"] == cond]
-        entry = {}
         for label in ("safe", "unsafe"):
-            sel = [r for r in mine if r["label"] == label]
+            sel = [r for r in rates if (r["condition"], r["label"]) == (cond, label)]
             n = sum(r["n"] for r in sel)
-            entry[f"{label}_mean_rate"] = float(np.mean([r["rate"] for r in sel])) if sel else None
-            entry[f"{label}_pooled_rate"] = sum(r["refused"] for r in sel) / n if n else None
-            entry[f"{label}_n"] = n
-        out[cond] = entry
+            out.setdefault(cond, {}).update({
+                f"{label}_mean_rate": float(np.mean([r["rate"] for r in sel])) if sel else None,
+                f"{label}_pooled_rate": sum(r["refused"] for r in sel) / n if n else None, f"{label}_n": n})
     return out
 
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from .. import __version__
 from ..engine import ScansEngine
@@ -65,22 +65,13 @@ class EvalConfig(BaseModel):
     plots: bool = True
     progress: bool = True
 
-    @field_validator("sets")
+    @field_validator("sets", "conditions")
     @classmethod
-    def _known_sets(cls, sets: list[str] | None) -> list[str] | None:
-        if sets is not None and (unknown := [s for s in sets if s not in SETS]):
-            raise ValueError(f"unknown set(s) {unknown}; known: {list(SETS)}")
-        return sets
-
-    @field_validator("conditions")
-    @classmethod
-    def _known_conditions(cls, names: list[str] | None) -> list[str] | None:
-        if names is not None and (unknown := [n for n in names if n not in CONDITION_NAMES]):
-            raise ValueError(f"unknown condition(s) {unknown}; known: {list(CONDITION_NAMES)}")
+    def _known(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        known = list(SETS if info.field_name == "sets" else CONDITION_NAMES)
+        if names is not None and (unknown := [n for n in names if n not in known]):
+            raise ValueError(f"unknown {info.field_name[:-1]}(s) {unknown}; known: {known}")
         return names
-
-    def resolved_data_dir(self) -> Path | None:
-        return resolve_data_dir(self.data_dir)
 
     def resolved_mmlu_per_subject(self) -> int:
         if self.mmlu_per_subject is not None:
@@ -104,15 +95,9 @@ def _artifact_summary(engine: ScansEngine) -> dict:
 
 def _identity(run: dict) -> dict:
     """The settings that decide the replies: a resumed run must have the same."""
-    return {
-        "model_fingerprint": run["model"]["fingerprint_sha256"],
-        "recipe": run["artifact"]["recipe"],
-        "max_new_tokens": run["settings"]["max_new_tokens"],
-        "judge": run["settings"]["judge"],
-        "helpful_system_prompt": run["settings"]["helpful_system_prompt"],
-        "mmlu_shots": run["settings"]["mmlu_shots"],
-        "ppl_window": run["settings"]["ppl_window"],
-    }
+    return {"model_fingerprint": run["model"]["fingerprint_sha256"], "recipe": run["artifact"]["recipe"],
+            **{k: run["settings"][k] for k in ("max_new_tokens", "judge", "helpful_system_prompt", "mmlu_shots",
+                                               "ppl_window")}}
 
 
 def _check_resume(out: Path, run: dict) -> None:
@@ -130,7 +115,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     """Run (or resume) the evaluation and write the report; returns the typed results (also in results.json)."""
     judge = judge or KeywordJudge()
     out = Path(config.out_dir)
-    data_dir = config.resolved_data_dir()
+    data_dir = resolve_data_dir(config.data_dir)
     conditions = build_conditions(config.conditions, engine.recipe, config.helpful_system_prompt)
     calib = calibration_prompts(engine.artifact)
     sets, infos, skipped = load_benchmarks(config.sets, data_dir, calib, config.limit, config.seed,

@@ -66,8 +66,7 @@ def compute_results(run: dict, score_rows: Sequence[dict], gen_rows: Sequence[di
     profiles = {name: layer_profile(suite_rows(score_rows, sets)) for name, sets in suites_present(score_rows).items()}
     by_set: dict[str, dict] = {}
     for r in score_rows:
-        e = by_set.setdefault(r["set"], {}).setdefault(r["label"], [])
-        e.append(r["score"])
+        by_set.setdefault(r["set"], {}).setdefault(r["label"], []).append(r["score"])
     score_stats = {name: {lab: {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v)),
                                 "flagged_unsafe": float(np.mean(flags(v, threshold)))}
                           for lab, v in labs.items()} for name, labs in by_set.items()}

@@ -6,7 +6,7 @@ recomputed. Prompts are batched in order of length, so a batch pads little.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -67,7 +67,6 @@ def run_generations(
     batch_size: int = 8,
     scores: dict[tuple, float] | None = None,
     progress: bool = True,
-    on_batch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """One greedy reply per prompt and condition, judged; rows already in `store` are skipped.
 
@@ -95,8 +94,6 @@ def run_generations(
                         "completion_tokens": out.completion_tokens,
                     })
                 store.append(rows)
-                if on_batch is not None:
-                    on_batch(rows)
                 bar.update(len(batch))
     wanted = {(c.name, *p.key) for c in conditions for p in prompts}
     return [r for r in store.rows if store.key(r) in wanted]
