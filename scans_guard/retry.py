@@ -42,14 +42,43 @@ class RetryPolicy(BaseModel):
     def refusal_judge(self) -> RefusalJudge:
         return get_judge(self.judge) if isinstance(self.judge, str) else self.judge
 
+    def steering(self, verdict: SafetyVerdict) -> RowSteering:
+        """What the retry adds: factor x the verdict's coefficient (no second sigma pass)."""
+        return RowSteering.of(self.factor * verdict.coefficient, "retry", "steer")
+
+    def gate(self, prompt: str, tokenizer: object, judge: RefusalJudge | None = None) -> JudgeGate:
+        """A gate for one reply to `prompt` (`judge`: this policy's, already built, to share it between rows)."""
+        return JudgeGate(prompt, judge or self.refusal_judge(), tokenizer, self.judge_tokens)
+
+
+@dataclass
+class JudgeGate:
+    """One reply steered away, held back until the judge decides: the engine and the continuous batcher both feed
+    it, so a reply is judged on the same text whichever decodes it."""
+
+    prompt: str
+    judge: RefusalJudge
+    tokenizer: object
+    judge_tokens: int
+    text: str = ""  # the reply so far, held back from the stream
+    refused: bool | None = None  # None: the judge has not decided yet
+
+    def feed(self, piece: str, ended: bool) -> bool:
+        """Hold `piece` (`ended`: the reply ended with it); True once the judge has read `judge_tokens` tokens or
+        the whole reply and decided (`refused`; `text` is what it read)."""
+        self.text += piece
+        if not ended and len(self.tokenizer.encode(self.text, add_special_tokens=False)) < self.judge_tokens:
+            return False
+        self.refused = bool(self.judge(self.prompt, self.text))
+        return True
+
 
 @dataclass
 class _Held:
-    """A row steered away: its text while the judge has not decided, and whether the judge found a refusal."""
+    """A row steered away: its gate, and after a refusal the first reply (decoded on to its end)."""
 
     verdict: SafetyVerdict
-    text: str = ""
-    retry: bool = False
+    gate: JudgeGate
     first_reply: str = ""
 
 
@@ -65,26 +94,24 @@ def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation], ev
     for event in events:
         r = event.row
         if event.verdict is not None and event.verdict.coefficient < 0:
-            held[r] = _Held(event.verdict)
+            held[r] = _Held(event.verdict, policy.gate(user_text(conversations[r]), tokenizer, judge))
         h = held.get(r)
         if h is None or event.verdict is not None:
             yield event
             continue
-        if h.retry:  # decided already: the rest of the first reply is dropped
-            if event.output is not None:
+        ended = event.output is not None
+        if h.gate.refused:  # decided already: the rest of the first reply is dropped
+            if ended:
                 h.first_reply = event.output.text
             continue
-        h.text += event.text
-        ended = event.output is not None
-        if not ended and len(tokenizer.encode(h.text, add_special_tokens=False)) < policy.judge_tokens:
+        if not h.gate.feed(event.text, ended):
             continue
-        h.retry = bool(judge(user_text(conversations[r]), h.text))
-        if h.retry:
-            h.first_reply = event.output.text if ended else h.text
+        if h.gate.refused:
+            h.first_reply = event.output.text if ended else h.gate.text
             continue
         del held[r]  # the judge let it pass: release what was held back, then stream on
-        yield event.model_copy(update={"text": h.text})
-    yield from _retry(engine, conversations, config, policy, {r: h for r, h in held.items() if h.retry})
+        yield event.model_copy(update={"text": h.gate.text})
+    yield from _retry(engine, conversations, config, policy, {r: h for r, h in held.items() if h.gate.refused})
 
 
 def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: GenerationConfig,
@@ -93,7 +120,8 @@ def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: G
     rows = list(retried)
     if not rows:
         return
-    coefficients = [policy.factor * retried[r].verdict.coefficient for r in rows]
+    steering = [policy.steering(retried[r].verdict) for r in rows]
+    coefficients = [s.coefficient for s in steering]
     for event in engine.iter_generate([conversations[r] for r in rows], config, coefficient=coefficients):
         r = rows[event.row]
         if event.verdict is not None or (event.output is None and not event.text):
@@ -102,5 +130,5 @@ def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: G
         if event.output is not None:
             update["output"] = event.output.model_copy(update={
                 "verdict": retried[r].verdict, "first_reply": retried[r].first_reply,
-                "steering": RowSteering.of(coefficients[event.row], "retry", "steer")})
+                "steering": steering[event.row]})
         yield event.model_copy(update=update)
