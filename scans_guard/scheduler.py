@@ -21,6 +21,13 @@ Each step of the worker:
 4. Rows that finished, were cancelled or ran out of time leave the batch at once (the cache's batch dimension is
    index-selected and columns that are padding in every remaining row are dropped).
 
+Retry (`submit(..., retry=RetryPolicy(...))`, as `ScansEngine.iter_generate`'s): a row sigma steered away from refusal
+holds its text back in a `JudgeGate` until the judge has read its first `judge_tokens` tokens (or the row ended). If
+the judge passes it, the held text is released and the row streams on; if the judge finds a refusal, the row leaves
+the batch at once (its first reply is never streamed, nor decoded further) and its request goes back to the front of
+the queue as a fixed-coefficient row (factor x the verdict's coefficient), on the same handle: it re-joins through the
+prefill of step 1, so the client sees one stream (the verdict, the retried reply, the output).
+
 Every forward pass runs inside `engine.steering.apply(plan)` (the running rows' `SteeringPlan`): under the model's
 lock, one step at a time, with its hooks registered and removed inside it, so direct engine calls on the same model
 interleave with the batch as they do with each other. Greedy output of each request is the output it gets alone (up
@@ -36,16 +43,15 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
+from .batch_rows import QueuedRequest, RunningRow
 from .batching import PromptBatch, prefill
 from .config import GenerationConfig, RowSteering, SteeredOutput
-from .engine import Conversation, ScansEngine, StreamEvent
+from .engine import Conversation, ScansEngine, StreamEvent, user_text
 from .errors import InvalidArgumentError, NonFiniteScoreError
 from .kv_batch import KVBatch, cache_tensors, make_cache
-from .reply import ReplyState
 from .request_handle import (  # noqa: F401  (re-exported: the scheduler's public names live here too)
     QueueFullError,
     RequestHandle,
@@ -53,38 +59,13 @@ from .request_handle import (  # noqa: F401  (re-exported: the scheduler's publi
     SchedulerClosedError,
     SchedulerError,
 )
+from .retry import RetryPolicy
 from .steering import SteeringPlan, _TokenChooser
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
-
-
-@dataclass
-class _Request:
-    conversation: Conversation
-    prompt: list[int]
-    config: GenerationConfig
-    classify: bool  # run the sigma pass
-    steer: bool  # steer by the verdict (with classify)
-    fixed: RowSteering  # the steering of a request that is not classified (plain, or a fixed coefficient)
-    refusal: str | None  # guard mode: answer a harmful request with this text, without generating
-    operating_point: str
-    handle: RequestHandle
-    deadline: float | None
-
-
-@dataclass
-class _Active:
-    """A row of the running batch."""
-
-    request: _Request
-    chooser: _TokenChooser
-    steering: RowSteering  # what this row adds at the steer layers; its output records it
-    state: ReplyState = field(default_factory=ReplyState)
-    steps: int = 0
-    classify_s: float = 0.0
 
 
 class ContinuousBatcher:
@@ -104,7 +85,7 @@ class ContinuousBatcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.on_step = on_step
-        self._waiting: collections.deque[_Request] = collections.deque()
+        self._waiting: collections.deque[QueuedRequest] = collections.deque()
         self._batch: KVBatch | None = None
         self._plan: SteeringPlan | None = None  # of the current batch rows; None: recompute
         self._cond = threading.Condition()
@@ -136,6 +117,7 @@ class ContinuousBatcher:
         refusal: str | None = None,
         operating_point: str = "guard",
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RequestHandle:
         """Queue one conversation; returns at once. Bad input raises the engine's typed errors here.
 
@@ -144,6 +126,8 @@ class ContinuousBatcher:
         refusal: guard mode: a request labelled harmful at `operating_point` gets this text as its output without any
         decoding (the handle's `refused` is set); the others are generated as usual (steered unless steer=False).
         timeout: seconds from now until the request fails with RequestTimeoutError.
+        retry: a reply sigma steered away that the judge finds refusing is generated once more, steered further (as
+        `ScansEngine.iter_generate`; only with sigma steering). Its first reply is never streamed.
         """
         config = config or GenerationConfig()
         if isinstance(conversation, list) and conversation and not isinstance(conversation[0], dict):
@@ -151,14 +135,17 @@ class ContinuousBatcher:
         fixed = SteeringPlan.from_options(1, steer, coefficient).rows[0]  # a bad coefficient fails here
         if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
         prompt = self.engine.prompt_rows([conversation], config.max_new_tokens)[0]
         handle = RequestHandle(next(self._ids), len(prompt))
-        request = _Request(conversation=conversation, prompt=prompt, config=config,
-                           classify=coefficient is None and (steer or refusal is not None),
-                           steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
-                           operating_point=operating_point, handle=handle,
-                           deadline=None if timeout is None else time.perf_counter() + timeout)
+        request = QueuedRequest(conversation=conversation, prompt=prompt, config=config,
+                                classify=coefficient is None and (steer or refusal is not None),
+                                steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
+                                operating_point=operating_point, handle=handle,
+                                deadline=None if timeout is None else time.perf_counter() + timeout,
+                                retry=retry if steer and coefficient is None else None)
         with self._cond:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
@@ -245,7 +232,7 @@ class ContinuousBatcher:
             self._waiting = keep
 
     # -- admission ------------------------------------------------------------------------------------------
-    def _admit(self, requests: list[_Request]) -> None:
+    def _admit(self, requests: list[QueuedRequest]) -> None:
         """Newcomers' passes, batched: one sigma pass per operating point, one prefill for the unclassified."""
         requests = [r for r in requests if not r.handle.cancelled]
         sigma = [r for r in requests if r.classify]
@@ -256,7 +243,7 @@ class ContinuousBatcher:
             self._isolated(self._admit_prefilled, plain)
 
     @staticmethod
-    def _isolated(admit: Callable, group: list[_Request], *args: object) -> None:
+    def _isolated(admit: Callable, group: list[QueuedRequest], *args: object) -> None:
         """A pass that fails fails its own requests only; the running batch goes on."""
         try:
             admit(group, *args)
@@ -265,7 +252,7 @@ class ContinuousBatcher:
             for request in group:
                 request.handle._push(error=exc)
 
-    def _admit_classified(self, requests: list[_Request], operating_point: str) -> None:
+    def _admit_classified(self, requests: list[QueuedRequest], operating_point: str) -> None:
         """One sigma pass over the newcomers (its cache kept); each row then joins as the engine would start it."""
         t0 = time.perf_counter()
         try:
@@ -309,7 +296,7 @@ class ContinuousBatcher:
                               full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
             self._join(cropped, [i for i, _ in steered], rows, None)
 
-    def _admit_prefilled(self, requests: list[_Request]) -> None:
+    def _admit_prefilled(self, requests: list[QueuedRequest]) -> None:
         """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt
         token on, as `steered_decode` prefills them); token 1 comes from its logits."""
         prompts = PromptBatch.left_pad([r.prompt for r in requests], self._model.tokenizer.pad_token_id,
@@ -322,21 +309,24 @@ class ContinuousBatcher:
         full = KVBatch(keys, values, prompts.attention_mask,
                        torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
                        torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
-        rows = [self._active(r, r.fixed, 0.0) for r in requests]
+        rows = [self._active(r, r.fixed, r.classify_s) for r in requests]
         self._join(full, list(range(len(requests))), rows, out.logits[:, -1, :].float())
 
-    def _active(self, request: _Request, steering: RowSteering, classify_s: float) -> _Active:
+    def _active(self, request: QueuedRequest, steering: RowSteering, classify_s: float) -> RunningRow:
         prompts = PromptBatch.left_pad([request.prompt], self._model.tokenizer.pad_token_id, self._model.device)
-        return _Active(request=request, chooser=_TokenChooser(request.config, prompts), steering=steering,
-                       classify_s=classify_s)
+        gate = None
+        if request.retry is not None and steering.source == "sigma" and steering.coefficient < 0:
+            gate = request.retry.gate(user_text(request.conversation), self._model.tokenizer)
+        return RunningRow(request=request, chooser=_TokenChooser(request.config, prompts), steering=steering,
+                          classify_s=classify_s, gate=gate)
 
-    def _join(self, group: KVBatch, index: list[int], rows: list[_Active], logits: torch.Tensor | None) -> None:
+    def _join(self, group: KVBatch, index: list[int], rows: list[RunningRow], logits: torch.Tensor | None) -> None:
         """Rows `index` of `group` (a newcomers' pass) join the running batch as `rows`; with `logits`, each first
         chooses its token from them."""
         part = group.select(index, rows)
         now = time.perf_counter()
-        for row in rows:
-            row.request.handle.started_at = now
+        for row in rows:  # a retried request keeps its first start: its generate_s covers both replies
+            row.request.handle.started_at = row.request.handle.started_at or now
         if logits is not None:
             tokens = [self._accept(row, row.chooser(logits[i:i + 1])) for row, i in zip(rows, index)]
             part.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long,
@@ -393,7 +383,7 @@ class ContinuousBatcher:
         self._batch = batch.select(keep) if keep else None
         self._plan = None
 
-    def _accept(self, row: _Active, token_tensor: torch.Tensor) -> int | None:
+    def _accept(self, row: RunningRow, token_tensor: torch.Tensor) -> int | None:
         """Record one chosen token of `row` (as `iter_generate` does); the token to feed next, or None if it ended."""
         token = int(token_tensor.reshape(-1)[0])
         request, state, handle = row.request, row.state, row.request.handle
@@ -405,14 +395,22 @@ class ContinuousBatcher:
             handle.first_token_at = time.perf_counter()
         row.chooser.emitted(token_tensor.reshape(1))
         eos = set() if config.ignore_eos else self._eos
-        if piece := state.advance(token, row.steps, config, eos, self._model.tokenizer):
+        piece = state.advance(token, row.steps, config, eos, self._model.tokenizer)
+        if row.gate is not None and (piece or state.finish is not None):
+            piece = row.judged(piece)
+            if piece is None:  # refused (the row leaves now, queued again steered further) or the judge failed
+                if row.again is not None:
+                    with self._cond:
+                        self._waiting.appendleft(row.again)
+                return None
+        if piece:
             handle._push(StreamEvent(row=0, text=piece))
         if state.finish is None:
             return token
         started = handle.started_at or handle.submitted_at
         handle._push(StreamEvent(row=0, output=SteeredOutput(
             text=state.emitted, verdict=handle.verdict, steering=row.steering, prompt_tokens=len(request.prompt),
-            completion_tokens=len(state.ids), finish_reason=state.finish,
+            completion_tokens=len(state.ids), finish_reason=state.finish, first_reply=request.first_reply,
             timings={"classify_s": row.classify_s, "generate_s": time.perf_counter() - started,
                      "queue_s": max(0.0, started - handle.submitted_at - row.classify_s)})), done=True)
         return None

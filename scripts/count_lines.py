@@ -14,7 +14,7 @@ import sys
 import tokenize
 from pathlib import Path
 
-SERVER_MODULES = {"scheduler.py", "kv_batch.py", "request_handle.py", "serve_cli.py", "bench_serve.py"}
+SERVER_MODULES = {"scheduler.py", "batch_rows.py", "kv_batch.py", "request_handle.py", "serve_cli.py", "bench_serve.py"}
 
 
 def _files(rev: str | None) -> dict[str, str]:

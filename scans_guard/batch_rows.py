@@ -1,0 +1,69 @@
+"""The continuous batcher's rows: a request waiting to join, a row of the running batch, and a held row's retry.
+
+A row sigma steered away under a `RetryPolicy` holds its text in a `JudgeGate` until the judge decides; a refusal turns
+its request into a fixed-coefficient request (factor x the verdict's coefficient) on the same handle, which the
+batcher puts back at the front of its queue (`scans_guard.scheduler`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .config import GenerationConfig, RowSteering
+from .engine import Conversation
+from .reply import ReplyState
+from .request_handle import RequestHandle
+from .retry import JudgeGate, RetryPolicy
+from .steering import _TokenChooser
+
+
+@dataclass
+class QueuedRequest:
+    """A submitted request, waiting to join the batch (or queued again for its retry)."""
+
+    conversation: Conversation
+    prompt: list[int]
+    config: GenerationConfig
+    classify: bool  # run the sigma pass
+    steer: bool  # steer by the verdict (with classify)
+    fixed: RowSteering  # the steering of a request that is not classified (plain, a fixed coefficient, a retry)
+    refusal: str | None  # guard mode: answer a harmful request with this text, without generating
+    operating_point: str
+    handle: RequestHandle
+    deadline: float | None
+    retry: RetryPolicy | None = None  # judge a reply sigma steered away; None: do not (or already retried)
+    first_reply: str | None = None  # a retried request's first reply, as far as the judge read it
+    classify_s: float = 0.0  # a retried request's sigma pass, before its first reply
+
+
+@dataclass
+class RunningRow:
+    """A row of the running batch."""
+
+    request: QueuedRequest
+    chooser: _TokenChooser
+    steering: RowSteering  # what this row adds at the steer layers; its output records it
+    state: ReplyState = field(default_factory=ReplyState)
+    steps: int = 0
+    classify_s: float = 0.0
+    gate: JudgeGate | None = None  # a reply held back until the retry's judge decides
+    again: QueuedRequest | None = None  # after the judge found a refusal: the request to queue again
+
+    def judged(self, piece: str) -> str | None:
+        """Feed a held row's new text to its gate: the text to stream now ("" while held), or None once the row
+        must leave the batch: the judge found a refusal (`again` is set) or raised (the request fails alone)."""
+        gate, request = self.gate, self.request
+        try:
+            if not gate.feed(piece, self.state.finish is not None):
+                return ""
+        except Exception as exc:  # a caller's judge that raises fails its own request, not the batch
+            request.handle._push(error=exc)
+            return None
+        self.gate = None
+        if not gate.refused:
+            return gate.text
+        self.again = dataclasses.replace(
+            request, classify=False, steer=False, fixed=request.retry.steering(request.handle.verdict), retry=None,
+            first_reply=gate.text, classify_s=self.classify_s)
+        return None
