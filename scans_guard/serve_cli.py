@@ -24,8 +24,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "ask for guard, never drop the server's (default %(default)s)")
     p.add_argument("--no-steer", action="store_true", help="default to plain generation (requests may still ask)")
     p.add_argument("--allow-fixed-coefficient", action="store_true",
-                   help="accept scans_guard.coefficient from clients: it skips sigma, so any prompt could be steered "
-                        "away from refusal (trusted clients only; never under the guard policy)")
+                   help="let clients loosen the guard: accept scans_guard.coefficient (it skips sigma, so any prompt "
+                        "could be steered away from refusal; never under the guard policy) and scans_guard.steer: "
+                        "false when the artifact steers harmful prompts towards refusal (trusted clients only)")
+    p.add_argument("--retry", action="store_true",
+                   help="by default retry a reply steered away that still refuses, steered twice as far (requests "
+                        "may say scans_guard.retry; fewer false refusals, slightly less safe: docs/safe-steering.md)")
     p.add_argument("--refusal-message", help="the text guard mode answers with")
     p.add_argument("--max-batch", type=int, default=16, help="rows decoding at once (default %(default)s)")
     p.add_argument("--max-queue", type=int, default=64,
@@ -49,7 +53,8 @@ def settings_from_args(args: argparse.Namespace):
         max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, policy=args.policy, steer=not args.no_steer,
-        allow_fixed_coefficient=args.allow_fixed_coefficient, refusal_message=args.refusal_message or REFUSAL)
+        allow_fixed_coefficient=args.allow_fixed_coefficient, refusal_message=args.refusal_message or REFUSAL,
+        retry=args.retry)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

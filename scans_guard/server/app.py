@@ -29,7 +29,15 @@ from ..request_handle import QueueFullError
 from .errors import ApiError, BodyTooLarge, api_error
 from .middleware import Guard
 from .responses import completion, stream, until_done, verdict_json
-from .schemas import EXTENSION_KEY, MAX_STOP, ROLES, ChatCompletionRequest, ChatMessage, ClassifyRequest
+from .schemas import (
+    EXTENSION_KEY,
+    MAX_STOP,
+    ROLES,
+    ChatCompletionRequest,
+    ChatMessage,
+    ClassifyRequest,
+    ScansGuardOptions,
+)
 from .state import ServerSettings, ServerState
 
 log = logging.getLogger(__name__)
@@ -130,18 +138,19 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        state.ready()
+        engine = state.ready()
         body = ChatCompletionRequest.model_validate_json(await _read_body(request, settings.max_body_bytes),
                                                          strict=True)
         _check_model(state, body.model)
-        conversation, config, options = _chat_inputs(body, settings)
+        conversation, config, options = _chat_inputs(body, settings, engine)
         scheduler = state.scheduler
         handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
             conversation, config, timeout=settings.request_timeout_s, **options))
         started = time.perf_counter()
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
         extension = {"policy": "guard" if options["refusal"] is not None else "steer",
-                     "steer": options["steer"] and options["coefficient"] is None}
+                     "steer": options["steer"] and options["coefficient"] is None,
+                     "retry": options["retry"] is not None and options["steer"] and options["coefficient"] is None}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream(state, request, handle, meta, extension, include_usage, started),
@@ -202,7 +211,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings) -> tuple[list[dict], GenerationConfig, dict]:
+def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings,
+                 engine: ScansEngine) -> tuple[list[dict], GenerationConfig, dict]:
     """The conversation, decoding settings and steering options of a chat completion request."""
     unsupported = [("n", body.n not in (None, 1), "n must be 1"),
                    ("tools", bool(body.tools) or bool(body.functions), "tools and functions are not supported"),
@@ -231,8 +241,13 @@ def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings) -> tuple
         config = GenerationConfig(**fields)
     except ValidationError as exc:
         raise api_error(exc) from None
-    opts = body.scans_guard
-    # Fail closed: a client may ask for the guard, never drop the server's.
+    return _messages(body.messages), config, _steering_options(body.scans_guard, settings, engine)
+
+
+def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, engine: ScansEngine) -> dict:
+    """The scheduler's steering options of a request. Fail closed: a client may ask for the guard, never drop the
+    server's, and loosens it (a fixed coefficient, or no steering where the artifact steers towards refusal) only on
+    a server started with --allow-fixed-coefficient."""
     policy = "guard" if settings.policy == "guard" or (opts and opts.policy == "guard") else "steer"
     steer = opts.steer if opts and opts.steer is not None else settings.steer
     coefficient = opts.coefficient if opts else None
@@ -241,10 +256,15 @@ def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings) -> tuple
                if not settings.allow_fixed_coefficient else
                "a fixed coefficient skips classification, so it cannot run under the guard policy")
         raise ApiError(400, why, param=f"{EXTENSION_KEY}.coefficient", code="not_allowed")
-    options = {"steer": steer, "coefficient": coefficient,
-               "refusal": settings.refusal_message if policy == "guard" else None,
-               "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard"}
-    return _messages(body.messages), config, options
+    if opts and opts.steer is False and engine.recipe.alpha_harmful > 0 and not settings.allow_fixed_coefficient:
+        raise ApiError(400, "steer: false would drop this server's steering of harmful prompts towards refusal; it "
+                       "does not allow that (scans-guard serve --allow-fixed-coefficient)",
+                       param=f"{EXTENSION_KEY}.steer", code="not_allowed")
+    retry = opts.retry if opts and opts.retry is not None else settings.retry
+    return {"steer": steer, "coefficient": coefficient,
+            "refusal": settings.refusal_message if policy == "guard" else None,
+            "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard",
+            "retry": settings.retry_policy if retry else None}
 
 
 def _messages(messages: list[ChatMessage], param: str = "messages") -> list[dict]:

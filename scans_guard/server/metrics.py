@@ -39,6 +39,8 @@ class ServerMetrics:
                                 ["label", "direction"], registry=r)
         self.refusals = Counter("scans_guard_guard_refusals", "requests answered with the refusal text (guard policy)",
                                 registry=r)
+        self.retries = Counter("scans_guard_retries", "replies steered away that still refused, generated once more "
+                               "steered further (scans_guard.retry)", registry=r)
         self.batch_size = Histogram("scans_guard_batch_size", "rows in each continuous-batching decode step",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("scans_guard_queue_depth", "requests waiting to join the running batch", registry=r)

@@ -47,9 +47,9 @@ def _finish_reason(handle: RequestHandle) -> str:
 
 
 def _extension(handle: RequestHandle, extension: dict) -> dict:
-    steering = handle.output.steering  # what was added to this request's row (none when refused)
+    steering = handle.output.steering  # what was added to this request's row (none when refused; the retry's)
     return {"verdict": verdict_json(handle.verdict), **extension, "steered": steering.coefficient != 0,
-            "steering": steering.model_dump(), "refused": handle.refused}
+            "steering": steering.model_dump(), "refused": handle.refused, "retried": steering.source == "retry"}
 
 
 def _record(state: ServerState, handle: RequestHandle, started: float) -> None:
@@ -62,6 +62,8 @@ def _record(state: ServerState, handle: RequestHandle, started: float) -> None:
         m.completion_tokens.inc(handle.output.completion_tokens)
     if handle.refused:
         m.refusals.inc()
+    if handle.output is not None and handle.output.steering.source == "retry":
+        m.retries.inc()
 
 
 def completion(state: ServerState, handle: RequestHandle, meta: dict, extension: dict, started: float) -> dict:

@@ -43,13 +43,18 @@ class ScansGuardOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steer: StrictBool | None = Field(None, description="steer by the verdict (default: the server's); false: plain "
-                                     "generation, no classification unless the policy is guard")
+                                     "generation, no classification unless the policy is guard (refused when the "
+                                     "artifact steers harmful prompts towards refusal, unless the server allows it "
+                                     "with --allow-fixed-coefficient)")
     policy: Literal["steer", "guard"] | None = Field(
         None, description="guard: a request labelled harmful is answered with the refusal text, without generating "
         "(a server running with the guard keeps it whatever the request says)")
     coefficient: Number | None = Field(None, description="fixed steering coefficient (no classification; baselines): "
                                        "only on a server started with --allow-fixed-coefficient, never with guard")
     operating_point: Literal["guard", "steer"] | None = Field(None, description="where the label is decided")
+    retry: StrictBool | None = Field(None, description="a reply sigma steered away that still refuses is generated "
+                                     "once more, steered further; its first reply is never sent (default: the "
+                                     "server's, scans-guard serve --retry)")
 
 
 class ChatCompletionRequest(BaseModel):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..engine import ScansEngine
 from ..errors import InvalidArgumentError, ScansGuardError
+from ..retry import RetryPolicy
 from ..scheduler import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, ContinuousBatcher
 from .errors import ApiError, api_error
 from .metrics import ServerMetrics
@@ -32,9 +33,12 @@ class ServerSettings:
     max_tokens_limit: int = 4096  # the most tokens one request may ask for
     policy: str = "steer"  # "steer", or "guard" (refuse harmful without generating): requests cannot drop the guard
     steer: bool = True  # default per-request steering
-    # Clients may send `scans_guard.coefficient`: a fixed coefficient skips sigma, so any prompt could be steered
-    # away from refusal. Off unless the operator trusts the clients (baselines, research).
+    # Clients may loosen the guard: send `scans_guard.coefficient` (a fixed coefficient skips sigma, so any prompt
+    # could be steered away from refusal), or `scans_guard.steer: false` when the artifact steers harmful prompts
+    # towards refusal (alpha_harmful > 0). Off unless the operator trusts the clients (baselines, research).
     allow_fixed_coefficient: bool = False
+    retry: bool = False  # default per-request retry of a reply steered away that still refuses (scans_guard.retry)
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)  # how a retry judges and how far it steers
     refusal_message: str = REFUSAL
     max_classify_inputs: int = 64  # prompts in one /v1/classify request
     classify_batch_size: int = 8
@@ -47,6 +51,8 @@ class ServerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.retry_policy, RetryPolicy):
+            raise InvalidArgumentError(f"retry_policy must be a RetryPolicy, got {type(self.retry_policy).__name__}")
         if not self.request_timeout_s > 0:
             raise InvalidArgumentError(f"request_timeout_s must be positive, got {self.request_timeout_s!r}")
 

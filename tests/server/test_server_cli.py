@@ -20,6 +20,14 @@ def test_defaults_bind_loopback():
     assert args.api_key is None and args.max_queue == 64
 
 
+def test_retry_flag_sets_the_servers_default():
+    from scans_guard.serve_cli import settings_from_args
+
+    assert settings_from_args(build_parser().parse_args(["serve"])).retry is False
+    settings = settings_from_args(build_parser().parse_args(["serve", "--retry"]))
+    assert settings.retry is True and not settings.allow_fixed_coefficient
+
+
 def test_bad_settings_fail_before_loading(capsys, tiny_on_disk):
     model = ["--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact")]
     assert main(["serve", "--max-batch", "0", *model]) == 2
