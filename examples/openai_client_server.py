@@ -9,7 +9,8 @@
 Each reply carries the server's verdict under the `scans_guard` key: sigma(q), the label at the guard operating
 point, the steering direction. Per-request options go in the body's `scans_guard` field (`extra_body` in the
 clients): `{"policy": "guard"}` answers a prompt labelled harmful with a refusal (finish_reason "content_filter")
-without generating; `{"steer": false}` is plain generation.
+without generating; `{"steer": false}` is plain generation (where it loosens nothing, or the server allows it);
+`{"retry": true}` regenerates a steered reply that still refuses, steered further.
 """
 
 from __future__ import annotations
