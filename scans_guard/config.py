@@ -189,8 +189,8 @@ class SteeredOutput(BaseModel):
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
     timings: dict[str, float] = Field(default_factory=dict, description="seconds: classify, generate")
-    first_reply: str | None = Field(None, description="after a retry (steering.source 'retry'): the first reply, "
-                                    "which the judge found refusing")
+    first_reply: str | None = Field(None, description="after a retry (steering.source 'retry'): what the judge "
+                                    "read of the first reply (its first judge_tokens tokens) and found refusing")
 
 
 class CalibrationConfig(BaseModel):

@@ -75,18 +75,18 @@ class JudgeGate:
 
 @dataclass
 class _Held:
-    """A row steered away: its gate, and after a refusal the first reply (decoded on to its end)."""
+    """A row steered away and its gate."""
 
     verdict: SafetyVerdict
     gate: JudgeGate
-    first_reply: str = ""
 
 
 def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation], events: Iterator[StreamEvent],
                   config: GenerationConfig, policy: RetryPolicy) -> Iterator[StreamEvent]:
     """Pass `events` through; a row steered away whose first reply the judge calls a refusal is regenerated after
-    the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and the first
-    reply. A refused row decodes on to its end inside the batch (refusals end within a few tokens)."""
+    the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and what the judge
+    read of the first reply (as the continuous batcher records it). A refused row decodes on to its end inside the
+    batch, unseen (refusals end within a few tokens); the batcher drops it at once."""
     from .engine import user_text
 
     judge, tokenizer = policy.refusal_judge(), engine.handle.tokenizer
@@ -99,15 +99,9 @@ def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation], ev
         if h is None or event.verdict is not None:
             yield event
             continue
-        ended = event.output is not None
-        if h.gate.refused:  # decided already: the rest of the first reply is dropped
-            if ended:
-                h.first_reply = event.output.text
-            continue
-        if not h.gate.feed(event.text, ended):
-            continue
+        if h.gate.refused or not h.gate.feed(event.text, event.output is not None):
+            continue  # held back until the judge decides; after a refusal the rest of the first reply is dropped
         if h.gate.refused:
-            h.first_reply = event.output.text if ended else h.gate.text
             continue
         del held[r]  # the judge let it pass: release what was held back, then stream on
         yield event.model_copy(update={"text": h.gate.text})
@@ -129,6 +123,6 @@ def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: G
         update: dict = {"row": r}
         if event.output is not None:
             update["output"] = event.output.model_copy(update={
-                "verdict": retried[r].verdict, "first_reply": retried[r].first_reply,
+                "verdict": retried[r].verdict, "first_reply": retried[r].gate.text,
                 "steering": steering[event.row]})
         yield event.model_copy(update=update)

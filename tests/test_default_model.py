@@ -62,7 +62,7 @@ def test_retry_answers_a_benign_prompt_still_refused_when_steered(default_engine
     retried = default_engine.generate(prompt, SHORT, retry=RetryPolicy())[0]
     assert once.steering.direction == "away_from_refusal" and judge(prompt, once.text), once
     assert (retried.steering.source, retried.steering.coefficient) == ("retry", 2 * once.steering.coefficient)
-    assert retried.first_reply == once.text and not judge(prompt, retried.text), retried.text
+    assert once.text.startswith(retried.first_reply) and not judge(prompt, retried.text), retried.text
 
 
 def test_steering_towards_refusal_makes_a_benign_question_refused(default_engine):

@@ -53,7 +53,7 @@ def test_a_refused_row_is_regenerated_steered_further(away_engine, one_torch_thr
         assert further < 0 and after.steering.coefficient == further
         assert (after.steering.source, after.steering.direction) == ("retry", "away_from_refusal")
         assert after.verdict.score == before.verdict.score  # sigma ran once; the retry keeps its verdict
-        assert after.first_reply == before.text
+        assert before.text.startswith(after.first_reply) and len(after.first_reply) < len(before.text)  # 4 tokens
         assert after.text == away_engine.generate(prompt, CONFIG, coefficient=further)[0].text
     assert [o.text for o in out] != [o.text for o in first]  # steering twice as far changes the replies
 

@@ -389,5 +389,5 @@ def test_retry_regenerates_a_refused_steered_reply_and_says_so(benign_engine):
     retried = SafetyConsciousLLM(engine=benign_engine, max_tokens=6, retry=policy).invoke("Paris?")
     meta = retried.response_metadata
     assert once.response_metadata["alpha"] < 0 and "retried" not in once.response_metadata
-    assert meta["retried"] and meta["first_reply"] == once.content
+    assert meta["retried"] and once.content.startswith(meta["first_reply"])
     assert meta["alpha"] == 2 * once.response_metadata["alpha"]
