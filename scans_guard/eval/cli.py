@@ -24,7 +24,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditions", type=_names, help=f"comma-separated (default: all): {','.join(CONDITION_NAMES)}")
     p.add_argument("--limit", type=int, help="caps every part: at most N prompts per set (label-balanced sample), "
                                              "N MMLU questions in all (spread over subjects) and N perplexity windows")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit samples (default 0)")
+    p.add_argument("--generation-limit", type=int,
+                   help="replies (every condition) for at most N prompts per set, a label-balanced sample; sigma(q) "
+                        "metrics still cover every prompt (a forward pass each, generation dozens)")
+    p.add_argument("--generation-full", type=_names, default=[],
+                   help="comma-separated sets replied to in full whatever --generation-limit says, e.g. xstest")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit and --generation-limit samples "
+                                                       "(default 0)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="reply length (default 48)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--judge", help="refusal judge: keyword (default), keyword-reference, or package.module:attribute; "
@@ -77,7 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         config = _config(
             EvalConfig,
             out_dir=out, data_dir=args.data_dir, sets=args.sets, conditions=args.conditions, limit=args.limit,
-            seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            generation_limit=args.generation_limit, generation_full=args.generation_full, seed=args.seed,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             exclude_threshold_fit=not args.keep_threshold_fit, capability=not args.no_capability,
             ppl_window=args.ppl_window, ppl_windows=args.ppl_windows, mmlu_per_subject=args.mmlu_per_subject,
             mmlu_shots=args.mmlu_shots, mmlu_subjects=args.mmlu_subjects, plots=not args.no_plots,

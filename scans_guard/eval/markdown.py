@@ -65,10 +65,20 @@ def _headline(res: EvalResults) -> list[str]:
         parts.append(f"MMLU accuracy {pct(mmlu['unsteered'].accuracy)} → {pct(mmlu['scans'].accuracy)}")
     if parts:
         lines.append(f"- **Capability**, unsteered → SCANS: {'; '.join(parts)}.")
+    if res.run.settings.generation_limit:
+        lines.append(f"- sigma(q) scores every prompt{_replied(res.run.settings)}.")
     if n := res.run.settings.limit:
         lines.append(f"- A small run: at most {n} prompts per set, {n} MMLU questions and {n} perplexity windows; "
                      "numbers are noisy.")
     return lines
+
+
+def _replied(settings) -> str:
+    """The generation sample in words ('' when every scored prompt is replied to)."""
+    if not settings.generation_limit:
+        return ""
+    full = f", all of {', '.join(settings.generation_full)}" if settings.generation_full else ""
+    return f"; replies to at most {settings.generation_limit} prompts per set (label-balanced){full}"
 
 
 def _setup(res: EvalResults) -> list[str]:
@@ -81,7 +91,7 @@ def _setup(res: EvalResults) -> list[str]:
         ["T fitted on", _cell(str(run.artifact.threshold_fit.get("data", "–")))],
         ["generation", f"greedy, at most {settings.max_new_tokens} new tokens, batch {settings.batch_size}"],
         ["refusal judge", f"`{settings.judge}`"],
-        ["sample", f"limit {settings.limit or 'none'} per set, seed {settings.seed}"],
+        ["sample", f"limit {settings.limit or 'none'} per set, seed {settings.seed}{_replied(settings)}"],
         ["library", f"scans-guard {run.library_version}"],
     ], "ll")
     rows = [[name, _cell(SETS.get(name, name)), str(i.evaluated), str(i.labels["safe"]), str(i.labels["unsafe"]),
