@@ -161,9 +161,11 @@ def _sweep(res: EvalResults, figures: dict[str, str]) -> list[str]:
 def _layers(res: EvalResults, figures: dict[str, str]) -> list[str]:
     recipe, md = res.run.artifact.recipe, []
     if profile := res.classification.layer_profile.get("all", []):
+        how = (f"sigma(q) is the artifact's probe on layer {recipe.probe_layer}'s transition; this profile is "
+               "for reference" if recipe.probe_layer is not None else "sigma(q) averages these layers")
         md += ["## Layer profile (Figure 5)", "",
                "Cosine similarity of each classification layer's transition to d_harm (mean ± std per class), and "
-               "the AUROC of that layer alone; sigma(q) averages these layers.", ""]
+               f"the AUROC of that layer alone; {how}.", ""]
         md += _table(["layer", "steer", "safe", "unsafe", "gap", "AUROC"], [
             [str(r.layer), "✓" if r.layer in recipe.steer_layers else "", f"{num(r.mean_safe)} ± {num(r.std_safe)}",
              f"{num(r.mean_unsafe)} ± {num(r.std_unsafe)}",

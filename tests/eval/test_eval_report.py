@@ -66,6 +66,8 @@ def test_report_sections(run_dir):
                     "## Threshold sweep (Table 7)", "## Layer profile (Figure 5)", "## Vocabulary projection (Table 1)",
                     "## Capability", "Positive class: unsafe", "Positive class: safe"):
         assert heading in md, heading
+    probe = json.loads((out / "run.json").read_text())["artifact"]["recipe"]["probe_layer"]
+    assert probe is not None and f"sigma(q) is the artifact's probe on layer {probe}'s transition" in md
     if plots_available():
         assert "![refusal rates](plots/refusal_rates.png)" in md
 
