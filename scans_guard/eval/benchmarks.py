@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,15 @@ def limit_prompts(prompts: list[EvalPrompt], limit: int | None, seed: int) -> li
             if pool and len(chosen) < limit:
                 chosen.append(pool.pop())
     return sorted(chosen, key=lambda p: p.index)
+
+
+def generation_prompts(sets: dict[str, list[EvalPrompt]], limit: int | None, full: Sequence[str] = (),
+                       seed: int = 0) -> dict[str, list[EvalPrompt]]:
+    """The prompts that get replies: at most `limit` per set (label-balanced, seeded), every prompt of `full`'s sets.
+
+    sigma(q) is one forward pass and generation dozens, so a long run scores every prompt and replies to a sample.
+    """
+    return {name: ps if name in full else limit_prompts(ps, limit, seed) for name, ps in sets.items()}
 
 
 def load_benchmarks(

@@ -24,7 +24,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditions", type=_names, help=f"comma-separated (default: all): {','.join(CONDITION_NAMES)}")
     p.add_argument("--limit", type=int, help="caps every part: at most N prompts per set (label-balanced sample), "
                                              "N MMLU questions in all (spread over subjects) and N perplexity windows")
-    p.add_argument("--seed", type=int, help="seed of the --limit samples (default 0)")
+    p.add_argument("--generation-limit", type=int, metavar="N",
+                   help="replies (every condition) for at most N prompts per set, a label-balanced sample; sigma(q) "
+                        "metrics still cover every prompt (a forward pass each, generation dozens)")
+    p.add_argument("--generation-full", type=_names, metavar="SETS",
+                   help="comma-separated sets replied to in full whatever --generation-limit says, e.g. xstest")
+    p.add_argument("--seed", type=int, help="seed of the --limit and --generation-limit samples (default 0)")
     p.add_argument("--max-new-tokens", type=int, help="reply length (default 48)")
     p.add_argument("--batch-size", type=int, help="prompts per forward pass (default 8)")
     p.add_argument("--judge", help="refusal judge: keyword (default), keyword-reference, or package.module:attribute; "

@@ -65,10 +65,20 @@ def _headline(res: EvalResults) -> list[str]:
         parts.append(f"MMLU accuracy {pct(mmlu['unsteered'].accuracy)} → {pct(mmlu['scans'].accuracy)}")
     if parts:
         lines.append(f"- **Capability**, unsteered → SCANS: {'; '.join(parts)}.")
+    if res.run.settings.generation_limit:
+        lines.append(f"- sigma(q) scores every prompt{_replied(res.run.settings)}.")
     if n := res.run.settings.limit:
         lines.append(f"- A small run: at most {n} prompts per set, {n} MMLU questions and {n} perplexity windows; "
                      "numbers are noisy.")
     return lines
+
+
+def _replied(settings) -> str:
+    """The generation sample in words ('' when every scored prompt is replied to)."""
+    if not settings.generation_limit:
+        return ""
+    full = f", all of {', '.join(settings.generation_full)}" if settings.generation_full else ""
+    return f"; replies to at most {settings.generation_limit} prompts per set (label-balanced){full}"
 
 
 def _setup(res: EvalResults) -> list[str]:
@@ -81,7 +91,7 @@ def _setup(res: EvalResults) -> list[str]:
         ["T fitted on", _cell(str(run.artifact.threshold_fit.get("data", "–")))],
         ["generation", f"greedy, at most {settings.max_new_tokens} new tokens, batch {settings.batch_size}"],
         ["refusal judge", f"`{settings.judge}`"],
-        ["sample", f"limit {settings.limit or 'none'} per set, seed {settings.seed}"],
+        ["sample", f"limit {settings.limit or 'none'} per set, seed {settings.seed}{_replied(settings)}"],
         ["library", f"scans-guard {run.library_version}"],
     ], "ll")
     rows = [[name, _cell(SETS.get(name, name)), str(i.evaluated), str(i.labels["safe"]), str(i.labels["unsafe"]),
@@ -151,9 +161,11 @@ def _sweep(res: EvalResults, figures: dict[str, str]) -> list[str]:
 def _layers(res: EvalResults, figures: dict[str, str]) -> list[str]:
     recipe, md = res.run.artifact.recipe, []
     if profile := res.classification.layer_profile.get("all", []):
+        how = (f"sigma(q) is the artifact's probe on layer {recipe.probe_layer}'s transition; this profile is "
+               "for reference" if recipe.probe_layer is not None else "sigma(q) averages these layers")
         md += ["## Layer profile (Figure 5)", "",
                "Cosine similarity of each classification layer's transition to d_harm (mean ± std per class), and "
-               "the AUROC of that layer alone; sigma(q) averages these layers.", ""]
+               f"the AUROC of that layer alone; {how}.", ""]
         md += _table(["layer", "steer", "safe", "unsafe", "gap", "AUROC"], [
             [str(r.layer), "✓" if r.layer in recipe.steer_layers else "", f"{num(r.mean_safe)} ± {num(r.std_safe)}",
              f"{num(r.mean_unsafe)} ± {num(r.std_unsafe)}",

@@ -25,7 +25,7 @@ from ..engine import ScansEngine
 from ..judge import KeywordJudge, RefusalJudge, judge_name
 from ..paths import data_dir as resolve_data_dir
 from ..paths import missing_data_dir_hint
-from .benchmarks import SETS, calibration_prompts, load_benchmarks
+from .benchmarks import SETS, calibration_prompts, generation_prompts, load_benchmarks
 from .capability import (
     WIKITEXT_TEST,
     capability_store,
@@ -51,7 +51,11 @@ class EvalConfig(BaseModel):
     conditions: list[str] | None = Field(None, description="None: unsteered, scans and the three baselines")
     limit: int | None = Field(None, ge=1, description="caps every part: prompts per set, MMLU questions in all "
                               "(spread over subjects) and perplexity windows")
-    seed: int = Field(0, description="seed of the --limit sample")
+    generation_limit: int | None = Field(None, ge=1, description="replies for at most N prompts per set (a "
+                                         "label-balanced sample); sigma(q) still scores every prompt")
+    generation_full: list[str] = Field(default_factory=list, description="sets replied to in full whatever "
+                                       "generation_limit says")
+    seed: int = Field(0, description="seed of the --limit and generation_limit samples")
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
     helpful_system_prompt: str = HELPFUL_SYSTEM_PROMPT
@@ -65,12 +69,13 @@ class EvalConfig(BaseModel):
     plots: bool = True
     progress: bool = True
 
-    @field_validator("sets", "conditions")
+    @field_validator("sets", "conditions", "generation_full")
     @classmethod
     def _known(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        known = list(SETS if info.field_name == "sets" else CONDITION_NAMES)
+        kind = "condition" if info.field_name == "conditions" else "set"
+        known = list(CONDITION_NAMES if kind == "condition" else SETS)
         if names is not None and (unknown := [n for n in names if n not in known]):
-            raise ValueError(f"unknown {info.field_name[:-1]}(s) {unknown}; known: {known}")
+            raise ValueError(f"unknown {kind}(s) {unknown}; known: {known}")
         return names
 
     def resolved_mmlu_per_subject(self) -> int:
@@ -120,6 +125,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     calib = calibration_prompts(engine.artifact)
     sets, infos, skipped = load_benchmarks(config.sets, data_dir, calib, config.limit, config.seed,
                                            config.exclude_threshold_fit)
+    gen_sets = generation_prompts(sets, config.generation_limit, config.generation_full, config.seed)
     run = {
         "library_version": __version__,
         "model": {"name": engine.handle.name, "n_layers": engine.handle.n_layers,
@@ -132,6 +138,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
         "conditions": [asdict(c) for c in conditions],
         "sets": {k: v.model_dump() for k, v in infos.items()},
         "selection": {k: [p.index for p in v] for k, v in sets.items()},  # row numbers in each set's file
+        "generation_selection": {k: [p.index for p in v] for k, v in gen_sets.items()},
         "skipped_sets": skipped,
         "calibration_prompts": {"anchors_excluded": len(calib.anchor_hashes),
                                 "anchors_verified": calib.anchors_verified,
@@ -148,7 +155,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     t0 = time.perf_counter()
     score_rows = run_classification(engine, prompts, scores_store(out), config.batch_size, config.progress)
     scores = {(r["set"], r["label"], r["prompt"]): r["score"] for r in score_rows}
-    gen_rows = run_generations(engine, prompts, conditions, generations_store(out), judge, config.max_new_tokens,
+    gen_rows = run_generations(engine, [p for ps in gen_sets.values() for p in ps], conditions, generations_store(out), judge, config.max_new_tokens,
                                config.batch_size, scores, config.progress)
     cap_rows: list[dict] = []
     run["capability_notes"], run["capability_items"] = [], []
@@ -198,13 +205,14 @@ def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJu
         raise FileNotFoundError(f"{out / RUN_FILE} not found: not a results directory")
     run = json.loads((out / RUN_FILE).read_text())
     names = {c["name"] for c in run["conditions"]}
-    chosen = {(name, i) for name, indices in run.get("selection", {}).items() for i in indices}
 
-    def selected(r: dict) -> bool:  # the prompts of the last run (rows of earlier, wider runs stay out)
-        return not chosen or (r["set"], r["index"]) in chosen
+    def chosen(key: str) -> set[tuple[str, int]]:  # the prompts of the last run (rows of earlier runs stay out)
+        return {(name, i) for name, indices in (run.get(key) or run.get("selection") or {}).items() for i in indices}
 
-    score_rows = [r for r in scores_store(out).rows if selected(r)]
-    gen_rows = [r for r in generations_store(out).rows if r["condition"] in names and selected(r)]
+    scored, generated = chosen("selection"), chosen("generation_selection")
+    score_rows = [r for r in scores_store(out).rows if not scored or (r["set"], r["index"]) in scored]
+    gen_rows = [r for r in generations_store(out).rows
+                if r["condition"] in names and (not generated or (r["set"], r["index"]) in generated)]
     if judge is not None:
         gen_rows = rejudge(gen_rows, judge)
         run["settings"]["judge"] = f"{judge_name(judge)} (re-judged; generations.jsonl holds " \

@@ -34,6 +34,8 @@ class RunSettings(BaseModel):
     batch_size: int
     judge: str
     limit: int | None = None
+    generation_limit: int | None = None
+    generation_full: list[str] = Field(default_factory=list)
     seed: int = 0
     exclude_threshold_fit: bool = True
     ppl_window: int = 1024

@@ -66,6 +66,8 @@ def test_report_sections(run_dir):
                     "## Threshold sweep (Table 7)", "## Layer profile (Figure 5)", "## Vocabulary projection (Table 1)",
                     "## Capability", "Positive class: unsafe", "Positive class: safe"):
         assert heading in md, heading
+    probe = json.loads((out / "run.json").read_text())["artifact"]["recipe"]["probe_layer"]
+    assert probe is not None and f"sigma(q) is the artifact's probe on layer {probe}'s transition" in md
     if plots_available():
         assert "![refusal rates](plots/refusal_rates.png)" in md
 
@@ -155,3 +157,28 @@ def test_limit_caps_every_part(tiny_engine, eval_data, tmp_path):
     mmlu = {r["item"] for r in (json.loads(x) for x in (out / "capability.jsonl").read_text().splitlines())
             if r["task"] == "mmlu"}
     assert len(mmlu) == 2 and {i.split("/")[0] for i in mmlu} == {"cooking", "geography"}  # spread over subjects
+
+
+def test_generation_limit_caps_replies_not_scores(tiny_engine, eval_data, tmp_path):
+    """--generation-limit N: sigma(q) scores every prompt, replies go to N per set (label-balanced), a
+    --generation-full set is replied to in full; a rerun and a report-only rebuild keep both selections."""
+    out = tmp_path / "gen-limited"
+    config = _config(out, eval_data, limit=None, generation_limit=2, generation_full=["harmfulq"], capability=False,
+                     sets=["oktest", "harmfulq", "heldout_harmless"], conditions=["unsteered", "scans"],
+                     max_new_tokens=2, plots=False)
+    results = run_eval(tiny_engine, config)
+    scored = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    replies = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert {s: sum(r["set"] == s for r in scored) for s in config.sets} == {"oktest": 4, "harmfulq": 4,
+                                                                           "heldout_harmless": 4}
+    assert {s: sum(r["set"] == s for r in replies) for s in config.sets} == {"oktest": 2 * 2, "harmfulq": 4 * 2,
+                                                                            "heldout_harmless": 2 * 2}
+    stats = results.classification.score_stats  # the sigma(q) metrics cover every scored prompt
+    assert sum(v["n"] for labels in stats.values() for v in labels.values()) == 12
+    assert sum(r.n for r in results.refusal.rates) == len(replies)
+    assert "replies to at most 2 prompts per set (label-balanced), all of harmfulq" in (out / "report.md").read_text()
+    assert report_only(out, plots=False).refusal == results.refusal
+    assert run_eval(tiny_engine, config).refusal == results.refusal
+    assert len((out / "generations.jsonl").read_text().splitlines()) == len(replies)  # resumed: nothing new
+    with pytest.raises(ValueError, match="unknown set"):
+        _config(out, eval_data, generation_full=["nope"])
