@@ -4,8 +4,9 @@
     python benchmarks/safe_steering_sweep.py generate --model qwen2.5-coder-1.5b-instruct --data-dir ../shared/data \
         --out results/span15-base --limit 150 --coefficients 0 --max-t -3.2381 --min-t 100 --batch-size 16 \
         --max-new-tokens 16 --nll-limit 0 --sets tune_benign tune_harmful contrast_heldout_safe contrast_heldout_unsafe
-    python benchmarks/steer_span.py artifacts --artifact artifacts/qwen2.5-coder-1.5b-instruct --spans 9-18 14-20
-    # per span (21-27 is the shipped artifact's): copy the base run, steer only the rows refused unsteered
+    # copies of the shipped artifact steering other blocks (21-27: its layer analysis' span, shipped until session 4)
+    python benchmarks/steer_span.py artifacts --artifact artifacts/qwen2.5-coder-1.5b-instruct --spans 21-27 9-18 14-20
+    # per span: copy the base run, steer only the rows refused unsteered
     python benchmarks/safe_steering_sweep.py generate ... --artifact results/artifact-SPAN --out results/span15-SPAN \
         --coefficients=-1,-2,-4 --only-refused-at 0
     python benchmarks/steer_span.py nll --model qwen2.5-coder-1.5b-instruct --runs results/span15-21-27 \
@@ -16,9 +17,10 @@
 Only replies refused unsteered are regenerated steered (a reply answered unsteered is counted as answered under
 steering too: steering away is not expected to add refusals). Fluency: `nll` scores each steered reply under the
 unsteered model (mean NLL per token); the reference is the unsteered model's own answers (replies not refused) to
-the benign tuning prompts, so a steered answer is compared with a natural one, not with the refusal it replaced. The table gives, per span
-and coefficient, the refusal rate of each set with the prompts below the steer T steered, and how many of the
-steered-and-refused prompts each setting un-refuses. Tuning sets only: evaluation sets are never read here.
+the benign prompts, so a steered answer is compared with a natural one, not with the refusal it replaced. The table
+gives, per span and coefficient, the refusal rate of each set with the prompts below the steer T steered, and how
+many of the steered-and-refused prompts each setting un-refuses. The span is chosen on the tuning sets above;
+`analyze` over runs of the evaluation sets (docs/sigma-variants.md) only reports the check.
 """
 
 from __future__ import annotations

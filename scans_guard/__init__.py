@@ -29,6 +29,6 @@ from .retry import RetryPolicy  # noqa: E402
 __all__ = [
     "Artifact", "ArtifactError", "CalibrationConfig", "FingerprintMismatchError", "GenerationConfig",
     "InvalidArgumentError", "InvalidPromptError", "ModelHandle", "ModelLoadError", "NonFiniteScoreError",
-    "PromptTooLongError", "RetryPolicy", "RowSteering", "SafetyVerdict", "ScansEngine", "ScansGuardError", "SteeredOutput",
-    "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
+    "PromptTooLongError", "RetryPolicy", "RowSteering", "SafetyVerdict", "ScansEngine", "ScansGuardError",
+    "SteeredOutput", "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
 ]

@@ -155,7 +155,8 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     t0 = time.perf_counter()
     score_rows = run_classification(engine, prompts, scores_store(out), config.batch_size, config.progress)
     scores = {(r["set"], r["label"], r["prompt"]): r["score"] for r in score_rows}
-    gen_rows = run_generations(engine, [p for ps in gen_sets.values() for p in ps], conditions, generations_store(out), judge, config.max_new_tokens,
+    replied = [p for ps in gen_sets.values() for p in ps]
+    gen_rows = run_generations(engine, replied, conditions, generations_store(out), judge, config.max_new_tokens,
                                config.batch_size, scores, config.progress)
     cap_rows: list[dict] = []
     run["capability_notes"], run["capability_items"] = [], []
