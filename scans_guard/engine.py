@@ -262,7 +262,7 @@ class ScansEngine:
         if not conversations:
             return
         events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache)
-        if retry is not None and steer and coefficient is None:
+        if (retry := RetryPolicy.applies(retry, steer, coefficient)) is not None:
             events = retry_refused(self, conversations, events, config, retry)
         yield from events
 

@@ -39,6 +39,11 @@ class RetryPolicy(BaseModel):
             get_judge(judge)  # an unknown name fails here, not after the first reply
         return judge
 
+    @staticmethod
+    def applies(retry: RetryPolicy | None, steer: bool, coefficient: object) -> RetryPolicy | None:
+        """The retry a request gets: only sigma's own steering is retried (never plain or fixed-coefficient rows)."""
+        return retry if steer and coefficient is None else None
+
     def refusal_judge(self) -> RefusalJudge:
         return get_judge(self.judge) if isinstance(self.judge, str) else self.judge
 

@@ -145,7 +145,7 @@ class ContinuousBatcher:
                                 steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
                                 operating_point=operating_point, handle=handle,
                                 deadline=None if timeout is None else time.perf_counter() + timeout,
-                                retry=retry if steer and coefficient is None else None)
+                                retry=RetryPolicy.applies(retry, steer, coefficient))
         with self._cond:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
