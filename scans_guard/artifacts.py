@@ -25,7 +25,7 @@ from safetensors.torch import load, save_file
 
 from . import __version__
 from .config import SteeringRecipe
-from .data import anchor_split
+from .data import anchor_split, text_sha256
 from .errors import ArtifactError, FingerprintMismatchError, one_line
 from .loading import ModelHandle, fingerprints_match
 
@@ -35,11 +35,6 @@ FORMAT_VERSION = 1
 META_VERSION = 2  # 2: anchors and fit splits record a sha256 per prompt (1: anchors only as count, seed, joined hash)
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "artifact.json"
-
-
-def text_sha256(texts: list[str] | str) -> str:
-    joined = texts if isinstance(texts, str) else "\n".join(texts)
-    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 class AnchorSet(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -24,6 +25,34 @@ EXTERNAL = {
     "repe_train": "repe_harmful_harmless_train.csv",
     "repe_test": "repe_harmful_harmless_test.csv",
 }
+# Sets whose prompt texts committed files (results, reports, tests) must not quote: written as `prompt_key` instead.
+UNSHIPPED = frozenset(EXTERNAL)
+KEY_PREFIX = "sha256:"
+
+
+def text_sha256(texts: list[str] | str) -> str:
+    joined = texts if isinstance(texts, str) else "\n".join(texts)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def prompt_key(prompt: str) -> str:
+    """What a committed file writes instead of a prompt of an unshipped set: stable, and matched to its text only by
+    whoever has the data directory (scripts/redact_results.py)."""
+    return KEY_PREFIX + text_sha256(prompt)[:16]
+
+
+def unshipped_prompts(data_dir: str | os.PathLike | None = None) -> set[str]:
+    """Every prompt of the unshipped sets found in the data directory, less those a shipped set (or the project's
+    contrast set) also holds: the texts no committed file may quote."""
+    found = resolve_data_dir(data_dir)
+    if found is None:
+        raise FileNotFoundError(f"the unshipped sets are read from the data directory: {missing_data_dir_hint()}")
+    paths = [Path(found) / EXTERNAL[name] for name in sorted(UNSHIPPED) if (Path(found) / EXTERNAL[name]).is_file()]
+    if not paths:
+        raise FileNotFoundError(f"{found}: none of the unshipped sets' files ({sorted(EXTERNAL.values())})")
+    texts = {e.prompt for path in paths for e in read_csv(path)}
+    shipped = {e.prompt for name in SHIPPED for e in load_set(name)} | {e.prompt for e in contrast_set()}
+    return texts - shipped
 
 
 @dataclass(frozen=True)
