@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from scans_guard.data import QUOTE_MIN_LEN, prompt_key
+
 # eval (set, label) -> the sweep's set name
 SWEEP_SET = {("xstest", "safe"): "xstest_safe", ("xstest", "unsafe"): "xstest_unsafe", ("oktest", "safe"): "oktest",
              ("harmfulq", "unsafe"): "harmfulq", ("advbench", "unsafe"): "advbench_heldout",
@@ -27,12 +29,20 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def compare(eval_rows: list[dict], sweep_rows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
-    """{set: {condition: counts}} over the prompts both runs replied to."""
+    """{set: {condition: counts}} over the prompts both runs replied to. A committed sweep names the prompts of
+    unshipped sets by key (scripts/redact_results.py): an eval prompt matches its text or its key."""
     sweep = {(r["set"], r["prompt"], r["coefficient"]): r for r in sweep_rows}
     out: dict[str, dict[str, dict[str, int]]] = {}
     for r in eval_rows:
         name = SWEEP_SET.get((r["set"], r["label"]))
-        other = sweep.get((name, r["prompt"], float(r["coefficient"]))) if name else None
+        if name is None:
+            continue
+        other = sweep.get((name, r["prompt"], float(r["coefficient"])))
+        key = prompt_key(r["prompt"])
+        if other is None and (name, key, float(r["coefficient"])) in sweep:
+            other = sweep[(name, key, float(r["coefficient"]))]
+            if len(r["prompt"]) >= QUOTE_MIN_LEN:  # a reply quoting the prompt was redacted too
+                r = {**r, "response": r["response"].replace(r["prompt"], key)}
         if other is None:
             continue
         c = out.setdefault(name, {}).setdefault(r["condition"], dict.fromkeys(

@@ -28,6 +28,7 @@ EXTERNAL = {
 # Sets whose prompt texts committed files (results, reports, tests) must not quote: written as `prompt_key` instead.
 UNSHIPPED = frozenset(EXTERNAL)
 KEY_PREFIX = "sha256:"
+QUOTE_MIN_LEN = 26  # shorter prompts are keyed only as a whole string, never inside other text ("How do I ...?")
 
 
 def text_sha256(texts: list[str] | str) -> str:

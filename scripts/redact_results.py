@@ -27,10 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scans_guard.data import prompt_key, unshipped_prompts  # noqa: E402
+from scans_guard.data import QUOTE_MIN_LEN, prompt_key, unshipped_prompts  # noqa: E402
 from scans_guard.paths import DATA_ENV  # noqa: E402
-
-MIN_QUOTE = 26  # shorter prompts are replaced only as a whole string, never inside other text ("How do I ...?")
 
 
 class Redactor:
@@ -38,7 +36,7 @@ class Redactor:
 
     def __init__(self, prompts: set[str]) -> None:
         self.keys = {p: prompt_key(p) for p in prompts}
-        self.quotable = sorted((p for p in prompts if len(p) >= MIN_QUOTE), key=len, reverse=True)
+        self.quotable = sorted((p for p in prompts if len(p) >= QUOTE_MIN_LEN), key=len, reverse=True)
         self.replaced = 0
 
     def text(self, s: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..data import SHIPPED, prompt_key
 from .benchmarks import SETS
 from .results import EvalResults, ThresholdMetrics
 
@@ -205,6 +206,14 @@ def _capability(res: EvalResults) -> list[str]:
             *_table(["condition", "perplexity ↓", "MMLU accuracy ↑", "MMLU steered towards/away"], rows)]
 
 
+def _quoted(set_name: str, prompt: str, text: str, limit: int) -> str:
+    """`text` (the prompt itself or a reply) for a report: a prompt of a set the package may not redistribute is
+    written as its key (scans_guard.data.prompt_key), wherever it occurs."""
+    if set_name not in SHIPPED:
+        text = text.replace(prompt, f"`{prompt_key(prompt)}`") if prompt.strip() else text
+    return _cell(text, limit)
+
+
 def _examples(gen_rows: Sequence[dict], limit: int = 6) -> list[str]:
     """Prompts where SCANS and the unsteered model disagree on refusing: safe ones first, then unsafe."""
     by_key: dict[tuple, dict[str, dict]] = {}
@@ -217,10 +226,12 @@ def _examples(gen_rows: Sequence[dict], limit: int = 6) -> list[str]:
     md = ["## Examples where SCANS changes the outcome", ""] if picked else []
     for ex in picked:
         u, s = ex["unsteered"], ex["scans"]
-        md += [f"**{_cell(u['set'])} ({u['label']})** — {_cell(u['prompt'], 200)}  ",
+        md += [f"**{_cell(u['set'])} ({u['label']})** — {_quoted(u['set'], u['prompt'], u['prompt'], 200)}  ",
                f"score {num(s['score'], 4)}, steered {s['direction'].replace('_', ' ')}", "",
-               f"- unsteered ({'refused' if u['refused'] else 'answered'}): {_cell(u['response'], 240)}",
-               f"- SCANS ({'refused' if s['refused'] else 'answered'}): {_cell(s['response'], 240)}", ""]
+               f"- unsteered ({'refused' if u['refused'] else 'answered'}): "
+               f"{_quoted(u['set'], u['prompt'], u['response'], 240)}",
+               f"- SCANS ({'refused' if s['refused'] else 'answered'}): "
+               f"{_quoted(u['set'], u['prompt'], s['response'], 240)}", ""]
     return md
 
 
