@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.artifacts import text_sha256
-from scans_guard.data import contrast_set, load_set, tune_eval_split
+from scans_guard.data import KEY_PREFIX, contrast_set, load_set, tune_eval_split
 from scans_guard.decision import steering_coefficient
 from scans_guard.judge import KeywordJudge
 from scans_guard.paths import require_data_dir
@@ -86,10 +86,19 @@ def response_nll(engine: ScansEngine, prompt: str, response: str) -> tuple[float
     return float(nll), len(resp_ids)
 
 
+def require_plain(run: Path) -> None:
+    """Stop on a redacted copy (scripts/redact_results.py): its keys would reach the model in place of prompts."""
+    rows = run / "generations.jsonl"
+    lines = rows.read_text().splitlines() if rows.exists() else []
+    if any(json.loads(line)["prompt"].startswith(KEY_PREFIX) for line in lines):
+        raise SystemExit(f"{run} names prompts by key (a redacted copy): run into a scratch directory instead")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    require_plain(out)
     engine = ScansEngine.load(args.model, args.artifact)
     judge = KeywordJudge()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "generations.jsonl"
     done, refused = set(), set()

@@ -63,10 +63,12 @@ def rates(by_key: dict, scores: dict, steer_t: float, coef: float) -> dict:
 
 def cmd_nll(args: argparse.Namespace) -> None:
     """Fill in nll_sum / nll_tokens of every steered reply, and of the unsteered answers of benign prompts."""
-    from safe_steering_sweep import response_nll
+    from safe_steering_sweep import require_plain, response_nll
 
     from scans_guard import ScansEngine
 
+    for run in args.runs:
+        require_plain(Path(run))
     engine = ScansEngine.load(args.model, args.artifact)
     scored: dict[tuple[str, str], tuple[float, int]] = {}  # the runs share their unsteered rows
     for run in args.runs:

@@ -96,6 +96,17 @@ def test_redaction_keys_scores_sets_and_rows_alike_and_is_idempotent(data_dir, t
     assert {p.name: p.read_bytes() for p in run.iterdir()} == after  # idempotent
 
 
+def test_generation_refuses_a_redacted_run(data_dir, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from safe_steering_sweep import require_plain
+
+    run = _sweep_dir(tmp_path)
+    require_plain(run)  # plain text: a resumable run
+    _script().main([str(run), "--data-dir", str(data_dir)])
+    with pytest.raises(SystemExit, match="redacted copy"):
+        require_plain(run)
+
+
 def test_redaction_into_another_directory_leaves_the_source(data_dir, tmp_path):
     run = _sweep_dir(tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
