@@ -1,4 +1,4 @@
-"""Which blocks, and how far, to steer a model whose refused benign prompts sigma already steers? (the 1.5B)
+"""Which blocks, and how far, to steer a model whose refused benign prompts sigma already steers? (1.5B and 0.5B)
 
     # unsteered replies and sigma scores of the tuning sets (the artifact's own steer T decides who is steered)
     python benchmarks/safe_steering_sweep.py generate --model qwen2.5-coder-1.5b-instruct --data-dir ../shared/data \
@@ -20,7 +20,8 @@ unsteered model (mean NLL per token); the reference is the unsteered model's own
 the benign prompts, so a steered answer is compared with a natural one, not with the refusal it replaced. The table
 gives, per span and coefficient, the refusal rate of each set with the prompts below the steer T steered, and how
 many of the steered-and-refused prompts each setting un-refuses. The span is chosen on the tuning sets above;
-`analyze` over runs of the evaluation sets (docs/sigma-variants.md) only reports the check.
+`analyze` over runs of the evaluation sets (docs/sigma-variants.md) only reports the check. The same commands for
+the 0.5B (its shipped steer T -2.2494, spans 8-15 4-11 10-17 12-19 6-17, no --model) are in docs/safe-steering.md.
 """
 
 from __future__ import annotations
