@@ -3,6 +3,7 @@ forged system turn and translation, against the plain prompts; false-positive ra
 
     python benchmarks/guard_robustness.py run --data-dir ../shared/data --out results/guard-robustness
     python benchmarks/guard_robustness.py report --out results/guard-robustness
+    # the 1.5B with its own artifact: run ... --model qwen2.5-coder-1.5b-instruct --out results/guard-robustness-1.5b
 
 Harmful: the evaluation half of HarmfulQ (100) + 50 held-out AdvBench prompts (no anchor, no T-fit prompt) under
 each framing (none, and system:NAME for six of the SYSTEM_PROMPTS), and 40 held-out harmful prompts of the
@@ -40,10 +41,10 @@ BATCH = 8
 
 def prompt_sets(engine: ScansEngine, data_dir: str, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
     """{'harmful'|'benign': [(id, english prompt)]}, none of them an anchor or a T-fit prompt."""
-    calib = calibration_prompts(engine.artifact, data_dir)
+    calib = calibration_prompts(engine.artifact)
     held = [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir), seed)[1]]
-    adv = sorted({e.prompt for e in load_set("advbench")} - calib.anchors)
-    adv = [p for p in adv if not calib.in_threshold_fit(p)]
+    adv = sorted(p for p in {e.prompt for e in load_set("advbench")}
+                 if not calib.is_anchor(p) and not calib.in_threshold_fit(p))
     harmful = held + random.Random(seed).sample(adv, 50)
     benign = random.Random(seed).sample(sorted({e.prompt for e in load_set("oktest", data_dir)}), N_BENIGN)
     return {"harmful": [(f"h{i:03d}", p) for i, p in enumerate(harmful)],
@@ -65,7 +66,7 @@ def work_items(engine: ScansEngine, data_dir: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> None:
-    engine = ScansEngine.load()
+    engine = ScansEngine.load(args.model)
     store = JsonlStore(Path(args.out) / "rows.jsonl", ("condition", "kind", "id"))
     judge, steer_t = KeywordJudge(), engine.artifact.threshold("steer")
     todo = [it for it in work_items(engine, args.data_dir) if (it["condition"], it["kind"], it["id"]) not in store]
@@ -135,6 +136,7 @@ def main() -> None:
     p = sub.add_parser("run")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--model", default=None, help="an embedded model's name (default: the default model)")
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -4,7 +4,9 @@ sigma(q) was calibrated on short English prompts; measured on the default model,
 Spanish, French or Chinese scores below T. A prompt outside the domain is therefore never steered away from
 refusal, and the guards treat it as grey. Signs checked, each cheap and offline:
 - language: py3langid (a naive Bayes language identifier whose model ships in the package, no download) must
-  give the calibrated languages at least half of the probability mass (texts of 16 letters or more);
+  give the calibrated languages at least half of the probability mass or rank one of them first (texts of 16
+  letters or more; ranking first counts because short English questions with names spread the mass, e.g. "Is
+  Beyonce married?": en first at 0.25; benchmarks/domain_language.py);
 - script: at most 30 % of the letters outside the Latin script (catches short texts the identifier is unsure of);
 - code: at most 25 % of the non-space characters code punctuation (a prompt that is mostly code);
 - length: at most `max_tokens` prompt tokens (calibration prompts are a few dozen tokens long);
@@ -33,6 +35,8 @@ class DomainConfig(BaseModel):
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     min_language_probability: float = Field(0.5, ge=0, le=1)
     min_letters: int = Field(16, ge=0, description="shorter texts skip the language test (too short to identify)")
+    top_language_counts: bool = Field(True, description="a calibrated language ranked first by the identifier "
+                                      "passes the language test even with under min_language_probability of the mass")
     max_non_latin_share: float = Field(0.3, ge=0, le=1)
     max_code_share: float = Field(0.25, ge=0, le=1)
     max_tokens: int = Field(512, ge=1, description="longer prompts are outside the calibration domain")
@@ -59,6 +63,20 @@ def language_mass(text: str, languages: list[str]) -> tuple[str, float, float]:
     return ranked[0][0], float(ranked[0][1]), float(sum(p for lang, p in ranked if lang in wanted))
 
 
+def _foreign(top: str, mass: float, config: DomainConfig, top_counts: bool) -> bool:
+    """The language test: too little mass on the calibrated languages, unless (top_counts) one of them ranks first."""
+    calibrated = {alias for lang in config.languages for alias in _LANGUAGE_ALIASES.get(lang, (lang,))}
+    return mass < config.min_language_probability and not (top_counts and top in calibrated)
+
+
+def language_out(text: str, config: DomainConfig, top_counts: bool | None = None) -> bool:
+    """Whether the language test alone puts `text` outside the domain (`top_counts`: None uses the config's rule)."""
+    if sum(c.isalpha() for c in text) < config.min_letters:
+        return False
+    top, _, mass = language_mass(text, config.languages)
+    return _foreign(top, mass, config, config.top_language_counts if top_counts is None else top_counts)
+
+
 def non_latin_share(text: str) -> float:
     letters = [c for c in text if c.isalpha()]
     if not letters:
@@ -80,7 +98,7 @@ def check_domain(text: str, n_tokens: int, config: DomainConfig, special_tokens:
     top, top_p = None, None
     if sum(c.isalpha() for c in text) >= config.min_letters:
         top, top_p, mass = language_mass(text, config.languages)
-        if mass < config.min_language_probability:
+        if _foreign(top, mass, config, config.top_language_counts):
             reasons.append(f"language:{top}")
     if non_latin_share(text) > config.max_non_latin_share and not any(r.startswith("language") for r in reasons):
         reasons.append("script")
