@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 from pydantic import ValidationError
 from transformers import GenerationConfig as HFGenerationConfig
 
