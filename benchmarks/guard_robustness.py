@@ -69,7 +69,7 @@ def work_items(engine: ScansEngine, data_dir: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> None:
-    engine = ScansEngine.load(args.model)
+    engine = ScansEngine.load(args.model, args.artifact)
     store = JsonlStore(Path(args.out) / "rows.jsonl", ("condition", "kind", "id"))
     judge, steer_t = KeywordJudge(), engine.artifact.threshold("steer")
     todo = [it for it in work_items(engine, args.data_dir) if (it["condition"], it["kind"], it["id"]) not in store
@@ -141,7 +141,9 @@ def main() -> None:
     p = sub.add_parser("run")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--model", default=None, help="an embedded model's name (default: the default model)")
+    p.add_argument("--model", default=None, help="an embedded model's name or a model directory (default: the default "
+                   "model)")
+    p.add_argument("--artifact", default=None, help="default: the one shipped for the model")
     p.add_argument("--every", type=int, default=1, help="only every k-th prompt of each list (a sample of the same "
                    "prompts under every condition, for a slower model)")
     p = sub.add_parser("report")

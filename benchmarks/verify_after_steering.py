@@ -80,7 +80,7 @@ def cmd_features(args: argparse.Namespace) -> None:
     if index_path.exists() and json.loads(index_path.read_text()) == [list(k) for k in keys]:
         print(f"{len(keys)} rows already done")
         return
-    engine = ScansEngine.load()
+    engine = ScansEngine.load(args.model, args.artifact)
     states = np.stack([steered_reply_states(engine, p, rows[(s, p, COEF)]["response"])
                        for s, p in tqdm(keys, desc="steered reply states")]).astype(np.float32)
     np.save(feats_path, states, allow_pickle=False)
@@ -203,6 +203,9 @@ def main() -> None:
     for p in (f, a):
         p.add_argument("--runs", nargs="+", required=True, help="sweep output directories (tuning first)")
         p.add_argument("--out", required=True, help="where the reply states are kept (large, not committed)")
+    f.add_argument("--model", default=None, help="an embedded model's name or a model directory (default: the "
+                   "default model, whose 24 blocks LAYERS names)")
+    f.add_argument("--artifact", default=None, help="default: the one shipped for the model")
     a.add_argument("--report", required=True)
     a.add_argument("--recall", type=float, default=0.95)
     a.add_argument("--max-harm-drop", type=float, default=0.01)
