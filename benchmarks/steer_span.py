@@ -100,7 +100,7 @@ def cmd_artifacts(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    table = []
+    table, answers = [], {}  # answers: the model's own (unsteered, not refused) replies to benign prompts, all runs
     for spec in args.runs:
         name, run = spec.split("=", 1)
         by_key, scores = load_rows(Path(run))
@@ -108,8 +108,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
             steered = [r for k, r in by_key.items() if k[2] == coef and k[0] not in HARMFUL_SETS]
             table.append({"span": name, "coefficient": coef, "sets": rates(by_key, scores, args.steer_t, coef),
                           "nll_steered_benign": mean_nll(steered)})
-        reference = mean_nll([r for k, r in by_key.items() if k[2] == 0 and not r["refused"]
-                              and k[0] not in HARMFUL_SETS])
+        answers |= {k: r for k, r in by_key.items() if k[2] == 0 and not r["refused"] and k[0] not in HARMFUL_SETS
+                    and r["nll_tokens"]}
+    reference = mean_nll(list(answers.values()))
     sets = sorted(table[0]["sets"])
     lines = ["| span | coefficient | " + " | ".join(sets) + " | NLL/token of steered benign replies |",
              "|---|---|" + "---|" * (len(sets) + 1)]
