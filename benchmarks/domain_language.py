@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from importlib import resources
-from pathlib import Path
+
+from summary_io import write_summary
 
 from scans_guard.data import contrast_set, load_set
 from scans_guard.domain import DomainConfig, language_out
@@ -53,12 +53,7 @@ def main() -> None:
             for rule, top in (("mass", False), ("mass or top", True))}
     lines = ["| set | n | outside the domain: mass rule | mass or top |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['n']} | {100 * v['mass']:.1f}% | {100 * v['mass or top']:.1f}% |" for k, v in table.items()]
-    print("\n".join(lines))
-    if args.report:
-        out = Path(args.report)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
-        (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(args.report, table, lines)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from safe_steering_sweep import load_rows, prompt_sets
+from summary_io import write_summary
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
@@ -91,12 +92,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         lines.append(f"| {s} | {row['n']} | " + ("—" if row["unsteered"] is None else f"{100 * row['unsteered']:.0f}%")
                      + f" | {pts(row['shipped'])} | {pts(row['retry'])} | {row['steered']} / {row['retried']} | "
                      f"{agree}/{compared} |")
-    print("\n".join(lines))
-    if args.report:
-        report = Path(args.report)
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
-        (report / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(args.report, table, lines)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 
 from safe_steering_sweep import HARMFUL_SETS, load_rows
+from summary_io import write_summary
 
 from scans_guard.artifacts import Artifact
 
@@ -122,12 +123,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
                  + (f", {v['missing']} missing" if v["missing"] else "") + ")" for v in (row["sets"][s] for s in sets)]
         lines.append(f"| {row['span']} | {row['coefficient']:g} | " + " | ".join(cells)
                      + f" | {row['nll_steered_benign']:.2f} |")
-    print("\n".join(lines))
-    if args.report:
-        out = Path(args.report)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
-        (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary(args.report, table, lines)
 
 
 def main() -> None:
