@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -267,7 +267,8 @@ class ScansEngine:
         yield from events
 
     def _iter_generate(self, conversations: Sequence[Conversation], config: GenerationConfig, steer: bool,
-                       coefficient: float | Sequence[float] | None, reuse_cache: bool) -> Iterator[StreamEvent]:
+                       coefficient: float | Sequence[float] | None,
+                       reuse_cache: bool) -> Generator[StreamEvent, None, None]:
         rows = self.prompt_rows(conversations, config.max_new_tokens)
         batch = self._prepare(conversations, rows, steer, coefficient, reuse_cache)
         for i, v in enumerate(batch.verdicts):

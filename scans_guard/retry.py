@@ -10,7 +10,7 @@ judge has read them (the measured recipe judged 16-token replies).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -87,16 +87,19 @@ class _Held:
     gate: JudgeGate
 
 
-def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation], events: Iterator[StreamEvent],
-                  config: GenerationConfig, policy: RetryPolicy) -> Iterator[StreamEvent]:
+def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation],
+                  events: Generator[StreamEvent, None, None], config: GenerationConfig,
+                  policy: RetryPolicy) -> Iterator[StreamEvent]:
     """Pass `events` through; a row steered away whose first reply the judge calls a refusal is regenerated after
     the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and what the judge
-    read of the first reply (as the continuous batcher records it). A refused row decodes on to its end inside the
-    batch, unseen (refusals end within a few tokens); the batcher drops it at once."""
+    read of the first reply (as the continuous batcher records it). A refused row decodes on, unseen, only while
+    other rows still need the batch: once every row has ended or been refused, the batch stops and the retry starts
+    (a single refused request never decodes its first reply past the judge)."""
     from .engine import user_text
 
     judge, tokenizer = policy.refusal_judge(), engine.handle.tokenizer
     held: dict[int, _Held] = {}
+    open_rows = set(range(len(conversations)))  # rows whose first reply the caller still waits for
     for event in events:
         r = event.row
         if event.verdict is not None and event.verdict.coefficient < 0:
@@ -104,13 +107,15 @@ def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation], ev
         h = held.get(r)
         if h is None or event.verdict is not None:
             yield event
-            continue
-        if h.gate.refused or not h.gate.feed(event.text, event.output is not None):
-            continue  # held back until the judge decides; after a refusal the rest of the first reply is dropped
-        if h.gate.refused:
-            continue
-        del held[r]  # the judge let it pass: release what was held back, then stream on
-        yield event.model_copy(update={"text": h.gate.text})
+        elif h.gate.refused is None and h.gate.feed(event.text, event.output is not None) and not h.gate.refused:
+            del held[r]  # the judge let it pass: release what was held back, then stream on
+            yield event.model_copy(update={"text": h.gate.text})
+        # otherwise held back until the judge decides, or (refused) the rest of the first reply is dropped
+        if event.output is not None or (h is not None and h.gate.refused):
+            open_rows.discard(r)
+        if not open_rows and any(x.gate.refused for x in held.values()):
+            events.close()  # every other row has ended: stop decoding refused first replies, go to the retry
+            break
     yield from _retry(engine, conversations, config, policy, {r: h for r, h in held.items() if h.gate.refused})
 
 

@@ -108,3 +108,26 @@ def test_bad_policies_are_refused(fields):
 def test_an_unknown_judge_name_fails_at_construction():
     with pytest.raises(ValueError, match="unknown judge"):
         RetryPolicy(judge="no-such-judge")
+
+
+def _forwards(engine: ScansEngine, **kwargs) -> tuple[int, list]:
+    """Model forward passes (prefill, decode steps, the retry's) made by one generate call, and its outputs."""
+    calls = []
+    hook = engine.handle.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = engine.generate(PROMPTS[:1], LONG, **kwargs)
+    finally:
+        hook.remove()
+    return len(calls), out
+
+
+LONG = GenerationConfig(max_new_tokens=40, ignore_eos=True)
+
+
+def test_a_refused_first_reply_stops_decoding_once_judged(away_engine, one_torch_thread):
+    """One request, refused at its 4th token: its first reply is not decoded to the 40-token limit before the retry."""
+    plain, _ = _forwards(away_engine)
+    retried, out = _forwards(away_engine, retry=RetryPolicy(judge=refuses_always, judge_tokens=4))
+    assert out[0].steering.source == "retry" and out[0].completion_tokens == 40
+    assert plain >= 40 and retried < plain + 10  # without the stop: about 2 x plain
+    assert out[0].text == away_engine.generate(PROMPTS[0], LONG, coefficient=out[0].steering.coefficient)[0].text
