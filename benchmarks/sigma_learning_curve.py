@@ -12,27 +12,21 @@ AUROC is reported beside it and never used for a choice.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from sigma_variants import build_variants, evaluate, load_all
 
+from scans_guard.data import contrast_pairs
+
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-
-
-def pair_of_prompt() -> dict[str, int]:
-    path = Path(str(resources.files("scans_guard") / "data" / "contrast.csv"))
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["prompt"]: int(r["pair_id"]) for r in csv.DictReader(f)}
 
 
 def curve(data: dict, draws: int = 5) -> list[dict]:
     train = data["contrast_train"]
-    pair = pair_of_prompt()
+    pair = contrast_pairs()
     pairs = np.array([pair[p] for p in train.prompts])
     ids = np.unique(pairs)
     rng = np.random.default_rng(0)

@@ -111,12 +111,20 @@ def tune_eval_split(examples: list[Example], seed: int = 0) -> tuple[list[Exampl
     return shuffled[:half], shuffled[half:]
 
 
-def contrast_set(split: str | None = None) -> list[Example]:
-    """The project's contrast set (look-alike safe/unsafe pairs, CONTRAST.md): 'train', 'heldout' or both (None)."""
+def _contrast_rows() -> list[dict[str, str]]:
     path = Path(str(resources.files("scans_guard") / "data" / "contrast.csv"))
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [Example(r["prompt"], r["label"]) for r in rows if split is None or r["split"] == split]
+        return list(csv.DictReader(f))
+
+
+def contrast_set(split: str | None = None) -> list[Example]:
+    """The project's contrast set (look-alike safe/unsafe pairs, CONTRAST.md): 'train', 'heldout' or both (None)."""
+    return [Example(r["prompt"], r["label"]) for r in _contrast_rows() if split is None or r["split"] == split]
+
+
+def contrast_pairs() -> dict[str, int]:
+    """Each contrast prompt's pair id (a safe prompt and its unsafe twin share one): to subsample whole pairs."""
+    return {r["prompt"]: int(r["pair_id"]) for r in _contrast_rows()}
 
 
 def anchor_split(n: int, seed: int) -> tuple[list[str], list[str]]:

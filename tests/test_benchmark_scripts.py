@@ -20,6 +20,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from scans_guard.data import contrast_pairs
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 RESULTS = BENCH / "results"
@@ -265,7 +267,7 @@ def eight_blocks(tmp_path_factory) -> Path:
 
 def test_sigma_features_variants_and_learning_curve(script, eight_blocks, data_dir, tmp_path, monkeypatch):
     features, variants, curve = script("sigma_features"), script("sigma_variants"), script("sigma_learning_curve")
-    pair = curve.pair_of_prompt()
+    pair = contrast_pairs()
     full_sets = features.sets
 
     def few(data_dir: str, seed: int = 0) -> dict[str, list[tuple[str, str, str]]]:
