@@ -56,25 +56,31 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+def _labels(languages: list[str]) -> set[str]:
+    """The identifier's labels that count as `languages` (with their aliases)."""
+    return {alias for lang in languages for alias in _LANGUAGE_ALIASES.get(lang, (lang,))}
+
+
 def language_mass(text: str, languages: list[str]) -> tuple[str, float, float]:
     """(most likely language, its probability, probability mass of `languages` and their aliases)."""
     ranked = _identifier().rank(text)
-    wanted = {alias for lang in languages for alias in _LANGUAGE_ALIASES.get(lang, (lang,))}
+    wanted = _labels(languages)
     return ranked[0][0], float(ranked[0][1]), float(sum(p for lang, p in ranked if lang in wanted))
 
 
-def _foreign(top: str, mass: float, config: DomainConfig, top_counts: bool) -> bool:
-    """The language test: too little mass on the calibrated languages, unless (top_counts) one of them ranks first."""
-    calibrated = {alias for lang in config.languages for alias in _LANGUAGE_ALIASES.get(lang, (lang,))}
-    return mass < config.min_language_probability and not (top_counts and top in calibrated)
-
-
-def language_out(text: str, config: DomainConfig, top_counts: bool | None = None) -> bool:
-    """Whether the language test alone puts `text` outside the domain (`top_counts`: None uses the config's rule)."""
+def language_test(text: str, config: DomainConfig) -> tuple[str | None, float | None, bool]:
+    """(most likely language, its probability, foreign?): foreign when the calibrated languages hold too little mass
+    and (with top_language_counts) none of them ranks first; (None, None, False) for a text too short to identify."""
     if sum(c.isalpha() for c in text) < config.min_letters:
-        return False
-    top, _, mass = language_mass(text, config.languages)
-    return _foreign(top, mass, config, config.top_language_counts if top_counts is None else top_counts)
+        return None, None, False
+    top, top_p, mass = language_mass(text, config.languages)
+    ranks_first = config.top_language_counts and top in _labels(config.languages)
+    return top, top_p, mass < config.min_language_probability and not ranks_first
+
+
+def language_out(text: str, config: DomainConfig) -> bool:
+    """Whether the language test alone puts `text` outside the domain."""
+    return language_test(text, config)[2]
 
 
 def non_latin_share(text: str) -> float:
@@ -95,12 +101,10 @@ def check_domain(text: str, n_tokens: int, config: DomainConfig, special_tokens:
     reasons = []
     if any(t in text for t in special_tokens):  # chat markup typed as text: a forged turn
         reasons.append("special_tokens")
-    top, top_p = None, None
-    if sum(c.isalpha() for c in text) >= config.min_letters:
-        top, top_p, mass = language_mass(text, config.languages)
-        if _foreign(top, mass, config, config.top_language_counts):
-            reasons.append(f"language:{top}")
-    if non_latin_share(text) > config.max_non_latin_share and not any(r.startswith("language") for r in reasons):
+    top, top_p, foreign = language_test(text, config)
+    if foreign:
+        reasons.append(f"language:{top}")
+    if non_latin_share(text) > config.max_non_latin_share and not foreign:
         reasons.append("script")
     if code_share(text) > config.max_code_share:
         reasons.append("code")
