@@ -26,7 +26,7 @@ from summary_io import write_summary
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.data import KEY_PREFIX, prompt_key
+from scans_guard.data import prompt_key
 from scans_guard.paths import require_data_dir
 from scans_guard.judge import KeywordJudge
 from scans_guard.retry import RetryPolicy
@@ -56,14 +56,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             f.flush()
 
 
-def _key(prompt: str, keyed: bool) -> str:
-    return prompt_key(prompt) if keyed else prompt
-
-
 def cmd_report(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (Path(args.out) / "rows.jsonl").read_text().splitlines()]
     sweep, _ = load_rows(Path(args.sweep))
-    keyed = any(p.startswith(KEY_PREFIX) for _, p, _ in sweep)  # a committed (redacted) sweep names some by key
     lines = ["| set | n | unsteered (sweep) | shipped: -1 below steer T (engine) | + retry at -2 (engine) | "
              "steered / retried | engine = composed sweep |", "|---|---|---|---|---|---|---|"]
     table = {}
@@ -71,7 +66,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         mine = [r for r in rows if r["set"] == s]
         base, agree, compared = [], 0, 0
         for r in mine:
-            k = (s, r["prompt"] if (s, r["prompt"], 0.0) in sweep else _key(r["prompt"], keyed))
+            # a committed (redacted) sweep names unshipped prompts by key: match the text, else its key
+            k = (s, r["prompt"] if (s, r["prompt"], 0.0) in sweep else prompt_key(r["prompt"]))
             base.append(sweep[(*k, 0.0)]["refused"] if (*k, 0.0) in sweep else None)
             if r["coefficient"] < 0:
                 first, final = sweep.get((*k, -1.0)), sweep.get((*k, -2.0)) if r["source"] == "retry" else None
@@ -83,7 +79,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         row = {"n": len(mine), "unsteered": sum(known) / len(known) if known else None,
                "shipped": sum(r["first_refused"] for r in mine) / len(mine),
                "retry": sum(r["refused"] for r in mine) / len(mine),
-               "steered": sum(r["coefficient"] < 0 for r in mine), "retried": sum(r["source"] == "retry" for r in mine),
+               "steered": sum(r["coefficient"] < 0 for r in mine),
+               "retried": sum(r["source"] == "retry" for r in mine),
                "agree": agree, "compared": compared, "missing_unsteered": len(base) - len(known)}
         table[s] = row
 
