@@ -151,7 +151,8 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
         extension = {"policy": "guard" if options["refusal"] is not None else "steer",
                      "steer": options["steer"] and options["coefficient"] is None,
-                     "retry": RetryPolicy.applies(options["retry"], options["steer"], options["coefficient"]) is not None}
+                     "retry": RetryPolicy.applies(options["retry"], options["steer"],
+                                                  options["coefficient"]) is not None}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream(state, request, handle, meta, extension, include_usage, started),
