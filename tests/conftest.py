@@ -71,7 +71,7 @@ def default_engine():
     return ScansEngine.load(progress=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
     if not (SHARED_DATA / "oktest.csv").is_file():
         pytest.skip(f"benchmark data not found at {SHARED_DATA} (set SCANS_GUARD_DATA); "

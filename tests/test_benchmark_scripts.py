@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from scans_guard.data import contrast_pairs
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 RESULTS = BENCH / "results"
-SHARED_DATA = Path(os.environ.get("SCANS_GUARD_DATA", REPO.parent / "shared" / "data"))
 LIMIT = 5  # prompts per sweep set: StratifiedKFold(5) in verify_after_steering.py needs 5 per tuning set
 
 
@@ -52,10 +50,9 @@ def _main(module: ModuleType, *argv: str | Path) -> object:
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    if not (SHARED_DATA / "oktest.csv").is_file():
-        pytest.skip(f"benchmark data not found at {SHARED_DATA} (set SCANS_GUARD_DATA): the scripts' sets need it")
-    return SHARED_DATA
+def data_dir(shared_data) -> Path:
+    """The scripts' sets need the benchmark data (conftest's `shared_data` skips without it)."""
+    return shared_data
 
 
 @pytest.fixture(scope="module")
