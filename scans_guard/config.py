@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .decision import Direction, Label, direction, is_harmful, steering_coefficient  # noqa: F401 - is_harmful re-exported
 from .domain import DomainConfig
+from .readings import ReadingConfig
 
 MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
 
@@ -31,6 +32,8 @@ class SteeringRecipe(BaseModel):
     grey_zone: float = Field(0.0, ge=0, description="scores in [T - grey_zone, T) are not steered")
     r_pos: str = Field("Sure", min_length=1, description="answer prefix whose transition sigma measures")
     domain: DomainConfig = Field(default_factory=DomainConfig, description="where sigma may steer away from refusal")
+    readings: ReadingConfig = Field(default_factory=ReadingConfig, description="what sigma scores besides the "
+                                    "conversation as sent: turns, sentences, decoded text (the most harmful counts)")
     probe_layer: int | None = Field(
         None, ge=0, description="None: the score is the mean cosine of the transitions to d_harm (the paper's sigma); "
         "a layer: the score is the logit w . t^l + probe_bias of a logistic-regression probe on that layer's "
@@ -133,7 +136,8 @@ class SafetyVerdict(BaseModel):
     probability: float | None = Field(None, description="calibrated P(harmful); >= 0.5 exactly when label is harmful")
     layer_similarities: dict[int, float] = Field(description="per classification layer cosine similarity")
     renderings: dict[str, float] = Field(
-        default_factory=dict, description="score of each rendering: as sent, and without the caller's system prompt")
+        default_factory=dict, description="score of each reading: as sent, without the caller's system prompt, the "
+        "user turns joined and alone, each sentence alone, decoded text (scans_guard.readings)")
     in_domain: bool = Field(True, description="inside the calibration domain (language, length, not mostly code)")
     domain_reasons: list[str] = Field(default_factory=list, description="why not in domain, e.g. 'language:es'")
     direction: Direction = Field(description="how generation for this prompt is steered")
@@ -187,7 +191,8 @@ class SteeredOutput(BaseModel):
     steering: RowSteering = Field(default_factory=RowSteering, description="the coefficient applied to this row")
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"] = Field(
+        description="stop, length, or content_filter: the guard blocked the prompt and `text` is the refusal message")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds: classify, generate")
     first_reply: str | None = Field(None, description="after a retry (steering.source 'retry'): what the judge "
                                     "read of the first reply (its first judge_tokens tokens) and found refusing")

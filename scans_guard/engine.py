@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel
@@ -20,16 +20,15 @@ from .artifacts import Artifact, default_artifact_dir
 from .batching import PromptBatch, check_fits
 from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
-from .decision import direction, label
+from .decision import DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, direction, label, policy_blocks, policy_steers
 from .domain import check_domain
+from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
 from .reply import ReplyState
 from .retry import RetryPolicy, retry_refused
 from .steering import RefusalVector, SteeringPlan
 
-Conversation = str | list[dict]
-_SYSTEM_ROLES = ("system", "developer")
 # Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
 DEFAULT_MAX_INPUT_TOKENS = 4096
 
@@ -62,24 +61,6 @@ def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[
     return conversations
 
 
-def without_system_prompt(conversation: Conversation) -> list[dict] | None:
-    """The conversation with the caller's system messages dropped (the template's default applies), or None if it
-    has none to drop."""
-    if isinstance(conversation, str):
-        return None
-    kept = [m for m in conversation if not (isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)]
-    # without the system prompt the last turn left is blank: nothing to score, no second rendering
-    return kept if kept and len(kept) < len(conversation) and kept[-1]["content"].strip() else None
-
-
-def user_text(conversation: Conversation) -> str:
-    """The text a domain check reads: what the user (or a tool) wrote, else every message's content."""
-    if isinstance(conversation, str):
-        return conversation
-    texts = [m["content"] for m in conversation if m.get("role") not in (*_SYSTEM_ROLES, "assistant")]
-    return "\n".join(texts or [m["content"] for m in conversation])
-
-
 @dataclass
 class _Prepared:
     """A batch ready to decode: its prompts, the plan, the verdicts (if classified) and what the sigma pass left."""
@@ -90,6 +71,8 @@ class _Prepared:
     cache: object | None = None
     first_logits: torch.Tensor | None = None
     classify_s: float = 0.0
+    index: list[int] | None = None  # the conversation of each decoded row (None: row i is conversation i)
+    blocked: list[int] = field(default_factory=list)  # conversations the guard blocked: answered without decoding
 
 
 class ScansEngine:
@@ -142,37 +125,48 @@ class ScansEngine:
         """One sigma pass over `rows` (from `prompt_rows`) and the verdicts; `keep_cache` keeps its KV cache for
         decoding (as `iter_generate` and the continuous batcher do).
 
-        A conversation with a system prompt is scored twice, as sent and with the system prompt replaced by the
-        template's default, and the more harmful score counts: an innocuous system prompt cannot launder a request.
+        Each conversation is scored as sent and in every reading of `scans_guard.readings` (without its system
+        prompt, its user turns joined and alone, each sentence alone, decoded text), the most harmful score counting:
+        wrapping cannot launder a request. The readings of the whole batch share one extra pass; a single-turn,
+        single-sentence prompt without a system prompt has none.
         """
         threshold = self.artifact.threshold(operating_point)
         layers = self.recipe.classify_layers
-        plain = {i: c for i, conv in enumerate(conversations) if (c := without_system_prompt(conv)) is not None}
-        plain_rows = [self.handle.chat_ids(c) for c in plain.values()]
+        # every reading but the one as sent, of every conversation, goes into one more batched pass
+        extra: list[tuple[int, str]] = []
+        extra_rows: list[list[int]] = []
+        for i, conv in enumerate(conversations):
+            for name, reading in readings(conv, self.recipe.readings).items():
+                if name != "as_sent":
+                    extra.append((i, name))
+                    extra_rows.append(self.handle.chat_ids(reading))
         t0 = time.perf_counter()
         with self.handle.lock:
             sp = run_sigma_pass(self.handle, rows, self._rpos, layers, keep_cache=keep_cache)
-            plain_t = run_sigma_pass(self.handle, plain_rows, self._rpos, layers).transitions if plain else None
+            extra_t = run_sigma_pass(self.handle, extra_rows, self._rpos, layers).transitions if extra else None
         latency = time.perf_counter() - t0
         scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm, self.artifact.probe)
-        renderings = [{"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())]
-        if plain_t is not None:
+        rendered: list[dict[str, tuple[float, list[float]]]] = [
+            {"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())]
+        if extra_t is not None:
             try:
-                plain_scores = sigma_scores(plain_t, self.artifact.d_harm, self.artifact.probe)
+                extra_scores = sigma_scores(extra_t, self.artifact.d_harm, self.artifact.probe)
             except NonFiniteScoreError as exc:  # name the conversation, not its row in the second pass
-                raise NonFiniteScoreError(list(plain)[exc.index]) from None
-            for i, s, l in zip(plain, *(x.tolist() for x in plain_scores)):
-                renderings[i]["without_system_prompt"] = (s, l)
+                raise NonFiniteScoreError(extra[exc.index][0]) from None
+            for (i, name), s, l in zip(extra, *(x.tolist() for x in extra_scores)):
+                rendered[i][name] = (s, l)
         verdicts, platt = [], self.artifact.meta.platt
-        for conv, row, rendered in zip(conversations, rows, renderings):
-            score, sims_l = max(rendered.values(), key=lambda r: r[0])  # finite: sigma_scores raises otherwise
+        for conv, row, by_name in zip(conversations, rows, rendered):
+            score, sims_l = max(by_name.values(), key=lambda r: r[0])  # finite: sigma_scores raises otherwise
             domain = check_domain(user_text(conv), len(row), self.recipe.domain, self.handle.special_tokens)
-            coef = self.recipe.coefficient(score, domain.in_domain)
+            reasons = domain.reasons + [r for r in framing_signs(conv) if r not in domain.reasons]
+            in_domain = not reasons
+            coef = self.recipe.coefficient(score, in_domain)
             verdicts.append(SafetyVerdict(
                 score=score, label=label(score, threshold), threshold=threshold,
                 operating_point=operating_point, probability=platt.probability(score) if platt else None,
-                layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in rendered.items()},
-                in_domain=domain.in_domain, domain_reasons=domain.reasons,
+                layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in by_name.items()},
+                in_domain=in_domain, domain_reasons=reasons,
                 direction=direction(coef), coefficient=coef, latency_s=latency,
             ))
         return sp, verdicts
@@ -223,15 +217,26 @@ class ScansEngine:
         return SteeringPlan.from_options(len(conversations), steer, coefficient)
 
     def _prepare(self, conversations: Sequence[Conversation], rows: list[list[int]], steer: bool,
-                 coefficient: float | Sequence[float] | None, reuse_cache: bool) -> _Prepared:
-        """Classify (its KV cache kept for decoding) or take the fixed plan; then set up where decoding starts."""
+                 coefficient: float | Sequence[float] | None, reuse_cache: bool, policy: Policy = "steer",
+                 guard: GuardPolicy | None = None) -> _Prepared:
+        """Classify (its KV cache kept for decoding) or take the fixed plan; block what the policy's guard rejects;
+        then set up where decoding starts."""
         t0 = time.perf_counter()
-        if not (steer and coefficient is None):
+        if policy == "steer" and not (steer and coefficient is None):
             plan = SteeringPlan.from_options(len(rows), steer, coefficient)
             prompts = PromptBatch.left_pad(rows, self.handle.tokenizer.pad_token_id, self.handle.device)
             return _Prepared(prompts, plan, [None] * len(rows), classify_s=time.perf_counter() - t0)
         sp, verdicts = self.classify_rows(conversations, rows, keep_cache=reuse_cache)
-        plan = SteeringPlan.from_verdicts(verdicts)
+        steered = steer and policy_steers(policy)
+        plan = SteeringPlan.from_verdicts(verdicts) if steered else SteeringPlan.unsteered(len(rows))
+        guard = guard or GuardPolicy()
+        blocked = [i for i, v in enumerate(verdicts) if policy_blocks(policy) and guard.decide(v).blocked]
+        if blocked:  # decode only the rows let through; the sigma pass's cache covers every row, so it is not reused
+            keep = [i for i in range(len(rows)) if i not in blocked]
+            prompts = PromptBatch.left_pad([rows[i] for i in keep] or [[0]], self.handle.tokenizer.pad_token_id,
+                                           self.handle.device)
+            return _Prepared(prompts, SteeringPlan(tuple(plan.rows[i] for i in keep)), verdicts,
+                             classify_s=time.perf_counter() - t0, index=keep, blocked=blocked)
         prepared = _Prepared(sp.prompt_batch, plan, verdicts, sp.cache, classify_s=time.perf_counter() - t0)
         if sp.cache is not None:
             if plan.steered:  # steering starts at the last prompt token: recompute it under the hooks
@@ -249,8 +254,16 @@ class ScansEngine:
         coefficient: float | Sequence[float] | None = None,
         reuse_cache: bool = True,
         retry: RetryPolicy | None = None,
+        policy: Policy = "steer",
+        guard: GuardPolicy | None = None,
+        refusal: str = DEFAULT_REFUSAL,
     ) -> Iterator[StreamEvent]:
         """Stream a batch: classify (one pass, its KV cache reused), then decode with per-row steering.
+
+        policy: "steer" (classify and steer; nothing blocked), "guard+steer" (a prompt `guard` blocks gets `refusal`
+        as its output without decoding, `finish_reason` "content_filter"; the rest are steered), "guard" (blocked
+        as guard+steer, the rest generated unsteered). guard: the blocking rule (default `GuardPolicy()`: harmful at
+        the guard point, out of domain, or unclassifiable).
 
         steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
         classification (the always-positive / always-negative baselines). retry: a row sigma steered away whose
@@ -259,20 +272,34 @@ class ScansEngine:
         """
         conversations = _as_batch(conversations)
         config = config or GenerationConfig()
+        check_policy(policy)
+        if policy != "steer" and coefficient is not None:
+            raise InvalidArgumentError("a fixed coefficient skips classification, so it cannot run under a guard policy")
         if not conversations:
             return
-        events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache)
-        if (retry := RetryPolicy.applies(retry, steer, coefficient)) is not None:
+        events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache, policy, guard, refusal)
+        if (retry := RetryPolicy.applies(retry, steer and policy_steers(policy), coefficient)) is not None:
             events = retry_refused(self, conversations, events, config, retry)
         yield from events
 
     def _iter_generate(self, conversations: Sequence[Conversation], config: GenerationConfig, steer: bool,
-                       coefficient: float | Sequence[float] | None,
-                       reuse_cache: bool) -> Generator[StreamEvent, None, None]:
+                       coefficient: float | Sequence[float] | None, reuse_cache: bool, policy: Policy = "steer",
+                       guard: GuardPolicy | None = None,
+                       refusal: str = DEFAULT_REFUSAL) -> Generator[StreamEvent, None, None]:
         rows = self.prompt_rows(conversations, config.max_new_tokens)
-        batch = self._prepare(conversations, rows, steer, coefficient, reuse_cache)
+        batch = self._prepare(conversations, rows, steer and policy_steers(policy), coefficient, reuse_cache, policy,
+                              guard)
         for i, v in enumerate(batch.verdicts):
             yield StreamEvent(row=i, verdict=v)
+        for i in batch.blocked:
+            yield StreamEvent(row=i, text=refusal)
+            yield StreamEvent(row=i, output=SteeredOutput(
+                text=refusal, verdict=batch.verdicts[i], prompt_tokens=len(rows[i]), completion_tokens=0,
+                finish_reason="content_filter", timings={"classify_s": batch.classify_s, "generate_s": 0.0}))
+        if batch.index is not None:
+            if not batch.index:
+                return
+            rows = [rows[i] for i in batch.index]
         state = [ReplyState() for _ in rows]
         decoder = self.steering.decode(batch.prompts, batch.plan, config, cache=batch.cache,
                                        should_stop=lambda r: state[r].finish is not None,
@@ -287,16 +314,17 @@ class ScansEngine:
         """Turn each step's tokens into text events per row, and a row's final event with its SteeredOutput."""
         eos = set() if config.ignore_eos else self.handle.eos_token_ids()
         t1 = time.perf_counter()
+        index = batch.index or list(range(len(rows)))
         for step, tokens in enumerate(decoder, start=1):
             for r, token in enumerate(tokens.tolist()):
                 row = state[r]
                 if row.finish is not None:
                     continue
                 if piece := row.advance(token, step, config, eos, self.handle.tokenizer):
-                    yield StreamEvent(row=r, text=piece)
+                    yield StreamEvent(row=index[r], text=piece)
                 if row.finish is not None:
-                    yield StreamEvent(row=r, output=SteeredOutput(
-                        text=row.emitted, verdict=batch.verdicts[r], steering=batch.plan.rows[r],
+                    yield StreamEvent(row=index[r], output=SteeredOutput(
+                        text=row.emitted, verdict=batch.verdicts[index[r]], steering=batch.plan.rows[r],
                         prompt_tokens=len(rows[r]), completion_tokens=len(row.ids), finish_reason=row.finish,
                         timings={"classify_s": batch.classify_s, "generate_s": time.perf_counter() - t1},
                     ))
