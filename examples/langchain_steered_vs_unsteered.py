@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for prompt in prompts:
         _, steered = chat(llm, prompt)
-        _, plain = chat(llm, prompt, steer=False)
+        _, plain = chat(llm, prompt, steer=False, policy="steer")  # the plain model: no guard, no steering
         meta = steered[0].response_metadata
         row = {"prompt": prompt, "label": meta["label"], "score": meta["score"],
                "steered": [m.content for m in steered], "unsteered": [m.content for m in plain],

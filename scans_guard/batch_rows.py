@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .config import GenerationConfig, RowSteering
+from .decision import GuardPolicy
 from .engine import Conversation
 from .reply import ReplyState
 from .request_handle import RequestHandle
@@ -28,13 +29,14 @@ class QueuedRequest:
     classify: bool  # run the sigma pass
     steer: bool  # steer by the verdict (with classify)
     fixed: RowSteering  # the steering of a request that is not classified (plain, a fixed coefficient, a retry)
-    refusal: str | None  # guard mode: answer a harmful request with this text, without generating
+    refusal: str | None  # guard mode: answer a request the guard blocks with this text, without generating
     operating_point: str
     handle: RequestHandle
     deadline: float | None
     retry: RetryPolicy | None = None  # judge a reply sigma steered away; None: do not (or already retried)
     first_reply: str | None = None  # a retried request's first reply, as far as the judge read it
     classify_s: float = 0.0  # a retried request's sigma pass, before its first reply
+    guard: GuardPolicy = field(default_factory=GuardPolicy)  # what a guarded request (refusal set) blocks
 
 
 @dataclass

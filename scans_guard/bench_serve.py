@@ -223,7 +223,8 @@ def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb: Callable[[]
     rss_engine = current_rss_mb()
     bodies = [{"model": "-", "messages": [{"role": "user", "content": p}], "max_tokens": cfg.max_new_tokens,
                "ignore_eos": cfg.force_length} for p in prompts]
-    settings = ServerSettings(max_batch=max(16, len(prompts)), max_queue=max(64, 4 * len(prompts)))
+    # policy steer: every request decodes (a blocked one would skip decoding and flatter the throughput)
+    settings = ServerSettings(max_batch=max(16, len(prompts)), max_queue=max(64, 4 * len(prompts)), policy="steer")
     with LocalServer(create_app(engine, settings)) as server:
         model = server.app.state.scans_guard.model_name
         bodies = [{**b, "model": model} for b in bodies]

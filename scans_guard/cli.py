@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import __version__
 from .bench_cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
+from .decision import DEFAULT_POLICY, POLICIES, GuardPolicy, policy_blocks
 from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError, one_line
 from .retry import RetryPolicy
@@ -67,6 +68,10 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> Non
     p.add_argument("--retry", action="store_true",
                    help="a reply steered away from refusal that still refuses is generated once more, steered twice "
                    "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/safe-steering.md)")
+    p.add_argument("--policy", choices=list(POLICIES), default=DEFAULT_POLICY,
+                   help="guard+steer: prompts the guard blocks (harmful, out of sigma's domain, unclassifiable) get a "
+                   "refusal without generating, the rest are steered; guard: blocked alike, the rest unsteered; "
+                   "steer: nothing blocked (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,15 +165,22 @@ def cmd_classify(args: argparse.Namespace) -> None:
             print(f"{v.label:8s} {v.score:+.4f} (T={v.threshold:.4f})  {text}")
 
 
+def _blocked(verdict, policy: str) -> str:
+    """' blocked: REASONS' when the policy's guard blocks the verdict, else ''."""
+    decision = GuardPolicy().decide(verdict)
+    return f" blocked: {', '.join(decision.reasons)}" if policy_blocks(policy) and decision.blocked else ""
+
+
 def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
     return RetryPolicy() if getattr(args, "retry", False) else None
 
 
-def _stream_reply(engine, conversation, config, steer: bool, retry: RetryPolicy | None = None) -> str:
+def _stream_reply(engine, conversation, config, steer: bool, retry: RetryPolicy | None = None,
+                  policy: str = DEFAULT_POLICY) -> str:
     text = ""
-    for event in engine.iter_generate([conversation], config, steer=steer, retry=retry):
+    for event in engine.iter_generate([conversation], config, steer=steer, retry=retry, policy=policy):
         if event.verdict is not None:
-            print(f"[{_verdict_line(event.verdict)}]", flush=True)
+            print(f"[{_verdict_line(event.verdict)}{_blocked(event.verdict, policy)}]", flush=True)
         if event.text:
             print(event.text, end="", flush=True)
             text += event.text
@@ -190,10 +202,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = history + [{"role": "user", "content": args.prompt}]
-        _stream_reply(engine, conversation, config, steer=not args.no_steer, retry=_retry_policy(args))
+        _stream_reply(engine, conversation, config, not args.no_steer, _retry_policy(args), args.policy)
         if args.compare and not args.no_steer:
-            print("--- unsteered:")
-            _stream_reply(engine, conversation, config, steer=False)
+            print("--- unsteered (no guard, no steering):")
+            _stream_reply(engine, conversation, config, steer=False, policy="steer")
         return
     print("scans-guard chat: empty line or Ctrl-D to quit, /reset to clear the conversation")
     while True:
@@ -207,7 +219,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             history = history[:1] if args.system else []
             continue
         history.append({"role": "user", "content": line})
-        reply = _stream_reply(engine, history, config, not args.no_steer, _retry_policy(args))
+        reply = _stream_reply(engine, history, config, not args.no_steer, _retry_policy(args), args.policy)
         history.append({"role": "assistant", "content": reply})
 
 
@@ -216,12 +228,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
           f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
           f"guard T={engine.artifact.threshold('guard'):.4f}")
-    steered = engine.generate(DEMO_PROMPTS, config, retry=_retry_policy(args))
+    steered = engine.generate(DEMO_PROMPTS, config, retry=_retry_policy(args), policy=args.policy)
     plain = engine.generate(DEMO_PROMPTS, config, steer=False)
     for prompt, s, p in zip(DEMO_PROMPTS, steered, plain):
-        print(f"\n### {prompt}\n[{_verdict_line(s.verdict)}]")
+        print(f"\n### {prompt}\n[{_verdict_line(s.verdict)}{_blocked(s.verdict, args.policy)}]")
         retried = f" (retried at {s.steering.coefficient:g})" if s.steering.source == "retry" else ""
-        print(f"  unsteered: {p.text.strip()!r}\n  SCANS:     {s.text.strip()!r}{retried}")
+        print(f"  unsteered: {p.text.strip()!r}\n  SCANS ({args.policy}): {s.text.strip()!r}{retried}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:

@@ -7,23 +7,32 @@ benchmark scripts) goes through these pure functions, so "harmful" means the sam
 - one grey-zone convention: widths (below, above) make [T - below, T + above) grey; a single number g means
   (g, 0), i.e. [T - g, T) — the recipe's "classified benign, left unsteered";
 - a prompt outside the calibration domain is at least `out_of_domain` (grey by default): sigma is not trusted to
-  call it benign, so it is never steered away from refusal.
+  call it benign, so it is never steered away from refusal;
+- the guard (`GuardPolicy.decide`, used by the engine, the server, the LangChain guards and middleware) blocks a
+  prompt that is harmful at the guard point, outside the calibration domain, or unclassifiable, and says why.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from .config import SafetyVerdict
 
 Label = Literal["harmful", "benign"]
 Band = Literal["harmful", "grey", "benign"]
 Direction = Literal["towards_refusal", "away_from_refusal", "none"]
 GreyZone = float | tuple[float, float]
+Policy = Literal["steer", "guard", "guard+steer"]
 SEVERITY: dict[str, int] = {"benign": 0, "grey": 1, "harmful": 2}
+POLICIES: tuple[str, ...] = ("steer", "guard", "guard+steer")
+DEFAULT_POLICY: Policy = "guard+steer"
+DEFAULT_REFUSAL = "I can't help with that request."
 
 
 def is_harmful(score: float, threshold: float) -> bool:
@@ -103,5 +112,64 @@ class DecisionPolicy(BaseModel):
         return band(score, t, self.grey_zone, in_domain=in_domain, out_of_domain=self.out_of_domain)
 
 
-__all__ = ["SEVERITY", "Band", "DecisionPolicy", "Direction", "GreyZone", "Label", "band", "coefficient",
+class GuardDecision(BaseModel):
+    """What the guard decided about one prompt, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Literal["block", "allow"]
+    band: Band
+    reasons: list[str] = Field(default_factory=list, description="why it was blocked: 'harmful', 'grey', "
+                               "'out_of_domain:REASON' (e.g. 'out_of_domain:encoding:rot13'), 'unclassifiable'")
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+
+class GuardPolicy(DecisionPolicy):
+    """The guard's rule: harmful at the guard point, outside the calibration domain or unclassifiable is blocked.
+
+    `out_of_domain` is the least band of a prompt outside the domain: "harmful" (default: blocked), or "grey" /
+    "benign" to let such prompts through (they are still never steered away from refusal); `block_grey` blocks the
+    grey band too. The decision names its reasons, so a prompt is never let through or blocked silently.
+    """
+
+    out_of_domain: Band = Field("harmful", description="the least band of a prompt outside the calibration domain: "
+                                "'harmful' blocks it (default), 'grey' or 'benign' lets it through unsteered")
+    block_grey: bool = False
+
+    def decide(self, verdict: SafetyVerdict | None) -> GuardDecision:
+        """Block or allow one verdict (None: the prompt could not be classified, so it is blocked)."""
+        if verdict is None:
+            return GuardDecision(action="block", band="harmful", reasons=["unclassifiable"])
+        band_ = self.score_band(verdict.score, verdict.threshold, verdict.in_domain)
+        scored = self.score_band(verdict.score, verdict.threshold)
+        reasons = [scored] if scored != "benign" else []
+        if not verdict.in_domain and self.out_of_domain != "benign":
+            reasons += [f"out_of_domain:{r}" for r in verdict.domain_reasons] or ["out_of_domain"]
+        blocked = band_ == "harmful" or (band_ == "grey" and self.block_grey)
+        return GuardDecision(action="block" if blocked else "allow", band=band_, reasons=reasons if blocked else [])
+
+
+def policy_blocks(policy: str) -> bool:
+    """Whether a generation policy blocks prompts the guard rejects ('guard', 'guard+steer')."""
+    return check_policy(policy) != "steer"
+
+
+def policy_steers(policy: str) -> bool:
+    """Whether a generation policy steers the prompts it lets through by sigma ('steer', 'guard+steer')."""
+    return check_policy(policy) != "guard"
+
+
+def check_policy(policy: str) -> str:
+    from .errors import InvalidArgumentError
+
+    if policy not in POLICIES:
+        raise InvalidArgumentError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    return policy
+
+
+__all__ = ["DEFAULT_POLICY", "DEFAULT_REFUSAL", "POLICIES", "GuardDecision", "GuardPolicy", "Policy", "check_policy",
+           "policy_blocks", "policy_steers", "SEVERITY", "Band", "DecisionPolicy", "Direction", "GreyZone", "Label", "band", "coefficient",
            "direction", "flags", "grey_widths", "is_harmful", "label", "steering_coefficient"]

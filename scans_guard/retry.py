@@ -104,6 +104,8 @@ def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation],
         r = event.row
         if event.verdict is not None and event.verdict.coefficient < 0:
             held[r] = _Held(event.verdict, policy.gate(user_text(conversations[r]), tokenizer, judge))
+        if event.output is not None and event.output.finish_reason == "content_filter":
+            held.pop(r, None)  # blocked by the guard: its refusal message is not a reply to judge
         h = held.get(r)
         if h is None or event.verdict is not None:
             yield event

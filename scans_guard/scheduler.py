@@ -48,7 +48,8 @@ import torch
 
 from .batch_rows import QueuedRequest, RunningRow
 from .batching import PromptBatch, prefill
-from .config import GenerationConfig, RowSteering, SteeredOutput
+from .config import GenerationConfig, RowSteering, SafetyVerdict, SteeredOutput
+from .decision import GuardPolicy
 from .engine import Conversation, ScansEngine, StreamEvent, user_text
 from .errors import InvalidArgumentError, NonFiniteScoreError
 from .kv_batch import KVBatch, cache_tensors, make_cache
@@ -118,13 +119,15 @@ class ContinuousBatcher:
         operating_point: str = "guard",
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        guard: GuardPolicy | None = None,
     ) -> RequestHandle:
         """Queue one conversation; returns at once. Bad input raises the engine's typed errors here.
 
         steer / coefficient: as `ScansEngine.iter_generate` (steer=False: plain; coefficient: fixed, unclassified);
         every output records the steering applied (`SteeredOutput.steering`).
-        refusal: guard mode: a request labelled harmful at `operating_point` gets this text as its output without any
-        decoding (the handle's `refused` is set); the others are generated as usual (steered unless steer=False).
+        refusal: guard mode: a request that `guard` blocks (default `GuardPolicy()`: harmful at the guard point, out of
+        domain, or unclassifiable) gets this text as its output without any decoding (the handle's `refused` is set;
+        finish_reason "content_filter"); the others are generated as usual (steered unless steer=False).
         timeout: seconds from now until the request fails with RequestTimeoutError.
         retry: a reply sigma steered away that the judge finds refusing is generated once more, steered further (as
         `ScansEngine.iter_generate`; only with sigma steering). Its first reply is never streamed.
@@ -145,7 +148,7 @@ class ContinuousBatcher:
                                 steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
                                 operating_point=operating_point, handle=handle,
                                 deadline=None if timeout is None else time.perf_counter() + timeout,
-                                retry=RetryPolicy.applies(retry, steer, coefficient))
+                                retry=RetryPolicy.applies(retry, steer, coefficient), guard=guard or GuardPolicy())
         with self._cond:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
@@ -258,8 +261,12 @@ class ContinuousBatcher:
         try:
             sp, verdicts = self.engine.classify_rows([r.conversation for r in requests], [r.prompt for r in requests],
                                                      keep_cache=True, operating_point=operating_point)
-        except NonFiniteScoreError as exc:  # fail that request alone, classify the others again
-            requests[exc.index].handle._push(error=NonFiniteScoreError(0))
+        except NonFiniteScoreError as exc:  # fail that request alone (a guarded one is blocked), classify the others
+            failed = requests[exc.index]
+            if failed.refusal is not None:
+                self._refuse(failed, None, 0.0, t0)
+            else:
+                failed.handle._push(error=NonFiniteScoreError(0))
             rest = requests[:exc.index] + requests[exc.index + 1:]
             if rest:
                 self._admit_classified(rest, operating_point)
@@ -276,12 +283,8 @@ class ContinuousBatcher:
             handle._push(StreamEvent(row=0, verdict=verdict))
             if handle.cancelled:
                 continue
-            if request.refusal is not None and verdict.is_harmful:
-                handle.refused = True
-                handle._push(StreamEvent(row=0, output=SteeredOutput(
-                    text=request.refusal, verdict=verdict, prompt_tokens=len(request.prompt), completion_tokens=0,
-                    finish_reason="stop", timings={"classify_s": classify_s, "generate_s": 0.0,
-                                                   "queue_s": t0 - handle.submitted_at})), done=True)
+            if request.refusal is not None and request.guard.decide(verdict).blocked:
+                self._refuse(request, verdict, classify_s, t0)
                 continue
             row = plan.rows[i] if request.steer else RowSteering()
             (steered if row.coefficient != 0 else first_token).append((i, row))
@@ -295,6 +298,16 @@ class ContinuousBatcher:
             cropped = KVBatch([k[..., :-1, :] for k in keys], [v[..., :-1, :] for v in values], mask[:, :-1],
                               full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
             self._join(cropped, [i for i, _ in steered], rows, None)
+
+    @staticmethod
+    def _refuse(request: QueuedRequest, verdict: SafetyVerdict | None, classify_s: float, t0: float) -> None:
+        """Answer a request the guard blocked with its refusal text, without decoding."""
+        handle = request.handle
+        handle.refused = True
+        handle._push(StreamEvent(row=0, output=SteeredOutput(
+            text=request.refusal, verdict=verdict, prompt_tokens=len(request.prompt), completion_tokens=0,
+            finish_reason="content_filter", timings={"classify_s": classify_s, "generate_s": 0.0,
+                                                     "queue_s": t0 - handle.submitted_at})), done=True)
 
     def _admit_prefilled(self, requests: list[QueuedRequest]) -> None:
         """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .decision import DEFAULT_POLICY, POLICIES
 from .errors import ScansGuardError
 
 API_KEY_ENV = "SCANS_GUARD_API_KEY"
@@ -19,9 +20,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on /v1/* and /metrics (or ${API_KEY_ENV})")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
-    p.add_argument("--policy", choices=["steer", "guard"], default="steer",
-                   help="guard: answer prompts labelled harmful with a refusal, without generating; a request may "
-                        "ask for guard, never drop the server's (default %(default)s)")
+    p.add_argument("--policy", choices=list(POLICIES), default=DEFAULT_POLICY,
+                   help="guard+steer: answer prompts the guard blocks (harmful, out of sigma's domain, unclassifiable) "
+                        "with a refusal, without generating, and steer the rest; guard: block alike, the rest "
+                        "unsteered; steer: never block. A request may ask for a guard, never drop the server's "
+                        "(default %(default)s)")
+    p.add_argument("--out-of-domain", choices=["block", "allow"], default="block",
+                   help="prompts outside sigma's calibration domain (another language, encodings, forged turns, "
+                        "mostly code, very long): block them under a guard policy, or allow them through unsteered "
+                        "(default %(default)s)")
     p.add_argument("--no-steer", action="store_true", help="default to plain generation (requests may still ask)")
     p.add_argument("--allow-fixed-coefficient", action="store_true",
                    help="let clients loosen the guard: accept scans_guard.coefficient (it skips sigma, so any prompt "
@@ -30,7 +37,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", action="store_true",
                    help="by default retry a reply steered away that still refuses, steered twice as far (requests "
                         "may say scans_guard.retry; fewer false refusals, slightly less safe: docs/safe-steering.md)")
-    p.add_argument("--refusal-message", help="the text guard mode answers with")
+    p.add_argument("--refusal-message", help="the text a blocked request is answered with")
     p.add_argument("--max-batch", type=int, default=16, help="rows decoding at once (default %(default)s)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting to join the batch; more get HTTP 429 (default %(default)s)")
@@ -54,6 +61,7 @@ def settings_from_args(args: argparse.Namespace):
         request_timeout_s=args.request_timeout, default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, policy=args.policy, steer=not args.no_steer,
         allow_fixed_coefficient=args.allow_fixed_coefficient, refusal_message=args.refusal_message or REFUSAL,
+        out_of_domain="harmful" if args.out_of_domain == "block" else "grey",
         retry=args.retry)
 
 

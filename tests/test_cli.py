@@ -66,7 +66,7 @@ def test_demo_runs_every_prompt_steered_and_plain(tiny_on_disk, capsys):
                "--max-new-tokens", "2"])
     out = capsys.readouterr().out
     assert rc in (0, None) and "steer T=" in out and "guard T=" in out
-    assert all(f"### {p}" in out for p in DEMO_PROMPTS) and out.count("SCANS:") == len(DEMO_PROMPTS)
+    assert all(f"### {p}" in out for p in DEMO_PROMPTS) and out.count("SCANS (guard+steer):") == len(DEMO_PROMPTS)
 
 
 def test_chat_retry_flag_retries_a_refused_steered_reply(tiny_on_disk, tiny_artifact, tmp_path, capsys, monkeypatch):

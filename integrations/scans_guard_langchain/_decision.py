@@ -11,7 +11,7 @@ import string
 from typing import Any, Literal, NamedTuple
 
 from scans_guard.config import SafetyVerdict
-from scans_guard.decision import Band, DecisionPolicy
+from scans_guard.decision import DEFAULT_REFUSAL, Band, GuardPolicy
 
 Action = Literal["allow", "block"]
 OnError = Literal["raise", "block", "allow"]
@@ -21,15 +21,15 @@ ExitBehavior = Literal["end", "error", "replace"]
 on (a tool result or a reply is replaced; for an input it is the same as "end")."""
 Stage = Literal["input", "output", "tool_result"]
 
-DEFAULT_REFUSAL = "I can't help with that request."
 
 
-class SafetyPolicy(DecisionPolicy):
-    """How a verdict maps to a band (`scans_guard.decision.band`).
+class SafetyPolicy(GuardPolicy):
+    """How a verdict maps to a band: the core's guard rule (`scans_guard.decision.GuardPolicy`).
 
     threshold: T (None: the verdict's `threshold`, i.e. the artifact's `guard` operating point).
     grey_zone: a float g makes [T - g, T) grey (the recipe's convention); a pair (below, above) makes
-    [T - below, T + above) grey. out_of_domain: the least band of a prompt outside the calibration domain.
+    [T - below, T + above) grey. out_of_domain: the least band of a prompt outside the calibration domain
+    ("harmful" by default: blocked; "grey" lets it through where grey is allowed).
     """
 
     def band(self, verdict: SafetyVerdict) -> Band:  # type: ignore[override] - a verdict, not a bare score
@@ -56,7 +56,8 @@ def decide(result: SafetyVerdict | BaseException, policy: SafetyPolicy, on_error
         raise result  # type: ignore[misc]
     else:
         band = "harmful" if on_error == "block" else "benign"
-    action: Action = "block" if band == "harmful" or (band == "grey" and block_grey) else "allow"
+    grey_blocks = block_grey or policy.block_grey
+    action: Action = "block" if band == "harmful" or (band == "grey" and grey_blocks) else "allow"
     return Decision(band, action, verdict, error)
 
 

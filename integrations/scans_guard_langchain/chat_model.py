@@ -29,6 +29,15 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, model_validator
 
 from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
+from scans_guard.decision import (
+    DEFAULT_POLICY,
+    DEFAULT_REFUSAL,
+    GuardPolicy,
+    Policy,
+    check_policy,
+    policy_blocks,
+    policy_steers,
+)
 from scans_guard.engine import ScansEngine, StreamEvent
 from scans_guard.judge import KeywordJudge
 from scans_guard.retry import RetryPolicy
@@ -55,8 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(f"{LOGGER_NAME}.llm")
 
-_CALL_KWARGS = {"max_tokens", "temperature", "top_p", "seed", "steer", "coefficient", "tools", "tool_choice",
-                "response_format"}
+_CALL_KWARGS = {"max_tokens", "temperature", "top_p", "seed", "steer", "coefficient", "policy", "tools",
+                "tool_choice", "response_format"}
 _IGNORED_KWARGS = {"stream", "ls_structured_output_format"}
 
 
@@ -90,8 +99,17 @@ class SafetyConsciousLLM(BaseChatModel):
     """Sampling seed (temperature > 0); None draws a fresh one per call."""
     stop: list[str] | None = None
     """Default stop strings; the reply is cut before the first one."""
+    policy: Policy = DEFAULT_POLICY
+    """"guard+steer" (default): a prompt `guard` blocks (harmful at the guard point, outside sigma's calibration
+    domain, unclassifiable) is answered with `refusal_message` without generating (finish_reason
+    "content_filter"), the rest steered; "guard": blocked alike, the rest unsteered; "steer": nothing blocked."""
+    guard: GuardPolicy = Field(default_factory=GuardPolicy)
+    """The blocking rule of the guard policies (e.g. `GuardPolicy(out_of_domain="grey")` lets out-of-domain
+    prompts through, unsteered)."""
+    refusal_message: str = DEFAULT_REFUSAL
+    """What a blocked prompt is answered with."""
     steer: bool = True
-    """False: plain generation, no classification (the unsteered baseline)."""
+    """False: no steering (under policy "steer": plain generation, no classification: the unsteered baseline)."""
     coefficient: float | None = None
     """Fixed signed steering coefficient for every prompt instead of sigma's (no classification)."""
     retry: RetryPolicy | None = None
@@ -115,6 +133,10 @@ class SafetyConsciousLLM(BaseChatModel):
 
     @model_validator(mode="after")
     def _default_name(self) -> SafetyConsciousLLM:
+        check_policy(self.policy)
+        if self.coefficient is not None and policy_blocks(self.policy):
+            raise ValueError("a fixed coefficient skips classification, so it cannot run under a guard policy: "
+                             "set policy='steer' for a fixed-coefficient baseline")
         if self.model_name is None:
             self.model_name = self.engine.handle.name
         return self
@@ -245,7 +267,7 @@ class SafetyConsciousLLM(BaseChatModel):
             seed=kwargs.get("seed", self.seed),
             stop=list(stop if stop is not None else self.stop or []),
         )
-        steering = {"steer": kwargs.get("steer", self.steer),
+        steering = {"steer": kwargs.get("steer", self.steer), "policy": check_policy(kwargs.get("policy", self.policy)),
                     "coefficient": kwargs.get("coefficient", self.coefficient)}
         return config, steering
 
@@ -314,11 +336,20 @@ class SafetyConsciousLLM(BaseChatModel):
         start = time.monotonic()
         verdict = None
         coefficient = steering["coefficient"]
-        if steering["tools"] and steering["steer"] and coefficient is None:
+        policy = steering["policy"]
+        blocks = policy_blocks(policy)
+        if steering["tools"] and (steering["steer"] or blocks) and coefficient is None:
             verdict = self.engine.classify([steering["classify"]])[0]
-            coefficient = verdict.coefficient
-        events = self.engine.iter_generate([conversation], config, steer=steering["steer"], coefficient=coefficient,
-                                           retry=self.retry)
+            if blocks and self.guard.decide(verdict).blocked:
+                yield from self._blocked(verdict, conversation)
+                return
+            coefficient = verdict.coefficient if policy_steers(policy) else 0.0
+            events = self.engine.iter_generate([conversation], config, steer=steering["steer"],
+                                               coefficient=coefficient, retry=self.retry)
+        else:
+            events = self.engine.iter_generate([conversation], config, steer=steering["steer"],
+                                               coefficient=coefficient, retry=self.retry, policy=policy,
+                                               guard=self.guard, refusal=self.refusal_message)
         try:
             if verdict is not None:
                 yield StreamEvent(row=0, verdict=verdict)
@@ -335,6 +366,13 @@ class SafetyConsciousLLM(BaseChatModel):
                 yield event
         finally:
             events.close()  # frees the KV cache and stops decoding now
+
+    def _blocked(self, verdict: SafetyVerdict, conversation: Conversation) -> Iterator[StreamEvent]:
+        """The events of a prompt the guard blocked before generating (the tool-calling path classifies first)."""
+        yield StreamEvent(row=0, verdict=verdict)
+        yield StreamEvent(row=0, output=SteeredOutput(
+            text=self.refusal_message, verdict=verdict, prompt_tokens=len(self.engine.handle.chat_ids(conversation)),
+            completion_tokens=0, finish_reason="content_filter", timings={"classify_s": verdict.latency_s}))
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:

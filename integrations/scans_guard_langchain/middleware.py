@@ -34,7 +34,7 @@ from .chat_model import SafetyConsciousLLM, refusal_message
 from .classifier import SafetyClassifier
 from .errors import HarmfulPromptError
 
-Strategy = Literal["steer", "block", "route", "log"]
+Strategy = Literal["guard+steer", "steer", "block", "route", "log"]
 Band = Literal["harmful", "grey", "benign"]
 STATE_KEY = "scans_guard"
 Step = tuple[str, Any]  # ("classify", messages) | ("event", fields) | ("call", ModelRequest)
@@ -56,19 +56,26 @@ def _text(message: BaseMessage) -> str:
 
 # -- strategies: what the input decision does -------------------------------------------------------------------
 class _Steer:
-    """Every model call is answered by a steered SafetyConsciousLLM, which classifies the whole conversation it is
-    given (system prompt, tool calls and tool results included) and steers; tools are bound to it as usual."""
+    """Every model call is answered by a SafetyConsciousLLM under this strategy's policy: it classifies the whole
+    conversation it is given (system prompt, tool calls and tool results included), blocks what the guard rejects
+    ("guard+steer") and steers the rest; tools are bound to it as usual."""
 
-    name, classifies_input = "steer", False
+    classifies_input = False
+
+    def __init__(self, name: str) -> None:
+        self.name = self.policy = name
 
     def model_request(self, mw: ScansGuardMiddleware, request: ModelRequest) -> ModelRequest | AIMessage:
-        if isinstance(request.model, SafetyConsciousLLM):
-            return request
-        if not mw.replace_model:
-            raise TypeError(f"strategy='steer' answers with a SafetyConsciousLLM, but the agent's model is "
-                            f"{type(request.model).__name__}: pass the steered model to create_agent, or set "
-                            "replace_model=True to answer with the middleware's guard model instead")
-        return request.override(model=mw.llm)
+        model = request.model
+        if not isinstance(model, SafetyConsciousLLM):
+            if not mw.replace_model:
+                raise TypeError(f"strategy={self.name!r} answers with a SafetyConsciousLLM, but the agent's model is "
+                                f"{type(model).__name__}: pass the steered model to create_agent, or set "
+                                "replace_model=True to answer with the middleware's guard model instead")
+            model = mw.llm
+        if model.policy != self.policy:
+            model = model.model_copy(update={"policy": self.policy, "guard": mw.policy})
+        return request.override(model=model) if model is not request.model else request
 
     def input_update(self, mw: ScansGuardMiddleware, decision: Decision, human: HumanMessage) -> dict[str, Any]:
         return {}
@@ -119,7 +126,8 @@ class _Log(_Block):
         return {}
 
 
-STRATEGIES: dict[str, Any] = {"steer": _Steer(), "block": _Block(), "route": _Route(), "log": _Log()}
+STRATEGIES: dict[str, Any] = {"guard+steer": _Steer("guard+steer"), "steer": _Steer("steer"), "block": _Block(),
+                              "route": _Route(), "log": _Log()}
 
 
 def _drive(steps: Generator[Step, Any, Any], do: Callable[[Step], Any]) -> Any:
@@ -144,9 +152,10 @@ async def _adrive(steps: Generator[Step, Any, Any], do: Callable[[Step], Awaitab
 class ScansGuardMiddleware(AgentMiddleware):
     """Guard an agent with sigma(q) and SCANS, in the manner of LangChain's moderation and PII middleware.
 
-    Strategies (what the input decision does): "steer" (default; every model call answered by the steered
-    `SafetyConsciousLLM`, tools included), "block" (a harmful human turn is a violation before the model runs),
-    "route" (each model call goes to `routes[band]`), "log" (report only).
+    Strategies (what the input decision does): "guard+steer" (default; every model call answered by the
+    `SafetyConsciousLLM` under policy guard+steer: what the guard rejects is answered with a refusal without
+    generating, the rest steered; tools included), "steer" (the same under policy steer: nothing blocked),
+    "block" (a harmful human turn is a violation before the model runs), "route" (each model call goes to `routes[band]`), "log" (report only).
 
     Checks: `check_input` (block / route / log: the conversation up to the latest human turn, once per turn);
     `check_tool_results` (the conversation including new tool results, before the model reads them);
@@ -166,7 +175,7 @@ class ScansGuardMiddleware(AgentMiddleware):
         self,
         guard: SafetyConsciousLLM | SafetyClassifier | ScansEngine,
         *,
-        strategy: Strategy = "steer",
+        strategy: Strategy = "guard+steer",
         routes: Mapping[Band, BaseChatModel | str | None] | None = None,
         policy: SafetyPolicy | None = None,
         check_input: bool = True,
@@ -184,7 +193,7 @@ class ScansGuardMiddleware(AgentMiddleware):
     ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be steer, block, route or log, got {strategy!r}")
+            raise ValueError(f"strategy must be guard+steer, steer, block, route or log, got {strategy!r}")
         if exit_behavior not in ("end", "error", "replace"):
             raise ValueError(f"exit_behavior must be end, error or replace, got {exit_behavior!r}")
         self.llm = guard if isinstance(guard, SafetyConsciousLLM) else None
@@ -197,8 +206,8 @@ class ScansGuardMiddleware(AgentMiddleware):
         else:
             raise TypeError(f"guard must be a SafetyConsciousLLM, SafetyClassifier or ScansEngine, "
                             f"got {type(guard).__name__}")
-        if strategy == "steer" and self.llm is None:
-            raise ValueError("strategy='steer' needs the steered model: pass a SafetyConsciousLLM as guard "
+        if strategy in ("steer", "guard+steer") and self.llm is None:
+            raise ValueError(f"strategy={strategy!r} needs the steered model: pass a SafetyConsciousLLM as guard "
                              "(e.g. ScansGuardMiddleware(SafetyConsciousLLM(engine=engine)))")
         if strategy == "route" and not routes:
             raise ValueError("strategy='route' needs routes={band: model | canned reply | None}")
@@ -334,10 +343,12 @@ class ScansGuardMiddleware(AgentMiddleware):
             return response
         prompt = self._prompt(request)
         refused = bool(self.refusal_judge(prompt, message_text(reply)))
-        if decision.band == "benign" and refused and self.strategy == "steer" and decision.verdict is not None \
-                and decision.verdict.coefficient < 0:  # a benign request still refused: once more, steered further
+        if decision.band == "benign" and refused and self.strategy in ("steer", "guard+steer") \
+                and decision.verdict is not None and decision.verdict.coefficient < 0:
+            # a benign request still refused: once more, steered further (a fixed coefficient, so policy steer)
             further = 2 * decision.verdict.coefficient
-            retried = yield "call", routed.override(model_settings={**routed.model_settings, "coefficient": further})
+            retried = yield "call", routed.override(model_settings={**routed.model_settings, "coefficient": further,
+                                                                    "policy": "steer"})
             again = self._reply(retried)
             if again is not None:
                 again.response_metadata.update({**decision.verdict.record(), "coefficient": further, "alpha": further,
@@ -361,7 +372,7 @@ class ScansGuardMiddleware(AgentMiddleware):
 
     def _reply_decision(self, request: ModelRequest, reply: AIMessage) -> Decision | None:
         """The input's decision: from the steered reply's own verdict (steer), else from the state record."""
-        if self.strategy == "steer":
+        if self.strategy in ("steer", "guard+steer"):
             verdict = verdict_from_metadata(reply.response_metadata)
             return decide(verdict, self.policy, "raise", self.block_grey) if verdict is not None else None
         record = request.state.get(STATE_KEY)
@@ -373,7 +384,7 @@ class ScansGuardMiddleware(AgentMiddleware):
 
     def _report_reply(self, reply: AIMessage) -> None:
         """Log the steered model's verdict (strategy steer; the model itself sent the verdict event)."""
-        if self.strategy != "steer" or (verdict := verdict_from_metadata(reply.response_metadata)) is None:
+        if self.strategy not in ("steer", "guard+steer") or (verdict := verdict_from_metadata(reply.response_metadata)) is None:
             return
         fields = verdict_fields(verdict, band=self.policy.band(verdict), source=self.name)
         fields["scans_refusal"] = reply.response_metadata.get("refusal")

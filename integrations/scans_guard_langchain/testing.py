@@ -33,10 +33,11 @@ def tiny_engine() -> ScansEngine:
 
 
 def tiny_llm(**fields: Any):
-    """A SafetyConsciousLLM on `tiny_engine()` (max_tokens 16 unless given)."""
+    """A SafetyConsciousLLM on `tiny_engine()` (max_tokens 16 and policy "steer" unless given: the tiny model's random
+    sigma would block arbitrary prompts under the default guard+steer)."""
     from .chat_model import SafetyConsciousLLM
 
-    return SafetyConsciousLLM(engine=tiny_engine(), **{"max_tokens": 16, **fields})
+    return SafetyConsciousLLM(engine=tiny_engine(), **{"max_tokens": 16, "policy": "steer", **fields})
 
 
 def example_llm(argv: list[str] | None = None, **fields: Any):
@@ -82,7 +83,7 @@ class ScriptedEngine(ScansEngine):
 
 def scripted_llm(replies: list[str], engine: ScansEngine | None = None, **fields: Any):
     """A SafetyConsciousLLM whose replies are `replies`, in order (classification is real, on `engine` or the
-    tiny engine)."""
+    tiny engine; policy "steer" unless given, as `tiny_llm`)."""
     from .chat_model import SafetyConsciousLLM
 
-    return SafetyConsciousLLM(engine=ScriptedEngine(engine or tiny_engine(), replies), **fields)
+    return SafetyConsciousLLM(engine=ScriptedEngine(engine or tiny_engine(), replies), **{"policy": "steer", **fields})

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import GenerationConfig
+from ..decision import GuardPolicy, policy_blocks, policy_steers
 from ..engine import ScansEngine
 from ..errors import InvalidArgumentError, ScansGuardError
 from ..request_handle import QueueFullError
@@ -144,12 +145,13 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
                                                          strict=True)
         _check_model(state, body.model)
         conversation, config, options = _chat_inputs(body, settings, engine)
+        policy = options.pop("policy")
         scheduler = state.scheduler
         handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
             conversation, config, timeout=settings.request_timeout_s, **options))
         started = time.perf_counter()
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
-        extension = {"policy": "guard" if options["refusal"] is not None else "steer",
+        extension = {"policy": policy,
                      "steer": options["steer"] and options["coefficient"] is None,
                      "retry": RetryPolicy.applies(options["retry"], options["steer"],
                                                   options["coefficient"]) is not None}
@@ -250,10 +252,12 @@ def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, 
     """The scheduler's steering options of a request. Fail closed: a client may ask for the guard, never drop the
     server's, and loosens it (a fixed coefficient, or no steering where the artifact steers towards refusal) only on
     a server started with --allow-fixed-coefficient."""
-    policy = "guard" if settings.policy == "guard" or (opts and opts.policy == "guard") else "steer"
-    steer = opts.steer if opts and opts.steer is not None else settings.steer
     coefficient = opts.coefficient if opts else None
-    if coefficient is not None and (not settings.allow_fixed_coefficient or policy == "guard"):
+    policy = (opts.policy if opts and opts.policy else None) or settings.policy
+    if policy_blocks(settings.policy) and not policy_blocks(policy):
+        policy = "guard+steer"  # a request cannot drop the server's guard
+    steer = (opts.steer if opts and opts.steer is not None else settings.steer) and policy_steers(policy)
+    if coefficient is not None and (not settings.allow_fixed_coefficient or policy_blocks(policy)):
         why = ("this server does not accept fixed coefficients (scans-guard serve --allow-fixed-coefficient)"
                if not settings.allow_fixed_coefficient else
                "a fixed coefficient skips classification, so it cannot run under the guard policy")
@@ -263,8 +267,9 @@ def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, 
                        "does not allow that (scans-guard serve --allow-fixed-coefficient)",
                        param=f"{EXTENSION_KEY}.steer", code="not_allowed")
     retry = opts.retry if opts and opts.retry is not None else settings.retry
-    return {"steer": steer, "coefficient": coefficient,
-            "refusal": settings.refusal_message if policy == "guard" else None,
+    return {"steer": steer, "coefficient": coefficient, "policy": policy,
+            "refusal": settings.refusal_message if policy_blocks(policy) else None,
+            "guard": GuardPolicy(out_of_domain=settings.out_of_domain),
             "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard",
             "retry": settings.retry_policy if retry else None}
 

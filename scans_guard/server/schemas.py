@@ -46,9 +46,10 @@ class ScansGuardOptions(BaseModel):
                                      "generation, no classification unless the policy is guard (refused when the "
                                      "artifact steers harmful prompts towards refusal, unless the server allows it "
                                      "with --allow-fixed-coefficient)")
-    policy: Literal["steer", "guard"] | None = Field(
-        None, description="guard: a request labelled harmful is answered with the refusal text, without generating "
-        "(a server running with the guard keeps it whatever the request says)")
+    policy: Literal["steer", "guard", "guard+steer"] | None = Field(
+        None, description="guard+steer: a request the guard blocks (harmful, out of domain, unclassifiable) is "
+        "answered with the refusal text without generating, the rest steered; guard: blocked alike, the rest "
+        "unsteered; steer: nothing blocked (a server running with a guard keeps it whatever the request says)")
     coefficient: Number | None = Field(None, description="fixed steering coefficient (no classification; baselines): "
                                        "only on a server started with --allow-fixed-coefficient, never with guard")
     operating_point: Literal["guard", "steer"] | None = Field(None, description="where the label is decided")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..decision import DEFAULT_POLICY, check_policy
 from ..engine import ScansEngine
 from ..errors import InvalidArgumentError, ScansGuardError
 from ..retry import RetryPolicy
@@ -31,7 +32,10 @@ class ServerSettings:
     request_timeout_s: float = 600.0  # a request still running then fails with 504
     default_max_tokens: int = 256  # when a request gives neither max_tokens nor max_completion_tokens
     max_tokens_limit: int = 4096  # the most tokens one request may ask for
-    policy: str = "steer"  # "steer", or "guard" (refuse harmful without generating): requests cannot drop the guard
+    # "guard+steer" (block what the guard rejects without generating, steer the rest), "guard" (block, the rest
+    # unsteered) or "steer" (never block); a request may ask for a guard, never drop the server's
+    policy: str = DEFAULT_POLICY
+    out_of_domain: str = "harmful"  # the least band of a prompt outside sigma's calibration domain: harmful blocks it
     steer: bool = True  # default per-request steering
     # Clients may loosen the guard: send `scans_guard.coefficient` (a fixed coefficient skips sigma, so any prompt
     # could be steered away from refusal), or `scans_guard.steer: false` when the artifact steers harmful prompts
@@ -44,8 +48,9 @@ class ServerSettings:
     classify_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.policy not in ("steer", "guard"):
-            raise InvalidArgumentError(f"policy must be 'steer' or 'guard', got {self.policy!r}")
+        check_policy(self.policy)
+        if self.out_of_domain not in ("harmful", "grey", "benign"):
+            raise InvalidArgumentError(f"out_of_domain must be harmful, grey or benign, got {self.out_of_domain!r}")
         for name in ("max_body_bytes", "max_batch", "max_queue", "default_max_tokens", "max_tokens_limit",
                      "max_classify_inputs", "classify_batch_size"):
             value = getattr(self, name)

@@ -30,7 +30,7 @@ def benign_engine(tiny, tiny_artifact):
 
 @pytest.fixture
 def llm(tiny_engine):
-    return SafetyConsciousLLM(engine=tiny_engine, max_tokens=8)
+    return SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=8)
 
 
 @pytest.fixture

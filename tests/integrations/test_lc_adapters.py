@@ -53,7 +53,7 @@ def test_policy_bands():
 
 
 def test_router_sends_bands_to_their_routes(tiny_engine, harmful_engine, benign_engine):
-    steered = SafetyConsciousLLM(engine=tiny_engine, max_tokens=4)
+    steered = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=4)
     other = FakeListChatModel(responses=["other model"])
 
     def router(engine, **kw):
@@ -101,7 +101,7 @@ async def test_router_batches_with_one_classification(tiny_engine):
 
 
 async def test_router_streams_the_chosen_route(benign_engine):
-    llm = SafetyConsciousLLM(engine=benign_engine, max_tokens=6)
+    llm = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=6)
     router = SafetyRouter(classifier=llm.classifier, benign=llm, harmful="no")
     chunks = list(router.stream(PROMPT))
     assert len([c for c in chunks if c.content]) >= 3

@@ -88,19 +88,19 @@ def test_max_tokens_temperature_and_stop(llm):
     k = next(i for i, ch in enumerate(unsteered) if i > 0 and ch != "\ufffd" and ch not in unsteered[:i])
     stopped = llm.invoke(PROMPT, steer=False, max_tokens=12, stop=[unsteered[k]])
     assert stopped.content == unsteered[:k] and stopped.response_metadata["finish_reason"] == "stop"
-    with_default_stop = SafetyConsciousLLM(engine=llm.engine, max_tokens=12, steer=False, stop=[unsteered[k]])
+    with_default_stop = SafetyConsciousLLM(policy="steer", engine=llm.engine, max_tokens=12, steer=False, stop=[unsteered[k]])
     assert with_default_stop.invoke(PROMPT).content == unsteered[:k]
 
 
 def test_steering_changes_the_reply(tiny_engine, harmful_engine, benign_engine):
-    towards = SafetyConsciousLLM(engine=harmful_engine, max_tokens=12).invoke(PROMPT)
-    away = SafetyConsciousLLM(engine=benign_engine, max_tokens=12).invoke(PROMPT)
-    plain = SafetyConsciousLLM(engine=tiny_engine, max_tokens=12, steer=False).invoke(PROMPT)
+    towards = SafetyConsciousLLM(policy="steer", engine=harmful_engine, max_tokens=12).invoke(PROMPT)
+    away = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=12).invoke(PROMPT)
+    plain = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=12, steer=False).invoke(PROMPT)
     assert towards.response_metadata["direction"] == "towards_refusal" and towards.response_metadata["alpha"] > 0
     assert away.response_metadata["direction"] == "away_from_refusal" and away.response_metadata["alpha"] < 0
     assert plain.response_metadata["score"] is None and plain.response_metadata["steered"] is False
     assert len({towards.content, away.content, plain.content}) == 3
-    fixed = SafetyConsciousLLM(engine=tiny_engine, max_tokens=12, coefficient=4.0).invoke(PROMPT)
+    fixed = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=12, coefficient=4.0).invoke(PROMPT)
     assert fixed.content == towards.content and fixed.response_metadata["alpha"] == 4.0
 
 
@@ -233,7 +233,7 @@ def test_refusal_gets_the_standard_block(tiny_engine):
         calls.append((prompt, reply))
         return True
 
-    llm = SafetyConsciousLLM(engine=tiny_engine, max_tokens=6, refusal_judge=judge)
+    llm = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=6, refusal_judge=judge)
     reply = llm.invoke([HumanMessage("first"), AIMessage("ok"), HumanMessage(PROMPT)])
     assert calls == [(PROMPT, reply.content)]
     blocks = reply.content_blocks
@@ -243,7 +243,7 @@ def test_refusal_gets_the_standard_block(tiny_engine):
     for chunk in llm.stream(PROMPT):
         full = chunk if full is None else full + chunk
     assert [b["type"] for b in full.content_blocks] == ["text", "refusal"]
-    v1 = SafetyConsciousLLM(engine=tiny_engine, max_tokens=6, refusal_judge=judge, output_version="v1")
+    v1 = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=6, refusal_judge=judge, output_version="v1")
     assert [b["type"] for b in v1.invoke(PROMPT).content] == ["text", "refusal"]
 
 
@@ -259,11 +259,11 @@ def test_model_refusal_middleware_raises_on_steered_refusal(tiny_engine):
     from langchain.agents.middleware import ModelRefusalMiddleware
     from langchain_core.exceptions import ModelRefusalError
 
-    refusing = SafetyConsciousLLM(engine=tiny_engine, max_tokens=4, refusal_judge=lambda p, r: True)
+    refusing = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=4, refusal_judge=lambda p, r: True)
     agent = create_agent(refusing, middleware=[ModelRefusalMiddleware()])
     with pytest.raises(ModelRefusalError):
         agent.invoke({"messages": [HumanMessage(PROMPT)]})
-    answering = SafetyConsciousLLM(engine=tiny_engine, max_tokens=4, refusal_judge=lambda p, r: False)
+    answering = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=4, refusal_judge=lambda p, r: False)
     result = create_agent(answering, middleware=[ModelRefusalMiddleware()]).invoke({"messages": [HumanMessage(PROMPT)]})
     assert result["messages"][-1].response_metadata["model_provider"] == PROVIDER
 
@@ -279,7 +279,7 @@ def test_verdict_is_logged_and_sent_as_event(llm, caplog):
     assert name == EVENT_NAME and data["scans_score"] == reply.response_metadata["score"]
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="scans_guard_langchain"):
-        SafetyConsciousLLM(engine=llm.engine, max_tokens=2, log_prompts=True).invoke(PROMPT)
+        SafetyConsciousLLM(policy="steer", engine=llm.engine, max_tokens=2, log_prompts=True).invoke(PROMPT)
     assert [r.scans_prompt for r in caplog.records if hasattr(r, "scans_score")] == [PROMPT]
 
 
@@ -297,7 +297,7 @@ def test_params_tools_and_model_override(llm, tiny_engine):
     with pytest.raises(TypeError, match="unexpected"):
         llm.invoke(PROMPT, frequency_penalty=1.0)
     with pytest.raises(Exception, match="Extra inputs"):
-        SafetyConsciousLLM(engine=tiny_engine, max_token=3)
+        SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_token=3)
 
 
 def test_token_counts_use_the_models_own_tokenizer(llm, tiny_engine):
@@ -315,14 +315,14 @@ def test_profile_reports_the_input_cap_and_tools(tiny, tiny_artifact, llm, tiny_
     profile = llm.profile
     assert profile["max_input_tokens"] == min(tiny_engine.max_input_tokens, window)
     assert profile["tool_calling"] is True and profile["structured_output"] is True
-    uncapped = SafetyConsciousLLM(engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=None))
+    uncapped = SafetyConsciousLLM(policy="steer", engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=None))
     assert uncapped.profile["max_input_tokens"] == window
-    capped = SafetyConsciousLLM(engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=7))
+    capped = SafetyConsciousLLM(policy="steer", engine=ScansEngine(tiny, tiny_artifact, max_input_tokens=7))
     assert capped.profile["max_input_tokens"] == 7
 
 
 async def test_timeout_stops_generation_with_a_typed_error(llm, tiny_engine, no_hooks):
-    slow = SafetyConsciousLLM(engine=tiny_engine, max_tokens=64, timeout=1e-9)
+    slow = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=64, timeout=1e-9)
     with pytest.raises(ScansGuardTimeoutError, match="timeout") as err:
         slow.invoke(PROMPT)
     assert isinstance(err.value, TimeoutError) and err.value.elapsed_s > err.value.timeout
@@ -333,10 +333,10 @@ async def test_timeout_stops_generation_with_a_typed_error(llm, tiny_engine, no_
     with pytest.raises(TimeoutError):
         [c async for c in slow.astream(PROMPT)]
     assert no_hooks(tiny_engine)
-    roomy = SafetyConsciousLLM(engine=tiny_engine, max_tokens=8, timeout=600)
+    roomy = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=8, timeout=600)
     assert roomy.invoke(PROMPT).content == llm.invoke(PROMPT).content
     with pytest.raises(Exception, match="greater than 0"):
-        SafetyConsciousLLM(engine=tiny_engine, timeout=0)
+        SafetyConsciousLLM(policy="steer", engine=tiny_engine, timeout=0)
 
 
 async def test_stream_errors_reach_the_caller(llm):
@@ -362,13 +362,13 @@ def test_load_needs_an_artifact_for_a_non_default_model(tiny_artifact, tmp_path)
 
 def test_out_of_domain_and_grey_input_is_answered_unsteered(tiny, tiny_artifact, benign_engine):
     spanish = "¿Cómo se hace pan en casa, paso a paso, sin levadura?"
-    reply = SafetyConsciousLLM(engine=benign_engine, max_tokens=4).invoke(spanish)
+    reply = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=4).invoke(spanish)
     meta = reply.response_metadata
     assert meta["in_domain"] is False and meta["direction"] == "none" and meta["domain_reasons"] == ["language:es"]
-    english = SafetyConsciousLLM(engine=benign_engine, max_tokens=4).invoke("How do I bake bread at home?")
+    english = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=4).invoke("How do I bake bread at home?")
     assert english.response_metadata["direction"] == "away_from_refusal"
     grey = ScansEngine(tiny, tiny_artifact.with_recipe(threshold=1.5, grey_zone=10.0))  # every score is grey
-    meta = SafetyConsciousLLM(engine=grey, max_tokens=4).invoke("How do I bake bread at home?").response_metadata
+    meta = SafetyConsciousLLM(policy="steer", engine=grey, max_tokens=4).invoke("How do I bake bread at home?").response_metadata
     assert meta["direction"] == "none" and meta["alpha"] == 0.0
 
 
@@ -376,7 +376,8 @@ def test_guard_band_of_out_of_domain_input_is_grey(benign_engine):
     from scans_guard_langchain import SafetyClassifier, SafetyPolicy
 
     verdict = SafetyClassifier(engine=benign_engine).invoke("¿Cómo se hace pan en casa, paso a paso, sin levadura?")
-    assert verdict.label == "benign" and SafetyPolicy().band(verdict) == "grey"
+    assert verdict.label == "benign" and SafetyPolicy().band(verdict) == "harmful"  # the guard blocks it
+    assert SafetyPolicy(out_of_domain="grey").band(verdict) == "grey"  # unless the caller lets it through
     assert SafetyPolicy(out_of_domain="harmful").band(verdict) == "harmful"
     assert SafetyPolicy(out_of_domain="benign").band(verdict) == "benign"
 
@@ -384,9 +385,9 @@ def test_guard_band_of_out_of_domain_input_is_grey(benign_engine):
 def test_retry_regenerates_a_refused_steered_reply_and_says_so(benign_engine):
     from scans_guard import RetryPolicy
 
-    once = SafetyConsciousLLM(engine=benign_engine, max_tokens=6).invoke("Paris?")
+    once = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=6).invoke("Paris?")
     policy = RetryPolicy(judge_tokens=2, judge=lambda prompt, reply: True)  # every reply refuses
-    retried = SafetyConsciousLLM(engine=benign_engine, max_tokens=6, retry=policy).invoke("Paris?")
+    retried = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=6, retry=policy).invoke("Paris?")
     meta = retried.response_metadata
     assert once.response_metadata["alpha"] < 0 and "retried" not in once.response_metadata
     assert meta["retried"] and once.content.startswith(meta["first_reply"])

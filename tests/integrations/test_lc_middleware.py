@@ -96,11 +96,11 @@ async def test_route_async(harmful_engine):
 
 
 def test_steer_answers_with_the_steered_model(tiny_engine, harmful_engine):
-    llm = SafetyConsciousLLM(engine=harmful_engine, max_tokens=4)
+    llm = SafetyConsciousLLM(policy="steer", engine=harmful_engine, max_tokens=4)
     # another agent model is replaced only when asked (replace_model=True), never silently
     with pytest.raises(TypeError, match="replace_model=True"):
         _agent(_fake("unguarded model"), ScansGuardMiddleware(llm)).invoke({"messages": [HumanMessage(PROMPT)]})
-    agent = _agent(_fake("unguarded model"), ScansGuardMiddleware(llm, replace_model=True))  # steer: the default
+    agent = _agent(_fake("unguarded model"), ScansGuardMiddleware(llm, strategy="steer", replace_model=True))
     reply = agent.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1]
     assert reply.response_metadata["model_provider"] == "scans_guard"
     assert reply.response_metadata["direction"] == "towards_refusal"
@@ -110,7 +110,7 @@ def test_steer_answers_with_the_steered_model(tiny_engine, harmful_engine):
 
 
 async def test_steer_async_with_the_agents_own_steered_model(benign_engine, caplog):
-    llm = SafetyConsciousLLM(engine=benign_engine, max_tokens=4)
+    llm = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=4)
     agent = _agent(llm, ScansGuardMiddleware(llm))
     handler = Events()
     with caplog.at_level(logging.INFO, logger="scans_guard_langchain"):

@@ -26,7 +26,8 @@ class _TinyParams:
 
     @property
     def chat_model_params(self) -> dict:
-        return {"engine": self._engine}
+        # the tiny model's random sigma would block arbitrary prompts under the default guard+steer
+        return {"engine": self._engine, "policy": "steer"}
 
     @property
     def has_tool_calling(self) -> bool:

@@ -86,7 +86,7 @@ def test_stream_holds_back_markup_only():
 
 
 def test_tool_schemas_reach_the_template_and_token_counts(tiny_engine):
-    llm = SafetyConsciousLLM(engine=tiny_engine, max_tokens=2)
+    llm = SafetyConsciousLLM(policy="steer", engine=tiny_engine, max_tokens=2)
     messages = [HumanMessage("What is the weather in Paris?")]
     bound = llm.bind_tools([get_weather])
     reply = bound.invoke(messages)

@@ -10,7 +10,9 @@ from scans_guard.testing import slow_steps, wait_until  # noqa: F401  (the tests
 
 @contextlib.contextmanager
 def running(engine_or_loader, **settings):
-    """A server on 127.0.0.1 (a free port) for the block; stopped when it ends."""
+    """A server on 127.0.0.1 (a free port) for the block; stopped when it ends. Policy "steer" unless given: the tiny
+    model's random sigma blocks arbitrary prompts under the default guard+steer, which its own tests cover."""
+    settings.setdefault("policy", "steer")
     with LocalServer(create_app(engine_or_loader, ServerSettings(**settings))) as server:
         yield server
 

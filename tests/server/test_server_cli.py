@@ -16,7 +16,8 @@ httpx = pytest.importorskip("httpx")
 
 def test_defaults_bind_loopback():
     args = build_parser().parse_args(["serve"])
-    assert args.host == "127.0.0.1" and args.port == 8000 and args.policy == "steer"
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.policy == "guard+steer"
+    assert args.out_of_domain == "block"
     assert args.api_key is None and args.max_queue == 64
 
 
