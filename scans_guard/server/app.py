@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from ..engine import ScansEngine
 from ..errors import InvalidArgumentError, ScansGuardError
 from ..request_handle import QueueFullError
 from ..retry import RetryPolicy
+from ..steering import MAX_COEFFICIENT
 from .errors import ApiError, BodyTooLarge, api_error
 from .middleware import Guard
 from .responses import completion, stream, until_done, verdict_json
@@ -243,7 +245,16 @@ def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings,
         config = GenerationConfig(**fields)
     except ValidationError as exc:
         raise api_error(exc) from None
+    _check_coefficient(body.scans_guard)
     return _messages(body.messages), config, _steering_options(body.scans_guard, settings, engine)
+
+
+def _check_coefficient(opts: ScansGuardOptions | None) -> None:
+    """A fixed coefficient out of range is a 400 naming it here, rather than a nameless one from the scheduler."""
+    value = opts.coefficient if opts else None
+    if value is not None and not (math.isfinite(value) and abs(value) <= MAX_COEFFICIENT):
+        raise ApiError(400, f"the coefficient must be a finite number within +-{MAX_COEFFICIENT:g}, got {value!r}",
+                       param=f"{EXTENSION_KEY}.coefficient", code="invalid_value")
 
 
 def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, engine: ScansEngine) -> dict:
