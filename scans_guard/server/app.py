@@ -147,6 +147,8 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         _check_model(state, body.model)
         conversation, config, options = _chat_inputs(body, settings, engine)
         scheduler = state.scheduler
+        if scheduler.waiting >= scheduler.max_queue:  # at once, without tokenizing (submit checks again under lock)
+            raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={scheduler.max_queue})")
         handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
             conversation, config, timeout=settings.request_timeout_s, **options))
         started = time.perf_counter()
