@@ -29,9 +29,10 @@ from ..errors import InvalidArgumentError, ScansGuardError
 from ..request_handle import QueueFullError
 from ..retry import RetryPolicy
 from ..steering import MAX_COEFFICIENT
+from .accounting import outcome_of
 from .errors import ApiError, BodyTooLarge, api_error
-from .middleware import Guard
-from .responses import completion, stream, until_done, verdict_json
+from .middleware import CLIENT_CLOSED, Guard
+from .responses import completion, stream, until_done, until_started, verdict_json
 from .schemas import (
     EXTENSION_KEY,
     MAX_STOP,
@@ -149,9 +150,11 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         scheduler = state.scheduler
         if scheduler.waiting >= scheduler.max_queue:  # at once, without tokenizing (submit checks again under lock)
             raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={scheduler.max_queue})")
+        started = time.perf_counter()
         handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
             conversation, config, timeout=settings.request_timeout_s, **options))
-        started = time.perf_counter()
+        outcome = outcome_of(request.scope)
+        outcome.handle, outcome.started = handle, started
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
         extension = {"policy": "guard" if options["refusal"] is not None else "steer",
                      "steer": options["steer"] and options["coefficient"] is None,
@@ -159,12 +162,18 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
                                                   options["coefficient"]) is not None}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(state, request, handle, meta, extension, include_usage, started),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            events = await until_started(request, handle)
+            if handle.error is not None:  # failed before the stream began: answered with its own status
+                raise handle.error
+            if handle.cancelled:  # the client went away before the stream began: nobody to answer
+                return Response(status_code=CLIENT_CLOSED)
+            return StreamingResponse(stream(state, outcome, events, meta, extension, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
         await until_done(request, handle)
         if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
-            return Response(status_code=499)
-        return JSONResponse(completion(state, handle, meta, extension, started))
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(completion(state, outcome, meta, extension))
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> JSONResponse:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import hmac
 import time
 
+from .accounting import outcome_of, record
 from .errors import ApiError
 from .metrics import route_label
 from .state import ServerState
+
+
+CLIENT_CLOSED = 499  # the status counted for a response its client did not wait for (nginx's convention)
 
 
 class Guard:
@@ -27,12 +31,15 @@ class Guard:
         path = scope.get("path", "")
         route = route_label(path)
         t0 = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "complete": False}
+        outcome = outcome_of(scope)
 
         async def counted_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                status["complete"] = True
 
         key = self.state.settings.api_key
         try:
@@ -43,8 +50,14 @@ class Guard:
                 return
             await self.app(scope, receive, counted_send)
         finally:
+            code = outcome.status or status["code"]
+            if code < 400 and not status["complete"]:
+                code = CLIENT_CLOSED  # cut: the client went away before the last byte (never counted as a 200)
+            if outcome.handle is not None:  # a chat completion the route did not record: failed or cut
+                outcome.handle.cancel()  # a no-op once it ended; else its row leaves the batch at the next step
+                record(self.state, outcome)
             metrics = self.state.metrics
-            metrics.requests.labels(route, str(status["code"])).inc()
+            metrics.requests.labels(route, str(code)).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
 

@@ -1,0 +1,50 @@
+"""Each chat completion's metrics, recorded exactly once whether it completed, failed or was cut by its client.
+
+The route records a completed request before its last bytes go out; the middleware records, when the route has
+returned, any request the route did not (an error, a client that went away), so tokens already generated are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..request_handle import RequestHandle
+from .state import ServerState
+
+OUTCOME_KEY = "scans_guard.outcome"  # the ASGI scope key under which the middleware leaves each request's Outcome
+
+
+@dataclass
+class Outcome:
+    """What a route tells the middleware beyond the status line it sent."""
+
+    handle: RequestHandle | None = None  # the chat completion's request, once submitted
+    started: float = 0.0  # perf_counter when the request was submitted (time to first token)
+    recorded: bool = False
+    status: int | None = None  # the status to count when a stream failed after its 200 went out
+
+
+def outcome_of(scope: dict) -> Outcome:
+    return scope.setdefault(OUTCOME_KEY, Outcome())
+
+
+def record(state: ServerState, outcome: Outcome) -> None:
+    """Count a chat completion once: its verdict, tokens (a request without output counts the tokens decoded for it
+    until it ended) and what the guard did."""
+    handle = outcome.handle
+    if outcome.recorded or handle is None:
+        return
+    outcome.recorded = True
+    m = state.metrics
+    m.verdict(handle.verdict)
+    if handle.first_token_at is not None:
+        m.ttft.observe(handle.first_token_at - outcome.started)
+    out = handle.output
+    if out is not None or handle.verdict is not None or handle.started_at is not None:  # its prompt was read
+        m.prompt_tokens.inc(handle.prompt_tokens)
+    m.completion_tokens.inc(out.completion_tokens if out is not None else handle.generated_tokens)
+    steering = out.steering if out is not None else handle.steering
+    if handle.refused:
+        m.refusals.inc()
+    if steering is not None and steering.source == "retry":
+        m.retries.inc()
