@@ -1,4 +1,5 @@
-"""Each chat completion's metrics, recorded exactly once whether it completed, failed or was cut by its client.
+"""Each chat completion's metrics, recorded exactly once whether it completed, failed or was cut by its client, and
+the verdict headers of its response.
 
 The route records a completed request before its last bytes go out; the middleware records, when the route has
 returned, any request the route did not (an error, a client that went away), so tokens already generated are counted.
@@ -12,6 +13,7 @@ from ..request_handle import RequestHandle
 from .state import ServerState
 
 OUTCOME_KEY = "scans_guard.outcome"  # the ASGI scope key under which the middleware leaves each request's Outcome
+HEADER_PREFIX = "x-scans-guard-"
 
 
 @dataclass
@@ -26,6 +28,26 @@ class Outcome:
 
 def outcome_of(scope: dict) -> Outcome:
     return scope.setdefault(OUTCOME_KEY, Outcome())
+
+
+def action(handle: RequestHandle) -> str:
+    """What the server did with a request: refused (the guard answered without generating), retried (the reply
+    steered away still refused and was generated again), or generated."""
+    if handle.refused:
+        return "refused"
+    steering = handle.output.steering if handle.output is not None else handle.steering
+    return "retried" if steering is not None and steering.source == "retry" else "generated"
+
+
+def guard_headers(handle: RequestHandle) -> dict[str, str]:
+    """The verdict as response headers, for clients that read headers rather than the body's `scans_guard`
+    (ChatOpenAI(include_response_headers=True)); label, score and direction only when the request was classified."""
+    headers = {HEADER_PREFIX + "action": action(handle)}
+    verdict = handle.verdict
+    if verdict is not None:
+        headers.update({HEADER_PREFIX + "label": verdict.label, HEADER_PREFIX + "score": repr(verdict.score),
+                        HEADER_PREFIX + "direction": verdict.direction})
+    return headers
 
 
 def record(state: ServerState, outcome: Outcome) -> None:

@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, ScansGuardError
 from ..request_handle import QueueFullError
 from ..retry import RetryPolicy
 from ..steering import MAX_COEFFICIENT
-from .accounting import outcome_of
+from .accounting import guard_headers, outcome_of
 from .errors import ApiError, BodyTooLarge, api_error
 from .middleware import CLIENT_CLOSED, Guard
 from .responses import completion, stream, until_done, until_started, verdict_json
@@ -169,11 +169,11 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
                 return Response(status_code=CLIENT_CLOSED)
             return StreamingResponse(stream(state, outcome, events, meta, extension, include_usage),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+                                     headers={"Cache-Control": "no-cache", **guard_headers(handle)})
         await until_done(request, handle)
         if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(completion(state, outcome, meta, extension))
+        return JSONResponse(completion(state, outcome, meta, extension), headers=guard_headers(handle))
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> JSONResponse:
