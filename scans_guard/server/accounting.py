@@ -68,5 +68,10 @@ def record(state: ServerState, outcome: Outcome) -> None:
     steering = out.steering if out is not None else handle.steering
     if handle.refused:
         m.refusals.inc()
+        m.blocked.inc()
     if steering is not None and steering.source == "retry":
         m.retries.inc()
+    if steering is not None and steering.direction == "away_from_refusal":
+        m.steered_away.inc()
+    if handle.verdict is not None and not handle.verdict.in_domain:
+        m.out_of_domain.inc()
