@@ -104,6 +104,10 @@ def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if state.draining_since is not None:  # a load balancer stops sending here while the drain runs
+            return JSONResponse({"status": "draining", "error": {
+                "message": "the server is shutting down", "type": "service_unavailable_error", "param": None,
+                "code": "shutting_down"}}, status_code=503)
         try:
             state.ready()
         except ApiError as err:

@@ -11,6 +11,7 @@ from .metrics import route_label
 from .state import ServerState
 
 
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/classify")  # refused while the server drains
 CLIENT_CLOSED = 499  # the status counted for a response its client did not wait for (nginx's convention)
 
 
@@ -42,14 +43,23 @@ class Guard:
                 status["complete"] = True
 
         key = self.state.settings.api_key
+        counted = path.startswith("/v1/")
+        self.state.in_flight += counted
         try:
             if key is not None and (path.startswith("/v1/") or path == "/metrics") and not _authorized(scope, key):
                 err = ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                                type="authentication_error", code="invalid_api_key")
                 await err.response()(scope, receive, counted_send)
                 return
+            if self.state.draining_since is not None and path in MODEL_ROUTES:
+                response = ApiError(503, "the server is shutting down", type="service_unavailable_error",
+                                    code="shutting_down").response()
+                response.headers["Connection"] = "close"  # come back on a new connection (to another replica)
+                await response(scope, receive, counted_send)
+                return
             await self.app(scope, receive, counted_send)
         finally:
+            self.state.in_flight -= counted
             code = outcome.status or status["code"]
             if code < 400 and not status["complete"]:
                 code = CLIENT_CLOSED  # cut: the client went away before the last byte (never counted as a 200)
