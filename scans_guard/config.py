@@ -10,8 +10,8 @@ from .decision import Direction, Label, direction, is_harmful, steering_coeffici
 from .domain import DomainConfig
 
 MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
-# The seeds torch.Generator.manual_seed accepts: signed and unsigned 64-bit (a negative seed s is used as 2**64 - 1 + s).
-# A seed outside fails when the config is built, not in the batch worker after the sigma pass.
+# The seeds torch.Generator.manual_seed accepts: signed and unsigned 64-bit (a negative seed s draws as 2**64 - 1 + s).
+# A seed outside them fails when the config is built, not in the batch worker after the sigma pass.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 

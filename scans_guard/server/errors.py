@@ -14,7 +14,6 @@ from ..errors import (
 )
 from ..request_handle import QueueFullError, RequestTimeoutError, SchedulerClosedError
 
-
 # Seconds a client should wait before sending again after a 429 (queue full) or a 503 (loading, shutting down): the
 # queue moves every decoding step, so a second is enough to find room, and clients (openai's) honour it.
 RETRY_AFTER_S = 1

@@ -10,7 +10,6 @@ from .errors import ApiError
 from .metrics import route_label
 from .state import ServerState
 
-
 MODEL_ROUTES = ("/v1/chat/completions", "/v1/classify")  # refused while the server drains
 CLIENT_CLOSED = 499  # the status counted for a response its client did not wait for (nginx's convention)
 
