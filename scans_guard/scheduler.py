@@ -191,9 +191,7 @@ class ContinuousBatcher:
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
-        batch, self._batch = self._batch, None
-        for request in waiting + ([row.request for row in batch.rows] if batch else []):
-            request.handle._push(error=error)
+        self._fail_step(error, waiting)
 
     def _run(self) -> None:
         while True:
@@ -215,8 +213,8 @@ class ContinuousBatcher:
                 self._fail_step(exc, admit)
 
     def _fail_step(self, error: BaseException, admitted: list[QueuedRequest]) -> None:
-        """Fail the running rows and this step's newcomers (a no-op for those already answered); the worker stays
-        alive, so requests still waiting join the next step and later ones are served as usual."""
+        """Fail the running rows and `admitted` (a no-op for those already answered). After a failed step the worker
+        stays alive: requests still waiting join the next step and later ones are served as usual."""
         batch, self._batch, self._plan = self._batch, None, None
         for request in admitted + ([row.request for row in batch.rows] if batch else []):
             request.handle._push(error=error)

@@ -1,4 +1,4 @@
-"""ASGI middleware of the server: the API key, and request counts and latency by route and status."""
+"""ASGI middleware of the server: the API key, the drain, request counts and latency by route and status."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ CLIENT_CLOSED = 499  # the status counted for a response its client did not wait
 
 
 class Guard:
-    """ASGI middleware: API key, request counts and latency by route and status (streams timed to their last byte).
+    """ASGI middleware: API key, the drain's 503, request counts and latency by route and status (streams timed to
+    their last byte; a response cut before it counts as 499), and the metrics of chat completions the route did not
+    record (failed or cut).
 
     Pure ASGI rather than BaseHTTPMiddleware, so streamed responses pass through untouched and a disconnect reaches
     the route.

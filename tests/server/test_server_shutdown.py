@@ -125,6 +125,10 @@ def test_sigterm_drains_the_cli_server_and_exits_0(tiny_on_disk, tmp_path):
             streams = [Stream(base_url, _stream_body(model, 480)) for _ in range(4)]
             for s in streams:
                 s.start()
+            def decoding_two_and_two_waiting():
+                text = http.get("/metrics").text
+                return "scans_guard_running_requests 2.0" in text and "scans_guard_queue_depth 2.0" in text
+            assert wait_until(decoding_two_and_two_waiting, timeout=30)
             assert wait_until(lambda: sum(s.started.is_set() for s in streams) >= 2, timeout=30)
             proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: http.get("/readyz").status_code == 503, timeout=10)
