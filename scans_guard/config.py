@@ -11,6 +11,9 @@ from .domain import DomainConfig
 from .readings import ReadingConfig
 
 MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
+# The seeds torch.Generator.manual_seed accepts: signed and unsigned 64-bit (a negative seed s draws as 2**64 - 1 + s).
+# A seed outside them fails when the config is built, not in the batch worker after the sigma pass.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class SteeringRecipe(BaseModel):
@@ -85,7 +88,9 @@ class GenerationConfig(BaseModel):
         description="divide (or, if negative, multiply) the logits of tokens already in the prompt or reply, as in "
         "transformers; applies to greedy decoding too; None or 1: no penalty")
     stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
-    seed: int | None = Field(None, description="seed for sampling; None draws a fresh one")
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX,
+                             description="seed for sampling, -2**63 .. 2**64 - 1 (what torch.Generator.manual_seed "
+                             "accepts); None draws a fresh one")
     ignore_eos: bool = Field(False, description="decode all max_new_tokens even past end-of-turn (benchmarks)")
 
     @classmethod

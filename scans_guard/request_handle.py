@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .config import SafetyVerdict, SteeredOutput
+from .config import RowSteering, SafetyVerdict, SteeredOutput
 from .engine import StreamEvent
 from .errors import ScansGuardError
 
@@ -47,6 +47,11 @@ class RequestHandle:
         self.verdict: SafetyVerdict | None = None
         self.output: SteeredOutput | None = None
         self.refused = False  # answered with the refusal text without generating (guard mode)
+        # What the row decoding this request adds (set when it joins the batch; a retry's once it re-joins) and the
+        # tokens it has chosen so far: what a request that is cut or fails before its output has cost.
+        self.steering: RowSteering | None = None
+        self.generated_tokens = 0
+        self.judging = False  # a retry's judge holds the row's text: whether it is retried is not known yet
         self.error: BaseException | None = None
         self._cancelled = threading.Event()
         self._events: collections.deque[StreamEvent] = collections.deque()
@@ -75,6 +80,10 @@ class RequestHandle:
                 loop.call_soon_threadsafe(ready.set)
             except RuntimeError:  # that event loop is closed: nobody waits there any more
                 pass
+
+    def _notify(self) -> None:
+        """Wake the consumer without an event: its row joined the batch (`steering` and `judging` are set)."""
+        self._push()
 
     # -- consumer side ------------------------------------------------------------------------------------------
     @property
@@ -136,6 +145,22 @@ class RequestHandle:
                 ready = asyncio.Event()
                 self._waiters.append((asyncio.get_running_loop(), ready))
             await ready.wait()
+
+    async def wait(self, ready: Callable[[], bool]) -> None:
+        """Wait in asyncio until an event is queued, the request is over, or `ready()` holds."""
+        while True:
+            with self._cond:
+                if self._events or self._done or ready():
+                    return
+                event = asyncio.Event()
+                self._waiters.append((asyncio.get_running_loop(), event))
+            await event.wait()
+
+    def queued(self) -> list[StreamEvent]:
+        """The events queued now, taken without waiting (an error is raised by iteration, after them)."""
+        with self._cond:
+            events, self._events = list(self._events), collections.deque()
+        return events
 
     def result(self, timeout: float | None = None) -> SteeredOutput | None:
         """Wait for the output (None if cancelled); raises the request's error."""

@@ -194,9 +194,7 @@ class ContinuousBatcher:
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
-        batch, self._batch = self._batch, None
-        for request in waiting + ([row.request for row in batch.rows] if batch else []):
-            request.handle._push(error=error)
+        self._fail_step(error, waiting)
 
     def _run(self) -> None:
         while True:
@@ -207,18 +205,22 @@ class ContinuousBatcher:
                     return
                 free = self.max_batch - self.running
                 admit = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-            self._expire()
-            if admit:
-                self._admit(admit)
-            if self._batch is None:
-                continue
             try:
-                self._step()
-            except Exception as exc:  # a failed forward pass: fail what is running, keep serving
+                self._expire()
+                if admit:
+                    self._admit(admit)
+                if self._batch is not None:
+                    self._step()
+            except Exception as exc:  # a failed step: fail the requests of that step, keep serving the others
                 log.exception("continuous batching step failed")
-                batch, self._batch, self._plan = self._batch, None, None
-                for row in batch.rows:
-                    row.request.handle._push(error=exc)
+                self._fail_step(exc, admit)
+
+    def _fail_step(self, error: BaseException, admitted: list[QueuedRequest]) -> None:
+        """Fail the running rows and `admitted` (a no-op for those already answered). After a failed step the worker
+        stays alive: requests still waiting join the next step and later ones are served as usual."""
+        batch, self._batch, self._plan = self._batch, None, None
+        for request in admitted + ([row.request for row in batch.rows] if batch else []):
+            request.handle._push(error=error)
 
     def _expire(self) -> None:
         """Fail waiting requests past their deadline and drop cancelled ones from the queue."""
@@ -330,6 +332,8 @@ class ContinuousBatcher:
         gate = None
         if request.retry is not None and steering.source == "sigma" and steering.coefficient < 0:
             gate = request.retry.gate(user_text(request.conversation), self._model.tokenizer)
+        request.handle.steering, request.handle.judging = steering, gate is not None
+        request.handle._notify()
         return RunningRow(request=request, chooser=_TokenChooser(request.config, prompts), steering=steering,
                           classify_s=classify_s, gate=gate)
 
@@ -404,6 +408,7 @@ class ContinuousBatcher:
             return None
         config = request.config
         row.steps += 1
+        handle.generated_tokens = row.steps
         if handle.first_token_at is None:
             handle.first_token_at = time.perf_counter()
         row.chooser.emitted(token_tensor.reshape(1))

@@ -43,6 +43,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests waiting to join the batch; more get HTTP 429 (default %(default)s)")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds before a request fails with HTTP 504 (default %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds the requests in flight get to finish while new ones get HTTP 503; "
+                        "then those left fail and the server exits 0 (default %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20,
                    help="larger request bodies get HTTP 413 (default %(default)s)")
     p.add_argument("--default-max-tokens", type=int, default=256,
@@ -58,7 +61,8 @@ def settings_from_args(args: argparse.Namespace):
     return ServerSettings(
         served_model_name=args.served_model_name, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=args.max_body_bytes, max_batch=args.max_batch, max_queue=args.max_queue,
-        request_timeout_s=args.request_timeout, default_max_tokens=args.default_max_tokens,
+        request_timeout_s=args.request_timeout, shutdown_timeout_s=args.shutdown_timeout,
+        default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit, policy=args.policy, steer=not args.no_steer,
         allow_fixed_coefficient=args.allow_fixed_coefficient, refusal_message=args.refusal_message or REFUSAL,
         out_of_domain="harmful" if args.out_of_domain == "block" else "grey",
@@ -67,9 +71,8 @@ def settings_from_args(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
-        import uvicorn
-
         from .server import create_app
+        from .server.serving import serve
     except ImportError as exc:
         raise ScansGuardError(f"scans-guard serve needs the [serve] extra ({exc.name} is missing): "
                               "pip install 'scans-guard[serve]'") from None
@@ -87,4 +90,4 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(load, settings)
     print(f"scans-guard serve: http://{args.host}:{args.port}/v1 (the model loads in the background; "
           "/readyz answers 200 once it has)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level)

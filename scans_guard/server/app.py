@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -28,9 +29,11 @@ from ..engine import ScansEngine
 from ..errors import InvalidArgumentError, ScansGuardError
 from ..request_handle import QueueFullError
 from ..retry import RetryPolicy
+from ..steering import MAX_COEFFICIENT
+from .accounting import guard_headers, outcome_of
 from .errors import ApiError, BodyTooLarge, api_error
-from .middleware import Guard
-from .responses import completion, stream, until_done, verdict_json
+from .middleware import CLIENT_CLOSED, Guard
+from .responses import completion, stream, until_done, until_started, verdict_json
 from .schemas import (
     EXTENSION_KEY,
     MAX_STOP,
@@ -102,6 +105,10 @@ def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if state.draining_since is not None:  # a load balancer stops sending here while the drain runs
+            return JSONResponse({"status": "draining", "error": {
+                "message": "the server is shutting down", "type": "service_unavailable_error", "param": None,
+                "code": "shutting_down"}}, status_code=503)
         try:
             state.ready()
         except ApiError as err:
@@ -147,9 +154,13 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         conversation, config, options = _chat_inputs(body, settings, engine)
         policy = options.pop("policy")
         scheduler = state.scheduler
+        if scheduler.waiting >= scheduler.max_queue:  # at once, without tokenizing (submit checks again under lock)
+            raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={scheduler.max_queue})")
+        started = time.perf_counter()
         handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
             conversation, config, timeout=settings.request_timeout_s, **options))
-        started = time.perf_counter()
+        outcome = outcome_of(request.scope)
+        outcome.handle, outcome.started = handle, started
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
         extension = {"policy": policy,
                      "steer": options["steer"] and options["coefficient"] is None,
@@ -157,12 +168,18 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
                                                   options["coefficient"]) is not None}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(state, request, handle, meta, extension, include_usage, started),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            events = await until_started(request, handle)
+            if handle.error is not None:  # failed before the stream began: answered with its own status
+                raise handle.error
+            if handle.cancelled:  # the client went away before the stream began: nobody to answer
+                return Response(status_code=CLIENT_CLOSED)
+            return StreamingResponse(stream(state, outcome, events, meta, extension, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", **guard_headers(handle)})
         await until_done(request, handle)
         if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
-            return Response(status_code=499)
-        return JSONResponse(completion(state, handle, meta, extension, started))
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(completion(state, outcome, meta, extension), headers=guard_headers(handle))
 
     @app.post("/v1/classify")
     async def classify(request: Request) -> JSONResponse:
@@ -245,7 +262,16 @@ def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings,
         config = GenerationConfig(**fields)
     except ValidationError as exc:
         raise api_error(exc) from None
+    _check_coefficient(body.scans_guard)
     return _messages(body.messages), config, _steering_options(body.scans_guard, settings, engine)
+
+
+def _check_coefficient(opts: ScansGuardOptions | None) -> None:
+    """A fixed coefficient out of range is a 400 naming it here, rather than a nameless one from the scheduler."""
+    value = opts.coefficient if opts else None
+    if value is not None and not (math.isfinite(value) and abs(value) <= MAX_COEFFICIENT):
+        raise ApiError(400, f"the coefficient must be a finite number within +-{MAX_COEFFICIENT:g}, got {value!r}",
+                       param=f"{EXTENSION_KEY}.coefficient", code="invalid_value")
 
 
 def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, engine: ScansEngine) -> dict:

@@ -14,6 +14,10 @@ from ..errors import (
 )
 from ..request_handle import QueueFullError, RequestTimeoutError, SchedulerClosedError
 
+# Seconds a client should wait before sending again after a 429 (queue full) or a 503 (loading, shutting down): the
+# queue moves every decoding step, so a second is enough to find room, and clients (openai's) honour it.
+RETRY_AFTER_S = 1
+
 
 class ApiError(Exception):
     """An error answered as OpenAI's error JSON."""
@@ -26,9 +30,15 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def headers(self) -> dict[str, str] | None:
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status in (429, 503):  # a busy or unavailable server: try again shortly (or elsewhere)
+            return {"Retry-After": str(RETRY_AFTER_S)}
+        return None
+
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
 
 
 class BodyTooLarge(Exception):

@@ -35,15 +35,14 @@ class LocalServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> LocalServer:
-        import uvicorn
+        from .serving import draining_server
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._socket = sock
-        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="on", timeout_graceful_shutdown=5)
-        self._server = uvicorn.Server(config)
+        self._server = draining_server(self.app, log_level=self.log_level, lifespan="on")
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"scans-guard-server-{self.port}", daemon=True)
         self._thread.start()
@@ -54,6 +53,15 @@ class LocalServer:
                 raise RuntimeError("the local server did not start")
             time.sleep(0.01)
         return self
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Shut down as on SIGTERM: 503 for new model requests, those in flight finish (within the app's
+        shutdown_timeout_s), then the server stops; waits up to `timeout` for that."""
+        if self._server is not None:
+            self._server.drain()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.stop()
 
     def stop(self, timeout: float = 15.0) -> None:
         if self._server is not None:

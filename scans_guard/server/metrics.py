@@ -39,6 +39,12 @@ class ServerMetrics:
                                 ["label", "direction"], registry=r)
         self.refusals = Counter("scans_guard_guard_refusals", "requests answered with the refusal text (guard policy)",
                                 registry=r)
+        self.blocked = Counter("scans_guard_blocked_requests", "chat completions the guard refused without "
+                               "generating (the count of scans_guard_guard_refusals_total)", registry=r)
+        self.steered_away = Counter("scans_guard_steered_away_requests", "chat completions whose reply was steered "
+                                    "away from refusal (by sigma, a fixed coefficient or a retry)", registry=r)
+        self.out_of_domain = Counter("scans_guard_out_of_domain_requests", "chat completions whose prompt is outside "
+                                     "the calibration domain (sigma never steers them away from refusal)", registry=r)
         self.retries = Counter("scans_guard_retries", "replies steered away that still refused, generated once more "
                                "steered further (scans_guard.retry)", registry=r)
         self.batch_size = Histogram("scans_guard_batch_size", "rows in each continuous-batching decode step",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import Request
 
 from ..config import SafetyVerdict
+from ..engine import StreamEvent
 from ..request_handle import RequestHandle
+from .accounting import Outcome, record
 from .errors import api_error
 from .schemas import EXTENSION_KEY
 from .state import ServerState
@@ -19,8 +22,9 @@ def verdict_json(verdict: SafetyVerdict | None) -> dict | None:
     return None if verdict is None else verdict.model_dump(mode="json", exclude={"layer_similarities"})
 
 
-async def until_done(request: Request, handle: RequestHandle) -> None:
-    """Wait for a non-streamed request; a client that goes away cancels it (its row leaves the batch)."""
+@contextlib.contextmanager
+def _watched(request: Request, handle: RequestHandle) -> Iterator[None]:
+    """While the block runs, a client that goes away cancels the request (its row leaves the batch)."""
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -28,11 +32,36 @@ async def until_done(request: Request, handle: RequestHandle) -> None:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await handle.aresult()
+        yield
     finally:
         watcher.cancel()
+
+
+async def until_done(request: Request, handle: RequestHandle) -> None:
+    """Wait for a non-streamed request to end (its error raised here, before any byte is sent)."""
+    try:
+        with _watched(request, handle):
+            await handle.aresult()
+    finally:
         if not handle.done:
             handle.cancel()
+
+
+def _started(handle: RequestHandle) -> bool:
+    """What the guard does with the request is decided: refused, or its row joined and no retry judge holds it."""
+    return handle.refused or (handle.steering is not None and not handle.judging)
+
+
+async def until_started(request: Request, handle: RequestHandle) -> list[StreamEvent]:
+    """Wait until a stream's verdict headers are final (its row joined the batch; a row a retry's judge holds: its
+    first text) or the request is over; an error before then is answered with its own status. Returns the events
+    read, to replay into the stream."""
+    events: list[StreamEvent] = []
+    with _watched(request, handle):
+        while not (handle.done or _started(handle) or any(e.text or e.output for e in events)):
+            await handle.wait(lambda: _started(handle))
+            events += handle.queued()
+    return events
 
 
 def _usage(handle: RequestHandle) -> dict:
@@ -52,22 +81,9 @@ def _extension(handle: RequestHandle, extension: dict) -> dict:
             "steering": steering.model_dump(), "refused": handle.refused, "retried": steering.source == "retry"}
 
 
-def _record(state: ServerState, handle: RequestHandle, started: float) -> None:
-    m = state.metrics
-    m.verdict(handle.verdict)
-    if handle.first_token_at is not None:
-        m.ttft.observe(handle.first_token_at - started)
-    if handle.output is not None:
-        m.prompt_tokens.inc(handle.prompt_tokens)
-        m.completion_tokens.inc(handle.output.completion_tokens)
-    if handle.refused:
-        m.refusals.inc()
-    if handle.output is not None and handle.output.steering.source == "retry":
-        m.retries.inc()
-
-
-def completion(state: ServerState, handle: RequestHandle, meta: dict, extension: dict, started: float) -> dict:
-    _record(state, handle, started)
+def completion(state: ServerState, outcome: Outcome, meta: dict, extension: dict) -> dict:
+    handle = outcome.handle
+    record(state, outcome)
     out = handle.output
     return {**meta, "object": "chat.completion", "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text, "refusal": None},
@@ -79,13 +95,22 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def stream(state: ServerState, request: Request, handle: RequestHandle, meta: dict, extension: dict,
-                  include_usage: bool, started: float) -> AsyncIterator[str]:
-    """SSE chunks: the role, text deltas, the finish chunk (with the verdict), the usage chunk if asked, [DONE].
+async def _replayed(events: list[StreamEvent], handle: RequestHandle) -> AsyncIterator[StreamEvent]:
+    for event in events:
+        yield event
+    async for event in handle:
+        yield event
 
-    An error after the stream began is sent as an `{"error": ...}` event before [DONE]; a client that disconnects
-    cancels the request (its row leaves the batch at the next step).
+
+async def stream(state: ServerState, outcome: Outcome, events: list[StreamEvent], meta: dict, extension: dict,
+                 include_usage: bool) -> AsyncIterator[str]:
+    """SSE chunks: the role, text deltas, the finish chunk (with the verdict), the usage chunk if asked, [DONE].
+    `events`: what `until_started` read, sent first.
+
+    An error after the stream began is sent as an `{"error": ...}` event before [DONE] (and counted with its status);
+    a client that disconnects cancels the request (its row leaves the batch at the next step).
     """
+    handle = outcome.handle
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
 
     def chunk(delta: dict, finish: str | None = None, **extra: object) -> str:
@@ -95,18 +120,20 @@ async def stream(state: ServerState, request: Request, handle: RequestHandle, me
     try:
         yield chunk({"role": "assistant", "content": ""})
         try:
-            async for event in handle:
+            async for event in _replayed(events, handle):
                 if event.text:
                     yield chunk({"content": event.text})
                 if event.output is not None and handle.refused:
                     yield chunk({"content": event.output.text})
         except Exception as exc:  # the request failed after the stream started: tell the client in-band
-            yield _sse(api_error(exc).body())
+            err = api_error(exc)
+            outcome.status = err.status
+            yield _sse(err.body())
             yield "data: [DONE]\n\n"
             return
         if handle.output is None:  # cancelled
             return
-        _record(state, handle, started)
+        record(state, outcome)
         ext = {EXTENSION_KEY: _extension(handle, extension)}
         yield chunk({}, _finish_reason(handle), **ext)
         if include_usage:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from ..config import SEED_MAX, SEED_MIN
+
 Number = StrictInt | StrictFloat
 ROLES = ("system", "developer", "user", "assistant")
 EXTENSION_KEY = "scans_guard"  # the request option block and the response field the server adds to OpenAI's schema
@@ -59,7 +61,10 @@ class ScansGuardOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Every number has a range checked here, before any model work: out of range is a 400 naming the field.
+    NaN and infinities (which Python's JSON accepts) are refused for every number."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: StrictStr
     messages: list[ChatMessage] = Field(min_length=1)
@@ -67,7 +72,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Number | None = Field(None, ge=0, le=2)
     top_p: Number | None = Field(None, gt=0, le=1)
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch.Generator.manual_seed accepts
     stop: StrictStr | list[StrictStr] | None = None
     n: StrictInt | None = None
     stream: StrictBool | None = False

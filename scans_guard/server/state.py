@@ -30,6 +30,7 @@ class ServerSettings:
     max_batch: int = DEFAULT_MAX_BATCH  # rows decoding at once
     max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting to join the batch; more get 429
     request_timeout_s: float = 600.0  # a request still running then fails with 504
+    shutdown_timeout_s: float = 30.0  # on SIGTERM: new requests get 503, those in flight get this long to finish
     default_max_tokens: int = 256  # when a request gives neither max_tokens nor max_completion_tokens
     max_tokens_limit: int = 4096  # the most tokens one request may ask for
     # "guard+steer" (block what the guard rejects without generating, steer the rest), "guard" (block, the rest
@@ -60,6 +61,8 @@ class ServerSettings:
             raise InvalidArgumentError(f"retry_policy must be a RetryPolicy, got {type(self.retry_policy).__name__}")
         if not self.request_timeout_s > 0:
             raise InvalidArgumentError(f"request_timeout_s must be positive, got {self.request_timeout_s!r}")
+        if not self.shutdown_timeout_s >= 0:
+            raise InvalidArgumentError(f"shutdown_timeout_s must be zero or more, got {self.shutdown_timeout_s!r}")
 
 
 class ServerState:
@@ -74,6 +77,8 @@ class ServerState:
         self.model_name: str | None = settings.served_model_name
         self.created = int(time.time())
         self.classifying = 0
+        self.in_flight = 0  # /v1/ requests being answered (a drain waits for them)
+        self.draining_since: float | None = None  # time.monotonic() when a graceful shutdown began
         self.metrics.bind(lambda: self.scheduler.waiting if self.scheduler else 0,
                           lambda: self.scheduler.running if self.scheduler else 0)
 
