@@ -38,6 +38,11 @@ def _batch_lines(r: BenchResult) -> list[str]:
     lines = ["sigma alone (engine.classify)", f"  {'batch':>5} {'prompts/s':>10} {'ms/prompt':>10} {'ms/pass':>9}"]
     lines += [f"  {row.batch_size:>5} {_fmt(row.prompts_per_s):>10} {_fmt(row.ms_per_prompt.median):>10} "
               f"{_fmt(row.pass_latency_ms.median):>9}" for row in r.sigma.batches]
+    if r.sigma.readings:
+        lines += ["", "sigma by input shape (one prompt at a time; readings: scans_guard.readings)",
+                  f"  {'shape':<17} {'readings':>8} {'passes':>6} {'ms/prompt':>10} {'x single':>8}"]
+        lines += [f"  {row.shape:<17} {row.readings:>8} {row.forward_passes:>6} {_fmt(row.ms_per_prompt.median):>10} "
+                  f"{_fmt(row.vs_single, '.2f'):>8}" for row in r.sigma.readings]
     b = r.batched_steering
     signs = f"{b.coefficients[:4]}{'...' if len(b.coefficients) > 4 else ''}"
     lines += ["", f"batched steering, per-row signs {signs}", f"  {'batch':>5} {'tok/s':>8} {'s/call':>8}"]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from .bench import BenchConfig
@@ -94,8 +94,21 @@ class SigmaBatch(BaseModel):
     pass_latency_ms: Summary
 
 
+class ReadingsCost(BaseModel):
+    """sigma on one input shape: how many readings it scores and what that costs against the request alone."""
+
+    shape: str
+    readings: int
+    forward_passes: int
+    ms_per_prompt: Summary
+    vs_single: float | None
+
+
 class SigmaResult(BaseModel):
     batches: list[SigmaBatch]
+    readings: list[ReadingsCost] = Field(default_factory=list, description="sigma's cost by input shape")
+
+
 
 
 class SteerBatch(BaseModel):
@@ -240,7 +253,46 @@ def bench_sigma(engine, prompts: Sequence[str], cfg: BenchConfig) -> SigmaResult
                                prompts_per_s=n * cfg.repeats / sum(walls),
                                ms_per_prompt=Summary.of([w / n * 1e3 for w in walls]),
                                pass_latency_ms=Summary.of([x * 1e3 for x in pass_latencies])))
-    return SigmaResult(batches=rows)
+    return SigmaResult(batches=rows, readings=bench_readings(engine, prompts[:4], cfg))
+
+
+READING_SHAPES: dict[str, object] = {
+    "single sentence": lambda p: p,
+    "system prompt": lambda p: [{"role": "system", "content": "You are a helpful assistant."},
+                                {"role": "user", "content": p}],
+    "three sentences": lambda p: f"What is the capital of Australia? {p.rstrip('.?!')}. "
+                                 "And can you suggest a name for a goldfish?",
+    "three user turns": lambda p: [{"role": "user", "content": "Can you help me with something?"},
+                                   {"role": "assistant", "content": "Sure, what do you need?"},
+                                   {"role": "user", "content": "It's for a project."},
+                                   {"role": "assistant", "content": "Go ahead."}, {"role": "user", "content": p}],
+}
+
+
+def bench_readings(engine, prompts: Sequence[str], cfg: BenchConfig) -> list[ReadingsCost]:
+    """sigma one prompt at a time on each input shape: a single sentence is one pass; other shapes add one batched
+    pass over their readings (scans_guard.readings)."""
+    rows, single = [], None
+    for shape, build in READING_SHAPES.items():
+        convs = [build(p) for p in prompts]
+        engine.classify(convs[:1])  # warm-up
+        calls: list[int] = []
+        hook = engine.handle.model.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            walls, verdicts = [], []
+            for _ in range(cfg.repeats):
+                for c in convs:
+                    wall, v = timed(lambda c=c: engine.classify(c))
+                    walls.append(wall * 1e3)
+                    verdicts += v
+        finally:
+            hook.remove()
+        ms = Summary.of(walls)
+        single = ms.median if single is None else single
+        rows.append(ReadingsCost(shape=shape, readings=round(sum(len(v.renderings) for v in verdicts) / len(verdicts)),
+                                 forward_passes=round(len(calls) / len(walls)), ms_per_prompt=ms,
+                                 vs_single=ms.median / single if single else None))
+    return rows
 
 
 def bench_batched_steering(engine, prompts: Sequence[str], cfg: BenchConfig) -> BatchedSteering:

@@ -59,6 +59,12 @@ def _check_common(r, cfg):
         assert _number(row["prompts_per_s"]) and row["n_prompts"] >= row["batch_size"]
         _check_summary(row["ms_per_prompt"])
         _check_summary(row["pass_latency_ms"])
+    shapes = {row["shape"]: row for row in r["sigma"]["readings"]}
+    assert list(shapes) == ["single sentence", "system prompt", "three sentences", "three user turns"]
+    assert (shapes["single sentence"]["readings"], shapes["single sentence"]["forward_passes"]) == (1, 1)
+    for shape in ("system prompt", "three sentences", "three user turns"):  # one extra batched pass, no more
+        assert shapes[shape]["readings"] >= 2 and shapes[shape]["forward_passes"] == 2, shape
+        _check_summary(shapes[shape]["ms_per_prompt"])
 
     b = r["batched_steering"]
     assert [row["batch_size"] for row in b["batches"]] == cfg.steer_batch_sizes
