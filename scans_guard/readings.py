@@ -29,7 +29,10 @@ from .encodings import detect
 
 Conversation = str | list[dict]
 SYSTEM_ROLES = ("system", "developer")
-_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+")
+# Sentence ends, colons, semicolons and newlines; and, where a request was pasted without its full stop, a word that
+# opens a new sentence or question ("... operating system And finally, can you ...").
+_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+|(?<=[a-z0-9,])\s+(?=(?:And|Also|Lastly|Finally|Then|Oh|By the way|Next|"
+                    r"Thanks|Please|What|How|Why|Where|When|Who|Which|Can|Could|Would|Should|Is|Are|Do|Does)\b)")
 _LETTER = re.compile(r"[^\W\d_]")
 # Role lines and turn markup of common chat templates, typed as text (ChatML, Llama 2/3, Gemma, Phi, Alpaca, plain).
 _MARKUP = re.compile(
