@@ -1,0 +1,100 @@
+"""Refusal rates per evaluation set under each generation policy: unsteered, steer (SCANS), guard and guard+steer.
+
+    python benchmarks/policy_refusal.py --sweep benchmarks/results/sweep-probe --data-dir ../shared/data \
+        --report benchmarks/results/policy-refusal-0.5b
+
+The sweep's replies (`safe_steering_sweep.py`: every prompt unsteered, and at -1 where the shipped recipe steers) are
+composed with the engine's current verdicts (sigma with its readings, the domain check and `GuardPolicy`), which are
+recomputed here: a blocked prompt counts as refused under guard and guard+steer, any other is answered as the sweep's
+reply at the coefficient the engine now uses (0 under guard). A prompt whose coefficient has no sweep reply is
+counted in `missing` and left out. No prompt is written out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from summary_io import write_summary  # noqa: E402
+
+from scans_guard import ScansEngine  # noqa: E402
+from scans_guard.data import load_set, prompt_key  # noqa: E402
+from scans_guard.decision import GuardPolicy  # noqa: E402
+
+# the sweep's set -> (benchmark set, label)
+SETS = {"xstest_safe": ("xstest", "safe"), "xstest_unsafe": ("xstest", "unsafe"), "oktest": ("oktest", "safe"),
+        "advbench_heldout": ("advbench", "unsafe"), "harmfulq": ("harmfulq", "unsafe"),
+        "malicious_instruct": ("malicious_instruct", "unsafe")}
+
+
+def texts_by_key(data_dir: str | None) -> dict[str, str]:
+    """Every prompt's text by its key (the sweep names unshipped prompts by key)."""
+    out = {}
+    for name, _ in SETS.values():
+        try:
+            out |= {prompt_key(e.prompt): e.prompt for e in load_set(name, data_dir)}
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def compose(engine: ScansEngine, sweep: Path, data_dir: str | None) -> list[dict]:
+    texts = texts_by_key(data_dir)
+    replies: dict[tuple[str, str, float], bool] = {}
+    for line in (sweep / "generations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        key = row["prompt"] if row["prompt"].startswith("sha256:") else prompt_key(row["prompt"])
+        replies[(row["set"], key, float(row["coefficient"]))] = bool(row["refused"])
+    guard, table = GuardPolicy(), []
+    for set_name in SETS:
+        keys = sorted({k for s, k, _ in replies if s == set_name})
+        keys = [k for k in keys if k in texts]
+        verdicts = engine.classify([texts[k] for k in keys], batch_size=8) if keys else []
+        counts = {"plain": 0, "steer": 0, "guard": 0, "guard+steer": 0, "blocked": 0, "steered": 0, "missing": 0}
+        n = 0
+        for key, v in zip(keys, verdicts):
+            scans = replies.get((set_name, key, float(v.coefficient)))
+            if scans is None:
+                counts["missing"] += 1
+                continue
+            n += 1
+            plain = replies[(set_name, key, 0.0)]
+            blocked = guard.decide(v).blocked
+            counts["plain"] += plain
+            counts["steer"] += scans
+            counts["guard"] += blocked or plain
+            counts["guard+steer"] += blocked or scans
+            counts["blocked"] += blocked
+            counts["steered"] += v.coefficient != 0
+        pct = {k: round(100 * counts[k] / n, 1) if n else None for k in ("plain", "steer", "guard", "guard+steer",
+                                                                         "blocked")}
+        table.append({"set": set_name, "label": SETS[set_name][1], "n": n, "missing": counts["missing"],
+                      "steered": counts["steered"], "blocked_pct": pct["blocked"],
+                      "refused_unsteered": pct["plain"], "refused_steer": pct["steer"],
+                      "refused_guard": pct["guard"], "refused_guard_steer": pct["guard+steer"],
+                      "guard_steer_minus_steer": None if n == 0 else round(pct["guard+steer"] - pct["steer"], 1)})
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", required=True, help="a safe_steering_sweep.py run directory")
+    parser.add_argument("--data-dir", help="benchmark CSVs that do not ship (their prompts are keys in the sweep)")
+    parser.add_argument("--model")
+    parser.add_argument("--artifact")
+    parser.add_argument("--report", help="write summary.json and summary.md here")
+    args = parser.parse_args()
+    engine = ScansEngine.load(args.model, args.artifact, progress=False)
+    table = compose(engine, Path(args.sweep), args.data_dir)
+    cols = list(table[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
+    write_summary(args.report, table, lines)
+
+
+if __name__ == "__main__":
+    main()
