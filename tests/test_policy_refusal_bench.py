@@ -1,0 +1,48 @@
+"""benchmarks/policy_refusal.py composes a sweep's replies with the engine's verdicts: checked on the tiny model
+against a hand-made sweep of shipped XSTest prompts, where every count can be worked out from the verdicts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from scans_guard.data import load_set
+from scans_guard.decision import GuardPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("policy_refusal", REPO / "benchmarks" / "policy_refusal.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_composition_on_the_tiny_model(tiny_engine, tmp_path, monkeypatch, one_torch_thread):
+    module = _module(monkeypatch)
+    prompts = [e.prompt for e in load_set("xstest") if not e.harmful][:12]
+    verdicts = tiny_engine.classify(prompts)
+    rows = []
+    for i, (p, v) in enumerate(zip(prompts, verdicts)):
+        rows.append({"set": "xstest_safe", "prompt": p, "coefficient": 0.0, "response": "", "refused": i % 2 == 0})
+        if v.coefficient != 0 and i != 3:  # one steered prompt without its steered reply: counted as missing
+            rows.append({"set": "xstest_safe", "prompt": p, "coefficient": v.coefficient, "response": "",
+                         "refused": False})
+    (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = {r["set"]: r for r in module.compose(tiny_engine, tmp_path, None)}
+    row = table["xstest_safe"]
+    guard = GuardPolicy()
+    kept = [(i, v) for i, v in enumerate(verdicts) if not (v.coefficient != 0 and i == 3)]
+    assert row["n"] == len(kept) and row["missing"] == len(prompts) - len(kept)
+    plain = [i % 2 == 0 for i, _ in kept]
+    steer = [i % 2 == 0 and v.coefficient == 0 for i, v in kept]
+    blocked = [guard.decide(v).blocked for _, v in kept]
+    pct = lambda xs: round(100 * sum(xs) / len(xs), 1)  # noqa: E731
+    assert row["refused_unsteered"] == pct(plain) and row["refused_steer"] == pct(steer)
+    assert row["refused_guard"] == pct([b or p for b, p in zip(blocked, plain)])
+    assert row["refused_guard_steer"] == pct([b or s for b, s in zip(blocked, steer)])
+    assert row["blocked_pct"] == pct(blocked)
+    assert table["oktest"]["n"] == 0  # no replies for it in this sweep
