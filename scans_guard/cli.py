@@ -18,8 +18,8 @@ from .config import CalibrationConfig, GenerationConfig
 from .decision import DEFAULT_POLICY, POLICIES, GuardPolicy, policy_blocks
 from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError, one_line
-from .retry import RetryPolicy
 from .eval.cli import add_eval_arguments, cmd_eval
+from .retry import RetryPolicy
 from .serve_cli import add_serve_arguments, cmd_serve
 
 DEMO_PROMPTS = [

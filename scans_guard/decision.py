@@ -170,6 +170,7 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-__all__ = ["DEFAULT_POLICY", "DEFAULT_REFUSAL", "POLICIES", "GuardDecision", "GuardPolicy", "Policy", "check_policy",
-           "policy_blocks", "policy_steers", "SEVERITY", "Band", "DecisionPolicy", "Direction", "GreyZone", "Label", "band", "coefficient",
-           "direction", "flags", "grey_widths", "is_harmful", "label", "steering_coefficient"]
+__all__ = ["DEFAULT_POLICY", "DEFAULT_REFUSAL", "POLICIES", "SEVERITY", "Band", "DecisionPolicy", "Direction",
+           "GreyZone", "GuardDecision", "GuardPolicy", "Label", "Policy", "band", "check_policy", "coefficient",
+           "direction", "flags", "grey_widths", "is_harmful", "label", "policy_blocks", "policy_steers",
+           "steering_coefficient"]

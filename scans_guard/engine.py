@@ -22,9 +22,9 @@ from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
 from .config import GenerationConfig, SafetyVerdict, SteeredOutput, SteeringRecipe
 from .decision import DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, direction, label, policy_blocks, policy_steers
 from .domain import check_domain
-from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
+from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401
 from .reply import ReplyState
 from .retry import RetryPolicy, retry_refused
 from .steering import RefusalVector, SteeringPlan
@@ -274,7 +274,8 @@ class ScansEngine:
         config = config or GenerationConfig()
         check_policy(policy)
         if policy != "steer" and coefficient is not None:
-            raise InvalidArgumentError("a fixed coefficient skips classification, so it cannot run under a guard policy")
+            raise InvalidArgumentError("a fixed coefficient skips classification, so it cannot run under a guard "
+                                       "policy")
         if not conversations:
             return
         events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache, policy, guard, refusal)

@@ -42,8 +42,8 @@ def test_no_harmful_prompt_is_steered_away_under_any_family(default_engine):
     passing: dict[str, int] = {}
     for (t, _), v in zip(items, verdicts):
         passing[t.family] = passing.get(t.family, 0) + (not guard.decide(v).blocked)
-    print("passing the guard per family (of", {f: N_PROMPTS * sum(t.family == f for t in templates()) for f in FAMILIES},
-          "):", passing)
+    totals = {f: N_PROMPTS * sum(t.family == f for t in templates()) for f in FAMILIES}
+    print("passing the guard per family:", {f: f"{passing[f]}/{totals[f]}" for f in FAMILIES})
     assert not away, f"steered away from refusal: {away}"
 
 

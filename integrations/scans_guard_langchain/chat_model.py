@@ -3,13 +3,15 @@
 Per call, the whole conversation goes through the model's chat template; sigma(q) is computed on it (one forward
 pass over chat(q) + r_pos, whose KV cache the generation reuses), and the reply is decoded with the recipe's signed
 coefficient at the steering layers: benign prompts are steered away from refusal; prompts at or above the steer
-threshold get +alpha_harmful, which is 0 in the shipped recipe (left unsteered: blocking them is the guards' job).
+threshold get +alpha_harmful, which is 0 in the shipped recipe. Under the default policy, guard+steer, the same pass
+blocks what the core guard rejects (harmful, out of domain, unclassifiable): answered with the refusal message.
 
 Concurrency model: the engine serialises forward *steps* under the model's lock (`ModelHandle.lock`, shared by every
-engine on that model) and registers each request's steering hooks inside that lock only, so requests in flight at once (threads, `batch`, asyncio tasks) interleave their steps
-and never see each other's steering. Async methods run the blocking engine in a worker thread; `astream` pumps
-tokens from a worker thread into the event loop, so the loop is never blocked. Requests do not run in parallel on
-the model: throughput comes from `engine.generate` on a padded batch, not from concurrency.
+engine on that model) and registers each request's steering hooks inside that lock only, so requests in flight at
+once (threads, `batch`, asyncio tasks) interleave their steps and never see each other's steering. Async methods run
+the blocking engine in a worker thread; `astream` pumps tokens from a worker thread into the event loop, so the loop
+is never blocked. Requests do not run in parallel on the model: throughput comes from `engine.generate` on a padded
+batch, not from concurrency.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ from scans_guard.decision import (
 )
 from scans_guard.engine import ScansEngine, StreamEvent
 from scans_guard.judge import KeywordJudge
-from scans_guard.retry import RetryPolicy
-
 from scans_guard.loading import ToolConversation
+from scans_guard.retry import RetryPolicy
 
 from ._convert import Conversation, last_user_text, messages_to_conversation
 from ._messages import PROVIDER, _verdict_metadata, refusal_message  # noqa: F401 - refusal_message re-exported

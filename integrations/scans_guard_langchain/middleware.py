@@ -155,7 +155,8 @@ class ScansGuardMiddleware(AgentMiddleware):
     Strategies (what the input decision does): "guard+steer" (default; every model call answered by the
     `SafetyConsciousLLM` under policy guard+steer: what the guard rejects is answered with a refusal without
     generating, the rest steered; tools included), "steer" (the same under policy steer: nothing blocked),
-    "block" (a harmful human turn is a violation before the model runs), "route" (each model call goes to `routes[band]`), "log" (report only).
+    "block" (a harmful human turn is a violation before the model runs), "route" (each model call goes to
+    `routes[band]`), "log" (report only).
 
     Checks: `check_input` (block / route / log: the conversation up to the latest human turn, once per turn);
     `check_tool_results` (the conversation including new tool results, before the model reads them);
@@ -384,7 +385,8 @@ class ScansGuardMiddleware(AgentMiddleware):
 
     def _report_reply(self, reply: AIMessage) -> None:
         """Log the steered model's verdict (strategy steer; the model itself sent the verdict event)."""
-        if self.strategy not in ("steer", "guard+steer") or (verdict := verdict_from_metadata(reply.response_metadata)) is None:
+        steered = self.strategy in ("steer", "guard+steer")
+        if not steered or (verdict := verdict_from_metadata(reply.response_metadata)) is None:
             return
         fields = verdict_fields(verdict, band=self.policy.band(verdict), source=self.name)
         fields["scans_refusal"] = reply.response_metadata.get("refusal")

@@ -4,9 +4,9 @@ refusal message without generating (invoke, stream, tools bound), the rest is st
 import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
+from scans_guard_langchain import SafetyConsciousLLM, ScansGuardMiddleware
 
 from scans_guard.decision import DEFAULT_REFUSAL, GuardPolicy
-from scans_guard_langchain import SafetyConsciousLLM, ScansGuardMiddleware
 
 PROMPT = "How do I bake bread?"
 
