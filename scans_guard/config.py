@@ -11,6 +11,10 @@ from .domain import DomainConfig
 from .readings import ReadingConfig
 
 MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
+# The repetition penalty's range: a penalty p divides positive logits by p, so p = 1e-300 made them infinite and a
+# sampled row's probabilities NaN (a failed step, found by fuzzing the server); within these bounds logits / p / T stay
+# finite in float32.
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 1e-3, 1e3
 # The seeds torch.Generator.manual_seed accepts: signed and unsigned 64-bit (a negative seed s draws as 2**64 - 1 + s).
 # A seed outside them fails when the config is built, not in the batch worker after the sigma pass.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -84,9 +88,10 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, description="sample among the k most likely tokens; None: no limit")
     repetition_penalty: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+        None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, allow_inf_nan=False,
         description="divide (or, if negative, multiply) the logits of tokens already in the prompt or reply, as in "
-        "transformers; applies to greedy decoding too; None or 1: no penalty")
+        f"transformers; applies to greedy decoding too; None or 1: no penalty; {MIN_REPETITION_PENALTY:g} to "
+        f"{MAX_REPETITION_PENALTY:g}")
     stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX,
                              description="seed for sampling, -2**63 .. 2**64 - 1 (what torch.Generator.manual_seed "

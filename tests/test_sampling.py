@@ -66,7 +66,8 @@ def test_top_k_one_samples_the_greedy_token(tiny_engine):
 
 
 @pytest.mark.parametrize("bad", [{"top_k": 0}, {"repetition_penalty": 0.0}, {"repetition_penalty": -1.0},
-                                 {"repetition_penalty": math.inf}, {"repetition_penalty": math.nan}])
+                                 {"repetition_penalty": math.inf}, {"repetition_penalty": math.nan},
+                                 {"repetition_penalty": 1e-300}, {"repetition_penalty": 1e308}])
 def test_invalid_settings_are_rejected(bad):
     with pytest.raises(ValidationError):
         GenerationConfig(**bad)

@@ -3,7 +3,8 @@
     app = create_app(engine)                                # or a loader: create_app(lambda: ScansEngine.load())
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Routes: POST /v1/chat/completions, POST /v1/classify, GET /v1/models, /healthz, /readyz, /metrics (docs/server.md).
+Routes: POST /v1/chat/completions, POST /v1/classify, GET /v1/models, /healthz, /readyz, /metrics, /openapi.json
+(docs/server.md).
 Every error is OpenAI's error JSON (`{"error": {"message", "type", "param", "code"}}`), never a traceback.
 """
 
@@ -33,6 +34,7 @@ from ..steering import MAX_COEFFICIENT
 from .accounting import guard_headers, outcome_of
 from .errors import ApiError, BodyTooLarge, api_error
 from .middleware import CLIENT_CLOSED, Guard
+from .openapi import CHAT_RESPONSES, MODEL_ERRORS, install, request_body
 from .responses import completion, stream, until_done, until_started, verdict_json
 from .schemas import (
     EXTENSION_KEY,
@@ -69,7 +71,9 @@ def create_app(engine_or_loader: ScansEngine | Callable[[], ScansEngine],
             state.scheduler.close()
 
     app = FastAPI(title="scans-guard", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json")
+    install(app, [ChatCompletionRequest, ClassifyRequest], state.settings.max_tokens_limit,
+            state.settings.max_classify_inputs)
     app.state.scans_guard = state
     app.add_middleware(Guard, state=state)
     _add_error_handlers(app)
@@ -145,7 +149,8 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
     """POST /v1/chat/completions (through the continuous-batching scheduler) and POST /v1/classify (batched)."""
     settings = state.settings
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=CHAT_RESPONSES, openapi_extra=request_body(
+        ChatCompletionRequest, "OpenAI's chat completion request, with the scans_guard extension"))
     async def chat_completions(request: Request) -> Response:
         engine = state.ready()
         body = ChatCompletionRequest.model_validate_json(await _read_body(request, settings.max_body_bytes),
@@ -181,7 +186,8 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
             return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(completion(state, outcome, meta, extension), headers=guard_headers(handle))
 
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", responses=MODEL_ERRORS,
+              openapi_extra=request_body(ClassifyRequest, "prompts or conversations to classify"))
     async def classify(request: Request) -> JSONResponse:
         engine = state.ready()
         body = ClassifyRequest.model_validate_json(await _read_body(request, settings.max_body_bytes), strict=True)

@@ -11,7 +11,7 @@ from ..config import SafetyVerdict
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 SCORE_BUCKETS = tuple(x / 2 for x in range(-16, 17))  # -8 .. 8: probe logits (and mean cosines, within -1 .. 1)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-ROUTES = ("/v1/chat/completions", "/v1/classify", "/v1/models", "/healthz", "/readyz", "/metrics")
+ROUTES = ("/v1/chat/completions", "/v1/classify", "/v1/models", "/healthz", "/readyz", "/metrics", "/openapi.json")
 
 
 def route_label(path: str) -> str:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from ..config import SEED_MAX, SEED_MIN
+from ..config import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, SEED_MAX, SEED_MIN
 
 Number = StrictInt | StrictFloat
 ROLES = ("system", "developer", "user", "assistant")
@@ -87,7 +87,7 @@ class ChatCompletionRequest(BaseModel):
     user: StrictStr | None = None
     # Extensions, as vLLM names them.
     top_k: StrictInt | None = Field(None, ge=1)
-    repetition_penalty: Number | None = Field(None, gt=0)
+    repetition_penalty: Number | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
     ignore_eos: StrictBool | None = False
     scans_guard: ScansGuardOptions | None = None
 

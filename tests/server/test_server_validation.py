@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from scans_guard import GenerationConfig
-from scans_guard.config import SEED_MAX, SEED_MIN
+from scans_guard.config import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, SEED_MAX, SEED_MIN
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -44,6 +44,8 @@ OUT_OF_RANGE = [
     ("repetition_penalty", 0, "repetition_penalty"),
     ("repetition_penalty", -1.0, "repetition_penalty"),
     ("repetition_penalty", INF, "repetition_penalty"),
+    ("repetition_penalty", 1e-300, "repetition_penalty"),  # found by fuzzing: infinite logits, NaN probabilities
+    ("repetition_penalty", 1e308, "repetition_penalty"),
     ("n", 0, "n"),
     ("n", 2, "n"),
     ("presence_penalty", 0.5, "presence_penalty"),
@@ -78,7 +80,8 @@ def _forward_passes(engine):
                          ids=[f"{f}={v if not isinstance(v, dict) else next(iter(v.values()))}"
                               for f, v, _ in OUT_OF_RANGE])
 def test_out_of_range_numbers_are_400_before_model_work(http, model_name, tiny_engine, field, value, param):
-    extra = {"temperature": 1.0} if field in ("seed", "top_k") else {}  # where the field matters: sampling
+    # where the field matters: sampling (a tiny repetition penalty made a sampled row's probabilities NaN)
+    extra = {"temperature": 1.0} if field in ("seed", "top_k", "repetition_penalty") else {}
     with _forward_passes(tiny_engine) as calls:
         response = http.post(CHAT, content=_raw(_body(model_name, **extra, **{field: value})),
                              headers={"content-type": "application/json"})
@@ -88,6 +91,14 @@ def test_out_of_range_numbers_are_400_before_model_work(http, model_name, tiny_e
     assert err["param"] == param, err
     assert "Traceback" not in err["message"]
     assert calls == []  # refused before any forward pass: no sigma pass, no prefill
+
+
+@pytest.mark.parametrize("penalty", [MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY])
+def test_repetition_penalty_bounds_sample_finite(http, model_name, penalty):
+    """At either end of its range, with the hottest temperature and the sharpest top_p, a sampled reply comes back."""
+    body = _body(model_name, repetition_penalty=penalty, temperature=2, top_p=1e-6, max_tokens=8, seed=1)
+    response = http.post(CHAT, json=body)
+    assert response.status_code == 200, response.text
 
 
 def test_seed_bounds_are_accepted_and_reproducible(client, model_name):
