@@ -21,7 +21,7 @@ from scans_guard.decision import GuardPolicy
 from scans_guard.eval.benchmarks import calibration_prompts
 from scans_guard.eval.red_team import FAMILIES, TEMPLATES, templates
 
-N_PROMPTS = 6
+N_PROMPTS = 4
 REPO = Path(__file__).resolve().parents[1]
 
 
