@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 
 from scans_guard.server import LocalServer, ServerSettings, create_app
 from scans_guard.testing import slow_steps, wait_until  # noqa: F401  (the tests import them from here)
@@ -19,3 +20,10 @@ def running(engine_or_loader, **settings):
 
 def scheduler_of(server):
     return server.app.state.scans_guard.scheduler
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server started as a subprocess)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

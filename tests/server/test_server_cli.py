@@ -2,12 +2,11 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
-from server_helpers import wait_until
+from server_helpers import free_port, wait_until
 
 from scans_guard.cli import build_parser, main
 
@@ -37,14 +36,8 @@ def test_bad_settings_fail_before_loading(capsys, tiny_on_disk):
     assert "needs an artifact" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_subprocess(tiny_on_disk, tiny_engine):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SCANS_GUARD_API_KEY": "k"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "scans_guard.cli", "serve", "--model", str(tiny_on_disk / "model"), "--artifact",

@@ -4,13 +4,12 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
-from server_helpers import running, scheduler_of, slow_steps, wait_until
+from server_helpers import free_port, running, scheduler_of, slow_steps, wait_until
 
 from scans_guard.cli import build_parser
 from scans_guard.serve_cli import settings_from_args
@@ -97,14 +96,8 @@ def test_past_the_shutdown_timeout_what_is_left_fails_with_503(tiny_engine, mode
     assert json.loads(stream.events[-2])["error"]["code"] == "shutting_down"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_the_cli_server_and_exits_0(tiny_on_disk, tmp_path):
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "w+")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
