@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 
 from scans_guard.server import LocalServer, ServerSettings, create_app
 from scans_guard.testing import slow_steps, wait_until  # noqa: F401  (the tests import them from here)
@@ -27,3 +30,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_tiny(tiny_on_disk, port: int, *flags: str, env: dict | None = None, stdout=subprocess.PIPE):
+    """`scans-guard serve` on the tiny model as a subprocess on 127.0.0.1:`port` (one torch thread, offline)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "scans_guard.cli", "serve", "--model", str(tiny_on_disk / "model"), "--artifact",
+         str(tiny_on_disk / "artifact"), "--port", str(port), "--log-level", "warning", *flags],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}, stdout=stdout,
+        stderr=subprocess.STDOUT, text=True)
+
+
+def ready_or_exited(http, proc) -> bool:
+    """The served model is ready, or the process has exited (so polling stops either way)."""
+    import httpx
+
+    try:
+        return http.get("/readyz").status_code == 200
+    except httpx.TransportError:
+        return proc.poll() is not None

@@ -1,12 +1,10 @@
 """`scans-guard serve` as a user runs it: a subprocess on a loopback port, ready once loaded, stopped by SIGTERM."""
 
-import os
 import signal
 import subprocess
-import sys
 
 import pytest
-from server_helpers import free_port, wait_until
+from server_helpers import free_port, ready_or_exited, serve_tiny, wait_until
 
 from scans_guard.cli import build_parser, main
 
@@ -38,21 +36,11 @@ def test_bad_settings_fail_before_loading(capsys, tiny_on_disk):
 
 def test_serve_subprocess(tiny_on_disk, tiny_engine):
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SCANS_GUARD_API_KEY": "k"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scans_guard.cli", "serve", "--model", str(tiny_on_disk / "model"), "--artifact",
-         str(tiny_on_disk / "artifact"), "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = serve_tiny(tiny_on_disk, port, env={"SCANS_GUARD_API_KEY": "k"})
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
                           headers={"Authorization": "Bearer k"}) as http:
-
-            def ready():
-                try:
-                    return http.get("/readyz").status_code == 200
-                except httpx.TransportError:
-                    return proc.poll() is not None
-            assert wait_until(ready, timeout=90) and proc.poll() is None
+            assert wait_until(lambda: ready_or_exited(http, proc), timeout=90) and proc.poll() is None
             body = {"model": "model", "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": 4}
             reply = http.post("/v1/chat/completions", json=body)
             assert reply.status_code == 200, reply.text

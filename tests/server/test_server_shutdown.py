@@ -2,14 +2,11 @@
 [DONE] (within --shutdown-timeout; past it they end with a 503 error event), then exits 0."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
-from server_helpers import free_port, running, scheduler_of, slow_steps, wait_until
+from server_helpers import free_port, ready_or_exited, running, scheduler_of, serve_tiny, slow_steps, wait_until
 
 from scans_guard.cli import build_parser
 from scans_guard.serve_cli import settings_from_args
@@ -100,19 +97,10 @@ def test_sigterm_drains_the_cli_server_and_exits_0(tiny_on_disk, tmp_path):
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "w+")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scans_guard.cli", "serve", "--model", str(tiny_on_disk / "model"), "--artifact",
-         str(tiny_on_disk / "artifact"), "--port", str(port), "--log-level", "warning", "--max-batch", "2",
-         "--shutdown-timeout", "120"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = serve_tiny(tiny_on_disk, port, "--max-batch", "2", "--shutdown-timeout", "120", stdout=log)
     try:
         with httpx.Client(base_url=base_url, timeout=10) as http:
-            def ready():
-                try:
-                    return http.get("/readyz").status_code == 200
-                except httpx.TransportError:
-                    return proc.poll() is not None
-            assert wait_until(ready, timeout=90) and proc.poll() is None
+            assert wait_until(lambda: ready_or_exited(http, proc), timeout=90) and proc.poll() is None
             model = http.get("/v1/models").json()["data"][0]["id"]
             # two decoding and two waiting to join (max_batch 2): the drain must carry all four to [DONE]
             streams = [Stream(base_url, _stream_body(model, 480)) for _ in range(4)]
