@@ -208,6 +208,15 @@ class SteeredOutput(BaseModel):
                                     "read of the first reply (its first judge_tokens tokens) and found refusing")
 
 
+    @classmethod
+    def blocked(cls, refusal: str, verdict: SafetyVerdict | None, prompt_tokens: int,
+                timings: dict[str, float]) -> SteeredOutput:
+        """The output of a prompt the guard blocked: the refusal message, nothing decoded (one constructor for the
+        engine, the continuous batcher and the LangChain model)."""
+        return cls(text=refusal, verdict=verdict, prompt_tokens=prompt_tokens, completion_tokens=0,
+                   finish_reason="content_filter", timings=timings)
+
+
 class CalibrationConfig(BaseModel):
     """Inputs of `calibrate`: which anchors, how many, and how T and alpha are chosen."""
 

@@ -220,17 +220,16 @@ class ScansEngine:
                  coefficient: float | Sequence[float] | None, reuse_cache: bool, policy: Policy = "steer",
                  guard: GuardPolicy | None = None) -> _Prepared:
         """Classify (its KV cache kept for decoding) or take the fixed plan; block what the policy's guard rejects;
-        then set up where decoding starts."""
+        then set up where decoding starts. `steer` already says whether the policy steers."""
         t0 = time.perf_counter()
         if policy == "steer" and not (steer and coefficient is None):
             plan = SteeringPlan.from_options(len(rows), steer, coefficient)
             prompts = PromptBatch.left_pad(rows, self.handle.tokenizer.pad_token_id, self.handle.device)
             return _Prepared(prompts, plan, [None] * len(rows), classify_s=time.perf_counter() - t0)
         sp, verdicts = self.classify_rows(conversations, rows, keep_cache=reuse_cache)
-        steered = steer and policy_steers(policy)
-        plan = SteeringPlan.from_verdicts(verdicts) if steered else SteeringPlan.unsteered(len(rows))
+        plan = SteeringPlan.from_verdicts(verdicts) if steer else SteeringPlan.unsteered(len(rows))
         guard = guard or GuardPolicy()
-        blocked = [i for i, v in enumerate(verdicts) if policy_blocks(policy) and guard.decide(v).blocked]
+        blocked = [i for i, v in enumerate(verdicts) if guard.decide(v).blocked] if policy_blocks(policy) else []
         if blocked:  # decode only the rows let through; the sigma pass's cache covers every row, so it is not reused
             keep = [i for i in range(len(rows)) if i not in blocked]
             prompts = PromptBatch.left_pad([rows[i] for i in keep] or [[0]], self.handle.tokenizer.pad_token_id,
@@ -294,9 +293,8 @@ class ScansEngine:
             yield StreamEvent(row=i, verdict=v)
         for i in batch.blocked:
             yield StreamEvent(row=i, text=refusal)
-            yield StreamEvent(row=i, output=SteeredOutput(
-                text=refusal, verdict=batch.verdicts[i], prompt_tokens=len(rows[i]), completion_tokens=0,
-                finish_reason="content_filter", timings={"classify_s": batch.classify_s, "generate_s": 0.0}))
+            yield StreamEvent(row=i, output=SteeredOutput.blocked(
+                refusal, batch.verdicts[i], len(rows[i]), {"classify_s": batch.classify_s, "generate_s": 0.0}))
         if batch.index is not None:
             if not batch.index:
                 return

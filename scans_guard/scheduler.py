@@ -306,10 +306,9 @@ class ContinuousBatcher:
         """Answer a request the guard blocked with its refusal text, without decoding."""
         handle = request.handle
         handle.refused = True
-        handle._push(StreamEvent(row=0, output=SteeredOutput(
-            text=request.refusal, verdict=verdict, prompt_tokens=len(request.prompt), completion_tokens=0,
-            finish_reason="content_filter", timings={"classify_s": classify_s, "generate_s": 0.0,
-                                                     "queue_s": t0 - handle.submitted_at})), done=True)
+        handle._push(StreamEvent(row=0, output=SteeredOutput.blocked(
+            request.refusal, verdict, len(request.prompt),
+            {"classify_s": classify_s, "generate_s": 0.0, "queue_s": t0 - handle.submitted_at})), done=True)
 
     def _admit_prefilled(self, requests: list[QueuedRequest]) -> None:
         """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt

@@ -371,9 +371,10 @@ class SafetyConsciousLLM(BaseChatModel):
     def _blocked(self, verdict: SafetyVerdict, conversation: Conversation) -> Iterator[StreamEvent]:
         """The events of a prompt the guard blocked before generating (the tool-calling path classifies first)."""
         yield StreamEvent(row=0, verdict=verdict)
-        yield StreamEvent(row=0, output=SteeredOutput(
-            text=self.refusal_message, verdict=verdict, prompt_tokens=len(self.engine.handle.chat_ids(conversation)),
-            completion_tokens=0, finish_reason="content_filter", timings={"classify_s": verdict.latency_s}))
+        yield StreamEvent(row=0, text=self.refusal_message)  # streamed like any reply, as the engine does
+        yield StreamEvent(row=0, output=SteeredOutput.blocked(
+            self.refusal_message, verdict, len(self.engine.handle.chat_ids(conversation)),
+            {"classify_s": verdict.latency_s}))
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:

@@ -26,6 +26,8 @@ def test_the_default_policy_blocks_without_generating(harmful_engine, benign_eng
     assert "".join(c.text for c in blocking.stream(PROMPT)) == DEFAULT_REFUSAL
     tooled = blocking.bind_tools([get_weather]).invoke("What's the weather in Paris?")
     assert tooled.text == DEFAULT_REFUSAL and not tooled.tool_calls
+    streamed = "".join(c.text for c in blocking.bind_tools([get_weather]).stream("What's the weather in Paris?"))
+    assert streamed == DEFAULT_REFUSAL  # streamed with tools bound too, as without
     custom = SafetyConsciousLLM(engine=harmful_engine, max_tokens=6, refusal_message="Not here.").invoke(PROMPT)
     assert custom.text == "Not here."
     # let through: the same reply as the steer policy, steered away from refusal
