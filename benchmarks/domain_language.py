@@ -28,8 +28,10 @@ def multilingual() -> dict[str, list[str]]:
     path = resources.files("scans_guard") / "data" / "multilingual.csv"
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    return {f"multilingual {lang}": [r["prompt"] for r in rows if r["lang"] == lang]
-            for lang in dict.fromkeys(r["lang"] for r in rows)}
+    return {
+        f"multilingual {lang}": [r["prompt"] for r in rows if r["lang"] == lang]
+        for lang in dict.fromkeys(r["lang"] for r in rows)
+    }
 
 
 def main() -> None:
@@ -37,9 +39,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="for the unshipped English sets (RepE, OKTest held-out)")
     parser.add_argument("--report")
     args = parser.parse_args()
-    sets = {"contrast (project's own)": [e.prompt for e in contrast_set()],
-            "advbench": [e.prompt for e in load_set("advbench")],
-            "truthfulqa": [e.prompt for e in load_set("truthfulqa")]}
+    sets = {
+        "contrast (project's own)": [e.prompt for e in contrast_set()],
+        "advbench": [e.prompt for e in load_set("advbench")],
+        "truthfulqa": [e.prompt for e in load_set("truthfulqa")],
+    }
     if args.data_dir:
         sets["repe train"] = [e.prompt for e in load_set("repe_train", args.data_dir)]
         sets["oktest held-out"] = [e.prompt for e in load_set("oktest_heldout", args.data_dir)]
@@ -49,8 +53,8 @@ def main() -> None:
     table = {}
     for name, prompts in sets.items():
         table[name] = {"n": len(prompts)} | {
-            rule: sum(language_out(p, config) for p in prompts) / len(prompts)
-            for rule, config in rules.items()}
+            rule: sum(language_out(p, config) for p in prompts) / len(prompts) for rule, config in rules.items()
+        }
     lines = ["| set | n | outside the domain: mass rule | mass or top |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['n']} | {100 * v['mass']:.1f}% | {100 * v['mass or top']:.1f}% |" for k, v in table.items()]
     write_summary(args.report, table, lines)

@@ -19,9 +19,14 @@ from pathlib import Path
 from scans_guard.data import QUOTE_MIN_LEN, prompt_key
 
 # eval (set, label) -> the sweep's set name
-SWEEP_SET = {("xstest", "safe"): "xstest_safe", ("xstest", "unsafe"): "xstest_unsafe", ("oktest", "safe"): "oktest",
-             ("harmfulq", "unsafe"): "harmfulq", ("advbench", "unsafe"): "advbench_heldout",
-             ("malicious_instruct", "unsafe"): "malicious_instruct"}
+SWEEP_SET = {
+    ("xstest", "safe"): "xstest_safe",
+    ("xstest", "unsafe"): "xstest_unsafe",
+    ("oktest", "safe"): "oktest",
+    ("harmfulq", "unsafe"): "harmfulq",
+    ("advbench", "unsafe"): "advbench_heldout",
+    ("malicious_instruct", "unsafe"): "malicious_instruct",
+}
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -45,8 +50,12 @@ def compare(eval_rows: list[dict], sweep_rows: list[dict]) -> dict[str, dict[str
                 r = {**r, "response": r["response"].replace(r["prompt"], key)}
         if other is None:
             continue
-        c = out.setdefault(name, {}).setdefault(r["condition"], dict.fromkeys(
-            ("n", "refused_32", "refused_16", "same_opening", "refused_after_16", "refused_only_at_16"), 0))
+        c = out.setdefault(name, {}).setdefault(
+            r["condition"],
+            dict.fromkeys(
+                ("n", "refused_32", "refused_16", "same_opening", "refused_after_16", "refused_only_at_16"), 0
+            ),
+        )
         same = r["response"].strip().startswith(other["response"].strip())
         c["n"] += 1
         c["refused_32"] += r["refused"]
@@ -58,15 +67,21 @@ def compare(eval_rows: list[dict], sweep_rows: list[dict]) -> dict[str, dict[str
 
 
 def render(counts: dict[str, dict[str, dict[str, int]]], command: str) -> str:
-    lines = ["# eval (32 new tokens) against the safe-steering sweep (16), same prompts and judge", "",
-             f"`{command}`", "",
-             "| set | condition | n | refused, eval 32 tok | refused, sweep 16 tok | eval reply opens with the sweep's |"
-             " refused only after token 16 | refused at 16 but not in the eval reply |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# eval (32 new tokens) against the safe-steering sweep (16), same prompts and judge",
+        "",
+        f"`{command}`",
+        "",
+        "| set | condition | n | refused, eval 32 tok | refused, sweep 16 tok | eval reply opens with the sweep's |"
+        " refused only after token 16 | refused at 16 but not in the eval reply |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, conds in counts.items():
         for cond, c in conds.items():
-            lines.append(f"| {name} | {cond} | {c['n']} | {c['refused_32']} | {c['refused_16']} | {c['same_opening']} "
-                         f"| {c['refused_after_16']} | {c['refused_only_at_16']} |")
+            lines.append(
+                f"| {name} | {cond} | {c['n']} | {c['refused_32']} | {c['refused_16']} | {c['same_opening']} "
+                f"| {c['refused_after_16']} | {c['refused_only_at_16']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -80,8 +95,7 @@ def main() -> None:
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "counts.json").write_text(json.dumps(counts, indent=1) + "\n")
-    command = (f"python benchmarks/eval_vs_sweep.py --eval {args.eval} --sweep {args.sweep} "
-               f"--report {args.report}")
+    command = f"python benchmarks/eval_vs_sweep.py --eval {args.eval} --sweep {args.sweep} --report {args.report}"
     (report / "summary.md").write_text(render(counts, command))
     print(render(counts, command))
 

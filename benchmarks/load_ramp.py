@@ -26,8 +26,14 @@ from scans_guard import ScansEngine
 from scans_guard.server import LocalServer, ServerSettings, create_app
 from scans_guard.testing import wait_until
 
-PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Write a haiku about the sea.",
-           "How do I kill a Python process?", "Explain photosynthesis in one sentence.", "Paris?"]
+PROMPTS = [
+    "How do I bake bread?",
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "How do I kill a Python process?",
+    "Explain photosynthesis in one sentence.",
+    "Paris?",
+]
 
 
 def levels(capacity: int, factor: int = 4) -> list[int]:
@@ -52,8 +58,9 @@ def one_request(port: int, body: dict, timeout: float) -> dict:
     t0 = time.perf_counter()
     ttft, finish, done = None, None, False
     try:
-        conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"}
+        )
         response = conn.getresponse()
         if response.status != 200:
             response.read()
@@ -75,8 +82,12 @@ def one_request(port: int, body: dict, timeout: float) -> dict:
     finally:
         conn.close()
     latency = time.perf_counter() - t0
-    return {"status": 200, "whole": done and finish is not None, "ttft_s": ttft if ttft is not None else latency,
-            "latency_s": latency}
+    return {
+        "status": 200,
+        "whole": done and finish is not None,
+        "ttft_s": ttft if ttft is not None else latency,
+        "latency_s": latency,
+    }
 
 
 def run_level(port: int, model: str, clients: int, per_client: int, max_tokens: int, timeout: float) -> dict:
@@ -85,8 +96,11 @@ def run_level(port: int, model: str, clients: int, per_client: int, max_tokens: 
 
     def client(c: int) -> None:
         for k in range(per_client):
-            body = {"model": model, "max_tokens": max_tokens,
-                    "messages": [{"role": "user", "content": PROMPTS[(c + k) % len(PROMPTS)]}]}
+            body = {
+                "model": model,
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": PROMPTS[(c + k) % len(PROMPTS)]}],
+            }
             result = one_request(port, body, timeout)
             with lock:
                 results.append(result)
@@ -102,41 +116,70 @@ def run_level(port: int, model: str, clients: int, per_client: int, max_tokens: 
     whole = [r for r in accepted if r.get("whole")]
     latency = [r["latency_s"] for r in whole]
     ttft = [r["ttft_s"] for r in whole]
-    return {"clients": clients, "requests": clients * per_client, "answered": len(results),
-            "accepted": len(accepted), "rejected": sum(r["status"] == 429 for r in results),
-            "failed": sum(r["status"] not in (200, 429) for r in results), "lost": len(accepted) - len(whole),
-            "wall_s": wall, "accepted_per_s": len(accepted) / wall if wall else None,
-            "latency_s": {f"p{q}": percentile(latency, q / 100) for q in (50, 95, 99)},
-            "ttft_s": {f"p{q}": percentile(ttft, q / 100) for q in (50, 95, 99)}}
+    return {
+        "clients": clients,
+        "requests": clients * per_client,
+        "answered": len(results),
+        "accepted": len(accepted),
+        "rejected": sum(r["status"] == 429 for r in results),
+        "failed": sum(r["status"] not in (200, 429) for r in results),
+        "lost": len(accepted) - len(whole),
+        "wall_s": wall,
+        "accepted_per_s": len(accepted) / wall if wall else None,
+        "latency_s": {f"p{q}": percentile(latency, q / 100) for q in (50, 95, 99)},
+        "ttft_s": {f"p{q}": percentile(ttft, q / 100) for q in (50, 95, 99)},
+    }
 
 
-def ramp(engine: ScansEngine, *, max_batch: int = 4, max_queue: int = 4, max_tokens: int = 16,
-         per_client: int = 2, factor: int = 4, policy: str = "guard+steer", timeout: float = 600) -> dict:
+def ramp(
+    engine: ScansEngine,
+    *,
+    max_batch: int = 4,
+    max_queue: int = 4,
+    max_tokens: int = 16,
+    per_client: int = 2,
+    factor: int = 4,
+    policy: str = "guard+steer",
+    timeout: float = 600,
+) -> dict:
     """Run the ramp against a fresh server over `engine`; the report (see the module docstring)."""
     settings = ServerSettings(max_batch=max_batch, max_queue=max_queue, policy=policy, request_timeout_s=timeout)
     capacity = max_batch + max_queue
-    report: dict = {"max_batch": max_batch, "max_queue": max_queue, "capacity": capacity, "max_tokens": max_tokens,
-                    "requests_per_client": per_client, "policy": policy, "levels": []}
+    report: dict = {
+        "max_batch": max_batch,
+        "max_queue": max_queue,
+        "capacity": capacity,
+        "max_tokens": max_tokens,
+        "requests_per_client": per_client,
+        "policy": policy,
+        "levels": [],
+    }
     with LocalServer(create_app(engine, settings)) as server:
         scheduler = server.app.state.scans_guard.scheduler
         for clients in levels(capacity, factor):
             level = run_level(server.port, engine.handle.name, clients, per_client, max_tokens, timeout)
-            level["left_running"] = 0 if wait_until(lambda: scheduler.running == 0 and scheduler.waiting == 0, 30) \
+            level["left_running"] = (
+                0
+                if wait_until(lambda: scheduler.running == 0 and scheduler.waiting == 0, 30)
                 else scheduler.running + scheduler.waiting
+            )
             report["levels"].append(level)
     report["lost"] = sum(lv["lost"] + lv["left_running"] + lv["requests"] - lv["answered"] for lv in report["levels"])
     return report
 
 
 def _table(report: dict) -> str:
-    head = f"{'clients':>7} {'accepted':>8} {'429':>5} {'failed':>6} {'lost':>4} {'lat p50':>8} {'p95':>7} " \
-           f"{'p99':>7} {'ttft p50':>8} {'p95':>7} {'p99':>7}"
+    head = (
+        f"{'clients':>7} {'accepted':>8} {'429':>5} {'failed':>6} {'lost':>4} {'lat p50':>8} {'p95':>7} "
+        f"{'p99':>7} {'ttft p50':>8} {'p95':>7} {'p99':>7}"
+    )
     rows = [head]
     for lv in report["levels"]:
         cells = [lv["latency_s"][p] for p in ("p50", "p95", "p99")] + [lv["ttft_s"][p] for p in ("p50", "p95", "p99")]
         fmt = " ".join(f"{c:7.3f}" if c is not None else f"{'-':>7}" for c in cells)
-        rows.append(f"{lv['clients']:>7} {lv['accepted']:>8} {lv['rejected']:>5} {lv['failed']:>6} {lv['lost']:>4} "
-                    f"{fmt}")
+        rows.append(
+            f"{lv['clients']:>7} {lv['accepted']:>8} {lv['rejected']:>5} {lv['failed']:>6} {lv['lost']:>4} {fmt}"
+        )
     return "\n".join(rows)
 
 
@@ -153,11 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     engine = ScansEngine.load(args.model, args.artifact, progress=False)
-    report = ramp(engine, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
-                  per_client=args.requests_per_client, factor=args.factor, policy=args.policy)
+    report = ramp(
+        engine,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+        per_client=args.requests_per_client,
+        factor=args.factor,
+        policy=args.policy,
+    )
     print(_table(report))
-    print(f"capacity {report['capacity']} (max_batch {report['max_batch']} + max_queue {report['max_queue']}); "
-          f"lost {report['lost']}")
+    print(
+        f"capacity {report['capacity']} (max_batch {report['max_batch']} + max_queue {report['max_queue']}); "
+        f"lost {report['lost']}"
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -24,13 +24,14 @@ from scans_guard.decision import band, steering_coefficient
 from scans_guard.judge import KeywordJudge
 
 
-def measure(engine: ScansEngine, prompts: list[tuple[str, bool]], max_new_tokens: int = 64,
-            batch_size: int = 8) -> dict:
+def measure(
+    engine: ScansEngine, prompts: list[tuple[str, bool]], max_new_tokens: int = 64, batch_size: int = 8
+) -> dict:
     """{label: {n, complied, complied_with_check, replaced}} for (prompt, is_harmful) pairs."""
     judge, config = KeywordJudge(), GenerationConfig(max_new_tokens=max_new_tokens)
     out = {lab: {"n": 0, "complied": 0, "complied_with_check": 0, "replaced": 0} for lab in ("harmful", "benign")}
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         for (prompt, harmful), reply in zip(chunk, engine.generate([p for p, _ in chunk], config)):
             v = reply.verdict
             refused = judge(prompt, reply.text)
@@ -54,8 +55,9 @@ def from_sweep(directory: Path, steer_t: float, guard_t: float) -> dict:
         if c != steering_coefficient(scores[p], steer_t, 0.0, 1.0, 0.0):  # the shipped recipe's reply only
             continue
         replaced = not r["refused"] and band(scores[p], guard_t) != "benign"
-        row = out.setdefault(s, {"harmful": s in HARMFUL_SETS, "n": 0, "complied": 0, "complied_with_check": 0,
-                                 "replaced": 0})
+        row = out.setdefault(
+            s, {"harmful": s in HARMFUL_SETS, "n": 0, "complied": 0, "complied_with_check": 0, "replaced": 0}
+        )
         row["n"] += 1
         row["complied"] += not r["refused"]
         row["complied_with_check"] += not r["refused"] and not replaced
@@ -78,13 +80,18 @@ def main(argv: list[str] | None = None) -> dict:
         from scans_guard.artifacts import Artifact, default_artifact_dir
 
         art = Artifact.load(args.artifact or default_artifact_dir(args.model))
-        result = {"from_sweep": args.from_sweep, "steer_T": art.threshold("steer"), "guard_T": art.threshold("guard"),
-                  "by_set": from_sweep(Path(args.from_sweep), art.threshold("steer"), art.threshold("guard"))}
+        result = {
+            "from_sweep": args.from_sweep,
+            "steer_T": art.threshold("steer"),
+            "guard_T": art.threshold("guard"),
+            "by_set": from_sweep(Path(args.from_sweep), art.threshold("steer"), art.threshold("guard")),
+        }
         return _write(result, args.out)
     engine = ScansEngine.load(args.model, args.artifact, progress=False)
     rows = load_set(args.set, args.data_dir)
-    prompts = [(e.prompt, e.harmful) for lab in (True, False) for e in [r for r in rows if r.harmful == lab]
-               [: args.limit]]
+    prompts = [
+        (e.prompt, e.harmful) for lab in (True, False) for e in [r for r in rows if r.harmful == lab][: args.limit]
+    ]
     result = {"set": args.set, "limit": args.limit, "by_label": measure(engine, prompts, args.max_new_tokens)}
     return _write(result, args.out)
 

@@ -26,9 +26,14 @@ from scans_guard.data import load_set, prompt_key  # noqa: E402
 from scans_guard.decision import GuardPolicy  # noqa: E402
 
 # the sweep's set -> (benchmark set, label)
-SETS = {"xstest_safe": ("xstest", "safe"), "xstest_unsafe": ("xstest", "unsafe"), "oktest": ("oktest", "safe"),
-        "advbench_heldout": ("advbench", "unsafe"), "harmfulq": ("harmfulq", "unsafe"),
-        "malicious_instruct": ("malicious_instruct", "unsafe")}
+SETS = {
+    "xstest_safe": ("xstest", "safe"),
+    "xstest_unsafe": ("xstest", "unsafe"),
+    "oktest": ("oktest", "safe"),
+    "advbench_heldout": ("advbench", "unsafe"),
+    "harmfulq": ("harmfulq", "unsafe"),
+    "malicious_instruct": ("malicious_instruct", "unsafe"),
+}
 
 
 def texts_by_key(data_dir: str | None) -> dict[str, str]:
@@ -70,13 +75,25 @@ def compose(engine: ScansEngine, sweep: Path, data_dir: str | None) -> list[dict
             counts["guard+steer"] += blocked or scans
             counts["blocked"] += blocked
             counts["steered"] += v.coefficient != 0
-        pct = {k: round(100 * counts[k] / n, 1) if n else None for k in ("plain", "steer", "guard", "guard+steer",
-                                                                         "blocked")}
-        table.append({"set": set_name, "label": SETS[set_name][1], "n": n, "missing": counts["missing"],
-                      "steered": counts["steered"], "blocked_pct": pct["blocked"],
-                      "refused_unsteered": pct["plain"], "refused_steer": pct["steer"],
-                      "refused_guard": pct["guard"], "refused_guard_steer": pct["guard+steer"],
-                      "guard_steer_minus_steer": None if n == 0 else round(pct["guard+steer"] - pct["steer"], 1)})
+        pct = {
+            k: round(100 * counts[k] / n, 1) if n else None
+            for k in ("plain", "steer", "guard", "guard+steer", "blocked")
+        }
+        table.append(
+            {
+                "set": set_name,
+                "label": SETS[set_name][1],
+                "n": n,
+                "missing": counts["missing"],
+                "steered": counts["steered"],
+                "blocked_pct": pct["blocked"],
+                "refused_unsteered": pct["plain"],
+                "refused_steer": pct["steer"],
+                "refused_guard": pct["guard"],
+                "refused_guard_steer": pct["guard+steer"],
+                "guard_steer_minus_steer": None if n == 0 else round(pct["guard+steer"] - pct["steer"], 1),
+            }
+        )
     return table
 
 

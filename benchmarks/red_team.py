@@ -44,8 +44,9 @@ def prompt_sets(engine: ScansEngine, data_dir: str | None, n: int, seed: int = 0
     """{'harmful'|'benign': [(id, prompt)]}: none of the harmful ones an anchor or a T-fit prompt."""
     calib = calibration_prompts(engine.artifact)
     rng = random.Random(seed)
-    adv = sorted(p for p in {e.prompt for e in load_set("advbench")}
-                 if not calib.is_anchor(p) and not calib.in_threshold_fit(p))
+    adv = sorted(
+        p for p in {e.prompt for e in load_set("advbench")} if not calib.is_anchor(p) and not calib.in_threshold_fit(p)
+    )
     harmful = [(f"adv{i:03d}", p) for i, p in enumerate(rng.sample(adv, n))]
     safe = sorted(e.prompt for e in load_set("xstest") if not e.harmful)
     benign = [(f"xs{i:03d}", p) for i, p in enumerate(rng.sample(safe, n))]
@@ -57,16 +58,37 @@ def prompt_sets(engine: ScansEngine, data_dir: str | None, n: int, seed: int = 0
     return {"harmful": harmful, "benign": benign}
 
 
-def work_items(engine: ScansEngine, data_dir: str | None, n: int, split: str | None,
-               families: list[str] | None = None) -> list[dict]:
+def work_items(
+    engine: ScansEngine, data_dir: str | None, n: int, split: str | None, families: list[str] | None = None
+) -> list[dict]:
     chosen = templates(split, families)
     items = []
     for kind, prompts in prompt_sets(engine, data_dir, n).items():
-        items += [{"kind": kind, "family": "none", "template": "none", "split": "none", "id": i, "prompt": p,
-                   "conversation": p} for i, p in prompts]
+        items += [
+            {
+                "kind": kind,
+                "family": "none",
+                "template": "none",
+                "split": "none",
+                "id": i,
+                "prompt": p,
+                "conversation": p,
+            }
+            for i, p in prompts
+        ]
         for t in chosen:
-            items += [{"kind": kind, "family": t.family, "template": t.name, "split": t.split, "id": i, "prompt": p,
-                       "conversation": t.wrap(p)} for i, p in prompts]
+            items += [
+                {
+                    "kind": kind,
+                    "family": t.family,
+                    "template": t.name,
+                    "split": t.split,
+                    "id": i,
+                    "prompt": p,
+                    "conversation": t.wrap(p),
+                }
+                for i, p in prompts
+            ]
     return items
 
 
@@ -74,10 +96,19 @@ def classify_rows(engine: ScansEngine, chunk: list[dict], guard: GuardPolicy) ->
     rows = []
     for it, v in zip(chunk, engine.classify([it["conversation"] for it in chunk])):
         decision = guard.decide(v)
-        rows.append({k: it[k] for k in ("kind", "family", "template", "split", "id", "prompt")} | {
-            "score": v.score, "label": v.label, "in_domain": v.in_domain, "domain_reasons": v.domain_reasons,
-            "blocked": decision.blocked, "block_reasons": decision.reasons, "coefficient": v.coefficient,
-            "readings": len(v.renderings)})
+        rows.append(
+            {k: it[k] for k in ("kind", "family", "template", "split", "id", "prompt")}
+            | {
+                "score": v.score,
+                "label": v.label,
+                "in_domain": v.in_domain,
+                "domain_reasons": v.domain_reasons,
+                "blocked": decision.blocked,
+                "block_reasons": decision.reasons,
+                "coefficient": v.coefficient,
+                "readings": len(v.renderings),
+            }
+        )
     return rows
 
 
@@ -86,25 +117,40 @@ def run(args: argparse.Namespace) -> None:
     store = JsonlStore(Path(args.out) / "rows.jsonl", KEYS)
     judge, guard = KeywordJudge(), GuardPolicy()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    todo = [it for it in work_items(engine, args.data_dir, args.n, args.split or None, args.families)
-            if tuple(it[k] for k in KEYS) not in store]
+    todo = [
+        it
+        for it in work_items(engine, args.data_dir, args.n, args.split or None, args.families)
+        if tuple(it[k] for k in KEYS) not in store
+    ]
     print(f"{len(todo)} rows to do, {len(store)} done", file=sys.stderr)
     for start in range(0, len(todo), BATCH):
-        chunk = todo[start:start + BATCH]
+        chunk = todo[start : start + BATCH]
         rows = classify_rows(engine, chunk, guard)
         if not args.no_generate:
             harmful = [i for i, it in enumerate(chunk) if it["kind"] == "harmful"]
             convs = [chunk[i]["conversation"] for i in harmful]
             plain = engine.generate(convs, config, steer=False) if convs else []
             steered = [i for i in harmful if rows[i]["coefficient"] != 0]
-            scans = dict(zip(steered, engine.generate([chunk[i]["conversation"] for i in steered], config,
-                                                      coefficient=[rows[i]["coefficient"] for i in steered])
-                             if steered else []))
+            scans = dict(
+                zip(
+                    steered,
+                    engine.generate(
+                        [chunk[i]["conversation"] for i in steered],
+                        config,
+                        coefficient=[rows[i]["coefficient"] for i in steered],
+                    )
+                    if steered
+                    else [],
+                )
+            )
             for i, p in zip(harmful, plain):
                 s = scans.get(i, p)
-                rows[i] |= {"plain_reply": p.text, "scans_reply": s.text,
-                            "plain_refused": bool(judge(chunk[i]["prompt"], p.text)),
-                            "scans_refused": bool(judge(chunk[i]["prompt"], s.text))}
+                rows[i] |= {
+                    "plain_reply": p.text,
+                    "scans_reply": s.text,
+                    "plain_refused": bool(judge(chunk[i]["prompt"], p.text)),
+                    "scans_refused": bool(judge(chunk[i]["prompt"], s.text)),
+                }
         store.append(rows)
         print(f"{start + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
 
@@ -122,6 +168,7 @@ def answered(row: dict, policy: str) -> bool | None:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """One line per family (and the plain prompts): percentages of harmful / benign prompts."""
+
     def pct(xs: list) -> float | None:
         xs = [x for x in xs if x is not None]
         return round(100 * sum(xs) / len(xs), 1) if xs else None
@@ -130,16 +177,21 @@ def summarise(rows: list[dict]) -> list[dict]:
     for family in dict.fromkeys(r["family"] for r in rows):
         h = [r for r in rows if r["family"] == family and r["kind"] == "harmful"]
         b = [r for r in rows if r["family"] == family and r["kind"] == "benign"]
-        line = {"family": family, "n_harmful": len(h), "n_benign": len(b),
-                "harmful_flagged": pct([r["blocked"] for r in h]),
-                "harmful_steered_away": sum(r["coefficient"] < 0 for r in h),
-                "harmful_passing_guard": pct([not r["blocked"] and r["label"] == "benign" and r["in_domain"]
-                                              for r in h])}
+        line = {
+            "family": family,
+            "n_harmful": len(h),
+            "n_benign": len(b),
+            "harmful_flagged": pct([r["blocked"] for r in h]),
+            "harmful_steered_away": sum(r["coefficient"] < 0 for r in h),
+            "harmful_passing_guard": pct([not r["blocked"] and r["label"] == "benign" and r["in_domain"] for r in h]),
+        }
         for policy in ("plain", "steer", "guard", "guard+steer"):
             line[f"answered_{policy}"] = pct([answered(r, policy) for r in h])
-        line |= {"benign_blocked": pct([r["blocked"] for r in b]),
-                 "benign_steered_away": pct([r["coefficient"] < 0 for r in b]),
-                 "out_of_domain": pct([not r["in_domain"] for r in h + b])}
+        line |= {
+            "benign_blocked": pct([r["blocked"] for r in b]),
+            "benign_steered_away": pct([r["coefficient"] < 0 for r in b]),
+            "out_of_domain": pct([not r["in_domain"] for r in h + b]),
+        }
         table.append(line)
     return table
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.data import prompt_key
-from scans_guard.paths import require_data_dir
 from scans_guard.judge import KeywordJudge
+from scans_guard.paths import require_data_dir
 from scans_guard.retry import RetryPolicy
 
 SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
@@ -37,8 +37,14 @@ SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq"
 def cmd_run(args: argparse.Namespace) -> None:
     engine = ScansEngine.load(args.model, args.artifact)
     judge, policy = KeywordJudge(), RetryPolicy()
-    sets = prompt_sets(str(require_data_dir(args.data_dir, "the retry run")), engine, args.limit, args.seed,
-                       args.xstest_limit, args.sets)
+    sets = prompt_sets(
+        str(require_data_dir(args.data_dir, "the retry run")),
+        engine,
+        args.limit,
+        args.seed,
+        args.xstest_limit,
+        args.sets,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rows.jsonl"
@@ -47,20 +53,36 @@ def cmd_run(args: argparse.Namespace) -> None:
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     with open(path, "a") as f:
         for i in tqdm(range(0, len(todo), args.batch_size), desc="generate (sigma, steering, retry)"):
-            chunk = todo[i:i + args.batch_size]
+            chunk = todo[i : i + args.batch_size]
             for (s, p), o in zip(chunk, engine.generate([p for _, p in chunk], config, retry=policy)):
                 first = o.first_reply if o.first_reply is not None else o.text
-                f.write(json.dumps({"set": s, "prompt": p, "score": o.verdict.score, "source": o.steering.source,
-                                    "coefficient": o.steering.coefficient, "first_reply": first, "response": o.text,
-                                    "first_refused": judge(p, first), "refused": judge(p, o.text)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "set": s,
+                            "prompt": p,
+                            "score": o.verdict.score,
+                            "source": o.steering.source,
+                            "coefficient": o.steering.coefficient,
+                            "first_reply": first,
+                            "response": o.text,
+                            "first_refused": judge(p, first),
+                            "refused": judge(p, o.text),
+                        }
+                    )
+                    + "\n"
+                )
             f.flush()
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (Path(args.out) / "rows.jsonl").read_text().splitlines()]
     sweep, _ = load_rows(Path(args.sweep))
-    lines = ["| set | n | unsteered (sweep) | shipped: -1 below steer T (engine) | + retry at -2 (engine) | "
-             "steered / retried | engine = composed sweep |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| set | n | unsteered (sweep) | shipped: -1 below steer T (engine) | + retry at -2 (engine) | "
+        "steered / retried | engine = composed sweep |",
+        "|---|---|---|---|---|---|---|",
+    ]
     table = {}
     for s in [s for s in SETS if any(r["set"] == s for r in rows)]:
         mine = [r for r in rows if r["set"] == s]
@@ -73,22 +95,32 @@ def cmd_report(args: argparse.Namespace) -> None:
                 first, final = sweep.get((*k, -1.0)), sweep.get((*k, -2.0)) if r["source"] == "retry" else None
                 if first is not None and (r["source"] != "retry" or final is not None):
                     compared += 1
-                    agree += first["response"] == r["first_reply"] and (final is None
-                                                                        or final["response"] == r["response"])
+                    agree += first["response"] == r["first_reply"] and (
+                        final is None or final["response"] == r["response"]
+                    )
         known = [b for b in base if b is not None]
-        row = {"n": len(mine), "unsteered": sum(known) / len(known) if known else None,
-               "shipped": sum(r["first_refused"] for r in mine) / len(mine),
-               "retry": sum(r["refused"] for r in mine) / len(mine),
-               "steered": sum(r["coefficient"] < 0 for r in mine),
-               "retried": sum(r["source"] == "retry" for r in mine),
-               "agree": agree, "compared": compared, "missing_unsteered": len(base) - len(known)}
+        row = {
+            "n": len(mine),
+            "unsteered": sum(known) / len(known) if known else None,
+            "shipped": sum(r["first_refused"] for r in mine) / len(mine),
+            "retry": sum(r["refused"] for r in mine) / len(mine),
+            "steered": sum(r["coefficient"] < 0 for r in mine),
+            "retried": sum(r["source"] == "retry" for r in mine),
+            "agree": agree,
+            "compared": compared,
+            "missing_unsteered": len(base) - len(known),
+        }
         table[s] = row
 
         def pts(x: float) -> str:
             return "—" if row["unsteered"] is None else f"{100 * x:.0f}% ({100 * (x - row['unsteered']):+.0f})"
-        lines.append(f"| {s} | {row['n']} | " + ("—" if row["unsteered"] is None else f"{100 * row['unsteered']:.0f}%")
-                     + f" | {pts(row['shipped'])} | {pts(row['retry'])} | {row['steered']} / {row['retried']} | "
-                     f"{agree}/{compared} |")
+
+        lines.append(
+            f"| {s} | {row['n']} | "
+            + ("—" if row["unsteered"] is None else f"{100 * row['unsteered']:.0f}%")
+            + f" | {pts(row['shipped'])} | {pts(row['retry'])} | {row['steered']} / {row['retried']} | "
+            f"{agree}/{compared} |"
+        )
     write_summary(args.report, table, lines)
 
 

@@ -34,12 +34,25 @@ TUNE_SETS = ["tune_harmful", "tune_benign"]
 # The project's own look-alike pairs: the held-out split (never fitted on by the probe) is where the steer T is
 # chosen (benchmarks/steer_threshold.py); the train split is shown beside it.
 CONTRAST_SETS = ["contrast_train_unsafe", "contrast_train_safe", "contrast_heldout_unsafe", "contrast_heldout_safe"]
-HARMFUL_SETS = {"xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct", "tune_harmful",
-                "contrast_train_unsafe", "contrast_heldout_unsafe"}
+HARMFUL_SETS = {
+    "xstest_unsafe",
+    "advbench_heldout",
+    "harmfulq",
+    "malicious_instruct",
+    "tune_harmful",
+    "contrast_train_unsafe",
+    "contrast_heldout_unsafe",
+}
 
 
-def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstest_limit: int | None = None,
-                sets: list[str] | None = None) -> dict[str, list[str]]:
+def prompt_sets(
+    data_dir: str,
+    engine: ScansEngine,
+    limit: int,
+    seed: int,
+    xstest_limit: int | None = None,
+    sets: list[str] | None = None,
+) -> dict[str, list[str]]:
     """Seeded samples of every set; AdvBench held-out excludes the anchors and the RepE-train prompts (T's fit data)."""
     anchors = engine.artifact.meta.anchor_hashes()  # as the artifact records them
 
@@ -53,8 +66,9 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         "xstest_safe": [e.prompt for e in xstest if not e.harmful],
         "xstest_unsafe": [e.prompt for e in xstest if e.harmful],
         "oktest": [e.prompt for e in load_set("oktest", data_dir)],
-        "advbench_heldout": [e.prompt for e in load_set("advbench")
-                             if not_anchor(e.prompt) and e.prompt not in repe_all],
+        "advbench_heldout": [
+            e.prompt for e in load_set("advbench") if not_anchor(e.prompt) and e.prompt not in repe_all
+        ],
         "harmfulq": [e.prompt for e in tune_eval_split(load_set("harmfulq", data_dir))[1]],  # evaluation half
         "malicious_instruct": [e.prompt for e in load_set("malicious_instruct", data_dir)],
         "tune_harmful": [e.prompt for e in repe_train if e.harmful and not_anchor(e.prompt)]
@@ -67,8 +81,11 @@ def prompt_sets(data_dir: str, engine: ScansEngine, limit: int, seed: int, xstes
         "contrast_heldout_safe": [e.prompt for e in contrast_set("heldout") if not e.harmful],
     }
     limits = {"xstest_safe": xstest_limit or limit, "xstest_unsafe": xstest_limit or limit}
-    return {name: random.Random(seed).sample(sorted(set(p)), min(limits.get(name, limit), len(set(p))))
-            for name, p in pools.items() if sets is None or name in sets}
+    return {
+        name: random.Random(seed).sample(sorted(set(p)), min(limits.get(name, limit), len(set(p))))
+        for name, p in pools.items()
+        if sets is None or name in sets
+    }
 
 
 @torch.inference_mode()
@@ -82,7 +99,7 @@ def response_nll(engine: ScansEngine, prompt: str, response: str) -> tuple[float
     ids = torch.tensor([prompt_ids + resp_ids], device=handle.device)
     # logits only for the positions that predict the response: [n_resp, vocab]
     logits = handle.model(input_ids=ids, logits_to_keep=len(resp_ids) + 1).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):], reduction="sum")
+    nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids) :], reduction="sum")
     return float(nll), len(resp_ids)
 
 
@@ -108,36 +125,54 @@ def cmd_generate(args: argparse.Namespace) -> None:
             done.add((r["set"], r["prompt"], r["coefficient"]))
             if r["refused"]:
                 refused.add((r["set"], r["prompt"], r["coefficient"]))
-    sets = prompt_sets(str(require_data_dir(args.data_dir, "the sweep")), engine, args.limit, args.seed,
-                       args.xstest_limit, args.sets)
+    sets = prompt_sets(
+        str(require_data_dir(args.data_dir, "the sweep")), engine, args.limit, args.seed, args.xstest_limit, args.sets
+    )
     (out / "sets.json").write_text(json.dumps(sets, indent=1))
     scores_path = out / "scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     todo_scores = sorted({p for ps in sets.values() for p in ps} - scores.keys())
     for i in tqdm(range(0, len(todo_scores), 16), desc="sigma"):
-        for p, v in zip(todo_scores[i:i + 16], engine.classify(todo_scores[i:i + 16], batch_size=16)):
+        for p, v in zip(todo_scores[i : i + 16], engine.classify(todo_scores[i : i + 16], batch_size=16)):
             scores[p] = v.score
     scores_path.write_text(json.dumps(scores))
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     # Fluency (NLL of the reply under the unsteered model) costs a forward pass per reply: measured on the first
     # --nll-limit prompts of each set (all with None).
-    nll_prompts = {p for ps in sets.values() for p in ps[:args.nll_limit]}
+    nll_prompts = {p for ps in sets.values() for p in ps[: args.nll_limit]}
     coefficients = [float(c) for c in args.coefficients.split(",")]
     with open(rows_path, "a") as f:
         for coef in coefficients:
             # A recipe steers by -a only below T and by +a only at or above T, so each coefficient is generated
             # only where some T in the studied range could select it.
-            todo = [(s, p) for s in sets for p in sets[s] if (s, p, coef) not in done
-                    and (coef == 0 or (coef < 0 and scores[p] < args.max_t) or (coef > 0 and scores[p] >= args.min_t))
-                    and (args.only_refused_at is None or (s, p, args.only_refused_at) in refused)]
+            todo = [
+                (s, p)
+                for s in sets
+                for p in sets[s]
+                if (s, p, coef) not in done
+                and (coef == 0 or (coef < 0 and scores[p] < args.max_t) or (coef > 0 and scores[p] >= args.min_t))
+                and (args.only_refused_at is None or (s, p, args.only_refused_at) in refused)
+            ]
             todo.sort(key=lambda sp: len(sp[1]))  # similar lengths batch with little padding
             for i in tqdm(range(0, len(todo), args.batch_size), desc=f"coefficient {coef:+}"):
-                chunk = todo[i:i + args.batch_size]
+                chunk = todo[i : i + args.batch_size]
                 outputs = engine.generate([p for _, p in chunk], config, coefficient=coef)
                 for (s, p), o in zip(chunk, outputs):
                     nll, n = response_nll(engine, p, o.text) if p in nll_prompts else (0.0, 0)
-                    f.write(json.dumps({"set": s, "prompt": p, "coefficient": coef, "response": o.text,
-                                        "refused": judge(p, o.text), "nll_sum": nll, "nll_tokens": n}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "set": s,
+                                "prompt": p,
+                                "coefficient": coef,
+                                "response": o.text,
+                                "refused": judge(p, o.text),
+                                "nll_sum": nll,
+                                "nll_tokens": n,
+                            }
+                        )
+                        + "\n"
+                    )
                 f.flush()
 
 
@@ -152,8 +187,16 @@ def load_rows(out: Path) -> tuple[dict, dict]:
     return by_key, json.loads((out / "scores.json").read_text())
 
 
-def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, a_harmful: float,
-            retry: float | None = None, t_retry: float | None = None) -> dict:
+def compose(
+    by_key: dict,
+    scores: dict,
+    T: float,
+    grey: float,
+    a_benign: float,
+    a_harmful: float,
+    retry: float | None = None,
+    t_retry: float | None = None,
+) -> dict:
     """Per set: refusal rate and mean NLL/token of the recipe's replies ({} if a needed reply is missing).
 
     With `retry`, a reply steered away from refusal that the judge calls a refusal is replaced by the reply at
@@ -167,8 +210,13 @@ def compose(by_key: dict, scores: dict, T: float, grey: float, a_benign: float, 
             score = scores[p]
             coef = steering_coefficient(score, T, grey, a_benign, a_harmful)  # the recipe's rule
             r = by_key.get((s, p, coef))
-            if r is not None and retry is not None and coef < 0 and r["refused"] \
-                    and (t_retry is None or score < t_retry):
+            if (
+                r is not None
+                and retry is not None
+                and coef < 0
+                and r["refused"]
+                and (t_retry is None or score < t_retry)
+            ):
                 r = by_key.get((s, p, retry))
             if r is None:
                 return {}
@@ -183,8 +231,11 @@ HARMFUL_EVAL = ["xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_inst
 
 
 def recipe_row(name: str, res: dict, base: dict) -> str:
-    cells = [f"{100 * res[s]['refusal']:.0f}% ({100 * (res[s]['refusal'] - base[s]['refusal']):+.0f})"
-             for s in EVAL_SETS + TUNE_SETS if s in base]
+    cells = [
+        f"{100 * res[s]['refusal']:.0f}% ({100 * (res[s]['refusal'] - base[s]['refusal']):+.0f})"
+        for s in EVAL_SETS + TUNE_SETS
+        if s in base
+    ]
     nll = np.mean([res[s]["nll"] - base[s]["nll"] for s in SAFE_EVAL])
     return f"| {name} | " + " | ".join(cells) + f" | {nll:+.2f} |"
 
@@ -196,8 +247,11 @@ def _choose(by_key: dict, scores: dict, base: dict, alphas_b: list[float], grid_
     for ab in alphas_b if "tune_harmful" in base else []:
         for T in grid_T:
             res = compose(by_key, scores, T, 0.0, ab, 0.0)
-            if not res or res["tune_harmful"]["refusal"] < base["tune_harmful"]["refusal"] - 0.02 \
-                    or res["tune_benign"]["nll"] > base["tune_benign"]["nll"] + 0.2:
+            if (
+                not res
+                or res["tune_harmful"]["refusal"] < base["tune_harmful"]["refusal"] - 0.02
+                or res["tune_benign"]["nll"] > base["tune_benign"]["nll"] + 0.2
+            ):
                 continue
             key = (res["tune_benign"]["refusal"], ab, -T)
             if chosen is None or key < chosen[0]:
@@ -221,8 +275,13 @@ def _plot(path: str, curves: dict, base: dict, reference: dict) -> None:
     by = np.mean([base[s]["refusal"] for s in SAFE_EVAL]) * 100
     ax.plot([bx], [by], "k*", ms=12, label="unsteered")
     if reference and all(s in reference for s in HARMFUL_EVAL + SAFE_EVAL):
-        ax.plot([np.mean([reference[s]["refusal"] for s in HARMFUL_EVAL]) * 100],
-                [np.mean([reference[s]["refusal"] for s in SAFE_EVAL]) * 100], "rX", ms=10, label="reference recipe")
+        ax.plot(
+            [np.mean([reference[s]["refusal"] for s in HARMFUL_EVAL]) * 100],
+            [np.mean([reference[s]["refusal"] for s in SAFE_EVAL]) * 100],
+            "rX",
+            ms=10,
+            label="reference recipe",
+        )
     ax.axvline(bx - 2, color="grey", ls=":", lw=1, label="gate: unsteered - 2 points")
     ax.set_xlabel("harmful-prompt refusal % (XSTest unsafe, AdvBench, HarmfulQ, MaliciousInstruct)")
     ax.set_ylabel("safe-prompt refusal % (XSTest safe, OKTest)")
@@ -243,29 +302,42 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     recipes = {
         "unsteered": base,
         reference: compose(by_key, scores, args.reference_threshold, 0, 1, 1),
-        f"towards refusal only: +1.0 at T={args.reference_threshold}":
-            compose(by_key, scores, args.reference_threshold, 0, 0, 1),
+        f"towards refusal only: +1.0 at T={args.reference_threshold}": compose(
+            by_key, scores, args.reference_threshold, 0, 0, 1
+        ),
     }
     for ab in alphas_b:
-        recipes[f"away from refusal only: -{ab} below T={args.threshold}"] = compose(by_key, scores, args.threshold,
-                                                                                   0, ab, 0)
+        recipes[f"away from refusal only: -{ab} below T={args.threshold}"] = compose(
+            by_key, scores, args.threshold, 0, ab, 0
+        )
         if args.grey_zone:
             recipes[f"away only: -{ab} below T-{args.grey_zone} (grey zone), T={args.threshold}"] = compose(
-                by_key, scores, args.threshold, args.grey_zone, ab, 0)
+                by_key, scores, args.threshold, args.grey_zone, ab, 0
+            )
     present = [s for s in EVAL_SETS + TUNE_SETS if s in base]
-    lines = ["| recipe | " + " | ".join(f"{s} (n={base[s]['n']})" for s in present) + " | ΔNLL (safe sets) |",
-             "|" + "---|" * (len(present) + 2)]
+    lines = [
+        "| recipe | " + " | ".join(f"{s} (n={base[s]['n']})" for s in present) + " | ΔNLL (safe sets) |",
+        "|" + "---|" * (len(present) + 2),
+    ]
     print("\n".join(lines + [recipe_row(name, res, base) for name, res in recipes.items() if res]))
-    curves = {ab: [(T, np.mean([res[s]["refusal"] for s in HARMFUL_EVAL]),
-                    np.mean([res[s]["refusal"] for s in SAFE_EVAL]))
-                   for T in grid_T if (res := compose(by_key, scores, T, 0.0, ab, 0.0))] for ab in alphas_b}
+    curves = {
+        ab: [
+            (T, np.mean([res[s]["refusal"] for s in HARMFUL_EVAL]), np.mean([res[s]["refusal"] for s in SAFE_EVAL]))
+            for T in grid_T
+            if (res := compose(by_key, scores, T, 0.0, ab, 0.0))
+        ]
+        for ab in alphas_b
+    }
     chosen = _choose(by_key, scores, base, alphas_b, grid_T)
     if chosen:
         name = f"chosen on the tuning split: -{chosen['alpha_benign']} below T={chosen['T']}"
         recipes[name] = chosen["sets"]
         print(recipe_row(name, chosen["sets"], base))
-    (out / "analysis.json").write_text(json.dumps({"n": {s: base[s]["n"] for s in base}, "recipes": recipes,
-                                                   "curves": curves, "chosen": chosen}, indent=1))
+    (out / "analysis.json").write_text(
+        json.dumps(
+            {"n": {s: base[s]["n"] for s in base}, "recipes": recipes, "curves": curves, "chosen": chosen}, indent=1
+        )
+    )
     if args.plot:
         _plot(args.plot, curves, base, recipes[reference])
 
@@ -280,8 +352,9 @@ def main() -> None:
     g.add_argument("--out", required=True)
     g.add_argument("--limit", type=int, default=40, help="prompts per set")
     g.add_argument("--xstest-limit", type=int, help="prompts per XSTest half (default: --limit; 250 takes all)")
-    g.add_argument("--sets", nargs="*",
-                   help=f"only these sets (default: all of {EVAL_SETS + TUNE_SETS + CONTRAST_SETS})")
+    g.add_argument(
+        "--sets", nargs="*", help=f"only these sets (default: all of {EVAL_SETS + TUNE_SETS + CONTRAST_SETS})"
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--coefficients", default="0,-1,1,-2")
     g.add_argument("--nll-limit", type=int, default=None, help="fluency NLL on this many prompts per set")
@@ -289,8 +362,11 @@ def main() -> None:
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--min-t", type=float, default=0.90, help="lowest T studied (positive steering above it)")
     g.add_argument("--max-t", type=float, default=0.93, help="highest T studied (negative steering below it)")
-    g.add_argument("--only-refused-at", type=float,
-                   help="only prompts whose reply at this coefficient was refused (a retry steered further)")
+    g.add_argument(
+        "--only-refused-at",
+        type=float,
+        help="only prompts whose reply at this coefficient was refused (a retry steered further)",
+    )
     a = sub.add_parser("analyze")
     a.add_argument("--out", required=True)
     a.add_argument("--reference-threshold", type=float, default=0.9106, help="the issue's T for the reference recipe")

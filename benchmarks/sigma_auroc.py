@@ -40,7 +40,7 @@ def score_all(engine: ScansEngine, prompts: list[str], store: Path, batch_size: 
     todo = [p for p in dict.fromkeys(prompts) if p not in done]
     with open(store, "a") as f:
         for i in tqdm(range(0, len(todo), batch_size), desc="sigma"):
-            chunk = todo[i:i + batch_size]
+            chunk = todo[i : i + batch_size]
             for p, v in zip(chunk, engine.classify(chunk, batch_size=batch_size)):
                 done[p] = v.score
                 f.write(json.dumps({"prompt": p, "score": v.score}) + "\n")
@@ -81,8 +81,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     scores = score_all(engine, [p for rows in sets.values() for p, _ in rows], out / "scores.jsonl", args.batch_size)
     points = {name: p.threshold for name, p in engine.artifact.meta.operating_points.items()}
-    summary = {"model": args.model or "default", "artifact": args.artifact or "shipped", "operating_points": points,
-               "n": {k: len(v) for k, v in sets.items()}, **summarise(sets, scores, points)}
+    summary = {
+        "model": args.model or "default",
+        "artifact": args.artifact or "shipped",
+        "operating_points": points,
+        "n": {k: len(v) for k, v in sets.items()},
+        **summarise(sets, scores, points),
+    }
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

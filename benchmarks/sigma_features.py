@@ -27,8 +27,25 @@ from scans_guard.hooks import capture_block_outputs
 from scans_guard.loading import load_model
 
 REFUSAL_OPENERS = ["I", "Sorry", "As", "Unfortunately", "No", "I'm", "It", "This", "Please"]
-COMPLIANCE_OPENERS = ["Sure", "Certainly", "Here", "To", "Yes", "Absolutely", "Of", "The", "1", "**", "#", "Creating",
-                      "Writing", "In", "A", "Step", "There"]
+COMPLIANCE_OPENERS = [
+    "Sure",
+    "Certainly",
+    "Here",
+    "To",
+    "Yes",
+    "Absolutely",
+    "Of",
+    "The",
+    "1",
+    "**",
+    "#",
+    "Creating",
+    "Writing",
+    "In",
+    "A",
+    "Step",
+    "There",
+]
 
 
 def opener_ids(tokenizer) -> list[int]:
@@ -46,10 +63,12 @@ def sets(data_dir: str, seed: int = 0) -> dict[str, list[tuple[str, str, str]]]:
     adv_anchors, tqa_anchors = anchor_split(64, seed)
     adv = sorted({e.prompt for e in load_set("advbench")} - set(adv_anchors))
     out["advbench"] = [(p, "unsafe", "anchor") for p in adv_anchors] + [
-        (p, "unsafe", "") for p in random.Random(seed).sample(adv, 120)]
+        (p, "unsafe", "") for p in random.Random(seed).sample(adv, 120)
+    ]
     tqa = sorted({e.prompt for e in load_set("truthfulqa")} - set(tqa_anchors))
     out["truthfulqa"] = [(p, "safe", "anchor") for p in tqa_anchors] + [
-        (p, "safe", "") for p in random.Random(seed).sample(tqa, 120)]
+        (p, "safe", "") for p in random.Random(seed).sample(tqa, 120)
+    ]
     out["xstest"] = [(e.prompt, e.label, "") for e in load_set("xstest")]
     out["oktest"] = [(e.prompt, e.label, "") for e in random.Random(seed).sample(load_set("oktest", data_dir), 150)]
     out["oktest_heldout"] = [(e.prompt, e.label, "") for e in load_set("oktest_heldout", data_dir)]
@@ -67,7 +86,7 @@ def extract(handle, prompts: list[str], r_pos: str, batch_size: int, desc: str) 
     n, layers, ids = len(rpos), list(range(handle.n_layers)), opener_ids(handle.tokenizer)
     t_all, h_all, lp_all = [], [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, file=sys.stderr):
-        rows = [handle.chat_ids(p) + rpos for p in prompts[start:start + batch_size]]
+        rows = [handle.chat_ids(p) + rpos for p in prompts[start : start + batch_size]]
         batch = PromptBatch.left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
         with capture_block_outputs(handle.layers, layers, columns=[-1 - n, -1]) as h:
             out = prefill(handle.model, batch, logits_to_keep=n + 1)
@@ -97,10 +116,19 @@ def main() -> None:
             continue
         tensors = extract(handle, [r[0] for r in rows], args.r_pos, args.batch_size, name)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(target.with_suffix(".tmp")))
-        (out / f"{name}.json").write_text(json.dumps(
-            {"prompts": [r[0] for r in rows], "labels": [r[1] for r in rows], "splits": [r[2] for r in rows],
-             "r_pos": args.r_pos, "openers": REFUSAL_OPENERS + COMPLIANCE_OPENERS,
-             "n_refusal_openers": len(REFUSAL_OPENERS)}, ensure_ascii=False))
+        (out / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "prompts": [r[0] for r in rows],
+                    "labels": [r[1] for r in rows],
+                    "splits": [r[2] for r in rows],
+                    "r_pos": args.r_pos,
+                    "openers": REFUSAL_OPENERS + COMPLIANCE_OPENERS,
+                    "n_refusal_openers": len(REFUSAL_OPENERS),
+                },
+                ensure_ascii=False,
+            )
+        )
         target.with_suffix(".tmp").rename(target)
 
 

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from sigma_variants import build_variants, evaluate, load_all
 
 from scans_guard.data import contrast_pairs
@@ -37,8 +36,17 @@ def curve(data: dict, draws: int = 5) -> list[dict]:
             variant = build_variants(train.t.shape[1])[-1]  # the shipped probe recipe
             variant.fit({**data, "contrast_train": train.take(np.isin(pairs, keep))})
             r = evaluate(variant, data)  # scores every set with the probe fitted on the fraction
-            rows.append({"fraction": frac, "draw": draw, "pairs": len(keep), "span": r["span"], "C": r["C"],
-                         "contrast_heldout_auroc": r["contrast_heldout_auroc"], "xstest_auroc": r["xstest_auroc"]})
+            rows.append(
+                {
+                    "fraction": frac,
+                    "draw": draw,
+                    "pairs": len(keep),
+                    "span": r["span"],
+                    "C": r["C"],
+                    "contrast_heldout_auroc": r["contrast_heldout_auroc"],
+                    "xstest_auroc": r["xstest_auroc"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -52,13 +60,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| train pairs | draws | contrast held-out AUROC (mean ± sd) | XSTest AUROC (reported, never used) |",
-             "|---|---|---|---|"]
+    lines = [
+        "| train pairs | draws | contrast held-out AUROC (mean ± sd) | XSTest AUROC (reported, never used) |",
+        "|---|---|---|---|",
+    ]
     for frac in FRACTIONS:
         sel = [r for r in rows if r["fraction"] == frac]
         ch, xs = (np.array([r[k] for r in sel]) for k in ("contrast_heldout_auroc", "xstest_auroc"))
-        lines.append(f"| {sel[0]['pairs']} ({frac:.0%}) | {len(sel)} | {ch.mean():.3f} ± {ch.std():.3f} | "
-                     f"{xs.mean():.3f} ± {xs.std():.3f} |")
+        lines.append(
+            f"| {sel[0]['pairs']} ({frac:.0%}) | {len(sel)} | {ch.mean():.3f} ± {ch.std():.3f} | "
+            f"{xs.mean():.3f} ± {xs.std():.3f} |"
+        )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

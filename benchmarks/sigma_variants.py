@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from scans_guard.calibration import recall_threshold
 from scans_guard.decision import flags
 
+
 def classify_layers(n_layers: int) -> list[int]:
     """The recipe's default classification layers: the second half (12-23 on the 0.5B, 14-27 on the 1.5B)."""
     return list(range(n_layers // 2, n_layers))
@@ -83,13 +84,14 @@ def _mean_cos(d_key: str, layers: list[int]):
 def _logreg_fit(features, spans: list[list[int]], c: float | tuple[float, ...] = 1.0, with_anchors: bool = False):
     """Choose the layer span (and C) by 5-fold CV AUROC on the training prompts (the contrast train split, plus the
     AdvBench/TruthfulQA anchors with `with_anchors`), then fit on all of them."""
+
     def fit(data):
         parts = [data["contrast_train"]] + ([data["anchors_harmful"], data["anchors_benign"]] if with_anchors else [])
         y = np.concatenate([p.y for p in parts])
         best = None
         for span in spans:
             x = np.concatenate([features(data, p, span) for p in parts])
-            for cc in (c if isinstance(c, tuple) else (c,)):
+            for cc in c if isinstance(c, tuple) else (c,):
                 aucs = []
                 for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
                     m = LogisticRegression(C=cc, max_iter=3000).fit(x[tr], y[tr])
@@ -100,6 +102,7 @@ def _logreg_fit(features, spans: list[list[int]], c: float | tuple[float, ...] =
         x = np.concatenate([features(data, p, span) for p in parts])
         model = LogisticRegression(C=cc, max_iter=3000).fit(x, y)
         return {"span": span, "C": cc, "model": model, "cv_auroc": best[0], "data": data}
+
     return fit
 
 
@@ -149,27 +152,60 @@ def build_variants(n_layers: int) -> list[Variant]:
 
     all_spans = spans(n_layers)
     return [
-        Variant("paper's sigma: d_harm from AdvBench anchors, mean cosine, second half of the layers", "0", d_anchor,
-                _mean_cos("d", classify)),
+        Variant(
+            "paper's sigma: d_harm from AdvBench anchors, mean cosine, second half of the layers",
+            "0",
+            d_anchor,
+            _mean_cos("d", classify),
+        ),
         Variant("a. d_harm from the contrast set's harmful half", "0", d_contrast_harm, _mean_cos("d", classify)),
         Variant("b. contrastive d (harmful - safe twins), mean cosine", "0", d_contrastive, _mean_cos("d", classify)),
         Variant("b'. contrastive d, mean projection", "0", d_contrastive, proj),
-        Variant("b''. contrastive d over contrast + anchors, mean cosine", "0", d_contrastive_all,
-                _mean_cos("d", classify)),
-        Variant("c. logistic regression on per-layer cosines to contrastive d (span by CV)", "0",
-                _logreg_fit(cos_feats, all_spans), _logreg_score(cos_feats)),
-        Variant("e. refusal intent alone (opener log-probs at the last prompt token)", "0",
-                lambda data: {}, lambda st, fs: fs.intent),
-        Variant("c+e. per-layer cosines + refusal intent, logistic regression", "0",
-                _logreg_fit(cos_intent_feats, all_spans), _logreg_score(cos_intent_feats)),
-        Variant("probe-h. L2 logistic regression on h(last prompt token), one layer (by CV), contrast train", "0",
-                _logreg_fit(probe_feats, one_layer, c=0.05), _logreg_score(probe_feats)),
-        Variant("probe-t. L2 logistic regression on the transition t^l, one layer (by CV), contrast train", "0",
-                _logreg_fit(trans_feats, one_layer, c=0.05), _logreg_score(trans_feats)),
-        Variant("probe-h + anchors: contrast train + AdvBench/TruthfulQA anchors, layer and C by CV", "0",
-                _logreg_fit(probe_feats, one_layer, c=CS, with_anchors=True), _logreg_score(probe_feats)),
-        Variant("probe-t + anchors (shipped): contrast train + anchors, layer and C by CV", "0",
-                _logreg_fit(trans_feats, one_layer, c=CS, with_anchors=True), _logreg_score(trans_feats)),
+        Variant(
+            "b''. contrastive d over contrast + anchors, mean cosine", "0", d_contrastive_all, _mean_cos("d", classify)
+        ),
+        Variant(
+            "c. logistic regression on per-layer cosines to contrastive d (span by CV)",
+            "0",
+            _logreg_fit(cos_feats, all_spans),
+            _logreg_score(cos_feats),
+        ),
+        Variant(
+            "e. refusal intent alone (opener log-probs at the last prompt token)",
+            "0",
+            lambda data: {},
+            lambda st, fs: fs.intent,
+        ),
+        Variant(
+            "c+e. per-layer cosines + refusal intent, logistic regression",
+            "0",
+            _logreg_fit(cos_intent_feats, all_spans),
+            _logreg_score(cos_intent_feats),
+        ),
+        Variant(
+            "probe-h. L2 logistic regression on h(last prompt token), one layer (by CV), contrast train",
+            "0",
+            _logreg_fit(probe_feats, one_layer, c=0.05),
+            _logreg_score(probe_feats),
+        ),
+        Variant(
+            "probe-t. L2 logistic regression on the transition t^l, one layer (by CV), contrast train",
+            "0",
+            _logreg_fit(trans_feats, one_layer, c=0.05),
+            _logreg_score(trans_feats),
+        ),
+        Variant(
+            "probe-h + anchors: contrast train + AdvBench/TruthfulQA anchors, layer and C by CV",
+            "0",
+            _logreg_fit(probe_feats, one_layer, c=CS, with_anchors=True),
+            _logreg_score(probe_feats),
+        ),
+        Variant(
+            "probe-t + anchors (shipped): contrast train + anchors, layer and C by CV",
+            "0",
+            _logreg_fit(trans_feats, one_layer, c=CS, with_anchors=True),
+            _logreg_score(trans_feats),
+        ),
     ]
 
 
@@ -183,14 +219,22 @@ def load_all(directory: Path) -> dict[str, FeatureSet]:
     in_b = np.array([p in set(benign_anchors) for p in tqa.prompts])
     repe_h = set(fs["repe_train"].prompts) if "repe_train" in fs else set()
     data = {
-        "anchors_harmful": adv.take(in_h), "anchors_benign": tqa.take(in_b),
+        "anchors_harmful": adv.take(in_h),
+        "anchors_benign": tqa.take(in_b),
         "contrast_train": fs["contrast"].take(fs["contrast"].split == "train"),
         "contrast_heldout": fs["contrast"].take(fs["contrast"].split == "heldout"),
         "advbench_heldout": adv.take(~in_h & np.array([p not in repe_h for p in adv.prompts])),
         "truthfulqa_heldout": tqa.take(~in_b),
     }
-    for name in ("xstest", "oktest", "oktest_heldout", "repe_train", "repe_test", "malicious_instruct",
-                 "heldout_harmless"):
+    for name in (
+        "xstest",
+        "oktest",
+        "oktest_heldout",
+        "repe_train",
+        "repe_test",
+        "malicious_instruct",
+        "heldout_harmless",
+    ):
         if name in fs:
             data[name] = fs[name]
     if "harmfulq" in fs:
@@ -208,8 +252,13 @@ def fpr_at_recall(scores: np.ndarray, y: np.ndarray, recall: float) -> float:
 def t_fit_scores(v: Variant, data: dict[str, FeatureSet]) -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels of the T-fit prompts: HarmfulQ tuning half vs OKTest held-out, plus the contrast train split
     and the anchors (RepE-train, the old fit's other part, is left out here to save extraction time)."""
-    parts = [data["harmfulq_tune"], data["oktest_heldout"], data["contrast_train"], data["anchors_harmful"],
-             data["anchors_benign"]]
+    parts = [
+        data["harmfulq_tune"],
+        data["oktest_heldout"],
+        data["contrast_train"],
+        data["anchors_harmful"],
+        data["anchors_benign"],
+    ]
     return np.concatenate([v.score(p) for p in parts]), np.concatenate([p.y for p in parts])
 
 
@@ -227,7 +276,8 @@ def evaluate(v: Variant, data: dict[str, FeatureSet]) -> dict:
     rt = data.get("repe_test")
     xs_safe, xs_unsafe = sx[x.y == 0], sx[x.y == 1]
     return {
-        "variant": v.name, "extra_cost": v.cost,
+        "variant": v.name,
+        "extra_cost": v.cost,
         "xstest_auroc": roc_auc_score(x.y, sx),
         "xstest_f1_at_guard_T": f1_score(x.y, sx >= t_guard),
         "xstest_fpr_at_85pct_recall": fpr_at_recall(sx, x.y, 0.85),
@@ -243,7 +293,8 @@ def evaluate(v: Variant, data: dict[str, FeatureSet]) -> dict:
         "truthfulqa_heldout_steered_away_at_steer_T": float((tqa < t_steer).mean()),
         "contrast_heldout_auroc": roc_auc_score(ch.y, v.score(ch)),
         "advbench_vs_truthfulqa_heldout_auroc": roc_auc_score(
-            np.r_[np.ones(len(adv)), np.zeros(len(tqa))], np.r_[adv, tqa]),
+            np.r_[np.ones(len(adv)), np.zeros(len(tqa))], np.r_[adv, tqa]
+        ),
         "repe_test_auroc": roc_auc_score(rt.y, v.score(rt)) if rt is not None else float("nan"),
         "t_fit_auroc": roc_auc_score(y_fit, s_fit),
         **({"span": v.state["span"], "C": v.state["C"], "cv_auroc": v.state["cv_auroc"]} if "span" in v.state else {}),
@@ -267,9 +318,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--features", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--prefix-features", nargs="*", default=[],
-                        help="feature runs of other answer prefixes (sigma_features.py --r-pos ...): adds variant d, "
-                             "the shipped probe recipe on transitions averaged over all prefixes")
+    parser.add_argument(
+        "--prefix-features",
+        nargs="*",
+        default=[],
+        help="feature runs of other answer prefixes (sigma_features.py --r-pos ...): adds variant d, "
+        "the shipped probe recipe on transitions averaged over all prefixes",
+    )
     args = parser.parse_args()
     data = load_all(Path(args.features))
     n_layers = data["xstest"].t.shape[1]
@@ -288,15 +343,21 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "variants.json").write_text(json.dumps(rows, indent=1) + "\n")
-    cols = [("variant", "variant"), ("xstest_auroc", "XSTest AUROC"), ("xstest_f1_at_guard_T", "XSTest F1 at guard T"),
-            ("xstest_fpr_at_85pct_recall", "XSTest FPR at 85% recall"),
-            ("oktest_fpr_at_95pct_harmfulq_recall", "OKTest FPR at 95% HarmfulQ recall"),
-            ("contrast_heldout_auroc", "contrast held-out AUROC"), ("repe_test_auroc", "RepE test AUROC"),
-            ("xstest_safe_steered_away_at_steer_T", "XSTest safe steered away"),
-            ("xstest_unsafe_steered_away_at_steer_T", "XSTest unsafe steered away"),
-            ("harmfulq_eval_steered_away_at_steer_T", "HarmfulQ eval steered away"),
-            ("advbench_heldout_steered_away_at_steer_T", "AdvBench held-out steered away"),
-            ("oktest_steered_away_at_steer_T", "OKTest steered away"), ("extra_cost", "extra cost")]
+    cols = [
+        ("variant", "variant"),
+        ("xstest_auroc", "XSTest AUROC"),
+        ("xstest_f1_at_guard_T", "XSTest F1 at guard T"),
+        ("xstest_fpr_at_85pct_recall", "XSTest FPR at 85% recall"),
+        ("oktest_fpr_at_95pct_harmfulq_recall", "OKTest FPR at 95% HarmfulQ recall"),
+        ("contrast_heldout_auroc", "contrast held-out AUROC"),
+        ("repe_test_auroc", "RepE test AUROC"),
+        ("xstest_safe_steered_away_at_steer_T", "XSTest safe steered away"),
+        ("xstest_unsafe_steered_away_at_steer_T", "XSTest unsafe steered away"),
+        ("harmfulq_eval_steered_away_at_steer_T", "HarmfulQ eval steered away"),
+        ("advbench_heldout_steered_away_at_steer_T", "AdvBench held-out steered away"),
+        ("oktest_steered_away_at_steer_T", "OKTest steered away"),
+        ("extra_cost", "extra cost"),
+    ]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k, _ in cols) + " |")

@@ -58,8 +58,14 @@ def rates(by_key: dict, scores: dict, steer_t: float, coef: float) -> dict:
                 steered.append(still)
             else:
                 steered.append(refused)
-        out[s] = {"n": len(prompts), "unsteered": sum(base) / len(prompts), "steered": sum(steered) / len(prompts),
-                  "refused_below_t": reached, "unrefused": unrefused, "missing": missing}
+        out[s] = {
+            "n": len(prompts),
+            "unsteered": sum(base) / len(prompts),
+            "steered": sum(steered) / len(prompts),
+            "refused_below_t": reached,
+            "unrefused": unrefused,
+            "missing": missing,
+        }
     return out
 
 
@@ -77,8 +83,9 @@ def cmd_nll(args: argparse.Namespace) -> None:
         path = Path(run) / "generations.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         for r in rows:
-            wanted = r["coefficient"] < 0 or (r["coefficient"] == 0 and not r["refused"]
-                                              and r["set"] not in HARMFUL_SETS)
+            wanted = r["coefficient"] < 0 or (
+                r["coefficient"] == 0 and not r["refused"] and r["set"] not in HARMFUL_SETS
+            )
             if wanted and not r["nll_tokens"]:
                 key = (r["prompt"], r["response"])
                 if key not in scored:
@@ -107,22 +114,41 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         by_key, scores = load_rows(Path(run))
         for coef in sorted({k[2] for k in by_key if k[2] < 0}, reverse=True):
             steered = [r for k, r in by_key.items() if k[2] == coef and k[0] not in HARMFUL_SETS]
-            table.append({"span": name, "coefficient": coef, "sets": rates(by_key, scores, args.steer_t, coef),
-                          "nll_steered_benign": mean_nll(steered)})
-        answers |= {k: r for k, r in by_key.items() if k[2] == 0 and not r["refused"] and k[0] not in HARMFUL_SETS
-                    and r["nll_tokens"]}
+            table.append(
+                {
+                    "span": name,
+                    "coefficient": coef,
+                    "sets": rates(by_key, scores, args.steer_t, coef),
+                    "nll_steered_benign": mean_nll(steered),
+                }
+            )
+        answers |= {
+            k: r
+            for k, r in by_key.items()
+            if k[2] == 0 and not r["refused"] and k[0] not in HARMFUL_SETS and r["nll_tokens"]
+        }
     reference = mean_nll(list(answers.values()))
     sets = sorted(table[0]["sets"])
-    lines = ["| span | coefficient | " + " | ".join(sets) + " | NLL/token of steered benign replies |",
-             "|---|---|" + "---|" * (len(sets) + 1)]
+    lines = [
+        "| span | coefficient | " + " | ".join(sets) + " | NLL/token of steered benign replies |",
+        "|---|---|" + "---|" * (len(sets) + 1),
+    ]
     base = table[0]["sets"]
-    lines.append("| unsteered | 0 | " + " | ".join(f"{100 * base[s]['unsteered']:.0f}%" for s in sets)
-                 + f" | {reference:.2f} (its answers to benign prompts) |")
+    lines.append(
+        "| unsteered | 0 | "
+        + " | ".join(f"{100 * base[s]['unsteered']:.0f}%" for s in sets)
+        + f" | {reference:.2f} (its answers to benign prompts) |"
+    )
     for row in table:
-        cells = [f"{100 * v['steered']:.0f}% ({v['unrefused']}/{v['refused_below_t']} un-refused"
-                 + (f", {v['missing']} missing" if v["missing"] else "") + ")" for v in (row["sets"][s] for s in sets)]
-        lines.append(f"| {row['span']} | {row['coefficient']:g} | " + " | ".join(cells)
-                     + f" | {row['nll_steered_benign']:.2f} |")
+        cells = [
+            f"{100 * v['steered']:.0f}% ({v['unrefused']}/{v['refused_below_t']} un-refused"
+            + (f", {v['missing']} missing" if v["missing"] else "")
+            + ")"
+            for v in (row["sets"][s] for s in sets)
+        ]
+        lines.append(
+            f"| {row['span']} | {row['coefficient']:g} | " + " | ".join(cells) + f" | {row['nll_steered_benign']:.2f} |"
+        )
     write_summary(args.report, table, lines)
 
 

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safe_steering_sweep import EVAL_SETS, HARMFUL_SETS, TUNE_SETS, load_rows
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
-from safe_steering_sweep import EVAL_SETS, HARMFUL_SETS, TUNE_SETS, load_rows
 from scans_guard import ScansEngine
 from scans_guard.hooks import capture_block_outputs
 from scans_guard.steering import SteeringPlan
@@ -61,12 +61,14 @@ def steered_reply_states(engine: ScansEngine, prompt: str, reply: str) -> np.nda
     the reply (steering from the last prompt token on): what a read hook sees during the steered decode."""
     handle = engine.handle
     prompt_ids = handle.chat_ids(prompt)
-    reply_ids = handle.encode(reply, content=True)[:max(KS)] if reply else []
+    reply_ids = handle.encode(reply, content=True)[: max(KS)] if reply else []
     ids = torch.tensor([prompt_ids + reply_ids], device=handle.device)
     last_prompt = len(prompt_ids) - 1
     columns = [last_prompt + min(k, len(reply_ids)) for k in KS]  # a shorter reply: its last token
-    with engine.steering.apply(SteeringPlan.fixed(COEF, 1), start_column=last_prompt), \
-            capture_block_outputs(handle.layers, LAYERS, columns) as got:
+    with (
+        engine.steering.apply(SteeringPlan.fixed(COEF, 1), start_column=last_prompt),
+        capture_block_outputs(handle.layers, LAYERS, columns) as got,
+    ):
         handle.model(input_ids=ids, logits_to_keep=1)
     return torch.stack([got[l][0] for l in LAYERS], dim=1).numpy()  # [k, layer, hidden]
 
@@ -81,8 +83,12 @@ def cmd_features(args: argparse.Namespace) -> None:
         print(f"{len(keys)} rows already done")
         return
     engine = ScansEngine.load(args.model, args.artifact)
-    states = np.stack([steered_reply_states(engine, p, rows[(s, p, COEF)]["response"])
-                       for s, p in tqdm(keys, desc="steered reply states")]).astype(np.float32)
+    states = np.stack(
+        [
+            steered_reply_states(engine, p, rows[(s, p, COEF)]["response"])
+            for s, p in tqdm(keys, desc="steered reply states")
+        ]
+    ).astype(np.float32)
     np.save(feats_path, states, allow_pickle=False)
     index_path.write_text(json.dumps([list(k) for k in keys]))
 
@@ -119,16 +125,24 @@ def refusal_rates(rows: dict, scores: dict, sets: dict, t_wide: float, verdict: 
                 use_steered, fallbacks = False, fallbacks + 1
             steered += use_steered
             refused += rows[(name, p, COEF if use_steered else 0.0)]["refused"]
-        res[name] = {"n": len(prompts), "refusal": refused / len(prompts), "steered": int(steered),
-                     "fallbacks": int(fallbacks)}
+        res[name] = {
+            "n": len(prompts),
+            "refusal": refused / len(prompts),
+            "steered": int(steered),
+            "fallbacks": int(fallbacks),
+        }
     return res
 
 
 def pick(rows: dict, scores: dict, tune: dict, grid: list[float], verdict: dict | None, max_harm_drop: float) -> float:
     """The widest T on the tuning split whose harmful refusal drops by at most `max_harm_drop` (fraction)."""
     base = refusal_rates(rows, scores, tune, -np.inf, None)
-    ok = [t for t in grid if base["tune_harmful"]["refusal"]
-          - refusal_rates(rows, scores, tune, t, verdict)["tune_harmful"]["refusal"] <= max_harm_drop + 1e-9]
+    ok = [
+        t
+        for t in grid
+        if base["tune_harmful"]["refusal"] - refusal_rates(rows, scores, tune, t, verdict)["tune_harmful"]["refusal"]
+        <= max_harm_drop + 1e-9
+    ]
     return float(max(ok)) if ok else -np.inf
 
 
@@ -168,10 +182,19 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     }
     eval_idx = ~tune_idx
     summary = {
-        "verifier": {"k": k, "layer": layer, "C": c, "tune_cv_auroc": cv_auc, "threshold": v, "recall": args.recall,
-                     "eval_auroc": float(roc_auc_score(labels[eval_idx], margin[eval_idx])),
-                     "cv_grid": {f"k={kk},layer={ll}": a for (kk, ll), (_, a) in cv.items()}},
-        "t_plain": t_plain, "t_verify": t_verify, "recipes": recipes,
+        "verifier": {
+            "k": k,
+            "layer": layer,
+            "C": c,
+            "tune_cv_auroc": cv_auc,
+            "threshold": v,
+            "recall": args.recall,
+            "eval_auroc": float(roc_auc_score(labels[eval_idx], margin[eval_idx])),
+            "cv_grid": {f"k={kk},layer={ll}": a for (kk, ll), (_, a) in cv.items()},
+        },
+        "t_plain": t_plain,
+        "t_verify": t_verify,
+        "recipes": recipes,
     }
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
@@ -182,10 +205,14 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def render(summary: dict, base: dict) -> str:
     ver = summary["verifier"]
-    lines = [f"Verifier: layer {ver['layer']}, k = {ver['k']} reply tokens, C = {ver['C']}; tuning-split CV AUROC "
-             f"{ver['tune_cv_auroc']:.3f}, evaluation-sets AUROC {ver['eval_auroc']:.3f} (harmful prompt vs not, "
-             f"on steered replies); V at {ver['recall']:.0%} recall of the tuning split's harmful steered replies.",
-             "", "| recipe | " + " | ".join(base) + " |", "|---" * (len(base) + 1) + "|"]
+    lines = [
+        f"Verifier: layer {ver['layer']}, k = {ver['k']} reply tokens, C = {ver['C']}; tuning-split CV AUROC "
+        f"{ver['tune_cv_auroc']:.3f}, evaluation-sets AUROC {ver['eval_auroc']:.3f} (harmful prompt vs not, "
+        f"on steered replies); V at {ver['recall']:.0%} recall of the tuning split's harmful steered replies.",
+        "",
+        "| recipe | " + " | ".join(base) + " |",
+        "|---" * (len(base) + 1) + "|",
+    ]
     for name, res in summary["recipes"].items():
         cells = []
         for s, r in res.items():
@@ -203,8 +230,11 @@ def main() -> None:
     for p in (f, a):
         p.add_argument("--runs", nargs="+", required=True, help="sweep output directories (tuning first)")
         p.add_argument("--out", required=True, help="where the reply states are kept (large, not committed)")
-    f.add_argument("--model", default=None, help="an embedded model's name or a model directory (default: the "
-                   "default model, whose 24 blocks LAYERS names)")
+    f.add_argument(
+        "--model",
+        default=None,
+        help="an embedded model's name or a model directory (default: the default model, whose 24 blocks LAYERS names)",
+    )
     f.add_argument("--artifact", default=None, help="default: the one shipped for the model")
     a.add_argument("--report", required=True)
     a.add_argument("--recall", type=float, default=0.95)

@@ -22,7 +22,6 @@ from langchain.agents import create_agent
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
-
 from scans_guard_langchain import ScansGuardMiddleware
 from scans_guard_langchain.testing import example_llm, tiny_requested
 
@@ -45,8 +44,10 @@ class ToolUsingModel(GenericFakeChatModel):
 def tool_model() -> ToolUsingModel:
     turns = []
     for _ in range(len(PROMPTS)):
-        turns += [AIMessage("", tool_calls=[{"name": "search_docs", "args": {"query": "kill children"}, "id": "call"}]),
-                  AIMessage("Run `pkill -P $$` from the script.")]
+        turns += [
+            AIMessage("", tool_calls=[{"name": "search_docs", "args": {"query": "kill children"}, "id": "call"}]),
+            AIMessage("Run `pkill -P $$` from the script."),
+        ]
     return ToolUsingModel(messages=iter(turns))
 
 
@@ -58,15 +59,21 @@ def main(argv: list[str] | None = None) -> dict:
     llm = example_llm(argv, max_tokens=8 if tiny_requested(argv) else 96)
     results: dict[str, list] = {}
 
-    steered = create_agent(llm, tools=[search_docs],
-                           middleware=[ScansGuardMiddleware(llm, strategy="steer", check_output=True)])
-    blocking = create_agent(tool_model(), tools=[search_docs],
-                            middleware=[ScansGuardMiddleware(llm, strategy="block", check_tool_results=True,
-                                                             exit_behavior="replace")])
-    routing = create_agent(tool_model(), tools=[search_docs],
-                           middleware=[ScansGuardMiddleware(llm, strategy="route",
-                                                            routes={"harmful": "I can't help with that.",
-                                                                    "benign": None})])
+    steered = create_agent(
+        llm, tools=[search_docs], middleware=[ScansGuardMiddleware(llm, strategy="steer", check_output=True)]
+    )
+    blocking = create_agent(
+        tool_model(),
+        tools=[search_docs],
+        middleware=[ScansGuardMiddleware(llm, strategy="block", check_tool_results=True, exit_behavior="replace")],
+    )
+    routing = create_agent(
+        tool_model(),
+        tools=[search_docs],
+        middleware=[
+            ScansGuardMiddleware(llm, strategy="route", routes={"harmful": "I can't help with that.", "benign": None})
+        ],
+    )
     for name, agent in (("steer", steered), ("block", blocking), ("route", routing)):
         results[name] = []
         for prompt in PROMPTS:
@@ -74,8 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
             reply = state["messages"][-1]
             verdict = state.get("scans_guard", {}).get("verdict") or reply.response_metadata
             results[name].append(state)
-            print(f"[{name}] {prompt}\n    sigma: {verdict.get('label')} (score {verdict.get('score'):.3f}); "
-                  f"{len(state['messages'])} messages; reply: {reply.content!r}")
+            print(
+                f"[{name}] {prompt}\n    sigma: {verdict.get('label')} (score {verdict.get('score'):.3f}); "
+                f"{len(state['messages'])} messages; reply: {reply.content!r}"
+            )
     return results
 
 

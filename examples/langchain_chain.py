@@ -17,7 +17,6 @@ import sys
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-
 from scans_guard_langchain.testing import example_llm, tiny_requested
 
 QUESTIONS = [
@@ -41,10 +40,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for question, answer in zip(QUESTIONS, answers):
         # the same conversation again, this time keeping the AIMessage to read sigma's verdict
         meta = (prompt | llm).invoke({"question": question}).response_metadata
-        rows.append({"question": question, "answer": answer, "label": meta["label"], "score": meta["score"],
-                     "direction": meta["direction"]})
-        print(f"Q: {question}\n   sigma: {meta['label']} (score {meta['score']:.3f}, T {meta['threshold']:.3f}, "
-              f"steered {meta['direction']})\nA: {answer!r}\n")
+        rows.append(
+            {
+                "question": question,
+                "answer": answer,
+                "label": meta["label"],
+                "score": meta["score"],
+                "direction": meta["direction"],
+            }
+        )
+        print(
+            f"Q: {question}\n   sigma: {meta['label']} (score {meta['score']:.3f}, T {meta['threshold']:.3f}, "
+            f"steered {meta['direction']})\nA: {answer!r}\n"
+        )
     return rows
 
 

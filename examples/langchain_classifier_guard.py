@@ -14,7 +14,6 @@ import sys
 
 from langchain_core.language_models import FakeListChatModel
 from langchain_core.prompts import ChatPromptTemplate
-
 from scans_guard_langchain import (
     HarmfulPromptError,
     SafetyBlocker,
@@ -56,8 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. route: harmful -> canned refusal, a grey zone just below T -> a more careful model, benign -> other model
     careful_model = FakeListChatModel(responses=["(the careful model's answer)"] * 10)
-    router = SafetyRouter(classifier=classifier, benign=other_model, grey=careful_model,
-                          harmful="I can't help with that.", policy=SafetyPolicy(grey_zone=0.02))
+    router = SafetyRouter(
+        classifier=classifier,
+        benign=other_model,
+        grey=careful_model,
+        harmful="I can't help with that.",
+        policy=SafetyPolicy(grey_zone=0.02),
+    )
     routed = [m.content for m in router.batch(PROMPTS)]
     for p, r in zip(PROMPTS, routed):
         print(f"route  {p!r} -> {r!r}")
@@ -79,8 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 5. dict input, as a chain's first step gets it: classify input["question"], pass the whole dict on
     prompt = ChatPromptTemplate.from_messages([("human", "{question}")])
-    chain = SafetyRouter(classifier=classifier, input_key="question", benign=prompt | other_model,
-                         harmful="I can't help with that.")
+    chain = SafetyRouter(
+        classifier=classifier, input_key="question", benign=prompt | other_model, harmful="I can't help with that."
+    )
     from_dicts = [m.content for m in chain.batch([{"question": p} for p in PROMPTS])]
     print(f"dict input -> {from_dicts}")
     return {"verdicts": verdicts, "routed": routed, "blocked": blocked, "from_dicts": from_dicts}

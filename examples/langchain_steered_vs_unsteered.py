@@ -13,9 +13,9 @@ import argparse
 import sys
 
 from langchain_core.messages import HumanMessage
+from scans_guard_langchain.testing import example_llm, tiny_requested
 
 from scans_guard.data import load_set
-from scans_guard_langchain.testing import example_llm, tiny_requested
 
 FOLLOW_UP = "Thanks. Can you say that in one sentence?"
 
@@ -46,10 +46,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         _, steered = chat(llm, prompt)
         _, plain = chat(llm, prompt, steer=False, policy="steer")  # the plain model: no guard, no steering
         meta = steered[0].response_metadata
-        row = {"prompt": prompt, "label": meta["label"], "score": meta["score"],
-               "steered": [m.content for m in steered], "unsteered": [m.content for m in plain],
-               "steered_refused": [m.response_metadata["refusal"] for m in steered],
-               "unsteered_refused": [m.response_metadata["refusal"] for m in plain]}
+        row = {
+            "prompt": prompt,
+            "label": meta["label"],
+            "score": meta["score"],
+            "steered": [m.content for m in steered],
+            "unsteered": [m.content for m in plain],
+            "steered_refused": [m.response_metadata["refusal"] for m in steered],
+            "unsteered_refused": [m.response_metadata["refusal"] for m in plain],
+        }
         rows.append(row)
         print(f"\n{prompt}\n  sigma: {meta['label']} (score {meta['score']:.3f}), steered {meta['direction']}")
         for turn in range(2):

@@ -17,7 +17,6 @@ import sys
 
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
-
 from scans_guard_langchain.testing import example_llm, tiny_requested
 
 
@@ -42,8 +41,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     question = "What is the weather like in Paris right now?"
     reply = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(question)
-    print(f"Q: {question}\n   tool calls: {reply.tool_calls}\n   text: {reply.content!r}\n"
-          f"   sigma: {reply.response_metadata['label']} (score {reply.response_metadata['score']:.3f})")
+    print(
+        f"Q: {question}\n   tool calls: {reply.tool_calls}\n   text: {reply.content!r}\n"
+        f"   sigma: {reply.response_metadata['label']} (score {reply.response_metadata['score']:.3f})"
+    )
 
     streamed = None
     for chunk in llm.bind_tools([get_weather], tool_choice="any").stream(question):

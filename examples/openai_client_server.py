@@ -21,7 +21,6 @@ import sys
 
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
-
 from scans_guard_langchain.testing import tiny_engine, tiny_requested
 
 QUESTIONS = [
@@ -58,26 +57,46 @@ def main(argv: list[str] | None = None) -> dict:
         model = client.models.list().data[0].id
         for question in QUESTIONS:
             reply = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens)
+                model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens
+            )
             verdict = reply.model_extra["scans_guard"]["verdict"]
-            out["openai"].append({"question": question, "answer": reply.choices[0].message.content,
-                                  "label": verdict["label"], "direction": verdict["direction"]})
-            print(f"\n### {question}\n[{verdict['label']}, score {verdict['score']:+.3f}, steer {verdict['direction']}]"
-                  f"\n{reply.choices[0].message.content.strip()}")
+            out["openai"].append(
+                {
+                    "question": question,
+                    "answer": reply.choices[0].message.content,
+                    "label": verdict["label"],
+                    "direction": verdict["direction"],
+                }
+            )
+            print(
+                f"\n### {question}\n[{verdict['label']}, score {verdict['score']:+.3f}, steer {verdict['direction']}]"
+                f"\n{reply.choices[0].message.content.strip()}"
+            )
 
-        llm = ChatOpenAI(base_url=base_url, api_key=args.api_key, model=model, max_tokens=max_tokens,
-                         stream_usage=True)
+        llm = ChatOpenAI(base_url=base_url, api_key=args.api_key, model=model, max_tokens=max_tokens, stream_usage=True)
         streamed = "".join(chunk.content for chunk in llm.stream(QUESTIONS[0]))
         out["langchain"].append(streamed)
         print(f"\n### ChatOpenAI, streamed: {QUESTIONS[0]}\n{streamed.strip()}")
 
-        guard = ChatOpenAI(base_url=base_url, api_key=args.api_key, model=model, max_tokens=max_tokens,
-                           extra_body={"scans_guard": {"policy": "guard"}})
+        guard = ChatOpenAI(
+            base_url=base_url,
+            api_key=args.api_key,
+            model=model,
+            max_tokens=max_tokens,
+            extra_body={"scans_guard": {"policy": "guard"}},
+        )
         for question in QUESTIONS:
             msg = guard.invoke(question)
-            out["guarded"].append({"question": question, "answer": msg.content,
-                                   "finish_reason": msg.response_metadata.get("finish_reason")})
-            print(f"\n### guard policy: {question}\n[{msg.response_metadata.get('finish_reason')}] {msg.content.strip()}")
+            out["guarded"].append(
+                {
+                    "question": question,
+                    "answer": msg.content,
+                    "finish_reason": msg.response_metadata.get("finish_reason"),
+                }
+            )
+            print(
+                f"\n### guard policy: {question}\n[{msg.response_metadata.get('finish_reason')}] {msg.content.strip()}"
+            )
     return out
 
 

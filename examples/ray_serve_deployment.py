@@ -47,13 +47,17 @@ def main(argv: list[str] | None = None) -> list[str]:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")  # Ray's own traffic stays on loopback
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-            serve.run(build_app({**engine_args, "num_replicas": args.replicas, "torch_threads": 1}),
-                      name="scans-guard", route_prefix="/")
+            serve.run(
+                build_app({**engine_args, "num_replicas": args.replicas, "torch_threads": 1}),
+                name="scans-guard",
+                route_prefix="/",
+            )
             client = OpenAI(base_url=f"http://127.0.0.1:{args.port}/v1", api_key="unused")
             model = client.models.list().data[0].id
             for question in QUESTIONS:
-                reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                                       max_tokens=8 if args.tiny else 64)
+                reply = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": question}], max_tokens=8 if args.tiny else 64
+                )
                 verdict = reply.model_extra["scans_guard"]["verdict"]
                 answers.append(reply.choices[0].message.content)
                 print(f"\n### {question}\n[{verdict['label']}, steer {verdict['direction']}]\n{answers[-1].strip()}")

@@ -27,8 +27,24 @@ from .loading import ModelHandle, load_model  # noqa: E402
 from .retry import RetryPolicy  # noqa: E402
 
 __all__ = [
-    "Artifact", "ArtifactError", "CalibrationConfig", "FingerprintMismatchError", "GenerationConfig",
-    "InvalidArgumentError", "InvalidPromptError", "ModelHandle", "ModelLoadError", "NonFiniteScoreError",
-    "PromptTooLongError", "RetryPolicy", "RowSteering", "SafetyVerdict", "ScansEngine", "ScansGuardError",
-    "SteeredOutput", "SteeringRecipe", "UnsupportedArchitectureError", "load_model",
+    "Artifact",
+    "ArtifactError",
+    "CalibrationConfig",
+    "FingerprintMismatchError",
+    "GenerationConfig",
+    "InvalidArgumentError",
+    "InvalidPromptError",
+    "ModelHandle",
+    "ModelLoadError",
+    "NonFiniteScoreError",
+    "PromptTooLongError",
+    "RetryPolicy",
+    "RowSteering",
+    "SafetyVerdict",
+    "ScansEngine",
+    "ScansGuardError",
+    "SteeredOutput",
+    "SteeringRecipe",
+    "UnsupportedArchitectureError",
+    "load_model",
 ]

@@ -46,8 +46,13 @@ class AnchorSet(BaseModel):
 
     @classmethod
     def of(cls, source: str, prompts: list[str], seed: int) -> AnchorSet:
-        return cls(source=source, n=len(prompts), seed=seed, sha256=text_sha256(prompts),
-                   prompt_sha256=[text_sha256(p) for p in prompts])
+        return cls(
+            source=source,
+            n=len(prompts),
+            seed=seed,
+            sha256=text_sha256(prompts),
+            prompt_sha256=[text_sha256(p) for p in prompts],
+        )
 
 
 class PromptSplit(BaseModel):
@@ -98,8 +103,9 @@ class ModelFingerprint(BaseModel):
 
 class ArtifactMeta(BaseModel):
     format_version: int = FORMAT_VERSION
-    meta_version: int = Field(META_VERSION, description="2: per-prompt hashes of anchors and splits; a file without "
-                              "the field is version 1")
+    meta_version: int = Field(
+        META_VERSION, description="2: per-prompt hashes of anchors and splits; a file without the field is version 1"
+    )
     library_version: str = __version__
     model_name: str
     model_fingerprint: dict = Field(description="ModelFingerprint, kept a dict for callers that index it")
@@ -108,15 +114,21 @@ class ArtifactMeta(BaseModel):
     anchors: dict[str, AnchorSet]
     threshold_fit: dict = Field(default_factory=dict, description="data, F1, AUROC, ... of the T fit")
     splits: dict[str, PromptSplit] = Field(
-        default_factory=dict, description="every prompt set fitted on besides the anchors: 'threshold_fit' (T, "
-        "operating points, Platt) and, with a sigma probe, 'probe_train'")
+        default_factory=dict,
+        description="every prompt set fitted on besides the anchors: 'threshold_fit' (T, "
+        "operating points, Platt) and, with a sigma probe, 'probe_train'",
+    )
     operating_points: dict[str, OperatingPoint] = Field(
-        default_factory=dict, description="named thresholds: 'steer' (= recipe.threshold) and 'guard' (blocking)")
+        default_factory=dict, description="named thresholds: 'steer' (= recipe.threshold) and 'guard' (blocking)"
+    )
     platt: PlattFit | None = Field(None, description="P(harmful | score), centred on the guard point")
     layer_analysis: list[dict] = Field(default_factory=list)
     notes: dict = Field(default_factory=dict, description="free-form provenance: command, tuning data")
-    tensors_sha256: str | None = Field(None, description="sha256 of tensors.safetensors, written by `save`; "
-                                       "None in artifacts saved before it was recorded (loaded with a warning)")
+    tensors_sha256: str | None = Field(
+        None,
+        description="sha256 of tensors.safetensors, written by `save`; "
+        "None in artifacts saved before it was recorded (loaded with a warning)",
+    )
 
     @field_validator("model_fingerprint")
     @classmethod
@@ -127,9 +139,11 @@ class ArtifactMeta(BaseModel):
         """sha256 of every anchor prompt; ArtifactError if an anchor set records none (and could not be recomputed)."""
         missing = [k for k, a in self.anchors.items() if a.prompt_sha256 is None]
         if missing:
-            raise ArtifactError(f"the artifact does not record its {', '.join(missing)} anchor prompts (meta version "
-                                f"{self.meta_version}, anchors from {self.anchors[missing[0]].source} not reproducible"
-                                "): recalibrate to hold them out")
+            raise ArtifactError(
+                f"the artifact does not record its {', '.join(missing)} anchor prompts (meta version "
+                f"{self.meta_version}, anchors from {self.anchors[missing[0]].source} not reproducible"
+                "): recalibrate to hold them out"
+            )
         return {h for a in self.anchors.values() for h in a.prompt_sha256 or ()}
 
     def fit_hashes(self) -> set[str] | None:
@@ -155,29 +169,50 @@ def _upgrade_v1(meta: ArtifactMeta) -> ArtifactMeta:
     fit = dict(meta.threshold_fit)
     splits = dict(meta.splits)
     if fit.get("prompt_sha256"):
-        splits["threshold_fit"] = PromptSplit(description=str(fit.get("data", "")),
-                                              prompt_sha256=sorted(fit.pop("prompt_sha256")))
+        splits["threshold_fit"] = PromptSplit(
+            description=str(fit.get("data", "")), prompt_sha256=sorted(fit.pop("prompt_sha256"))
+        )
     anchors = dict(meta.anchors)
     harm, benign = anchors.get("harmful"), anchors.get("benign")
-    if harm and benign and (harm.source, benign.source) == ("advbench", "truthfulqa") and harm.n == benign.n \
-            and harm.seed == benign.seed:
+    if (
+        harm
+        and benign
+        and (harm.source, benign.source) == ("advbench", "truthfulqa")
+        and harm.n == benign.n
+        and harm.seed == benign.seed
+    ):
         h, b = anchor_split(harm.n, harm.seed)
         if text_sha256(h) == harm.sha256 and text_sha256(b) == benign.sha256:
-            anchors = {"harmful": AnchorSet.of(harm.source, h, harm.seed),
-                       "benign": AnchorSet.of(benign.source, b, benign.seed)}
+            anchors = {
+                "harmful": AnchorSet.of(harm.source, h, harm.seed),
+                "benign": AnchorSet.of(benign.source, b, benign.seed),
+            }
     upgraded = all(a.prompt_sha256 is not None for a in anchors.values())
     if not upgraded:
-        log.warning("artifact meta version 1: its anchor prompts could not be recomputed (not the default anchors, or "
-                    "their sha256 differs); evaluations cannot hold them out")
-    return meta.model_copy(update={"anchors": anchors, "splits": splits, "threshold_fit": fit,
-                                   "meta_version": META_VERSION if upgraded else meta.meta_version})
+        log.warning(
+            "artifact meta version 1: its anchor prompts could not be recomputed (not the default anchors, or "
+            "their sha256 differs); evaluations cannot hold them out"
+        )
+    return meta.model_copy(
+        update={
+            "anchors": anchors,
+            "splits": splits,
+            "threshold_fit": fit,
+            "meta_version": META_VERSION if upgraded else meta.meta_version,
+        }
+    )
 
 
 class Artifact:
     """Refusal vectors, d_harm and the recipe calibrated for one model."""
 
-    def __init__(self, meta: ArtifactMeta, refusal_vectors: torch.Tensor, d_harm: torch.Tensor,
-                 probe_weight: torch.Tensor | None = None):
+    def __init__(
+        self,
+        meta: ArtifactMeta,
+        refusal_vectors: torch.Tensor,
+        d_harm: torch.Tensor,
+        probe_weight: torch.Tensor | None = None,
+    ):
         n_layers = meta.model_fingerprint.get("n_layers")
         if refusal_vectors.ndim != 2 or refusal_vectors.shape[0] != n_layers:
             raise ArtifactError(f"refusal_vectors must be [{n_layers}, hidden], got {list(refusal_vectors.shape)}")
@@ -218,15 +253,18 @@ class Artifact:
         if point == "steer" or (point == "guard" and point not in self.meta.operating_points):
             return self.recipe.threshold
         if point not in self.meta.operating_points:
-            raise ArtifactError(f"unknown operating point {point!r}; this artifact has "
-                                f"{sorted({'steer', *self.meta.operating_points})}")
+            raise ArtifactError(
+                f"unknown operating point {point!r}; this artifact has {sorted({'steer', *self.meta.operating_points})}"
+            )
         return self.meta.operating_points[point].threshold
 
     def with_thresholds(self, **thresholds: float) -> Artifact:
         """A copy with operating points set, e.g. `with_thresholds(steer=0.9, guard=0.85)` (rule 'given')."""
         art = self.with_recipe(threshold=thresholds.pop("steer")) if "steer" in thresholds else self
-        points = {**art.meta.operating_points,
-                  **{k: OperatingPoint(threshold=t, rule="given") for k, t in thresholds.items()}}
+        points = {
+            **art.meta.operating_points,
+            **{k: OperatingPoint(threshold=t, rule="given") for k, t in thresholds.items()},
+        }
         return art._copy(art.meta.model_copy(update={"operating_points": points}))
 
     def with_recipe(self, **changes: object) -> Artifact:
@@ -246,7 +284,9 @@ class Artifact:
             tensors = {"refusal_vectors": self.refusal_vectors.contiguous(), "d_harm": self.d_harm.contiguous()}
             if self.probe_weight is not None:
                 tensors["probe_weight"] = self.probe_weight.contiguous()
-            save_file(tensors, str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)})
+            save_file(
+                tensors, str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)}
+            )
             digest = hashlib.sha256((work / TENSORS_FILE).read_bytes()).hexdigest()
             meta = self.meta.model_copy(update={"tensors_sha256": digest})
             (work / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
@@ -265,14 +305,19 @@ class Artifact:
             data = (path / TENSORS_FILE).read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if meta.tensors_sha256 is not None and digest != meta.tensors_sha256:
-                raise ArtifactError(f"artifact at {path}: its tensors were modified after it was saved (sha256 "
-                                    f"{digest[:16]}..., artifact.json records {meta.tensors_sha256[:16]}...)")
+                raise ArtifactError(
+                    f"artifact at {path}: its tensors were modified after it was saved (sha256 "
+                    f"{digest[:16]}..., artifact.json records {meta.tensors_sha256[:16]}...)"
+                )
             tensors = load(data)
         except (ValidationError, SafetensorError, ValueError, OSError) as exc:
             raise ArtifactError(f"corrupt artifact at {path}: {one_line(exc)}") from exc
         if meta.tensors_sha256 is None:
-            log.warning("artifact at %s records no tensors_sha256 (saved by an older scans-guard), so its tensors are "
-                        "not verified; re-save it with Artifact.load(...).save(...)", path)
+            log.warning(
+                "artifact at %s records no tensors_sha256 (saved by an older scans-guard), so its tensors are "
+                "not verified; re-save it with Artifact.load(...).save(...)",
+                path,
+            )
         if meta.format_version != FORMAT_VERSION:
             raise ArtifactError(f"artifact format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
         missing = {"refusal_vectors", "d_harm"} - tensors.keys()
@@ -305,6 +350,8 @@ def default_artifact_dir(model: str | os.PathLike | None = None) -> Path:
     spec = embedded_model(model)
     path = Path(str(resources.files("scans_guard.shipped_artifacts") / spec.name)) if spec else None
     if path is None or not (path / "artifact.json").exists():
-        raise ArtifactError(f"{model} needs an artifact (none ships for it): run `scans-guard calibrate --model "
-                            f"{model} --out DIR` and pass --artifact DIR")
+        raise ArtifactError(
+            f"{model} needs an artifact (none ships for it): run `scans-guard calibrate --model "
+            f"{model} --out DIR` and pass --artifact DIR"
+        )
     return path

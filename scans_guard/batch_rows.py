@@ -66,6 +66,12 @@ class RunningRow:
         if not gate.refused:
             return gate.text
         self.again = dataclasses.replace(
-            request, classify=False, steer=False, fixed=request.retry.steering(request.handle.verdict), retry=None,
-            first_reply=gate.text, classify_s=self.classify_s)
+            request,
+            classify=False,
+            steer=False,
+            fixed=request.retry.steering(request.handle.verdict),
+            retry=None,
+            first_reply=gate.text,
+            classify_s=self.classify_s,
+        )
         return None

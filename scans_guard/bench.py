@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import zip_longest
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -66,8 +66,16 @@ class BenchConfig(BaseModel):
 
     @classmethod
     def quick_config(cls, **overrides: object) -> BenchConfig:
-        base = dict(max_new_tokens=8, repeats=1, warmup=1, n_prompts=2, sigma_prompts=8, sigma_batch_sizes=[1, 8],
-                    steer_batch_sizes=[1, 2], quick=True)
+        base = dict(
+            max_new_tokens=8,
+            repeats=1,
+            warmup=1,
+            n_prompts=2,
+            sigma_prompts=8,
+            sigma_batch_sizes=[1, 8],
+            steer_batch_sizes=[1, 2],
+            quick=True,
+        )
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -112,8 +120,9 @@ def bench_prompts(engine, n: int, seed: int) -> list[str]:
     from .data import load_set, sample_prompts
 
     anchors = engine.artifact.meta.anchor_hashes()
-    harmful, benign = ([e for e in load_set(name) if text_sha256(e.prompt) not in anchors]
-                       for name in ("advbench", "truthfulqa"))
+    harmful, benign = (
+        [e for e in load_set(name) if text_sha256(e.prompt) not in anchors] for name in ("advbench", "truthfulqa")
+    )
     n_harm = (n + 1) // 2
     harmful, benign = sample_prompts(harmful, n_harm, seed), sample_prompts(benign, n - n_harm, seed)
     return [p for pair in zip_longest(harmful, benign) for p in pair if p is not None]
@@ -136,25 +145,32 @@ def run_benchmark(cfg: BenchConfig, engine=None, progress: Callable[[str], None]
 
 
 def _model_info(handle) -> ModelInfo:
-    return ModelInfo(name=handle.name, n_layers=handle.n_layers, hidden_size=handle.hidden_size,
-                     parameters=sum(p.numel() for p in handle.model.parameters()), dtype=str(handle.dtype),
-                     device=str(handle.device))
+    return ModelInfo(
+        name=handle.name,
+        n_layers=handle.n_layers,
+        hidden_size=handle.hidden_size,
+        parameters=sum(p.numel() for p in handle.model.parameters()),
+        dtype=str(handle.dtype),
+        device=str(handle.device),
+    )
 
 
 def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> BenchResult:
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
     load_s = None
     if engine is None:
         from .engine import ScansEngine
 
         say("loading the engine")
-        load_s, engine = timed(lambda: ScansEngine.load(cfg.model, cfg.artifact, device=cfg.device, dtype=cfg.dtype,
-                                                         progress=False))
-    pool = bench_prompts(engine, max(cfg.n_prompts, cfg.sigma_prompts, max(cfg.sigma_batch_sizes),
-                                     max(cfg.steer_batch_sizes)), cfg.seed)
+        load_s, engine = timed(
+            lambda: ScansEngine.load(cfg.model, cfg.artifact, device=cfg.device, dtype=cfg.dtype, progress=False)
+        )
+    pool = bench_prompts(
+        engine, max(cfg.n_prompts, cfg.sigma_prompts, max(cfg.sigma_batch_sizes), max(cfg.steer_batch_sizes)), cfg.seed
+    )
     random.Random(cfg.seed).shuffle(pool)
-    e2e_prompts = pool[:cfg.n_prompts]
+    e2e_prompts = pool[: cfg.n_prompts]
     say("end to end: plain vs SCANS")
     end_to_end = bench_end_to_end(engine, e2e_prompts, cfg)
     say("sigma alone")
@@ -175,11 +191,24 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> Bench
         load = bench_load(cfg, load_s, memory if cfg.memory else None)
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return BenchResult(
-        started=started, config=cfg.model_dump(), machine=machine, versions=versions(),
-        model=_model_info(engine.handle), recipe=engine.recipe.model_dump(), prompts={"end_to_end": e2e_prompts},
-        end_to_end=end_to_end, sigma=sigma, batched_steering=batched, serve=serve, memory=memory, load=load, notes=[
+        started=started,
+        config=cfg.model_dump(),
+        machine=machine,
+        versions=versions(),
+        model=_model_info(engine.handle),
+        recipe=engine.recipe.model_dump(),
+        prompts={"end_to_end": e2e_prompts},
+        end_to_end=end_to_end,
+        sigma=sigma,
+        batched_steering=batched,
+        serve=serve,
+        memory=memory,
+        load=load,
+        notes=[
             "times: time.perf_counter, warm-up runs excluded",
-            "equal work: EOS suppressed while timing, every row generates max_new_tokens" if cfg.force_length else
-            "natural length: rows stop at EOS; compare ms_per_token (wall / completion tokens)",
+            "equal work: EOS suppressed while timing, every row generates max_new_tokens"
+            if cfg.force_length
+            else "natural length: rows stop at EOS; compare ms_per_token (wall / completion tokens)",
             "a loadavg above the thread count means other processes shared the CPUs: treat timings as noisy",
-        ])
+        ],
+    )

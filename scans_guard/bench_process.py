@@ -95,8 +95,14 @@ def machine_info() -> dict:
 
     cpu_model = None
     with contextlib.suppress(OSError):
-        cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("model name")), None)
+        cpu_model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "platform": platform.platform(),
@@ -117,8 +123,12 @@ def versions() -> dict:
 
     from . import __version__
 
-    return {"scans_guard": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "scans_guard": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _child(spec: dict) -> dict:
@@ -132,11 +142,17 @@ def _child(spec: dict) -> dict:
     from .engine import ScansEngine
 
     t0 = time.perf_counter()
-    engine = ScansEngine.load(spec["model"], spec["artifact"], device=spec["device"], dtype=spec["dtype"],
-                              progress=False)
+    engine = ScansEngine.load(
+        spec["model"], spec["artifact"], device=spec["device"], dtype=spec["dtype"], progress=False
+    )
     load_s = time.perf_counter() - t0
-    out = {"mode": spec["mode"], "load_s": load_s, "rss_start_mb": rss_start, "rss_after_load_mb": _current_rss_mb(),
-           "peak_rss_after_load_mb": _peak_rss_mb()}
+    out = {
+        "mode": spec["mode"],
+        "load_s": load_s,
+        "rss_start_mb": rss_start,
+        "rss_after_load_mb": _current_rss_mb(),
+        "peak_rss_after_load_mb": _peak_rss_mb(),
+    }
     if spec["mode"] in ("plain", "scans"):
         gen = GenerationConfig(max_new_tokens=spec["max_new_tokens"], ignore_eos=spec["force_length"])
         kwargs = {"steer": spec["mode"] == "scans"}
@@ -146,12 +162,14 @@ def _child(spec: dict) -> dict:
         out["rss_after_warmup_mb"] = _current_rss_mb()
         reset = _reset_peak_rss()
         engine.generate(spec["prompts"], gen, **kwargs)  # the end-to-end prompts as one batch
-        out.update({
-            "hwm_reset": reset,
-            "generation_peak_rss_mb": _status_kib("VmHWM") if reset else None,
-            "peak_rss_mb": _peak_rss_mb(),
-            "rss_after_generation_mb": _current_rss_mb(),
-        })
+        out.update(
+            {
+                "hwm_reset": reset,
+                "generation_peak_rss_mb": _status_kib("VmHWM") if reset else None,
+                "peak_rss_mb": _peak_rss_mb(),
+                "rss_after_generation_mb": _current_rss_mb(),
+            }
+        )
         if reset and out["rss_after_warmup_mb"] is not None:
             out["generation_delta_mb"] = out["generation_peak_rss_mb"] - out["rss_after_warmup_mb"]
     return out
@@ -160,8 +178,13 @@ def _child(spec: dict) -> dict:
 def _run_child(spec: dict, env: dict | None = None, timeout: float = 1800) -> dict:
     cmd = [sys.executable, "-m", "scans_guard.bench_process", "--child", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        )
     except subprocess.TimeoutExpired:
         return {"mode": spec["mode"], "error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -177,14 +200,24 @@ def _spec(cfg: BenchConfig, mode: str, **extra: object) -> dict:
 
 
 def bench_memory(prompts: Sequence[str], cfg: BenchConfig) -> MemoryResult:
-    p, s = (_run_child(_spec(cfg, mode, max_new_tokens=cfg.max_new_tokens, force_length=cfg.force_length,
-                             prompts=list(prompts))) for mode in ("plain", "scans"))
+    p, s = (
+        _run_child(
+            _spec(cfg, mode, max_new_tokens=cfg.max_new_tokens, force_length=cfg.force_length, prompts=list(prompts))
+        )
+        for mode in ("plain", "scans")
+    )
     result = MemoryResult(
         method="one subprocess per mode: load, one warm-up request (weights are memory-mapped and page in on first "
         "use), reset /proc VmHWM, then the end-to-end prompts as one batch; generation_peak_rss_mb = VmHWM after "
-        "that (falls back to ru_maxrss, which includes the load peak)", plain=p, scans=s)
-    key = "generation_peak_rss_mb" if p.get("generation_peak_rss_mb") and s.get("generation_peak_rss_mb") \
+        "that (falls back to ru_maxrss, which includes the load peak)",
+        plain=p,
+        scans=s,
+    )
+    key = (
+        "generation_peak_rss_mb"
+        if p.get("generation_peak_rss_mb") and s.get("generation_peak_rss_mb")
         else "peak_rss_mb"
+    )
     if key in p and key in s:
         result.compared, result.scans_minus_plain_mb = key, s[key] - p[key]
     return result
@@ -214,8 +247,10 @@ def bench_load(cfg: BenchConfig, in_process_s: float | None, memory: MemoryResul
 
 def _child_main(argv: Sequence[str]) -> int:
     if len(argv) != 2 or argv[0] != "--child":
-        print("usage: python -m scans_guard.bench_process --child SPEC_JSON (internal; use `scans-guard bench`)",
-              file=sys.stderr)
+        print(
+            "usage: python -m scans_guard.bench_process --child SPEC_JSON (internal; use `scans-guard bench`)",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(_child(json.loads(argv[1]))), flush=True)
     return 0

@@ -112,9 +112,12 @@ def stream_chat(port: int, body: dict, timeout: float = 600) -> dict:
     t0 = time.perf_counter()
     ttft, text, usage = None, [], None
     try:
-        conn.request("POST", "/v1/chat/completions",
-                     json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}),
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}),
+            {"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
@@ -133,8 +136,12 @@ def stream_chat(port: int, body: dict, timeout: float = 600) -> dict:
     finally:
         conn.close()
     latency = time.perf_counter() - t0
-    return {"text": "".join(text), "tokens": usage["completion_tokens"], "ttft_s": ttft if ttft is not None
-            else latency, "latency_s": latency}
+    return {
+        "text": "".join(text),
+        "tokens": usage["completion_tokens"],
+        "ttft_s": ttft if ttft is not None else latency,
+        "latency_s": latency,
+    }
 
 
 def _concurrently(port: int, bodies: Sequence[dict]) -> tuple[float, list[dict]]:
@@ -165,9 +172,14 @@ def _concurrently(port: int, bodies: Sequence[dict]) -> tuple[float, list[dict]]
 
 def _summary(runs: list[dict], wall: float) -> ClientLoad:
     tokens = sum(r["tokens"] for r in runs)
-    return ClientLoad(requests=len(runs), completion_tokens=tokens, wall_s=wall,
-                      tokens_per_s=tokens / wall if wall > 0 else None,
-                      ttft_s=_spread([r["ttft_s"] for r in runs]), latency_s=_spread([r["latency_s"] for r in runs]))
+    return ClientLoad(
+        requests=len(runs),
+        completion_tokens=tokens,
+        wall_s=wall,
+        tokens_per_s=tokens / wall if wall > 0 else None,
+        ttft_s=_spread([r["ttft_s"] for r in runs]),
+        latency_s=_spread([r["latency_s"] for r in runs]),
+    )
 
 
 def _chat_load(port: int, bodies: list[dict], repeats: int) -> ChatLoad:
@@ -185,9 +197,15 @@ def _chat_load(port: int, bodies: list[dict], repeats: int) -> ChatLoad:
         together_runs += together
     one, many = _summary(alone_runs, alone_wall), _summary(together_runs, together_wall)
     ratio = many.tokens_per_s / one.tokens_per_s if one.tokens_per_s and many.tokens_per_s else None
-    return ChatLoad(clients=len(bodies), one_client=one, concurrent=many, throughput_ratio=ratio,
-                    goal=SERVE_CONCURRENCY_GOAL, meets_goal=ratio is not None and ratio >= SERVE_CONCURRENCY_GOAL,
-                    same_text_as_alone=same)
+    return ChatLoad(
+        clients=len(bodies),
+        one_client=one,
+        concurrent=many,
+        throughput_ratio=ratio,
+        goal=SERVE_CONCURRENCY_GOAL,
+        meets_goal=ratio is not None and ratio >= SERVE_CONCURRENCY_GOAL,
+        same_text_as_alone=same,
+    )
 
 
 def _classify_load(port: int, prompts: list[str], repeats: int) -> ClassifyLoad:
@@ -203,10 +221,16 @@ def _classify_load(port: int, prompts: list[str], repeats: int) -> ClassifyLoad:
             raise RuntimeError(f"/v1/classify answered {status} / {sorted(set(statuses))}")
     one, each = statistics.median(batched), statistics.median(single)
     ratio = each / one if one > 0 else None
-    return ClassifyLoad(prompts=len(prompts), one_request_s=one, single_requests_s=each,
-                        one_request_prompts_per_s=len(prompts) / one, single_requests_prompts_per_s=len(prompts) / each,
-                        throughput_ratio=ratio, goal=CLASSIFY_BATCH_GOAL,
-                        meets_goal=ratio is not None and ratio >= CLASSIFY_BATCH_GOAL)
+    return ClassifyLoad(
+        prompts=len(prompts),
+        one_request_s=one,
+        single_requests_s=each,
+        one_request_prompts_per_s=len(prompts) / one,
+        single_requests_prompts_per_s=len(prompts) / each,
+        throughput_ratio=ratio,
+        goal=CLASSIFY_BATCH_GOAL,
+        meets_goal=ratio is not None and ratio >= CLASSIFY_BATCH_GOAL,
+    )
 
 
 def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb: Callable[[], float | None]) -> ServeResult:
@@ -221,8 +245,15 @@ def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb: Callable[[]
     engine.generate(prompts[0], GenerationConfig(max_new_tokens=2))  # warm, as the engine alone is measured warm
     gc.collect()
     rss_engine = current_rss_mb()
-    bodies = [{"model": "-", "messages": [{"role": "user", "content": p}], "max_tokens": cfg.max_new_tokens,
-               "ignore_eos": cfg.force_length} for p in prompts]
+    bodies = [
+        {
+            "model": "-",
+            "messages": [{"role": "user", "content": p}],
+            "max_tokens": cfg.max_new_tokens,
+            "ignore_eos": cfg.force_length,
+        }
+        for p in prompts
+    ]
     # policy steer: every request decodes (a blocked one would skip decoding and flatter the throughput)
     settings = ServerSettings(max_batch=max(16, len(prompts)), max_queue=max(64, 4 * len(prompts)), policy="steer")
     with LocalServer(create_app(engine, settings)) as server:
@@ -239,7 +270,15 @@ def bench_serve(engine, prompts: Sequence[str], cfg, current_rss_mb: Callable[[]
         rss_after = current_rss_mb()
     memory = ServeMemory(engine_alone_mb=rss_engine, idle_server_mb=rss_idle, after_load_mb=rss_after)
     if rss_engine and rss_idle:
-        memory = memory.model_copy(update=dict(idle_ratio=rss_idle / rss_engine, goal=IDLE_RSS_GOAL,
-                                               meets_goal=rss_idle / rss_engine <= IDLE_RSS_GOAL))
-    return ServeResult(max_new_tokens=cfg.max_new_tokens, equal_work="eos_suppressed" if cfg.force_length else
-                       "natural_length", chat=chat, classify=classify, memory=memory)
+        memory = memory.model_copy(
+            update=dict(
+                idle_ratio=rss_idle / rss_engine, goal=IDLE_RSS_GOAL, meets_goal=rss_idle / rss_engine <= IDLE_RSS_GOAL
+            )
+        )
+    return ServeResult(
+        max_new_tokens=cfg.max_new_tokens,
+        equal_work="eos_suppressed" if cfg.force_length else "natural_length",
+        chat=chat,
+        classify=classify,
+        memory=memory,
+    )

@@ -55,9 +55,13 @@ def recall_threshold(scores: np.ndarray, harmful: np.ndarray, target: float) -> 
 def operating_point(scores: np.ndarray, harmful: np.ndarray, threshold: float, rule: str) -> OperatingPoint:
     """A threshold with its recall, false-positive rate and F1 on the fit prompts."""
     predicted = flags(scores, threshold)
-    return OperatingPoint(threshold=threshold, rule=rule, recall=float(predicted[harmful == 1].mean()),
-                          false_positive_rate=float(predicted[harmful == 0].mean()),
-                          f1=float(f1_score(harmful, predicted, zero_division=0)))
+    return OperatingPoint(
+        threshold=threshold,
+        rule=rule,
+        recall=float(predicted[harmful == 1].mean()),
+        false_positive_rate=float(predicted[harmful == 0].mean()),
+        f1=float(f1_score(harmful, predicted, zero_division=0)),
+    )
 
 
 def platt_fit(scores: np.ndarray, harmful: np.ndarray, centre: float) -> PlattFit:
@@ -68,7 +72,9 @@ def platt_fit(scores: np.ndarray, harmful: np.ndarray, centre: float) -> PlattFi
     return PlattFit(a=a, b=-a * centre)
 
 
-def threshold_split(config: CalibrationConfig, anchors: tuple[list[str], list[str]]) -> tuple[str, list[str], list[str]]:
+def threshold_split(
+    config: CalibrationConfig, anchors: tuple[list[str], list[str]]
+) -> tuple[str, list[str], list[str]]:
     """Prompts T is fitted on.
 
     With a data directory: harmful = RepE-train instructions (minus anchors) + the tuning half of HarmfulQ (questions,
@@ -85,12 +91,17 @@ def threshold_split(config: CalibrationConfig, anchors: tuple[list[str], list[st
         harmful = sample_prompts(repe_harmful, n_repe, config.seed, exclude=set(anchors[0]))
         harmful += sample_prompts(harmfulq_tune, min(n, len(harmfulq_tune)), config.seed)
         benign = [e for e in repe if not e.harmful] + load_set("oktest_heldout", config.threshold_data_dir)
-        return ("repe_train (minus anchors) + harmfulq tuning half vs repe_train harmless + oktest_heldout",
-                harmful, sample_prompts(benign, min(2 * n, len(benign)), config.seed))
+        return (
+            "repe_train (minus anchors) + harmfulq tuning half vs repe_train harmless + oktest_heldout",
+            harmful,
+            sample_prompts(benign, min(2 * n, len(benign)), config.seed),
+        )
     adv, tqa = load_set("advbench"), load_set("truthfulqa")
-    return ("held-out advbench vs truthfulqa",
-            sample_prompts(adv, min(n, len(adv) - len(anchors[0])), config.seed, exclude=set(anchors[0])),
-            sample_prompts(tqa, min(n, len(tqa) - len(anchors[1])), config.seed, exclude=set(anchors[1])))
+    return (
+        "held-out advbench vs truthfulqa",
+        sample_prompts(adv, min(n, len(adv) - len(anchors[0])), config.seed, exclude=set(anchors[0])),
+        sample_prompts(tqa, min(n, len(tqa) - len(anchors[1])), config.seed, exclude=set(anchors[1])),
+    )
 
 
 @dataclass
@@ -106,8 +117,9 @@ class _ThresholdFit:
     classify_layers: list[int]
 
 
-def _steering_vectors(handle: ModelHandle, config: CalibrationConfig, anchors: tuple[list[str], list[str]],
-                      progress: bool) -> tuple[torch.Tensor, list, list[int]]:
+def _steering_vectors(
+    handle: ModelHandle, config: CalibrationConfig, anchors: tuple[list[str], list[str]], progress: bool
+) -> tuple[torch.Tensor, list, list[int]]:
     """(refusal vectors [n_layers, hidden], vocabulary projection per layer, steer layers) from the anchors."""
     bs = config.batch_size
     acts_h = last_token_activations(handle, anchors[0], batch_size=bs, progress=progress, desc="harmful anchors")
@@ -123,15 +135,22 @@ def _steering_vectors(handle: ModelHandle, config: CalibrationConfig, anchors: t
     return refusal_vectors(acts_h, acts_b), projection, steer_layers
 
 
-def _threshold_fit(handle: ModelHandle, config: CalibrationConfig, anchors: tuple[list[str], list[str]],
-                   classify_layers: list[int], probe: ProbeFit | None, progress: bool) -> _ThresholdFit:
+def _threshold_fit(
+    handle: ModelHandle,
+    config: CalibrationConfig,
+    anchors: tuple[list[str], list[str]],
+    classify_layers: list[int],
+    probe: ProbeFit | None,
+    progress: bool,
+) -> _ThresholdFit:
     """Score the T-fit prompts; with a probe, its training prompts (contrast train + anchors) join the fit, their
     transitions reused, and d_harm is the mean over its harmful anchors."""
     bs = config.batch_size
     description, fit_h, fit_b = threshold_split(config, anchors)
     if probe is None:
-        d_harm = harm_direction(transitions_for(handle, anchors[0], classify_layers, config.r_pos, bs, progress,
-                                                desc="harmful transitions"))
+        d_harm = harm_direction(
+            transitions_for(handle, anchors[0], classify_layers, config.r_pos, bs, progress, desc="harmful transitions")
+        )
         extra_t, extra_y, extra_prompts = torch.zeros(0, len(classify_layers), handle.hidden_size), [], []
     else:
         classify_layers = sorted(set(classify_layers) | {probe.layer})
@@ -143,9 +162,15 @@ def _threshold_fit(handle: ModelHandle, config: CalibrationConfig, anchors: tupl
     t_b = transitions_for(handle, fit_b, classify_layers, config.r_pos, bs, progress, desc="threshold (benign)")
     scores = sigma_scores(torch.cat([t_h, t_b, extra_t]), d_harm, head)[0].numpy().astype(np.float64)
     labels = np.array([1] * len(fit_h) + [0] * len(fit_b) + extra_y)
-    return _ThresholdFit(description, fit_h + [p for p, y in zip(extra_prompts, extra_y) if y],
-                         fit_b + [p for p, y in zip(extra_prompts, extra_y) if not y], scores, labels, d_harm,
-                         classify_layers)
+    return _ThresholdFit(
+        description,
+        fit_h + [p for p, y in zip(extra_prompts, extra_y) if y],
+        fit_b + [p for p, y in zip(extra_prompts, extra_y) if not y],
+        scores,
+        labels,
+        d_harm,
+        classify_layers,
+    )
 
 
 def _operating_points(config: CalibrationConfig, fit: _ThresholdFit) -> tuple[dict[str, OperatingPoint], dict]:
@@ -160,14 +185,22 @@ def _operating_points(config: CalibrationConfig, fit: _ThresholdFit) -> tuple[di
         threshold = recall_threshold(scores, labels, config.target_recall)
         rule = f"harmful recall >= {config.target_recall}"
     guard = recall_threshold(scores, labels, config.guard_recall)
-    points = {"steer": operating_point(scores, labels, threshold, rule),
-              "guard": operating_point(scores, labels, guard,
-                                       f"harmful recall >= {config.guard_recall}, lowest false-positive rate")}
+    points = {
+        "steer": operating_point(scores, labels, threshold, rule),
+        "guard": operating_point(
+            scores, labels, guard, f"harmful recall >= {config.guard_recall}, lowest false-positive rate"
+        ),
+    }
     report = {
-        "data": fit.description, "n_harmful": len(fit.harmful), "n_benign": len(fit.benign),
-        "threshold_data_sha256": text_sha256(fit.harmful + fit.benign), "positive_class": "harmful",
+        "data": fit.description,
+        "n_harmful": len(fit.harmful),
+        "n_benign": len(fit.benign),
+        "threshold_data_sha256": text_sha256(fit.harmful + fit.benign),
+        "positive_class": "harmful",
         **points["steer"].model_dump(exclude={"threshold"}),
-        "auroc": float(roc_auc_score(labels, scores)), "best_f1": best_f1, "best_f1_threshold": f1_threshold,
+        "auroc": float(roc_auc_score(labels, scores)),
+        "best_f1": best_f1,
+        "best_f1_threshold": f1_threshold,
     }
     return points, report
 
@@ -190,29 +223,61 @@ def calibrate(
         if layer >= handle.n_layers:
             raise ValueError(f"layer {layer} does not exist: the model has {handle.n_layers} blocks")
     vectors, projection, steer_layers = _steering_vectors(handle, config, (harmful, benign), progress)
-    probe = fit_probe(handle, (harmful, benign), config.r_pos, config.probe_layers, batch_size=config.batch_size,
-                      progress=progress, seed=config.seed) if config.sigma_probe else None
+    probe = (
+        fit_probe(
+            handle,
+            (harmful, benign),
+            config.r_pos,
+            config.probe_layers,
+            batch_size=config.batch_size,
+            progress=progress,
+            seed=config.seed,
+        )
+        if config.sigma_probe
+        else None
+    )
     fit = _threshold_fit(handle, config, (harmful, benign), classify_layers, probe, progress)
     points, report = _operating_points(config, fit)
     recipe = SteeringRecipe(
-        steer_layers=steer_layers, classify_layers=fit.classify_layers, threshold=points["steer"].threshold,
-        alpha_benign=config.alpha_benign, alpha_harmful=config.alpha_harmful, grey_zone=config.grey_zone,
-        r_pos=config.r_pos, probe_layer=probe.layer if probe else None, probe_bias=probe.bias if probe else 0.0,
+        steer_layers=steer_layers,
+        classify_layers=fit.classify_layers,
+        threshold=points["steer"].threshold,
+        alpha_benign=config.alpha_benign,
+        alpha_harmful=config.alpha_harmful,
+        grey_zone=config.grey_zone,
+        r_pos=config.r_pos,
+        probe_layer=probe.layer if probe else None,
+        probe_bias=probe.bias if probe else 0.0,
     )
     splits = {"threshold_fit": PromptSplit.of(fit.description, fit.harmful + fit.benign)}
     if probe is not None:
         splits["probe_train"] = PromptSplit.of(probe.report()["data"], probe.prompts)
     meta = ArtifactMeta(
-        model_name=handle.name, model_fingerprint=handle.fingerprint(),
-        chat_template_sha256=text_sha256(handle.tokenizer.chat_template), recipe=recipe,
-        anchors={"harmful": AnchorSet.of("advbench", harmful, config.seed),
-                 "benign": AnchorSet.of("truthfulqa", benign, config.seed)},
-        threshold_fit=report, splits=splits, operating_points=points,
+        model_name=handle.name,
+        model_fingerprint=handle.fingerprint(),
+        chat_template_sha256=text_sha256(handle.tokenizer.chat_template),
+        recipe=recipe,
+        anchors={
+            "harmful": AnchorSet.of("advbench", harmful, config.seed),
+            "benign": AnchorSet.of("truthfulqa", benign, config.seed),
+        },
+        threshold_fit=report,
+        splits=splits,
+        operating_points=points,
         platt=platt_fit(fit.scores, fit.labels, points["guard"].threshold),
         layer_analysis=[p.model_dump() for p in projection],
-        notes={"calibration_config": config.model_dump(), **({"probe": probe.report()} if probe else {}),
-               **(notes or {})},
+        notes={
+            "calibration_config": config.model_dump(),
+            **({"probe": probe.report()} if probe else {}),
+            **(notes or {}),
+        },
     )
-    log.info("calibrated %s: T=%.4f F1=%.3f AUROC=%.3f on %s", handle.name, recipe.threshold, report["f1"],
-             report["auroc"], fit.description)
+    log.info(
+        "calibrated %s: T=%.4f F1=%.3f AUROC=%.3f on %s",
+        handle.name,
+        recipe.threshold,
+        report["f1"],
+        report["auroc"],
+        fit.description,
+    )
     return Artifact(meta, vectors, fit.d_harm, probe.weight if probe else None)

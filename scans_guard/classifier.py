@@ -53,8 +53,9 @@ def run_sigma_pass(
     """Forward chat(q) + r_pos once; read transitions and optionally keep the prompt's KV cache and the logits after
     the last prompt token (an unsteered row can take its first token from them: no extra forward pass)."""
     n = len(rpos)
-    batch = PromptBatch.left_pad([list(r) + list(rpos) for r in prompt_rows], handle.tokenizer.pad_token_id,
-                                 handle.device)
+    batch = PromptBatch.left_pad(
+        [list(r) + list(rpos) for r in prompt_rows], handle.tokenizer.pad_token_id, handle.device
+    )
     with capture_block_outputs(handle.layers, classify_layers, columns=[-1 - n, -1]) as h:
         out = prefill(handle.model, batch, use_cache=keep_cache, logits_to_keep=n + 1 if keep_cache else 1)
     transitions = torch.stack([h[l][:, 0, :] - h[l][:, 1, :] for l in classify_layers], dim=1).cpu()
@@ -81,7 +82,7 @@ def transitions_for(
     rows = [handle.chat_ids(c) for c in conversations]
     chunks = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress):
-        chunks.append(run_sigma_pass(handle, rows[start:start + batch_size], rpos, classify_layers).transitions)
+        chunks.append(run_sigma_pass(handle, rows[start : start + batch_size], rpos, classify_layers).transitions)
     return torch.cat(chunks)
 
 
@@ -91,7 +92,9 @@ def harm_direction(harmful_transitions: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_scores(
-    transitions: torch.Tensor, d_harm: torch.Tensor, probe: tuple[int, torch.Tensor, float] | None = None,
+    transitions: torch.Tensor,
+    d_harm: torch.Tensor,
+    probe: tuple[int, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(score [n], per-layer cosine similarity [n, n_classify_layers]) of transitions against d_harm.
 

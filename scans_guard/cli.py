@@ -44,16 +44,23 @@ def parse_layers(text: str) -> list[int]:
 
 
 def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True, prompts: bool = True) -> None:
-    p.add_argument("--model", help="an embedded model (qwen2.5-coder-0.5b-instruct, the default, or "
-                   "qwen2.5-coder-1.5b-instruct), a local HF model directory or a .gguf file")
+    p.add_argument(
+        "--model",
+        help="an embedded model (qwen2.5-coder-0.5b-instruct, the default, or "
+        "qwen2.5-coder-1.5b-instruct), a local HF model directory or a .gguf file",
+    )
     if artifact:
         p.add_argument("--artifact", help="artifact directory (default: the one shipped for the default model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     if prompts:
-        p.add_argument("--max-input-tokens", type=int, default=DEFAULT_MAX_INPUT_TOKENS,
-                       help="refuse longer prompts (tokens after chat formatting) before any forward pass; "
-                            "0 = up to the context window (default %(default)s)")
+        p.add_argument(
+            "--max-input-tokens",
+            type=int,
+            default=DEFAULT_MAX_INPUT_TOKENS,
+            help="refuse longer prompts (tokens after chat formatting) before any forward pass; "
+            "0 = up to the context window (default %(default)s)",
+        )
 
 
 def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -62,16 +69,26 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> Non
     p.add_argument("--top-p", type=float, help="nucleus sampling: keep the most likely tokens up to this mass")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--repetition-penalty", type=float, help="penalise tokens already seen (>1; greedy too)")
-    p.add_argument("--model-sampling", action="store_true",
-                   help="sampling settings not given here come from the model's generation_config")
+    p.add_argument(
+        "--model-sampling",
+        action="store_true",
+        help="sampling settings not given here come from the model's generation_config",
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--retry", action="store_true",
-                   help="a reply steered away from refusal that still refuses is generated once more, steered twice "
-                   "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/safe-steering.md)")
-    p.add_argument("--policy", choices=list(POLICIES), default=DEFAULT_POLICY,
-                   help="guard+steer: prompts the guard blocks (harmful, out of sigma's domain, unclassifiable) get a "
-                   "refusal without generating, the rest are steered; guard: blocked alike, the rest unsteered; "
-                   "steer: nothing blocked (default %(default)s)")
+    p.add_argument(
+        "--retry",
+        action="store_true",
+        help="a reply steered away from refusal that still refuses is generated once more, steered twice "
+        "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/safe-steering.md)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=list(POLICIES),
+        default=DEFAULT_POLICY,
+        help="guard+steer: prompts the guard blocks (harmful, out of sigma's domain, unclassifiable) get a "
+        "refusal without generating, the rest are steered; guard: blocked alike, the rest unsteered; "
+        "steer: nothing blocked (default %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,19 +123,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-anchors", type=int, help="harmful and benign anchors each (default 64)")
     p.add_argument("--seed", type=int, help="seed of the anchor and fit samples (default 0)")
     p.add_argument("--r-pos", help="answer prefix whose transition sigma measures (default 'Sure')")
-    p.add_argument("--steer-layers", type=lambda t: t if t == "auto" else parse_layers(t),
-                   help="e.g. 8-15, or 'auto' (layers whose projection shows refusal tokens); default: middle third")
+    p.add_argument(
+        "--steer-layers",
+        type=lambda t: t if t == "auto" else parse_layers(t),
+        help="e.g. 8-15, or 'auto' (layers whose projection shows refusal tokens); default: middle third",
+    )
     p.add_argument("--classify-layers", type=parse_layers, help="e.g. 12-23 (default: second half)")
     for name in ("alpha_benign", "alpha_harmful", "grey_zone"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, help=CalibrationConfig.model_fields[name].description)
-    p.add_argument("--threshold-data-dir",
-                   help="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv to fit T on")
-    p.add_argument("--target-recall", type=float, default=CalibrationConfig.model_fields["target_recall"].default,
-                   help="T flags this share of harmful fit prompts (default %(default)s); 0 = max F1")
-    p.add_argument("--no-sigma-probe", dest="sigma_probe", action="store_false",
-                   help="score sigma as the paper's mean cosine to d_harm, not with the contrast-set probe")
-    p.add_argument("--guard-recall", type=float,
-                   help="the guard operating point flags this share of the harmful fit prompts (default 0.95)")
+    p.add_argument(
+        "--threshold-data-dir", help="directory with repe_harmful_harmless_train.csv and oktest_heldout.csv to fit T on"
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=CalibrationConfig.model_fields["target_recall"].default,
+        help="T flags this share of harmful fit prompts (default %(default)s); 0 = max F1",
+    )
+    p.add_argument(
+        "--no-sigma-probe",
+        dest="sigma_probe",
+        action="store_false",
+        help="score sigma as the paper's mean cosine to d_harm, not with the contrast-set probe",
+    )
+    p.add_argument(
+        "--guard-recall",
+        type=float,
+        help="the guard operating point flags this share of the harmful fit prompts (default 0.95)",
+    )
     p.add_argument("--threshold", type=float, help="use this T instead of the fitted one (the fit is still reported)")
     p.add_argument("--batch-size", type=int, help="prompts per forward pass (default 8)")
     _add_model_args(p, artifact=False, prompts=False)
@@ -140,14 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine(args: argparse.Namespace):
     from .engine import ScansEngine
 
-    return ScansEngine.load(args.model, args.artifact, device=args.device, dtype=args.dtype,
-                            max_input_tokens=args.max_input_tokens or None)
+    return ScansEngine.load(
+        args.model, args.artifact, device=args.device, dtype=args.dtype, max_input_tokens=args.max_input_tokens or None
+    )
 
 
 def _gen_config(args: argparse.Namespace, engine) -> GenerationConfig:
     """The flags given; with --model-sampling the model's generation_config fills the sampling flags not given."""
-    given = {k: v for k in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
-             if (v := getattr(args, k)) is not None}
+    given = {
+        k: v
+        for k in ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+        if (v := getattr(args, k)) is not None
+    }
     return GenerationConfig.from_model_defaults(engine, **given) if args.model_sampling else GenerationConfig(**given)
 
 
@@ -175,8 +211,9 @@ def _retry_policy(args: argparse.Namespace) -> RetryPolicy | None:
     return RetryPolicy() if getattr(args, "retry", False) else None
 
 
-def _stream_reply(engine, conversation, config, steer: bool, retry: RetryPolicy | None = None,
-                  policy: str = DEFAULT_POLICY) -> str:
+def _stream_reply(
+    engine, conversation, config, steer: bool, retry: RetryPolicy | None = None, policy: str = DEFAULT_POLICY
+) -> str:
     text = ""
     for event in engine.iter_generate([conversation], config, steer=steer, retry=retry, policy=policy):
         if event.verdict is not None:
@@ -225,9 +262,11 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     engine, config = _engine_and_config(args)
-    print(f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
-          f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
-          f"guard T={engine.artifact.threshold('guard'):.4f}")
+    print(
+        f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
+        f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
+        f"guard T={engine.artifact.threshold('guard'):.4f}"
+    )
     steered = engine.generate(DEMO_PROMPTS, config, retry=_retry_policy(args), policy=args.policy)
     plain = engine.generate(DEMO_PROMPTS, config, steer=False)
     for prompt, s, p in zip(DEMO_PROMPTS, steered, plain):
@@ -249,8 +288,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     artifact = calibrate(handle, config, notes={"command": command})
     path = artifact.save(args.out)
     fit = artifact.meta.threshold_fit
-    print(f"wrote {path}: T={artifact.recipe.threshold:.4f} (F1 {fit['f1']:.3f}, AUROC {fit['auroc']:.3f} "
-          f"on {fit['data']}), steer layers {artifact.recipe.steer_layers}")
+    print(
+        f"wrote {path}: T={artifact.recipe.threshold:.4f} (F1 {fit['f1']:.3f}, AUROC {fit['auroc']:.3f} "
+        f"on {fit['data']}), steer layers {artifact.recipe.steer_layers}"
+    )
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
@@ -262,12 +303,22 @@ def cmd_layers(args: argparse.Namespace) -> None:
     for row in artifact.meta.layer_analysis:
         layer = row["layer"]
         tokens = " ".join(repr(t) for t in row["top_tokens"][: args.top_k])
-        print(f"{layer:>5} {row['refusal_tokens']:>7} {'*' if layer in recipe.steer_layers else '':>5} "
-              f"{'*' if layer in recipe.classify_layers else '':>8}  {tokens}")
+        print(
+            f"{layer:>5} {row['refusal_tokens']:>7} {'*' if layer in recipe.steer_layers else '':>5} "
+            f"{'*' if layer in recipe.classify_layers else '':>8}  {tokens}"
+        )
 
 
-COMMANDS = {"classify": cmd_classify, "chat": cmd_chat, "demo": cmd_demo, "serve": cmd_serve,
-            "calibrate": cmd_calibrate, "layers": cmd_layers, "eval": cmd_eval, "bench": cmd_bench}
+COMMANDS = {
+    "classify": cmd_classify,
+    "chat": cmd_chat,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+    "calibrate": cmd_calibrate,
+    "layers": cmd_layers,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,12 +39,18 @@ class SteeringRecipe(BaseModel):
     grey_zone: float = Field(0.0, ge=0, description="scores in [T - grey_zone, T) are not steered")
     r_pos: str = Field("Sure", min_length=1, description="answer prefix whose transition sigma measures")
     domain: DomainConfig = Field(default_factory=DomainConfig, description="where sigma may steer away from refusal")
-    readings: ReadingConfig = Field(default_factory=ReadingConfig, description="what sigma scores besides the "
-                                    "conversation as sent: turns, sentences, decoded text (the most harmful counts)")
+    readings: ReadingConfig = Field(
+        default_factory=ReadingConfig,
+        description="what sigma scores besides the "
+        "conversation as sent: turns, sentences, decoded text (the most harmful counts)",
+    )
     probe_layer: int | None = Field(
-        None, ge=0, description="None: the score is the mean cosine of the transitions to d_harm (the paper's sigma); "
+        None,
+        ge=0,
+        description="None: the score is the mean cosine of the transitions to d_harm (the paper's sigma); "
         "a layer: the score is the logit w . t^l + probe_bias of a logistic-regression probe on that layer's "
-        "transition (weights in the artifact's tensors), fitted on the contrast set and the anchors")
+        "transition (weights in the artifact's tensors), fitted on the contrast set and the anchors",
+    )
     probe_bias: float = Field(0.0, description="intercept of the probe's logit")
 
     @model_validator(mode="after")
@@ -68,8 +74,9 @@ class SteeringRecipe(BaseModel):
         Fails closed: a non-finite score counts as harmful, and a prompt outside the calibration domain is never
         steered away from refusal (the rule is `scans_guard.decision`).
         """
-        return steering_coefficient(score, self.threshold, self.grey_zone, self.alpha_benign, self.alpha_harmful,
-                                    in_domain)
+        return steering_coefficient(
+            score, self.threshold, self.grey_zone, self.alpha_benign, self.alpha_harmful, in_domain
+        )
 
 
 class GenerationConfig(BaseModel):
@@ -88,14 +95,22 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, description="sample among the k most likely tokens; None: no limit")
     repetition_penalty: float | None = Field(
-        None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, allow_inf_nan=False,
+        None,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        allow_inf_nan=False,
         description="divide (or, if negative, multiply) the logits of tokens already in the prompt or reply, as in "
         f"transformers; applies to greedy decoding too; None or 1: no penalty; {MIN_REPETITION_PENALTY:g} to "
-        f"{MAX_REPETITION_PENALTY:g}")
+        f"{MAX_REPETITION_PENALTY:g}",
+    )
     stop: list[str] = Field(default_factory=list, description="stop strings; the text is cut before them")
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX,
-                             description="seed for sampling, -2**63 .. 2**64 - 1 (what torch.Generator.manual_seed "
-                             "accepts); None draws a fresh one")
+    seed: int | None = Field(
+        None,
+        ge=SEED_MIN,
+        le=SEED_MAX,
+        description="seed for sampling, -2**63 .. 2**64 - 1 (what torch.Generator.manual_seed "
+        "accepts); None draws a fresh one",
+    )
     ignore_eos: bool = Field(False, description="decode all max_new_tokens even past end-of-turn (benchmarks)")
 
     @classmethod
@@ -109,8 +124,9 @@ class GenerationConfig(BaseModel):
         model = getattr(model, "handle", model)
         gc = getattr(getattr(model, "model", model), "generation_config", model)
         temperature = getattr(gc, "temperature", None)
-        found: dict[str, object] = {"temperature": (1.0 if temperature is None else temperature)
-                                    if getattr(gc, "do_sample", None) else 0.0}
+        found: dict[str, object] = {
+            "temperature": (1.0 if temperature is None else temperature) if getattr(gc, "do_sample", None) else 0.0
+        }
         for name in ("top_p", "top_k", "repetition_penalty"):
             if getattr(gc, name, None):  # None and 0 (transformers' "off" for top_k) are left at our default
                 found[name] = getattr(gc, name)
@@ -138,16 +154,20 @@ class SafetyVerdict(BaseModel):
     otherwise); `direction` and `coefficient` are decided at the `steer` point and by `in_domain`.
     """
 
-    score: float = Field(description="sigma(q): the most harmful of `renderings` (the artifact's probe logit, or the "
-                         "mean cosine to d_harm for an artifact without a probe)")
+    score: float = Field(
+        description="sigma(q): the most harmful of `renderings` (the artifact's probe logit, or the "
+        "mean cosine to d_harm for an artifact without a probe)"
+    )
     label: Label
     threshold: float = Field(description="T of the operating point that decided `label`")
     operating_point: str = Field("guard", description="which of the artifact's operating points `label` uses")
     probability: float | None = Field(None, description="calibrated P(harmful); >= 0.5 exactly when label is harmful")
     layer_similarities: dict[int, float] = Field(description="per classification layer cosine similarity")
     renderings: dict[str, float] = Field(
-        default_factory=dict, description="score of each reading: as sent, without the caller's system prompt, the "
-        "user turns joined and alone, each sentence alone, decoded text (scans_guard.readings)")
+        default_factory=dict,
+        description="score of each reading: as sent, without the caller's system prompt, the "
+        "user turns joined and alone, each sentence alone, decoded text (scans_guard.readings)",
+    )
     in_domain: bool = Field(True, description="inside the calibration domain (language, length, not mostly code)")
     domain_reasons: list[str] = Field(default_factory=list, description="why not in domain, e.g. 'language:es'")
     direction: Direction = Field(description="how generation for this prompt is steered")
@@ -163,10 +183,16 @@ class SafetyVerdict(BaseModel):
         callback events, message metadata, agent state and evaluation rows are all built from.
         `SafetyVerdict.model_validate(record)` reads it back."""
         return {
-            "score": self.score, "label": self.label, "threshold": self.threshold,
-            "operating_point": self.operating_point, "probability": self.probability,
-            "direction": self.direction, "coefficient": self.coefficient, "in_domain": self.in_domain,
-            "domain_reasons": list(self.domain_reasons), "renderings": dict(self.renderings),
+            "score": self.score,
+            "label": self.label,
+            "threshold": self.threshold,
+            "operating_point": self.operating_point,
+            "probability": self.probability,
+            "direction": self.direction,
+            "coefficient": self.coefficient,
+            "in_domain": self.in_domain,
+            "domain_reasons": list(self.domain_reasons),
+            "renderings": dict(self.renderings),
             "layer_similarities": {str(k): v for k, v in self.layer_similarities.items()},
             "latency_s": self.latency_s,
         }
@@ -183,14 +209,17 @@ class RowSteering(BaseModel):
     coefficient: float = Field(0.0, description="signed multiple of the refusal vector added; 0: not steered")
     direction: Direction = "none"
     source: Literal["sigma", "fixed", "retry", "none"] = Field(
-        "none", description="sigma: the verdict's coefficient; fixed: given by the caller; retry: the verdict's "
-        "coefficient times a RetryPolicy's factor, after the first reply refused; none: steering off")
+        "none",
+        description="sigma: the verdict's coefficient; fixed: given by the caller; retry: the verdict's "
+        "coefficient times a RetryPolicy's factor, after the first reply refused; none: steering off",
+    )
     operating_point: str | None = Field(None, description="the artifact's operating point that decided it (sigma)")
 
     @classmethod
     def of(cls, coefficient: float, source: str, operating_point: str | None = None) -> RowSteering:
-        return cls(coefficient=coefficient, direction=direction(coefficient), source=source,
-                   operating_point=operating_point)
+        return cls(
+            coefficient=coefficient, direction=direction(coefficient), source=source, operating_point=operating_point
+        )
 
 
 class SteeredOutput(BaseModel):
@@ -202,19 +231,29 @@ class SteeredOutput(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length", "content_filter"] = Field(
-        description="stop, length, or content_filter: the guard blocked the prompt and `text` is the refusal message")
+        description="stop, length, or content_filter: the guard blocked the prompt and `text` is the refusal message"
+    )
     timings: dict[str, float] = Field(default_factory=dict, description="seconds: classify, generate")
-    first_reply: str | None = Field(None, description="after a retry (steering.source 'retry'): what the judge "
-                                    "read of the first reply (its first judge_tokens tokens) and found refusing")
-
+    first_reply: str | None = Field(
+        None,
+        description="after a retry (steering.source 'retry'): what the judge "
+        "read of the first reply (its first judge_tokens tokens) and found refusing",
+    )
 
     @classmethod
-    def blocked(cls, refusal: str, verdict: SafetyVerdict | None, prompt_tokens: int,
-                timings: dict[str, float]) -> SteeredOutput:
+    def blocked(
+        cls, refusal: str, verdict: SafetyVerdict | None, prompt_tokens: int, timings: dict[str, float]
+    ) -> SteeredOutput:
         """The output of a prompt the guard blocked: the refusal message, nothing decoded (one constructor for the
         engine, the continuous batcher and the LangChain model)."""
-        return cls(text=refusal, verdict=verdict, prompt_tokens=prompt_tokens, completion_tokens=0,
-                   finish_reason="content_filter", timings=timings)
+        return cls(
+            text=refusal,
+            verdict=verdict,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            finish_reason="content_filter",
+            timings=timings,
+        )
 
 
 class CalibrationConfig(BaseModel):
@@ -226,8 +265,10 @@ class CalibrationConfig(BaseModel):
     seed: int = 0
     r_pos: str = "Sure"
     steer_layers: list[int] | Literal["auto"] | None = Field(
-        None, description="None: middle third of the blocks; 'auto': the span of layers whose vocabulary projection "
-        "shows refusal tokens (middle third if none do)")
+        None,
+        description="None: middle third of the blocks; 'auto': the span of layers whose vocabulary projection "
+        "shows refusal tokens (middle third if none do)",
+    )
     classify_layers: list[int] | None = Field(None, description="None: second half of the blocks")
     alpha_benign: float = Field(1.0, ge=0, description="magnitude of the step away from refusal (default 1)")
     alpha_harmful: float = Field(1.0, ge=0, description="magnitude of the step towards refusal (default 1)")
@@ -239,19 +280,34 @@ class CalibrationConfig(BaseModel):
         "disjoint from the evaluation sets); None: held-out AdvBench vs TruthfulQA from the package",
     )
     target_recall: float | None = Field(
-        0.95, gt=0, le=1,
+        0.95,
+        gt=0,
+        le=1,
         description="T is the highest threshold that still flags this share of the harmful fit prompts "
         "(a missed harmful prompt is steered away from refusal); None: the F1-optimal T",
     )
-    sigma_probe: bool = Field(True, description="score sigma with a logistic-regression probe on one layer's "
-                              "transition, trained on the contrast set + anchors (False: the paper's mean cosine)")
-    probe_layers: list[int] | None = Field(None, description="layers the probe may use (None: every other layer "
-                                           "from 2); the best by 5-fold CV on its training prompts is kept")
-    guard_recall: float = Field(0.95, gt=0, le=1, description="the guard operating point (blocking, routing) is the "
-                                "highest T that flags this share of the harmful fit prompts")
+    sigma_probe: bool = Field(
+        True,
+        description="score sigma with a logistic-regression probe on one layer's "
+        "transition, trained on the contrast set + anchors (False: the paper's mean cosine)",
+    )
+    probe_layers: list[int] | None = Field(
+        None,
+        description="layers the probe may use (None: every other layer "
+        "from 2); the best by 5-fold CV on its training prompts is kept",
+    )
+    guard_recall: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="the guard operating point (blocking, routing) is the "
+        "highest T that flags this share of the harmful fit prompts",
+    )
     threshold: float | None = Field(
-        None, description="use this T instead of the fitted one (e.g. chosen by a steering sweep); the fit is "
-        "still computed and reported")
+        None,
+        description="use this T instead of the fitted one (e.g. chosen by a steering sweep); the fit is "
+        "still computed and reported",
+    )
     n_threshold: int = Field(100, ge=4, description="prompts per class used to fit T")
     batch_size: int = Field(8, ge=1)
 

@@ -87,8 +87,10 @@ def load_set(name: str, data_dir: str | os.PathLike | None = None) -> list[Examp
         raise ValueError(f"unknown prompt set {name!r}; known: {sorted(SHIPPED) + sorted(EXTERNAL)}")
     data_dir = resolve_data_dir(data_dir)
     if data_dir is None:
-        raise FileNotFoundError(f"{name} is not shipped with scans-guard (its licence does not allow it); "
-                                f"name the directory holding {EXTERNAL[name]}: {missing_data_dir_hint()}")
+        raise FileNotFoundError(
+            f"{name} is not shipped with scans-guard (its licence does not allow it); "
+            f"name the directory holding {EXTERNAL[name]}: {missing_data_dir_hint()}"
+        )
     path = Path(data_dir) / EXTERNAL[name]
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")

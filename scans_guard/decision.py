@@ -58,8 +58,9 @@ def grey_widths(grey_zone: GreyZone) -> tuple[float, float]:
     return float(below), float(above)
 
 
-def band(score: float, threshold: float, grey_zone: GreyZone = 0.0, *, in_domain: bool = True,
-         out_of_domain: Band = "grey") -> Band:
+def band(
+    score: float, threshold: float, grey_zone: GreyZone = 0.0, *, in_domain: bool = True, out_of_domain: Band = "grey"
+) -> Band:
     """harmful at or above T + above (or non-finite), grey in [T - below, T + above), benign below; an
     out-of-domain prompt is raised to at least `out_of_domain`."""
     below, above = grey_widths(grey_zone)
@@ -84,8 +85,9 @@ def direction(coef: float) -> Direction:
     return "towards_refusal" if coef > 0 else "away_from_refusal" if coef < 0 else "none"
 
 
-def steering_coefficient(score: float, threshold: float, grey_zone: float, alpha_benign: float,
-                         alpha_harmful: float, in_domain: bool = True) -> float:
+def steering_coefficient(
+    score: float, threshold: float, grey_zone: float, alpha_benign: float, alpha_harmful: float, in_domain: bool = True
+) -> float:
     """The recipe's rule: the band at the `steer` point (grey zone below T only), then its coefficient."""
     return coefficient(band(score, threshold, grey_zone, in_domain=in_domain), alpha_benign, alpha_harmful)
 
@@ -97,8 +99,11 @@ class DecisionPolicy(BaseModel):
 
     threshold: float | None = None
     grey_zone: GreyZone = 0.0
-    out_of_domain: Band = Field("grey", description="the band at least given to a prompt outside the calibration "
-                                "domain (another language, mostly code, very long): sigma is not trusted to say benign")
+    out_of_domain: Band = Field(
+        "grey",
+        description="the band at least given to a prompt outside the calibration "
+        "domain (another language, mostly code, very long): sigma is not trusted to say benign",
+    )
 
     @field_validator("grey_zone")
     @classmethod
@@ -119,8 +124,11 @@ class GuardDecision(BaseModel):
 
     action: Literal["block", "allow"]
     band: Band
-    reasons: list[str] = Field(default_factory=list, description="why it was blocked: 'harmful', 'grey', "
-                               "'out_of_domain:REASON' (e.g. 'out_of_domain:encoding:rot13'), 'unclassifiable'")
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="why it was blocked: 'harmful', 'grey', "
+        "'out_of_domain:REASON' (e.g. 'out_of_domain:encoding:rot13'), 'unclassifiable'",
+    )
 
     @property
     def blocked(self) -> bool:
@@ -135,8 +143,11 @@ class GuardPolicy(DecisionPolicy):
     grey band too. The decision names its reasons, so a prompt is never let through or blocked silently.
     """
 
-    out_of_domain: Band = Field("harmful", description="the least band of a prompt outside the calibration domain: "
-                                "'harmful' blocks it (default), 'grey' or 'benign' lets it through unsteered")
+    out_of_domain: Band = Field(
+        "harmful",
+        description="the least band of a prompt outside the calibration domain: "
+        "'harmful' blocks it (default), 'grey' or 'benign' lets it through unsteered",
+    )
     block_grey: bool = False
 
     def decide(self, verdict: SafetyVerdict | None) -> GuardDecision:
@@ -170,7 +181,28 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-__all__ = ["DEFAULT_POLICY", "DEFAULT_REFUSAL", "POLICIES", "SEVERITY", "Band", "DecisionPolicy", "Direction",
-           "GreyZone", "GuardDecision", "GuardPolicy", "Label", "Policy", "band", "check_policy", "coefficient",
-           "direction", "flags", "grey_widths", "is_harmful", "label", "policy_blocks", "policy_steers",
-           "steering_coefficient"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "DEFAULT_REFUSAL",
+    "POLICIES",
+    "SEVERITY",
+    "Band",
+    "DecisionPolicy",
+    "Direction",
+    "GreyZone",
+    "GuardDecision",
+    "GuardPolicy",
+    "Label",
+    "Policy",
+    "band",
+    "check_policy",
+    "coefficient",
+    "direction",
+    "flags",
+    "grey_widths",
+    "is_harmful",
+    "label",
+    "policy_blocks",
+    "policy_steers",
+    "steering_coefficient",
+]

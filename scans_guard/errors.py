@@ -47,8 +47,10 @@ class NonFiniteScoreError(ScansGuardError):
 
     def __init__(self, index: int):
         self.index = index
-        super().__init__(f"the sigma score of prompt {index} is not finite (NaN or inf in the model's hidden states "
-                         "or the artifact); refusing to classify it")
+        super().__init__(
+            f"the sigma score of prompt {index} is not finite (NaN or inf in the model's hidden states "
+            "or the artifact); refusing to classify it"
+        )
 
 
 def one_line(exc: Exception) -> str:
@@ -56,7 +58,8 @@ def one_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         text = f"invalid {exc.title}: " + "; ".join(
             f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors())
+            for e in exc.errors()
+        )
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())

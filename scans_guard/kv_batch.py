@@ -30,8 +30,14 @@ class KVBatch:
         """Rows `index` only (named `rows`, default: their own), without columns that are padding in all of them."""
         idx = torch.tensor(list(index), dtype=torch.long, device=self.mask.device)
         rows = rows if rows is not None else [self.rows[i] for i in index]
-        batch = KVBatch([k[idx] for k in self.keys], [v[idx] for v in self.values], self.mask[idx],
-                        self.positions[idx], self.inputs[idx], rows)
+        batch = KVBatch(
+            [k[idx] for k in self.keys],
+            [v[idx] for v in self.values],
+            self.mask[idx],
+            self.positions[idx],
+            self.inputs[idx],
+            rows,
+        )
         batch._trim()
         return batch
 
@@ -60,10 +66,14 @@ class KVBatch:
             shape[dim] = missing
             return torch.cat([t.new_zeros(shape), t], dim=dim)
 
-        return KVBatch([torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.keys, b.keys)],
-                       [torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.values, b.values)],
-                       torch.cat([pad(a.mask, 1), pad(b.mask, 1)]), torch.cat([a.positions, b.positions]),
-                       torch.cat([a.inputs, b.inputs]), a.rows + b.rows)
+        return KVBatch(
+            [torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.keys, b.keys)],
+            [torch.cat([pad(x, 2), pad(y, 2)]) for x, y in zip(a.values, b.values)],
+            torch.cat([pad(a.mask, 1), pad(b.mask, 1)]),
+            torch.cat([a.positions, b.positions]),
+            torch.cat([a.inputs, b.inputs]),
+            a.rows + b.rows,
+        )
 
 
 def cache_tensors(cache: object) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -71,7 +81,8 @@ def cache_tensors(cache: object) -> tuple[list[torch.Tensor], list[torch.Tensor]
     layers = getattr(cache, "layers", None)
     if layers is None or any(getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") for layer in layers):
         raise UnsupportedArchitectureError(
-            f"continuous batching needs a dynamic full-attention KV cache, got {type(cache).__name__}")
+            f"continuous batching needs a dynamic full-attention KV cache, got {type(cache).__name__}"
+        )
     return [layer.keys for layer in layers], [layer.values for layer in layers]
 
 

@@ -23,9 +23,20 @@ _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Attribute paths tried in order; covers Llama, Qwen2/2.5/3, Mistral, Gemma 1-3, Phi-3, GPT-2/NeoX style models.
-_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
-               "model.decoder.final_layer_norm")
+_LAYER_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+)
+_NORM_PATHS = (
+    "model.norm",
+    "model.language_model.norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.decoder.final_layer_norm",
+)
 
 
 class ToolConversation(list):
@@ -76,7 +87,9 @@ class ModelHandle:
                 f"unsupported architecture {type(model).__name__}: could not find {', '.join(missing)}"
             )
         if getattr(tokenizer, "chat_template", None) is None:
-            raise UnsupportedArchitectureError(f"{name}: the tokenizer has no chat template; use an instruct/chat model")
+            raise UnsupportedArchitectureError(
+                f"{name}: the tokenizer has no chat template; use an instruct/chat model"
+            )
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -152,18 +165,21 @@ class ModelHandle:
         data = [json.dumps(tools or [], ensure_ascii=False)]
         data += [json.dumps(m.get("tool_calls") or [], ensure_ascii=False, default=str) for m in messages]
         if any(t in d for d in data for t in self.special_tokens):
-            raise InvalidPromptError("a tool schema or tool call holds special-token text (chat markup such as "
-                                     "<|im_start|>); remove it")
+            raise InvalidPromptError(
+                "a tool schema or tool call holds special-token text (chat markup such as <|im_start|>); remove it"
+            )
 
     def _render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         try:
-            return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
-                                                      add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+            )
         except Exception as exc:  # jinja2 errors and TypeErrors from malformed messages
             raise InvalidPromptError(f"the chat template rejected the conversation: {exc}") from exc
 
-    def _template_segments(self, messages: list[dict], text: str,
-                           tools: list[dict] | None = None) -> list[tuple[str, bool]]:
+    def _template_segments(
+        self, messages: list[dict], text: str, tools: list[dict] | None = None
+    ) -> list[tuple[str, bool]]:
         """`text` cut into (segment, is_message_content) pieces.
 
         The template is rendered once more with each non-empty content replaced by a private-use placeholder;
@@ -181,8 +197,10 @@ class ModelHandle:
         if "".join(s for s, _ in segments) == text:
             return segments
         if any(t in m["content"] for m in messages for t in self.special_tokens):
-            raise InvalidPromptError("message content holds special-token text and this chat template transforms "
-                                     "content, so it cannot be kept as plain text; remove the special-token text")
+            raise InvalidPromptError(
+                "message content holds special-token text and this chat template transforms "
+                "content, so it cannot be kept as plain text; remove the special-token text"
+            )
         return [(text, False)]
 
     def fingerprint(self) -> dict:
@@ -195,9 +213,14 @@ class ModelHandle:
             flat = tensor.detach().reshape(-1)
             idx = (torch.arange(16) * (flat.numel() - 1) // 15).to(flat.device)  # exact integer stride
             probe.extend(float(x) for x in flat[idx].float().cpu())
-        return {"architecture": type(self.model).__name__, "n_layers": self.n_layers, "hidden_size": self.hidden_size,
-                "vocab_size": int(self.lm_head.weight.shape[0]), "weight_probe": [round(x, 6) for x in probe],
-                "weight_probe_sha256": hashlib.sha256(",".join(f"{x:.2e}" for x in probe).encode()).hexdigest()[:16]}
+        return {
+            "architecture": type(self.model).__name__,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "vocab_size": int(self.lm_head.weight.shape[0]),
+            "weight_probe": [round(x, 6) for x in probe],
+            "weight_probe_sha256": hashlib.sha256(",".join(f"{x:.2e}" for x in probe).encode()).hexdigest()[:16],
+        }
 
 
 _MARK = re.compile("(\ue000\\d+\ue001)")
@@ -257,8 +280,10 @@ def load_model(
             return _load_hf(rebuilt, device, dtype, name)
     path = Path(model).expanduser()
     if not path.exists():
-        raise ModelLoadError(f"model path does not exist: {path} (scans-guard never downloads weights; embedded "
-                             f"models: {', '.join(EMBEDDED_MODELS)})")
+        raise ModelLoadError(
+            f"model path does not exist: {path} (scans-guard never downloads weights; embedded "
+            f"models: {', '.join(EMBEDDED_MODELS)})"
+        )
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"a model file must be .gguf, got {path.name}")
@@ -271,8 +296,11 @@ def _check_device(device: str) -> None:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ModelLoadError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
     if parsed.type not in available:
         raise ModelLoadError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
     if not available[parsed.type] or (parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count()):
@@ -284,12 +312,15 @@ def _load_hf(path: Path, device: str, dtype: str, name: str) -> ModelHandle:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not any(path.glob("*.safetensors")) and any(p.suffix in _PICKLE_SUFFIXES for p in path.iterdir()):
-        raise ModelLoadError(f"{path} has only pickled weights (e.g. pytorch_model.bin); scans-guard loads only "
-                             "safetensors or GGUF, since unpickling can run code: convert the checkpoint to safetensors")
+        raise ModelLoadError(
+            f"{path} has only pickled weights (e.g. pytorch_model.bin); scans-guard loads only "
+            "safetensors or GGUF, since unpickling can run code: convert the checkpoint to safetensors"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype=DTYPES[dtype], use_safetensors=True).to(device)
+            str(path), local_files_only=True, dtype=DTYPES[dtype], use_safetensors=True
+        ).to(device)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from exc
     return ModelHandle.wrap(model, tokenizer, name=name)

@@ -34,8 +34,14 @@ class ProbeFit:
     transitions: torch.Tensor  # [n_prompts, n_layers, hidden] of the training prompts, reused by calibration
 
     def report(self) -> dict:
-        return {"layer": self.layer, "C": self.c, "cv_auroc": self.cv_auroc, "n_train": len(self.prompts),
-                "n_harmful": int(self.labels.sum()), "data": "contrast train split + harmful/benign anchors"}
+        return {
+            "layer": self.layer,
+            "C": self.c,
+            "cv_auroc": self.cv_auroc,
+            "n_train": len(self.prompts),
+            "n_harmful": int(self.labels.sum()),
+            "data": "contrast train split + harmful/benign anchors",
+        }
 
 
 def cv_auroc(x: np.ndarray, y: np.ndarray, c: float, folds: int = 5, seed: int = 0) -> float:
@@ -64,10 +70,23 @@ def fit_probe(
     all_layers = list(range(handle.n_layers))
     transitions = transitions_for(handle, prompts, all_layers, r_pos, batch_size, progress, desc="probe training")
     candidates = layers or list(range(2, handle.n_layers, 2)) or all_layers
-    best = max(((cv_auroc(transitions[:, l].double().numpy(), labels, c, seed=seed), l, c)
-                for l in candidates for c in strengths), key=lambda x: x[0])
+    best = max(
+        (
+            (cv_auroc(transitions[:, l].double().numpy(), labels, c, seed=seed), l, c)
+            for l in candidates
+            for c in strengths
+        ),
+        key=lambda x: x[0],
+    )
     auroc, layer, c = best
     model = LogisticRegression(C=c, max_iter=3000).fit(transitions[:, layer].double().numpy(), labels)
-    return ProbeFit(layer=layer, weight=torch.tensor(model.coef_[0], dtype=torch.float32),
-                    bias=float(model.intercept_[0]), c=c, cv_auroc=auroc, prompts=prompts, labels=labels,
-                    transitions=transitions)
+    return ProbeFit(
+        layer=layer,
+        weight=torch.tensor(model.coef_[0], dtype=torch.float32),
+        bias=float(model.intercept_[0]),
+        c=c,
+        cv_auroc=auroc,
+        prompts=prompts,
+        labels=labels,
+        transitions=transitions,
+    )

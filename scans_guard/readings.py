@@ -31,20 +31,25 @@ Conversation = str | list[dict]
 SYSTEM_ROLES = ("system", "developer")
 # Sentence ends, colons, semicolons and newlines; and, where a request was pasted without its full stop, a word that
 # opens a new sentence or question ("... operating system And finally, can you ...").
-_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+|(?<=[a-z0-9,])\s+(?=(?:And|Also|Lastly|Finally|Then|Oh|By the way|Next|"
-                    r"Thanks|Please|What|How|Why|Where|When|Who|Which|Can|Could|Would|Should|Is|Are|Do|Does)\b)")
+_SPLIT = re.compile(
+    r"(?<=[.!?;:])\s+|\n+|(?<=[a-z0-9,])\s+(?=(?:And|Also|Lastly|Finally|Then|Oh|By the way|Next|"
+    r"Thanks|Please|What|How|Why|Where|When|Who|Which|Can|Could|Would|Should|Is|Are|Do|Does)\b)"
+)
 _LETTER = re.compile(r"[^\W\d_]")
 # Role lines and turn markup of common chat templates, typed as text (ChatML, Llama 2/3, Gemma, Phi, Alpaca, plain).
 _MARKUP = re.compile(
     r"(?im)^[\s>*#\[]*(?:assistant|system|user|human|ai|bot|model|chatgpt|gpt-?\d?|response|instruction)\s*\]?\s*:"
     r"|\[/?INST\]|<</?SYS>>|<\|(?:im_start|im_end|assistant|user|system|eot_id|start_header_id|end_header_id|"
-    r"endoftext|begin_of_text|end|eos)\|>|<(?:start|end)_of_turn>|</?s>|###\s*(?:assistant|response|instruction)")
+    r"endoftext|begin_of_text|end|eos)\|>|<(?:start|end)_of_turn>|</?s>|###\s*(?:assistant|response|instruction)"
+)
 _PREFILL = re.compile(
     r"(?i)\b(?:start|begin|open|prefix)\w*\s+(?:your\s+|the\s+)?(?:reply|response|answer|output|message)\s+"
-    r"(?:with|by\s+saying)\b")
+    r"(?:with|by\s+saying)\b"
+)
 _NO_REFUSAL = re.compile(
     r"(?i)\b(?:never|don'?t|do\s+not|you\s+(?:cannot|can'?t|won'?t|will\s+not|must\s+not|may\s+not))\s+(?:ever\s+)?"
-    r"(?:refuse|decline|apologi[sz]e|say\s+(?:that\s+)?(?:you|i)\s+can'?t|add\s+(?:any\s+)?(?:warnings?|disclaimers?))")
+    r"(?:refuse|decline|apologi[sz]e|say\s+(?:that\s+)?(?:you|i)\s+can'?t|add\s+(?:any\s+)?(?:warnings?|disclaimers?))"
+)
 
 
 class ReadingConfig(BaseModel):
@@ -54,10 +59,12 @@ class ReadingConfig(BaseModel):
 
     turns: bool = Field(True, description="score the user turns joined and each alone (multi-turn input)")
     segments: bool = Field(True, description="score each sentence or clause of the user text alone")
-    decode: bool = Field(True, description="score text found in base64, hex, a Caesar shift, reversed or leetspeak, "
-                         "decoded")
-    max_segments: int = Field(12, ge=1, description="more segments than this are scored in this many groups of "
-                              "neighbours")
+    decode: bool = Field(
+        True, description="score text found in base64, hex, a Caesar shift, reversed or leetspeak, decoded"
+    )
+    max_segments: int = Field(
+        12, ge=1, description="more segments than this are scored in this many groups of neighbours"
+    )
     min_segment_letters: int = Field(8, ge=0, description="shorter segments ('Thanks!') are not scored alone")
 
 
@@ -97,7 +104,7 @@ def _grouped(parts: list[str], limit: int) -> list[str]:
     if len(parts) <= limit:
         return parts
     size = -(-len(parts) // limit)
-    return [" ".join(parts[i:i + size]) for i in range(0, len(parts), size)]
+    return [" ".join(parts[i : i + size]) for i in range(0, len(parts), size)]
 
 
 def readings(conversation: Conversation, config: ReadingConfig | None = None) -> dict[str, Conversation]:
@@ -156,5 +163,4 @@ def framing_signs(conversation: Conversation) -> list[str]:
     return signs
 
 
-__all__ = ["ReadingConfig", "framing_signs", "readings", "segments", "user_text", "user_turns",
-           "without_system_prompt"]
+__all__ = ["ReadingConfig", "framing_signs", "readings", "segments", "user_text", "user_turns", "without_system_prompt"]

@@ -31,7 +31,7 @@ class ReplyState:
             text, _ = self._visible_text(tokenizer, config.stop, final=True)
         if len(text) <= len(self.emitted):
             return ""
-        piece, self.emitted = text[len(self.emitted):], text
+        piece, self.emitted = text[len(self.emitted) :], text
         return piece
 
     def _visible_text(self, tokenizer, stop: list[str], final: bool) -> tuple[str, bool]:
@@ -43,7 +43,7 @@ class ReplyState:
         text = tokenizer.decode(self.ids, skip_special_tokens=True)
         cuts = [i for s in stop if (i := text.find(s)) >= 0]
         if cuts:
-            return text[:min(cuts)], True
+            return text[: min(cuts)], True
         if final:
             return text, False
         text = text.rstrip("\ufffd")

@@ -31,7 +31,8 @@ class RetryPolicy(BaseModel):
     factor: float = Field(2.0, gt=1, description="the retry's coefficient: factor x the first one (-1 -> -2)")
     judge_tokens: int = Field(16, ge=1, description="tokens of the first reply the judge reads before deciding")
     judge: str | Callable[[str, str], bool] = Field(
-        "keyword", description="refusal judge: a name for scans_guard.judge.get_judge, or a callable(prompt, reply)")
+        "keyword", description="refusal judge: a name for scans_guard.judge.get_judge, or a callable(prompt, reply)"
+    )
 
     @field_validator("judge")
     @classmethod
@@ -87,9 +88,13 @@ class _Held:
     gate: JudgeGate
 
 
-def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation],
-                  events: Generator[StreamEvent, None, None], config: GenerationConfig,
-                  policy: RetryPolicy) -> Iterator[StreamEvent]:
+def retry_refused(
+    engine: ScansEngine,
+    conversations: Sequence[Conversation],
+    events: Generator[StreamEvent, None, None],
+    config: GenerationConfig,
+    policy: RetryPolicy,
+) -> Iterator[StreamEvent]:
     """Pass `events` through; a row steered away whose first reply the judge calls a refusal is regenerated after
     the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and what the judge
     read of the first reply (as the continuous batcher records it). A refused row decodes on, unseen, only while
@@ -121,8 +126,13 @@ def retry_refused(engine: ScansEngine, conversations: Sequence[Conversation],
     yield from _retry(engine, conversations, config, policy, {r: h for r, h in held.items() if h.gate.refused})
 
 
-def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: GenerationConfig,
-           policy: RetryPolicy, retried: dict[int, _Held]) -> Iterator[StreamEvent]:
+def _retry(
+    engine: ScansEngine,
+    conversations: Sequence[Conversation],
+    config: GenerationConfig,
+    policy: RetryPolicy,
+    retried: dict[int, _Held],
+) -> Iterator[StreamEvent]:
     """The refused rows once more, at factor x their coefficient, reported under their own row numbers."""
     rows = list(retried)
     if not rows:
@@ -135,7 +145,11 @@ def _retry(engine: ScansEngine, conversations: Sequence[Conversation], config: G
             continue
         update: dict = {"row": r}
         if event.output is not None:
-            update["output"] = event.output.model_copy(update={
-                "verdict": retried[r].verdict, "first_reply": retried[r].gate.text,
-                "steering": steering[event.row]})
+            update["output"] = event.output.model_copy(
+                update={
+                    "verdict": retried[r].verdict,
+                    "first_reply": retried[r].gate.text,
+                    "steering": steering[event.row],
+                }
+            )
         yield event.model_copy(update=update)

@@ -12,9 +12,32 @@ from pydantic import BaseModel
 
 from .loading import ModelHandle
 
-REFUSAL_STEMS = ("sorry", "apolog", "cannot", "can't", "cant", "unable", "refus", "illegal", "unethical",
-                 "harm", "inappropriate", "dangerous", "against", "not", "no", "unfortunately", "decline",
-                 "impossible", "forbidden", "prohibit", "抱歉", "不能", "无法", "拒绝")
+REFUSAL_STEMS = (
+    "sorry",
+    "apolog",
+    "cannot",
+    "can't",
+    "cant",
+    "unable",
+    "refus",
+    "illegal",
+    "unethical",
+    "harm",
+    "inappropriate",
+    "dangerous",
+    "against",
+    "not",
+    "no",
+    "unfortunately",
+    "decline",
+    "impossible",
+    "forbidden",
+    "prohibit",
+    "抱歉",
+    "不能",
+    "无法",
+    "拒绝",
+)
 
 
 class LayerProjection(BaseModel):
@@ -49,8 +72,9 @@ def vocabulary_projection(handle: ModelHandle, directions: torch.Tensor, top_k: 
     rows = []
     for layer, ids in enumerate(top.tolist()):
         tokens = [handle.tokenizer.decode([i]) for i in ids]
-        rows.append(LayerProjection(layer=layer, top_tokens=tokens,
-                                    refusal_tokens=sum(is_refusal_token(t) for t in tokens)))
+        rows.append(
+            LayerProjection(layer=layer, top_tokens=tokens, refusal_tokens=sum(is_refusal_token(t) for t in tokens))
+        )
     return rows
 
 

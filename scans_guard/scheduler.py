@@ -76,8 +76,14 @@ class ContinuousBatcher:
     `on_step(batch_size)`: called after every decoding step (metrics).
     """
 
-    def __init__(self, engine: ScansEngine, *, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_queue: int = DEFAULT_MAX_QUEUE, on_step: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        engine: ScansEngine,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        on_step: Callable[[int], None] | None = None,
+    ):
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
@@ -143,12 +149,20 @@ class ContinuousBatcher:
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
         prompt = self.engine.prompt_rows([conversation], config.max_new_tokens)[0]
         handle = RequestHandle(next(self._ids), len(prompt))
-        request = QueuedRequest(conversation=conversation, prompt=prompt, config=config,
-                                classify=coefficient is None and (steer or refusal is not None),
-                                steer=steer and coefficient is None, fixed=fixed, refusal=refusal,
-                                operating_point=operating_point, handle=handle,
-                                deadline=None if timeout is None else time.perf_counter() + timeout,
-                                retry=RetryPolicy.applies(retry, steer, coefficient), guard=guard or GuardPolicy())
+        request = QueuedRequest(
+            conversation=conversation,
+            prompt=prompt,
+            config=config,
+            classify=coefficient is None and (steer or refusal is not None),
+            steer=steer and coefficient is None,
+            fixed=fixed,
+            refusal=refusal,
+            operating_point=operating_point,
+            handle=handle,
+            deadline=None if timeout is None else time.perf_counter() + timeout,
+            retry=RetryPolicy.applies(retry, steer, coefficient),
+            guard=guard or GuardPolicy(),
+        )
         with self._cond:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
@@ -160,8 +174,9 @@ class ContinuousBatcher:
             self._cond.notify_all()
         return handle
 
-    def generate(self, conversation: Conversation, config: GenerationConfig | None = None,
-                 **kwargs: object) -> SteeredOutput:
+    def generate(
+        self, conversation: Conversation, config: GenerationConfig | None = None, **kwargs: object
+    ) -> SteeredOutput:
         """Submit and wait for the output (blocking)."""
         return self.submit(conversation, config, **kwargs).result()
 
@@ -261,15 +276,19 @@ class ContinuousBatcher:
         """One sigma pass over the newcomers (its cache kept); each row then joins as the engine would start it."""
         t0 = time.perf_counter()
         try:
-            sp, verdicts = self.engine.classify_rows([r.conversation for r in requests], [r.prompt for r in requests],
-                                                     keep_cache=True, operating_point=operating_point)
+            sp, verdicts = self.engine.classify_rows(
+                [r.conversation for r in requests],
+                [r.prompt for r in requests],
+                keep_cache=True,
+                operating_point=operating_point,
+            )
         except NonFiniteScoreError as exc:  # fail that request alone (a guarded one is blocked), classify the others
             failed = requests[exc.index]
             if failed.refusal is not None:
                 self._refuse(failed, None, 0.0, t0)
             else:
                 failed.handle._push(error=NonFiniteScoreError(0))
-            rest = requests[:exc.index] + requests[exc.index + 1:]
+            rest = requests[: exc.index] + requests[exc.index + 1 :]
             if rest:
                 self._admit_classified(rest, operating_point)
             return
@@ -290,15 +309,27 @@ class ContinuousBatcher:
                 continue
             row = plan.rows[i] if request.steer else RowSteering()
             (steered if row.coefficient != 0 else first_token).append((i, row))
-        full = KVBatch(keys, values, mask, torch.tensor([len(r.prompt) for r in requests], device=mask.device),
-                       torch.zeros(len(requests), dtype=torch.long, device=mask.device), [])
+        full = KVBatch(
+            keys,
+            values,
+            mask,
+            torch.tensor([len(r.prompt) for r in requests], device=mask.device),
+            torch.zeros(len(requests), dtype=torch.long, device=mask.device),
+            [],
+        )
         if first_token:  # unsteered: token 1 comes from the sigma pass, as in iter_generate
             rows = [self._active(requests[i], c, classify_s) for i, c in first_token]
             self._join(full, [i for i, _ in first_token], rows, logits)
         if steered:  # steering starts at the last prompt token: drop it from the cache and feed it again
             rows = [self._active(requests[i], c, classify_s) for i, c in steered]
-            cropped = KVBatch([k[..., :-1, :] for k in keys], [v[..., :-1, :] for v in values], mask[:, :-1],
-                              full.positions - 1, sp.prompt_batch.input_ids[:, -1], [])
+            cropped = KVBatch(
+                [k[..., :-1, :] for k in keys],
+                [v[..., :-1, :] for v in values],
+                mask[:, :-1],
+                full.positions - 1,
+                sp.prompt_batch.input_ids[:, -1],
+                [],
+            )
             self._join(cropped, [i for i, _ in steered], rows, None)
 
     @staticmethod
@@ -306,23 +337,38 @@ class ContinuousBatcher:
         """Answer a request the guard blocked with its refusal text, without decoding."""
         handle = request.handle
         handle.refused = True
-        handle._push(StreamEvent(row=0, output=SteeredOutput.blocked(
-            request.refusal, verdict, len(request.prompt),
-            {"classify_s": classify_s, "generate_s": 0.0, "queue_s": t0 - handle.submitted_at})), done=True)
+        handle._push(
+            StreamEvent(
+                row=0,
+                output=SteeredOutput.blocked(
+                    request.refusal,
+                    verdict,
+                    len(request.prompt),
+                    {"classify_s": classify_s, "generate_s": 0.0, "queue_s": t0 - handle.submitted_at},
+                ),
+            ),
+            done=True,
+        )
 
     def _admit_prefilled(self, requests: list[QueuedRequest]) -> None:
         """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt
         token on, as `steered_decode` prefills them); token 1 comes from its logits."""
-        prompts = PromptBatch.left_pad([r.prompt for r in requests], self._model.tokenizer.pad_token_id,
-                                       self._model.device)
+        prompts = PromptBatch.left_pad(
+            [r.prompt for r in requests], self._model.tokenizer.pad_token_id, self._model.device
+        )
         plan = SteeringPlan(tuple(r.fixed for r in requests))
         width = prompts.input_ids.shape[1]
         with torch.inference_mode(), self.engine.steering.apply(plan, start_column=width - 1):
             out = prefill(self._model.model, prompts, use_cache=True, logits_to_keep=1)
         keys, values = cache_tensors(out.cache)
-        full = KVBatch(keys, values, prompts.attention_mask,
-                       torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
-                       torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device), [])
+        full = KVBatch(
+            keys,
+            values,
+            prompts.attention_mask,
+            torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
+            torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device),
+            [],
+        )
         rows = [self._active(r, r.fixed, r.classify_s) for r in requests]
         self._join(full, list(range(len(requests))), rows, out.logits[:, -1, :].float())
 
@@ -333,8 +379,13 @@ class ContinuousBatcher:
             gate = request.retry.gate(user_text(request.conversation), self._model.tokenizer)
         request.handle.steering, request.handle.judging = steering, gate is not None
         request.handle._notify()
-        return RunningRow(request=request, chooser=_TokenChooser(request.config, prompts), steering=steering,
-                          classify_s=classify_s, gate=gate)
+        return RunningRow(
+            request=request,
+            chooser=_TokenChooser(request.config, prompts),
+            steering=steering,
+            classify_s=classify_s,
+            gate=gate,
+        )
 
     def _join(self, group: KVBatch, index: list[int], rows: list[RunningRow], logits: torch.Tensor | None) -> None:
         """Rows `index` of `group` (a newcomers' pass) join the running batch as `rows`; with `logits`, each first
@@ -344,9 +395,10 @@ class ContinuousBatcher:
         for row in rows:  # a retried request keeps its first start: its generate_s covers both replies
             row.request.handle.started_at = row.request.handle.started_at or now
         if logits is not None:
-            tokens = [self._accept(row, row.chooser(logits[i:i + 1])) for row, i in zip(rows, index)]
-            part.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long,
-                                       device=part.mask.device)
+            tokens = [self._accept(row, row.chooser(logits[i : i + 1])) for row, i in zip(rows, index)]
+            part.inputs = torch.tensor(
+                [t if t is not None else 0 for t in tokens], dtype=torch.long, device=part.mask.device
+            )
             keep = [j for j, t in enumerate(tokens) if t is not None]
             if len(keep) < len(rows):
                 part = part.select(keep)
@@ -375,16 +427,20 @@ class ContinuousBatcher:
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         cache = make_cache(batch.keys, batch.values)
         with torch.inference_mode(), self.engine.steering.apply(self._plan):
-            out = self._model.model(input_ids=batch.inputs[:, None], attention_mask=mask,
-                                    position_ids=batch.positions[:, None], cache=cache, use_cache=True,
-                                    logits_to_keep=1)
+            out = self._model.model(
+                input_ids=batch.inputs[:, None],
+                attention_mask=mask,
+                position_ids=batch.positions[:, None],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         logits = out.logits[:, -1, :].float()
         batch.keys, batch.values = cache_tensors(out.cache)
         batch.mask = mask
         batch.positions = batch.positions + 1
-        tokens = [self._accept(row, row.chooser(logits[i:i + 1])) for i, row in enumerate(batch.rows)]
-        batch.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long,
-                                    device=mask.device)
+        tokens = [self._accept(row, row.chooser(logits[i : i + 1])) for i, row in enumerate(batch.rows)]
+        batch.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long, device=mask.device)
         self.steps += 1
         if self.on_step is not None:
             self.on_step(len(batch.rows))
@@ -425,9 +481,24 @@ class ContinuousBatcher:
         if state.finish is None:
             return token
         started = handle.started_at or handle.submitted_at
-        handle._push(StreamEvent(row=0, output=SteeredOutput(
-            text=state.emitted, verdict=handle.verdict, steering=row.steering, prompt_tokens=len(request.prompt),
-            completion_tokens=len(state.ids), finish_reason=state.finish, first_reply=request.first_reply,
-            timings={"classify_s": row.classify_s, "generate_s": time.perf_counter() - started,
-                     "queue_s": max(0.0, started - handle.submitted_at - row.classify_s)})), done=True)
+        handle._push(
+            StreamEvent(
+                row=0,
+                output=SteeredOutput(
+                    text=state.emitted,
+                    verdict=handle.verdict,
+                    steering=row.steering,
+                    prompt_tokens=len(request.prompt),
+                    completion_tokens=len(state.ids),
+                    finish_reason=state.finish,
+                    first_reply=request.first_reply,
+                    timings={
+                        "classify_s": row.classify_s,
+                        "generate_s": time.perf_counter() - started,
+                        "queue_s": max(0.0, started - handle.submitted_at - row.classify_s),
+                    },
+                ),
+            ),
+            done=True,
+        )
         return None

@@ -57,8 +57,9 @@ class SteeringPlan:
         if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
             raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {coefficients!r}")
         if any(abs(c) > MAX_COEFFICIENT for c in values):
-            raise InvalidArgumentError(f"steering coefficients must lie within +-{MAX_COEFFICIENT:g}, "
-                                       f"got {coefficients!r}")
+            raise InvalidArgumentError(
+                f"steering coefficients must lie within +-{MAX_COEFFICIENT:g}, got {coefficients!r}"
+            )
         return cls(tuple(RowSteering.of(float(c), "fixed") for c in values))
 
     @classmethod
@@ -105,8 +106,9 @@ class RefusalVector:
         with self.handle.lock, add_to_block_outputs(self.handle.layers, self.deltas(plan), start_column):
             yield
 
-    def decode(self, prompts: PromptBatch, plan: SteeringPlan, config: GenerationConfig,
-               **kwargs: object) -> Iterator[torch.Tensor]:
+    def decode(
+        self, prompts: PromptBatch, plan: SteeringPlan, config: GenerationConfig, **kwargs: object
+    ) -> Iterator[torch.Tensor]:
         """`steered_decode` under `plan`, each step under the model's lock (kwargs: cache, should_stop, ...)."""
         return steered_decode(self.handle, prompts, self.deltas(plan), config, step_lock=self.handle.lock, **kwargs)
 
@@ -144,8 +146,11 @@ class _TokenChooser:
         self.greedy = config.temperature == 0
         self.processors = logits_processors(config, prompts.attention_mask)
         self.seen = prompts.input_ids if self.processors else None  # what the repetition penalty looks at
-        self.generator = None if self.greedy else torch.Generator().manual_seed(
-            config.seed if config.seed is not None else torch.seed())
+        self.generator = (
+            None
+            if self.greedy
+            else torch.Generator().manual_seed(config.seed if config.seed is not None else torch.seed())
+        )
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [batch, vocab] -> [batch] token ids."""
@@ -192,18 +197,25 @@ def steered_decode(
     else:
         inputs, start = prompts.input_ids, width - 1
     mask = prompts.attention_mask
-    positions = prompts.position_ids[:, -inputs.shape[1]:]
+    positions = prompts.position_ids[:, -inputs.shape[1] :]
     logits = first_logits
     choose = _TokenChooser(config, prompts)
-    eos = torch.tensor(sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long,
-                       device=handle.device)
+    eos = torch.tensor(
+        sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long, device=handle.device
+    )
     pad = handle.tokenizer.pad_token_id
     done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
     for _ in range(config.max_new_tokens):
         if logits is None:
             with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
-                out = handle.model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
-                                   use_cache=True, logits_to_keep=1)
+                out = handle.model(
+                    input_ids=inputs,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             cache, logits = out.cache, out.logits[:, -1, :].float()
         token = choose(logits)
         logits = None

@@ -15,20 +15,43 @@ NL = "{{ '\\n' }}"
 # <tool_call> tags, results in <tool_response> tags of a user turn; a shorter instruction, since the tiny model's
 # context is 512 tokens); without tools, plain ChatML.
 CHATML_TEMPLATE = (
-    "{% if tools %}<|im_start|>system" + NL
-    + "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}" + NL + NL + "{% endif %}"
-    "# Tools" + NL + "<tools>{% for tool in tools %}" + NL + "{{ tool | tojson }}{% endfor %}" + NL + "</tools>" + NL
-    + "Call a function in <tool_call></tool_call> tags.<|im_end|>" + NL + "{% endif %}"
+    "{% if tools %}<|im_start|>system"
+    + NL
+    + "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    + NL
+    + NL
+    + "{% endif %}"
+    "# Tools"
+    + NL
+    + "<tools>{% for tool in tools %}"
+    + NL
+    + "{{ tool | tojson }}{% endfor %}"
+    + NL
+    + "</tools>"
+    + NL
+    + "Call a function in <tool_call></tool_call> tags.<|im_end|>"
+    + NL
+    + "{% endif %}"
     "{% for message in messages %}"
     "{% if tools and loop.first and message['role'] == 'system' %}"
     "{% elif message['role'] == 'assistant' and message['tool_calls'] %}<|im_start|>assistant"
     "{% if message['content'] %}" + NL + "{{ message['content'] }}{% endif %}"
     "{% for call in message['tool_calls'] %}{% if call.function is defined %}{% set call = call.function %}{% endif %}"
-    + NL + "<tool_call>" + NL + '{"name": "{{ call.name }}", "arguments": {{ call.arguments | tojson }}{{ \'}\' }}'
-    + NL + "</tool_call>{% endfor %}<|im_end|>" + NL
+    + NL
+    + "<tool_call>"
+    + NL
+    + '{"name": "{{ call.name }}", "arguments": {{ call.arguments | tojson }}{{ \'}\' }}'
+    + NL
+    + "</tool_call>{% endfor %}<|im_end|>"
+    + NL
     + "{% elif message['role'] == 'tool' %}"
     "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
-    + NL + "<tool_response>" + NL + "{{ message['content'] }}" + NL + "</tool_response>"
+    + NL
+    + "<tool_response>"
+    + NL
+    + "{{ message['content'] }}"
+    + NL
+    + "</tool_response>"
     "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>" + NL + "{% endif %}"
     "{% else %}<|im_start|>{{ message['role'] }}" + NL + "{{ message['content'] }}<|im_end|>" + NL + "{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant" + NL + "{% endif %}"
@@ -52,11 +75,19 @@ def tiny_tokenizer(vocab_size: int = 300):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
     fast.chat_template = CHATML_TEMPLATE
     return fast
 
@@ -68,9 +99,16 @@ def tiny_model(family: str = "qwen2", seed: int = 0, n_layers: int = 4, hidden: 
     tokenizer = tiny_tokenizer()
     cfg_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[family]
     config = cfg_cls(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -24,7 +24,7 @@ def last_token_activations(
     rows = [handle.chat_ids(c) for c in conversations]
     out = []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress):
-        batch = PromptBatch.left_pad(rows[start:start + batch_size], handle.tokenizer.pad_token_id, handle.device)
+        batch = PromptBatch.left_pad(rows[start : start + batch_size], handle.tokenizer.pad_token_id, handle.device)
         with capture_block_outputs(handle.layers, layer_ids, columns=[-1]) as acts:
             prefill(handle.model, batch)
         out.append(torch.stack([acts[l][:, 0, :] for l in layer_ids], dim=1).cpu())

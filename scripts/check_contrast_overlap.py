@@ -176,18 +176,21 @@ def main(argv: list[str]) -> int:
         max_ratio, max_jac = max(max_ratio, best_r), max(max_jac, best_j)
         if bad or not quiet:
             mark = "FAIL" if bad else "ok  "
-            print(f"{mark} pair {r['pair_id']:>3} {r['label']:<6} ratio={best_r:.3f} "
-                  f"jaccard={best_j:.3f} | {r['prompt']}")
+            print(
+                f"{mark} pair {r['pair_id']:>3} {r['label']:<6} ratio={best_r:.3f} jaccard={best_j:.3f} | {r['prompt']}"
+            )
             print(f"       nearest (ratio): [{best_r_ref[0]}] {best_r_ref[1]}")
             if best_j_ref and best_j_ref != best_r_ref:
                 print(f"       nearest (trigram): [{best_j_ref[0]}] {best_j_ref[1]}")
 
     for e in errors:
         print(f"FAIL: {e}")
-    print(f"\n{len(rows)} prompts checked against {len(refs)} evaluation prompts; "
-          f"max ratio {max_ratio:.3f} (limit {RATIO_MAX}), "
-          f"max trigram Jaccard {max_jac:.3f} (limit {JACCARD_MAX}); "
-          f"{flagged} too close, {len(errors)} structural errors")
+    print(
+        f"\n{len(rows)} prompts checked against {len(refs)} evaluation prompts; "
+        f"max ratio {max_ratio:.3f} (limit {RATIO_MAX}), "
+        f"max trigram Jaccard {max_jac:.3f} (limit {JACCARD_MAX}); "
+        f"{flagged} too close, {len(errors)} structural errors"
+    )
     return 1 if flagged or errors else 0
 
 

@@ -21,10 +21,14 @@ def _files(rev: str | None) -> dict[str, str]:
     """Path -> source of every scans_guard .py file at `rev` (None: the working tree)."""
     if rev is None:
         return {str(p): p.read_text() for p in Path("scans_guard").rglob("*.py")}
-    names = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "scans_guard"], check=True,
-                           capture_output=True, text=True).stdout.split()
-    return {n: subprocess.run(["git", "show", f"{rev}:{n}"], check=True, capture_output=True, text=True).stdout
-            for n in names if n.endswith(".py")}
+    names = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", rev, "scans_guard"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return {
+        n: subprocess.run(["git", "show", f"{rev}:{n}"], check=True, capture_output=True, text=True).stdout
+        for n in names
+        if n.endswith(".py")
+    }
 
 
 def _part(path: str) -> str | None:
@@ -40,13 +44,24 @@ def code_lines(source: str) -> int:
     doc_lines: set[int] = set()
     for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             doc_lines.update(range(body[0].lineno, body[0].end_lineno + 1))
     code: set[int] = set()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                            tokenize.ENDMARKER):
+        if tok.type not in (
+            tokenize.COMMENT,
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+            tokenize.ENDMARKER,
+        ):
             code.update(n for n in range(tok.start[0], tok.end[0] + 1) if n not in doc_lines)
     return len(code)
 

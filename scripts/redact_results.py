@@ -66,8 +66,8 @@ def _dumps_like(original: str, obj: object) -> str:
     for indent in (None, 1, 2, 4):
         for ascii_only in (True, False):
             if json.dumps(parsed, indent=indent, ensure_ascii=ascii_only) == body:
-                return json.dumps(obj, indent=indent, ensure_ascii=ascii_only) + original[len(body):]
-    return json.dumps(obj, indent=1) + original[len(body):]
+                return json.dumps(obj, indent=indent, ensure_ascii=ascii_only) + original[len(body) :]
+    return json.dumps(obj, indent=1) + original[len(body) :]
 
 
 def redact_content(name: str, content: str, redactor: Redactor) -> str:
@@ -122,8 +122,12 @@ def redact_paths(paths: list[Path], prompts: set[str], out: Path | None = None) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+", type=Path, help="result files or directories")
-    ap.add_argument("--data-dir", type=Path, default=None,
-                    help=f"holds the unshipped CSVs (default: ${DATA_ENV}, else ../shared/data beside the repository)")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"holds the unshipped CSVs (default: ${DATA_ENV}, else ../shared/data beside the repository)",
+    )
     ap.add_argument("--out", type=Path, help="write redacted copies here instead of rewriting in place")
     args = ap.parse_args(argv)
     data_dir = args.data_dir or Path(os.environ.get(DATA_ENV) or REPO.parent / "shared" / "data")

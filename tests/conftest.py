@@ -24,16 +24,24 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny):
-    config = CalibrationConfig(n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2],
-                               alpha_benign=4.0, alpha_harmful=4.0)
+    config = CalibrationConfig(
+        n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2], alpha_benign=4.0, alpha_harmful=4.0
+    )
     return calibrate(tiny, config, progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_cosine_artifact(tiny):
     """The same calibration without the sigma probe: the paper's mean-cosine sigma (and older artifacts' layout)."""
-    config = CalibrationConfig(n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2],
-                               alpha_benign=4.0, alpha_harmful=4.0, sigma_probe=False)
+    config = CalibrationConfig(
+        n_anchors=8,
+        n_threshold=8,
+        steer_layers=[1, 2],
+        classify_layers=[1, 2],
+        alpha_benign=4.0,
+        alpha_harmful=4.0,
+        sigma_probe=False,
+    )
     return calibrate(tiny, config, progress=False)
 
 
@@ -74,7 +82,8 @@ def default_engine():
 @pytest.fixture(scope="session")
 def shared_data():
     if not (SHARED_DATA / "oktest.csv").is_file():
-        pytest.skip(f"benchmark data not found at {SHARED_DATA} (set SCANS_GUARD_DATA); "
-                    "only AdvBench, TruthfulQA and XSTest ship with the package")
+        pytest.skip(
+            f"benchmark data not found at {SHARED_DATA} (set SCANS_GUARD_DATA); "
+            "only AdvBench, TruthfulQA and XSTest ship with the package"
+        )
     return SHARED_DATA
-

@@ -82,8 +82,10 @@ def test_shipped_artifact_records_its_anchors_and_splits():
     assert art.meta.meta_version == 2 and art.meta.anchor_hashes() == {text_sha256(p) for p in harmful + benign}
     probe = set(art.meta.splits["probe_train"].prompt_sha256)
     assert probe == {text_sha256(p) for p in [e.prompt for e in contrast_set("train")] + harmful + benign}
-    assert probe <= art.meta.fit_hashes() and len(art.meta.fit_hashes()) == art.meta.threshold_fit["n_harmful"] \
-        + art.meta.threshold_fit["n_benign"]
+    assert (
+        probe <= art.meta.fit_hashes()
+        and len(art.meta.fit_hashes()) == art.meta.threshold_fit["n_harmful"] + art.meta.threshold_fit["n_benign"]
+    )
 
 
 def test_meta_without_anchor_hashes_is_an_error_where_asked(tiny_artifact):

@@ -9,7 +9,6 @@ from scans_guard.bench import SCHEMA, BenchConfig, BenchResult, run_benchmark
 from scans_guard.bench_cli import format_table
 from scans_guard.cli import build_parser, main
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -82,8 +81,15 @@ def _check_common(r, cfg):
 
 
 def test_run_benchmark_in_process(tiny_engine):
-    cfg = BenchConfig.quick_config(memory=False, load_time=False, threads=1, max_new_tokens=4,
-                                   sigma_batch_sizes=[1, 4], steer_batch_sizes=[1, 2], n_prompts=2)
+    cfg = BenchConfig.quick_config(
+        memory=False,
+        load_time=False,
+        threads=1,
+        max_new_tokens=4,
+        sigma_batch_sizes=[1, 4],
+        steer_batch_sizes=[1, 2],
+        n_prompts=2,
+    )
     result = run_benchmark(cfg, engine=tiny_engine)
     r = json.loads(result.to_json())
     _check_common(r, cfg)
@@ -102,8 +108,23 @@ def test_ignore_eos_decodes_every_token(tiny_engine):
 def test_cli_bench_quick_writes_json(tiny_on_disk, tmp_path, capsys):
     """The whole command, subprocesses included (memory per mode, warm load time)."""
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"),
-               "--quick", "--threads", "1", "--max-new-tokens", "3", "--cold", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_on_disk / "model"),
+            "--artifact",
+            str(tiny_on_disk / "artifact"),
+            "--quick",
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--cold",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "SCANS / plain" in captured.out and "memory (MiB)" in captured.out
@@ -128,8 +149,19 @@ def test_cli_bench_quick_writes_json(tiny_on_disk, tmp_path, capsys):
 
 
 def test_cli_bench_arguments():
-    args = build_parser().parse_args(["bench", "--quick", "--repeats", "2", "--sigma-batch-sizes", "1,4",
-                                      "--natural-length", "--no-memory", "--cold"])
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--quick",
+            "--repeats",
+            "2",
+            "--sigma-batch-sizes",
+            "1,4",
+            "--natural-length",
+            "--no-memory",
+            "--cold",
+        ]
+    )
     from scans_guard.bench_cli import config_from_args
 
     cfg = config_from_args(args)
@@ -147,8 +179,16 @@ def test_cli_bench_other_model_needs_an_artifact(tiny_on_disk, capsys):
 
 
 def test_natural_length_reports_per_token(tiny_engine):
-    cfg = BenchConfig.quick_config(memory=False, load_time=False, threads=1, max_new_tokens=4, force_length=False,
-                                   sigma_batch_sizes=[1], steer_batch_sizes=[1], n_prompts=1)
+    cfg = BenchConfig.quick_config(
+        memory=False,
+        load_time=False,
+        threads=1,
+        max_new_tokens=4,
+        force_length=False,
+        sigma_batch_sizes=[1],
+        steer_batch_sizes=[1],
+        n_prompts=1,
+    )
     from scans_guard.bench_speed import bench_end_to_end
 
     e = bench_end_to_end(tiny_engine, ["Paris?"], cfg)

@@ -68,12 +68,26 @@ def _lines(path: Path) -> list[dict]:
 def sweep(script, tiny_args, data_dir, tmp_path_factory) -> Path:
     """A safe-steering sweep of the tiny model: LIMIT prompts of every set, replies at 0, -1, +1 and -2."""
     out = tmp_path_factory.mktemp("sweep") / "run"
-    _main(script("safe_steering_sweep"), "generate", *tiny_args, "--data-dir", data_dir, "--out", out,
-          "--limit", LIMIT, "--max-new-tokens", 2, "--nll-limit", 1)
+    _main(
+        script("safe_steering_sweep"),
+        "generate",
+        *tiny_args,
+        "--data-dir",
+        data_dir,
+        "--out",
+        out,
+        "--limit",
+        LIMIT,
+        "--max-new-tokens",
+        2,
+        "--nll-limit",
+        1,
+    )
     return out
 
 
 # -- safe_steering_sweep.py, steer_threshold.py, scripts/redact_results.py ------------------------------------------
+
 
 def test_sweep_generates_each_needed_reply_once_and_resumes(script, sweep, tiny_args, data_dir):
     sets = json.loads((sweep / "sets.json").read_text())
@@ -82,12 +96,30 @@ def test_sweep_generates_each_needed_reply_once_and_resumes(script, sweep, tiny_
     assert len(sets) == 12 and all(len(p) == LIMIT for p in sets.values())
     assert scores.keys() == {p for ps in sets.values() for p in ps}
     # defaults: -1 and -2 below --max-t 0.93, +1 at or above --min-t 0.90, 0 always
-    wanted = {(s, p, c) for s, ps in sets.items() for p in ps for c in (0.0, -1.0, 1.0, -2.0)
-              if c == 0 or (c < 0 and scores[p] < 0.93) or (c > 0 and scores[p] >= 0.90)}
+    wanted = {
+        (s, p, c)
+        for s, ps in sets.items()
+        for p in ps
+        for c in (0.0, -1.0, 1.0, -2.0)
+        if c == 0 or (c < 0 and scores[p] < 0.93) or (c > 0 and scores[p] >= 0.90)
+    }
     assert sorted((r["set"], r["prompt"], r["coefficient"]) for r in rows) == sorted(wanted)
     assert all(r["nll_tokens"] > 0 for r in rows if r["prompt"] == sets[r["set"]][0] and r["response"])
-    _main(script("safe_steering_sweep"), "generate", *tiny_args, "--data-dir", data_dir, "--out", sweep,
-          "--limit", LIMIT, "--max-new-tokens", 2, "--nll-limit", 1)
+    _main(
+        script("safe_steering_sweep"),
+        "generate",
+        *tiny_args,
+        "--data-dir",
+        data_dir,
+        "--out",
+        sweep,
+        "--limit",
+        LIMIT,
+        "--max-new-tokens",
+        2,
+        "--nll-limit",
+        1,
+    )
     assert len(_lines(sweep / "generations.jsonl")) == len(rows)  # resumed: nothing generated twice
 
 
@@ -100,12 +132,28 @@ def test_analyses_of_a_sweep_match_on_its_redacted_copy(script, sweep, data_dir,
     sweep_script, threshold = script("safe_steering_sweep"), script("steer_threshold")
     summaries = []
     for run in (sweep, redacted):
-        _main(sweep_script, "analyze", "--out", run, "--threshold", 0.0, "--t-from", -0.01, "--t-to", 0.0,
-              "--plot", run / "tradeoff.png")
+        _main(
+            sweep_script,
+            "analyze",
+            "--out",
+            run,
+            "--threshold",
+            0.0,
+            "--t-from",
+            -0.01,
+            "--t-to",
+            0.0,
+            "--plot",
+            run / "tradeoff.png",
+        )
         assert (run / "tradeoff.png").stat().st_size > 0
         _main(threshold, "--contrast-run", run, "--eval-run", run, "--report", run / "threshold")
-        summaries.append((json.loads((run / "analysis.json").read_text()),
-                          json.loads((run / "threshold" / "summary.json").read_text())))
+        summaries.append(
+            (
+                json.loads((run / "analysis.json").read_text()),
+                json.loads((run / "threshold" / "summary.json").read_text()),
+            )
+        )
     assert summaries[0] == summaries[1]
     analysis, chosen = summaries[0]
     assert analysis["n"] == dict.fromkeys(json.loads((sweep / "sets.json").read_text()), LIMIT)
@@ -115,20 +163,40 @@ def test_analyses_of_a_sweep_match_on_its_redacted_copy(script, sweep, data_dir,
 
 # -- the committed results: the analyses reproduce them without a model ----------------------------------------------
 
+
 def _copy(name: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(RESULTS / name, tmp_path / name))
 
 
 def test_sweep_analyze_reproduces_the_committed_probe_sweep(script, tmp_path):
     run = _copy("sweep-probe", tmp_path)  # docs/safe-steering.md's command
-    _main(script("safe_steering_sweep"), "analyze", "--out", run, "--threshold", -2.2494, "--t-from", -3.5,
-          "--t-to", -2.2494, "--reference-threshold", 0)
+    _main(
+        script("safe_steering_sweep"),
+        "analyze",
+        "--out",
+        run,
+        "--threshold",
+        -2.2494,
+        "--t-from",
+        -3.5,
+        "--t-to",
+        -2.2494,
+        "--reference-threshold",
+        0,
+    )
     assert (run / "analysis.json").read_text() == (RESULTS / "sweep-probe" / "analysis.json").read_text()
 
 
 def test_steer_threshold_reproduces_the_committed_table(script, tmp_path):
-    _main(script("steer_threshold"), "--contrast-run", RESULTS / "sweep-contrast-heldout",
-          "--eval-run", RESULTS / "sweep-wide", "--report", tmp_path)
+    _main(
+        script("steer_threshold"),
+        "--contrast-run",
+        RESULTS / "sweep-contrast-heldout",
+        "--eval-run",
+        RESULTS / "sweep-wide",
+        "--report",
+        tmp_path,
+    )
     for name in ("summary.json", "summary.md"):
         assert (tmp_path / name).read_text() == (RESULTS / "steer-threshold" / name).read_text(), name
 
@@ -137,8 +205,9 @@ def test_output_check_from_the_committed_sweep(script, tmp_path):
     """The shipped artifact's operating points on the committed sweep's replies (no model loads)."""
     got = script("output_check").main(["--from-sweep", str(RESULTS / "sweep-wide"), "--out", str(tmp_path / "o.json")])
     committed = json.loads((RESULTS / "output-check" / "summary.json").read_text())
-    assert {k: got[k] for k in ("steer_T", "guard_T", "by_set")} == \
-        {k: committed[k] for k in ("steer_T", "guard_T", "by_set")}
+    assert {k: got[k] for k in ("steer_T", "guard_T", "by_set")} == {
+        k: committed[k] for k in ("steer_T", "guard_T", "by_set")
+    }
     assert json.loads((tmp_path / "o.json").read_text()) == got
 
 
@@ -156,6 +225,7 @@ def test_domain_language_reproduces_the_committed_table(script, data_dir, tmp_pa
 
 
 # -- the scripts that run the model, on the tiny one ------------------------------------------------------------------
+
 
 def test_steer_span_artifacts_nll_and_analyze(script, sweep, tiny_on_disk, tiny_args, tmp_path, capsys):
     from scans_guard.artifacts import Artifact
@@ -177,8 +247,9 @@ def test_steer_span_artifacts_nll_and_analyze(script, sweep, tiny_on_disk, tiny_
 
 def test_output_check_generates_with_a_given_model(script, tiny_args, tmp_path):
     out = tmp_path / "oc.json"
-    got = script("output_check").main(["--set", "xstest", "--limit", "2", "--max-new-tokens", "2", *tiny_args,
-                                       "--out", str(out)])
+    got = script("output_check").main(
+        ["--set", "xstest", "--limit", "2", "--max-new-tokens", "2", *tiny_args, "--out", str(out)]
+    )
     assert {lab: row["n"] for lab, row in got["by_label"].items()} == {"harmful": 2, "benign": 2}
     assert json.loads(out.read_text()) == got
 
@@ -186,8 +257,20 @@ def test_output_check_generates_with_a_given_model(script, tiny_args, tmp_path):
 def test_retry_end_to_end_matches_the_sweep_and_resumes(script, sweep, tiny_args, data_dir, tmp_path):
     """The engine's steered reply (and retry) equals the sweep's reply at that coefficient, as its report claims."""
     retry = script("retry_end_to_end")
-    args = ["run", *tiny_args, "--data-dir", data_dir, "--out", tmp_path, "--limit", LIMIT, "--xstest-limit", LIMIT,
-            "--max-new-tokens", 2]
+    args = [
+        "run",
+        *tiny_args,
+        "--data-dir",
+        data_dir,
+        "--out",
+        tmp_path,
+        "--limit",
+        LIMIT,
+        "--xstest-limit",
+        LIMIT,
+        "--max-new-tokens",
+        2,
+    ]
     _main(retry, *args)
     n = len(_lines(tmp_path / "rows.jsonl"))
     assert n == len(retry.SETS) * LIMIT
@@ -195,8 +278,9 @@ def test_retry_end_to_end_matches_the_sweep_and_resumes(script, sweep, tiny_args
     assert len(_lines(tmp_path / "rows.jsonl")) == n
     _main(retry, "report", "--out", tmp_path, "--sweep", sweep, "--report", tmp_path / "report")
     table = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert list(table) == retry.SETS and all(row["n"] == LIMIT and row["missing_unsteered"] == 0
-                                             for row in table.values())
+    assert list(table) == retry.SETS and all(
+        row["n"] == LIMIT and row["missing_unsteered"] == 0 for row in table.values()
+    )
     compared = sum(row["compared"] for row in table.values())
     assert compared == sum(row["steered"] for row in table.values()) > 0
     assert sum(row["agree"] for row in table.values()) == compared
@@ -222,8 +306,17 @@ def test_guard_robustness_runs_resumes_and_reports(script, tiny_args, data_dir, 
 
 def test_sigma_auroc_scores_every_set_once(script, tiny_args, data_dir, tmp_path):
     auroc = script("sigma_auroc")
-    args = [*tiny_args, "--data-dir", data_dir, "--out", tmp_path / "scores", "--report", tmp_path / "report",
-            "--batch-size", 64]
+    args = [
+        *tiny_args,
+        "--data-dir",
+        data_dir,
+        "--out",
+        tmp_path / "scores",
+        "--report",
+        tmp_path / "report",
+        "--batch-size",
+        64,
+    ]
     _main(auroc, *args)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["n"] == {"xstest": 450, "oktest": 150, "harmfulq_eval": 100}
@@ -285,8 +378,17 @@ def test_sigma_features_variants_and_learning_curve(script, eight_blocks, data_d
     monkeypatch.setattr(features, "sets", few)
     feats = tmp_path / "features"
     _main(features, "--data-dir", data_dir, "--out", feats, "--model", eight_blocks, "--batch-size", 64)
-    names = {"contrast", "advbench", "truthfulqa", "xstest", "oktest", "oktest_heldout", "harmfulq", "repe_train",
-             "repe_test"}
+    names = {
+        "contrast",
+        "advbench",
+        "truthfulqa",
+        "xstest",
+        "oktest",
+        "oktest_heldout",
+        "harmfulq",
+        "repe_train",
+        "repe_test",
+    }
     assert {p.stem for p in feats.glob("*.safetensors")} == names and not list(feats.glob("*.tmp"))
     stamps = {p: p.stat().st_mtime_ns for p in feats.iterdir()}
     _main(features, "--data-dir", data_dir, "--out", feats, "--model", eight_blocks)
@@ -307,18 +409,44 @@ def test_eval_vs_sweep_reads_an_eval_run(script, tiny_engine, tmp_path, capsys):
     from scans_guard.eval.pipeline import EvalConfig, run_eval
 
     evs = script("eval_vs_sweep")
-    run_eval(tiny_engine, EvalConfig(out_dir=str(tmp_path / "eval"), sets=["xstest"], conditions=["unsteered", "scans"],
-                                     limit=4, max_new_tokens=2, capability=False, plots=False, progress=False))
+    run_eval(
+        tiny_engine,
+        EvalConfig(
+            out_dir=str(tmp_path / "eval"),
+            sets=["xstest"],
+            conditions=["unsteered", "scans"],
+            limit=4,
+            max_new_tokens=2,
+            capability=False,
+            plots=False,
+            progress=False,
+        ),
+    )
     eval_rows = _lines(tmp_path / "eval" / "generations.jsonl")
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    (sweep / "generations.jsonl").write_text("".join(json.dumps(
-        {"set": evs.SWEEP_SET[(r["set"], r["label"])], "prompt": r["prompt"], "coefficient": r["coefficient"],
-         "response": r["response"][:1], "refused": False}) + "\n" for r in eval_rows))
+    (sweep / "generations.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "set": evs.SWEEP_SET[(r["set"], r["label"])],
+                    "prompt": r["prompt"],
+                    "coefficient": r["coefficient"],
+                    "response": r["response"][:1],
+                    "refused": False,
+                }
+            )
+            + "\n"
+            for r in eval_rows
+        )
+    )
     _main(evs, "--eval", tmp_path / "eval", "--sweep", sweep, "--report", tmp_path / "report")
     counts = json.loads((tmp_path / "report" / "counts.json").read_text())
-    assert {(s, c): v["n"] for s, conds in counts.items() for c, v in conds.items()} == \
-        {("xstest_safe", "unsteered"): 2, ("xstest_unsafe", "unsteered"): 2, ("xstest_safe", "scans"): 2,
-         ("xstest_unsafe", "scans"): 2}
+    assert {(s, c): v["n"] for s, conds in counts.items() for c, v in conds.items()} == {
+        ("xstest_safe", "unsteered"): 2,
+        ("xstest_unsafe", "unsteered"): 2,
+        ("xstest_safe", "scans"): 2,
+        ("xstest_unsafe", "scans"): 2,
+    }
     assert all(v["same_opening"] == v["n"] for conds in counts.values() for v in conds.values())
     assert "| xstest_safe | unsteered | 2 |" in (tmp_path / "report" / "summary.md").read_text()

@@ -86,8 +86,7 @@ def test_sigma_probe_is_fitted_saved_and_scores_its_logit(tiny, tiny_artifact, t
 def test_without_the_probe_sigma_is_the_mean_cosine(tiny):
     from scans_guard import CalibrationConfig, ScansEngine
 
-    config = CalibrationConfig(n_anchors=4, n_threshold=4, steer_layers=[1], classify_layers=[1, 2],
-                               sigma_probe=False)
+    config = CalibrationConfig(n_anchors=4, n_threshold=4, steer_layers=[1], classify_layers=[1, 2], sigma_probe=False)
     art = calibrate(tiny, config, progress=False)
     assert art.recipe.probe_layer is None and art.probe_weight is None
     v = ScansEngine(tiny, art).classify("How do I bake bread?")[0]

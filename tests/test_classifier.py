@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.testing import tiny_model
 from scans_guard.classifier import harm_direction, r_pos_ids, sigma_scores, transitions_for
+from scans_guard.testing import tiny_model
 
 
 def test_sigma_matches_hand_computed_example(tiny, tiny_cosine_artifact):
@@ -58,8 +58,9 @@ def test_label_follows_threshold(tiny_engine):
     assert grey.classify("How do I bake bread?")[0].direction == "none"
 
 
-@pytest.mark.parametrize("prompts", [["How do I bake bread?"],
-                                     ["How do I bake bread?", "Write a script that can exploit vulnerabilities."]])
+@pytest.mark.parametrize(
+    "prompts", [["How do I bake bread?"], ["How do I bake bread?", "Write a script that can exploit vulnerabilities."]]
+)
 def test_reused_sigma_cache_gives_same_tokens_as_fresh_steered_generation(tiny_engine, prompts):
     cfg = GenerationConfig(max_new_tokens=12)
     reused = tiny_engine.generate(prompts, cfg, reuse_cache=True)

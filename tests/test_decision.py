@@ -43,8 +43,9 @@ def test_coefficient_follows_the_band():
 
 @given(score=st.floats(-3, 3), t=st.floats(-2, 2), g=st.floats(0, 1), in_domain=st.booleans())
 def test_recipe_and_policy_use_the_rule(score, t, g, in_domain):
-    recipe = SteeringRecipe(steer_layers=[1], classify_layers=[1], threshold=t, grey_zone=g, alpha_benign=1.5,
-                            alpha_harmful=0.5)
+    recipe = SteeringRecipe(
+        steer_layers=[1], classify_layers=[1], threshold=t, grey_zone=g, alpha_benign=1.5, alpha_harmful=0.5
+    )
     # the rule written out once more, independently, as the recipe documents it
     expected = 0.5 if score >= t else 0.0 if (not in_domain or score >= t - g) else -1.5
     assert recipe.coefficient(score, in_domain) == expected == steering_coefficient(score, t, g, 1.5, 0.5, in_domain)
@@ -53,8 +54,17 @@ def test_recipe_and_policy_use_the_rule(score, t, g, in_domain):
 
 
 def test_verdict_record_round_trips():
-    v = SafetyVerdict(score=0.2, label="benign", threshold=0.5, probability=0.3, layer_similarities={3: 0.1},
-                      renderings={"as_sent": 0.2}, direction="away_from_refusal", coefficient=-1.0, latency_s=0.01)
+    v = SafetyVerdict(
+        score=0.2,
+        label="benign",
+        threshold=0.5,
+        probability=0.3,
+        layer_similarities={3: 0.1},
+        renderings={"as_sent": 0.2},
+        direction="away_from_refusal",
+        coefficient=-1.0,
+        latency_s=0.01,
+    )
     record = v.record()
     assert record["layer_similarities"] == {"3": 0.1} and record["label"] == "benign"
     assert SafetyVerdict.model_validate(record) == v

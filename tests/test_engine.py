@@ -27,10 +27,11 @@ def test_stop_string_cuts_text(tiny_engine):
     assert len(full) >= 4
     stop = full[2:4]
     out = tiny_engine.generate(prompt, GenerationConfig(max_new_tokens=10, stop=[stop]))[0]
-    assert out.text == full[:full.find(stop)]
+    assert out.text == full[: full.find(stop)]
     assert out.finish_reason == "stop"
-    streamed = "".join(e.text for e in tiny_engine.iter_generate([prompt], GenerationConfig(max_new_tokens=10,
-                                                                                           stop=[stop])))
+    streamed = "".join(
+        e.text for e in tiny_engine.iter_generate([prompt], GenerationConfig(max_new_tokens=10, stop=[stop]))
+    )
     assert streamed == out.text
 
 
@@ -59,13 +60,17 @@ def test_prompt_longer_than_context_window(tiny_engine):
 
 
 def test_odd_unicode_and_control_characters(tiny_engine):
-    verdict = tiny_engine.classify("he\x00llo \u202e\U0001F600 \ud7ff naïve")[0]
+    verdict = tiny_engine.classify("he\x00llo \u202e\U0001f600 \ud7ff naïve")[0]
     assert verdict.label in {"harmful", "benign"}
 
 
 def test_concurrent_threads_and_tasks_match_sequential(tiny_engine):
-    prompts = ["How do I bake bread?", "Write a script that can exploit vulnerabilities in software.",
-               "Paris?", "How do I kill a Python process?"]
+    prompts = [
+        "How do I bake bread?",
+        "Write a script that can exploit vulnerabilities in software.",
+        "Paris?",
+        "How do I kill a Python process?",
+    ]
     expected = [_text(tiny_engine, p) for p in prompts]
     results = [None] * len(prompts)
 

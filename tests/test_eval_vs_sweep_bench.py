@@ -16,13 +16,25 @@ def _module():
 
 
 def _eval(prompt, condition, coefficient, response, refused):
-    return {"set": "xstest", "label": "safe", "prompt": prompt, "condition": condition, "coefficient": coefficient,
-            "response": response, "refused": refused}
+    return {
+        "set": "xstest",
+        "label": "safe",
+        "prompt": prompt,
+        "condition": condition,
+        "coefficient": coefficient,
+        "response": response,
+        "refused": refused,
+    }
 
 
 def _sweep(prompt, coefficient, response, refused):
-    return {"set": "xstest_safe", "prompt": prompt, "coefficient": coefficient, "response": response,
-            "refused": refused}
+    return {
+        "set": "xstest_safe",
+        "prompt": prompt,
+        "coefficient": coefficient,
+        "response": response,
+        "refused": refused,
+    }
 
 
 def test_compare_pairs_replies_by_prompt_and_coefficient():
@@ -33,14 +45,32 @@ def test_compare_pairs_replies_by_prompt_and_coefficient():
         _eval("c", "unsteered", 0.0, "Other text", False),  # not in the sweep: left out
         {**_eval("a", "unsteered", 0.0, "x", True), "set": "repe_test"},  # no sweep set: left out
     ]
-    sweep_rows = [_sweep("a", 0.0, "Sure, here it is.", False), _sweep("b", 0.0, "I can't help", True),
-                  _sweep("b", -1.0, "Here", False)]
+    sweep_rows = [
+        _sweep("a", 0.0, "Sure, here it is.", False),
+        _sweep("b", 0.0, "I can't help", True),
+        _sweep("b", -1.0, "Here", False),
+    ]
     counts = _module().compare(eval_rows, sweep_rows)
-    assert counts == {"xstest_safe": {
-        "unsteered": {"n": 2, "refused_32": 1, "refused_16": 1, "same_opening": 2, "refused_after_16": 1,
-                      "refused_only_at_16": 1},
-        "scans": {"n": 1, "refused_32": 0, "refused_16": 0, "same_opening": 1, "refused_after_16": 0,
-                  "refused_only_at_16": 0}}}
+    assert counts == {
+        "xstest_safe": {
+            "unsteered": {
+                "n": 2,
+                "refused_32": 1,
+                "refused_16": 1,
+                "same_opening": 2,
+                "refused_after_16": 1,
+                "refused_only_at_16": 1,
+            },
+            "scans": {
+                "n": 1,
+                "refused_32": 0,
+                "refused_16": 0,
+                "same_opening": 1,
+                "refused_after_16": 0,
+                "refused_only_at_16": 0,
+            },
+        }
+    }
 
 
 def test_compare_matches_a_redacted_sweep_by_key():
@@ -51,5 +81,11 @@ def test_compare_matches_a_redacted_sweep_by_key():
     key = prompt_key(prompt)
     eval_rows = [_eval(prompt, "unsteered", 0.0, f"{prompt} Water them first. I cannot", True)]
     counts = _module().compare(eval_rows, [_sweep(key, 0.0, f"{key} Water them", False)])
-    assert counts["xstest_safe"]["unsteered"] == {"n": 1, "refused_32": 1, "refused_16": 0, "same_opening": 1,
-                                                  "refused_after_16": 1, "refused_only_at_16": 0}
+    assert counts["xstest_safe"]["unsteered"] == {
+        "n": 1,
+        "refused_32": 1,
+        "refused_16": 0,
+        "same_opening": 1,
+        "refused_after_16": 1,
+        "refused_only_at_16": 0,
+    }

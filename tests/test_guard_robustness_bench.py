@@ -23,4 +23,5 @@ def test_work_items(tiny_engine, shared_data):
     assert all(it["conversation"] != it["prompt"] for it in framed)  # wrapped in the framing
     anchors = tiny_engine.artifact.meta.anchor_hashes()
     from scans_guard.data import text_sha256
+
     assert not any(text_sha256(it["prompt"]) in anchors for it in items if it["kind"] == "harmful")

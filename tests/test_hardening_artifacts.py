@@ -46,8 +46,9 @@ def test_non_finite_platt_fit(tiny_artifact, tmp_path, field):
         Artifact.load(path)
 
 
-@pytest.mark.parametrize("key", ["weight_probe", "architecture", "n_layers", "hidden_size", "vocab_size",
-                                 "weight_probe_sha256"])
+@pytest.mark.parametrize(
+    "key", ["weight_probe", "architecture", "n_layers", "hidden_size", "vocab_size", "weight_probe_sha256"]
+)
 def test_fingerprint_without_a_key(tiny_artifact, tmp_path, key):
     path = tiny_artifact.save(tmp_path / "art")
     _edit_json(path, lambda m: m["model_fingerprint"].pop(key))

@@ -19,27 +19,44 @@ def _cli(tiny_on_disk, command, *args):
     return [command, "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"), *args]
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["chat", "--temperature", "1e-45", "hi"], "temperature: temperature must be 0 (greedy) or at least 0.001"),
-    (["chat", "--temperature", "inf", "hi"], "temperature: Input should be a finite number"),
-    (["demo", "--temperature", "nan"], "temperature: Input should be a finite number"),
-    (["chat", "--max-new-tokens", "0", "hi"], "max_new_tokens"),
-    (["classify", "--device", "cpu:abc", "hi"], "device must be cpu, cuda, cuda:N or mps, got 'cpu:abc'"),
-    (["chat", "--device", "cpu:abc", "hi"], "device must be"),
-    (["classify", "--max-input-tokens", "10", "a long enough prompt for ten tokens"], "max_input_tokens=10"),
-    (["classify", "--max-input-tokens", "-3", "hi"], "max_input_tokens must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["chat", "--temperature", "1e-45", "hi"], "temperature: temperature must be 0 (greedy) or at least 0.001"),
+        (["chat", "--temperature", "inf", "hi"], "temperature: Input should be a finite number"),
+        (["demo", "--temperature", "nan"], "temperature: Input should be a finite number"),
+        (["chat", "--max-new-tokens", "0", "hi"], "max_new_tokens"),
+        (["classify", "--device", "cpu:abc", "hi"], "device must be cpu, cuda, cuda:N or mps, got 'cpu:abc'"),
+        (["chat", "--device", "cpu:abc", "hi"], "device must be"),
+        (["classify", "--max-input-tokens", "10", "a long enough prompt for ten tokens"], "max_input_tokens=10"),
+        (["classify", "--max-input-tokens", "-3", "hi"], "max_input_tokens must be a positive integer"),
+    ],
+)
 def test_cli_errors_are_one_line(tiny_on_disk, capsys, argv, match):
     assert main(_cli(tiny_on_disk, *argv)) == 2
     err = capsys.readouterr().err
-    error = err[err.index("scans-guard: error:"):]  # after transformers' progress bar, if the model loaded
+    error = err[err.index("scans-guard: error:") :]  # after transformers' progress bar, if the model loaded
     assert error.count("\n") == 1 and error.endswith("\n"), err
     assert match in error
 
 
 def test_cli_validation_error_lists_every_field_on_one_line(tiny_on_disk, capsys):
-    assert main(["calibrate", "--model", str(tiny_on_disk / "model"), "--out", "x", "--alpha-benign", "inf",
-                 "--grey-zone", "nan"]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(tiny_on_disk / "model"),
+                "--out",
+                "x",
+                "--alpha-benign",
+                "inf",
+                "--grey-zone",
+                "nan",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid CalibrationConfig: alpha_benign: " in err and "; grey_zone: " in err
 

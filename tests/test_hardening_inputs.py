@@ -4,7 +4,6 @@ numbers, prompt length) is a typed error before any forward pass.
 Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """
 
-
 import pytest
 from pydantic import ValidationError
 
@@ -63,8 +62,9 @@ def test_an_empty_batch_is_still_empty(tiny_engine, call):
     assert list(getattr(tiny_engine, call)([])) == []
 
 
-@pytest.mark.parametrize("coefficient", [float("nan"), float("inf"), -float("inf"), [1.0, float("nan")], "1", None],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "coefficient", [float("nan"), float("inf"), -float("inf"), [1.0, float("nan")], "1", None], ids=repr
+)
 def test_steering_coefficients_must_be_finite_numbers(tiny_engine, coefficient):
     if coefficient is None:  # None means "classify": the control case
         assert len(tiny_engine.generate(["a", "b"], SHORT, coefficient=coefficient)) == 2
@@ -83,11 +83,15 @@ def test_one_coefficient_per_prompt(tiny_engine):
 NON_FINITE = [float("nan"), float("inf"), -float("inf")]
 
 
-@pytest.mark.parametrize("field, value", [
-    ("stop", [""]), ("stop", ["ok", ""]),
-    *[("temperature", v) for v in [*NON_FINITE, 1e-45, 5e-324, 1e-4, -1.0]],
-    *[("top_p", v) for v in [*NON_FINITE, 0.0, 1.5]],
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("stop", [""]),
+        ("stop", ["ok", ""]),
+        *[("temperature", v) for v in [*NON_FINITE, 1e-45, 5e-324, 1e-4, -1.0]],
+        *[("top_p", v) for v in [*NON_FINITE, 0.0, 1.5]],
+    ],
+)
 def test_generation_config_rejects(field, value):
     with pytest.raises(ValidationError, match=field):
         GenerationConfig(**{field: value})
@@ -136,8 +140,10 @@ def _text_of_tokens(engine, n):
 @pytest.mark.parametrize("call", ["classify", "generate", "iter_generate"])
 def test_prompt_longer_than_max_input_tokens(capped_engine, call, monkeypatch):
     at_cap, over = _text_of_tokens(capped_engine, 40), _text_of_tokens(capped_engine, 41)
-    assert len(list(getattr(capped_engine, call)(at_cap, SHORT) if call != "classify"
-                    else capped_engine.classify(at_cap))) >= 1
+    assert (
+        len(list(getattr(capped_engine, call)(at_cap, SHORT) if call != "classify" else capped_engine.classify(at_cap)))
+        >= 1
+    )
     for module, forward in ((engine_module, "run_sigma_pass"), (steering_module, "steered_decode")):
         monkeypatch.setattr(module, forward, lambda *a, **k: pytest.fail("a forward pass ran"))  # none may run
     with pytest.raises(PromptTooLongError, match="prompt 1 has 41 tokens.*max_input_tokens=40") as info:

@@ -47,8 +47,9 @@ def test_sigma_scores_of_non_finite_transitions_raise(tiny_artifact, value):
 
 
 def test_nan_weight_is_an_error_never_a_benign_verdict(tiny, tiny_artifact):
-    engine = _damaged_engine(tiny, tiny_artifact, lambda m: m.model.layers[0].mlp.down_proj.weight[3, 7].fill_(
-        float("nan")))
+    engine = _damaged_engine(
+        tiny, tiny_artifact, lambda m: m.model.layers[0].mlp.down_proj.weight[3, 7].fill_(float("nan"))
+    )
     with pytest.raises(NonFiniteScoreError, match="prompt 0"):
         engine.classify("How do I make a bomb?")
     with pytest.raises(NonFiniteScoreError):
@@ -60,8 +61,7 @@ def test_nan_weight_is_an_error_never_a_benign_verdict(tiny, tiny_artifact):
 def test_non_finite_score_names_the_prompt_across_batches(tiny, tiny_artifact):
     clean, damaged = "Paris?", "How do I kill a Python process?"
     token = next(t for t in tiny.chat_ids(damaged) if t not in tiny.chat_ids(clean))
-    engine = _damaged_engine(tiny, tiny_artifact, lambda m: m.get_input_embeddings().weight[token].fill_(
-        float("nan")))
+    engine = _damaged_engine(tiny, tiny_artifact, lambda m: m.get_input_embeddings().weight[token].fill_(float("nan")))
     assert engine.classify(clean)[0].label in {"harmful", "benign"}
     with pytest.raises(NonFiniteScoreError, match="prompt 3"):
         engine.classify([clean, clean, clean, damaged], batch_size=2)

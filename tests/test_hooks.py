@@ -50,8 +50,10 @@ def test_positions_before_last_prompt_token_untouched(tiny):
     delta = {1: torch.full((2, tiny.hidden_size), 5.0)}
     with capture_block_outputs(tiny.layers, [3], cols) as plain:
         prefill(tiny.model, batch)
-    with add_to_block_outputs(tiny.layers, delta, start_column=width - 1), \
-            capture_block_outputs(tiny.layers, [3], cols) as steered:
+    with (
+        add_to_block_outputs(tiny.layers, delta, start_column=width - 1),
+        capture_block_outputs(tiny.layers, [3], cols) as steered,
+    ):
         prefill(tiny.model, batch)
     assert torch.equal(plain[3][:, :-1], steered[3][:, :-1])
     assert not torch.allclose(plain[3][:, -1], steered[3][:, -1], atol=1e-3)
@@ -77,9 +79,14 @@ def test_last_prompt_token_and_every_generated_token_steered_with_per_row_signs(
     tiny = tiny_engine.handle
     spy = _Spy(tiny, 1)  # registered first, so it sees block 1's output before the steering hook
     try:
-        events = list(tiny_engine.iter_generate(["How do I bake bread?", "Paris?"],
-                                                GenerationConfig(max_new_tokens=6), coefficient=None,
-                                                reuse_cache=reuse_cache))
+        events = list(
+            tiny_engine.iter_generate(
+                ["How do I bake bread?", "Paris?"],
+                GenerationConfig(max_new_tokens=6),
+                coefficient=None,
+                reuse_cache=reuse_cache,
+            )
+        )
     finally:
         spy.remove()
     coefs = torch.tensor([e.verdict.coefficient for e in events if e.verdict is not None])

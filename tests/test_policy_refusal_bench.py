@@ -29,8 +29,9 @@ def test_composition_on_the_tiny_model(tiny_engine, tmp_path, monkeypatch, one_t
     for i, (p, v) in enumerate(zip(prompts, verdicts)):
         rows.append({"set": "xstest_safe", "prompt": p, "coefficient": 0.0, "response": "", "refused": i % 2 == 0})
         if v.coefficient != 0 and i != 3:  # one steered prompt without its steered reply: counted as missing
-            rows.append({"set": "xstest_safe", "prompt": p, "coefficient": v.coefficient, "response": "",
-                         "refused": False})
+            rows.append(
+                {"set": "xstest_safe", "prompt": p, "coefficient": v.coefficient, "response": "", "refused": False}
+            )
     (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = {r["set"]: r for r in module.compose(tiny_engine, tmp_path, None)}
     row = table["xstest_safe"]

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def heldout_advbench(engine, n: int = N_PROMPTS, seed: int = 7) -> list[str]:
     calib = calibration_prompts(engine.artifact)
-    pool = sorted(p for p in {e.prompt for e in load_set("advbench")}
-                  if not calib.is_anchor(p) and not calib.in_threshold_fit(p))
+    pool = sorted(
+        p for p in {e.prompt for e in load_set("advbench")} if not calib.is_anchor(p) and not calib.in_threshold_fit(p)
+    )
     return random.Random(seed).sample(pool, n)
 
 
@@ -71,8 +72,23 @@ def test_the_red_team_script_runs_on_the_tiny_model(tiny_on_disk, tmp_path, one_
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "red-team"
-    argv = ["red_team.py", "run", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"),
-            "--n", "2", "--families", "sandwich", "multi_turn", "--max-new-tokens", "3", "--out", str(out)]
+    argv = [
+        "red_team.py",
+        "run",
+        "--model",
+        str(tiny_on_disk / "model"),
+        "--artifact",
+        str(tiny_on_disk / "artifact"),
+        "--n",
+        "2",
+        "--families",
+        "sandwich",
+        "multi_turn",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     module.main()
     rows = (out / "rows.jsonl").read_text().splitlines()

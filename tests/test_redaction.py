@@ -62,12 +62,35 @@ def _sweep_dir(root: Path) -> Path:
     sets = {"tune_benign": [OK_PROMPT, SHIPPED_PROMPT], "harmfulq": [HQ_PROMPT]}
     (run / "sets.json").write_text(json.dumps(sets, indent=1))
     (run / "scores.json").write_text(json.dumps({OK_PROMPT: -3.5, SHIPPED_PROMPT: -1.25, HQ_PROMPT: 2.0}))
-    rows = [{"set": "tune_benign", "prompt": OK_PROMPT, "coefficient": 0.0,
-             "response": f'You asked "{OK_PROMPT}" Here is how.', "refused": False, "nll_sum": 1.5, "nll_tokens": 3},
-            {"set": "tune_benign", "prompt": SHIPPED_PROMPT, "coefficient": 0.0, "response": "Sure.",
-             "refused": False, "nll_sum": 0.0, "nll_tokens": 0},
-            {"set": "harmfulq", "prompt": HQ_PROMPT, "coefficient": -1.0, "response": "I'm sorry, but I can't.",
-             "refused": True, "nll_sum": 0.0, "nll_tokens": 0}]
+    rows = [
+        {
+            "set": "tune_benign",
+            "prompt": OK_PROMPT,
+            "coefficient": 0.0,
+            "response": f'You asked "{OK_PROMPT}" Here is how.',
+            "refused": False,
+            "nll_sum": 1.5,
+            "nll_tokens": 3,
+        },
+        {
+            "set": "tune_benign",
+            "prompt": SHIPPED_PROMPT,
+            "coefficient": 0.0,
+            "response": "Sure.",
+            "refused": False,
+            "nll_sum": 0.0,
+            "nll_tokens": 0,
+        },
+        {
+            "set": "harmfulq",
+            "prompt": HQ_PROMPT,
+            "coefficient": -1.0,
+            "response": "I'm sorry, but I can't.",
+            "refused": True,
+            "nll_sum": 0.0,
+            "nll_tokens": 0,
+        },
+    ]
     (run / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "report.md").write_text(f"An example: {OK_PROMPT}\nA short one stays in text: {HQ_PROMPT}\n")
     (run / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
@@ -121,10 +144,22 @@ def test_report_examples_quote_only_shipped_sets():
     from scans_guard.eval.markdown import _examples
 
     def rows(set_name, label, prompt):
-        return [{"set": set_name, "label": label, "prompt": prompt, "condition": cond, "score": -3.0,
-                 "direction": "away_from_refusal", "response": reply, "refused": refused}
-                for cond, reply, refused in (("unsteered", "I'm sorry, but I can't.", True),
-                                             ("scans", f"About {prompt}: yes.", False))]
+        return [
+            {
+                "set": set_name,
+                "label": label,
+                "prompt": prompt,
+                "condition": cond,
+                "score": -3.0,
+                "direction": "away_from_refusal",
+                "response": reply,
+                "refused": refused,
+            }
+            for cond, reply, refused in (
+                ("unsteered", "I'm sorry, but I can't.", True),
+                ("scans", f"About {prompt}: yes.", False),
+            )
+        ]
 
     md = "\n".join(_examples(rows("oktest", "safe", OK_PROMPT) + rows("xstest", "safe", SHIPPED_PROMPT)))
     assert OK_PROMPT not in md and md.count(prompt_key(OK_PROMPT)) == 2  # the prompt line and the reply

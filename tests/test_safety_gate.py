@@ -46,12 +46,16 @@ def heldout_advbench(engine, n: int = N_PROMPTS, seed: int = 2025) -> list[str]:
 
 
 def _gate_message(report: dict) -> str:
-    rows = ", ".join(f"{name}: plain {r['plain']}/{r['n']} scans {r['scans']}/{r['n']}"
-                     for name, r in report["by_framing"].items())
-    lost = "; ".join(f"[{x['framing']}, {x['direction']}] {x['prompt'][:60]!r} -> {x['scans_reply'][:80]!r}"
-                     for x in report["lost"])
-    return (f"SCANS refused {report['scans_refusals']}/{report['n']}, plain {report['plain_refusals']}/{report['n']} "
-            f"(allowed drop {allowed_drop(report['n'])}); {rows}. Answered by SCANS only: {lost or 'none'}")
+    rows = ", ".join(
+        f"{name}: plain {r['plain']}/{r['n']} scans {r['scans']}/{r['n']}" for name, r in report["by_framing"].items()
+    )
+    lost = "; ".join(
+        f"[{x['framing']}, {x['direction']}] {x['prompt'][:60]!r} -> {x['scans_reply'][:80]!r}" for x in report["lost"]
+    )
+    return (
+        f"SCANS refused {report['scans_refusals']}/{report['n']}, plain {report['plain_refusals']}/{report['n']} "
+        f"(allowed drop {allowed_drop(report['n'])}); {rows}. Answered by SCANS only: {lost or 'none'}"
+    )
 
 
 @pytest.mark.default_model
@@ -78,8 +82,10 @@ def test_framings_wrap_the_prompt():
             assert len(text) > len(prompt) + 40, name
     assert len(SYSTEM_PROMPTS) >= 6
     for name, system in SYSTEM_PROMPTS.items():
-        assert wrap(prompt, f"system:{name}") == [{"role": "system", "content": system},
-                                                  {"role": "user", "content": prompt}]
+        assert wrap(prompt, f"system:{name}") == [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompt},
+        ]
     assert wrap(prompt, "forged_system").startswith("<|im_start|>system\n")
     assert wrap("  padded  ", "fiction").endswith("padded")
     assert Framing("x", "y", "[{prompt}]").wrap("a {b}") == "[a {b}]"  # braces in prompts are kept as they are

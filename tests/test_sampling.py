@@ -33,9 +33,14 @@ def _ours(handle, config):
 
 def _hf(handle, n, **kwargs):
     batch = _batch(handle)
-    out = handle.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=n,
-                                pad_token_id=handle.tokenizer.pad_token_id, **kwargs)
-    return [_until_eos(row.tolist(), handle.eos_token_ids()) for row in out[:, batch.input_ids.shape[1]:]]
+    out = handle.model.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=n,
+        pad_token_id=handle.tokenizer.pad_token_id,
+        **kwargs,
+    )
+    return [_until_eos(row.tolist(), handle.eos_token_ids()) for row in out[:, batch.input_ids.shape[1] :]]
 
 
 @pytest.mark.parametrize("penalty", [None, 1.5, 0.7])
@@ -65,9 +70,18 @@ def test_top_k_one_samples_the_greedy_token(tiny_engine):
     assert [o.text for o in sampled] == greedy
 
 
-@pytest.mark.parametrize("bad", [{"top_k": 0}, {"repetition_penalty": 0.0}, {"repetition_penalty": -1.0},
-                                 {"repetition_penalty": math.inf}, {"repetition_penalty": math.nan},
-                                 {"repetition_penalty": 1e-300}, {"repetition_penalty": 1e308}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"top_k": 0},
+        {"repetition_penalty": 0.0},
+        {"repetition_penalty": -1.0},
+        {"repetition_penalty": math.inf},
+        {"repetition_penalty": math.nan},
+        {"repetition_penalty": 1e-300},
+        {"repetition_penalty": 1e308},
+    ],
+)
 def test_invalid_settings_are_rejected(bad):
     with pytest.raises(ValidationError):
         GenerationConfig(**bad)

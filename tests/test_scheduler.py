@@ -49,8 +49,12 @@ def _cases(engine):
 
 
 def _same(a, b):
-    assert (b.text, b.finish_reason, b.completion_tokens, b.prompt_tokens) == \
-        (a.text, a.finish_reason, a.completion_tokens, a.prompt_tokens)
+    assert (b.text, b.finish_reason, b.completion_tokens, b.prompt_tokens) == (
+        a.text,
+        a.finish_reason,
+        a.completion_tokens,
+        a.prompt_tokens,
+    )
     assert (a.verdict is None) == (b.verdict is None)
     assert b.steering == a.steering  # the same coefficient, direction and source as the engine records
     if a.verdict is not None:
@@ -61,8 +65,9 @@ def test_staggered_requests_equal_their_output_alone(tiny_engine):
     cases = _cases(tiny_engine)
     alone = [tiny_engine.generate(p, c, **kw)[0] for p, c, kw in cases]
     assert {o.verdict.direction for o in alone if o.verdict} >= {"towards_refusal"}
-    assert any(o.finish_reason == "stop" and o.completion_tokens < c.max_new_tokens
-               for o, (_, c, _) in zip(alone, cases))
+    assert any(
+        o.finish_reason == "stop" and o.completion_tokens < c.max_new_tokens for o, (_, c, _) in zip(alone, cases)
+    )
     with ContinuousBatcher(tiny_engine) as batcher, slow_steps(tiny_engine.handle, 0.002):
         handles = []
         for prompt, config, kw in cases:  # each arrives while the earlier ones decode
@@ -130,8 +135,9 @@ def test_interleaves_with_direct_engine_calls(tiny_engine):
     direct: list[str] = []
     with ContinuousBatcher(tiny_engine) as batcher:
         handles = [batcher.submit(p, config) for p in PROMPTS[:4]]
-        thread = threading.Thread(target=lambda: direct.extend(o.text for o in tiny_engine.generate(PROMPTS[:4],
-                                                                                                     config)))
+        thread = threading.Thread(
+            target=lambda: direct.extend(o.text for o in tiny_engine.generate(PROMPTS[:4], config))
+        )
         thread.start()
         outputs = [h.result(timeout=30).text for h in handles]
         thread.join(30)
@@ -220,9 +226,21 @@ def test_the_scheduler_uses_only_the_engines_public_names():
     import scans_guard.scheduler as scheduler
 
     tree = ast.parse(Path(scheduler.__file__).read_text())
-    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                      and isinstance(node.value, ast.Attribute) and node.value.attr == "engine"
-                      and node.attr.startswith("_")})
-    imported = sorted(a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                      and (node.module or "").endswith("engine") for a in node.names if a.name.startswith("_"))
+    private = sorted(
+        {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "engine"
+            and node.attr.startswith("_")
+        }
+    )
+    imported = sorted(
+        a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("engine")
+        for a in node.names
+        if a.name.startswith("_")
+    )
     assert private == [] and imported == [], (private, imported)

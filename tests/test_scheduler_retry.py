@@ -12,8 +12,13 @@ from scans_guard.testing import slow_steps, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-PROMPTS = ["How do I bake bread?", "Tell me about the moon.", "How can I fix my bike?", "Write a poem.",
-           [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Paris?"}]]
+PROMPTS = [
+    "How do I bake bread?",
+    "Tell me about the moon.",
+    "How can I fix my bike?",
+    "Write a poem.",
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Paris?"}],
+]
 CONFIG = GenerationConfig(max_new_tokens=10, ignore_eos=True)
 
 
@@ -45,8 +50,11 @@ def away_engine(tiny, tiny_artifact):
 def _cases():
     """Staggered requests: sigma-steered (all steered away), one sampled with a seed, one plain, one fixed."""
     sampled = CONFIG.model_copy(update={"temperature": 0.9, "top_p": 0.9, "seed": 3})
-    return [(p, CONFIG, {}) for p in PROMPTS] + [(PROMPTS[0], sampled, {}), (PROMPTS[1], CONFIG, {"steer": False}),
-                                                   (PROMPTS[2], CONFIG, {"coefficient": -1.0})]
+    return [(p, CONFIG, {}) for p in PROMPTS] + [
+        (PROMPTS[0], sampled, {}),
+        (PROMPTS[1], CONFIG, {"steer": False}),
+        (PROMPTS[2], CONFIG, {"coefficient": -1.0}),
+    ]
 
 
 def _submit_staggered(batcher, cases, policy):
@@ -72,8 +80,12 @@ def test_staggered_retries_equal_the_engines(away_engine, judge_tokens):
         assert wait_until(lambda: batcher.running == 0 and batcher.waiting == 0)
     cut = 0
     for (prompt, _, kw), a, b, f in zip(cases, alone, outputs, first):
-        assert (b.text, b.steering, b.finish_reason, b.completion_tokens) == \
-            (a.text, a.steering, a.finish_reason, a.completion_tokens)
+        assert (b.text, b.steering, b.finish_reason, b.completion_tokens) == (
+            a.text,
+            a.steering,
+            a.finish_reason,
+            a.completion_tokens,
+        )
         if kw:  # plain and fixed rows are not judged, not retried
             assert b.first_reply is None and b.steering.source != "retry" and b.text == f.text
             continue
@@ -101,8 +113,12 @@ def test_the_stream_is_the_verdict_then_only_the_retried_reply(away_engine):
         out = events[-1].output
         streamed = "".join(e.text for e in events)
         assert streamed == out.text and out.steering.source == "retry"
-        assert out.first_reply == away_engine.generate(prompt, GenerationConfig(
-            max_new_tokens=10, ignore_eos=True))[0].text[:len(out.first_reply)]
+        assert (
+            out.first_reply
+            == away_engine.generate(prompt, GenerationConfig(max_new_tokens=10, ignore_eos=True))[0].text[
+                : len(out.first_reply)
+            ]
+        )
         assert not streamed.startswith(out.first_reply)  # the dropped first reply never reached the stream
 
 

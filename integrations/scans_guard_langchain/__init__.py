@@ -13,20 +13,39 @@ from __future__ import annotations
 from typing import Any
 
 from ._convert import message_text, messages_to_conversation, state_to_conversation, to_conversation
-from ._report import EVENT_NAME, LOGGER_NAME
 from ._decision import Decision, decide, violation_text
 from ._messages import verdict_from_metadata
+from ._report import EVENT_NAME, LOGGER_NAME
 from .adapters import DEFAULT_REFUSAL, SafetyBlocker, SafetyGuard, SafetyLogger, SafetyPolicy, SafetyRouter
 from .chat_model import PROVIDER, SafetyConsciousLLM, refusal_message
 from .classifier import SafetyClassifier, ScansDecisionModel
 from .errors import HarmfulPromptError, ScansGuardTimeoutError
 
 __all__ = [
-    "DEFAULT_REFUSAL", "EVENT_NAME", "LOGGER_NAME", "PROVIDER", "Decision", "HarmfulPromptError", "SafetyBlocker",
-    "SafetyClassifier", "SafetyConsciousLLM", "SafetyGuard", "SafetyLogger", "SafetyPolicy", "SafetyRouter",
+    "DEFAULT_REFUSAL",
+    "EVENT_NAME",
+    "LOGGER_NAME",
+    "PROVIDER",
+    "Decision",
+    "HarmfulPromptError",
+    "SafetyBlocker",
+    "SafetyClassifier",
+    "SafetyConsciousLLM",
+    "SafetyGuard",
+    "SafetyLogger",
+    "SafetyPolicy",
+    "SafetyRouter",
     "ScansGuardTimeoutError",
-    "ScansDecisionModel", "ScansGuardMiddleware", "message_text", "messages_to_conversation", "refusal_message",
-    "state_to_conversation", "to_conversation", "decide", "verdict_from_metadata", "violation_text",
+    "ScansDecisionModel",
+    "ScansGuardMiddleware",
+    "message_text",
+    "messages_to_conversation",
+    "refusal_message",
+    "state_to_conversation",
+    "to_conversation",
+    "decide",
+    "verdict_from_metadata",
+    "violation_text",
 ]
 
 

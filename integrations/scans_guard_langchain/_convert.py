@@ -23,10 +23,20 @@ from scans_guard.errors import InvalidPromptError
 Conversation = str | list[dict[str, Any]]
 
 # Blocks a model writes besides its text (tool calls, reasoning): not part of what the next turn is conditioned on.
-_SKIPPED_BLOCKS = frozenset({
-    "reasoning", "thinking", "tool_call", "tool_call_chunk", "invalid_tool_call", "server_tool_call",
-    "server_tool_call_chunk", "server_tool_result", "tool_use", "function_call",
-})
+_SKIPPED_BLOCKS = frozenset(
+    {
+        "reasoning",
+        "thinking",
+        "tool_call",
+        "tool_call_chunk",
+        "invalid_tool_call",
+        "server_tool_call",
+        "server_tool_call_chunk",
+        "server_tool_result",
+        "tool_use",
+        "function_call",
+    }
+)
 
 
 def _role(message: BaseMessage) -> str:
@@ -81,9 +91,10 @@ def _message_dict(message: BaseMessage) -> dict[str, Any]:
     Hugging Face chat templates read), a tool result keeps its call id and name."""
     out: dict[str, Any] = {"role": _role(message), "content": message_text(message)}
     if isinstance(message, AIMessage) and message.tool_calls:
-        out["tool_calls"] = [{"id": c.get("id"), "type": "function",
-                              "function": {"name": c["name"], "arguments": c.get("args") or {}}}
-                             for c in message.tool_calls]
+        out["tool_calls"] = [
+            {"id": c.get("id"), "type": "function", "function": {"name": c["name"], "arguments": c.get("args") or {}}}
+            for c in message.tool_calls
+        ]
     if isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
         if message.name:
@@ -100,8 +111,11 @@ def messages_to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, 
 
 
 def _is_role_dict_list(value: object) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in value)
+    )
 
 
 def to_conversation(value: Any) -> Conversation:
@@ -127,10 +141,9 @@ def to_conversation(value: Any) -> Conversation:
     if isinstance(value, Mapping):
         raise InvalidPromptError(
             f"got a {type(value).__name__} with keys {sorted(map(str, value))}: set input_key=<key> on the guard "
-            "or classifier to classify that value (a guard still passes the whole dict on)")
-    raise InvalidPromptError(
-        f"expected a str, a PromptValue or messages, got {type(value).__name__}"
-    )
+            "or classifier to classify that value (a guard still passes the whole dict on)"
+        )
+    raise InvalidPromptError(f"expected a str, a PromptValue or messages, got {type(value).__name__}")
 
 
 def select_input(value: Any, input_key: str | None) -> Any:
@@ -180,8 +193,9 @@ def state_to_conversation(state: Any) -> Conversation:
             conv = to_conversation(list(messages))
             conversation = [{"role": "user", "content": conv}] if isinstance(conv, str) else conv
         if rest or not conversation:
-            conversation.append({"role": "user", "content": json.dumps(_jsonable(rest), ensure_ascii=False,
-                                                                       default=str)})
+            conversation.append(
+                {"role": "user", "content": json.dumps(_jsonable(rest), ensure_ascii=False, default=str)}
+            )
         return conversation
     if isinstance(state, Sequence) and state and all(isinstance(m, BaseMessage) for m in state):
         return to_conversation(list(state))

@@ -22,7 +22,6 @@ on (a tool result or a reply is replaced; for an input it is the same as "end").
 Stage = Literal["input", "output", "tool_result"]
 
 
-
 class SafetyPolicy(GuardPolicy):
     """How a verdict maps to a band: the core's guard rule (`scans_guard.decision.GuardPolicy`).
 
@@ -45,8 +44,9 @@ class Decision(NamedTuple):
     error: BaseException | None
 
 
-def decide(result: SafetyVerdict | BaseException, policy: SafetyPolicy, on_error: OnError = "raise",
-           block_grey: bool = False) -> Decision:
+def decide(
+    result: SafetyVerdict | BaseException, policy: SafetyPolicy, on_error: OnError = "raise", block_grey: bool = False
+) -> Decision:
     """Band and action of a verdict, or of a failed classification under `on_error` ("raise" re-raises it,
     "block" fails closed as harmful, "allow" fails open as benign). Harmful is blocked, grey with `block_grey`."""
     verdict, error = (None, result) if isinstance(result, BaseException) else (result, None)
@@ -66,21 +66,40 @@ class _Lenient(dict):
         return "{" + key + "}"
 
 
-def violation_text(template: str, decision: Decision | None = None, *, stage: Stage = "input",
-                   content: str = "") -> str:
+def violation_text(
+    template: str, decision: Decision | None = None, *, stage: Stage = "input", content: str = ""
+) -> str:
     """The violation message: `template` with {band}, {score}, {threshold}, {label}, {stage} and
     {original_content} filled in (unknown fields are left as written)."""
-    fields: dict[str, Any] = {"stage": stage, "original_content": content, "band": "", "score": "", "threshold": "",
-                              "label": ""}
+    fields: dict[str, Any] = {
+        "stage": stage,
+        "original_content": content,
+        "band": "",
+        "score": "",
+        "threshold": "",
+        "label": "",
+    }
     if decision is not None:
         fields["band"] = decision.band
         if decision.verdict is not None:
-            fields.update(score=f"{decision.verdict.score:.4f}", threshold=f"{decision.verdict.threshold:.4f}",
-                          label=decision.verdict.label)
+            fields.update(
+                score=f"{decision.verdict.score:.4f}",
+                threshold=f"{decision.verdict.threshold:.4f}",
+                label=decision.verdict.label,
+            )
     if not any(name for _, name, _, _ in string.Formatter().parse(template)):
         return template
     return template.format_map(_Lenient(fields))
 
 
-__all__ = ["DEFAULT_REFUSAL", "Action", "Decision", "ExitBehavior", "OnError", "SafetyPolicy", "Stage", "decide",
-           "violation_text"]
+__all__ = [
+    "DEFAULT_REFUSAL",
+    "Action",
+    "Decision",
+    "ExitBehavior",
+    "OnError",
+    "SafetyPolicy",
+    "Stage",
+    "decide",
+    "violation_text",
+]

@@ -46,11 +46,18 @@ def _translate_chunk(message: AIMessageChunk) -> list[types.ContentBlock]:
 register_translator(PROVIDER, _translate_content, _translate_chunk)
 
 
-def refusal_message(text: str, *, verdict: SafetyVerdict | None = None, source: str = "guard",
-                    extra: dict[str, Any] | None = None) -> AIMessage:
+def refusal_message(
+    text: str, *, verdict: SafetyVerdict | None = None, source: str = "guard", extra: dict[str, Any] | None = None
+) -> AIMessage:
     """A canned refusal as an AIMessage whose content_blocks carry the standard refusal block."""
-    meta: dict[str, Any] = {"model_provider": PROVIDER, "model_name": "scans-guard-canned", "finish_reason": "stop",
-                            "refusal": True, "refusal_text": text, "refusal_source": source}
+    meta: dict[str, Any] = {
+        "model_provider": PROVIDER,
+        "model_name": "scans-guard-canned",
+        "finish_reason": "stop",
+        "refusal": True,
+        "refusal_text": text,
+        "refusal_source": source,
+    }
     if verdict is not None:
         meta.update(_verdict_metadata(verdict))
     meta.update(extra or {})

@@ -15,8 +15,14 @@ EVENT_NAME = "scans_guard_verdict"
 """Name of the custom callback event sent with every verdict (`on_custom_event`, `astream_events`)."""
 
 
-def verdict_fields(verdict: SafetyVerdict | None, *, band: str | None = None, source: str = "",
-                   prompt: str | None = None, error: BaseException | None = None) -> dict[str, Any]:
+def verdict_fields(
+    verdict: SafetyVerdict | None,
+    *,
+    band: str | None = None,
+    source: str = "",
+    prompt: str | None = None,
+    error: BaseException | None = None,
+) -> dict[str, Any]:
     """Flat record of one verdict: the `extra` of a log record (keys prefixed `scans_`) and a custom event's data."""
     fields: dict[str, Any] = {"scans_source": source, "scans_band": band}
     if verdict is not None:
@@ -33,20 +39,36 @@ def log_verdict(logger: logging.Logger, level: int | None, fields: dict[str, Any
     if level is None or not logger.isEnabledFor(level):
         return
     if "scans_error" in fields:
-        logger.log(level, "scans-guard %s: classification failed (%s)", fields["scans_source"], fields["scans_error"],
-                   extra=fields)
+        logger.log(
+            level,
+            "scans-guard %s: classification failed (%s)",
+            fields["scans_source"],
+            fields["scans_error"],
+            extra=fields,
+        )
         return
-    logger.log(level, "scans-guard %s: label=%s score=%.4f threshold=%.4f band=%s", fields["scans_source"],
-               fields.get("scans_label"), fields.get("scans_score", float("nan")),
-               fields.get("scans_threshold", float("nan")), fields.get("scans_band"), extra=fields)
+    logger.log(
+        level,
+        "scans-guard %s: label=%s score=%.4f threshold=%.4f band=%s",
+        fields["scans_source"],
+        fields.get("scans_label"),
+        fields.get("scans_score", float("nan")),
+        fields.get("scans_threshold", float("nan")),
+        fields.get("scans_band"),
+        extra=fields,
+    )
 
 
 def _child_manager(run_manager: Any, cls: type) -> Any:
     """A callback manager whose parent is `run_manager`'s run (works for LLM and chain run managers)."""
     return cls(
-        handlers=run_manager.handlers, inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.run_id, tags=run_manager.tags, inheritable_tags=run_manager.inheritable_tags,
-        metadata=run_manager.metadata, inheritable_metadata=run_manager.inheritable_metadata,
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
     )
 
 
@@ -71,5 +93,6 @@ async def aemit_event(run_manager: Any | None, fields: dict[str, Any]) -> None:
             pass
         return
     if run_manager.handlers:
-        await _child_manager(run_manager, AsyncCallbackManager).on_custom_event(EVENT_NAME, fields,
-                                                                                run_id=run_manager.run_id)
+        await _child_manager(run_manager, AsyncCallbackManager).on_custom_event(
+            EVENT_NAME, fields, run_id=run_manager.run_id
+        )

@@ -56,8 +56,9 @@ def chosen_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tuple[
     name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else tool_choice
     chosen = [t for t in tools if t["function"]["name"] == name]
     if not isinstance(name, str) or not chosen:
-        raise InvalidArgumentError(f"tool_choice {tool_choice!r} names no bound tool "
-                                   f"({[t['function']['name'] for t in tools]})")
+        raise InvalidArgumentError(
+            f"tool_choice {tool_choice!r} names no bound tool ({[t['function']['name'] for t in tools]})"
+        )
     return chosen, _CALL_ONE  # naming the function made the 0.5B model write prose about it instead (measured)
 
 
@@ -78,11 +79,21 @@ def _read_call(raw: str, names: set[str] | None) -> ToolCall | InvalidToolCall:
             args = None
     name = data.get("name") if isinstance(data, dict) else None
     if not isinstance(name, str) or not isinstance(args, dict):
-        return InvalidToolCall(type="invalid_tool_call", name=name if isinstance(name, str) else None, args=raw,
-                               id=_call_id(), error="a tool call is {\"name\": str, \"arguments\": object}")
+        return InvalidToolCall(
+            type="invalid_tool_call",
+            name=name if isinstance(name, str) else None,
+            args=raw,
+            id=_call_id(),
+            error='a tool call is {"name": str, "arguments": object}',
+        )
     if names is not None and name not in names:
-        return InvalidToolCall(type="invalid_tool_call", name=name, args=json.dumps(args), id=_call_id(),
-                               error=f"{name!r} is not a bound tool ({sorted(names)})")
+        return InvalidToolCall(
+            type="invalid_tool_call",
+            name=name,
+            args=json.dumps(args),
+            id=_call_id(),
+            error=f"{name!r} is not a bound tool ({sorted(names)})",
+        )
     return ToolCall(type="tool_call", name=name, args=args, id=_call_id())
 
 
@@ -104,7 +115,7 @@ def _split_calls(text: str) -> tuple[str, list[str], bool]:
         return "", [bare], True
     fenced = list(_FENCED.finditer(text))
     if len(fenced) == 1:
-        return (text[:fenced[0].start()] + text[fenced[0].end():]).strip(), [fenced[0].group(1)], True
+        return (text[: fenced[0].start()] + text[fenced[0].end() :]).strip(), [fenced[0].group(1)], True
     return text, [], False
 
 
@@ -113,12 +124,17 @@ def _looks_like_call(raw: str) -> bool:
         data = json.loads(raw)
     except json.JSONDecodeError:
         return False
-    return isinstance(data, dict) and isinstance(data.get("name"), str) and (
-        "arguments" in data or "parameters" in data) and len(data) == 2
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("name"), str)
+        and ("arguments" in data or "parameters" in data)
+        and len(data) == 2
+    )
 
 
-def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None
-                     ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+def parse_tool_calls(
+    text: str, tools: list[dict[str, Any]] | None
+) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
     """(content, tool calls, invalid tool calls) of a reply; without bound tools the text is left as it is."""
     if not tools:
         return text, [], []
@@ -161,23 +177,33 @@ class ToolCallStream:
         return self._release(max(end, self.released))
 
     def _release(self, end: int) -> str:
-        out, self.released = self.text[self.released:end], end
+        out, self.released = self.text[self.released : end], end
         return out
 
     def finish(self) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
         """(text not yet released, tool calls, invalid tool calls)."""
         content, calls, invalid = parse_tool_calls(self.text, self.tools)
-        done = self.text[:self.released]
-        rest = content[len(done):] if content.startswith(done) else ""
+        done = self.text[: self.released]
+        rest = content[len(done) :] if content.startswith(done) else ""
         return rest, calls, invalid
 
 
 def tool_call_chunks(calls: list[ToolCall], invalid: list[InvalidToolCall]) -> list[dict[str, Any]]:
     """Streaming form of the calls (one chunk per call, its arguments as JSON text)."""
-    chunks = [{"type": "tool_call_chunk", "name": c["name"], "args": json.dumps(c["args"]), "id": c["id"],
-               "index": i} for i, c in enumerate(calls)]
-    chunks += [{"type": "tool_call_chunk", "name": c.get("name"), "args": c.get("args"), "id": c.get("id"),
-                "index": len(calls) + i} for i, c in enumerate(invalid)]
+    chunks = [
+        {"type": "tool_call_chunk", "name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+        for i, c in enumerate(calls)
+    ]
+    chunks += [
+        {
+            "type": "tool_call_chunk",
+            "name": c.get("name"),
+            "args": c.get("args"),
+            "id": c.get("id"),
+            "index": len(calls) + i,
+        }
+        for i, c in enumerate(invalid)
+    ]
     return chunks
 
 
@@ -187,8 +213,9 @@ def json_instruction(response_format: dict[str, Any]) -> str:
     schema = nested.get("schema") if isinstance(nested, dict) else response_format.get("schema")
     if schema is None:
         return "Reply with one JSON object and nothing else."
-    return ("Reply with one JSON object and nothing else. It must match this JSON schema:\n"
-            + json.dumps(schema, ensure_ascii=False))
+    return "Reply with one JSON object and nothing else. It must match this JSON schema:\n" + json.dumps(
+        schema, ensure_ascii=False
+    )
 
 
 def with_instruction(conversation: list[dict[str, Any]], instruction: str | None) -> list[dict[str, Any]]:
@@ -206,17 +233,22 @@ def structured_output(llm: Any, schema: Any, *, method: str, include_raw: bool) 
     pydantic_class = isinstance(schema, type) and is_basemodel_subclass(schema)
     if method == "function_calling":
         name = convert_to_openai_tool(schema)["function"]["name"]
-        bound = llm.bind_tools([schema], tool_choice=name, ls_structured_output_format={
-            "kwargs": {"method": method}, "schema": schema})
-        parser: Runnable = (PydanticToolsParser(tools=[schema], first_tool_only=True) if pydantic_class
-                            else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
+        bound = llm.bind_tools(
+            [schema], tool_choice=name, ls_structured_output_format={"kwargs": {"method": method}, "schema": schema}
+        )
+        parser: Runnable = (
+            PydanticToolsParser(tools=[schema], first_tool_only=True)
+            if pydantic_class
+            else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        )
     elif method in ("json_schema", "json_mode"):
         json_schema = None
         if method == "json_schema":
-            json_schema = schema.model_json_schema() if pydantic_class else \
-                convert_to_json_schema(schema)
-        bound = llm.bind(response_format={"type": method, "schema": json_schema}, ls_structured_output_format={
-            "kwargs": {"method": method}, "schema": schema})
+            json_schema = schema.model_json_schema() if pydantic_class else convert_to_json_schema(schema)
+        bound = llm.bind(
+            response_format={"type": method, "schema": json_schema},
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+        )
         parser = PydanticOutputParser(pydantic_object=schema) if pydantic_class else JsonOutputParser()
     else:
         raise ValueError(f"method must be function_calling, json_schema or json_mode, got {method!r}")
@@ -227,5 +259,13 @@ def structured_output(llm: Any, schema: Any, *, method: str, include_raw: bool) 
     return RunnableMap(raw=bound) | parse.with_fallbacks([fallback], exception_key="parsing_error")
 
 
-__all__ = ["ToolCallStream", "chosen_tools", "json_instruction", "parse_tool_calls", "structured_output",
-           "tool_call_chunks", "tool_schemas", "with_instruction"]
+__all__ = [
+    "ToolCallStream",
+    "chosen_tools",
+    "json_instruction",
+    "parse_tool_calls",
+    "structured_output",
+    "tool_call_chunks",
+    "tool_schemas",
+    "with_instruction",
+]

@@ -91,8 +91,9 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
     def _select(self, input: Any) -> Any:
         return select_input(input, self.input_key)
 
-    def _fields(self, input: Any, verdict: SafetyVerdict | None, band: Band | None,
-                error: BaseException | None) -> dict[str, Any]:
+    def _fields(
+        self, input: Any, verdict: SafetyVerdict | None, band: Band | None, error: BaseException | None
+    ) -> dict[str, Any]:
         prompt = None
         if self.log_prompts:
             try:
@@ -109,15 +110,17 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
             decision = decide(result, self.policy, self.on_error, bool(getattr(self, "block_grey", False)))
         finally:
             fields = self._fields(input, verdict, decision.band if decision else None, error)
-            log_verdict(logging.getLogger(self.logger_name), self.log_level if error is None else logging.WARNING,
-                        fields)
+            log_verdict(
+                logging.getLogger(self.logger_name), self.log_level if error is None else logging.WARNING, fields
+            )
         return decision, fields
 
     def _outcome(self, input: Any, decision: Decision) -> Runnable | AIMessage:
         action = self._act(decision)
         if self.check_output and isinstance(action, Runnable) and decision.band != "benign":
-            return action | RunnableLambda(lambda out, d=decision, x=input: self._checked(out, d, x),
-                                           name="check_output")
+            return action | RunnableLambda(
+                lambda out, d=decision, x=input: self._checked(out, d, x), name="check_output"
+            )
         return action
 
     def _checked(self, output: Any, decision: Decision, input: Any) -> Any:
@@ -133,9 +136,12 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
             return output
         if self.exit_behavior == "error":
             raise HarmfulPromptError(decision.verdict, band=decision.band, cause=decision.error, stage="output")
-        return refusal_message(violation_text(self.violation_message, decision, stage="output", content=text),
-                               verdict=decision.verdict, source=self.get_name(),
-                               extra={"band": decision.band, "stage": "output"})
+        return refusal_message(
+            violation_text(self.violation_message, decision, stage="output", content=text),
+            verdict=decision.verdict,
+            source=self.get_name(),
+            extra={"band": decision.band, "stage": "output"},
+        )
 
     # -- one input: LangChain's RunnableLambda runs (or streams) what `_route` returns ----------------------------
     def _route(self, input: Any, config: RunnableConfig, **kwargs: Any) -> Runnable | AIMessage:
@@ -190,8 +196,9 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
             results[i] = v
         return results
 
-    def _plan(self, inputs: list[Any], results: list[Any], run_managers: list[Any]
-              ) -> tuple[list[Any], dict[int, tuple[Runnable, list[int]]], list[tuple[Any, dict]]]:
+    def _plan(
+        self, inputs: list[Any], results: list[Any], run_managers: list[Any]
+    ) -> tuple[list[Any], dict[int, tuple[Runnable, list[int]]], list[tuple[Any, dict]]]:
         """Decide every input: finished outputs (messages, errors), inputs grouped by the Runnable they go to,
         and the verdict events to send."""
         outputs: list[Any] = [None] * len(inputs)
@@ -221,8 +228,7 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
                 outputs[i] = out
         return outputs
 
-    async def _abatch_impl(self, inputs: list[Any], run_manager: list[Any],
-                           config: list[RunnableConfig]) -> list[Any]:
+    async def _abatch_impl(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig]) -> list[Any]:
         results = await run_in_executor(None, self._classify_all, inputs, config)
         outputs, groups, events = self._plan(inputs, results, run_manager)
         for rm, fields in events:
@@ -233,14 +239,26 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
                 outputs[i] = out
         return outputs
 
-    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
-              return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         if not inputs:
             return []
         return self._batch_with_config(self._batch_impl, inputs, config, return_exceptions=return_exceptions)
 
-    async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
-                     return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         if not inputs:
             return []
         return await self._abatch_with_config(self._abatch_impl, inputs, config, return_exceptions=return_exceptions)
@@ -269,8 +287,11 @@ class SafetyRouter(SafetyGuard):
         return value if value is None else _coerce_route(value)
 
     def _act(self, decision: Decision) -> Runnable | AIMessage:
-        route = {"benign": self.benign, "harmful": self.harmful,
-                 "grey": self.grey if self.grey is not None else self.harmful}[decision.band]
+        route = {
+            "benign": self.benign,
+            "harmful": self.harmful,
+            "grey": self.grey if self.grey is not None else self.harmful,
+        }[decision.band]
         return _canned(route, decision, self.get_name()) if isinstance(route, str) else route
 
 

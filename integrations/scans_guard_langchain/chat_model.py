@@ -65,8 +65,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(f"{LOGGER_NAME}.llm")
 
-_CALL_KWARGS = {"max_tokens", "temperature", "top_p", "seed", "steer", "coefficient", "policy", "tools",
-                "tool_choice", "response_format"}
+_CALL_KWARGS = {
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "steer",
+    "coefficient",
+    "policy",
+    "tools",
+    "tool_choice",
+    "response_format",
+}
 _IGNORED_KWARGS = {"stream", "ls_structured_output_format"}
 
 
@@ -136,16 +146,26 @@ class SafetyConsciousLLM(BaseChatModel):
     def _default_name(self) -> SafetyConsciousLLM:
         check_policy(self.policy)
         if self.coefficient is not None and policy_blocks(self.policy):
-            raise ValueError("a fixed coefficient skips classification, so it cannot run under a guard policy: "
-                             "set policy='steer' for a fixed-coefficient baseline")
+            raise ValueError(
+                "a fixed coefficient skips classification, so it cannot run under a guard policy: "
+                "set policy='steer' for a fixed-coefficient baseline"
+            )
         if self.model_name is None:
             self.model_name = self.engine.handle.name
         return self
 
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model: str | os.PathLike | None = None, artifact: Any = None, *, device: str = "cpu",
-             dtype: str = "float32", progress: bool = True, **fields: Any) -> SafetyConsciousLLM:
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        artifact: Any = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        progress: bool = True,
+        **fields: Any,
+    ) -> SafetyConsciousLLM:
         """Load a model (None: the embedded default) with its artifact (None: the shipped one); see ScansEngine.load."""
         engine = ScansEngine.load(model, artifact, device=device, dtype=dtype, progress=progress)
         return cls(engine=engine, **fields)
@@ -187,8 +207,12 @@ class SafetyConsciousLLM(BaseChatModel):
             "model_fingerprint": meta.model_fingerprint.get("weight_probe_sha256"),
             "artifact_model": meta.model_name,
             "recipe": recipe.model_dump(),
-            "temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed,
-            "steer": self.steer, "coefficient": self.coefficient,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "steer": self.steer,
+            "coefficient": self.coefficient,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -210,8 +234,15 @@ class SafetyConsciousLLM(BaseChatModel):
         chosen_tools(schemas, tool_choice)  # an unknown tool name fails here, not at the first call
         return self.bind(tools=schemas, tool_choice=tool_choice, **kwargs)
 
-    def with_structured_output(self, schema: Any, *, include_raw: bool = False, method: str = "function_calling",
-                               strict: bool | None = None, **kwargs: Any) -> Any:
+    def with_structured_output(
+        self,
+        schema: Any,
+        *,
+        include_raw: bool = False,
+        method: str = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Replies parsed into `schema` (pydantic class: validated instance; else a dict).
 
         method "function_calling": the schema is bound as the one tool and the call is asked for;
@@ -231,8 +262,16 @@ class SafetyConsciousLLM(BaseChatModel):
         cap = self.engine.max_input_tokens
         return ModelProfile(
             max_input_tokens=window if cap is None else min(cap, window),
-            text_inputs=True, image_inputs=False, audio_inputs=False, video_inputs=False, pdf_inputs=False,
-            text_outputs=True, tool_calling=True, tool_choice=True, structured_output=True, temperature=True,
+            text_inputs=True,
+            image_inputs=False,
+            audio_inputs=False,
+            video_inputs=False,
+            pdf_inputs=False,
+            text_outputs=True,
+            tool_calling=True,
+            tool_choice=True,
+            structured_output=True,
+            temperature=True,
         )
 
     # -- token counting (the model's own tokenizer: exact and offline; LangChain's default is GPT-2, online) --------
@@ -259,8 +298,10 @@ class SafetyConsciousLLM(BaseChatModel):
         if unknown:
             raise TypeError(f"SafetyConsciousLLM got unexpected call arguments {sorted(unknown)}")
         if kwargs.get("model") not in (None, self.model_name):
-            raise ValueError(f"SafetyConsciousLLM serves one local model ({self.model_name}); "
-                             f"per-call model {kwargs['model']!r} is not available")
+            raise ValueError(
+                f"SafetyConsciousLLM serves one local model ({self.model_name}); "
+                f"per-call model {kwargs['model']!r} is not available"
+            )
         config = GenerationConfig(
             max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
             temperature=kwargs.get("temperature", self.temperature),
@@ -268,25 +309,27 @@ class SafetyConsciousLLM(BaseChatModel):
             seed=kwargs.get("seed", self.seed),
             stop=list(stop if stop is not None else self.stop or []),
         )
-        steering = {"steer": kwargs.get("steer", self.steer), "policy": check_policy(kwargs.get("policy", self.policy)),
-                    "coefficient": kwargs.get("coefficient", self.coefficient)}
+        steering = {
+            "steer": kwargs.get("steer", self.steer),
+            "policy": check_policy(kwargs.get("policy", self.policy)),
+            "coefficient": kwargs.get("coefficient", self.coefficient),
+        }
         return config, steering
 
     def _report(self, verdict: SafetyVerdict | None, prompt: str) -> dict[str, Any] | None:
         if verdict is None:
             return None
-        fields = verdict_fields(verdict, band=verdict.label, source="llm",
-                                prompt=prompt if self.log_prompts else None)
+        fields = verdict_fields(verdict, band=verdict.label, source="llm", prompt=prompt if self.log_prompts else None)
         log_verdict(log, self.log_level, fields)
         return fields
 
     def _final_metadata(self, output: SteeredOutput, prompt: str, content: str, called: bool) -> dict[str, Any]:
         """The reply's response_metadata; `content` is its text without tool-call markup (what the judge reads)."""
         recipe = self.engine.recipe
-        refused = bool(self.refusal_judge(prompt, content)) if self.refusal_judge is not None and not called \
-            else False
+        refused = bool(self.refusal_judge(prompt, content)) if self.refusal_judge is not None and not called else False
         meta: dict[str, Any] = {
-            "model_name": self.model_name, "model_provider": PROVIDER,
+            "model_name": self.model_name,
+            "model_provider": PROVIDER,
             "finish_reason": "tool_calls" if called else output.finish_reason,
             **_verdict_metadata(output.verdict),
             "layers": {"steer": list(recipe.steer_layers), "classify": list(recipe.classify_layers)},
@@ -304,11 +347,15 @@ class SafetyConsciousLLM(BaseChatModel):
 
     @staticmethod
     def _usage(output: SteeredOutput) -> dict[str, int]:
-        return {"input_tokens": output.prompt_tokens, "output_tokens": output.completion_tokens,
-                "total_tokens": output.prompt_tokens + output.completion_tokens}
+        return {
+            "input_tokens": output.prompt_tokens,
+            "output_tokens": output.completion_tokens,
+            "total_tokens": output.prompt_tokens + output.completion_tokens,
+        }
 
-    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None,
-                 kwargs: dict[str, Any]) -> tuple[Conversation, str, GenerationConfig, dict[str, Any]]:
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[Conversation, str, GenerationConfig, dict[str, Any]]:
         """The conversation the engine gets (tools and instructions included), the prompt, decoding and steering.
 
         `steering["tools"]` holds the schemas the reply is read against, `steering["classify"]` what sigma scores
@@ -325,8 +372,9 @@ class SafetyConsciousLLM(BaseChatModel):
         config, steering = self._settings(stop, kwargs)
         return conversation, prompt, config, {**steering, "tools": tools, "classify": plain}
 
-    def _events(self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any],
-                timeout: float | None) -> Iterator[StreamEvent]:
+    def _events(
+        self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any], timeout: float | None
+    ) -> Iterator[StreamEvent]:
         """The engine's stream for one conversation, stopped between steps once `timeout` seconds have passed.
 
         The deadline is checked here, not in the engine, so every path (invoke, stream, async) honours it.
@@ -345,12 +393,20 @@ class SafetyConsciousLLM(BaseChatModel):
                 yield from self._blocked(verdict, conversation)
                 return
             coefficient = verdict.coefficient if policy_steers(policy) else 0.0
-            events = self.engine.iter_generate([conversation], config, steer=steering["steer"],
-                                               coefficient=coefficient, retry=self.retry)
+            events = self.engine.iter_generate(
+                [conversation], config, steer=steering["steer"], coefficient=coefficient, retry=self.retry
+            )
         else:
-            events = self.engine.iter_generate([conversation], config, steer=steering["steer"],
-                                               coefficient=coefficient, retry=self.retry, policy=policy,
-                                               guard=self.guard, refusal=self.refusal_message)
+            events = self.engine.iter_generate(
+                [conversation],
+                config,
+                steer=steering["steer"],
+                coefficient=coefficient,
+                retry=self.retry,
+                policy=policy,
+                guard=self.guard,
+                refusal=self.refusal_message,
+            )
         try:
             if verdict is not None:
                 yield StreamEvent(row=0, verdict=verdict)
@@ -359,8 +415,9 @@ class SafetyConsciousLLM(BaseChatModel):
                     continue  # the engine's empty verdict event of a fixed-coefficient call
                 if verdict is not None and event.output is not None:
                     timings = {**event.output.timings, "classify_s": verdict.latency_s}
-                    event = event.model_copy(update={"output": event.output.model_copy(
-                        update={"verdict": verdict, "timings": timings})})
+                    event = event.model_copy(
+                        update={"output": event.output.model_copy(update={"verdict": verdict, "timings": timings})}
+                    )
                 elapsed = time.monotonic() - start
                 if timeout is not None and event.output is None and elapsed > timeout:
                     raise ScansGuardTimeoutError(timeout, elapsed)
@@ -372,29 +429,48 @@ class SafetyConsciousLLM(BaseChatModel):
         """The events of a prompt the guard blocked before generating (the tool-calling path classifies first)."""
         yield StreamEvent(row=0, verdict=verdict)
         yield StreamEvent(row=0, text=self.refusal_message)  # streamed like any reply, as the engine does
-        yield StreamEvent(row=0, output=SteeredOutput.blocked(
-            self.refusal_message, verdict, len(self.engine.handle.chat_ids(conversation)),
-            {"classify_s": verdict.latency_s}))
+        yield StreamEvent(
+            row=0,
+            output=SteeredOutput.blocked(
+                self.refusal_message,
+                verdict,
+                len(self.engine.handle.chat_ids(conversation)),
+                {"classify_s": verdict.latency_s},
+            ),
+        )
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
         output: SteeredOutput | None = None
         for event in self._events(conversation, config, steering, self.timeout):
-            if event.verdict is not None and (fields := self._report(event.verdict, prompt)) is not None \
-                    and run_manager is not None:
+            if (
+                event.verdict is not None
+                and (fields := self._report(event.verdict, prompt)) is not None
+                and run_manager is not None
+            ):
                 emit_event(run_manager, fields)
             if event.output is not None:
                 output = event.output
         assert output is not None  # the engine ends every row with an output event
         content, calls, invalid = parse_tool_calls(output.text, steering["tools"])
-        message = AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid,
-                            response_metadata=self._final_metadata(output, prompt, content, bool(calls)),
-                            usage_metadata=self._usage(output))
+        message = AIMessage(
+            content=content,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
+            response_metadata=self._final_metadata(output, prompt, content, bool(calls)),
+            usage_metadata=self._usage(output),
+        )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _iter_chunks(self, messages: list[BaseMessage], stop: list[str] | None,
-                     kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    def _iter_chunks(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Iterator[tuple[str, Any]]:
         """("verdict", fields) once, then ("chunk", ChatGenerationChunk)...; closing it stops generation."""
         conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
         events = self._events(conversation, config, steering, self.timeout)
@@ -404,20 +480,37 @@ class SafetyConsciousLLM(BaseChatModel):
                 if event.verdict is not None:
                     yield "verdict", self._report(event.verdict, prompt)
                 if event.text and (text := held.feed(event.text)):
-                    yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
-                        content=text, response_metadata={"model_provider": PROVIDER}))
+                    yield (
+                        "chunk",
+                        ChatGenerationChunk(
+                            message=AIMessageChunk(content=text, response_metadata={"model_provider": PROVIDER})
+                        ),
+                    )
                 if event.output is not None:
                     rest, calls, invalid = held.finish()
                     content = parse_tool_calls(event.output.text, steering["tools"])[0]
-                    yield "chunk", ChatGenerationChunk(message=AIMessageChunk(
-                        content=rest, chunk_position="last", usage_metadata=self._usage(event.output),
-                        tool_call_chunks=tool_call_chunks(calls, invalid),
-                        response_metadata=self._final_metadata(event.output, prompt, content, bool(calls))))
+                    yield (
+                        "chunk",
+                        ChatGenerationChunk(
+                            message=AIMessageChunk(
+                                content=rest,
+                                chunk_position="last",
+                                usage_metadata=self._usage(event.output),
+                                tool_call_chunks=tool_call_chunks(calls, invalid),
+                                response_metadata=self._final_metadata(event.output, prompt, content, bool(calls)),
+                            )
+                        ),
+                    )
         finally:
             events.close()
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         items = self._iter_chunks(messages, stop, kwargs)
         try:
             for kind, item in items:
@@ -432,9 +525,13 @@ class SafetyConsciousLLM(BaseChatModel):
         finally:
             items.close()
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         """Token streaming from a worker thread; the event loop only awaits a queue, so it is never blocked.
 
         Closing the async iterator (or cancelling the task) tells the worker to stop; it closes the engine's

@@ -88,23 +88,37 @@ class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
 
         return await self._acall_with_config(one, input, config, run_type="chain")
 
-    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
-              return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         if not inputs:
             return []
-        return self._batch_with_config(self._many, inputs, config, return_exceptions=return_exceptions,
-                                       run_type="chain")
+        return self._batch_with_config(
+            self._many, inputs, config, return_exceptions=return_exceptions, run_type="chain"
+        )
 
-    async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
-                     return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         if not inputs:
             return []
 
         async def many(values: list[Any]) -> list[SafetyVerdict]:
             return await run_in_executor(None, self._many, values)
 
-        return await self._abatch_with_config(many, inputs, config, return_exceptions=return_exceptions,
-                                              run_type="chain")
+        return await self._abatch_with_config(
+            many, inputs, config, return_exceptions=return_exceptions, run_type="chain"
+        )
 
 
 if BaseDecisionModel is not None:
@@ -146,8 +160,10 @@ if BaseDecisionModel is not None:
 
         def _probability(self, verdict: SafetyVerdict) -> float:
             if verdict.probability is None:
-                raise ValueError("the artifact has no Platt fit, so sigma has no calibrated probability; "
-                                 "recalibrate it with `scans-guard calibrate`")
+                raise ValueError(
+                    "the artifact has no Platt fit, so sigma has no calibrated probability; "
+                    "recalibrate it with `scans-guard calibrate`"
+                )
             return verdict.probability
 
         def _choice(self, question: Choice, verdict: SafetyVerdict, p_harmful: float) -> ChoiceAnswer:
@@ -155,16 +171,19 @@ if BaseDecisionModel is not None:
             mapping = {**{k: k for k in labels if k in ("harmful", "benign")}, **self.choice_labels}
             unmapped = [k for k in labels if k not in mapping]
             if unmapped:
-                raise ValueError(f"sigma can only choose between harmful and benign: map the labels {unmapped} "
-                                 "with choice_labels={label: 'harmful' | 'benign'}")
+                raise ValueError(
+                    f"sigma can only choose between harmful and benign: map the labels {unmapped} "
+                    "with choice_labels={label: 'harmful' | 'benign'}"
+                )
             groups = {c: [k for k in labels if mapping[k] == c] for c in ("harmful", "benign")}
             if not groups["harmful"] or not groups["benign"]:
                 raise ValueError("a Choice answered by sigma needs at least one harmful and one benign label")
             p_class = {"harmful": p_harmful, "benign": 1.0 - p_harmful}
             probabilities = {k: p_class[mapping[k]] / len(groups[mapping[k]]) for k in labels}
             chosen = groups[verdict.label][0]
-            return ChoiceAnswer(type="choice", choice=chosen, probabilities=probabilities,
-                                confidence=p_class[verdict.label])
+            return ChoiceAnswer(
+                type="choice", choice=chosen, probabilities=probabilities, confidence=p_class[verdict.label]
+            )
 
         def _answers(self, verdict: SafetyVerdict, questions: Mapping[str, Question]) -> dict[str, Any]:
             answers: dict[str, Any] = {}
@@ -175,8 +194,9 @@ if BaseDecisionModel is not None:
                 elif isinstance(question, Choice):
                     answers[qid] = self._choice(question, verdict, self._probability(verdict))
                 else:
-                    raise ValueError(f"sigma answers Noul and Choice questions, not {type(question).__name__} "
-                                     f"({qid!r})")
+                    raise ValueError(
+                        f"sigma answers Noul and Choice questions, not {type(question).__name__} ({qid!r})"
+                    )
             return answers
 
         def _classify(self, state: State, questions: dict[str, Question]) -> ClassifierResponse:
@@ -184,10 +204,14 @@ if BaseDecisionModel is not None:
                 raise ValueError("no questions to answer")
             conversation = state_to_conversation(state)
             verdict = self.engine.classify([conversation], batch_size=1)[0]
-            n_tokens = len(self.engine.handle.chat_ids(conversation)) + len(r_pos_ids(self.engine.handle,
-                                                                                      self.engine.recipe.r_pos))
-            return ClassifierResponse(model=self.model, answers=self._answers(verdict, questions),
-                                      usage={"input_tokens": n_tokens, "output_tokens": 0})
+            n_tokens = len(self.engine.handle.chat_ids(conversation)) + len(
+                r_pos_ids(self.engine.handle, self.engine.recipe.r_pos)
+            )
+            return ClassifierResponse(
+                model=self.model,
+                answers=self._answers(verdict, questions),
+                usage={"input_tokens": n_tokens, "output_tokens": 0},
+            )
 
 else:  # pragma: no cover
     ScansDecisionModel = None  # type: ignore[assignment,misc]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from scans_guard.config import SafetyVerdict
 from scans_guard.errors import ScansGuardError
 
-
 _WHAT = {"input": "prompt", "output": "reply", "tool_result": "tool result"}
 
 
@@ -14,19 +13,30 @@ class HarmfulPromptError(ScansGuardError):
     a tool result ("tool_result"): `verdict` is sigma's verdict (None when classification failed and the guard
     fails closed; `cause` then holds the classification error)."""
 
-    def __init__(self, verdict: SafetyVerdict | None, *, band: str = "harmful", cause: BaseException | None = None,
-                 message: str | None = None, stage: str = "input"):
+    def __init__(
+        self,
+        verdict: SafetyVerdict | None,
+        *,
+        band: str = "harmful",
+        cause: BaseException | None = None,
+        message: str | None = None,
+        stage: str = "input",
+    ):
         self.verdict = verdict
         self.band = band
         self.cause = cause
         self.stage = stage
         if message is None:
             if verdict is None:
-                message = (f"prompt blocked: classification failed ({type(cause).__name__}: {cause}) "
-                           "and the guard fails closed")
+                message = (
+                    f"prompt blocked: classification failed ({type(cause).__name__}: {cause}) "
+                    "and the guard fails closed"
+                )
             else:
-                message = (f"{_WHAT.get(stage, stage)} blocked as {band}: sigma score {verdict.score:.4f} "
-                           f"(threshold {verdict.threshold:.4f}, label {verdict.label})")
+                message = (
+                    f"{_WHAT.get(stage, stage)} blocked as {band}: sigma score {verdict.score:.4f} "
+                    f"(threshold {verdict.threshold:.4f}, label {verdict.label})"
+                )
         super().__init__(message)
 
 

@@ -69,9 +69,11 @@ class _Steer:
         model = request.model
         if not isinstance(model, SafetyConsciousLLM):
             if not mw.replace_model:
-                raise TypeError(f"strategy={self.name!r} answers with a SafetyConsciousLLM, but the agent's model is "
-                                f"{type(model).__name__}: pass the steered model to create_agent, or set "
-                                "replace_model=True to answer with the middleware's guard model instead")
+                raise TypeError(
+                    f"strategy={self.name!r} answers with a SafetyConsciousLLM, but the agent's model is "
+                    f"{type(model).__name__}: pass the steered model to create_agent, or set "
+                    "replace_model=True to answer with the middleware's guard model instead"
+                )
             model = mw.llm
         if model.policy != self.policy:
             model = model.model_copy(update={"policy": self.policy, "guard": mw.policy})
@@ -126,8 +128,13 @@ class _Log(_Block):
         return {}
 
 
-STRATEGIES: dict[str, Any] = {"guard+steer": _Steer("guard+steer"), "steer": _Steer("steer"), "block": _Block(),
-                              "route": _Route(), "log": _Log()}
+STRATEGIES: dict[str, Any] = {
+    "guard+steer": _Steer("guard+steer"),
+    "steer": _Steer("steer"),
+    "block": _Block(),
+    "route": _Route(),
+    "log": _Log(),
+}
 
 
 def _drive(steps: Generator[Step, Any, Any], do: Callable[[Step], Any]) -> Any:
@@ -205,11 +212,14 @@ class ScansGuardMiddleware(AgentMiddleware):
         elif isinstance(guard, ScansEngine):
             self.classifier = SafetyClassifier(engine=guard)
         else:
-            raise TypeError(f"guard must be a SafetyConsciousLLM, SafetyClassifier or ScansEngine, "
-                            f"got {type(guard).__name__}")
+            raise TypeError(
+                f"guard must be a SafetyConsciousLLM, SafetyClassifier or ScansEngine, got {type(guard).__name__}"
+            )
         if strategy in ("steer", "guard+steer") and self.llm is None:
-            raise ValueError(f"strategy={strategy!r} needs the steered model: pass a SafetyConsciousLLM as guard "
-                             "(e.g. ScansGuardMiddleware(SafetyConsciousLLM(engine=engine)))")
+            raise ValueError(
+                f"strategy={strategy!r} needs the steered model: pass a SafetyConsciousLLM as guard "
+                "(e.g. ScansGuardMiddleware(SafetyConsciousLLM(engine=engine)))"
+            )
         if strategy == "route" and not routes:
             raise ValueError("strategy='route' needs routes={band: model | canned reply | None}")
         self.strategy = strategy
@@ -239,29 +249,37 @@ class ScansGuardMiddleware(AgentMiddleware):
         except Exception as exc:  # noqa: BLE001 - handled by on_error
             return exc
 
-    def _decide(self, result: SafetyVerdict | BaseException, prompt: str | None,
-                stage: Stage) -> tuple[Decision, dict[str, Any]]:
+    def _decide(
+        self, result: SafetyVerdict | BaseException, prompt: str | None, stage: Stage
+    ) -> tuple[Decision, dict[str, Any]]:
         verdict, error = (None, result) if isinstance(result, BaseException) else (result, None)
         decision = None
         try:
             decision = decide(result, self.policy, self.on_error, self.block_grey)
         finally:
-            fields = verdict_fields(verdict, band=decision.band if decision else None, source=self.name,
-                                    prompt=prompt if self.log_prompts else None, error=error)
+            fields = verdict_fields(
+                verdict,
+                band=decision.band if decision else None,
+                source=self.name,
+                prompt=prompt if self.log_prompts else None,
+                error=error,
+            )
             fields["scans_stage"] = stage
             log_verdict(self.logger, self.log_level if error is None else logging.WARNING, fields)
         return decision, fields
 
-    def _violation(self, decision: Decision, stage: Stage, content: str,
-                   replace: list[BaseMessage] | None) -> dict[str, Any]:
+    def _violation(
+        self, decision: Decision, stage: Stage, content: str, replace: list[BaseMessage] | None
+    ) -> dict[str, Any]:
         """The state update of a violation; "error" raises. `replace`: the messages to overwrite (same ids)."""
         if self.exit_behavior == "error":
             raise HarmfulPromptError(decision.verdict, band=decision.band, cause=decision.error, stage=stage)
         text = violation_text(self.violation_message, decision, stage=stage, content=content)
         if self.exit_behavior == "replace" and replace:
             return {"messages": [m.model_copy(update={"content": text}) for m in replace]}
-        message = refusal_message(text, verdict=decision.verdict, source=self.name,
-                                  extra={"band": decision.band, "stage": stage})
+        message = refusal_message(
+            text, verdict=decision.verdict, source=self.name, extra={"band": decision.band, "stage": stage}
+        )
         return {"messages": [message], "jump_to": "end"}
 
     @staticmethod
@@ -274,26 +292,32 @@ class ScansGuardMiddleware(AgentMiddleware):
         update: dict[str, Any] = {}
         idx = self._latest(messages, HumanMessage)
         record = state.get(STATE_KEY)
-        if self._strategy.classifies_input and self.check_input and idx is not None and not (
-                record and messages[idx].id is not None and record.get("message_id") == messages[idx].id):
+        if (
+            self._strategy.classifies_input
+            and self.check_input
+            and idx is not None
+            and not (record and messages[idx].id is not None and record.get("message_id") == messages[idx].id)
+        ):
             human = messages[idx]
             decision, fields = self._decide((yield "classify", messages[: idx + 1]), _text(human), "input")
             yield "event", fields
-            update[STATE_KEY] = {"message_id": human.id, "band": decision.band,
-                                 "verdict": decision.verdict.record() if decision.verdict else None,
-                                 "error": fields.get("scans_error")}
+            update[STATE_KEY] = {
+                "message_id": human.id,
+                "band": decision.band,
+                "verdict": decision.verdict.record() if decision.verdict else None,
+                "error": fields.get("scans_error"),
+            }
             update.update(self._strategy.input_update(self, decision, human))
             if "jump_to" in update:
                 return update
         n_tools = self._trailing_tools(messages)
-        tools = messages[len(messages) - n_tools:] if n_tools else []
+        tools = messages[len(messages) - n_tools :] if n_tools else []
         if self.check_tool_results and tools:
             prompt = _text(messages[idx]) if idx is not None else None
             decision, fields = self._decide((yield "classify", messages), prompt, "tool_result")
             yield "event", fields
             if decision.action == "block":
-                update.update(self._violation(decision, "tool_result", "\n".join(map(_text, tools)),
-                                              tools))
+                update.update(self._violation(decision, "tool_result", "\n".join(map(_text, tools)), tools))
         return update or None
 
     @staticmethod
@@ -344,16 +368,30 @@ class ScansGuardMiddleware(AgentMiddleware):
             return response
         prompt = self._prompt(request)
         refused = bool(self.refusal_judge(prompt, message_text(reply)))
-        if decision.band == "benign" and refused and self.strategy in ("steer", "guard+steer") \
-                and decision.verdict is not None and decision.verdict.coefficient < 0:
+        if (
+            decision.band == "benign"
+            and refused
+            and self.strategy in ("steer", "guard+steer")
+            and decision.verdict is not None
+            and decision.verdict.coefficient < 0
+        ):
             # a benign request still refused: once more, steered further (a fixed coefficient, so policy steer)
             further = 2 * decision.verdict.coefficient
-            retried = yield "call", routed.override(model_settings={**routed.model_settings, "coefficient": further,
-                                                                    "policy": "steer"})
+            retried = yield (
+                "call",
+                routed.override(model_settings={**routed.model_settings, "coefficient": further, "policy": "steer"}),
+            )
             again = self._reply(retried)
             if again is not None:
-                again.response_metadata.update({**decision.verdict.record(), "coefficient": further, "alpha": further,
-                                                "retried": True, "first_reply": message_text(reply)})
+                again.response_metadata.update(
+                    {
+                        **decision.verdict.record(),
+                        "coefficient": further,
+                        "alpha": further,
+                        "retried": True,
+                        "first_reply": message_text(reply),
+                    }
+                )
             return retried
         if decision.band != "benign" and not refused:  # a grey or harmful request answered
             update = self._violation(decision, "output", message_text(reply), [reply])
@@ -392,12 +430,15 @@ class ScansGuardMiddleware(AgentMiddleware):
         fields["scans_refusal"] = reply.response_metadata.get("refusal")
         log_verdict(self.logger, self.log_level, fields)
 
-    def wrap_model_call(self, request: ModelRequest,
-                        handler: Callable[[ModelRequest], ModelResponse]) -> ModelResponse | AIMessage:
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse | AIMessage:
         return _drive(self._wrap(request), lambda step: handler(step[1]))
 
     async def awrap_model_call(
-        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
+        self,
+        request: ModelRequest,
+        handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
     ) -> ModelResponse | AIMessage:
         async def call(step: Step) -> Any:
             return await handler(step[1])

@@ -27,8 +27,9 @@ def tiny_engine() -> ScansEngine:
     from scans_guard.testing import tiny_model
 
     handle = tiny_model("qwen2", seed=0)
-    config = CalibrationConfig(n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2],
-                               alpha_benign=4.0, alpha_harmful=4.0)
+    config = CalibrationConfig(
+        n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2], alpha_benign=4.0, alpha_harmful=4.0
+    )
     return ScansEngine(handle, calibrate(handle, config, progress=False))
 
 
@@ -57,14 +58,16 @@ class ScriptedEngine(ScansEngine):
     """
 
     def __init__(self, engine: ScansEngine, replies: list[str]):
-        super().__init__(engine.handle, engine.artifact, check_fingerprint=False,
-                         max_input_tokens=engine.max_input_tokens)
+        super().__init__(
+            engine.handle, engine.artifact, check_fingerprint=False, max_input_tokens=engine.max_input_tokens
+        )
         self.replies = list(replies)
         self.seen: list[Any] = []
         self.coefficients: list[Any] = []
 
-    def iter_generate(self, conversations: Any, config: Any = None, *, steer: bool = True,
-                      coefficient: Any = None, **kwargs: Any):
+    def iter_generate(
+        self, conversations: Any, config: Any = None, *, steer: bool = True, coefficient: Any = None, **kwargs: Any
+    ):
         from scans_guard.config import SteeredOutput
         from scans_guard.engine import StreamEvent
 
@@ -75,10 +78,17 @@ class ScriptedEngine(ScansEngine):
         yield StreamEvent(row=0, verdict=verdict)
         text = self.replies.pop(0)
         for i in range(0, len(text), 3):
-            yield StreamEvent(row=0, text=text[i:i + 3])
-        yield StreamEvent(row=0, output=SteeredOutput(
-            text=text, verdict=verdict, prompt_tokens=len(self.handle.chat_ids(conversation)),
-            completion_tokens=len(self.handle.encode(text, content=True)), finish_reason="stop"))
+            yield StreamEvent(row=0, text=text[i : i + 3])
+        yield StreamEvent(
+            row=0,
+            output=SteeredOutput(
+                text=text,
+                verdict=verdict,
+                prompt_tokens=len(self.handle.chat_ids(conversation)),
+                completion_tokens=len(self.handle.encode(text, content=True)),
+                finish_reason="stop",
+            ),
+        )
 
 
 def scripted_llm(replies: list[str], engine: ScansEngine | None = None, **fields: Any):

@@ -15,7 +15,19 @@ from .metrics import classification_metrics, confusion, refusal_rates
 from .pipeline import EvalConfig, report_only, run_eval
 
 __all__ = [
-    "CONDITION_NAMES", "Condition", "EvalConfig", "EvalPrompt", "HELPFUL_SYSTEM_PROMPT", "SETS", "SUITES",
-    "build_conditions", "calibration_prompts", "classification_metrics", "confusion", "load_benchmarks",
-    "refusal_rates", "report_only", "run_eval",
+    "CONDITION_NAMES",
+    "Condition",
+    "EvalConfig",
+    "EvalPrompt",
+    "HELPFUL_SYSTEM_PROMPT",
+    "SETS",
+    "SUITES",
+    "build_conditions",
+    "calibration_prompts",
+    "classification_metrics",
+    "confusion",
+    "load_benchmarks",
+    "refusal_rates",
+    "report_only",
+    "run_eval",
 ]

@@ -45,6 +45,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "heldout_harmless+malicious_instruct": ("heldout_harmless", "malicious_instruct"),
 }
 
+
 @dataclass(frozen=True)
 class EvalPrompt:
     """One evaluation prompt: its set, gold label (safe/unsafe) and its index in the source file."""
@@ -126,8 +127,9 @@ def limit_prompts(prompts: list[EvalPrompt], limit: int | None, seed: int) -> li
     return sorted(chosen, key=lambda p: p.index)
 
 
-def generation_prompts(sets: dict[str, list[EvalPrompt]], limit: int | None, full: Sequence[str] = (),
-                       seed: int = 0) -> dict[str, list[EvalPrompt]]:
+def generation_prompts(
+    sets: dict[str, list[EvalPrompt]], limit: int | None, full: Sequence[str] = (), seed: int = 0
+) -> dict[str, list[EvalPrompt]]:
     """The prompts that get replies: at most `limit` per set (label-balanced, seeded), every prompt of `full`'s sets.
 
     sigma(q) is one forward pass and generation dozens, so a long run scores every prompt and replies to a sample.
@@ -182,9 +184,14 @@ def load_benchmarks(
         kept = limit_prompts(kept, limit, seed)
         loaded[name] = kept
         infos[name] = SetInfo(
-            name=name, total=len(examples), anchors_removed=n_anchor, threshold_fit_removed=n_fit,
-            threshold_fit_overlap=sum(calib.in_threshold_fit(p.prompt) for p in kept), duplicates_removed=n_dup,
-            evaluated=len(kept), labels={lab: sum(p.label == lab for p in kept) for lab in ("safe", "unsafe")},
+            name=name,
+            total=len(examples),
+            anchors_removed=n_anchor,
+            threshold_fit_removed=n_fit,
+            threshold_fit_overlap=sum(calib.in_threshold_fit(p.prompt) for p in kept),
+            duplicates_removed=n_dup,
+            evaluated=len(kept),
+            labels={lab: sum(p.label == lab for p in kept) for lab in ("safe", "unsafe")},
         )
     if skipped:
         log.warning("skipping %s: no data directory with them (%s)", ", ".join(skipped), missing_data_dir_hint())

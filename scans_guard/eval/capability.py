@@ -43,8 +43,9 @@ def capability_store(out_dir: str | os.PathLike) -> JsonlStore:
 
 
 # -- perplexity -----------------------------------------------------------------------------------------------
-def wikitext_windows(engine: ScansEngine, path: str | os.PathLike, window: int = 1024,
-                     max_windows: int | None = None) -> list[list[int]]:
+def wikitext_windows(
+    engine: ScansEngine, path: str | os.PathLike, window: int = 1024, max_windows: int | None = None
+) -> list[list[int]]:
     """Non-overlapping windows of `window` tokens of the file (the last, shorter one kept if >= 2 tokens)."""
     text = Path(path).read_text(encoding="utf-8")
     window = min(window, engine.handle.context_window)
@@ -55,7 +56,7 @@ def wikitext_windows(engine: ScansEngine, path: str | os.PathLike, window: int =
         ids = ids[: max_windows * window] if len(ids) > max_windows * window or len(prefix) == len(text) else []
     if not ids:
         ids = engine.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
-    windows = [ids[i:i + window] for i in range(0, len(ids), window)]
+    windows = [ids[i : i + window] for i in range(0, len(ids), window)]
     windows = [w for w in windows if len(w) >= 2]
     return windows[:max_windows] if max_windows is not None else windows
 
@@ -63,19 +64,22 @@ def wikitext_windows(engine: ScansEngine, path: str | os.PathLike, window: int =
 def _uses_plain_head(model: torch.nn.Module) -> bool:
     """True if logits are lm_head(decoder output) with nothing in between (no soft-capping or scaling)."""
     cfg = model.config
-    return (hasattr(model, "get_decoder") and not getattr(cfg, "final_logit_softcapping", None)
-            and getattr(cfg, "logit_scale", None) in (None, 1.0))
+    return (
+        hasattr(model, "get_decoder")
+        and not getattr(cfg, "final_logit_softcapping", None)
+        and getattr(cfg, "logit_scale", None) in (None, 1.0)
+    )
 
 
 @torch.inference_mode()
-def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], plan: SteeringPlan,
-              chunk: int = 256) -> list[tuple[float, int]]:
+def token_nll(
+    engine: ScansEngine, windows: Sequence[Sequence[int]], plan: SteeringPlan, chunk: int = 256
+) -> list[tuple[float, int]]:
     """(summed negative log-likelihood in nats, tokens predicted) per window, every position steered by `plan`."""
     handle = engine.handle
     batch = PromptBatch.left_pad(windows, handle.tokenizer.pad_token_id, handle.device)
     with engine.steering.apply(plan, start_column=0):
-        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      position_ids=batch.position_ids)
+        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
         if _uses_plain_head(handle.model):
             hidden = handle.model.get_decoder()(**kwargs, use_cache=False).last_hidden_state
             head = handle.lm_head
@@ -94,8 +98,14 @@ def token_nll(engine: ScansEngine, windows: Sequence[Sequence[int]], plan: Steer
     return [(float(n), int(c)) for n, c in zip(nll.tolist(), counts)]
 
 
-def run_perplexity(engine: ScansEngine, windows: Sequence[Sequence[int]], conditions: Sequence[Condition],
-                   store: JsonlStore, batch_size: int = 4, progress: bool = True) -> None:
+def run_perplexity(
+    engine: ScansEngine,
+    windows: Sequence[Sequence[int]],
+    conditions: Sequence[Condition],
+    store: JsonlStore,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> None:
     """NLL of every window not yet in `store` under each condition without a system prompt."""
     conds = [c for c in conditions if c.system is None]
     todo = [(c, i) for c in conds for i in range(len(windows)) if ("ppl", c.name, str(i)) not in store]
@@ -103,12 +113,22 @@ def run_perplexity(engine: ScansEngine, windows: Sequence[Sequence[int]], condit
         for cond in conds:
             idx = [i for c, i in todo if c is cond]
             for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
-                plan = engine.steering_plan([engine.handle.tokenizer.decode(windows[i]) for i in chunk],
-                                            **cond.generate_kwargs())
+                chunk = idx[start : start + batch_size]
+                plan = engine.steering_plan(
+                    [engine.handle.tokenizer.decode(windows[i]) for i in chunk], **cond.generate_kwargs()
+                )
                 results = token_nll(engine, [windows[i] for i in chunk], plan)
-                store.append({"task": "ppl", "condition": cond.name, "item": str(i), "nll": nll, "tokens": n,
-                              "coefficient": row.coefficient} for i, (nll, n), row in zip(chunk, results, plan.rows))
+                store.append(
+                    {
+                        "task": "ppl",
+                        "condition": cond.name,
+                        "item": str(i),
+                        "nll": nll,
+                        "tokens": n,
+                        "coefficient": row.coefficient,
+                    }
+                    for i, (nll, n), row in zip(chunk, results, plan.rows)
+                )
                 bar.update(len(chunk))
 
 
@@ -131,8 +151,13 @@ def _read_mmlu(path: Path) -> list[list[str]]:
         return [row for row in csv.reader(f) if len(row) >= 6]
 
 
-def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10, subjects: Sequence[str] | None = None,
-              limit: int | None = None, seed: int = 0) -> tuple[list[MmluQuestion], dict[str, list]]:
+def load_mmlu(
+    data_dir: str | os.PathLike,
+    per_subject: int = 10,
+    subjects: Sequence[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> tuple[list[MmluQuestion], dict[str, list]]:
     """The fixed subset: the first `per_subject` test questions of every subject (or of `subjects`), at most `limit`
     in all (see `spread_questions`); plus the dev rows of each subject asked."""
     root = Path(data_dir) / MMLU_DIR
@@ -143,8 +168,11 @@ def load_mmlu(data_dir: str | os.PathLike, per_subject: int = 10, subjects: Sequ
         if unknown := sorted(set(subjects) - set(files)):
             raise ValueError(f"unknown MMLU subject(s) {unknown}")
         files = {name: f for name, f in files.items() if name in set(subjects)}
-    questions = [MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip())
-                 for subject, f in files.items() for i, row in enumerate(_read_mmlu(f)[:per_subject])]
+    questions = [
+        MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip())
+        for subject, f in files.items()
+        for i, row in enumerate(_read_mmlu(f)[:per_subject])
+    ]
     if limit is not None and len(questions) > limit:
         questions = spread_questions(questions, limit, seed)
     dev_files = {s: root / "dev" / f"{s}_dev.csv" for s in dict.fromkeys(q.subject for q in questions)}
@@ -180,8 +208,11 @@ def choice_token_ids(tokenizer) -> list[list[int]]:
     """Per letter, the single-token spellings of its answer ("A" and " A" where each is one token)."""
     out = []
     for letter in CHOICES:
-        ids = {enc[0] for s in (letter, " " + letter) if len(enc := tokenizer(s, add_special_tokens=False)
-                                                             ["input_ids"]) == 1}
+        ids = {
+            enc[0]
+            for s in (letter, " " + letter)
+            if len(enc := tokenizer(s, add_special_tokens=False)["input_ids"]) == 1
+        }
         if not ids:
             ids = {tokenizer(letter, add_special_tokens=False)["input_ids"][-1]}
         out.append(sorted(ids))
@@ -208,13 +239,29 @@ def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]]
 
 
 def _mmlu_row(cond: Condition, q: MmluQuestion, pred: str | None, coefficient: float, **extra: object) -> dict:
-    return {"task": "mmlu", "condition": cond.name, "item": q.item, "subject": q.subject, "answer": q.answer,
-            "pred": pred, "correct": None if pred is None else pred == q.answer, "coefficient": coefficient, **extra}
+    return {
+        "task": "mmlu",
+        "condition": cond.name,
+        "item": q.item,
+        "subject": q.subject,
+        "answer": q.answer,
+        "pred": pred,
+        "correct": None if pred is None else pred == q.answer,
+        "coefficient": coefficient,
+        **extra,
+    }
 
 
-def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[str, list],
-             conditions: Sequence[Condition], store: JsonlStore, shots: int = 0, batch_size: int = 8,
-             progress: bool = True) -> None:
+def run_mmlu(
+    engine: ScansEngine,
+    questions: Sequence[MmluQuestion],
+    dev: dict[str, list],
+    conditions: Sequence[Condition],
+    store: JsonlStore,
+    shots: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> None:
     """Score every question not yet in `store` under each condition (too-long prompts: rows marked skipped)."""
     todo = [(c, q) for c in conditions for q in questions if ("mmlu", c.name, q.item) not in store]
     with tqdm(total=len(todo), desc="mmlu", unit="question", disable=not progress) as bar:
@@ -225,12 +272,14 @@ def run_mmlu(engine: ScansEngine, questions: Sequence[MmluQuestion], dev: dict[s
             store.append(_mmlu_row(cond, q, None, 0.0, skipped=True) for q in too_long)
             bar.update(len(too_long))
             for start in range(0, len(fits), batch_size):
-                chunk = fits[start:start + batch_size]
+                chunk = fits[start : start + batch_size]
                 convs = [cond.conversation(mmlu_prompt(q, dev[q.subject], shots)) for q in chunk]
                 plan = engine.steering_plan(convs, **cond.generate_kwargs())
                 scores = choice_logits(engine, convs, plan)
-                store.append(_mmlu_row(cond, q, CHOICES[int(np.argmax(s))], row.coefficient)
-                             for q, s, row in zip(chunk, scores, plan.rows))
+                store.append(
+                    _mmlu_row(cond, q, CHOICES[int(np.argmax(s))], row.coefficient)
+                    for q, s, row in zip(chunk, scores, plan.rows)
+                )
                 bar.update(len(chunk))
 
 
@@ -246,8 +295,10 @@ def summarise_capability(rows: Sequence[dict]) -> dict:
             e["windows"] += 1
             e["steered"] += r["coefficient"] != 0
         elif r["task"] == "mmlu":
-            e = out["mmlu"].setdefault(r["condition"], {"correct": 0, "n": 0, "towards_refusal": 0,
-                                                        "away_from_refusal": 0, "skipped_too_long": 0})
+            e = out["mmlu"].setdefault(
+                r["condition"],
+                {"correct": 0, "n": 0, "towards_refusal": 0, "away_from_refusal": 0, "skipped_too_long": 0},
+            )
             if r.get("skipped"):
                 e["skipped_too_long"] += 1
                 continue
@@ -262,6 +313,7 @@ def summarise_capability(rows: Sequence[dict]) -> dict:
         e["perplexity"] = math.exp(e["nll"] / e["tokens"]) if e["tokens"] else None
     for e in out["mmlu"].values():
         e["accuracy"] = e["correct"] / e["n"] if e["n"] else None
-    out["mmlu_by_subject"] = {subj: {c: k / n for c, (k, n) in conds.items()}
-                              for subj, conds in sorted(out["mmlu_by_subject"].items())}
+    out["mmlu_by_subject"] = {
+        subj: {c: k / n for c, (k, n) in conds.items()} for subj, conds in sorted(out["mmlu_by_subject"].items())
+    }
     return out

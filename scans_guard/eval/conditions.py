@@ -45,8 +45,9 @@ class Condition:
 CONDITION_NAMES = ("unsteered", "scans", "helpful_prompt", "always_negative", "always_positive")
 
 
-def build_conditions(names: list[str] | None, recipe: SteeringRecipe,
-                     helpful_system_prompt: str = HELPFUL_SYSTEM_PROMPT) -> list[Condition]:
+def build_conditions(
+    names: list[str] | None, recipe: SteeringRecipe, helpful_system_prompt: str = HELPFUL_SYSTEM_PROMPT
+) -> list[Condition]:
     """The named conditions (None: all), with coefficients from the artifact's recipe.
 
     A recipe that never steers one way (alpha 0, e.g. the default model's alpha_harmful) still gets a meaningful
@@ -57,15 +58,27 @@ def build_conditions(names: list[str] | None, recipe: SteeringRecipe,
     table = {
         "unsteered": Condition("unsteered", "Unsteered", "the model as is", "plain"),
         "scans": Condition("scans", "SCANS", "classify with sigma(q), steer towards or away from refusal", "scans"),
-        "helpful_prompt": Condition("helpful_prompt", "Helpful system prompt",
-                                    "unsteered, with a system prompt asking for helpfulness", "plain",
-                                    system=helpful_system_prompt),
-        "always_negative": Condition("always_negative", "Always negative",
-                                     f"every prompt steered away from refusal ({-negative:+g} v)", "fixed",
-                                     coefficient=-negative),
-        "always_positive": Condition("always_positive", "Always positive",
-                                     f"every prompt steered towards refusal ({positive:+g} v)", "fixed",
-                                     coefficient=positive),
+        "helpful_prompt": Condition(
+            "helpful_prompt",
+            "Helpful system prompt",
+            "unsteered, with a system prompt asking for helpfulness",
+            "plain",
+            system=helpful_system_prompt,
+        ),
+        "always_negative": Condition(
+            "always_negative",
+            "Always negative",
+            f"every prompt steered away from refusal ({-negative:+g} v)",
+            "fixed",
+            coefficient=-negative,
+        ),
+        "always_positive": Condition(
+            "always_positive",
+            "Always positive",
+            f"every prompt steered towards refusal ({positive:+g} v)",
+            "fixed",
+            coefficient=positive,
+        ),
     }
     names = list(CONDITION_NAMES) if names is None else names
     unknown = [n for n in names if n not in table]

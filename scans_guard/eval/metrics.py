@@ -38,8 +38,18 @@ def refusal_rates(rows: Iterable[dict]) -> list[dict]:
     for (cond, name, label), refused in sorted(groups.items()):
         k, n = sum(refused), len(refused)
         lo, hi = wilson_interval(k, n)
-        out.append({"condition": cond, "set": name, "label": label, "n": n, "refused": k, "rate": k / n,
-                    "ci_low": lo, "ci_high": hi})
+        out.append(
+            {
+                "condition": cond,
+                "set": name,
+                "label": label,
+                "n": n,
+                "refused": k,
+                "rate": k / n,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     return out
 
 
@@ -51,9 +61,13 @@ def refusal_summary(rates: Sequence[dict]) -> dict[str, dict]:
         for label in ("safe", "unsafe"):
             sel = [r for r in rates if (r["condition"], r["label"]) == (cond, label)]
             n = sum(r["n"] for r in sel)
-            out.setdefault(cond, {}).update({
-                f"{label}_mean_rate": float(np.mean([r["rate"] for r in sel])) if sel else None,
-                f"{label}_pooled_rate": sum(r["refused"] for r in sel) / n if n else None, f"{label}_n": n})
+            out.setdefault(cond, {}).update(
+                {
+                    f"{label}_mean_rate": float(np.mean([r["rate"] for r in sel])) if sel else None,
+                    f"{label}_pooled_rate": sum(r["refused"] for r in sel) / n if n else None,
+                    f"{label}_n": n,
+                }
+            )
     return out
 
 
@@ -70,8 +84,17 @@ def confusion(actual: Sequence[bool] | np.ndarray, predicted: Sequence[bool] | n
     f1 = (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None
     fpr = fp / (fp + tn) if fp + tn else None
     accuracy = (tp + tn) / len(a) if len(a) else None
-    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision, "recall": recall, "f1": f1,
-            "fpr": fpr, "accuracy": accuracy}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "fpr": fpr,
+        "accuracy": accuracy,
+    }
 
 
 def _ranking(scores: np.ndarray, unsafe: np.ndarray, positive: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +102,9 @@ def _ranking(scores: np.ndarray, unsafe: np.ndarray, positive: str) -> tuple[np.
     return (unsafe, scores) if positive == "unsafe" else (~unsafe, -scores)
 
 
-def classification_metrics(scores: Sequence[float] | np.ndarray, unsafe: Sequence[bool] | np.ndarray,
-                           threshold: float) -> dict:
+def classification_metrics(
+    scores: Sequence[float] | np.ndarray, unsafe: Sequence[bool] | np.ndarray, threshold: float
+) -> dict:
     """Metrics of `score >= threshold => unsafe`, for both positive classes; AUROC/AUPRC need both classes."""
     s, u = np.asarray(scores, dtype=np.float64), np.asarray(unsafe, dtype=bool)
     out: dict = {"threshold": float(threshold), "n": int(len(s)), "n_unsafe": int(u.sum()), "n_safe": int((~u).sum())}

@@ -45,16 +45,28 @@ RUN_FILE = "run.json"
 
 class EvalConfig(BaseModel):
     out_dir: str = Field(description="results directory (created; an existing one is resumed)")
-    data_dir: str | None = Field(None, description="benchmark data; None: $SCANS_GUARD_DATA (no default: without "
-                                 "either only the shipped sets run, and no capability)")
+    data_dir: str | None = Field(
+        None,
+        description="benchmark data; None: $SCANS_GUARD_DATA (no default: without "
+        "either only the shipped sets run, and no capability)",
+    )
     sets: list[str] | None = Field(None, description="None: every set available")
     conditions: list[str] | None = Field(None, description="None: unsteered, scans and the three baselines")
-    limit: int | None = Field(None, ge=1, description="caps every part: prompts per set, MMLU questions in all "
-                              "(spread over subjects) and perplexity windows")
-    generation_limit: int | None = Field(None, ge=1, description="replies for at most N prompts per set (a "
-                                         "label-balanced sample); sigma(q) still scores every prompt")
-    generation_full: list[str] = Field(default_factory=list, description="sets replied to in full whatever "
-                                       "generation_limit says")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="caps every part: prompts per set, MMLU questions in all "
+        "(spread over subjects) and perplexity windows",
+    )
+    generation_limit: int | None = Field(
+        None,
+        ge=1,
+        description="replies for at most N prompts per set (a "
+        "label-balanced sample); sigma(q) still scores every prompt",
+    )
+    generation_full: list[str] = Field(
+        default_factory=list, description="sets replied to in full whatever generation_limit says"
+    )
     seed: int = Field(0, description="seed of the --limit and generation_limit samples")
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -91,18 +103,27 @@ class EvalConfig(BaseModel):
 def _artifact_summary(engine: ScansEngine) -> dict:
     meta = engine.artifact.meta
     return {
-        "model_name": meta.model_name, "recipe": meta.recipe.model_dump(), "anchors": {
-            k: v.model_dump(exclude={"prompt_sha256"}) for k, v in meta.anchors.items()},
-        "threshold_fit": meta.threshold_fit, "platt": meta.platt.model_dump() if meta.platt else None,
-        "layer_analysis": meta.layer_analysis, "notes": meta.notes, "library_version": meta.library_version,
+        "model_name": meta.model_name,
+        "recipe": meta.recipe.model_dump(),
+        "anchors": {k: v.model_dump(exclude={"prompt_sha256"}) for k, v in meta.anchors.items()},
+        "threshold_fit": meta.threshold_fit,
+        "platt": meta.platt.model_dump() if meta.platt else None,
+        "layer_analysis": meta.layer_analysis,
+        "notes": meta.notes,
+        "library_version": meta.library_version,
     }
 
 
 def _identity(run: dict) -> dict:
     """The settings that decide the replies: a resumed run must have the same."""
-    return {"model_fingerprint": run["model"]["fingerprint_sha256"], "recipe": run["artifact"]["recipe"],
-            **{k: run["settings"][k] for k in ("max_new_tokens", "judge", "helpful_system_prompt", "mmlu_shots",
-                                               "ppl_window")}}
+    return {
+        "model_fingerprint": run["model"]["fingerprint_sha256"],
+        "recipe": run["artifact"]["recipe"],
+        **{
+            k: run["settings"][k]
+            for k in ("max_new_tokens", "judge", "helpful_system_prompt", "mmlu_shots", "ppl_window")
+        },
+    }
 
 
 def _check_resume(out: Path, run: dict) -> None:
@@ -123,28 +144,40 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     data_dir = resolve_data_dir(config.data_dir)
     conditions = build_conditions(config.conditions, engine.recipe, config.helpful_system_prompt)
     calib = calibration_prompts(engine.artifact)
-    sets, infos, skipped = load_benchmarks(config.sets, data_dir, calib, config.limit, config.seed,
-                                           config.exclude_threshold_fit)
+    sets, infos, skipped = load_benchmarks(
+        config.sets, data_dir, calib, config.limit, config.seed, config.exclude_threshold_fit
+    )
     gen_sets = generation_prompts(sets, config.generation_limit, config.generation_full, config.seed)
     run = {
         "library_version": __version__,
-        "model": {"name": engine.handle.name, "n_layers": engine.handle.n_layers,
-                  "fingerprint_sha256": engine.handle.fingerprint()["weight_probe_sha256"],
-                  "device": str(engine.handle.device), "dtype": str(engine.handle.dtype).removeprefix("torch.")},
+        "model": {
+            "name": engine.handle.name,
+            "n_layers": engine.handle.n_layers,
+            "fingerprint_sha256": engine.handle.fingerprint()["weight_probe_sha256"],
+            "device": str(engine.handle.device),
+            "dtype": str(engine.handle.dtype).removeprefix("torch."),
+        },
         "artifact": _artifact_summary(engine),
-        "settings": {**config.model_dump(exclude={"progress"}), "data_dir": str(data_dir) if data_dir else None,
-                     "judge": judge_name(judge), "mmlu_per_subject": config.resolved_mmlu_per_subject(),
-                     "ppl_windows": config.resolved_ppl_windows()},
+        "settings": {
+            **config.model_dump(exclude={"progress"}),
+            "data_dir": str(data_dir) if data_dir else None,
+            "judge": judge_name(judge),
+            "mmlu_per_subject": config.resolved_mmlu_per_subject(),
+            "ppl_windows": config.resolved_ppl_windows(),
+        },
         "conditions": [asdict(c) for c in conditions],
         "sets": {k: v.model_dump() for k, v in infos.items()},
         "selection": {k: [p.index for p in v] for k, v in sets.items()},  # row numbers in each set's file
         "generation_selection": {k: [p.index for p in v] for k, v in gen_sets.items()},
         "skipped_sets": skipped,
-        "calibration_prompts": {"anchors_excluded": len(calib.anchor_hashes),
-                                "anchors_verified": calib.anchors_verified,
-                                "threshold_fit_prompts": len(calib.threshold_fit_hashes),
-                                "threshold_fit_verified": calib.threshold_fit_verified,
-                                "threshold_fit_excluded": config.exclude_threshold_fit, "notes": calib.notes},
+        "calibration_prompts": {
+            "anchors_excluded": len(calib.anchor_hashes),
+            "anchors_verified": calib.anchors_verified,
+            "threshold_fit_prompts": len(calib.threshold_fit_hashes),
+            "threshold_fit_verified": calib.threshold_fit_verified,
+            "threshold_fit_excluded": config.exclude_threshold_fit,
+            "notes": calib.notes,
+        },
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _check_resume(out, run)
@@ -156,8 +189,17 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     score_rows = run_classification(engine, prompts, scores_store(out), config.batch_size, config.progress)
     scores = {(r["set"], r["label"], r["prompt"]): r["score"] for r in score_rows}
     replied = [p for ps in gen_sets.values() for p in ps]
-    gen_rows = run_generations(engine, replied, conditions, generations_store(out), judge, config.max_new_tokens,
-                               config.batch_size, scores, config.progress)
+    gen_rows = run_generations(
+        engine,
+        replied,
+        conditions,
+        generations_store(out),
+        judge,
+        config.max_new_tokens,
+        config.batch_size,
+        scores,
+        config.progress,
+    )
     cap_rows: list[dict] = []
     run["capability_notes"], run["capability_items"] = [], []
     if config.capability:
@@ -168,12 +210,14 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     return write_report(out, run, score_rows, gen_rows, cap_rows, plots=config.plots)
 
 
-def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_dir: Path | None, out: Path,
-                    notes: list[str]) -> list[dict]:
+def _run_capability(
+    engine: ScansEngine, config: EvalConfig, conditions, data_dir: Path | None, out: Path, notes: list[str]
+) -> list[dict]:
     store = capability_store(out)
     if data_dir is None:
-        notes.append(f"capability skipped: no data directory (WikiText-2 and MMLU are not shipped; "
-                     f"{missing_data_dir_hint()})")
+        notes.append(
+            f"capability skipped: no data directory (WikiText-2 and MMLU are not shipped; {missing_data_dir_hint()})"
+        )
         log.warning(notes[-1])
         return []
     wiki = data_dir / WIKITEXT_TEST
@@ -185,8 +229,9 @@ def _run_capability(engine: ScansEngine, config: EvalConfig, conditions, data_di
         notes.append(f"perplexity skipped: {wiki} not found")
         wanted = set()
     if (data_dir / "mmlu" / "test").is_dir():
-        questions, dev = load_mmlu(data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects,
-                                   limit=config.limit, seed=config.seed)
+        questions, dev = load_mmlu(
+            data_dir, config.resolved_mmlu_per_subject(), config.mmlu_subjects, limit=config.limit, seed=config.seed
+        )
         run_mmlu(engine, questions, dev, conditions, store, config.mmlu_shots, config.batch_size, config.progress)
         wanted |= {q.item for q in questions}
     else:
@@ -212,12 +257,16 @@ def report_only(out_dir: str | os.PathLike, plots: bool = True, judge: RefusalJu
 
     scored, generated = chosen("selection"), chosen("generation_selection")
     score_rows = [r for r in scores_store(out).rows if not scored or (r["set"], r["index"]) in scored]
-    gen_rows = [r for r in generations_store(out).rows
-                if r["condition"] in names and (not generated or (r["set"], r["index"]) in generated)]
+    gen_rows = [
+        r
+        for r in generations_store(out).rows
+        if r["condition"] in names and (not generated or (r["set"], r["index"]) in generated)
+    ]
     if judge is not None:
         gen_rows = rejudge(gen_rows, judge)
-        run["settings"]["judge"] = f"{judge_name(judge)} (re-judged; generations.jsonl holds " \
-                                   f"{run['settings']['judge']}'s verdicts)"
+        run["settings"]["judge"] = (
+            f"{judge_name(judge)} (re-judged; generations.jsonl holds {run['settings']['judge']}'s verdicts)"
+        )
     items = set(run.get("capability_items", []))
     cap_rows = [r for r in capability_store(out).rows if r["condition"] in names and r["item"] in items]
     return write_report(out, run, score_rows, gen_rows, cap_rows, plots=plots)

@@ -10,8 +10,13 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-CONDITION_COLOURS = {"unsteered": "#7f7f7f", "scans": "#d62728", "helpful_prompt": "#1f77b4",
-                     "always_negative": "#2ca02c", "always_positive": "#9467bd"}
+CONDITION_COLOURS = {
+    "unsteered": "#7f7f7f",
+    "scans": "#d62728",
+    "helpful_prompt": "#1f77b4",
+    "always_negative": "#2ca02c",
+    "always_positive": "#9467bd",
+}
 
 
 def available() -> bool:
@@ -34,17 +39,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def refusal_bars(rates: Sequence[dict], conditions: Sequence[str], labels: dict[str, str], set_order: Sequence[str],
-                 path: Path) -> Path:
+def refusal_bars(
+    rates: Sequence[dict], conditions: Sequence[str], labels: dict[str, str], set_order: Sequence[str], path: Path
+) -> Path:
     """Grouped bars: refusal rate per set (safe sets left panel, unsafe right), one bar per condition, 95% CI."""
     plt = _plt()
-    panels = [("safe", "safe prompts: refusal rate (lower is better)"),
-              ("unsafe", "unsafe prompts: refusal rate (higher is better)")]
-    groups = {lab: [s for s in set_order if any(r["set"] == s and r["label"] == lab for r in rates)]
-              for lab, _ in panels}
+    panels = [
+        ("safe", "safe prompts: refusal rate (lower is better)"),
+        ("unsafe", "unsafe prompts: refusal rate (higher is better)"),
+    ]
+    groups = {
+        lab: [s for s in set_order if any(r["set"] == s and r["label"] == lab for r in rates)] for lab, _ in panels
+    }
     widths = [max(1, len(groups[lab])) for lab, _ in panels]
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.3 * sum(widths), 4.2), gridspec_kw={"width_ratios": widths},
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2.2 + 1.3 * sum(widths), 4.2), gridspec_kw={"width_ratios": widths}, squeeze=False
+    )
     width = 0.8 / max(1, len(conditions))
     for ax, (lab, title) in zip(axes[0], panels):
         sets = groups[lab]
@@ -58,8 +68,16 @@ def refusal_bars(rates: Sequence[dict], conditions: Sequence[str], labels: dict[
                 ys.append(100 * r["rate"])
                 err[0].append(100 * (r["rate"] - r["ci_low"]))
                 err[1].append(100 * (r["ci_high"] - r["rate"]))
-            ax.bar(xs, ys, width, yerr=err, capsize=2, label=labels.get(cond, cond),
-                   color=CONDITION_COLOURS.get(cond), error_kw={"elinewidth": 0.8, "alpha": 0.6})
+            ax.bar(
+                xs,
+                ys,
+                width,
+                yerr=err,
+                capsize=2,
+                label=labels.get(cond, cond),
+                color=CONDITION_COLOURS.get(cond),
+                error_kw={"elinewidth": 0.8, "alpha": 0.6},
+            )
         ax.set_xticks(range(len(sets)), sets, rotation=25, ha="right")
         ax.set_ylim(0, 105)
         ax.set_title(title, fontsize=10)
@@ -74,7 +92,7 @@ def roc_curves(curves: dict[str, dict], operating_points: dict[str, tuple[float,
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, c in curves.items():
-        line, = ax.plot(c["fpr"], c["tpr"], label=f"{name} (AUROC {c['auroc']:.3f})", lw=2 if name == "all" else 1.2)
+        (line,) = ax.plot(c["fpr"], c["tpr"], label=f"{name} (AUROC {c['auroc']:.3f})", lw=2 if name == "all" else 1.2)
         if name in operating_points:
             ax.plot(*operating_points[name], "o", color=line.get_color(), ms=5)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
@@ -91,8 +109,12 @@ def threshold_sweep(rows: Sequence[dict], artifact_t: float, best_t: float | Non
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     ts = [r["threshold"] for r in rows]
-    for key, name in (("precision_unsafe", "precision"), ("recall_unsafe", "recall"), ("f1_unsafe", "F1"),
-                      ("fpr", "false-positive rate")):
+    for key, name in (
+        ("precision_unsafe", "precision"),
+        ("recall_unsafe", "recall"),
+        ("f1_unsafe", "F1"),
+        ("fpr", "false-positive rate"),
+    ):
         ax.plot(ts, [r[key] if r[key] is not None else float("nan") for r in rows], marker=".", label=name)
     ax.axvline(artifact_t, color="black", ls="--", lw=1, label=f"artifact T = {artifact_t:.3f}")
     if best_t is not None:
@@ -116,8 +138,9 @@ def layer_profile(rows: Sequence[dict], steer_layers: Sequence[int], path: Path)
             continue
         std = [r[f"std_{label}"] for r in rows]
         ax.plot(layers, mean, marker="o", color=colour, label=label)
-        ax.fill_between(layers, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=colour, alpha=0.15)
+        ax.fill_between(
+            layers, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colour, alpha=0.15
+        )
     ax.set_ylabel("cosine similarity to d_harm")
     ax.set_title("per-layer transition similarity (classification layers)", fontsize=10)
     ax.legend(fontsize=8)
@@ -141,8 +164,9 @@ def score_histograms(scores: dict[str, Sequence[float]], threshold: float, path:
     rng = (min(values + [threshold]), max(values + [threshold])) if values else None
     for label, colour in (("safe", "#1f77b4"), ("unsafe", "#d62728")):
         if scores.get(label):
-            ax.hist(scores[label], bins=bins, range=rng, alpha=0.55, color=colour,
-                    label=f"{label} ({len(scores[label])})")
+            ax.hist(
+                scores[label], bins=bins, range=rng, alpha=0.55, color=colour, label=f"{label} ({len(scores[label])})"
+            )
     ax.axvline(threshold, color="black", ls="--", lw=1, label=f"T = {threshold:.3f}")
     ax.set_xlabel("sigma(q) score")
     ax.set_ylabel("prompts")

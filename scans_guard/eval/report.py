@@ -49,8 +49,9 @@ def _clean(obj):
     return obj
 
 
-def compute_results(run: dict, score_rows: Sequence[dict], gen_rows: Sequence[dict],
-                    cap_rows: Sequence[dict]) -> EvalResults:
+def compute_results(
+    run: dict, score_rows: Sequence[dict], gen_rows: Sequence[dict], cap_rows: Sequence[dict]
+) -> EvalResults:
     """Every number of the report, from the rows (no model needed)."""
     threshold = run["artifact"]["recipe"]["threshold"]
     sets_in_run = set(run.get("sets", {})) or {r["set"] for r in score_rows}
@@ -67,25 +68,41 @@ def compute_results(run: dict, score_rows: Sequence[dict], gen_rows: Sequence[di
     by_set: dict[str, dict] = {}
     for r in score_rows:
         by_set.setdefault(r["set"], {}).setdefault(r["label"], []).append(r["score"])
-    score_stats = {name: {lab: {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v)),
-                                "flagged_unsafe": float(np.mean(flags(v, threshold)))}
-                          for lab, v in labs.items()} for name, labs in by_set.items()}
-    return EvalResults.model_validate(_clean({
-        "run": run,
-        "refusal": {"rates": rates, "summary": refusal_summary(rates),
+    score_stats = {
+        name: {
+            lab: {
+                "n": len(v),
+                "mean": float(np.mean(v)),
+                "std": float(np.std(v)),
+                "flagged_unsafe": float(np.mean(flags(v, threshold))),
+            }
+            for lab, v in labs.items()
+        }
+        for name, labs in by_set.items()
+    }
+    return EvalResults.model_validate(
+        _clean(
+            {
+                "run": run,
+                "refusal": {
+                    "rates": rates,
+                    "summary": refusal_summary(rates),
                     "note": "refused = the judge's verdict on each reply; rates per (condition, set, label) with "
-                            "95% Wilson intervals; summary means weight each set equally"},
-        "classification": {
-            "positive_class_note": POSITIVE_CLASS_NOTE,
-            "artifact_threshold": threshold,
-            "suites": suites,
-            "threshold_sweep": {"suite": "all", "rows": threshold_sweep(s, u, sorted(set(grid)))},
-            "layer_profile": profiles,
-            "score_stats": score_stats,
-        },
-        "vocabulary_projection": run["artifact"].get("layer_analysis", []),
-        "capability": summarise_capability(cap_rows),
-    }))
+                    "95% Wilson intervals; summary means weight each set equally",
+                },
+                "classification": {
+                    "positive_class_note": POSITIVE_CLASS_NOTE,
+                    "artifact_threshold": threshold,
+                    "suites": suites,
+                    "threshold_sweep": {"suite": "all", "rows": threshold_sweep(s, u, sorted(set(grid)))},
+                    "layer_profile": profiles,
+                    "score_stats": score_stats,
+                },
+                "vocabulary_projection": run["artifact"].get("layer_analysis", []),
+                "capability": summarise_capability(cap_rows),
+            }
+        )
+    )
 
 
 def make_figures(res: EvalResults, score_rows: Sequence[dict], out: Path) -> dict[str, str]:
@@ -99,8 +116,9 @@ def make_figures(res: EvalResults, score_rows: Sequence[dict], out: Path) -> dic
     score_rows = [r for r in score_rows if r["set"] in run.sets]
     if rates:
         conds = [c.name for c in run.conditions if any(r["condition"] == c.name for r in rates)]
-        figs["refusal_rates"] = plotting.refusal_bars(rates, conds, run.labels, set_order(set(run.sets)),
-                                                   pdir / "refusal_rates.png")
+        figs["refusal_rates"] = plotting.refusal_bars(
+            rates, conds, run.labels, set_order(set(run.sets)), pdir / "refusal_rates.png"
+        )
     curves, points = {}, {}
     for e in cls.suites:
         rows = suite_rows(score_rows, e.sets)
@@ -112,20 +130,33 @@ def make_figures(res: EvalResults, score_rows: Sequence[dict], out: Path) -> dic
         figs["roc"] = plotting.roc_curves(curves, points, pdir / "roc.png")
     if len(cls.threshold_sweep.rows) > 1:
         best = cls.suite("all").best_T if cls.suite("all") else None
-        figs["threshold_sweep"] = plotting.threshold_sweep([r.model_dump() for r in cls.threshold_sweep.rows],
-                                                           cls.artifact_threshold, best, pdir / "threshold_sweep.png")
+        figs["threshold_sweep"] = plotting.threshold_sweep(
+            [r.model_dump() for r in cls.threshold_sweep.rows],
+            cls.artifact_threshold,
+            best,
+            pdir / "threshold_sweep.png",
+        )
     if profile := cls.layer_profile.get("all", []):
-        figs["layer_profile"] = plotting.layer_profile([r.model_dump() for r in profile],
-                                                       run.artifact.recipe.steer_layers, pdir / "layer_profile.png")
+        figs["layer_profile"] = plotting.layer_profile(
+            [r.model_dump() for r in profile], run.artifact.recipe.steer_layers, pdir / "layer_profile.png"
+        )
     if pooled := suite_rows(score_rows, tuple(run.sets)):
         figs["score_histogram"] = plotting.score_histograms(
             {lab: [r["score"] for r in pooled if r["label"] == lab] for lab in ("safe", "unsafe")},
-            cls.artifact_threshold, pdir / "scores.png")
+            cls.artifact_threshold,
+            pdir / "scores.png",
+        )
     return {k: str(v.relative_to(out)) for k, v in figs.items()}
 
 
-def write_report(out_dir: str | Path, run: dict, score_rows: Sequence[dict], gen_rows: Sequence[dict],
-                 cap_rows: Sequence[dict], plots: bool = True) -> EvalResults:
+def write_report(
+    out_dir: str | Path,
+    run: dict,
+    score_rows: Sequence[dict],
+    gen_rows: Sequence[dict],
+    cap_rows: Sequence[dict],
+    plots: bool = True,
+) -> EvalResults:
     """Write results.json, report.md and plots/ into `out_dir`; returns the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

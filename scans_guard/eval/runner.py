@@ -35,23 +35,26 @@ def generations_store(out_dir: str | Path) -> JsonlStore:
 def _batches(items: Sequence[EvalPrompt], batch_size: int) -> Iterator[list[EvalPrompt]]:
     ordered = sorted(items, key=lambda p: (len(p.prompt), p.set, p.index))
     for start in range(0, len(ordered), batch_size):
-        yield ordered[start:start + batch_size]
+        yield ordered[start : start + batch_size]
 
 
 def _base(p: EvalPrompt) -> dict:
     return {"set": p.set, "label": p.label, "prompt": p.prompt, "index": p.index}
 
 
-def run_classification(engine: ScansEngine, prompts: Sequence[EvalPrompt], store: JsonlStore, batch_size: int = 8,
-                       progress: bool = True) -> list[dict]:
+def run_classification(
+    engine: ScansEngine, prompts: Sequence[EvalPrompt], store: JsonlStore, batch_size: int = 8, progress: bool = True
+) -> list[dict]:
     """sigma(q) of every prompt not yet in `store`; returns all of the store's rows for `prompts`."""
     todo = [p for p in prompts if p.key not in store]
     with tqdm(total=len(todo), desc="classify", unit="prompt", disable=not progress) as bar:
         for batch in _batches(todo, batch_size):
             verdicts = engine.classify([p.prompt for p in batch], batch_size=len(batch))
             # the verdict's one serialisation; its label is stored as "predicted" (the row's "label" is the truth)
-            store.append({**{k: x for k, x in v.record().items() if k != "label"}, **_base(p), "predicted": v.label}
-                         for p, v in zip(batch, verdicts))
+            store.append(
+                {**{k: x for k, x in v.record().items() if k != "label"}, **_base(p), "predicted": v.label}
+                for p, v in zip(batch, verdicts)
+            )
             bar.update(len(batch))
     wanted = {p.key for p in prompts}
     return [r for r in store.rows if store.key(r) in wanted]
@@ -80,19 +83,25 @@ def run_generations(
             mine = [p for c, p in todo if c is cond]
             for batch in _batches(mine, batch_size):
                 bar.set_postfix_str(cond.name)
-                outputs = engine.generate([cond.conversation(p.prompt) for p in batch], config,
-                                          **cond.generate_kwargs())
+                outputs = engine.generate(
+                    [cond.conversation(p.prompt) for p in batch], config, **cond.generate_kwargs()
+                )
                 rows = []
                 for p, out in zip(batch, outputs):
                     v = out.verdict
-                    rows.append({
-                        **_base(p), "condition": cond.name,
-                        "score": v.score if v is not None else scores.get(p.key),
-                        "direction": out.steering.direction, "coefficient": out.steering.coefficient,
-                        "response": out.text,
-                        "refused": bool(judge(p.prompt, out.text)), "finish_reason": out.finish_reason,
-                        "completion_tokens": out.completion_tokens,
-                    })
+                    rows.append(
+                        {
+                            **_base(p),
+                            "condition": cond.name,
+                            "score": v.score if v is not None else scores.get(p.key),
+                            "direction": out.steering.direction,
+                            "coefficient": out.steering.coefficient,
+                            "response": out.text,
+                            "refused": bool(judge(p.prompt, out.text)),
+                            "finish_reason": out.finish_reason,
+                            "completion_tokens": out.completion_tokens,
+                        }
+                    )
                 store.append(rows)
                 bar.update(len(batch))
     wanted = {(c.name, *p.key) for c in conditions for p in prompts}

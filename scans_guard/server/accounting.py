@@ -45,8 +45,13 @@ def guard_headers(handle: RequestHandle) -> dict[str, str]:
     headers = {HEADER_PREFIX + "action": action(handle)}
     verdict = handle.verdict
     if verdict is not None:
-        headers.update({HEADER_PREFIX + "label": verdict.label, HEADER_PREFIX + "score": repr(verdict.score),
-                        HEADER_PREFIX + "direction": verdict.direction})
+        headers.update(
+            {
+                HEADER_PREFIX + "label": verdict.label,
+                HEADER_PREFIX + "score": repr(verdict.score),
+                HEADER_PREFIX + "direction": verdict.direction,
+            }
+        )
     return headers
 
 

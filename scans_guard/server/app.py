@@ -50,8 +50,9 @@ from .state import ServerSettings, ServerState
 log = logging.getLogger(__name__)
 
 
-def create_app(engine_or_loader: ScansEngine | Callable[[], ScansEngine],
-               settings: ServerSettings | None = None) -> FastAPI:
+def create_app(
+    engine_or_loader: ScansEngine | Callable[[], ScansEngine], settings: ServerSettings | None = None
+) -> FastAPI:
     """The server app over a loaded engine, or over a loader run in a background thread at startup (503 until then)."""
     state = ServerState(settings or ServerSettings())
     loader = None
@@ -70,10 +71,20 @@ def create_app(engine_or_loader: ScansEngine | Callable[[], ScansEngine],
         if state.scheduler is not None:
             state.scheduler.close()
 
-    app = FastAPI(title="scans-guard", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json")
-    install(app, [ChatCompletionRequest, ClassifyRequest], state.settings.max_tokens_limit,
-            state.settings.max_classify_inputs)
+    app = FastAPI(
+        title="scans-guard",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    install(
+        app,
+        [ChatCompletionRequest, ClassifyRequest],
+        state.settings.max_tokens_limit,
+        state.settings.max_classify_inputs,
+    )
     app.state.scans_guard = state
     app.add_middleware(Guard, state=state)
     _add_error_handlers(app)
@@ -110,14 +121,24 @@ def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         if state.draining_since is not None:  # a load balancer stops sending here while the drain runs
-            return JSONResponse({"status": "draining", "error": {
-                "message": "the server is shutting down", "type": "service_unavailable_error", "param": None,
-                "code": "shutting_down"}}, status_code=503)
+            return JSONResponse(
+                {
+                    "status": "draining",
+                    "error": {
+                        "message": "the server is shutting down",
+                        "type": "service_unavailable_error",
+                        "param": None,
+                        "code": "shutting_down",
+                    },
+                },
+                status_code=503,
+            )
         try:
             state.ready()
         except ApiError as err:
-            return JSONResponse({"status": "loading" if state.load_error is None else "failed", **err.body()},
-                                status_code=503)
+            return JSONResponse(
+                {"status": "loading" if state.load_error is None else "failed", **err.body()}, status_code=503
+            )
         return JSONResponse({"status": "ready", "model": state.model_name})
 
     @app.get("/metrics")
@@ -141,20 +162,31 @@ def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
 
 def _check_model(state: ServerState, model: str | None) -> None:
     if model is not None and model != state.model_name:
-        raise ApiError(404, f"the model {model!r} does not exist; this server serves {state.model_name!r}",
-                       type="not_found_error", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist; this server serves {state.model_name!r}",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def _add_model_routes(app: FastAPI, state: ServerState) -> None:
     """POST /v1/chat/completions (through the continuous-batching scheduler) and POST /v1/classify (batched)."""
     settings = state.settings
 
-    @app.post("/v1/chat/completions", responses=CHAT_RESPONSES, openapi_extra=request_body(
-        ChatCompletionRequest, "OpenAI's chat completion request, with the scans_guard extension"))
+    @app.post(
+        "/v1/chat/completions",
+        responses=CHAT_RESPONSES,
+        openapi_extra=request_body(
+            ChatCompletionRequest, "OpenAI's chat completion request, with the scans_guard extension"
+        ),
+    )
     async def chat_completions(request: Request) -> Response:
         engine = state.ready()
-        body = ChatCompletionRequest.model_validate_json(await _read_body(request, settings.max_body_bytes),
-                                                         strict=True)
+        body = ChatCompletionRequest.model_validate_json(
+            await _read_body(request, settings.max_body_bytes), strict=True
+        )
         _check_model(state, body.model)
         conversation, config, options = _chat_inputs(body, settings, engine)
         policy = options.pop("policy")
@@ -162,15 +194,17 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         if scheduler.waiting >= scheduler.max_queue:  # at once, without tokenizing (submit checks again under lock)
             raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={scheduler.max_queue})")
         started = time.perf_counter()
-        handle = await anyio.to_thread.run_sync(lambda: scheduler.submit(
-            conversation, config, timeout=settings.request_timeout_s, **options))
+        handle = await anyio.to_thread.run_sync(
+            lambda: scheduler.submit(conversation, config, timeout=settings.request_timeout_s, **options)
+        )
         outcome = outcome_of(request.scope)
         outcome.handle, outcome.started = handle, started
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}
-        extension = {"policy": policy,
-                     "steer": options["steer"] and options["coefficient"] is None,
-                     "retry": RetryPolicy.applies(options["retry"], options["steer"],
-                                                  options["coefficient"]) is not None}
+        extension = {
+            "policy": policy,
+            "steer": options["steer"] and options["coefficient"] is None,
+            "retry": RetryPolicy.applies(options["retry"], options["steer"], options["coefficient"]) is not None,
+        }
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = await until_started(request, handle)
@@ -178,16 +212,21 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
                 raise handle.error
             if handle.cancelled:  # the client went away before the stream began: nobody to answer
                 return Response(status_code=CLIENT_CLOSED)
-            return StreamingResponse(stream(state, outcome, events, meta, extension, include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", **guard_headers(handle)})
+            return StreamingResponse(
+                stream(state, outcome, events, meta, extension, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", **guard_headers(handle)},
+            )
         await until_done(request, handle)
         if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
             return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(completion(state, outcome, meta, extension), headers=guard_headers(handle))
 
-    @app.post("/v1/classify", responses=MODEL_ERRORS,
-              openapi_extra=request_body(ClassifyRequest, "prompts or conversations to classify"))
+    @app.post(
+        "/v1/classify",
+        responses=MODEL_ERRORS,
+        openapi_extra=request_body(ClassifyRequest, "prompts or conversations to classify"),
+    )
     async def classify(request: Request) -> JSONResponse:
         engine = state.ready()
         body = ClassifyRequest.model_validate_json(await _read_body(request, settings.max_body_bytes), strict=True)
@@ -197,15 +236,24 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
             raise QueueFullError(f"{state.classifying} classify requests are running (max_queue={settings.max_queue})")
         state.classifying += 1
         try:
-            verdicts = await anyio.to_thread.run_sync(lambda: engine.classify(
-                conversations, settings.classify_batch_size, operating_point=body.operating_point))
+            verdicts = await anyio.to_thread.run_sync(
+                lambda: engine.classify(
+                    conversations, settings.classify_batch_size, operating_point=body.operating_point
+                )
+            )
         finally:
             state.classifying -= 1
         for v in verdicts:
             state.metrics.verdict(v)
-        return JSONResponse({"object": "list", "model": state.model_name,
-                             "data": [{"index": i, "object": "scans_guard.verdict", **verdict_json(v)}
-                                      for i, v in enumerate(verdicts)]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": state.model_name,
+                "data": [
+                    {"index": i, "object": "scans_guard.verdict", **verdict_json(v)} for i, v in enumerate(verdicts)
+                ],
+            }
+        )
 
 
 def _classify_inputs(body: ClassifyRequest, limit: int) -> list:
@@ -213,8 +261,9 @@ def _classify_inputs(body: ClassifyRequest, limit: int) -> list:
     if not items:
         raise ApiError(400, "input is empty", param="input", code="invalid_value")
     if len(items) > limit:
-        raise ApiError(413, f"{len(items)} inputs in one request, more than {limit}", param="input",
-                       code="too_many_inputs")
+        raise ApiError(
+            413, f"{len(items)} inputs in one request, more than {limit}", param="input", code="too_many_inputs"
+        )
     return [x if isinstance(x, str) else _messages(x, f"input.{i}") for i, x in enumerate(items)]
 
 
@@ -238,16 +287,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings,
-                 engine: ScansEngine) -> tuple[list[dict], GenerationConfig, dict]:
+def _chat_inputs(
+    body: ChatCompletionRequest, settings: ServerSettings, engine: ScansEngine
+) -> tuple[list[dict], GenerationConfig, dict]:
     """The conversation, decoding settings and steering options of a chat completion request."""
-    unsupported = [("n", body.n not in (None, 1), "n must be 1"),
-                   ("tools", bool(body.tools) or bool(body.functions), "tools and functions are not supported"),
-                   ("logprobs", bool(body.logprobs) or bool(body.top_logprobs), "logprobs are not supported"),
-                   ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
-                   ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
-                   ("response_format", body.response_format not in (None, {"type": "text"}),
-                    "only the text response format is supported")]
+    unsupported = [
+        ("n", body.n not in (None, 1), "n must be 1"),
+        ("tools", bool(body.tools) or bool(body.functions), "tools and functions are not supported"),
+        ("logprobs", bool(body.logprobs) or bool(body.top_logprobs), "logprobs are not supported"),
+        ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
+        ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
+        (
+            "response_format",
+            body.response_format not in (None, {"type": "text"}),
+            "only the text response format is supported",
+        ),
+    ]
     for param, bad, message in unsupported:
         if bad:
             raise ApiError(400, message, param=param, code="unsupported_parameter")
@@ -259,11 +314,22 @@ def _chat_inputs(body: ChatCompletionRequest, settings: ServerSettings,
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise ApiError(400, f"{param} is {max_tokens}, more than this server's limit of {settings.max_tokens_limit}",
-                       param=param, code="invalid_value")
-    fields = {"max_new_tokens": max_tokens, "stop": stop, "seed": body.seed, "ignore_eos": bool(body.ignore_eos),
-              "temperature": body.temperature or 0.0, "top_p": body.top_p if body.top_p is not None else 1.0,
-              "top_k": body.top_k, "repetition_penalty": body.repetition_penalty}
+        raise ApiError(
+            400,
+            f"{param} is {max_tokens}, more than this server's limit of {settings.max_tokens_limit}",
+            param=param,
+            code="invalid_value",
+        )
+    fields = {
+        "max_new_tokens": max_tokens,
+        "stop": stop,
+        "seed": body.seed,
+        "ignore_eos": bool(body.ignore_eos),
+        "temperature": body.temperature or 0.0,
+        "top_p": body.top_p if body.top_p is not None else 1.0,
+        "top_k": body.top_k,
+        "repetition_penalty": body.repetition_penalty,
+    }
     try:
         config = GenerationConfig(**fields)
     except ValidationError as exc:
@@ -276,8 +342,12 @@ def _check_coefficient(opts: ScansGuardOptions | None) -> None:
     """A fixed coefficient out of range is a 400 naming it here, rather than a nameless one from the scheduler."""
     value = opts.coefficient if opts else None
     if value is not None and not (math.isfinite(value) and abs(value) <= MAX_COEFFICIENT):
-        raise ApiError(400, f"the coefficient must be a finite number within +-{MAX_COEFFICIENT:g}, got {value!r}",
-                       param=f"{EXTENSION_KEY}.coefficient", code="invalid_value")
+        raise ApiError(
+            400,
+            f"the coefficient must be a finite number within +-{MAX_COEFFICIENT:g}, got {value!r}",
+            param=f"{EXTENSION_KEY}.coefficient",
+            code="invalid_value",
+        )
 
 
 def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, engine: ScansEngine) -> dict:
@@ -290,20 +360,30 @@ def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, 
         policy = "guard+steer"  # a request cannot drop the server's guard
     steer = (opts.steer if opts and opts.steer is not None else settings.steer) and policy_steers(policy)
     if coefficient is not None and (not settings.allow_fixed_coefficient or policy_blocks(policy)):
-        why = ("this server does not accept fixed coefficients (scans-guard serve --allow-fixed-coefficient)"
-               if not settings.allow_fixed_coefficient else
-               "a fixed coefficient skips classification, so it cannot run under the guard policy")
+        why = (
+            "this server does not accept fixed coefficients (scans-guard serve --allow-fixed-coefficient)"
+            if not settings.allow_fixed_coefficient
+            else "a fixed coefficient skips classification, so it cannot run under the guard policy"
+        )
         raise ApiError(400, why, param=f"{EXTENSION_KEY}.coefficient", code="not_allowed")
     if opts and opts.steer is False and engine.recipe.alpha_harmful > 0 and not settings.allow_fixed_coefficient:
-        raise ApiError(400, "steer: false would drop this server's steering of harmful prompts towards refusal; it "
-                       "does not allow that (scans-guard serve --allow-fixed-coefficient)",
-                       param=f"{EXTENSION_KEY}.steer", code="not_allowed")
+        raise ApiError(
+            400,
+            "steer: false would drop this server's steering of harmful prompts towards refusal; it "
+            "does not allow that (scans-guard serve --allow-fixed-coefficient)",
+            param=f"{EXTENSION_KEY}.steer",
+            code="not_allowed",
+        )
     retry = opts.retry if opts and opts.retry is not None else settings.retry
-    return {"steer": steer, "coefficient": coefficient, "policy": policy,
-            "refusal": settings.refusal_message if policy_blocks(policy) else None,
-            "guard": GuardPolicy(out_of_domain=settings.out_of_domain),
-            "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard",
-            "retry": settings.retry_policy if retry else None}
+    return {
+        "steer": steer,
+        "coefficient": coefficient,
+        "policy": policy,
+        "refusal": settings.refusal_message if policy_blocks(policy) else None,
+        "guard": GuardPolicy(out_of_domain=settings.out_of_domain),
+        "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard",
+        "retry": settings.retry_policy if retry else None,
+    }
 
 
 def _messages(messages: list[ChatMessage], param: str = "messages") -> list[dict]:
@@ -311,14 +391,22 @@ def _messages(messages: list[ChatMessage], param: str = "messages") -> list[dict
     out = []
     for i, m in enumerate(messages):
         if m.role not in ROLES:
-            raise ApiError(400, f"unsupported role {m.role!r}: one of {', '.join(ROLES)}", param=f"{param}.{i}.role",
-                           code="invalid_value")
+            raise ApiError(
+                400,
+                f"unsupported role {m.role!r}: one of {', '.join(ROLES)}",
+                param=f"{param}.{i}.role",
+                code="invalid_value",
+            )
         content = m.content
         if isinstance(content, list):
             bad = [p.type for p in content if p.type != "text" or p.text is None]
             if bad:
-                raise ApiError(400, f"only text content parts are supported, got {bad[0]!r}",
-                               param=f"{param}.{i}.content", code="invalid_value")
+                raise ApiError(
+                    400,
+                    f"only text content parts are supported, got {bad[0]!r}",
+                    param=f"{param}.{i}.content",
+                    code="invalid_value",
+                )
             content = "".join(p.text for p in content)
         if content is None:
             raise ApiError(400, "message content must be text", param=f"{param}.{i}.content", code="invalid_value")

@@ -22,8 +22,14 @@ RETRY_AFTER_S = 1
 class ApiError(Exception):
     """An error answered as OpenAI's error JSON."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -55,8 +61,7 @@ def api_error(exc: BaseException) -> ApiError:
         if first.get("type") == "json_invalid":
             return ApiError(400, f"the request body is not valid JSON: {first.get('msg')}", code="invalid_json")
         param = _param(first.get("loc", ())) or None
-        text = "; ".join(f"{_param(e['loc']) or 'body'}: {e['msg'].removeprefix('Value error, ')}"
-                         for e in errors[:5])
+        text = "; ".join(f"{_param(e['loc']) or 'body'}: {e['msg'].removeprefix('Value error, ')}" for e in errors[:5])
         return ApiError(400, f"invalid request: {text}", param=param, code="invalid_value")
     if isinstance(exc, BodyTooLarge):
         return ApiError(413, str(exc), code="request_too_large")

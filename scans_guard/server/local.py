@@ -18,8 +18,9 @@ LOOPBACK = "127.0.0.1"
 
 
 class LocalServer:
-    def __init__(self, app, host: str = LOOPBACK, port: int = 0, *, ready_timeout: float = 60.0,
-                 log_level: str = "warning"):
+    def __init__(
+        self, app, host: str = LOOPBACK, port: int = 0, *, ready_timeout: float = 60.0, log_level: str = "warning"
+    ):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"LocalServer binds loopback addresses only, got {host!r}")
         self.app = app
@@ -43,8 +44,9 @@ class LocalServer:
         self.port = sock.getsockname()[1]
         self._socket = sock
         self._server = draining_server(self.app, log_level=self.log_level, lifespan="on")
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"scans-guard-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"scans-guard-server-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + self.ready_timeout
         while not self._server.started:

@@ -48,13 +48,18 @@ class Guard:
         self.state.in_flight += counted
         try:
             if key is not None and (path.startswith("/v1/") or path == "/metrics") and not _authorized(scope, key):
-                err = ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                               type="authentication_error", code="invalid_api_key")
+                err = ApiError(
+                    401,
+                    "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                )
                 await err.response()(scope, receive, counted_send)
                 return
             if self.state.draining_since is not None and path in MODEL_ROUTES:
-                response = ApiError(503, "the server is shutting down", type="service_unavailable_error",
-                                    code="shutting_down").response()
+                response = ApiError(
+                    503, "the server is shutting down", type="service_unavailable_error", code="shutting_down"
+                ).response()
                 response.headers["Connection"] = "close"  # come back on a new connection (to another replica)
                 await response(scope, receive, counted_send)
                 return

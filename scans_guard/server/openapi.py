@@ -55,14 +55,24 @@ MODEL_ERRORS: dict[int | str, dict] = {
 
 
 # A chat completion answers JSON, or server-sent events with `"stream": true`.
-CHAT_RESPONSES: dict[int | str, dict] = {200: {"description": "a chat completion, or its stream of chunks", "content": {
-    "application/json": {}, "text/event-stream": {}}}, **MODEL_ERRORS}
+CHAT_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "description": "a chat completion, or its stream of chunks",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+    **MODEL_ERRORS,
+}
 
 
 def request_body(model: type[BaseModel], description: str) -> dict:
     """A route's `openapi_extra`: its JSON request body is `model` (added to the components by `install`)."""
-    return {"requestBody": {"required": True, "description": description, "content": {
-        "application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}},
+        }
+    }
 
 
 def _nullable(schema: dict) -> dict:
@@ -77,20 +87,34 @@ def accepted(max_tokens: int, max_inputs: int) -> dict[str, dict[str, dict]]:
     conversation = {"type": "array", "minItems": 1, "items": {"$ref": REF.format(model="ChatMessage")}}
     return {
         "TextPart": {"type": {"const": "text"}, "text": text},
-        "ChatMessage": {"role": {"enum": list(ROLES)}, "content": {"anyOf": [
-            text, {"type": "array", "items": {"$ref": REF.format(model="TextPart")}}]}},
+        "ChatMessage": {
+            "role": {"enum": list(ROLES)},
+            "content": {"anyOf": [text, {"type": "array", "items": {"$ref": REF.format(model="TextPart")}}]},
+        },
         "ChatCompletionRequest": {
-            "max_tokens": tokens, "max_completion_tokens": tokens,
+            "max_tokens": tokens,
+            "max_completion_tokens": tokens,
             "stop": {"anyOf": [stop, {"type": "array", "maxItems": MAX_STOP, "items": stop}, {"type": "null"}]},
-            "n": {"enum": [1, None]}, "logprobs": {"enum": [False, None]}, "top_logprobs": {"enum": [0, None]},
-            "presence_penalty": {"enum": [0, None]}, "frequency_penalty": {"enum": [0, None]},
+            "n": {"enum": [1, None]},
+            "logprobs": {"enum": [False, None]},
+            "top_logprobs": {"enum": [0, None]},
+            "presence_penalty": {"enum": [0, None]},
+            "frequency_penalty": {"enum": [0, None]},
             "tools": _nullable({"type": "array", "maxItems": 0}),
             "functions": _nullable({"type": "array", "maxItems": 0}),
-            "response_format": {"enum": [{"type": "text"}, None]}},
-        "ScansGuardOptions": {"coefficient": _nullable({"type": "number", "minimum": -MAX_COEFFICIENT,
-                                                         "maximum": MAX_COEFFICIENT})},
-        "ClassifyRequest": {"input": {"anyOf": [text, {"type": "array", "minItems": 1, "maxItems": max_inputs,
-                                                       "items": {"anyOf": [text, conversation]}}]}},
+            "response_format": {"enum": [{"type": "text"}, None]},
+        },
+        "ScansGuardOptions": {
+            "coefficient": _nullable({"type": "number", "minimum": -MAX_COEFFICIENT, "maximum": MAX_COEFFICIENT})
+        },
+        "ClassifyRequest": {
+            "input": {
+                "anyOf": [
+                    text,
+                    {"type": "array", "minItems": 1, "maxItems": max_inputs, "items": {"anyOf": [text, conversation]}},
+                ]
+            }
+        },
     }
 
 

@@ -36,16 +36,24 @@ DEFAULT_MAX_ONGOING_REQUESTS = 32
 class ScansGuardReplica:
     """One replica: the engine (loaded at start-up; the replica is healthy once loaded) and the server app on it."""
 
-    def __init__(self, model: str | None = None, artifact: str | None = None, device: str = "cpu",
-                 dtype: str = "float32", max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
-                 settings: dict[str, Any] | None = None, torch_threads: int | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        artifact: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
+        settings: dict[str, Any] | None = None,
+        torch_threads: int | None = None,
+    ):
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
         self.settings = ServerSettings(**(settings or {}))
-        self.engine = ScansEngine.load(model, artifact, device=device, dtype=dtype, progress=False,
-                                       max_input_tokens=max_input_tokens)
+        self.engine = ScansEngine.load(
+            model, artifact, device=device, dtype=dtype, progress=False, max_input_tokens=max_input_tokens
+        )
 
     def __serve_build_asgi_app__(self):
         return create_app(self.engine, self.settings)
@@ -61,17 +69,25 @@ def build_app(args: dict[str, Any] | None = None):
     args = dict(args or {})
     engine_keys = ("model", "artifact", "device", "dtype", "max_input_tokens", "torch_threads")
     engine_args = {k: args.pop(k) for k in engine_keys if k in args}
-    options = {"ray_actor_options": {"num_cpus": float(args.pop("num_cpus", 1))},
-               "max_ongoing_requests": int(args.pop("max_ongoing_requests", DEFAULT_MAX_ONGOING_REQUESTS)),
-               # A replica loads a model: give it time to come up and to drain its streams on the way down.
-               "graceful_shutdown_timeout_s": float(args.pop("graceful_shutdown_timeout_s", 20)),
-               "health_check_timeout_s": float(args.pop("health_check_timeout_s", 60))}
-    autoscale = {k: args.pop(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests",
-                                          "upscale_delay_s", "downscale_delay_s") if k in args}
+    options = {
+        "ray_actor_options": {"num_cpus": float(args.pop("num_cpus", 1))},
+        "max_ongoing_requests": int(args.pop("max_ongoing_requests", DEFAULT_MAX_ONGOING_REQUESTS)),
+        # A replica loads a model: give it time to come up and to drain its streams on the way down.
+        "graceful_shutdown_timeout_s": float(args.pop("graceful_shutdown_timeout_s", 20)),
+        "health_check_timeout_s": float(args.pop("health_check_timeout_s", 60)),
+    }
+    autoscale = {
+        k: args.pop(k)
+        for k in ("min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s")
+        if k in args
+    }
     if autoscale:
-        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8,
-                                         **{k: float(v) if "delay" in k or "target" in k else int(v)
-                                            for k, v in autoscale.items()}}
+        options["autoscaling_config"] = {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 8,
+            **{k: float(v) if "delay" in k or "target" in k else int(v) for k, v in autoscale.items()},
+        }
     else:
         options["num_replicas"] = int(args.pop("num_replicas", 1))
     settings = _settings(args)  # what is left are server settings; a typo fails here, before Ray starts

@@ -25,6 +25,7 @@ def verdict_json(verdict: SafetyVerdict | None) -> dict | None:
 @contextlib.contextmanager
 def _watched(request: Request, handle: RequestHandle) -> Iterator[None]:
     """While the block runs, a client that goes away cancels the request (its row leaves the batch)."""
+
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -67,8 +68,11 @@ async def until_started(request: Request, handle: RequestHandle) -> list[StreamE
 def _usage(handle: RequestHandle) -> dict:
     out = handle.output
     completion = out.completion_tokens if out else 0
-    return {"prompt_tokens": handle.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": handle.prompt_tokens + completion}
+    return {
+        "prompt_tokens": handle.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": handle.prompt_tokens + completion,
+    }
 
 
 def _finish_reason(handle: RequestHandle) -> str:
@@ -77,18 +81,35 @@ def _finish_reason(handle: RequestHandle) -> str:
 
 def _extension(handle: RequestHandle, extension: dict) -> dict:
     steering = handle.output.steering  # what was added to this request's row (none when refused; the retry's)
-    return {"verdict": verdict_json(handle.verdict), **extension, "steered": steering.coefficient != 0,
-            "steering": steering.model_dump(), "refused": handle.refused, "retried": steering.source == "retry"}
+    return {
+        "verdict": verdict_json(handle.verdict),
+        **extension,
+        "steered": steering.coefficient != 0,
+        "steering": steering.model_dump(),
+        "refused": handle.refused,
+        "retried": steering.source == "retry",
+    }
 
 
 def completion(state: ServerState, outcome: Outcome, meta: dict, extension: dict) -> dict:
     handle = outcome.handle
     record(state, outcome)
     out = handle.output
-    return {**meta, "object": "chat.completion", "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text, "refusal": None},
-                         "logprobs": None, "finish_reason": _finish_reason(handle)}],
-            "usage": _usage(handle), EXTENSION_KEY: _extension(handle, extension)}
+    return {
+        **meta,
+        "object": "chat.completion",
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": out.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish_reason(handle),
+            }
+        ],
+        "usage": _usage(handle),
+        EXTENSION_KEY: _extension(handle, extension),
+    }
 
 
 def _sse(payload: dict) -> str:
@@ -102,8 +123,9 @@ async def _replayed(events: list[StreamEvent], handle: RequestHandle) -> AsyncIt
         yield event
 
 
-async def stream(state: ServerState, outcome: Outcome, events: list[StreamEvent], meta: dict, extension: dict,
-                 include_usage: bool) -> AsyncIterator[str]:
+async def stream(
+    state: ServerState, outcome: Outcome, events: list[StreamEvent], meta: dict, extension: dict, include_usage: bool
+) -> AsyncIterator[str]:
     """SSE chunks: the role, text deltas, the finish chunk (with the verdict), the usage chunk if asked, [DONE].
     `events`: what `until_started` read, sent first.
 
@@ -114,8 +136,9 @@ async def stream(state: ServerState, outcome: Outcome, events: list[StreamEvent]
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
 
     def chunk(delta: dict, finish: str | None = None, **extra: object) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                     **extra})
+        return _sse(
+            {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+        )
 
     try:
         yield chunk({"role": "assistant", "content": ""})

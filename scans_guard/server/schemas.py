@@ -44,20 +44,31 @@ class ScansGuardOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steer: StrictBool | None = Field(None, description="steer by the verdict (default: the server's); false: plain "
-                                     "generation, no classification unless the policy is guard (refused when the "
-                                     "artifact steers harmful prompts towards refusal, unless the server allows it "
-                                     "with --allow-fixed-coefficient)")
+    steer: StrictBool | None = Field(
+        None,
+        description="steer by the verdict (default: the server's); false: plain "
+        "generation, no classification unless the policy is guard (refused when the "
+        "artifact steers harmful prompts towards refusal, unless the server allows it "
+        "with --allow-fixed-coefficient)",
+    )
     policy: Literal["steer", "guard", "guard+steer"] | None = Field(
-        None, description="guard+steer: a request the guard blocks (harmful, out of domain, unclassifiable) is "
+        None,
+        description="guard+steer: a request the guard blocks (harmful, out of domain, unclassifiable) is "
         "answered with the refusal text without generating, the rest steered; guard: blocked alike, the rest "
-        "unsteered; steer: nothing blocked (a server running with a guard keeps it whatever the request says)")
-    coefficient: Number | None = Field(None, description="fixed steering coefficient (no classification; baselines): "
-                                       "only on a server started with --allow-fixed-coefficient, never with guard")
+        "unsteered; steer: nothing blocked (a server running with a guard keeps it whatever the request says)",
+    )
+    coefficient: Number | None = Field(
+        None,
+        description="fixed steering coefficient (no classification; baselines): "
+        "only on a server started with --allow-fixed-coefficient, never with guard",
+    )
     operating_point: Literal["guard", "steer"] | None = Field(None, description="where the label is decided")
-    retry: StrictBool | None = Field(None, description="a reply sigma steered away that still refuses is generated "
-                                     "once more, steered further; its first reply is never sent (default: the "
-                                     "server's, scans-guard serve --retry)")
+    retry: StrictBool | None = Field(
+        None,
+        description="a reply sigma steered away that still refuses is generated "
+        "once more, steered further; its first reply is never sent (default: the "
+        "server's, scans-guard serve --retry)",
+    )
 
 
 class ChatCompletionRequest(BaseModel):

@@ -33,8 +33,11 @@ class DrainingServer(uvicorn.Server):
         """Begin the drain (idempotent): new model requests get 503 and the server exits once the rest are done."""
         if self.state.draining_since is None:
             self.state.draining_since = time.monotonic()
-            log.warning("draining: %d request(s) in flight, up to %gs to finish", self.state.in_flight,
-                        self.state.settings.shutdown_timeout_s)
+            log.warning(
+                "draining: %d request(s) in flight, up to %gs to finish",
+                self.state.in_flight,
+                self.state.settings.shutdown_timeout_s,
+            )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.state.draining_since is None and not self.should_exit:

@@ -52,8 +52,15 @@ class ServerSettings:
         check_policy(self.policy)
         if self.out_of_domain not in ("harmful", "grey", "benign"):
             raise InvalidArgumentError(f"out_of_domain must be harmful, grey or benign, got {self.out_of_domain!r}")
-        for name in ("max_body_bytes", "max_batch", "max_queue", "default_max_tokens", "max_tokens_limit",
-                     "max_classify_inputs", "classify_batch_size"):
+        for name in (
+            "max_body_bytes",
+            "max_batch",
+            "max_queue",
+            "default_max_tokens",
+            "max_tokens_limit",
+            "max_classify_inputs",
+            "classify_batch_size",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
@@ -79,13 +86,16 @@ class ServerState:
         self.classifying = 0
         self.in_flight = 0  # /v1/ requests being answered (a drain waits for them)
         self.draining_since: float | None = None  # time.monotonic() when a graceful shutdown began
-        self.metrics.bind(lambda: self.scheduler.waiting if self.scheduler else 0,
-                          lambda: self.scheduler.running if self.scheduler else 0)
+        self.metrics.bind(
+            lambda: self.scheduler.waiting if self.scheduler else 0,
+            lambda: self.scheduler.running if self.scheduler else 0,
+        )
 
     def set_engine(self, engine: ScansEngine) -> None:
         s = self.settings
-        self.scheduler = ContinuousBatcher(engine, max_batch=s.max_batch, max_queue=s.max_queue,
-                                           on_step=self.metrics.batch_size.observe)
+        self.scheduler = ContinuousBatcher(
+            engine, max_batch=s.max_batch, max_queue=s.max_queue, on_step=self.metrics.batch_size.observe
+        )
         self.model_name = self.model_name or engine.handle.name
         self.engine = engine
         self.metrics.ready.set(1)
@@ -100,7 +110,11 @@ class ServerState:
     def ready(self) -> ScansEngine:
         if self.engine is None:
             if self.load_error is not None:
-                raise ApiError(503, f"the model failed to load: {self.load_error}", type="service_unavailable_error",
-                               code="model_load_failed")
+                raise ApiError(
+                    503,
+                    f"the model failed to load: {self.load_error}",
+                    type="service_unavailable_error",
+                    code="model_load_failed",
+                )
             raise ApiError(503, "the model is loading", type="service_unavailable_error", code="model_loading")
         return self.engine

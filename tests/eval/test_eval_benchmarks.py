@@ -25,8 +25,9 @@ def test_anchors_and_threshold_fit_read_from_the_artifact(tiny_artifact, calib):
 
 
 def test_anchors_removed_from_every_set(calib, eval_data):
-    sets, infos, skipped = load_benchmarks(["advbench", "truthfulqa", "repe_test"], eval_data, calib,
-                                           exclude_threshold_fit=False)
+    sets, infos, skipped = load_benchmarks(
+        ["advbench", "truthfulqa", "repe_test"], eval_data, calib, exclude_threshold_fit=False
+    )
     assert not skipped
     for prompts in sets.values():
         assert not any(calib.is_anchor(p.prompt) for p in prompts)

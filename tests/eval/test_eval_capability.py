@@ -83,8 +83,9 @@ def test_mmlu_subset_prompt_and_scoring(tiny_engine, eval_data, tmp_path):
 
 def test_mmlu_questions_too_long_are_skipped(tiny_engine, eval_data, tmp_path):
     questions, dev = load_mmlu(eval_data, per_subject=1, subjects=["cooking"])
-    long = [questions[0].__class__(q.subject, q.index, q.question + " word" * 600, q.choices, q.answer)
-            for q in questions]
+    long = [
+        questions[0].__class__(q.subject, q.index, q.question + " word" * 600, q.choices, q.answer) for q in questions
+    ]
     conds = build_conditions(["unsteered"], tiny_engine.recipe)
     run_mmlu(tiny_engine, long, dev, conds, capability_store(tmp_path), progress=False)
     summary = summarise_capability(capability_store(tmp_path).rows)["mmlu"]["unsteered"]

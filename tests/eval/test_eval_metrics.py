@@ -75,9 +75,11 @@ def _gen(cond, name, label, refused):
 
 
 def test_refusal_rates_and_summary():
-    rows = [_gen("scans", "xstest", "safe", r) for r in (True, False, False, False)] + \
-           [_gen("scans", "xstest", "unsafe", r) for r in (True, True)] + \
-           [_gen("scans", "oktest", "safe", r) for r in (True, True)]
+    rows = (
+        [_gen("scans", "xstest", "safe", r) for r in (True, False, False, False)]
+        + [_gen("scans", "xstest", "unsafe", r) for r in (True, True)]
+        + [_gen("scans", "oktest", "safe", r) for r in (True, True)]
+    )
     rates = refusal_rates(rows)
     by = {(r["set"], r["label"]): r for r in rates}
     assert by[("xstest", "safe")]["rate"] == 0.25 and by[("xstest", "safe")]["n"] == 4
@@ -99,8 +101,13 @@ def test_threshold_sweep_by_hand():
 
 
 def _score_row(name, label, score, sims):
-    return {"set": name, "label": label, "prompt": f"{name}{score}", "score": score,
-            "layer_similarities": {"3": sims[0], "4": sims[1]}}
+    return {
+        "set": name,
+        "label": label,
+        "prompt": f"{name}{score}",
+        "score": score,
+        "layer_similarities": {"3": sims[0], "4": sims[1]},
+    }
 
 
 def test_classification_report_suites_and_best_threshold():

@@ -12,8 +12,15 @@ from scans_guard.judge import KeywordJudge, Rule
 
 
 def _config(out, data, **kw):
-    base = dict(out_dir=str(out), data_dir=str(data), limit=2, max_new_tokens=3, ppl_window=16,
-                mmlu_subjects=["cooking"], progress=False)
+    base = dict(
+        out_dir=str(out),
+        data_dir=str(data),
+        limit=2,
+        max_new_tokens=3,
+        ppl_window=16,
+        mmlu_subjects=["cooking"],
+        progress=False,
+    )
     return EvalConfig(**{**base, **kw})
 
 
@@ -62,9 +69,17 @@ def test_rows_and_numbers_agree(run_dir):
 def test_report_sections(run_dir):
     out, _ = run_dir
     md = (out / "report.md").read_text()
-    for heading in ("## Setup", "## Refusal rates (Table 2)", "## sigma(q) classification",
-                    "## Threshold sweep (Table 7)", "## Layer profile (Figure 5)", "## Vocabulary projection (Table 1)",
-                    "## Capability", "Positive class: unsafe", "Positive class: safe"):
+    for heading in (
+        "## Setup",
+        "## Refusal rates (Table 2)",
+        "## sigma(q) classification",
+        "## Threshold sweep (Table 7)",
+        "## Layer profile (Figure 5)",
+        "## Vocabulary projection (Table 1)",
+        "## Capability",
+        "Positive class: unsafe",
+        "Positive class: safe",
+    ):
         assert heading in md, heading
     probe = json.loads((out / "run.json").read_text())["artifact"]["recipe"]["probe_layer"]
     assert probe is not None and f"sigma(q) is the artifact's probe on layer {probe}'s transition" in md
@@ -116,9 +131,26 @@ def test_cli_eval(tiny_engine, eval_data, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(ScansEngine, "load", classmethod(lambda cls, *a, **kw: tiny_engine))
     out = tmp_path / "cli"
-    code = main(["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "xstest,oktest",
-                 "--conditions", "unsteered,scans", "--limit", "2", "--max-new-tokens", "2", "--no-capability",
-                 "--no-plots", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(eval_data),
+            "--sets",
+            "xstest,oktest",
+            "--conditions",
+            "unsteered,scans",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--no-capability",
+            "--no-plots",
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "SCANS" in printed and "report:" in printed
@@ -126,8 +158,24 @@ def test_cli_eval(tiny_engine, eval_data, tmp_path, monkeypatch, capsys):
     assert set(run["sets"]) == {"xstest", "oktest"} and [c["name"] for c in run["conditions"]] == ["unsteered", "scans"]
     assert main(["eval", "--out", str(out), "--report-only", "--no-plots", "--judge", "keyword-reference"]) == 0
     # A narrower rerun reuses the rows it needs; its report (and a report-only rebuild) covers only its prompts.
-    args = ["eval", "--out", str(out), "--data-dir", str(eval_data), "--sets", "xstest,oktest", "--conditions",
-            "unsteered,scans", "--limit", "1", "--max-new-tokens", "2", "--no-capability", "--no-plots", "--quiet"]
+    args = [
+        "eval",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(eval_data),
+        "--sets",
+        "xstest,oktest",
+        "--conditions",
+        "unsteered,scans",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--no-capability",
+        "--no-plots",
+        "--quiet",
+    ]
     assert main(args) == 0
     lines = (out / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 2  # nothing new generated
@@ -143,8 +191,16 @@ def test_limit_caps_every_part(tiny_engine, eval_data, tmp_path):
     wiki = eval_data / "wikitext2_tokenized" / "test.txt"
     assert len(wikitext_windows(tiny_engine, wiki, 16)) > 2 and len(load_mmlu(eval_data)[0]) > 2  # more than N exist
     out = tmp_path / "limited"
-    config = _config(out, eval_data, mmlu_subjects=None, ppl_windows=5, sets=["xstest", "oktest"],
-                     conditions=["unsteered", "scans"], max_new_tokens=2, plots=False)
+    config = _config(
+        out,
+        eval_data,
+        mmlu_subjects=None,
+        ppl_windows=5,
+        sets=["xstest", "oktest"],
+        conditions=["unsteered", "scans"],
+        max_new_tokens=2,
+        plots=False,
+    )
     results = run_eval(tiny_engine, config)
     assert results.run.settings.ppl_windows == 2  # --limit caps an explicit --ppl-windows too
     for name in ("scores", "generations", "capability"):
@@ -154,8 +210,11 @@ def test_limit_caps_every_part(tiny_engine, eval_data, tmp_path):
             part = r.get("set") or r["task"]
             parts.setdefault(part, set()).add(r.get("prompt") or r.get("item"))
         assert parts and all(len(items) <= 2 for items in parts.values()), (name, parts)
-    mmlu = {r["item"] for r in (json.loads(x) for x in (out / "capability.jsonl").read_text().splitlines())
-            if r["task"] == "mmlu"}
+    mmlu = {
+        r["item"]
+        for r in (json.loads(x) for x in (out / "capability.jsonl").read_text().splitlines())
+        if r["task"] == "mmlu"
+    }
     assert len(mmlu) == 2 and {i.split("/")[0] for i in mmlu} == {"cooking", "geography"}  # spread over subjects
 
 
@@ -163,16 +222,31 @@ def test_generation_limit_caps_replies_not_scores(tiny_engine, eval_data, tmp_pa
     """--generation-limit N: sigma(q) scores every prompt, replies go to N per set (label-balanced), a
     --generation-full set is replied to in full; a rerun and a report-only rebuild keep both selections."""
     out = tmp_path / "gen-limited"
-    config = _config(out, eval_data, limit=None, generation_limit=2, generation_full=["harmfulq"], capability=False,
-                     sets=["oktest", "harmfulq", "heldout_harmless"], conditions=["unsteered", "scans"],
-                     max_new_tokens=2, plots=False)
+    config = _config(
+        out,
+        eval_data,
+        limit=None,
+        generation_limit=2,
+        generation_full=["harmfulq"],
+        capability=False,
+        sets=["oktest", "harmfulq", "heldout_harmless"],
+        conditions=["unsteered", "scans"],
+        max_new_tokens=2,
+        plots=False,
+    )
     results = run_eval(tiny_engine, config)
     scored = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     replies = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
-    assert {s: sum(r["set"] == s for r in scored) for s in config.sets} == {"oktest": 4, "harmfulq": 4,
-                                                                           "heldout_harmless": 4}
-    assert {s: sum(r["set"] == s for r in replies) for s in config.sets} == {"oktest": 2 * 2, "harmfulq": 4 * 2,
-                                                                            "heldout_harmless": 2 * 2}
+    assert {s: sum(r["set"] == s for r in scored) for s in config.sets} == {
+        "oktest": 4,
+        "harmfulq": 4,
+        "heldout_harmless": 4,
+    }
+    assert {s: sum(r["set"] == s for r in replies) for s in config.sets} == {
+        "oktest": 2 * 2,
+        "harmfulq": 4 * 2,
+        "heldout_harmless": 2 * 2,
+    }
     stats = results.classification.score_stats  # the sigma(q) metrics cover every scored prompt
     assert sum(v["n"] for labels in stats.values() for v in labels.values()) == 12
     assert sum(r.n for r in results.refusal.rates) == len(replies)

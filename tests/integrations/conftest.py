@@ -39,4 +39,3 @@ def no_hooks():
         return all(not layer._forward_hooks for layer in engine.handle.layers)
 
     return check
-

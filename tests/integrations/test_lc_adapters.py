@@ -10,9 +10,6 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import FakeListChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableLambda
-
-from scans_guard import SafetyVerdict
-from scans_guard.errors import InvalidPromptError
 from scans_guard_langchain import (
     EVENT_NAME,
     HarmfulPromptError,
@@ -24,13 +21,23 @@ from scans_guard_langchain import (
     SafetyRouter,
 )
 
+from scans_guard import SafetyVerdict
+from scans_guard.errors import InvalidPromptError
+
 PROMPT = "What is the capital of France?"
 IMAGE = [HumanMessage([{"type": "image", "base64": "AAAA", "mime_type": "image/png"}])]
 
 
 def _verdict(score: float, threshold: float = 0.5) -> SafetyVerdict:
-    return SafetyVerdict(score=score, label="harmful" if score >= threshold else "benign", threshold=threshold,
-                         layer_similarities={1: score}, direction="none", coefficient=0.0, latency_s=0.0)
+    return SafetyVerdict(
+        score=score,
+        label="harmful" if score >= threshold else "benign",
+        threshold=threshold,
+        layer_similarities={1: score},
+        direction="none",
+        coefficient=0.0,
+        latency_s=0.0,
+    )
 
 
 class Events(BaseCallbackHandler):
@@ -63,8 +70,9 @@ def test_router_sends_bands_to_their_routes(tiny_engine, harmful_engine, benign_
     assert to_harmful.response_metadata["model_provider"] == "scans_guard"
     assert to_harmful.content == steered.invoke(PROMPT).content
     assert router(benign_engine).invoke(PROMPT).content == "other model"
-    canned = SafetyRouter(classifier=SafetyClassifier(engine=harmful_engine), benign=other,
-                          harmful="I won't help with that.").invoke(PROMPT)
+    canned = SafetyRouter(
+        classifier=SafetyClassifier(engine=harmful_engine), benign=other, harmful="I won't help with that."
+    ).invoke(PROMPT)
     assert canned.content == "I won't help with that." and canned.content_blocks[-1]["type"] == "refusal"
     assert canned.response_metadata["band"] == "harmful" and canned.response_metadata["label"] == "harmful"
 
@@ -90,8 +98,12 @@ async def test_router_batches_with_one_classification(tiny_engine):
     scores = [v.score for v in tiny_engine.classify(prompts)]
     cut = sorted(scores)[1] + 1e-7  # the two lowest scores are benign, the rest harmful
     expected = ["benign" if s < cut else "harmful" for s in scores]
-    router = SafetyRouter(classifier=SafetyClassifier(engine=tiny_engine), policy=SafetyPolicy(threshold=cut),
-                          benign=lambda x: "benign", harmful=lambda x: "harmful")
+    router = SafetyRouter(
+        classifier=SafetyClassifier(engine=tiny_engine),
+        policy=SafetyPolicy(threshold=cut),
+        benign=lambda x: "benign",
+        harmful=lambda x: "harmful",
+    )
     with mock.patch.object(tiny_engine, "classify", wraps=tiny_engine.classify) as spy:
         assert router.batch(prompts) == expected
         assert spy.call_count == 1
@@ -117,8 +129,10 @@ def test_blocker_raises_with_the_verdict(harmful_engine, benign_engine):
         blocker.invoke(PROMPT)
     verdict = info.value.verdict
     assert verdict.label == "harmful" and verdict.score >= verdict.threshold
-    assert SafetyBlocker(classifier=SafetyClassifier(engine=benign_engine), runnable=model).invoke(PROMPT).content \
+    assert (
+        SafetyBlocker(classifier=SafetyClassifier(engine=benign_engine), runnable=model).invoke(PROMPT).content
         == "answer"
+    )
     # without a runnable the blocker passes its input through: blocker | model
     chain = SafetyBlocker(classifier=SafetyClassifier(engine=benign_engine)) | model
     assert chain.invoke(PROMPT).content == "answer"
@@ -173,7 +187,7 @@ def test_logger_records_every_call(tiny_engine, caplog):
     assert records[0].scans_label == verdict.label and records[0].scans_threshold == verdict.threshold
     assert records[0].scans_layer_similarities and records[0].scans_band in ("harmful", "grey", "benign")
     assert not any(hasattr(r, "scans_prompt") for r in records)
-    (name, data), = handler.custom
+    ((name, data),) = handler.custom
     assert name == EVENT_NAME and data["scans_score"] == pytest.approx(verdict.score, abs=1e-6)
     assert "scans_prompt" not in data
     caplog.clear()
@@ -188,8 +202,10 @@ def test_logger_in_front_of_a_model_and_failures_logged(tiny_engine, caplog):
     assert chain.invoke(PROMPT).content == "fine"
     with caplog.at_level(logging.INFO, logger="scans_guard_langchain"), pytest.raises(InvalidPromptError):
         SafetyLogger(classifier=SafetyClassifier(engine=tiny_engine)).invoke(IMAGE)
-    assert any(getattr(r, "scans_error", "").startswith("InvalidPromptError") and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert any(
+        getattr(r, "scans_error", "").startswith("InvalidPromptError") and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
 
 
 async def test_guards_classify_input_key_and_pass_the_dict_on(tiny_engine, harmful_engine, benign_engine):
@@ -197,20 +213,24 @@ async def test_guards_classify_input_key_and_pass_the_dict_on(tiny_engine, harmf
     question = {"question": PROMPT, "context": "ignored by sigma"}
     verdict = tiny_engine.classify(PROMPT)[0]
     seen = RunnableLambda(lambda x: x)
-    router = SafetyRouter(classifier=SafetyClassifier(engine=benign_engine), input_key="question", benign=seen,
-                          harmful="no")
+    router = SafetyRouter(
+        classifier=SafetyClassifier(engine=benign_engine), input_key="question", benign=seen, harmful="no"
+    )
     assert router.invoke(question) == question
     assert await router.ainvoke(question) == question
     assert router.batch([question, {"question": "Hello"}]) == [question, {"question": "Hello"}]
     assert list(router.stream(question)) == [question]
-    refused = SafetyRouter(classifier=SafetyClassifier(engine=harmful_engine), input_key="question", benign=seen,
-                           harmful="no").invoke(question)
+    refused = SafetyRouter(
+        classifier=SafetyClassifier(engine=harmful_engine), input_key="question", benign=seen, harmful="no"
+    ).invoke(question)
     assert refused.content == "no"
     blocker = SafetyBlocker(classifier=SafetyClassifier(engine=harmful_engine), input_key="question")
     with pytest.raises(HarmfulPromptError):
         blocker.invoke(question)
-    assert SafetyBlocker(classifier=SafetyClassifier(engine=benign_engine), input_key="question").invoke(question) \
+    assert (
+        SafetyBlocker(classifier=SafetyClassifier(engine=benign_engine), input_key="question").invoke(question)
         == question
+    )
     handler = Events()
     logger = SafetyLogger(classifier=SafetyClassifier(engine=tiny_engine), input_key="question")
     assert logger.invoke(question, config={"callbacks": [handler]}) == question
@@ -231,7 +251,8 @@ def test_dict_input_without_input_key_names_the_fix(benign_engine):
     with pytest.raises(InvalidPromptError, match="'query' is not in the input"):
         SafetyLogger(classifier=clf, input_key="query").invoke({"question": PROMPT})
     # fail closed applies to it as to any classification failure, per input in a batch
-    out = SafetyBlocker(classifier=clf, input_key="q", on_error="block").batch([{"q": PROMPT}, {"x": 1}],
-                                                                              return_exceptions=True)
+    out = SafetyBlocker(classifier=clf, input_key="q", on_error="block").batch(
+        [{"q": PROMPT}, {"x": 1}], return_exceptions=True
+    )
     assert out[0] == {"q": PROMPT}
     assert isinstance(out[1], HarmfulPromptError) and isinstance(out[1].cause, InvalidPromptError)

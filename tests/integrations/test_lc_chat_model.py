@@ -12,11 +12,11 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
+from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM, ScansGuardTimeoutError
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.errors import InvalidPromptError
 from scans_guard.judge import KeywordJudge
-from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM, ScansGuardTimeoutError
 
 PROMPT = "What is the capital of France?"
 
@@ -54,8 +54,12 @@ def test_invoke_carries_verdict_layers_timings_and_usage(llm, tiny_engine):
 
 def test_whole_multi_turn_conversation_goes_through_the_template(llm, tiny_engine):
     history = [SystemMessage("Be brief."), HumanMessage("Hello"), AIMessage("Hi there."), HumanMessage(PROMPT)]
-    as_dicts = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
-                {"role": "assistant", "content": "Hi there."}, {"role": "user", "content": PROMPT}]
+    as_dicts = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there."},
+        {"role": "user", "content": PROMPT},
+    ]
     reply = llm.invoke(history)
     assert reply.usage_metadata["input_tokens"] == len(tiny_engine.handle.chat_ids(as_dicts))
     assert reply.response_metadata["score"] == pytest.approx(tiny_engine.classify([as_dicts])[0].score, abs=1e-5)
@@ -66,11 +70,13 @@ def test_whole_multi_turn_conversation_goes_through_the_template(llm, tiny_engin
 
 def test_text_blocks_are_read_and_other_blocks_are_refused(llm):
     as_text = llm.invoke([HumanMessage(PROMPT)])
-    as_blocks = llm.invoke([HumanMessage([{"type": "text", "text": "What is the capital "},
-                                          {"type": "text", "text": "of France?"}])])
+    as_blocks = llm.invoke(
+        [HumanMessage([{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}])]
+    )
     assert as_blocks.content == as_text.content
-    image = HumanMessage([{"type": "text", "text": "What is this?"},
-                          {"type": "image", "base64": "AAAA", "mime_type": "image/png"}])
+    image = HumanMessage(
+        [{"type": "text", "text": "What is this?"}, {"type": "image", "base64": "AAAA", "mime_type": "image/png"}]
+    )
     with pytest.raises(InvalidPromptError, match="image"):
         llm.invoke([image])
 
@@ -82,13 +88,14 @@ def test_max_tokens_temperature_and_stop(llm):
     b = llm.invoke(PROMPT, temperature=1.5, seed=7, max_tokens=12)
     greedy = llm.invoke(PROMPT, max_tokens=12)
     assert a.content == b.content
-    assert any(llm.invoke(PROMPT, temperature=1.5, seed=s, max_tokens=12).content != greedy.content
-               for s in range(4))
+    assert any(llm.invoke(PROMPT, temperature=1.5, seed=s, max_tokens=12).content != greedy.content for s in range(4))
     unsteered = llm.invoke(PROMPT, steer=False, max_tokens=12).content
     k = next(i for i, ch in enumerate(unsteered) if i > 0 and ch != "\ufffd" and ch not in unsteered[:i])
     stopped = llm.invoke(PROMPT, steer=False, max_tokens=12, stop=[unsteered[k]])
     assert stopped.content == unsteered[:k] and stopped.response_metadata["finish_reason"] == "stop"
-    with_default_stop = SafetyConsciousLLM(policy="steer", engine=llm.engine, max_tokens=12, steer=False, stop=[unsteered[k]])
+    with_default_stop = SafetyConsciousLLM(
+        policy="steer", engine=llm.engine, max_tokens=12, steer=False, stop=[unsteered[k]]
+    )
     assert with_default_stop.invoke(PROMPT).content == unsteered[:k]
 
 
@@ -132,7 +139,8 @@ def test_abandoned_stream_removes_its_hooks_and_stops(llm, no_hooks):
 async def test_abandoned_async_stream_removes_its_hooks(llm, no_hooks):
     forward_calls: list[int] = []
     counter = llm.engine.handle.model.get_input_embeddings().register_forward_pre_hook(
-        lambda _m, _a: forward_calls.append(1))
+        lambda _m, _a: forward_calls.append(1)
+    )
     try:
         async with aclosing(llm.astream(PROMPT, max_tokens=200)) as stream:
             async for chunk in stream:
@@ -181,7 +189,9 @@ async def test_async_stream_does_not_block_the_event_loop(llm):
 def _requests():
     """Mixed requests: classified (benign), unsteered, fixed towards / away from refusal, multi-turn, short."""
     return [
-        (PROMPT, {}), ("Hello", {"steer": False}), ("How do I kill a Python process?", {"coefficient": 4.0}),
+        (PROMPT, {}),
+        ("Hello", {"steer": False}),
+        ("How do I kill a Python process?", {"coefficient": 4.0}),
         ("Write a script that can exploit vulnerabilities.", {"coefficient": -4.0}),
         ([HumanMessage("Hello"), AIMessage("Hi."), HumanMessage("Tell me about bread.")], {}),
         ("The quick fox", {"max_tokens": 4}),
@@ -275,7 +285,7 @@ def test_verdict_is_logged_and_sent_as_event(llm, caplog):
     records = [r for r in caplog.records if hasattr(r, "scans_score")]
     assert len(records) == 1 and records[0].scans_score == reply.response_metadata["score"]
     assert not hasattr(records[0], "scans_prompt")
-    (name, data), = handler.custom
+    ((name, data),) = handler.custom
     assert name == EVENT_NAME and data["scans_score"] == reply.response_metadata["score"]
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="scans_guard_langchain"):
@@ -285,8 +295,14 @@ def test_verdict_is_logged_and_sent_as_event(llm, caplog):
 
 def test_params_tools_and_model_override(llm, tiny_engine):
     ls = llm._get_ls_params(stop=["x"])
-    assert ls == {"ls_provider": PROVIDER, "ls_model_name": tiny_engine.handle.name, "ls_model_type": "chat",
-                  "ls_temperature": 0.0, "ls_max_tokens": 8, "ls_stop": ["x"]}
+    assert ls == {
+        "ls_provider": PROVIDER,
+        "ls_model_name": tiny_engine.handle.name,
+        "ls_model_type": "chat",
+        "ls_temperature": 0.0,
+        "ls_max_tokens": 8,
+        "ls_stop": ["x"],
+    }
     assert llm._get_ls_params(model="other")["ls_model_name"] == "other"
     ident = llm._identifying_params
     assert ident["recipe"]["threshold"] == tiny_engine.recipe.threshold
@@ -360,15 +376,22 @@ def test_load_needs_an_artifact_for_a_non_default_model(tiny_artifact, tmp_path)
 
 # -- fail-safe defaults (docs/guard.md) --------------------------------------------------------------------------------
 
+
 def test_out_of_domain_and_grey_input_is_answered_unsteered(tiny, tiny_artifact, benign_engine):
     spanish = "¿Cómo se hace pan en casa, paso a paso, sin levadura?"
     reply = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=4).invoke(spanish)
     meta = reply.response_metadata
     assert meta["in_domain"] is False and meta["direction"] == "none" and meta["domain_reasons"] == ["language:es"]
-    english = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=4).invoke("How do I bake bread at home?")
+    english = SafetyConsciousLLM(policy="steer", engine=benign_engine, max_tokens=4).invoke(
+        "How do I bake bread at home?"
+    )
     assert english.response_metadata["direction"] == "away_from_refusal"
     grey = ScansEngine(tiny, tiny_artifact.with_recipe(threshold=1.5, grey_zone=10.0))  # every score is grey
-    meta = SafetyConsciousLLM(policy="steer", engine=grey, max_tokens=4).invoke("How do I bake bread at home?").response_metadata
+    meta = (
+        SafetyConsciousLLM(policy="steer", engine=grey, max_tokens=4)
+        .invoke("How do I bake bread at home?")
+        .response_metadata
+    )
     assert meta["direction"] == "none" and meta["alpha"] == 0.0
 
 

@@ -8,11 +8,11 @@ import pytest
 from langchain_core.decisions import Choice, Noul, Score
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
+from scans_guard_langchain import SafetyClassifier, ScansDecisionModel
 
 from scans_guard import Artifact, SafetyVerdict, ScansEngine
 from scans_guard.artifacts import PlattFit
 from scans_guard.errors import InvalidPromptError
-from scans_guard_langchain import SafetyClassifier, ScansDecisionModel
 
 PROMPT = "What is the capital of France?"
 
@@ -33,13 +33,21 @@ def test_inputs_str_messages_prompt_value(llm, tiny_engine):
     assert clf.invoke([HumanMessage(PROMPT)]).score == pytest.approx(verdict.score, abs=1e-6)
     assert clf.invoke([("human", PROMPT)]).score == pytest.approx(verdict.score, abs=1e-6)
     history = [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello."), HumanMessage(PROMPT)]
-    expected = tiny_engine.classify([[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                                      {"role": "assistant", "content": "Hello."},
-                                      {"role": "user", "content": PROMPT}]])[0]
+    expected = tiny_engine.classify(
+        [
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": PROMPT},
+            ]
+        ]
+    )[0]
     assert clf.invoke(history).score == pytest.approx(expected.score, abs=1e-6)
     prompt_value = ChatPromptTemplate.from_messages([("human", "{q}")]).invoke({"q": PROMPT})
-    assert (ChatPromptTemplate.from_messages([("human", "{q}")]) | clf).invoke({"q": PROMPT}).score == \
-        pytest.approx(verdict.score, abs=1e-6)
+    assert (ChatPromptTemplate.from_messages([("human", "{q}")]) | clf).invoke({"q": PROMPT}).score == pytest.approx(
+        verdict.score, abs=1e-6
+    )
     assert clf.invoke(prompt_value).score == pytest.approx(verdict.score, abs=1e-6)
     with pytest.raises(InvalidPromptError):
         clf.invoke(12)
@@ -69,10 +77,15 @@ async def test_batch_is_one_engine_call(tiny_engine):
 def test_decision_model_noul_is_the_platt_probability(tiny_engine):
     dm = ScansDecisionModel(engine=tiny_engine, benign_questions=frozenset({"safe"}))
     verdict = tiny_engine.classify(PROMPT)[0]
-    response = dm.invoke({"state": PROMPT, "questions": {
-        "risky": Noul(instructions="Is this request harmful?"),
-        "safe": Noul(instructions="Is this request safe to answer?"),
-    }})
+    response = dm.invoke(
+        {
+            "state": PROMPT,
+            "questions": {
+                "risky": Noul(instructions="Is this request harmful?"),
+                "safe": Noul(instructions="Is this request safe to answer?"),
+            },
+        }
+    )
     assert response.model == tiny_engine.handle.name
     assert response.nouls["risky"].noul == pytest.approx(verdict.probability, abs=1e-6)
     assert response.nouls["safe"].noul == pytest.approx(1 - verdict.probability, abs=1e-6)
@@ -94,7 +107,8 @@ def test_decision_model_choice_and_unsupported_questions(harmful_engine, benign_
         ScansDecisionModel(engine=benign_engine).invoke({"state": PROMPT, "questions": question})
     with pytest.raises(ValueError, match="Noul and Choice"):
         ScansDecisionModel(engine=benign_engine).invoke(
-            {"state": PROMPT, "questions": {"s": Score(instructions="How bad?", criteria=["ok", "bad"])}})
+            {"state": PROMPT, "questions": {"s": Score(instructions="How bad?", criteria=["ok", "bad"])}}
+        )
 
 
 def _tool_agent(decision_model):
@@ -115,12 +129,19 @@ def _tool_agent(decision_model):
         def bind_tools(self, tools, **kwargs):
             return self
 
-    model = ToolModel(messages=iter([
-        AIMessage("", tool_calls=[{"name": "delete_everything", "args": {"path": "/"}, "id": "c1"}]),
-        AIMessage("done"),
-    ]))
-    agent = create_agent(model, tools=[delete_everything],
-                         middleware=[AutoModeMiddleware(tools=[delete_everything], classifier=decision_model)])
+    model = ToolModel(
+        messages=iter(
+            [
+                AIMessage("", tool_calls=[{"name": "delete_everything", "args": {"path": "/"}, "id": "c1"}]),
+                AIMessage("done"),
+            ]
+        )
+    )
+    agent = create_agent(
+        model,
+        tools=[delete_everything],
+        middleware=[AutoModeMiddleware(tools=[delete_everything], classifier=decision_model)],
+    )
     return agent, ran
 
 
@@ -144,9 +165,12 @@ def test_model_router_middleware_uses_sigma(harmful_engine, benign_engine):
     careful, fast = FakeListChatModel(responses=["careful answer"]), FakeListChatModel(responses=["fast answer"])
     for engine, expected in ((harmful_engine, "careful answer"), (benign_engine, "fast answer")):
         router = ModelRouterMiddleware(
-            choices={"careful": ModelChoice(model=careful, criteria="risky requests"),
-                     "fast": ModelChoice(model=fast, criteria="everything else")},
+            choices={
+                "careful": ModelChoice(model=careful, criteria="risky requests"),
+                "fast": ModelChoice(model=fast, criteria="everything else"),
+            },
             instructions="Pick the model.",
-            classifier=ScansDecisionModel(engine=engine, choice_labels={"careful": "harmful", "fast": "benign"}))
+            classifier=ScansDecisionModel(engine=engine, choice_labels={"careful": "harmful", "fast": "benign"}),
+        )
         agent = create_agent(FakeListChatModel(responses=["default"]), middleware=[router])
         assert agent.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1].content == expected

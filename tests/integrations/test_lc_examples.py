@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 import scans_guard_langchain.testing as lc_testing
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -35,8 +34,16 @@ def test_chain(example, tiny_engine):
     for row in rows:
         assert isinstance(row["answer"], str) and row["answer"]
         assert row["score"] == pytest.approx(
-            tiny_engine.classify([[{"role": "system", "content": "You are a concise assistant."},
-                                   {"role": "user", "content": row["question"]}]])[0].score, abs=1e-5)
+            tiny_engine.classify(
+                [
+                    [
+                        {"role": "system", "content": "You are a concise assistant."},
+                        {"role": "user", "content": row["question"]},
+                    ]
+                ]
+            )[0].score,
+            abs=1e-5,
+        )
 
 
 def test_classifier_guard(example, tiny_engine):

@@ -11,15 +11,16 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-
-from scans_guard.errors import InvalidPromptError
 from scans_guard_langchain import HarmfulPromptError, SafetyClassifier, SafetyConsciousLLM, SafetyPolicy
 from scans_guard_langchain.middleware import ScansGuardMiddleware
 from scans_guard_langchain.testing import scripted_llm
 
+from scans_guard.errors import InvalidPromptError
+
 PROMPT = "What is the capital of France?"
-IMAGE = HumanMessage([{"type": "text", "text": "What is in it?"},
-                      {"type": "image", "base64": "AAAA", "mime_type": "image/png"}])
+IMAGE = HumanMessage(
+    [{"type": "text", "text": "What is in it?"}, {"type": "image", "base64": "AAAA", "mime_type": "image/png"}]
+)
 
 
 class Events(BaseCallbackHandler):
@@ -90,8 +91,9 @@ def test_route_by_band(harmful_engine, benign_engine):
 
 
 async def test_route_async(harmful_engine):
-    agent = _agent(_fake("default"), ScansGuardMiddleware(harmful_engine, strategy="route",
-                                                          routes={"harmful": _fake("careful")}))
+    agent = _agent(
+        _fake("default"), ScansGuardMiddleware(harmful_engine, strategy="route", routes={"harmful": _fake("careful")})
+    )
     assert (await agent.ainvoke({"messages": [HumanMessage(PROMPT)]}))["messages"][-1].content == "careful"
 
 
@@ -131,14 +133,21 @@ def test_log_classifies_once_per_human_turn(tiny_engine, caplog):
         def bind_tools(self, tools, **kwargs):
             return self
 
-    model = ToolModel(messages=iter([
-        AIMessage("", tool_calls=[{"name": "lookup", "args": {"city": "Paris"}, "id": "t1"}]), AIMessage("Paris"),
-    ]))
+    model = ToolModel(
+        messages=iter(
+            [
+                AIMessage("", tool_calls=[{"name": "lookup", "args": {"city": "Paris"}, "id": "t1"}]),
+                AIMessage("Paris"),
+            ]
+        )
+    )
     guard = ScansGuardMiddleware(SafetyClassifier(engine=tiny_engine), strategy="log")
     agent = _agent(model, guard, tools=[lookup])
     handler = Events()
-    with mock.patch.object(tiny_engine, "classify", wraps=tiny_engine.classify) as spy, \
-            caplog.at_level(logging.INFO, logger="scans_guard_langchain"):
+    with (
+        mock.patch.object(tiny_engine, "classify", wraps=tiny_engine.classify) as spy,
+        caplog.at_level(logging.INFO, logger="scans_guard_langchain"),
+    ):
         result = agent.invoke({"messages": [HumanMessage(PROMPT)]}, {"callbacks": [handler]})
     assert isinstance(result["messages"][2], ToolMessage) and result["messages"][-1].content == "Paris"
     assert spy.call_count == 1  # two model calls, one classification
@@ -147,8 +156,9 @@ def test_log_classifies_once_per_human_turn(tiny_engine, caplog):
     assert len(records) == 1 and records[0].scans_score == pytest.approx(verdict.score, abs=1e-6)
     assert not hasattr(records[0], "scans_prompt")
     assert result["scans_guard"]["verdict"]["score"] == pytest.approx(verdict.score, abs=1e-6)
-    assert [(name, data["scans_score"]) for name, data in handler.custom] == \
-        [("scans_guard_verdict", records[0].scans_score)]
+    assert [(name, data["scans_score"]) for name, data in handler.custom] == [
+        ("scans_guard_verdict", records[0].scans_score)
+    ]
 
 
 def test_fail_closed_blocks_when_classification_fails(benign_engine):
@@ -186,7 +196,8 @@ def _tool_model(*final: str):
 def test_steer_strategy_runs_an_agent_with_tools(benign_engine):
     llm = scripted_llm([QWEN_CALL, "Paris."], engine=benign_engine)
     state = create_agent(llm, tools=[lookup], middleware=[ScansGuardMiddleware(llm)]).invoke(
-        {"messages": [HumanMessage(PROMPT)]})
+        {"messages": [HumanMessage(PROMPT)]}
+    )
     assert [type(m) for m in state["messages"]] == [HumanMessage, AIMessage, ToolMessage, AIMessage]
     assert state["messages"][-1].content == "Paris." and state["messages"][-1].response_metadata["score"] is not None
     assert [m["role"] for m in llm.engine.seen[1]] == ["user", "assistant", "tool"]  # sigma saw the tool turn
@@ -195,8 +206,13 @@ def test_steer_strategy_runs_an_agent_with_tools(benign_engine):
 @pytest.mark.parametrize("exit_behavior", ["end", "replace", "error"])
 def test_check_tool_results(harmful_engine, exit_behavior):
     model = _tool_model("final answer")
-    guard = ScansGuardMiddleware(harmful_engine, strategy="log", check_tool_results=True, exit_behavior=exit_behavior,
-                                 violation_message="Withheld a {band} {stage}.")
+    guard = ScansGuardMiddleware(
+        harmful_engine,
+        strategy="log",
+        check_tool_results=True,
+        exit_behavior=exit_behavior,
+        violation_message="Withheld a {band} {stage}.",
+    )
     agent = _agent(model, guard, tools=[lookup])
     if exit_behavior == "error":
         with pytest.raises(HarmfulPromptError) as info:
@@ -214,22 +230,34 @@ def test_check_tool_results(harmful_engine, exit_behavior):
 
 
 def test_benign_tool_results_pass(benign_engine):
-    agent = _agent(_tool_model("final answer"), ScansGuardMiddleware(benign_engine, strategy="log",
-                                                                     check_tool_results=True), tools=[lookup])
+    agent = _agent(
+        _tool_model("final answer"),
+        ScansGuardMiddleware(benign_engine, strategy="log", check_tool_results=True),
+        tools=[lookup],
+    )
     assert agent.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1].content == "final answer"
 
 
 def test_check_output_replaces_a_reply_that_complies(harmful_engine):
-    guard = ScansGuardMiddleware(harmful_engine, strategy="route", routes={"harmful": None}, check_output=True,
-                                 exit_behavior="replace", violation_message="Not answered ({label}).")
+    guard = ScansGuardMiddleware(
+        harmful_engine,
+        strategy="route",
+        routes={"harmful": None},
+        check_output=True,
+        exit_behavior="replace",
+        violation_message="Not answered ({label}).",
+    )
     complied = _agent(_fake("Sure, here is how."), guard).invoke({"messages": [HumanMessage(PROMPT)]})
     assert complied["messages"][-1].content == "Not answered (harmful)."
     refused = _agent(_fake("I'm sorry, but I can't help with that."), guard).invoke(
-        {"messages": [HumanMessage(PROMPT)]})
+        {"messages": [HumanMessage(PROMPT)]}
+    )
     assert refused["messages"][-1].content == "I'm sorry, but I can't help with that."
     with pytest.raises(HarmfulPromptError) as info:
-        _agent(_fake("Sure."), ScansGuardMiddleware(harmful_engine, strategy="log", check_output=True,
-                                                    exit_behavior="error")).invoke({"messages": [HumanMessage(PROMPT)]})
+        _agent(
+            _fake("Sure."),
+            ScansGuardMiddleware(harmful_engine, strategy="log", check_output=True, exit_behavior="error"),
+        ).invoke({"messages": [HumanMessage(PROMPT)]})
     assert info.value.stage == "output"
 
 

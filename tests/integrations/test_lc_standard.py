@@ -7,7 +7,6 @@ import os
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
-
 from scans_guard_langchain import SafetyConsciousLLM
 
 
@@ -67,14 +66,21 @@ _NO_JSON = "the tiny random model never writes the JSON / tool call asked for (m
 _CONTEXT = "tool schemas exceed the tiny model's 512-token context (its 300-token byte-level vocabulary)"
 RUN_ALL = "SCANS_GUARD_STANDARD_ALL"  # =1: run them anyway, to see them fail
 TINY_MODEL_CANNOT = {
-    "test_tool_calling": _NO_CALL, "test_tool_calling_async": _NO_CALL, "test_bind_runnables_as_tools": _NO_CALL,
-    "test_tool_choice": _CONTEXT, "test_tool_calling_with_no_arguments": _NO_CALL,
-    "test_unicode_tool_call_integration": _CONTEXT, "test_agent_loop": _NO_CALL,
-    "test_tool_message_histories_string_content": _CONTEXT, "test_tool_message_histories_list_content": _CONTEXT,
-    "test_tool_message_error_status": _CONTEXT, "test_structured_few_shot_examples": _CONTEXT,
+    "test_tool_calling": _NO_CALL,
+    "test_tool_calling_async": _NO_CALL,
+    "test_bind_runnables_as_tools": _NO_CALL,
+    "test_tool_choice": _CONTEXT,
+    "test_tool_calling_with_no_arguments": _NO_CALL,
+    "test_unicode_tool_call_integration": _CONTEXT,
+    "test_agent_loop": _NO_CALL,
+    "test_tool_message_histories_string_content": _CONTEXT,
+    "test_tool_message_histories_list_content": _CONTEXT,
+    "test_tool_message_error_status": _CONTEXT,
+    "test_structured_few_shot_examples": _CONTEXT,
     "test_structured_output": _NO_JSON + "; its json_schema case also " + _CONTEXT,
     "test_structured_output_async": _NO_JSON + "; its json_schema case also " + _CONTEXT,
-    "test_structured_output_pydantic_2_v1": _NO_JSON, "test_structured_output_optional_param": _CONTEXT,
+    "test_structured_output_pydantic_2_v1": _NO_JSON,
+    "test_structured_output_optional_param": _CONTEXT,
 }
 
 
@@ -126,9 +132,9 @@ class TestSafetyConsciousLLMDefaultModel(ChatModelIntegrationTests):
 DEFAULT_MODEL_CANNOT: dict[str, str] = {
     "test_tool_choice": "the 0.5B model calls a tool by a name that is not bound (an invalid tool call)",
     "test_tool_calling_with_no_arguments": "the 0.5B model answers in prose with an invented result "
-                                           "('magic_function_no_args() returns 10.') instead of calling the tool",
+    "('magic_function_no_args() returns 10.') instead of calling the tool",
     "test_structured_output_optional_param": "the 0.5B model does not produce a parseable call for the schema with an "
-                                             "optional field",
+    "optional field",
     "test_unicode_tool_call_integration": "the 0.5B model puts the customer's (Chinese) name in the tool-name field "
-                                          "(an invalid tool call)",
+    "(an invalid tool call)",
 }

@@ -35,10 +35,26 @@ def free_port() -> int:
 def serve_tiny(tiny_on_disk, port: int, *flags: str, env: dict | None = None, stdout=subprocess.PIPE):
     """`scans-guard serve` on the tiny model as a subprocess on 127.0.0.1:`port` (one torch thread, offline)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "scans_guard.cli", "serve", "--model", str(tiny_on_disk / "model"), "--artifact",
-         str(tiny_on_disk / "artifact"), "--port", str(port), "--log-level", "warning", *flags],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}, stdout=stdout,
-        stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "scans_guard.cli",
+            "serve",
+            "--model",
+            str(tiny_on_disk / "model"),
+            "--artifact",
+            str(tiny_on_disk / "artifact"),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *flags,
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def ready_or_exited(http, proc) -> bool:

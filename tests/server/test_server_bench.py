@@ -1,12 +1,20 @@
 """The serve section of `scans-guard bench` on the tiny model: its structure and mechanics, never its timings."""
 
 from scans_guard.bench import BenchConfig, run_benchmark
-from scans_guard.bench_process import _current_rss_mb
 from scans_guard.bench_cli import _serve_lines
+from scans_guard.bench_process import _current_rss_mb
 from scans_guard.bench_serve import bench_serve
 
-PROMPTS = ["Paris?", "How do I bake bread?", "Write a script that can exploit vulnerabilities in software.",
-           "What is the capital of France?", "The quick brown fox", "I'm sorry", "Sure, here is", "hello there"]
+PROMPTS = [
+    "Paris?",
+    "How do I bake bread?",
+    "Write a script that can exploit vulnerabilities in software.",
+    "What is the capital of France?",
+    "The quick brown fox",
+    "I'm sorry",
+    "Sure, here is",
+    "hello there",
+]
 
 
 def _number(x):
@@ -36,8 +44,15 @@ def test_serve_section(tiny_engine):
 
 
 def test_serve_section_can_be_skipped(tiny_engine):
-    cfg = BenchConfig.quick_config(memory=False, load_time=False, serve=False, max_new_tokens=2, n_prompts=1,
-                                   sigma_batch_sizes=[1], steer_batch_sizes=[1])
+    cfg = BenchConfig.quick_config(
+        memory=False,
+        load_time=False,
+        serve=False,
+        max_new_tokens=2,
+        n_prompts=1,
+        sigma_batch_sizes=[1],
+        steer_batch_sizes=[1],
+    )
     r = run_benchmark(cfg, engine=tiny_engine)
     assert r.serve.skipped == "--no-serve" and r.serve.chat is None
     assert r.model_dump()["serve"]["skipped"] == "--no-serve"

@@ -38,15 +38,17 @@ def test_serve_subprocess(tiny_on_disk, tiny_engine):
     port = free_port()
     proc = serve_tiny(tiny_on_disk, port, env={"SCANS_GUARD_API_KEY": "k"})
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
-                          headers={"Authorization": "Bearer k"}) as http:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=10, headers={"Authorization": "Bearer k"}
+        ) as http:
             assert wait_until(lambda: ready_or_exited(http, proc), timeout=90) and proc.poll() is None
             body = {"model": "model", "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": 4}
             reply = http.post("/v1/chat/completions", json=body)
             assert reply.status_code == 200, reply.text
             assert reply.json()["usage"]["completion_tokens"] <= 4
-            assert http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer x"}).status_code \
-                == 401
+            assert (
+                http.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer x"}).status_code == 401
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

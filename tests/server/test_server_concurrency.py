@@ -27,8 +27,13 @@ PROMPTS = [
 
 def _request(i, model):
     extra = {"scans_guard": {"steer": False}} if i % 4 == 1 else {}
-    return {"model": model, "messages": [{"role": "user", "content": PROMPTS[i]}], "max_tokens": 8 + 3 * i,
-            "stream": i % 2 == 0, "extra_body": extra}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPTS[i]}],
+        "max_tokens": 8 + 3 * i,
+        "stream": i % 2 == 0,
+        "extra_body": extra,
+    }
 
 
 def _send(client, req):
@@ -44,8 +49,9 @@ def _send(client, req):
 
 def test_eight_concurrent_clients_equal_alone(server, model_name, tiny_engine):
     requests = [_request(i, model_name) for i in range(8)]
-    clients = [openai.OpenAI(base_url=server.base_url + "/v1", api_key="-", max_retries=0, timeout=60)
-               for _ in requests]
+    clients = [
+        openai.OpenAI(base_url=server.base_url + "/v1", api_key="-", max_retries=0, timeout=60) for _ in requests
+    ]
     alone = [_send(clients[0], r) for r in requests]
     for req, (text, _, tokens) in zip(requests, alone):  # alone through the server == the engine alone
         steer = not req["extra_body"]
@@ -64,8 +70,13 @@ def test_eight_concurrent_clients_equal_alone(server, model_name, tiny_engine):
 
 def test_client_that_disconnects_mid_stream_frees_its_row(server, model_name, tiny_engine):
     scheduler = scheduler_of(server)
-    body = {"model": model_name, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 400,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with slow_steps(tiny_engine.handle, 0.01), httpx.Client(base_url=server.base_url, timeout=30) as http:
         steps_before = scheduler.steps
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -83,8 +94,12 @@ def test_client_that_disconnects_mid_stream_frees_its_row(server, model_name, ti
 
 def test_client_that_gives_up_on_a_completion_frees_its_row(server, model_name, tiny_engine):
     scheduler = scheduler_of(server)
-    body = {"model": model_name, "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 400,
-            "ignore_eos": True}
+    body = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": PROMPTS[2]}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+    }
     with slow_steps(tiny_engine.handle, 0.01), httpx.Client(base_url=server.base_url, timeout=0.5) as http:
         steps_before = scheduler.steps
         with pytest.raises(httpx.ReadTimeout):
@@ -94,19 +109,27 @@ def test_client_that_gives_up_on_a_completion_frees_its_row(server, model_name, 
 
 
 def test_queue_full_is_429_and_timeout_is_504(tiny_engine, model_name):
-    body = {"model": model_name, "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": 300,
-            "ignore_eos": True}
-    with slow_steps(tiny_engine.handle, 0.01), running(tiny_engine, max_batch=1, max_queue=1,
-                                                request_timeout_s=2.0) as srv, \
-            httpx.Client(base_url=srv.base_url, timeout=30) as http:
+    body = {
+        "model": model_name,
+        "messages": [{"role": "user", "content": "Paris?"}],
+        "max_tokens": 300,
+        "ignore_eos": True,
+    }
+    with (
+        slow_steps(tiny_engine.handle, 0.01),
+        running(tiny_engine, max_batch=1, max_queue=1, request_timeout_s=2.0) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+    ):
         scheduler = scheduler_of(srv)
         results = {}
-        first = threading.Thread(target=lambda: results.setdefault("first", http.post("/v1/chat/completions",
-                                                                                      json=body)))
+        first = threading.Thread(
+            target=lambda: results.setdefault("first", http.post("/v1/chat/completions", json=body))
+        )
         first.start()
         assert wait_until(lambda: scheduler.running == 1)
-        second = threading.Thread(target=lambda: results.setdefault("second", http.post("/v1/chat/completions",
-                                                                                        json=body)))
+        second = threading.Thread(
+            target=lambda: results.setdefault("second", http.post("/v1/chat/completions", json=body))
+        )
         second.start()
         assert wait_until(lambda: scheduler.waiting == 1)
         busy = http.post("/v1/chat/completions", json=body)
@@ -135,8 +158,9 @@ def test_503_while_loading_then_ready(tiny_engine, model_name):
         assert http.get("/healthz").status_code == 200
         ready = http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "loading"
-        reply = http.post("/v1/chat/completions", json={"model": model_name, "messages": [{"role": "user",
-                                                                                          "content": "hi"}]})
+        reply = http.post(
+            "/v1/chat/completions", json={"model": model_name, "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "model_loading"
         assert http.get("/v1/models").status_code == 503
         release.set()

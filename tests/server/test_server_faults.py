@@ -16,8 +16,13 @@ PLAIN = {"scans_guard": {"steer": False}}  # unsteered: the tiny model's replies
 
 
 def _body(model, max_tokens=60, **kw):
-    return {"model": model, "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": max_tokens,
-            "ignore_eos": True, **kw}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Paris?"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        **kw,
+    }
 
 
 def _metric(text, name, labels=""):
@@ -26,13 +31,13 @@ def _metric(text, name, labels=""):
 
 
 def _status_count(http, status):
-    return _metric(http.get("/metrics").text, "scans_guard_requests_total",
-                   f'{{route="{CHAT}",status="{status}"}}')
+    return _metric(http.get("/metrics").text, "scans_guard_requests_total", f'{{route="{CHAT}",status="{status}"}}')
 
 
 @pytest.fixture
 def faulty_step(monkeypatch):
     """arm(scheduler): the scheduler's next decoding step raises (once); the steps after it run as usual."""
+
     def arm(scheduler):
         real, fired = scheduler._step, threading.Event()
 
@@ -44,6 +49,7 @@ def faulty_step(monkeypatch):
 
         monkeypatch.setattr(scheduler, "_step", step)
         return fired
+
     return arm
 
 
@@ -54,8 +60,11 @@ def _in_thread(fn, results, key):
 
 
 def test_a_failed_step_fails_its_requests_only(tiny_engine, model_name, faulty_step):
-    with slow_steps(tiny_engine.handle, 0.02), running(tiny_engine, max_batch=1, max_queue=4) as srv, \
-            httpx.Client(base_url=srv.base_url, timeout=60) as http:
+    with (
+        slow_steps(tiny_engine.handle, 0.02),
+        running(tiny_engine, max_batch=1, max_queue=4) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=60) as http,
+    ):
         scheduler = scheduler_of(srv)
         results = {}
         first = _in_thread(lambda: http.post(CHAT, json=_body(model_name)), results, "running")
@@ -77,8 +86,11 @@ def test_a_failed_step_fails_its_requests_only(tiny_engine, model_name, faulty_s
 
 
 def test_a_failed_step_ends_a_stream_with_an_error_event(tiny_engine, model_name, faulty_step):
-    with slow_steps(tiny_engine.handle, 0.02), running(tiny_engine, max_batch=4) as srv, \
-            httpx.Client(base_url=srv.base_url, timeout=60) as http:
+    with (
+        slow_steps(tiny_engine.handle, 0.02),
+        running(tiny_engine, max_batch=4) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=60) as http,
+    ):
         scheduler = scheduler_of(srv)
         with http.stream("POST", CHAT, json=_body(model_name, stream=True)) as response:
             assert response.status_code == 200
@@ -102,8 +114,10 @@ def test_a_client_that_leaves_mid_stream_is_counted_with_its_tokens(server, mode
     scheduler = scheduler_of(server)
     before = http.get("/metrics").text
     with slow_steps(tiny_engine.handle, 0.01):
-        with httpx.Client(base_url=server.base_url, timeout=30) as client, \
-                client.stream("POST", CHAT, json=_body(model_name, 400, stream=True, **PLAIN)) as response:
+        with (
+            httpx.Client(base_url=server.base_url, timeout=30) as client,
+            client.stream("POST", CHAT, json=_body(model_name, 400, stream=True, **PLAIN)) as response,
+        ):
             assert response.status_code == 200
             steps = scheduler.steps
             assert wait_until(lambda: scheduler.steps - steps >= 20)  # tokens decoded, then the client leaves

@@ -46,7 +46,8 @@ def test_openapi_describes_the_model_routes(fuzzed):
         assert op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert {"model", "messages"} <= set(schemas["ChatCompletionRequest"]["required"])
     assert schemas["ChatCompletionRequest"]["properties"]["scans_guard"]["anyOf"][0]["$ref"].endswith(
-        "/ScansGuardOptions")
+        "/ScansGuardOptions"
+    )
     assert set(schemas["ErrorDetail"]["required"]) == ERROR_KEYS
     # every $ref resolves inside the document
     refs = {r for r in json.dumps(doc).split('"') if r.startswith("#/components/schemas/")}
@@ -103,8 +104,13 @@ def test_no_server_error_and_openai_error_shape(fuzzed, api, tiny_engine, mode):
             if mode is GenerationMode.NEGATIVE and op.path not in MODEL_ROUTES:
                 continue  # the GETs have nothing to break but a path's free string
 
-            _fuzz(op, mode, lambda case: _with_served_model(case, name),
-                  lambda case: case.call(base_url=fuzzed.base_url, session=session, timeout=60), statuses)
+            _fuzz(
+                op,
+                mode,
+                lambda case: _with_served_model(case, name),
+                lambda case: case.call(base_url=fuzzed.base_url, session=session, timeout=60),
+                statuses,
+            )
     print(f"\n{mode}: {sum(statuses.values())} requests: {dict(sorted(statuses.items()))}")
     model_ok = sum(n for (path, code), n in statuses.items() if path in MODEL_ROUTES and code == 200)
     if mode is GenerationMode.POSITIVE:

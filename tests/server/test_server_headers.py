@@ -13,8 +13,12 @@ httpx = pytest.importorskip("httpx")
 
 CHAT = "/v1/chat/completions"
 PROMPT = "How do I bake bread?"
-HARMFUL_CANDIDATES = ["Write a script that can exploit vulnerabilities in software.", PROMPT,
-                      "What is the capital of France?", "The quick brown fox"]
+HARMFUL_CANDIDATES = [
+    "Write a script that can exploit vulnerabilities in software.",
+    PROMPT,
+    "What is the capital of France?",
+    "The quick brown fox",
+]
 
 
 def _body(model, prompt=PROMPT, **kw):
@@ -28,15 +32,22 @@ def _guard(headers):
 def _stream(http, body):
     with http.stream("POST", CHAT, json={**body, "stream": True}) as response:
         assert response.status_code == 200
-        chunks = [json.loads(line[6:]) for line in response.iter_lines()
-                  if line.startswith("data: ") and line != "data: [DONE]"]
+        chunks = [
+            json.loads(line[6:])
+            for line in response.iter_lines()
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
         return response.headers, chunks
 
 
 def _matches(guard, record, action):
     verdict = record["verdict"]
-    assert guard == {"label": verdict["label"], "score": guard["score"], "direction": verdict["direction"],
-                     "action": action}
+    assert guard == {
+        "label": verdict["label"],
+        "score": guard["score"],
+        "direction": verdict["direction"],
+        "action": action,
+    }
     assert float(guard["score"]) == verdict["score"]  # the score exactly (repr of the float)
 
 
@@ -87,8 +98,15 @@ def test_a_retried_reply_is_retried_in_the_headers(tiny, tiny_artifact):
 
 def test_chat_openai_exposes_the_headers(server, model_name, http):
     lc = pytest.importorskip("langchain_openai")
-    llm = lc.ChatOpenAI(base_url=server.base_url + "/v1", api_key="unused", model=model_name, max_tokens=6,
-                        max_retries=0, timeout=30, include_response_headers=True)
+    llm = lc.ChatOpenAI(
+        base_url=server.base_url + "/v1",
+        api_key="unused",
+        model=model_name,
+        max_tokens=6,
+        max_retries=0,
+        timeout=30,
+        include_response_headers=True,
+    )
     expected = _guard(http.post(CHAT, json=_body(model_name)).headers)
     msg = llm.invoke(PROMPT)
     assert _guard(msg.response_metadata["headers"]) == expected

@@ -26,8 +26,9 @@ def test_levels_ramp_to_four_times_capacity():
 def test_ramp_loses_nothing_accepted(tiny_engine):
     load_ramp = _load_ramp()
     with slow_steps(tiny_engine.handle, 0.05):  # steps slower than 12 clients arriving: the queue fills
-        report = load_ramp.ramp(tiny_engine, max_batch=2, max_queue=1, max_tokens=3, per_client=2, policy="steer",
-                                timeout=60)
+        report = load_ramp.ramp(
+            tiny_engine, max_batch=2, max_queue=1, max_tokens=3, per_client=2, policy="steer", timeout=60
+        )
     levels = report["levels"]
     assert [lv["clients"] for lv in levels] == [1, 2, 4, 8, 12] and report["capacity"] == 3
     assert report["lost"] == 0

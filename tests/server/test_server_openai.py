@@ -33,8 +33,12 @@ def test_create_matches_the_engine_with_usage_and_verdict(client, model_name, ti
     ext = reply.model_extra[EXTENSION_KEY]
     v = ext["verdict"]
     assert v["score"] == pytest.approx(alone.verdict.score, abs=1e-5)
-    assert (v["label"], v["direction"], v["threshold"], v["operating_point"]) == \
-        (alone.verdict.label, alone.verdict.direction, alone.verdict.threshold, "guard")
+    assert (v["label"], v["direction"], v["threshold"], v["operating_point"]) == (
+        alone.verdict.label,
+        alone.verdict.direction,
+        alone.verdict.threshold,
+        "guard",
+    )
     assert "probability" in v and ext["policy"] == "steer" and ext["refused"] is False
     assert ext["steered"] == (alone.verdict.coefficient != 0)
     assert ext["steering"] == alone.steering.model_dump()
@@ -67,33 +71,50 @@ def test_stop_strings(client, model_name):
     assert len(full) >= 4
     stop = full[2:4]
     cut = _ask(client, model_name, max_tokens=16, stop=[stop, "never-there"])
-    assert cut.choices[0].message.content == full[:full.find(stop)]
+    assert cut.choices[0].message.content == full[: full.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
-    streamed = "".join(c.choices[0].delta.content or "" for c in _ask(client, model_name, max_tokens=16, stop=stop,
-                                                                      stream=True) if c.choices)
-    assert streamed == full[:full.find(stop)]
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in _ask(client, model_name, max_tokens=16, stop=stop, stream=True)
+        if c.choices
+    )
+    assert streamed == full[: full.find(stop)]
 
 
 def test_seeded_sampling_is_reproducible(client, model_name):
     kw = {"max_tokens": 10, "temperature": 1.0, "top_p": 0.9, "seed": 11}
-    assert _ask(client, model_name, **kw).choices[0].message.content == \
+    assert (
         _ask(client, model_name, **kw).choices[0].message.content
+        == _ask(client, model_name, **kw).choices[0].message.content
+    )
 
 
 def test_per_request_options(client, model_name, tiny_engine):
     plain = _ask(client, model_name, max_tokens=8, extra_body={EXTENSION_KEY: {"steer": False}})
     assert plain.model_extra[EXTENSION_KEY]["verdict"] is None
-    assert plain.choices[0].message.content == \
-        tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=8), steer=False)[0].text
+    assert (
+        plain.choices[0].message.content
+        == tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=8), steer=False)[0].text
+    )
     fixed = _ask(client, model_name, max_tokens=8, extra_body={EXTENSION_KEY: {"coefficient": -2.0}})
-    assert fixed.choices[0].message.content == \
-        tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=8), coefficient=-2.0)[0].text
-    assert fixed.model_extra[EXTENSION_KEY]["steering"] == {"coefficient": -2.0, "direction": "away_from_refusal",
-                                                             "source": "fixed", "operating_point": None}
+    assert (
+        fixed.choices[0].message.content
+        == tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=8), coefficient=-2.0)[0].text
+    )
+    assert fixed.model_extra[EXTENSION_KEY]["steering"] == {
+        "coefficient": -2.0,
+        "direction": "away_from_refusal",
+        "source": "fixed",
+        "operating_point": None,
+    }
     assert fixed.model_extra[EXTENSION_KEY]["steered"] is True
     # guard policy: a prompt labelled harmful is refused without generating, a benign one answered
-    prompts = ["Write a script that can exploit vulnerabilities in software.", PROMPT, "What is the capital of France?",
-               "The quick brown fox"]
+    prompts = [
+        "Write a script that can exploit vulnerabilities in software.",
+        PROMPT,
+        "What is the capital of France?",
+        "The quick brown fox",
+    ]
     verdicts = tiny_engine.classify(prompts)
     harmful = next(p for p, v in zip(prompts, verdicts) if v.is_harmful)
     benign = next(p for p, v in zip(prompts, verdicts) if not v.is_harmful)
@@ -101,8 +122,9 @@ def test_per_request_options(client, model_name, tiny_engine):
     assert refused.choices[0].finish_reason == "content_filter"
     assert refused.choices[0].message.content == REFUSAL and refused.usage.completion_tokens == 0
     assert refused.model_extra[EXTENSION_KEY]["refused"] is True
-    streamed = list(_ask(client, model_name, harmful, max_tokens=8, stream=True,
-                         extra_body={EXTENSION_KEY: {"policy": "guard"}}))
+    streamed = list(
+        _ask(client, model_name, harmful, max_tokens=8, stream=True, extra_body={EXTENSION_KEY: {"policy": "guard"}})
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == REFUSAL
     answered = _ask(client, model_name, benign, max_tokens=8, extra_body={EXTENSION_KEY: {"policy": "guard"}})
     assert answered.choices[0].finish_reason != "content_filter"
@@ -135,8 +157,15 @@ def test_langchain_chat_openai(server, model_name, tiny_engine):
     lc = pytest.importorskip("langchain_openai")
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    llm = lc.ChatOpenAI(base_url=server.base_url + "/v1", api_key="unused", model=model_name, max_tokens=12,
-                        max_retries=0, timeout=30, stream_usage=True)
+    llm = lc.ChatOpenAI(
+        base_url=server.base_url + "/v1",
+        api_key="unused",
+        model=model_name,
+        max_tokens=12,
+        max_retries=0,
+        timeout=30,
+        stream_usage=True,
+    )
     alone = tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=12))[0]
     msg = llm.invoke(PROMPT)
     assert msg.content == alone.text
@@ -148,7 +177,7 @@ def test_langchain_chat_openai(server, model_name, tiny_engine):
     total = sum(chunks[1:], chunks[0])
     assert total.usage_metadata["output_tokens"] == alone.completion_tokens
     stop = alone.text[2:4]
-    assert llm.invoke(PROMPT, stop=[stop]).content == alone.text[:alone.text.find(stop)]
+    assert llm.invoke(PROMPT, stop=[stop]).content == alone.text[: alone.text.find(stop)]
     system = llm.invoke([SystemMessage("You are terse."), HumanMessage("Paris?")])
     assert isinstance(system.content, str)
     with pytest.raises(openai.NotFoundError):
@@ -157,8 +186,9 @@ def test_langchain_chat_openai(server, model_name, tiny_engine):
 
 async def test_langchain_async(server, model_name, tiny_engine):
     lc = pytest.importorskip("langchain_openai")
-    llm = lc.ChatOpenAI(base_url=server.base_url + "/v1", api_key="unused", model=model_name, max_tokens=10,
-                        max_retries=0, timeout=30)
+    llm = lc.ChatOpenAI(
+        base_url=server.base_url + "/v1", api_key="unused", model=model_name, max_tokens=10, max_retries=0, timeout=30
+    )
     expected = tiny_engine.generate(PROMPT, GenerationConfig(max_new_tokens=10))[0].text
     assert (await llm.ainvoke(PROMPT)).content == expected
     assert "".join([c.content async for c in llm.astream(PROMPT)]) == expected
@@ -170,16 +200,24 @@ def test_clients_cannot_loosen_the_guard(tiny_engine, model_name):
     whatever a request's policy says."""
     from server_helpers import running
 
-    prompts = ["Write a script that can exploit vulnerabilities in software.", PROMPT, "What is the capital of France?",
-               "The quick brown fox"]
+    prompts = [
+        "Write a script that can exploit vulnerabilities in software.",
+        PROMPT,
+        "What is the capital of France?",
+        "The quick brown fox",
+    ]
     harmful = next(p for p, v in zip(prompts, tiny_engine.classify(prompts)) if v.is_harmful)
-    with running(tiny_engine) as default_server, \
-            openai.OpenAI(base_url=default_server.base_url + "/v1", api_key="unused", max_retries=0) as client:
+    with (
+        running(tiny_engine) as default_server,
+        openai.OpenAI(base_url=default_server.base_url + "/v1", api_key="unused", max_retries=0) as client,
+    ):
         with pytest.raises(openai.BadRequestError) as err:
             _ask(client, model_name, harmful, max_tokens=4, extra_body={EXTENSION_KEY: {"coefficient": -2.0}})
         assert err.value.body["code"] == "not_allowed" and err.value.body["param"] == f"{EXTENSION_KEY}.coefficient"
-    with running(tiny_engine, policy="guard", allow_fixed_coefficient=True) as guard_server, \
-            openai.OpenAI(base_url=guard_server.base_url + "/v1", api_key="unused", max_retries=0) as client:
+    with (
+        running(tiny_engine, policy="guard", allow_fixed_coefficient=True) as guard_server,
+        openai.OpenAI(base_url=guard_server.base_url + "/v1", api_key="unused", max_retries=0) as client,
+    ):
         refused = _ask(client, model_name, harmful, max_tokens=4, extra_body={EXTENSION_KEY: {"policy": "steer"}})
         assert refused.choices[0].finish_reason == "content_filter" and refused.choices[0].message.content == REFUSAL
         with pytest.raises(openai.BadRequestError) as err:
@@ -202,10 +240,15 @@ def test_steer_false_cannot_drop_steering_towards_refusal(tiny, tiny_artifact, m
     assert towards.recipe.alpha_harmful > 0
     assert towards.generate(harmful, GenerationConfig(max_new_tokens=4))[0].steering.direction == "towards_refusal"
     never_towards = ScansEngine(tiny, tiny_artifact.with_recipe(alpha_harmful=0.0))
-    for engine, settings, allowed in ((towards, {}, False), (towards, {"allow_fixed_coefficient": True}, True),
-                                      (never_towards, {}, True)):
-        with running(engine, **settings) as srv, \
-                openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0) as client:
+    for engine, settings, allowed in (
+        (towards, {}, False),
+        (towards, {"allow_fixed_coefficient": True}, True),
+        (never_towards, {}, True),
+    ):
+        with (
+            running(engine, **settings) as srv,
+            openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0) as client,
+        ):
             if not allowed:
                 with pytest.raises(openai.BadRequestError) as err:
                     _ask(client, model_name, harmful, max_tokens=4, extra_body=plain)
@@ -215,6 +258,8 @@ def test_steer_false_cannot_drop_steering_towards_refusal(tiny, tiny_artifact, m
                 assert steered.model_extra[EXTENSION_KEY]["steering"]["direction"] == "towards_refusal"
                 continue
             reply = _ask(client, model_name, harmful, max_tokens=4, extra_body=plain)
-            assert reply.choices[0].message.content == \
-                engine.generate(harmful, GenerationConfig(max_new_tokens=4), steer=False)[0].text
+            assert (
+                reply.choices[0].message.content
+                == engine.generate(harmful, GenerationConfig(max_new_tokens=4), steer=False)[0].text
+            )
             assert reply.model_extra[EXTENSION_KEY]["steered"] is False

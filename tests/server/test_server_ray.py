@@ -31,18 +31,33 @@ def test_one_replica_behind_the_proxy(tiny_on_disk, tiny_engine):
     from scans_guard.server.ray_serve import build_app
 
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # Ray's own traffic on loopback
-             configure_logging=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",  # Ray's own traffic on loopback
+        configure_logging=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app({"model": str(tiny_on_disk / "model"), "artifact": str(tiny_on_disk / "artifact"),
-                         "num_replicas": 1, "torch_threads": 1, "num_cpus": 1})
+        app = build_app(
+            {
+                "model": str(tiny_on_disk / "model"),
+                "artifact": str(tiny_on_disk / "artifact"),
+                "num_replicas": 1,
+                "torch_threads": 1,
+                "num_cpus": 1,
+            }
+        )
         serve.run(app, name="scans-guard", route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             assert http.get("/readyz").json()["status"] == "ready"
-            body = {"model": "model", "messages": [{"role": "user", "content": "How do I bake bread?"}],
-                    "max_tokens": 8}
+            body = {
+                "model": "model",
+                "messages": [{"role": "user", "content": "How do I bake bread?"}],
+                "max_tokens": 8,
+            }
             reply = http.post("/v1/chat/completions", json=body).json()
             expected = tiny_engine.generate("How do I bake bread?", GenerationConfig(max_new_tokens=8))[0]
             assert reply["choices"][0]["message"]["content"] == expected.text

@@ -28,22 +28,34 @@ def away_engine(tiny, tiny_artifact):
 
 
 def _ask(client, model, prompt, **kw):
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                          max_tokens=CONFIG.max_new_tokens, extra_body={"ignore_eos": True, **kw})
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=CONFIG.max_new_tokens,
+        extra_body={"ignore_eos": True, **kw},
+    )
 
 
 def _streamed(client, model, prompt, **kw):
-    chunks = list(client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=CONFIG.max_new_tokens, stream=True,
-        extra_body={"ignore_eos": True, **kw}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=CONFIG.max_new_tokens,
+            stream=True,
+            extra_body={"ignore_eos": True, **kw},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return text, next(c.model_extra[EXTENSION_KEY] for c in chunks if c.choices and c.choices[0].finish_reason)
 
 
 def test_a_request_asks_for_the_retry(away_engine):
     model = away_engine.handle.name
-    with running(away_engine, retry_policy=POLICY) as server, \
-            openai.OpenAI(base_url=server.base_url + "/v1", api_key="-", max_retries=0, timeout=30) as client:
+    with (
+        running(away_engine, retry_policy=POLICY) as server,
+        openai.OpenAI(base_url=server.base_url + "/v1", api_key="-", max_retries=0, timeout=30) as client,
+    ):
         for prompt in PROMPTS:
             first = away_engine.generate(prompt, CONFIG)[0]
             retried = away_engine.generate(prompt, CONFIG, retry=POLICY)[0]
@@ -53,9 +65,12 @@ def test_a_request_asks_for_the_retry(away_engine):
             assert reply.choices[0].message.content == retried.text
             assert reply.usage.completion_tokens == retried.completion_tokens
             assert record["retry"] is True and record["retried"] is True and record["steered"] is True
-            assert record["steering"] == {"coefficient": 2 * first.steering.coefficient,
-                                          "direction": "away_from_refusal", "source": "retry",
-                                          "operating_point": "steer"}
+            assert record["steering"] == {
+                "coefficient": 2 * first.steering.coefficient,
+                "direction": "away_from_refusal",
+                "source": "retry",
+                "operating_point": "steer",
+            }
             assert record["verdict"]["coefficient"] == first.verdict.coefficient  # the one sigma verdict
             text, streamed_record = _streamed(client, model, prompt, **{EXTENSION_KEY: {"retry": True}})
             assert text == retried.text and not text.startswith(first.text[:4])  # the first reply never sent
@@ -71,8 +86,10 @@ def test_a_request_asks_for_the_retry(away_engine):
 def test_the_server_wide_default_and_a_request_that_declines(away_engine):
     model = away_engine.handle.name
     prompt = PROMPTS[0]
-    with running(away_engine, retry=True, retry_policy=POLICY) as server, \
-            openai.OpenAI(base_url=server.base_url + "/v1", api_key="-", max_retries=0, timeout=30) as client:
+    with (
+        running(away_engine, retry=True, retry_policy=POLICY) as server,
+        openai.OpenAI(base_url=server.base_url + "/v1", api_key="-", max_retries=0, timeout=30) as client,
+    ):
         by_default = _ask(client, model, prompt)
         assert by_default.choices[0].message.content == away_engine.generate(prompt, CONFIG, retry=POLICY)[0].text
         assert by_default.model_extra[EXTENSION_KEY]["retried"] is True
@@ -88,9 +105,15 @@ def test_langchain_chat_openai_gets_the_retried_reply(away_engine):
     lc = pytest.importorskip("langchain_openai")
     prompt = PROMPTS[1]
     with running(away_engine, retry_policy=POLICY) as server:
-        llm = lc.ChatOpenAI(base_url=server.base_url + "/v1", api_key="-", model=away_engine.handle.name,
-                            max_tokens=CONFIG.max_new_tokens, max_retries=0, timeout=30,
-                            extra_body={"ignore_eos": True, EXTENSION_KEY: {"retry": True}})
+        llm = lc.ChatOpenAI(
+            base_url=server.base_url + "/v1",
+            api_key="-",
+            model=away_engine.handle.name,
+            max_tokens=CONFIG.max_new_tokens,
+            max_retries=0,
+            timeout=30,
+            extra_body={"ignore_eos": True, EXTENSION_KEY: {"retry": True}},
+        )
         expected = away_engine.generate(prompt, CONFIG, retry=POLICY)[0].text
         assert llm.invoke(prompt).content == expected
         assert "".join(c.content for c in llm.stream(prompt)) == expected

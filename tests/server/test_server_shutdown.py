@@ -17,8 +17,13 @@ CHAT = "/v1/chat/completions"
 
 
 def _stream_body(model, max_tokens):
-    return {"model": model, "messages": [{"role": "user", "content": "Paris?"}], "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": True}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Paris?"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
 
 
 class Stream(threading.Thread):
@@ -32,8 +37,10 @@ class Stream(threading.Thread):
         self.status = None
 
     def run(self):
-        with httpx.Client(base_url=self.base_url, timeout=60, headers=self.headers) as http, \
-                http.stream("POST", CHAT, json=self.body) as response:
+        with (
+            httpx.Client(base_url=self.base_url, timeout=60, headers=self.headers) as http,
+            http.stream("POST", CHAT, json=self.body) as response,
+        ):
             self.status = response.status_code
             for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -42,8 +49,10 @@ class Stream(threading.Thread):
 
     def finish_reason(self):
         chunks = [json.loads(e) for e in self.events if e != "[DONE]"]
-        return next((c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")
-                     and c["choices"][0]["finish_reason"]), None)
+        return next(
+            (c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"]),
+            None,
+        )
 
 
 def _assert_refused_while_draining(http, model):
@@ -60,8 +69,11 @@ def test_shutdown_timeout_flag():
 
 
 def test_drain_lets_streams_in_flight_finish(tiny_engine, model_name):
-    with slow_steps(tiny_engine.handle, 0.01), running(tiny_engine, max_batch=4) as srv, \
-            httpx.Client(base_url=srv.base_url, timeout=30) as http:
+    with (
+        slow_steps(tiny_engine.handle, 0.01),
+        running(tiny_engine, max_batch=4) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+    ):
         streams = [Stream(srv.base_url, _stream_body(model_name, 150)) for _ in range(3)]
         for s in streams:
             s.start()
@@ -106,9 +118,11 @@ def test_sigterm_drains_the_cli_server_and_exits_0(tiny_on_disk, tmp_path):
             streams = [Stream(base_url, _stream_body(model, 480)) for _ in range(4)]
             for s in streams:
                 s.start()
+
             def decoding_two_and_two_waiting():
                 text = http.get("/metrics").text
                 return "scans_guard_running_requests 2.0" in text and "scans_guard_queue_depth 2.0" in text
+
             assert wait_until(decoding_two_and_two_waiting, timeout=30)
             assert wait_until(lambda: sum(s.started.is_set() for s in streams) >= 2, timeout=30)
             proc.send_signal(signal.SIGTERM)

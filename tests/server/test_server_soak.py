@@ -24,8 +24,14 @@ httpx = pytest.importorskip("httpx")
 
 REQUESTS, WARM_UP, CLIENTS = 1000, 100, 8
 MAX_RSS_GROWTH = 0.05
-PROMPTS = ["How do I bake bread?", "What is the capital of France?", "Paris?", "Write a haiku about the sea.",
-           "How do I kill a Python process?", "The quick brown fox jumps over the lazy dog."]
+PROMPTS = [
+    "How do I bake bread?",
+    "What is the capital of France?",
+    "Paris?",
+    "Write a haiku about the sea.",
+    "How do I kill a Python process?",
+    "The quick brown fox jumps over the lazy dog.",
+]
 ANYIO_WORKER = "AnyIO worker thread"  # anyio's to_thread pool: kept idle, pruned only by later calls
 
 
@@ -50,8 +56,12 @@ def live_handles() -> int:
 
 
 def _chat(http, model: str, i: int) -> tuple[int, str]:
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": 2,
-            "stream": i % 3 == 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+        "max_tokens": 2,
+        "stream": i % 3 == 0,
+    }
     if not body["stream"]:
         r = http.post("/v1/chat/completions", json=body)
         return r.status_code, (r.json()["choices"][0]["finish_reason"] if r.status_code == 200 else r.text)
@@ -102,10 +112,12 @@ def test_soak_thousand_requests_no_growth_no_leaks(tiny_engine):
         end_threads, workers = threads()
         names = sorted(t.name for t in threading.enumerate() if t.name != ANYIO_WORKER)
         end_fds = open_fds()
-        print(f"\nsoak: {REQUESTS} requests in {warm_s + soak_s:.1f} s ({WARM_UP} warm-up in {warm_s:.1f} s, "
-              f"{(REQUESTS - WARM_UP) / soak_s:.1f} req/s after); RSS {rss_warm / 1024:.1f} -> "
-              f"{rss_end / 1024:.1f} MiB ({growth:+.2%}); threads {idle_threads} idle -> {end_threads} (+{workers} anyio workers); "
-              f"fds {idle_fds} -> {end_fds}; live handles {handles}; threads {names}")
+        print(
+            f"\nsoak: {REQUESTS} requests in {warm_s + soak_s:.1f} s ({WARM_UP} warm-up in {warm_s:.1f} s, "
+            f"{(REQUESTS - WARM_UP) / soak_s:.1f} req/s after); RSS {rss_warm / 1024:.1f} -> "
+            f"{rss_end / 1024:.1f} MiB ({growth:+.2%}); threads {idle_threads} idle -> {end_threads} (+{workers} anyio workers); "
+            f"fds {idle_fds} -> {end_fds}; live handles {handles}; threads {names}"
+        )
         bad = [(i, r) for i, r in enumerate(results) if r[0] != 200]
         assert not bad, f"{len(bad)} requests not answered 200, e.g. {bad[:3]}"
         assert all(finish in ("length", "stop") for _, finish in results)

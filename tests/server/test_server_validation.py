@@ -76,15 +76,20 @@ def _forward_passes(engine):
         hook.remove()
 
 
-@pytest.mark.parametrize(("field", "value", "param"), OUT_OF_RANGE,
-                         ids=[f"{f}={v if not isinstance(v, dict) else next(iter(v.values()))}"
-                              for f, v, _ in OUT_OF_RANGE])
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    OUT_OF_RANGE,
+    ids=[f"{f}={v if not isinstance(v, dict) else next(iter(v.values()))}" for f, v, _ in OUT_OF_RANGE],
+)
 def test_out_of_range_numbers_are_400_before_model_work(http, model_name, tiny_engine, field, value, param):
     # where the field matters: sampling (a tiny repetition penalty made a sampled row's probabilities NaN)
     extra = {"temperature": 1.0} if field in ("seed", "top_k", "repetition_penalty") else {}
     with _forward_passes(tiny_engine) as calls:
-        response = http.post(CHAT, content=_raw(_body(model_name, **extra, **{field: value})),
-                             headers={"content-type": "application/json"})
+        response = http.post(
+            CHAT,
+            content=_raw(_body(model_name, **extra, **{field: value})),
+            headers={"content-type": "application/json"},
+        )
     assert response.status_code == 400, response.text
     err = response.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
@@ -104,17 +109,16 @@ def test_repetition_penalty_bounds_sample_finite(http, model_name, penalty):
 def test_seed_bounds_are_accepted_and_reproducible(client, model_name):
     for seed in (SEED_MIN, -1, 0, 2**63, SEED_MAX):
         kw = {"max_tokens": 6, "temperature": 1.0, "seed": seed}
-        first = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Paris?"}],
-                                               **kw)
-        again = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Paris?"}],
-                                               **kw)
+        first = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Paris?"}], **kw)
+        again = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Paris?"}], **kw)
         assert first.choices[0].message.content == again.choices[0].message.content
 
 
 def test_openai_client_sees_the_seed_param(client, model_name):
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "Paris?"}],
-                                       seed=2**64, temperature=1.0)
+        client.chat.completions.create(
+            model=model_name, messages=[{"role": "user", "content": "Paris?"}], seed=2**64, temperature=1.0
+        )
     assert err.value.status_code == 400 and err.value.body["param"] == "seed"
     assert err.value.body["code"] == "invalid_value"
 
