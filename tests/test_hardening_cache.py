@@ -116,3 +116,16 @@ def test_two_builders_at_once_build_once(tmp_path, fake_build, caplog):
     assert len(fake_build) == 1, "the second builder waited and used the first one's copy"
     assert "waiting for it" in caplog.text
     assert default_model._is_complete(results[0])
+
+
+def test_cache_of_the_full_precision_layout_is_rebuilt(tiny, tmp_path, fake_build):
+    """A cache written before weights were stored at half precision records hashes but no format: rebuilt once."""
+    target = _cache_target(tmp_path)
+    tiny.model.save_pretrained(target)
+    default_model._write_marker(target)
+    marker = json.loads((target / default_model._COMPLETE).read_text())
+    assert marker.pop("format") == default_model.CACHE_FORMAT
+    (target / default_model._COMPLETE).write_text(json.dumps(marker))
+    assert not default_model._is_complete(target)
+    assert default_model.embedded_model_dir(cache_dir=tmp_path, progress=False) == target
+    assert len(fake_build) == 1 and default_model._is_complete(target)
