@@ -34,6 +34,9 @@ TUNE_SETS = ["tune_harmful", "tune_benign"]
 # The project's own look-alike pairs: the held-out split (never fitted on by the probe) is where the steer T is
 # chosen (benchmarks/steer_threshold.py); the train split is shown beside it.
 CONTRAST_SETS = ["contrast_train_unsafe", "contrast_train_safe", "contrast_heldout_unsafe", "contrast_heldout_safe"]
+# The key under which `--by-recipe` rows are stored: each prompt steered by the coefficient its score gets from the
+# artifact's recipe (e.g. an alpha that grows with the margin below T), the coefficient applied in "applied".
+BY_RECIPE = -999.0
 HARMFUL_SETS = {
     "xstest_unsafe",
     "advbench_heldout",
@@ -141,6 +144,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # --nll-limit prompts of each set (all with None).
     nll_prompts = {p for ps in sets.values() for p in ps[: args.nll_limit]}
     coefficients = [float(c) for c in args.coefficients.split(",")]
+    if args.by_recipe:  # one more "coefficient": each prompt's own, from the artifact's recipe and its score
+        coefficients.append(BY_RECIPE)
     with open(rows_path, "a") as f:
         for coef in coefficients:
             # A recipe steers by -a only below T and by +a only at or above T, so each coefficient is generated
@@ -156,7 +161,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
             todo.sort(key=lambda sp: len(sp[1]))  # similar lengths batch with little padding
             for i in tqdm(range(0, len(todo), args.batch_size), desc=f"coefficient {coef:+}"):
                 chunk = todo[i : i + args.batch_size]
-                outputs = engine.generate([p for _, p in chunk], config, coefficient=coef)
+                coef_rows = [engine.recipe.coefficient(scores[p]) for _, p in chunk] if coef == BY_RECIPE else coef
+                outputs = engine.generate([p for _, p in chunk], config, coefficient=coef_rows)
                 for (s, p), o in zip(chunk, outputs):
                     nll, n = response_nll(engine, p, o.text) if p in nll_prompts else (0.0, 0)
                     f.write(
@@ -165,6 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                                 "set": s,
                                 "prompt": p,
                                 "coefficient": coef,
+                                "applied": o.steering.coefficient,
                                 "response": o.text,
                                 "refused": judge(p, o.text),
                                 "nll_sum": nll,
@@ -362,6 +369,11 @@ def main() -> None:
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--min-t", type=float, default=0.90, help="lowest T studied (positive steering above it)")
     g.add_argument("--max-t", type=float, default=0.93, help="highest T studied (negative steering below it)")
+    g.add_argument(
+        "--by-recipe",
+        action="store_true",
+        help=f"also generate each prompt at its recipe's own coefficient (stored as {BY_RECIPE:g})",
+    )
     g.add_argument(
         "--only-refused-at",
         type=float,

@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from safe_steering_sweep import HARMFUL_SETS, load_rows
+from safe_steering_sweep import BY_RECIPE, HARMFUL_SETS, load_rows
 from summary_io import write_summary
 
 from scans_guard.artifacts import Artifact
@@ -107,6 +107,10 @@ def cmd_artifacts(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _coefficient_label(coef: float) -> str:
+    return "by recipe" if coef == BY_RECIPE else f"{coef:g}"
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     table, answers = [], {}  # answers: the model's own (unsteered, not refused) replies to benign prompts, all runs
     for spec in args.runs:
@@ -147,7 +151,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
             for v in (row["sets"][s] for s in sets)
         ]
         lines.append(
-            f"| {row['span']} | {row['coefficient']:g} | " + " | ".join(cells) + f" | {row['nll_steered_benign']:.2f} |"
+            f"| {row['span']} | {_coefficient_label(row['coefficient'])} | "
+            + " | ".join(cells)
+            + f" | {row['nll_steered_benign']:.2f} |"
         )
     write_summary(args.report, table, lines)
 

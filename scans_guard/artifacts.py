@@ -212,6 +212,7 @@ class Artifact:
         refusal_vectors: torch.Tensor,
         d_harm: torch.Tensor,
         probe_weight: torch.Tensor | None = None,
+        false_refusal_vectors: torch.Tensor | None = None,
     ):
         n_layers = meta.model_fingerprint.get("n_layers")
         if refusal_vectors.ndim != 2 or refusal_vectors.shape[0] != n_layers:
@@ -224,13 +225,30 @@ class Artifact:
             raise ArtifactError("recipe.probe_layer and the probe_weight tensor go together: one is missing")
         if probe_weight is not None and probe_weight.shape != (refusal_vectors.shape[1],):
             raise ArtifactError(f"probe_weight must be [{refusal_vectors.shape[1]}], got {list(probe_weight.shape)}")
-        for name, tensor in (("refusal_vectors", refusal_vectors), ("d_harm", d_harm), ("probe_weight", probe_weight)):
+        if (meta.recipe.away_direction == "false_refusal") and false_refusal_vectors is None:
+            raise ArtifactError("recipe.away_direction is false_refusal but the artifact has no false_refusal_vectors")
+        if false_refusal_vectors is not None and false_refusal_vectors.shape != refusal_vectors.shape:
+            raise ArtifactError(
+                f"false_refusal_vectors must be {list(refusal_vectors.shape)}, got {list(false_refusal_vectors.shape)}"
+            )
+        named = {"refusal_vectors": refusal_vectors, "d_harm": d_harm, "probe_weight": probe_weight}
+        named["false_refusal_vectors"] = false_refusal_vectors
+        for name, tensor in named.items():
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 raise ArtifactError(f"{name} contains NaN or infinite values")
         self.meta = meta
         self.refusal_vectors = refusal_vectors.float()  # [n_layers, hidden]
         self.d_harm = d_harm.float()  # [n_classify_layers, hidden]
         self.probe_weight = None if probe_weight is None else probe_weight.float()  # [hidden]
+        # [n_layers, hidden]: mean over safe look-alikes minus plain benign prompts, orthogonal to refusal_vectors
+        self.false_refusal_vectors = None if false_refusal_vectors is None else false_refusal_vectors.float()
+
+    @property
+    def away_vectors(self) -> torch.Tensor:
+        """What steering away from refusal subtracts: [n_layers, hidden], by `recipe.away_direction`."""
+        if self.recipe.away_direction == "false_refusal" and self.false_refusal_vectors is not None:
+            return self.false_refusal_vectors
+        return self.refusal_vectors
 
     @property
     def probe(self) -> tuple[int, torch.Tensor, float] | None:
@@ -241,7 +259,7 @@ class Artifact:
         return recipe.classify_layers.index(recipe.probe_layer), self.probe_weight, recipe.probe_bias
 
     def _copy(self, meta: ArtifactMeta) -> Artifact:
-        return Artifact(meta, self.refusal_vectors, self.d_harm, self.probe_weight)
+        return Artifact(meta, self.refusal_vectors, self.d_harm, self.probe_weight, self.false_refusal_vectors)
 
     @property
     def recipe(self) -> SteeringRecipe:
@@ -284,6 +302,8 @@ class Artifact:
             tensors = {"refusal_vectors": self.refusal_vectors.contiguous(), "d_harm": self.d_harm.contiguous()}
             if self.probe_weight is not None:
                 tensors["probe_weight"] = self.probe_weight.contiguous()
+            if self.false_refusal_vectors is not None:
+                tensors["false_refusal_vectors"] = self.false_refusal_vectors.contiguous()
             save_file(
                 tensors, str(work / TENSORS_FILE), metadata={"format": "scans-guard", "version": str(FORMAT_VERSION)}
             )
@@ -323,7 +343,13 @@ class Artifact:
         missing = {"refusal_vectors", "d_harm"} - tensors.keys()
         if missing:
             raise ArtifactError(f"artifact at {path} lacks tensors {sorted(missing)}")
-        return cls(meta, tensors["refusal_vectors"], tensors["d_harm"], tensors.get("probe_weight"))
+        return cls(
+            meta,
+            tensors["refusal_vectors"],
+            tensors["d_harm"],
+            tensors.get("probe_weight"),
+            tensors.get("false_refusal_vectors"),
+        )
 
     def check_model(self, handle: ModelHandle) -> None:
         """Raise FingerprintMismatchError unless this artifact was calibrated on `handle`'s model."""

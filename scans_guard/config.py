@@ -44,6 +44,23 @@ class SteeringRecipe(BaseModel):
         description="what sigma scores besides the "
         "conversation as sent: turns, sentences, decoded text (the most harmful counts)",
     )
+    away_step: Literal["add", "ablate"] = Field(
+        "add",
+        description="how a prompt is steered away from refusal: add -alpha * direction at the steer layers, or "
+        "ablate the refusal direction there (h - (h . v)v, the coefficient's magnitude unused)",
+    )
+    away_direction: Literal["refusal", "false_refusal"] = Field(
+        "refusal",
+        description="the direction subtracted when steering away: the refusal vectors, or the artifact's "
+        "false-refusal vectors (safe look-alikes minus plain benign prompts, orthogonal to the refusal vector)",
+    )
+    alpha_benign_slope: float = Field(
+        0.0,
+        ge=0,
+        description="added to alpha_benign per unit of score below the steer T: a prompt "
+        "sigma is surer of is steered further (capped at alpha_benign_max)",
+    )
+    alpha_benign_max: float | None = Field(None, ge=0, description="cap of the grown away magnitude (None: no cap)")
     probe_layer: int | None = Field(
         None,
         ge=0,
@@ -74,9 +91,13 @@ class SteeringRecipe(BaseModel):
         Fails closed: a non-finite score counts as harmful, and a prompt outside the calibration domain is never
         steered away from refusal (the rule is `scans_guard.decision`).
         """
-        return steering_coefficient(
+        coef = steering_coefficient(
             score, self.threshold, self.grey_zone, self.alpha_benign, self.alpha_harmful, in_domain
         )
+        if coef < 0 and self.alpha_benign_slope > 0:  # grows with the margin below T
+            grown = self.alpha_benign + self.alpha_benign_slope * (self.threshold - score)
+            coef = -min(grown, self.alpha_benign_max if self.alpha_benign_max is not None else grown)
+        return coef
 
 
 class GenerationConfig(BaseModel):

@@ -102,7 +102,13 @@ class ScansEngine:
         self.artifact = artifact
         self.max_input_tokens = max_input_tokens
         self._rpos = r_pos_ids(handle, artifact.recipe.r_pos)
-        self.steering = RefusalVector(handle, artifact.refusal_vectors, artifact.recipe.steer_layers)
+        self.steering = RefusalVector(
+            handle,
+            artifact.refusal_vectors,
+            artifact.recipe.steer_layers,
+            away_vectors=artifact.away_vectors if artifact.recipe.away_direction != "refusal" else None,
+            away_step=artifact.recipe.away_step,
+        )
 
     @classmethod
     def load(

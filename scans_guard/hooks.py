@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,23 +47,49 @@ def capture_block_outputs(
         yield captured
 
 
-@contextmanager
-def add_to_block_outputs(
-    layers: nn.ModuleList, deltas: Mapping[int, torch.Tensor], start_column: int = 0
-) -> Iterator[None]:
-    """Add deltas[l] (shape [batch, hidden]) to block l's output at columns >= start_column of each forward pass.
+@dataclass(frozen=True)
+class BlockEdit:
+    """What one block's output gets, per row b: h + add[b] - ablate[b] * (h . unit) unit.
 
-    Columns are those of the current forward call (with a KV cache, a decode step has a single column 0).
-    The addition is out of place, so the tensors other modules hold are never modified.
+    `add` is [batch, hidden]; `unit` a [hidden] unit direction and `ablate` [batch] weights (1: remove the row's
+    component along `unit`, 0: keep it), both None when no row ablates.
     """
 
-    def make_hook(delta: torch.Tensor):
+    add: torch.Tensor
+    unit: torch.Tensor | None = None
+    ablate: torch.Tensor | None = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [batch, seq, hidden] -> edited copy of the same shape and dtype."""
+        out = hidden.float()
+        if self.unit is not None and self.ablate is not None:
+            unit = self.unit.to(out.device, torch.float32)
+            along = out @ unit  # [batch, seq]
+            out = out - self.ablate.to(out.device, torch.float32)[:, None, None] * along[..., None] * unit
+        return (out + self.add.to(out.device, torch.float32)[:, None, :]).to(hidden.dtype)
+
+
+@contextmanager
+def add_to_block_outputs(
+    layers: nn.ModuleList, deltas: Mapping[int, torch.Tensor | BlockEdit], start_column: int = 0
+) -> Iterator[None]:
+    """Add deltas[l] (shape [batch, hidden]) to block l's output at columns >= start_column of each forward pass;
+    a `BlockEdit` may also ablate a direction per row.
+
+    Columns are those of the current forward call (with a KV cache, a decode step has a single column 0).
+    The edit is out of place, so the tensors other modules hold are never modified.
+    """
+
+    def make_hook(delta: torch.Tensor | BlockEdit):
         def hook(_module, _args, output):
             hidden = _hidden(output)  # [batch, seq, hidden]
             if start_column >= hidden.shape[1]:
                 return output
             steered = hidden.clone()
-            steered[:, start_column:, :] += delta.to(hidden.dtype)[:, None, :]
+            if isinstance(delta, BlockEdit):
+                steered[:, start_column:, :] = delta(hidden[:, start_column:, :])
+            else:
+                steered[:, start_column:, :] += delta.to(hidden.dtype)[:, None, :]
             return _replace_hidden(output, steered)
 
         return hook

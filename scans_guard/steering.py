@@ -22,7 +22,7 @@ import torch
 from .batching import PromptBatch
 from .config import GenerationConfig, RowSteering, SafetyVerdict
 from .errors import InvalidArgumentError
-from .hooks import add_to_block_outputs
+from .hooks import BlockEdit, add_to_block_outputs
 from .loading import ModelHandle
 
 if TYPE_CHECKING:
@@ -89,16 +89,43 @@ def steering_deltas(
 
 
 class RefusalVector:
-    """v^l of one model at its steering layers: the only owner of steering hooks and of the lock they run under."""
+    """v^l of one model at its steering layers: the only owner of steering hooks and of the lock they run under.
 
-    def __init__(self, handle: ModelHandle, vectors: torch.Tensor, steer_layers: Sequence[int]):
+    Rows steered towards refusal get +c * v^l. Rows steered away get c * away^l (c < 0; `away_vectors`: v itself,
+    or the artifact's false-refusal direction), or with `away_step="ablate"` lose their component along v^l instead.
+    """
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        vectors: torch.Tensor,
+        steer_layers: Sequence[int],
+        *,
+        away_vectors: torch.Tensor | None = None,
+        away_step: str = "add",
+    ):
         self.handle = handle
         self.vectors = vectors.to(handle.device)  # [n_layers, hidden]
+        self.away_vectors = None if away_vectors is None else away_vectors.to(handle.device)  # [n_layers, hidden]
+        self.away_step = away_step
         self.steer_layers = list(steer_layers)
 
-    def deltas(self, plan: SteeringPlan) -> dict[int, torch.Tensor]:
-        """The per-layer additions of `plan`; none at all when no row is steered (no hooks, no cost)."""
-        return steering_deltas(self.vectors, self.steer_layers, plan.coefficients, self.handle) if plan.steered else {}
+    def deltas(self, plan: SteeringPlan) -> dict[int, torch.Tensor | BlockEdit]:
+        """The per-layer edits of `plan`; none at all when no row is steered (no hooks, no cost)."""
+        if not plan.steered:
+            return {}
+        coefs = plan.coefficients  # [batch]
+        away = coefs < 0
+        if not bool(away.any()) or (self.away_step == "add" and self.away_vectors is None):
+            return steering_deltas(self.vectors, self.steer_layers, coefs, self.handle)
+        towards = steering_deltas(self.vectors, self.steer_layers, coefs.clamp(min=0), self.handle)
+        if self.away_step == "ablate":
+            return {
+                layer: BlockEdit(towards[layer], self.vectors[layer] / self.vectors[layer].norm(), away.float())
+                for layer in self.steer_layers
+            }
+        away_add = steering_deltas(self.away_vectors, self.steer_layers, coefs.clamp(max=0), self.handle)
+        return {layer: towards[layer] + away_add[layer] for layer in self.steer_layers}
 
     @contextlib.contextmanager
     def apply(self, plan: SteeringPlan, start_column: int = 0) -> Iterator[None]:
@@ -170,7 +197,7 @@ class _TokenChooser:
 def steered_decode(
     handle: ModelHandle,
     prompts: PromptBatch,
-    deltas: dict[int, torch.Tensor],
+    deltas: dict[int, torch.Tensor | BlockEdit],
     config: GenerationConfig,
     cache: object | None = None,
     step_lock: contextlib.AbstractContextManager | None = None,

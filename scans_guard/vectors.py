@@ -38,3 +38,17 @@ def refusal_vectors(harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor
     """
     diff = harmful.double().mean(0) - benign.double().mean(0)
     return torch.nn.functional.normalize(diff, dim=-1).float()
+
+
+def false_refusal_vectors(look_alikes: torch.Tensor, benign: torch.Tensor, refusal: torch.Tensor) -> torch.Tensor:
+    """Unit u^l per layer: mean safe look-alike minus mean plain benign activation, orthogonalised against v^l.
+
+    What makes a safe prompt that sounds dangerous ("how do I kill a Python process") differ from a plain one,
+    without the part shared with harmful prompts: subtracting it targets false refusal and leaves v alone.
+    Inputs: look_alikes, benign [n, n_layers, hidden]; refusal [n_layers, hidden] unit vectors.
+    Output: [n_layers, hidden].
+    """
+    diff = look_alikes.double().mean(0) - benign.double().mean(0)
+    v = refusal.double()
+    diff = diff - (diff * v).sum(-1, keepdim=True) * v
+    return torch.nn.functional.normalize(diff, dim=-1).float()
