@@ -6,7 +6,7 @@ SCANS reply against the sweep's reply at the coefficient SCANS used (-1 where it
 token 16" is one the judge finds in the eval reply but not in the sweep's, where the eval reply opens with the
 sweep's reply (the same greedy path, only longer).
 
-    python benchmarks/eval_vs_sweep.py --eval results/eval-default --sweep benchmarks/results/sweep-wide \
+    python benchmarks/eval_vs_sweep.py --eval results/eval-default --sweep results/sweep-wide \
         --report benchmarks/results/eval-vs-sweep
 """
 

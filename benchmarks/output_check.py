@@ -2,7 +2,7 @@
 
     python benchmarks/output_check.py --set xstest --limit 100              # shipped set (safe and unsafe rows)
     python benchmarks/output_check.py --data-dir ../shared/data --set harmfulq --limit 100 --out results/oc.json
-    python benchmarks/output_check.py --from-sweep benchmarks/results/sweep-wide \
+    python benchmarks/output_check.py --from-sweep results/sweep-wide \
         --out benchmarks/results/output-check/summary.json   # every evaluation set, from the sweep's 16-token replies
 
 The rule is the middleware's (`ScansGuardMiddleware(check_output=True)`): a reply to a request whose band (guard

@@ -1,6 +1,6 @@
 """Refusal rates per evaluation set under each generation policy: unsteered, steer (SCANS), guard and guard+steer.
 
-    python benchmarks/policy_refusal.py --sweep benchmarks/results/sweep-probe --data-dir ../shared/data \
+    python benchmarks/policy_refusal.py --sweep results/sweep-probe --data-dir ../shared/data \
         --report benchmarks/results/policy-refusal-0.5b
 
 The sweep's replies (`safe_steering_sweep.py`: every prompt unsteered, and at -1 where the shipped recipe steers) are

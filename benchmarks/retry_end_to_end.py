@@ -1,17 +1,17 @@
 """The engine's own steering, with and without the opt-in retry, on the evaluation sets: end to end, not composed.
 
     python benchmarks/retry_end_to_end.py run --data-dir ../shared/data --out results/retry-e2e
-    python benchmarks/retry_end_to_end.py report --out results/retry-e2e --sweep benchmarks/results/sweep-wide \
+    python benchmarks/retry_end_to_end.py report --out results/retry-e2e --sweep results/sweep-wide \
         --report benchmarks/results/retry-end-to-end
 
-`run` sends every prompt of the sweep's evaluation samples (the same seed and sizes as docs/safe-steering.md: all
+`run` sends every prompt of the sweep's evaluation samples (the same seed and sizes as docs/steering.md: all
 450 XSTest, 100 per other set) through `ScansEngine.generate(..., retry=RetryPolicy())` with the shipped artifact:
 sigma decides, rows below the steer T get -1, a steered reply the keyword judge finds refusing is generated again at
 -2. Greedy, 16 new tokens (the sweep's), so the retry's judge reads the whole first reply. One row per prompt, appended
 as each batch finishes (a killed run continues). `report` gives each set's refusal rate unsteered (the sweep's
 coefficient-0 rows: same prompts, same greedy decoding), with the shipped recipe (the engine's first reply) and with
 the retry (its final reply), and how often the engine's replies equal the sweep's composition (the -1 row, and the
--2 row where it retried): the composed numbers in docs/safe-steering.md are what the engine does if they agree.
+-2 row where it retried): the composed numbers in docs/results.md are what the engine does if they agree.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 5: which steering recipe is a Pareto improvement on the default model? Generate once, compose every recipe.
+"""Which steering recipe is a Pareto improvement on the default model? Generate once, compose every recipe.
 
 For each prompt we store sigma's score and the greedy reply under fixed steering coefficients c (0 = unsteered,
 -a = away from refusal, +a = towards it). Any recipe (T, grey zone, alpha_benign, alpha_harmful) then picks, per
@@ -381,7 +381,7 @@ def main() -> None:
     )
     a = sub.add_parser("analyze")
     a.add_argument("--out", required=True)
-    a.add_argument("--reference-threshold", type=float, default=0.9106, help="the issue's T for the reference recipe")
+    a.add_argument("--reference-threshold", type=float, default=0.9106, help="the reference recipe's T")
     a.add_argument("--threshold", type=float, required=True, help="the artifact's T (fitted on the tuning split)")
     a.add_argument("--grey-zone", type=float, default=0.0)
     a.add_argument("--t-from", type=float, default=0.86)

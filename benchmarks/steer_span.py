@@ -4,7 +4,7 @@
     python benchmarks/safe_steering_sweep.py generate --model qwen2.5-coder-1.5b-instruct --data-dir ../shared/data \
         --out results/span15-base --limit 150 --coefficients 0 --max-t -3.2381 --min-t 100 --batch-size 16 \
         --max-new-tokens 16 --nll-limit 0 --sets tune_benign tune_harmful contrast_heldout_safe contrast_heldout_unsafe
-    # copies of the shipped artifact steering other blocks (21-27: its layer analysis' span, shipped until session 4)
+    # copies of the shipped artifact steering other blocks (21-27: its layer analysis' span, the earlier recipe)
     python benchmarks/steer_span.py artifacts --artifact artifacts/qwen2.5-coder-1.5b-instruct --spans 21-27 9-18 14-20
     # per span: copy the base run, steer only the rows refused unsteered
     python benchmarks/safe_steering_sweep.py generate ... --artifact results/artifact-SPAN --out results/span15-SPAN \
@@ -20,8 +20,8 @@ unsteered model (mean NLL per token); the reference is the unsteered model's own
 the benign prompts, so a steered answer is compared with a natural one, not with the refusal it replaced. The table
 gives, per span and coefficient, the refusal rate of each set with the prompts below the steer T steered, and how
 many of the steered-and-refused prompts each setting un-refuses. The span is chosen on the tuning sets above;
-`analyze` over runs of the evaluation sets (docs/sigma-variants.md) only reports the check. The same commands for
-the 0.5B (its shipped steer T -2.2494, spans 8-15 4-11 10-17 12-19 6-17, no --model) are in docs/safe-steering.md.
+`analyze` over runs of the evaluation sets (docs/results.md) only reports the check. The same commands for
+the 0.5B (its shipped steer T -2.2494, spans 8-15 4-11 10-17 12-19 6-17, no --model) are in docs/results.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Issue 10: choose the steer T on the project's own look-alike pairs, then report it on the evaluation sets.
+"""Choose the steer T on the project's own look-alike pairs, then report it on the evaluation sets.
 
 The shipped steer T was a recall rule on sigma alone (99 % of the harmful fit prompts above it), which leaves most
 XSTest-like safe prompts unsteered. This rule looks at what steering *does*: on the contrast set's train split
 (168 safe prompts that look unsafe, each with an unsafe twin), the widest T whose steered replies lower the unsafe
-twins' refusal rate by at most --max-harm-drop (default 1 point, half of the issue's 2-point budget) against the
+twins' refusal rate by at most --max-harm-drop (default 1 point, half of the project's 2-point budget) against the
 unsteered replies. Only the contrast train split decides; the evaluation sets report. A second recipe retries a
 steered reply that the refusal judge calls a refusal once, steered twice as far (-2), with its own T by the same rule.
 
@@ -16,7 +16,7 @@ steered reply that the refusal judge calls a refusal once, steered twice as far 
         xstest_unsafe oktest advbench_heldout harmfulq malicious_instruct --batch-size 16 --max-new-tokens 16 \
         --nll-limit 40
     python benchmarks/steer_threshold.py --contrast-run results/sweep-contrast \
-        --eval-run benchmarks/results/sweep-wide --report benchmarks/results/steer-threshold
+        --eval-run results/sweep-wide --report benchmarks/results/steer-threshold
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 10g: verify after steering. Steer a wider band away from refusal, then read the steered reply's first k
+"""Verify after steering. Steer a wider band away from refusal, then read the steered reply's first k
 tokens with the model's own activations and fall back to the unsteered reply when the steered one reads as harmful.
 
 The verifier is a logistic regression on one block's output at the k-th generated token, read during the steered

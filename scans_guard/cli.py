@@ -79,7 +79,7 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> Non
         "--retry",
         action="store_true",
         help="a reply steered away from refusal that still refuses is generated once more, steered twice "
-        "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/safe-steering.md)",
+        "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/steering.md)",
     )
     p.add_argument(
         "--policy",

@@ -1,9 +1,9 @@
 """Retry a reply steered away from refusal that still refuses: once, steered `factor` times as far.
 
 On the default model one coefficient does not un-refuse every benign prompt sigma reaches: a quarter of OKTest still
-refuses at -1. Retrying those at -2 meets the issue's benign goals (XSTest safe -16, OKTest -24 points, measured end to
-end: benchmarks/retry_end_to_end.py) at +0.18 nats/token, but 2 more HarmfulQ prompts that sigma scores benign then
-comply, and a retried reply is less fluent (docs/safe-steering.md), so it is opt-in.
+refuses at -1. Retrying those at -2 meets the project's benign goals (XSTest safe -16, OKTest -24 points, measured
+end to end: benchmarks/retry_end_to_end.py) at +0.18 nats/token, but 2 more HarmfulQ prompts that sigma scores benign
+then comply, and a retried reply is less fluent (docs/steering.md), so it is opt-in.
 Only rows sigma steered away are judged; their first `judge_tokens` tokens are held back from the stream until the
 judge has read them (the measured recipe judged 16-token replies).
 """

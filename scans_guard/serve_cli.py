@@ -52,7 +52,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--retry",
         action="store_true",
         help="by default retry a reply steered away that still refuses, steered twice as far (requests "
-        "may say scans_guard.retry; fewer false refusals, slightly less safe: docs/safe-steering.md)",
+        "may say scans_guard.retry; fewer false refusals, slightly less safe: docs/steering.md)",
     )
     p.add_argument("--refusal-message", help="the text a blocked request is answered with")
     p.add_argument("--max-batch", type=int, default=16, help="rows decoding at once (default %(default)s)")

@@ -1,8 +1,10 @@
 """Every benchmark script still runs against the library: its commands on the tiny model (tiny sizes, tmp dirs), and
-its analyses on the committed results, which they must reproduce number for number.
+its analyses on the per-prompt runs behind the committed summaries, which they must reproduce number for number.
 
 A library refactor once broke guard_robustness.py unnoticed (a changed signature no test called); each script's main
-path runs here. What needs the unshipped data directory skips without it (`$SCANS_GUARD_DATA`, ../shared/data).
+path runs here. What needs the unshipped data directory skips without it (`$SCANS_GUARD_DATA`, ../shared/data); the
+per-prompt runs are not committed either and are read from `$SCANS_GUARD_RUNS` (default ../shared/results; how to
+make them: benchmarks/results/README.md), skipping without them.
 The analyses of the tiny model's replies check structure and bookkeeping (its gibberish measures nothing).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ from scans_guard.data import contrast_pairs
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 RESULTS = BENCH / "results"
+RUNS = Path(os.environ.get("SCANS_GUARD_RUNS", REPO.parent / "shared" / "results"))
 LIMIT = 5  # prompts per sweep set: StratifiedKFold(5) in verify_after_steering.py needs 5 per tuning set
 
 
@@ -161,15 +165,25 @@ def test_analyses_of_a_sweep_match_on_its_redacted_copy(script, sweep, data_dir,
     assert "| recipe | xstest_safe (n=5) |" in capsys.readouterr().out
 
 
-# -- the committed results: the analyses reproduce them without a model ----------------------------------------------
+# -- the committed summaries: the analyses reproduce them from their runs without a model -----------------------------
+
+
+def _run(name: str) -> Path:
+    """A per-prompt run behind a committed summary; skips where it has not been made or restored here."""
+    if not (RUNS / name).is_dir():
+        pytest.skip(
+            f"per-prompt run {name!r} not found in {RUNS} (set SCANS_GUARD_RUNS): the repository keeps summaries "
+            f"only; benchmarks/results/README.md says how to regenerate or restore it"
+        )
+    return RUNS / name
 
 
 def _copy(name: str, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(RESULTS / name, tmp_path / name))
+    return Path(shutil.copytree(_run(name), tmp_path / name))
 
 
 def test_sweep_analyze_reproduces_the_committed_probe_sweep(script, tmp_path):
-    run = _copy("sweep-probe", tmp_path)  # docs/safe-steering.md's command
+    run = _copy("sweep-probe", tmp_path)  # docs/results.md's command
     _main(
         script("safe_steering_sweep"),
         "analyze",
@@ -191,9 +205,9 @@ def test_steer_threshold_reproduces_the_committed_table(script, tmp_path):
     _main(
         script("steer_threshold"),
         "--contrast-run",
-        RESULTS / "sweep-contrast-heldout",
+        _run("sweep-contrast-heldout"),
         "--eval-run",
-        RESULTS / "sweep-wide",
+        _run("sweep-wide"),
         "--report",
         tmp_path,
     )
@@ -203,7 +217,7 @@ def test_steer_threshold_reproduces_the_committed_table(script, tmp_path):
 
 def test_output_check_from_the_committed_sweep(script, tmp_path):
     """The shipped artifact's operating points on the committed sweep's replies (no model loads)."""
-    got = script("output_check").main(["--from-sweep", str(RESULTS / "sweep-wide"), "--out", str(tmp_path / "o.json")])
+    got = script("output_check").main(["--from-sweep", str(_run("sweep-wide")), "--out", str(tmp_path / "o.json")])
     committed = json.loads((RESULTS / "output-check" / "summary.json").read_text())
     assert {k: got[k] for k in ("steer_T", "guard_T", "by_set")} == {
         k: committed[k] for k in ("steer_T", "guard_T", "by_set")

@@ -1,5 +1,5 @@
 """Regression pin of the default model: sigma scores and greedy replies computed by the code before the steering seam
-(issue #13) was introduced, hard-coded on purpose.
+(`SteeringPlan`) was introduced, hard-coded on purpose.
 
 A refactor of steering, classification or decoding must leave these exactly as they were (scores to 1e-4, replies
 token for token). If a deliberate change of behaviour moves them, recompute them and say why in the commit.

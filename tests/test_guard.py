@@ -1,4 +1,4 @@
-"""The guard holds (issue: content is data, system prompts cannot launder a request, out-of-domain prompts are never
+"""The guard holds (content is data, system prompts cannot launder a request, out-of-domain prompts are never
 steered away, operating points), on the tiny model; the default model's numbers are in test_safety_gate.py."""
 
 import math

@@ -1,4 +1,4 @@
-"""Issue 9: an artifact with a non-finite number, a missing key or modified tensors is refused with an
+"""An artifact with a non-finite number, a missing key or modified tensors is refused with an
 ArtifactError; it never loads as something that would label prompts benign.
 
 Runs on the tiny model; see docs/hardening.md for the table these tests back.

@@ -1,4 +1,4 @@
-"""Issue 9: the default model's cache is rebuilt, never used, when damaged, stale or half-built.
+"""The default model's cache is rebuilt, never used, when damaged, stale or half-built.
 
 Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """

@@ -1,4 +1,4 @@
-"""Issue 9: command-line errors are one line, and the CLI passes the input-length cap on.
+"""Command-line errors are one line, and the CLI passes the input-length cap on.
 
 Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """

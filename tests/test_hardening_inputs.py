@@ -1,4 +1,4 @@
-"""Issue 9: every bad argument of the engine (conversations, batch sizes, coefficients, configuration
+"""Every bad argument of the engine (conversations, batch sizes, coefficients, configuration
 numbers, prompt length) is a typed error before any forward pass.
 
 Runs on the tiny model; see docs/hardening.md for the table these tests back.

@@ -1,4 +1,4 @@
-"""Issue 9: no non-finite score ever comes out benign; bad devices and pickled weights are load errors.
+"""No non-finite score ever comes out benign; bad devices and pickled weights are load errors.
 
 Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """

@@ -126,7 +126,7 @@ class SafetyConsciousLLM(BaseChatModel):
     retry: RetryPolicy | None = None
     """A reply sigma steered away from refusal that the policy's judge still finds refusing is generated once more,
     steered `factor` times as far (`scans_guard.retry`; fewer false refusals, slightly less safe:
-    docs/safe-steering.md). None (default): one reply. With tools bound the coefficient is fixed: no retry."""
+    docs/steering.md). None (default): one reply. With tools bound the coefficient is fixed: no retry."""
     refusal_judge: Callable[[str, str], bool] | None = Field(default_factory=KeywordJudge, exclude=True)
     """(prompt, reply) -> refused?; None: never flag refusals."""
     streaming: bool = False
