@@ -7,6 +7,7 @@ row's steering is read from its output (`SteeredOutput.steering`), never inferre
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import statistics
 import time
@@ -268,7 +269,7 @@ def bench_sigma(engine, prompts: Sequence[str], cfg: BenchConfig) -> SigmaResult
             engine.classify(batch_prompts[:b], batch_size=b)
         walls, pass_latencies = [], []
         for _ in range(cfg.repeats):
-            wall, verdicts = timed(lambda: engine.classify(batch_prompts, batch_size=b))
+            wall, verdicts = timed(functools.partial(engine.classify, batch_prompts, batch_size=b))
             walls.append(wall)
             pass_latencies += [v.latency_s for v in verdicts[::b]]  # one forward pass per batch
         n = len(batch_prompts)
@@ -312,7 +313,7 @@ def bench_readings(engine, prompts: Sequence[str], cfg: BenchConfig) -> list[Rea
         convs = [build(p) for p in prompts]
         engine.classify(convs[:1])  # warm-up
         calls: list[int] = []
-        hook = engine.handle.model.register_forward_hook(lambda *a: calls.append(1))
+        hook = engine.handle.model.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         try:
             walls, verdicts = [], []
             for _ in range(cfg.repeats):
@@ -354,7 +355,7 @@ def bench_batched_steering(engine, prompts: Sequence[str], cfg: BenchConfig) -> 
         walls, tokens = [], 0
         for _ in range(cfg.repeats):
             for chunk, c in chunks:
-                wall, outs = timed(lambda: engine.generate(chunk, gen, coefficient=c))
+                wall, outs = timed(functools.partial(engine.generate, chunk, gen, coefficient=c))
                 walls.append(wall)
                 tokens += sum(o.completion_tokens for o in outs)
         out_rows.append(

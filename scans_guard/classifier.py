@@ -58,7 +58,7 @@ def run_sigma_pass(
     )
     with capture_block_outputs(handle.layers, classify_layers, columns=[-1 - n, -1]) as h:
         out = prefill(handle.model, batch, use_cache=keep_cache, logits_to_keep=n + 1 if keep_cache else 1)
-    transitions = torch.stack([h[l][:, 0, :] - h[l][:, 1, :] for l in classify_layers], dim=1).cpu()
+    transitions = torch.stack([h[layer][:, 0, :] - h[layer][:, 1, :] for layer in classify_layers], dim=1).cpu()
     cache, logits = None, None
     if keep_cache:
         cache = out.cache

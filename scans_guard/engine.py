@@ -162,15 +162,15 @@ class ScansEngine:
         latency = time.perf_counter() - t0
         scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm, self.artifact.probe)
         rendered: list[dict[str, tuple[float, list[float]]]] = [
-            {"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())
+            {"as_sent": (s, sim)} for s, sim in zip(scores.tolist(), sims.tolist())
         ]
         if extra_t is not None:
             try:
                 extra_scores = sigma_scores(extra_t, self.artifact.d_harm, self.artifact.probe)
             except NonFiniteScoreError as exc:  # name the conversation, not its row in the second pass
                 raise NonFiniteScoreError(extra[exc.index][0]) from None
-            for (i, name), s, l in zip(extra, *(x.tolist() for x in extra_scores)):
-                rendered[i][name] = (s, l)
+            for (i, name), s, sim in zip(extra, *(x.tolist() for x in extra_scores)):
+                rendered[i][name] = (s, sim)
         verdicts, platt = [], self.artifact.meta.platt
         for conv, row, by_name in zip(conversations, rows, rendered):
             score, sims_l = max(by_name.values(), key=lambda r: r[0])  # finite: sigma_scores raises otherwise

@@ -85,7 +85,10 @@ def steering_deltas(
     vectors: [n_layers, hidden] unit refusal vectors; coefficients: [batch] signed magnitudes.
     """
     coefs = coefficients.to(handle.device, torch.float32)[:, None]
-    return {l: (coefs * vectors[l].to(handle.device, torch.float32)[None, :]).to(handle.dtype) for l in steer_layers}
+    return {
+        layer: (coefs * vectors[layer].to(handle.device, torch.float32)[None, :]).to(handle.dtype)
+        for layer in steer_layers
+    }
 
 
 class RefusalVector:
