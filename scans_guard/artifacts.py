@@ -237,7 +237,7 @@ class Artifact:
     def probe(self) -> tuple[int, torch.Tensor, float] | None:
         """(index of the probe layer among the classify layers, weight [hidden], bias), or None (mean cosine)."""
         recipe = self.recipe
-        if recipe.probe_layer is None:
+        if recipe.probe_layer is None or self.probe_weight is None:  # set together (checked on construction)
             return None
         return recipe.classify_layers.index(recipe.probe_layer), self.probe_weight, recipe.probe_bias
 

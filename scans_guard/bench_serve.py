@@ -136,6 +136,8 @@ def stream_chat(port: int, body: dict, timeout: float = 600) -> dict:
     finally:
         conn.close()
     latency = time.perf_counter() - t0
+    if usage is None:
+        raise RuntimeError("the stream ended without a usage chunk (stream_options.include_usage)")
     return {
         "text": "".join(text),
         "tokens": usage["completion_tokens"],

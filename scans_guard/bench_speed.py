@@ -12,12 +12,16 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from .bench import BenchConfig
+    from .config import SafetyVerdict
+    from .readings import Conversation
+
+T = TypeVar("T")
 
 THROUGHPUT_GOAL = 0.99  # SCANS tokens/s >= 99% of plain tokens/s
 
@@ -128,7 +132,7 @@ class BatchedSteering(BaseModel):
     checked_batch_size: int
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     gc.collect()
     t0 = time.perf_counter()
     result = fn()
@@ -286,7 +290,7 @@ def bench_sigma(engine, prompts: Sequence[str], cfg: BenchConfig) -> SigmaResult
     return SigmaResult(batches=rows, readings=bench_readings(engine, prompts[:4], cfg))
 
 
-READING_SHAPES: dict[str, object] = {
+READING_SHAPES: dict[str, Callable[[str], Conversation]] = {
     "single sentence": lambda p: p,
     "system prompt": lambda p: [
         {"role": "system", "content": "You are a helpful assistant."},
@@ -315,10 +319,11 @@ def bench_readings(engine, prompts: Sequence[str], cfg: BenchConfig) -> list[Rea
         calls: list[int] = []
         hook = engine.handle.model.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         try:
-            walls, verdicts = [], []
+            walls: list[float] = []
+            verdicts: list[SafetyVerdict] = []
             for _ in range(cfg.repeats):
                 for c in convs:
-                    wall, v = timed(lambda c=c: engine.classify(c))
+                    wall, v = timed(functools.partial(engine.classify, c))
                     walls.append(wall * 1e3)
                     verdicts += v
         finally:

@@ -118,7 +118,8 @@ def translated_set(
     from importlib import resources
 
     path = resources.files("scans_guard") / "data" / "multilingual.csv"
-    with path.open(encoding="utf-8", newline="") as f:
+    # typeshed's Traversable.open leaves out newline=, which pathlib and zipfile paths both take
+    with path.open(encoding="utf-8", newline="") as f:  # type: ignore[call-overload]
         rows = [r for r in csv.DictReader(f) if r["label"] == label and (ids is None or r["id"] in ids)]
     return [
         FramedPrompt(r["english"], f"lang:{lang}", r["prompt"]) for lang in languages for r in rows if r["lang"] == lang

@@ -31,7 +31,7 @@ class SafetyPolicy(GuardPolicy):
     ("harmful" by default: blocked; "grey" lets it through where grey is allowed).
     """
 
-    def band(self, verdict: SafetyVerdict) -> Band:  # type: ignore[override] - a verdict, not a bare score
+    def band(self, verdict: SafetyVerdict) -> Band:
         return self.score_band(verdict.score, verdict.threshold, verdict.in_domain)
 
 
