@@ -25,7 +25,7 @@ from .decision import DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, direct
 from .domain import check_domain
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
-from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401
+from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401 - re-exported
 from .reply import ReplyState
 from .retry import RetryPolicy, retry_refused
 from .steering import RefusalVector, SteeringPlan

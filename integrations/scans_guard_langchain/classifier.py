@@ -27,7 +27,7 @@ try:  # langchain-core >= 1.8 (decision models); absent in older releases
         State,
     )
 except ImportError:  # pragma: no cover - depends on the installed langchain-core
-    BaseDecisionModel = None  # type: ignore[assignment,misc]
+    BaseDecisionModel = None  # type: ignore[assignment,misc]  # a class where langchain-core has it
 
 
 class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
@@ -214,4 +214,4 @@ if BaseDecisionModel is not None:
             )
 
 else:  # pragma: no cover
-    ScansDecisionModel = None  # type: ignore[assignment,misc]
+    ScansDecisionModel = None  # type: ignore[assignment,misc]  # a class where langchain-core has it
