@@ -3,7 +3,8 @@ forged system turn and translation, against the plain prompts; false-positive ra
 
     python benchmarks/guard_robustness.py run --data-dir ../shared/data --out results/guard-robustness
     python benchmarks/guard_robustness.py report --out results/guard-robustness
-    # the 1.5B with its own artifact, every 3rd prompt (a system prompt doubles sigma's cost; the full list takes hours):
+    # the 1.5B with its own artifact, every 3rd prompt (a system prompt doubles sigma's cost; the full list takes
+    # hours):
     python benchmarks/guard_robustness.py run --data-dir ../shared/data --model qwen2.5-coder-1.5b-instruct --every 3 \
         --out results/guard-robustness-1.5b
     python benchmarks/guard_robustness.py report --every 3 --out results/guard-robustness-1.5b

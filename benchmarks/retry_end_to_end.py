@@ -75,6 +75,11 @@ def cmd_run(args: argparse.Namespace) -> None:
             f.flush()
 
 
+def _pts(rate: float, unsteered: float | None) -> str:
+    """A refusal rate and its change from the unsteered rate, in points; a dash without an unsteered rate."""
+    return "—" if unsteered is None else f"{100 * rate:.0f}% ({100 * (rate - unsteered):+.0f})"
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (Path(args.out) / "rows.jsonl").read_text().splitlines()]
     sweep, _ = load_rows(Path(args.sweep))
@@ -111,14 +116,12 @@ def cmd_report(args: argparse.Namespace) -> None:
             "missing_unsteered": len(base) - len(known),
         }
         table[s] = row
-
-        def pts(x: float) -> str:
-            return "—" if row["unsteered"] is None else f"{100 * x:.0f}% ({100 * (x - row['unsteered']):+.0f})"
-
+        unsteered = row["unsteered"]
         lines.append(
             f"| {s} | {row['n']} | "
-            + ("—" if row["unsteered"] is None else f"{100 * row['unsteered']:.0f}%")
-            + f" | {pts(row['shipped'])} | {pts(row['retry'])} | {row['steered']} / {row['retried']} | "
+            + ("—" if unsteered is None else f"{100 * unsteered:.0f}%")
+            + f" | {_pts(row['shipped'], unsteered)} | {_pts(row['retry'], unsteered)} | "
+            f"{row['steered']} / {row['retried']} | "
             f"{agree}/{compared} |"
         )
     write_summary(args.report, table, lines)

@@ -90,8 +90,8 @@ def extract(handle, prompts: list[str], r_pos: str, batch_size: int, desc: str) 
         batch = PromptBatch.left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
         with capture_block_outputs(handle.layers, layers, columns=[-1 - n, -1]) as h:
             out = prefill(handle.model, batch, logits_to_keep=n + 1)
-        t_all.append(torch.stack([h[l][:, 0] - h[l][:, 1] for l in layers], 1).half())
-        h_all.append(torch.stack([h[l][:, 0] for l in layers], 1).half())
+        t_all.append(torch.stack([h[layer][:, 0] - h[layer][:, 1] for layer in layers], 1).half())
+        h_all.append(torch.stack([h[layer][:, 0] for layer in layers], 1).half())
         lp_all.append(torch.log_softmax(out.logits[:, 0].float(), -1)[:, ids])
     return {"transitions": torch.cat(t_all), "last_prompt": torch.cat(h_all), "opener_logprobs": torch.cat(lp_all)}
 

@@ -148,7 +148,7 @@ def build_variants(n_layers: int) -> list[Variant]:
     def trans_feats(data, fs, span):
         return fs.t[:, span].reshape(len(fs.y), -1)
 
-    one_layer = [[l] for l in range(2, n_layers, 2)]
+    one_layer = [[layer] for layer in range(2, n_layers, 2)]
 
     all_spans = spans(n_layers)
     return [

@@ -70,7 +70,7 @@ def steered_reply_states(engine: ScansEngine, prompt: str, reply: str) -> np.nda
         capture_block_outputs(handle.layers, LAYERS, columns) as got,
     ):
         handle.model(input_ids=ids, logits_to_keep=1)
-    return torch.stack([got[l][0] for l in LAYERS], dim=1).numpy()  # [k, layer, hidden]
+    return torch.stack([got[layer][0] for layer in LAYERS], dim=1).numpy()  # [k, layer, hidden]
 
 
 def cmd_features(args: argparse.Namespace) -> None:

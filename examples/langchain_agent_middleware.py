@@ -4,8 +4,8 @@
     python examples/langchain_agent_middleware.py --tiny    # a tiny random model built in code
 
 - steer: the agent's model is the steered SafetyConsciousLLM itself, with a tool (it calls tools the way its chat
-  template describes; sigma classifies the whole conversation, tool calls and results included). check_output: a reply that
-  still refuses a benign request is retried once, steered further; one that complies with a harmful request is
+  template describes; sigma classifies the whole conversation, tool calls and results included). check_output: a reply
+  that still refuses a benign request is retried once, steered further; one that complies with a harmful request is
   replaced.
 - block: a harmful human turn ends the run with a refusal before the agent's model runs; check_tool_results
   classifies what the tool returned before the model reads it.

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .artifacts import Artifact  # noqa: E402
-from .config import (  # noqa: E402
+from .artifacts import Artifact
+from .config import (
     CalibrationConfig,
     GenerationConfig,
     RowSteering,
@@ -11,8 +11,8 @@ from .config import (  # noqa: E402
     SteeredOutput,
     SteeringRecipe,
 )
-from .engine import ScansEngine  # noqa: E402
-from .errors import (  # noqa: E402
+from .engine import ScansEngine
+from .errors import (
     ArtifactError,
     FingerprintMismatchError,
     InvalidArgumentError,
@@ -23,8 +23,8 @@ from .errors import (  # noqa: E402
     ScansGuardError,
     UnsupportedArchitectureError,
 )
-from .loading import ModelHandle, load_model  # noqa: E402
-from .retry import RetryPolicy  # noqa: E402
+from .loading import ModelHandle, load_model
+from .retry import RetryPolicy
 
 __all__ = [
     "Artifact",

@@ -4,7 +4,8 @@ An artifact directory holds `tensors.safetensors` (refusal_vectors [n_layers, hi
 [n_classify_layers, hidden], and with a sigma probe probe_weight [hidden]) and `artifact.json` (recipe, model
 fingerprint, fit report, the sha256 of the tensors file, checked on load, and the sha256 of every prompt it was
 fitted on: anchors, T fit, probe training, so evaluations and benchmarks hold them out without re-deriving them).
-Writes go to a temporary directory renamed into place, so a reader never sees half an artifact. Every number must be finite: a NaN threshold or vector would fail open (benign).
+Writes go to a temporary directory renamed into place, so a reader never sees half an artifact. Every number must be
+finite: a NaN threshold or vector would fail open (benign).
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ class Artifact:
     def probe(self) -> tuple[int, torch.Tensor, float] | None:
         """(index of the probe layer among the classify layers, weight [hidden], bias), or None (mean cosine)."""
         recipe = self.recipe
-        if recipe.probe_layer is None:
+        if recipe.probe_layer is None or self.probe_weight is None:  # set together (checked on construction)
             return None
         return recipe.classify_layers.index(recipe.probe_layer), self.probe_weight, recipe.probe_bias
 
@@ -357,9 +358,9 @@ class Artifact:
         if not fingerprints_match(self.meta.model_fingerprint, fp):
             want, got = self.meta.model_fingerprint, fp
             raise FingerprintMismatchError(
-                f"artifact was calibrated on {self.meta.model_name} ({want['architecture']}, {want['n_layers']} layers, "
-                f"hidden {want['hidden_size']}, weights {want['weight_probe_sha256']}), not on this model "
-                f"({got['architecture']}, {got['n_layers']} layers, hidden {got['hidden_size']}, "
+                f"artifact was calibrated on {self.meta.model_name} ({want['architecture']}, "
+                f"{want['n_layers']} layers, hidden {want['hidden_size']}, weights {want['weight_probe_sha256']}), "
+                f"not on this model ({got['architecture']}, {got['n_layers']} layers, hidden {got['hidden_size']}, "
                 f"weights {got['weight_probe_sha256']}); recalibrate with `scans-guard calibrate`"
             )
         if text_sha256(handle.tokenizer.chat_template) != self.meta.chat_template_sha256:

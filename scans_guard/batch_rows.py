@@ -56,6 +56,8 @@ class RunningRow:
         """Feed a held row's new text to its gate: the text to stream now ("" while held), or None once the row
         must leave the batch: the judge found a refusal (`again` is set) or raised (the request fails alone)."""
         gate, request = self.gate, self.request
+        if gate is None:  # nothing held back
+            return piece
         try:
             if not gate.feed(piece, self.state.finish is not None):
                 return ""
@@ -65,11 +67,13 @@ class RunningRow:
         self.gate = None
         if not gate.refused:
             return gate.text
+        retry, verdict = request.retry, request.handle.verdict
+        assert retry is not None and verdict is not None  # a gate is made only for a classified row with a retry
         self.again = dataclasses.replace(
             request,
             classify=False,
             steer=False,
-            fixed=request.retry.steering(request.handle.verdict),
+            fixed=retry.steering(verdict),
             retry=None,
             first_reply=gate.text,
             classify_s=self.classify_s,

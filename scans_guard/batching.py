@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import InvalidPromptError
+
+if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
+    from transformers.modeling_outputs import CausalLMOutputWithPast
 
 
 @dataclass
@@ -44,7 +48,9 @@ def check_fits(lengths: Sequence[int], extra_tokens: int, context_window: int) -
 
 
 @torch.inference_mode()
-def prefill(model: torch.nn.Module, batch: PromptBatch, use_cache: bool = False, logits_to_keep: int = 1) -> object:
+def prefill(
+    model: torch.nn.Module, batch: PromptBatch, use_cache: bool = False, logits_to_keep: int = 1
+) -> CausalLMOutputWithPast:
     """One forward pass over a left-padded batch with correct positions; logits only for the last columns."""
     return model(
         input_ids=batch.input_ids,

@@ -120,11 +120,11 @@ def bench_prompts(engine, n: int, seed: int) -> list[str]:
     from .data import load_set, sample_prompts
 
     anchors = engine.artifact.meta.anchor_hashes()
-    harmful, benign = (
+    harmful_set, benign_set = (
         [e for e in load_set(name) if text_sha256(e.prompt) not in anchors] for name in ("advbench", "truthfulqa")
     )
     n_harm = (n + 1) // 2
-    harmful, benign = sample_prompts(harmful, n_harm, seed), sample_prompts(benign, n - n_harm, seed)
+    harmful, benign = sample_prompts(harmful_set, n_harm, seed), sample_prompts(benign_set, n - n_harm, seed)
     return [p for pair in zip_longest(harmful, benign) for p in pair if p is not None]
 
 

@@ -136,6 +136,8 @@ def stream_chat(port: int, body: dict, timeout: float = 600) -> dict:
     finally:
         conn.close()
     latency = time.perf_counter() - t0
+    if usage is None:
+        raise RuntimeError("the stream ended without a usage chunk (stream_options.include_usage)")
     return {
         "text": "".join(text),
         "tokens": usage["completion_tokens"],
@@ -167,7 +169,7 @@ def _concurrently(port: int, bodies: Sequence[dict]) -> tuple[float, list[dict]]
     for r in results:
         if isinstance(r, BaseException):
             raise r
-    return wall, results  # type: ignore[return-value]
+    return wall, [r for r in results if isinstance(r, dict)]  # every thread left a result or raised above
 
 
 def _summary(runs: list[dict], wall: float) -> ClientLoad:

@@ -7,16 +7,21 @@ row's steering is read from its output (`SteeredOutput.steering`), never inferre
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from .bench import BenchConfig
+    from .config import SafetyVerdict
+    from .readings import Conversation
+
+T = TypeVar("T")
 
 THROUGHPUT_GOAL = 0.99  # SCANS tokens/s >= 99% of plain tokens/s
 
@@ -127,7 +132,7 @@ class BatchedSteering(BaseModel):
     checked_batch_size: int
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     gc.collect()
     t0 = time.perf_counter()
     result = fn()
@@ -268,7 +273,7 @@ def bench_sigma(engine, prompts: Sequence[str], cfg: BenchConfig) -> SigmaResult
             engine.classify(batch_prompts[:b], batch_size=b)
         walls, pass_latencies = [], []
         for _ in range(cfg.repeats):
-            wall, verdicts = timed(lambda: engine.classify(batch_prompts, batch_size=b))
+            wall, verdicts = timed(functools.partial(engine.classify, batch_prompts, batch_size=b))
             walls.append(wall)
             pass_latencies += [v.latency_s for v in verdicts[::b]]  # one forward pass per batch
         n = len(batch_prompts)
@@ -285,7 +290,7 @@ def bench_sigma(engine, prompts: Sequence[str], cfg: BenchConfig) -> SigmaResult
     return SigmaResult(batches=rows, readings=bench_readings(engine, prompts[:4], cfg))
 
 
-READING_SHAPES: dict[str, object] = {
+READING_SHAPES: dict[str, Callable[[str], Conversation]] = {
     "single sentence": lambda p: p,
     "system prompt": lambda p: [
         {"role": "system", "content": "You are a helpful assistant."},
@@ -312,12 +317,13 @@ def bench_readings(engine, prompts: Sequence[str], cfg: BenchConfig) -> list[Rea
         convs = [build(p) for p in prompts]
         engine.classify(convs[:1])  # warm-up
         calls: list[int] = []
-        hook = engine.handle.model.register_forward_hook(lambda *a: calls.append(1))
+        hook = engine.handle.model.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         try:
-            walls, verdicts = [], []
+            walls: list[float] = []
+            verdicts: list[SafetyVerdict] = []
             for _ in range(cfg.repeats):
                 for c in convs:
-                    wall, v = timed(lambda c=c: engine.classify(c))
+                    wall, v = timed(functools.partial(engine.classify, c))
                     walls.append(wall * 1e3)
                     verdicts += v
         finally:
@@ -354,7 +360,7 @@ def bench_batched_steering(engine, prompts: Sequence[str], cfg: BenchConfig) -> 
         walls, tokens = [], 0
         for _ in range(cfg.repeats):
             for chunk, c in chunks:
-                wall, outs = timed(lambda: engine.generate(chunk, gen, coefficient=c))
+                wall, outs = timed(functools.partial(engine.generate, chunk, gen, coefficient=c))
                 walls.append(wall)
                 tokens += sum(o.completion_tokens for o in outs)
         out_rows.append(

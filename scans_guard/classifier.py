@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,9 @@ from .batching import PromptBatch, prefill
 from .errors import NonFiniteScoreError
 from .hooks import capture_block_outputs
 from .loading import ModelHandle
+
+if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
+    from transformers import Cache
 
 
 def r_pos_ids(handle: ModelHandle, r_pos: str) -> list[int]:
@@ -34,12 +38,13 @@ class SigmaPass:
 
     transitions: torch.Tensor  # [batch, n_classify_layers, hidden] float32, on CPU
     prompt_batch: PromptBatch  # left-padded prompts without r_pos
-    cache: object | None  # KV cache over every prompt column (r_pos cropped off), or None
+    cache: Cache | None  # KV cache over every prompt column (r_pos cropped off), or None
     last_prompt_logits: torch.Tensor | None  # [batch, vocab] unsteered next-token logits after the prompt, or None
 
     def drop_last_prompt_token(self) -> None:
         """Crop the cache to prompt[:-1], so steered decoding can recompute the last prompt token under steering."""
-        self.cache.crop(-1)
+        if self.cache is not None:
+            self.cache.crop(-1)
         self.last_prompt_logits = None
 
 
@@ -58,9 +63,11 @@ def run_sigma_pass(
     )
     with capture_block_outputs(handle.layers, classify_layers, columns=[-1 - n, -1]) as h:
         out = prefill(handle.model, batch, use_cache=keep_cache, logits_to_keep=n + 1 if keep_cache else 1)
-    transitions = torch.stack([h[l][:, 0, :] - h[l][:, 1, :] for l in classify_layers], dim=1).cpu()
+    transitions = torch.stack([h[layer][:, 0, :] - h[layer][:, 1, :] for layer in classify_layers], dim=1).cpu()
     cache, logits = None, None
     if keep_cache:
+        if out.cache is None or out.logits is None:
+            raise RuntimeError(f"{handle.name} returned no KV cache or logits with use_cache=True")
         cache = out.cache
         cache.crop(-n)  # drop r_pos: the cache now covers exactly the prompt
         logits = out.logits[:, 0, :].float()  # predicted at the last prompt token

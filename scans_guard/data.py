@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import random
+from collections.abc import Set
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -97,7 +98,7 @@ def load_set(name: str, data_dir: str | os.PathLike | None = None) -> list[Examp
     return read_csv(path)
 
 
-def sample_prompts(examples: list[Example], n: int, seed: int, exclude: set[str] = frozenset()) -> list[str]:
+def sample_prompts(examples: list[Example], n: int, seed: int, exclude: Set[str] = frozenset()) -> list[str]:
     """n distinct prompts drawn with a seeded RNG (order kept stable across Python versions)."""
     pool = sorted({e.prompt for e in examples} - set(exclude))
     if n > len(pool):

@@ -156,7 +156,7 @@ class GuardPolicy(DecisionPolicy):
             return GuardDecision(action="block", band="harmful", reasons=["unclassifiable"])
         band_ = self.score_band(verdict.score, verdict.threshold, verdict.in_domain)
         scored = self.score_band(verdict.score, verdict.threshold)
-        reasons = [scored] if scored != "benign" else []
+        reasons: list[str] = [scored] if scored != "benign" else []
         if not verdict.in_domain and self.out_of_domain != "benign":
             reasons += [f"out_of_domain:{r}" for r in verdict.domain_reasons] or ["out_of_domain"]
         blocked = band_ == "harmful" or (band_ == "grey" and self.block_grey)

@@ -280,7 +280,7 @@ def _build_cache(work: Path, get_gguf, progress: bool) -> None:
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {gguf}: {exc}") from exc
     # save_pretrained refuses a quantizer-loaded model; the weights are already dequantised.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained; not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with torch.no_grad():

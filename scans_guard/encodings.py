@@ -109,7 +109,7 @@ def _bigram_logp() -> dict[str, float]:
     """log P(letter pair) of English, from the prompts that ship with the package (add-one smoothed)."""
     from .data import load_set
 
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for name in ("truthfulqa", "advbench", "xstest"):
         for example in load_set(name):
             for word in _WORD.findall(example.prompt.lower()):

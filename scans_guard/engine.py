@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict, Unpack, cast
 
 import torch
 from pydantic import BaseModel
@@ -24,10 +25,13 @@ from .decision import DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, direct
 from .domain import check_domain
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
 from .loading import ModelHandle, load_model
-from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401
+from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401 - re-exported
 from .reply import ReplyState
 from .retry import RetryPolicy, retry_refused
 from .steering import RefusalVector, SteeringPlan
+
+if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
+    from transformers import Cache
 
 # Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
 DEFAULT_MAX_INPUT_TOKENS = 4096
@@ -61,8 +65,20 @@ def _as_batch(conversations: Sequence[Conversation] | Conversation) -> Sequence[
             f"got {type(conversations).__name__}"
         )
     if conversations and isinstance(conversations[0], dict):
-        return [conversations]
-    return conversations
+        return [cast("list[dict]", conversations)]
+    return cast("Sequence[Conversation]", conversations)
+
+
+class GenerateOptions(TypedDict, total=False):
+    """`ScansEngine.iter_generate`'s keyword options, as `generate` passes them on."""
+
+    steer: bool
+    coefficient: float | Sequence[float] | None
+    reuse_cache: bool
+    retry: RetryPolicy | None
+    policy: Policy
+    guard: GuardPolicy | None
+    refusal: str
 
 
 @dataclass
@@ -71,8 +87,8 @@ class _Prepared:
 
     prompts: PromptBatch
     plan: SteeringPlan
-    verdicts: list[SafetyVerdict | None]
-    cache: object | None = None
+    verdicts: Sequence[SafetyVerdict | None]
+    cache: Cache | None = None
     first_logits: torch.Tensor | None = None
     classify_s: float = 0.0
     index: list[int] | None = None  # the conversation of each decoded row (None: row i is conversation i)
@@ -168,15 +184,15 @@ class ScansEngine:
         latency = time.perf_counter() - t0
         scores, sims = sigma_scores(sp.transitions, self.artifact.d_harm, self.artifact.probe)
         rendered: list[dict[str, tuple[float, list[float]]]] = [
-            {"as_sent": (s, l)} for s, l in zip(scores.tolist(), sims.tolist())
+            {"as_sent": (s, sim)} for s, sim in zip(scores.tolist(), sims.tolist())
         ]
         if extra_t is not None:
             try:
                 extra_scores = sigma_scores(extra_t, self.artifact.d_harm, self.artifact.probe)
             except NonFiniteScoreError as exc:  # name the conversation, not its row in the second pass
                 raise NonFiniteScoreError(extra[exc.index][0]) from None
-            for (i, name), s, l in zip(extra, *(x.tolist() for x in extra_scores)):
-                rendered[i][name] = (s, l)
+            for (i, name), s, sim in zip(extra, *(x.tolist() for x in extra_scores)):
+                rendered[i][name] = (s, sim)
         verdicts, platt = [], self.artifact.meta.platt
         for conv, row, by_name in zip(conversations, rows, rendered):
             score, sims_l = max(by_name.values(), key=lambda r: r[0])  # finite: sigma_scores raises otherwise
@@ -309,7 +325,7 @@ class ScansEngine:
         policy: Policy = "steer",
         guard: GuardPolicy | None = None,
         refusal: str = DEFAULT_REFUSAL,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Stream a batch: classify (one pass, its KV cache reused), then decode with per-row steering.
 
         policy: "steer" (classify and steer; nothing blocked), "guard+steer" (a prompt `guard` blocks gets `refusal`
@@ -331,7 +347,9 @@ class ScansEngine:
             )
         if not conversations:
             return
-        events = self._iter_generate(conversations, config, steer, coefficient, reuse_cache, policy, guard, refusal)
+        events: Generator[StreamEvent, None, None] = self._iter_generate(
+            conversations, config, steer, coefficient, reuse_cache, policy, guard, refusal
+        )
         if (retry := RetryPolicy.applies(retry, steer and policy_steers(policy), coefficient)) is not None:
             events = retry_refused(self, conversations, events, config, retry)
         yield from events
@@ -416,12 +434,12 @@ class ScansEngine:
         self,
         conversations: Sequence[Conversation] | Conversation,
         config: GenerationConfig | None = None,
-        **kwargs: object,
+        **options: Unpack[GenerateOptions],
     ) -> list[SteeredOutput]:
         """Generate for each conversation (batched); see `iter_generate` for the steering options."""
         conversations = _as_batch(conversations)
         outputs: dict[int, SteeredOutput] = {}
-        for event in self.iter_generate(conversations, config, **kwargs):
+        for event in self.iter_generate(conversations, config, **options):
             if event.output is not None:
                 outputs[event.row] = event.output
         return [outputs[i] for i in range(len(conversations))]

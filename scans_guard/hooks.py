@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-def _hidden(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+BlockOutput = torch.Tensor | tuple[torch.Tensor, ...]
 
 
-def _replace_hidden(output: object, hidden: torch.Tensor) -> object:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden  # type: ignore[index]
+def _hidden(output: BlockOutput) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_hidden(output: BlockOutput, hidden: torch.Tensor) -> BlockOutput:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Protocol
 
 
 class RefusalJudge(Protocol):
-    def __call__(self, prompt: str, response: str) -> bool:
+    def __call__(self, prompt: str, response: str, /) -> bool:
         """True if `response` refuses `prompt`."""
         ...
 

@@ -8,14 +8,19 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
 from .errors import InvalidPromptError, ModelLoadError, UnsupportedArchitectureError
+
+if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,8 @@ def _get_path(root: nn.Module, path: str) -> nn.Module | None:
 class ModelHandle:
     """A loaded model plus the modules SCANS reads and writes; the only place architecture differences live."""
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     layers: nn.ModuleList  # decoder blocks; block l's output is h^l
     final_norm: nn.Module
     lm_head: nn.Module
@@ -76,13 +81,14 @@ class ModelHandle:
     tokenize_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def wrap(cls, model: nn.Module, tokenizer: object, name: str = "model") -> ModelHandle:
+    def wrap(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> ModelHandle:
         """Locate blocks, norm and head on an already loaded HF model (clear error if the family is unknown)."""
         layers = next((x for p in _LAYER_PATHS if isinstance(x := _get_path(model, p), nn.ModuleList)), None)
         norm = next((x for p in _NORM_PATHS if isinstance(x := _get_path(model, p), nn.Module)), None)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        missing = [n for n, x in (("decoder layers", layers), ("final norm", norm), ("LM head", head)) if x is None]
-        if missing:
+        output_embeddings = getattr(model, "get_output_embeddings", None)
+        head = output_embeddings() if output_embeddings is not None else None
+        if layers is None or norm is None or head is None:
+            missing = [n for n, x in (("decoder layers", layers), ("final norm", norm), ("LM head", head)) if x is None]
             raise UnsupportedArchitectureError(
                 f"unsupported architecture {type(model).__name__}: could not find {', '.join(missing)}"
             )
@@ -94,7 +100,9 @@ class ModelHandle:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         model.eval()
-        return cls(model=model, tokenizer=tokenizer, layers=layers, final_norm=norm, lm_head=head, name=name)
+        # Its blocks, norm and head were found: a transformers causal LM from here on.
+        hf_model = cast("PreTrainedModel", model)
+        return cls(model=hf_model, tokenizer=tokenizer, layers=layers, final_norm=norm, lm_head=head, name=name)
 
     @property
     def n_layers(self) -> int:
@@ -138,6 +146,13 @@ class ModelHandle:
         with self.tokenize_lock:
             return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=content)["input_ids"])
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of one sequence of token ids, special tokens included."""
+        text = self.tokenizer.decode(list(ids))
+        if not isinstance(text, str):  # a list comes back only for a batch of sequences
+            raise TypeError(f"decoding one sequence gave {type(text).__name__}")
+        return text
+
     def chat_ids(self, conversation: str | list[dict], tools: list[dict] | None = None) -> list[int]:
         """Token ids of the chat-formatted conversation, generation prompt included.
 
@@ -171,11 +186,14 @@ class ModelHandle:
 
     def _render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
-                messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+            text = self.tokenizer.apply_chat_template(
+                messages, tools=[*tools] if tools else None, tokenize=False, add_generation_prompt=True
             )
         except Exception as exc:  # jinja2 errors and TypeErrors from malformed messages
             raise InvalidPromptError(f"the chat template rejected the conversation: {exc}") from exc
+        if not isinstance(text, str):  # tokenize=False renders text; anything else is not a prompt to send
+            raise InvalidPromptError(f"the chat template rendered {type(text).__name__}, not text")
+        return text
 
     def _template_segments(
         self, messages: list[dict], text: str, tools: list[dict] | None = None
@@ -208,7 +226,12 @@ class ModelHandle:
         weight matrices, compared with a tolerance, so one checkpoint in float32, bfloat16 or on another device
         matches itself while a different checkpoint does not."""
         probe: list[float] = []
-        for param in (self.model.get_input_embeddings().weight, self.layers[0], self.layers[-1], self.lm_head.weight):
+        for param in (
+            _weight(self.model.get_input_embeddings()),
+            self.layers[0],
+            self.layers[-1],
+            _weight(self.lm_head),
+        ):
             tensor = param if isinstance(param, torch.Tensor) else next(param.parameters())
             flat = tensor.detach().reshape(-1)
             idx = (torch.arange(16) * (flat.numel() - 1) // 15).to(flat.device)  # exact integer stride
@@ -217,10 +240,18 @@ class ModelHandle:
             "architecture": type(self.model).__name__,
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
-            "vocab_size": int(self.lm_head.weight.shape[0]),
+            "vocab_size": int(_weight(self.lm_head).shape[0]),
             "weight_probe": [round(x, 6) for x in probe],
             "weight_probe_sha256": hashlib.sha256(",".join(f"{x:.2e}" for x in probe).encode()).hexdigest()[:16],
         }
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A module's `weight` (an embedding's or LM head's matrix); torch types module attributes as Tensor | Module."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise UnsupportedArchitectureError(f"{type(module).__name__}.weight is not a tensor")
+    return weight
 
 
 _MARK = re.compile("(\ue000\\d+\ue001)")
@@ -278,6 +309,7 @@ def load_model(
             invalidate_cache(path)
             rebuilt = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
             return _load_hf(rebuilt, device, dtype, name)
+    assert model is not None  # embedded_model(None) is the default model
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelLoadError(
@@ -320,7 +352,7 @@ def _load_hf(path: Path, device: str, dtype: str, name: str) -> ModelHandle:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, dtype=DTYPES[dtype], use_safetensors=True
-        ).to(device)
+        ).to(device)  # type: ignore[arg-type]  # PreTrainedModel.to is functools.wraps(nn.Module.to): read as unbound
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from exc
     return ModelHandle.wrap(model, tokenizer, name=name)

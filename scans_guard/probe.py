@@ -72,8 +72,8 @@ def fit_probe(
     candidates = layers or list(range(2, handle.n_layers, 2)) or all_layers
     best = max(
         (
-            (cv_auroc(transitions[:, l].double().numpy(), labels, c, seed=seed), l, c)
-            for l in candidates
+            (cv_auroc(transitions[:, layer].double().numpy(), labels, c, seed=seed), layer, c)
+            for layer in candidates
             for c in strengths
         ),
         key=lambda x: x[0],

@@ -164,7 +164,7 @@ class RequestHandle:
 
     def result(self, timeout: float | None = None) -> SteeredOutput | None:
         """Wait for the output (None if cancelled); raises the request's error."""
-        for event in iter(lambda: self.next_event(timeout), None):
+        for _event in iter(lambda: self.next_event(timeout), None):
             pass
         return self.output
 

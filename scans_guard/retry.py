@@ -20,6 +20,8 @@ from .config import GenerationConfig, RowSteering, SafetyVerdict
 from .judge import RefusalJudge, get_judge
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from .engine import Conversation, ScansEngine, StreamEvent
 
 
@@ -53,7 +55,7 @@ class RetryPolicy(BaseModel):
         """What the retry adds: factor x the verdict's coefficient (no second sigma pass)."""
         return RowSteering.of(self.factor * verdict.coefficient, "retry", "steer")
 
-    def gate(self, prompt: str, tokenizer: object, judge: RefusalJudge | None = None) -> JudgeGate:
+    def gate(self, prompt: str, tokenizer: PreTrainedTokenizerBase, judge: RefusalJudge | None = None) -> JudgeGate:
         """A gate for one reply to `prompt` (`judge`: this policy's, already built, to share it between rows)."""
         return JudgeGate(prompt, judge or self.refusal_judge(), tokenizer, self.judge_tokens)
 
@@ -65,7 +67,7 @@ class JudgeGate:
 
     prompt: str
     judge: RefusalJudge
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     judge_tokens: int
     text: str = ""  # the reply so far, held back from the stream
     refused: bool | None = None  # None: the judge has not decided yet
@@ -94,7 +96,7 @@ def retry_refused(
     events: Generator[StreamEvent, None, None],
     config: GenerationConfig,
     policy: RetryPolicy,
-) -> Iterator[StreamEvent]:
+) -> Generator[StreamEvent, None, None]:
     """Pass `events` through; a row steered away whose first reply the judge calls a refusal is regenerated after
     the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and what the judge
     read of the first reply (as the continuous batcher records it). A refused row decodes on, unseen, only while

@@ -71,7 +71,7 @@ def vocabulary_projection(handle: ModelHandle, directions: torch.Tensor, top_k: 
     top = logits.topk(top_k, dim=-1).indices.cpu()
     rows = []
     for layer, ids in enumerate(top.tolist()):
-        tokens = [handle.tokenizer.decode([i]) for i in ids]
+        tokens = [handle.decode([i]) for i in ids]
         rows.append(
             LayerProjection(layer=layer, top_tokens=tokens, refusal_tokens=sum(is_refusal_token(t) for t in tokens))
         )

@@ -43,6 +43,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import TypedDict, Unpack
 
 import torch
 
@@ -67,6 +68,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
+
+
+class SubmitOptions(TypedDict, total=False):
+    """`ContinuousBatcher.submit`'s keyword options, as `generate` passes them on."""
+
+    steer: bool
+    coefficient: float | None
+    refusal: str | None
+    operating_point: str
+    timeout: float | None
+    retry: RetryPolicy | None
+    guard: GuardPolicy | None
 
 
 class ContinuousBatcher:
@@ -175,10 +188,13 @@ class ContinuousBatcher:
         return handle
 
     def generate(
-        self, conversation: Conversation, config: GenerationConfig | None = None, **kwargs: object
+        self, conversation: Conversation, config: GenerationConfig | None = None, **options: Unpack[SubmitOptions]
     ) -> SteeredOutput:
         """Submit and wait for the output (blocking)."""
-        return self.submit(conversation, config, **kwargs).result()
+        output = self.submit(conversation, config, **options).result()
+        if output is None:  # only its handle cancels a request, and this one is never handed out
+            raise RuntimeError("the request was cancelled")
+        return output
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the worker; requests still waiting or running fail with SchedulerClosedError."""
@@ -241,7 +257,7 @@ class ContinuousBatcher:
         """Fail waiting requests past their deadline and drop cancelled ones from the queue."""
         now = time.perf_counter()
         with self._cond:
-            keep = collections.deque()
+            keep: collections.deque[QueuedRequest] = collections.deque()
             for request in self._waiting:
                 if request.handle.cancelled:
                     continue
@@ -285,7 +301,7 @@ class ContinuousBatcher:
         except NonFiniteScoreError as exc:  # fail that request alone (a guarded one is blocked), classify the others
             failed = requests[exc.index]
             if failed.refusal is not None:
-                self._refuse(failed, None, 0.0, t0)
+                self._refuse(failed, failed.refusal, None, 0.0, t0)
             else:
                 failed.handle._push(error=NonFiniteScoreError(0))
             rest = requests[: exc.index] + requests[exc.index + 1 :]
@@ -296,7 +312,8 @@ class ContinuousBatcher:
         keys, values = cache_tensors(sp.cache)
         mask = sp.prompt_batch.attention_mask
         logits = sp.last_prompt_logits
-        first_token, steered = [], []
+        first_token: list[tuple[int, RowSteering]] = []
+        steered: list[tuple[int, RowSteering]] = []
         plan = SteeringPlan.from_verdicts(verdicts)
         for i, (request, verdict) in enumerate(zip(requests, verdicts)):
             handle = request.handle
@@ -305,7 +322,7 @@ class ContinuousBatcher:
             if handle.cancelled:
                 continue
             if request.refusal is not None and request.guard.decide(verdict).blocked:
-                self._refuse(request, verdict, classify_s, t0)
+                self._refuse(request, request.refusal, verdict, classify_s, t0)
                 continue
             row = plan.rows[i] if request.steer else RowSteering()
             (steered if row.coefficient != 0 else first_token).append((i, row))
@@ -333,7 +350,9 @@ class ContinuousBatcher:
             self._join(cropped, [i for i, _ in steered], rows, None)
 
     @staticmethod
-    def _refuse(request: QueuedRequest, verdict: SafetyVerdict | None, classify_s: float, t0: float) -> None:
+    def _refuse(
+        request: QueuedRequest, refusal: str, verdict: SafetyVerdict | None, classify_s: float, t0: float
+    ) -> None:
         """Answer a request the guard blocked with its refusal text, without decoding."""
         handle = request.handle
         handle.refused = True
@@ -341,7 +360,7 @@ class ContinuousBatcher:
             StreamEvent(
                 row=0,
                 output=SteeredOutput.blocked(
-                    request.refusal,
+                    refusal,
                     verdict,
                     len(request.prompt),
                     {"classify_s": classify_s, "generate_s": 0.0, "queue_s": t0 - handle.submitted_at},
@@ -360,6 +379,8 @@ class ContinuousBatcher:
         width = prompts.input_ids.shape[1]
         with torch.inference_mode(), self.engine.steering.apply(plan, start_column=width - 1):
             out = prefill(self._model.model, prompts, use_cache=True, logits_to_keep=1)
+        if out.logits is None:
+            raise RuntimeError(f"{self._model.name} returned no logits")
         keys, values = cache_tensors(out.cache)
         full = KVBatch(
             keys,
@@ -409,6 +430,8 @@ class ContinuousBatcher:
     # -- decoding -------------------------------------------------------------------------------------------
     def _step(self) -> None:
         batch = self._batch
+        if batch is None:
+            return
         now = time.perf_counter()
         gone = []
         for i, row in enumerate(batch.rows):
@@ -450,6 +473,8 @@ class ContinuousBatcher:
 
     def _drop(self, index: list[int]) -> None:
         batch = self._batch
+        if batch is None:
+            return
         gone = set(index)
         keep = [i for i in range(len(batch.rows)) if i not in gone]
         self._batch = batch.select(keep) if keep else None
@@ -470,12 +495,13 @@ class ContinuousBatcher:
         eos = set() if config.ignore_eos else self._eos
         piece = state.advance(token, row.steps, config, eos, self._model.tokenizer)
         if row.gate is not None and (piece or state.finish is not None):
-            piece = row.judged(piece)
-            if piece is None:  # refused (the row leaves now, queued again steered further) or the judge failed
+            released = row.judged(piece)
+            if released is None:  # refused (the row leaves now, queued again steered further) or the judge failed
                 if row.again is not None:
                     with self._cond:
                         self._waiting.appendleft(row.again)
                 return None
+            piece = released
         if piece:
             handle._push(StreamEvent(row=0, text=piece))
         if state.finish is None:

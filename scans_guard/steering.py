@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from .hooks import BlockEdit, add_to_block_outputs
 from .loading import ModelHandle
 
 if TYPE_CHECKING:
-    from transformers import LogitsProcessorList
+    from transformers import Cache, LogitsProcessorList
 
 MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
 
@@ -56,11 +56,12 @@ class SteeringPlan:
             raise InvalidArgumentError(f"{len(values)} coefficients for {n_rows} prompts")
         if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c) for c in values):
             raise InvalidArgumentError(f"steering coefficients must be finite numbers, got {coefficients!r}")
-        if any(abs(c) > MAX_COEFFICIENT for c in values):
+        reals = [float(c) for c in values]
+        if any(abs(c) > MAX_COEFFICIENT for c in reals):
             raise InvalidArgumentError(
                 f"steering coefficients must lie within +-{MAX_COEFFICIENT:g}, got {coefficients!r}"
             )
-        return cls(tuple(RowSteering.of(float(c), "fixed") for c in values))
+        return cls(tuple(RowSteering.of(c, "fixed") for c in reals))
 
     @classmethod
     def from_options(cls, n_rows: int, steer: bool, coefficient: float | Sequence[float] | None) -> SteeringPlan:
@@ -85,7 +86,10 @@ def steering_deltas(
     vectors: [n_layers, hidden] unit refusal vectors; coefficients: [batch] signed magnitudes.
     """
     coefs = coefficients.to(handle.device, torch.float32)[:, None]
-    return {l: (coefs * vectors[l].to(handle.device, torch.float32)[None, :]).to(handle.dtype) for l in steer_layers}
+    return {
+        layer: (coefs * vectors[layer].to(handle.device, torch.float32)[None, :]).to(handle.dtype)
+        for layer in steer_layers
+    }
 
 
 class RefusalVector:
@@ -134,10 +138,26 @@ class RefusalVector:
             yield
 
     def decode(
-        self, prompts: PromptBatch, plan: SteeringPlan, config: GenerationConfig, **kwargs: object
-    ) -> Iterator[torch.Tensor]:
-        """`steered_decode` under `plan`, each step under the model's lock (kwargs: cache, should_stop, ...)."""
-        return steered_decode(self.handle, prompts, self.deltas(plan), config, step_lock=self.handle.lock, **kwargs)
+        self,
+        prompts: PromptBatch,
+        plan: SteeringPlan,
+        config: GenerationConfig,
+        *,
+        cache: Cache | None = None,
+        should_stop: Callable[[int], bool] | None = None,
+        first_logits: torch.Tensor | None = None,
+    ) -> Generator[torch.Tensor, None, None]:
+        """`steered_decode` under `plan`, each step under the model's lock."""
+        return steered_decode(
+            self.handle,
+            prompts,
+            self.deltas(plan),
+            config,
+            cache=cache,
+            step_lock=self.handle.lock,
+            should_stop=should_stop,
+            first_logits=first_logits,
+        )
 
 
 def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) -> LogitsProcessorList:
@@ -181,7 +201,8 @@ class _TokenChooser:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [batch, vocab] -> [batch] token ids."""
-        scores = self.processors(self.seen, logits) if self.processors else logits
+        # seen is set iff there are processors; transformers types input_ids as torch.LongTensor, which no tensor is
+        scores = self.processors(self.seen, logits) if self.seen is not None else logits  # type: ignore[arg-type]
         if self.greedy:
             return scores.argmax(-1)
         probs = torch.softmax(scores, dim=-1)
@@ -199,11 +220,11 @@ def steered_decode(
     prompts: PromptBatch,
     deltas: dict[int, torch.Tensor | BlockEdit],
     config: GenerationConfig,
-    cache: object | None = None,
+    cache: Cache | None = None,
     step_lock: contextlib.AbstractContextManager | None = None,
     should_stop: Callable[[int], bool] | None = None,
     first_logits: torch.Tensor | None = None,
-) -> Iterator[torch.Tensor]:
+) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
 
     `cache`, if given, must cover every prompt column but the last (as left by the sigma pass); otherwise the

@@ -27,7 +27,7 @@ def last_token_activations(
         batch = PromptBatch.left_pad(rows[start : start + batch_size], handle.tokenizer.pad_token_id, handle.device)
         with capture_block_outputs(handle.layers, layer_ids, columns=[-1]) as acts:
             prefill(handle.model, batch)
-        out.append(torch.stack([acts[l][:, 0, :] for l in layer_ids], dim=1).cpu())
+        out.append(torch.stack([acts[layer][:, 0, :] for layer in layer_ids], dim=1).cpu())
     return torch.cat(out)
 
 

@@ -31,7 +31,7 @@ class SafetyPolicy(GuardPolicy):
     ("harmful" by default: blocked; "grey" lets it through where grey is allowed).
     """
 
-    def band(self, verdict: SafetyVerdict) -> Band:  # type: ignore[override] - a verdict, not a bare score
+    def band(self, verdict: SafetyVerdict) -> Band:
         return self.score_band(verdict.score, verdict.threshold, verdict.in_domain)
 
 
@@ -52,8 +52,8 @@ def decide(
     verdict, error = (None, result) if isinstance(result, BaseException) else (result, None)
     if verdict is not None:
         band: Band = policy.band(verdict)
-    elif on_error == "raise":
-        raise result  # type: ignore[misc]
+    elif on_error == "raise" and error is not None:  # (no verdict: the error is set)
+        raise error
     else:
         band = "harmful" if on_error == "block" else "benign"
     grey_blocks = block_grey or policy.block_grey

@@ -25,20 +25,20 @@ def _with_refusal(message: BaseMessage, blocks: list[types.ContentBlock]) -> lis
         extras = {k: meta[k] for k in ("refusal_source", "score", "label") if meta.get(k) is not None}
         if extras:
             block["extras"] = extras
-        blocks.append(block)  # type: ignore[arg-type]
+        blocks.append(block)  # type: ignore[arg-type]  # "refusal" is not among LangChain's ContentBlock types
     return blocks
 
 
 def _translate_content(message: AIMessage) -> list[types.ContentBlock]:
     if not message.response_metadata.get("refusal"):
         raise NotImplementedError  # LangChain's own translation (text, tool calls) is right
-    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
+    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]  # a property: mypy misses fget
 
 
 def _translate_chunk(message: AIMessageChunk) -> list[types.ContentBlock]:
     if not message.response_metadata.get("refusal"):
         raise NotImplementedError
-    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]
+    return _with_refusal(message, BaseMessage.content_blocks.fget(message))  # type: ignore[attr-defined]  # a property: mypy misses fget
 
 
 # Messages carry model_provider="scans_guard"; this translator gives their content_blocks, adding LangChain's standard

@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
@@ -142,10 +142,15 @@ def parse_tool_calls(
     content, raws, lenient = _split_calls(text)
     if lenient and not _looks_like_call(raws[0]):
         return text, [], []  # a JSON answer, not a call
-    calls, invalid = [], []
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
     for raw in raws:
         call = _read_call(raw, names)
-        (calls if call.get("type") == "tool_call" else invalid).append(call)
+        # its "type" key says which it is; mypy cannot narrow on it (ToolCall's "type" is NotRequired)
+        if call.get("type") == "tool_call":
+            calls.append(cast(ToolCall, call))
+        else:
+            invalid.append(cast(InvalidToolCall, call))
     return content, calls, invalid
 
 

@@ -118,9 +118,11 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
     def _outcome(self, input: Any, decision: Decision) -> Runnable | AIMessage:
         action = self._act(decision)
         if self.check_output and isinstance(action, Runnable) and decision.band != "benign":
-            return action | RunnableLambda(
-                lambda out, d=decision, x=input: self._checked(out, d, x), name="check_output"
-            )
+
+            def check_output(out: Any) -> Any:
+                return self._checked(out, decision, input)
+
+            return action | RunnableLambda(check_output, name="check_output")
         return action
 
     def _checked(self, output: Any, decision: Decision, input: Any) -> Any:
@@ -145,6 +147,7 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
 
     # -- one input: LangChain's RunnableLambda runs (or streams) what `_route` returns ----------------------------
     def _route(self, input: Any, config: RunnableConfig, **kwargs: Any) -> Runnable | AIMessage:
+        result: SafetyVerdict | Exception
         try:
             result = self.classifier.invoke(self._select(input), config)
         except Exception as exc:  # noqa: BLE001 - decided by on_error
@@ -155,6 +158,7 @@ class SafetyGuard(RunnableSerializable[Any, Any]):
         return self._outcome(input, decision)
 
     async def _aroute(self, input: Any, config: RunnableConfig, **kwargs: Any) -> Runnable | AIMessage:
+        result: SafetyVerdict | Exception
         try:
             result = await self.classifier.ainvoke(self._select(input), config)
         except Exception as exc:  # noqa: BLE001
@@ -292,7 +296,9 @@ class SafetyRouter(SafetyGuard):
             "harmful": self.harmful,
             "grey": self.grey if self.grey is not None else self.harmful,
         }[decision.band]
-        return _canned(route, decision, self.get_name()) if isinstance(route, str) else route
+        if isinstance(route, str):
+            return _canned(route, decision, self.get_name())
+        return route if isinstance(route, Runnable) else coerce_to_runnable(route)  # (validated into a Runnable)
 
 
 class SafetyBlocker(SafetyGuard):

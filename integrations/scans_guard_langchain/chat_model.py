@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -218,7 +218,9 @@ class SafetyConsciousLLM(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider=PROVIDER,
-            ls_model_name=kwargs.get("model") if isinstance(kwargs.get("model"), str) else self.model_name,
+            ls_model_name=model
+            if isinstance(model := kwargs.get("model"), str)
+            else (self.model_name or self.engine.handle.name),
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
@@ -374,7 +376,7 @@ class SafetyConsciousLLM(BaseChatModel):
 
     def _events(
         self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any], timeout: float | None
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """The engine's stream for one conversation, stopped between steps once `timeout` seconds have passed.
 
         The deadline is checked here, not in the engine, so every path (invoke, stream, async) honours it.
@@ -470,7 +472,7 @@ class SafetyConsciousLLM(BaseChatModel):
 
     def _iter_chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> Iterator[tuple[str, Any]]:
+    ) -> Generator[tuple[str, Any], None, None]:
         """("verdict", fields) once, then ("chunk", ChatGenerationChunk)...; closing it stops generation."""
         conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
         events = self._events(conversation, config, steering, self.timeout)

@@ -27,7 +27,7 @@ try:  # langchain-core >= 1.8 (decision models); absent in older releases
         State,
     )
 except ImportError:  # pragma: no cover - depends on the installed langchain-core
-    BaseDecisionModel = None  # type: ignore[assignment,misc]
+    BaseDecisionModel = None  # type: ignore[assignment,misc]  # a class where langchain-core has it
 
 
 class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
@@ -67,7 +67,7 @@ class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
     def _many(self, values: list[Any]) -> list[SafetyVerdict | Exception]:
         """One engine call; if it fails, each value alone, so only the values that fail get their error."""
         try:
-            return self.classify(values)
+            return [*self.classify(values)]
         except Exception:
             if len(values) == 1:
                 raise
@@ -113,7 +113,7 @@ class SafetyClassifier(RunnableSerializable[Any, SafetyVerdict]):
         if not inputs:
             return []
 
-        async def many(values: list[Any]) -> list[SafetyVerdict]:
+        async def many(values: list[Any]) -> list[SafetyVerdict | Exception]:
             return await run_in_executor(None, self._many, values)
 
         return await self._abatch_with_config(
@@ -214,4 +214,4 @@ if BaseDecisionModel is not None:
             )
 
 else:  # pragma: no cover
-    ScansDecisionModel = None  # type: ignore[assignment,misc]
+    ScansDecisionModel = None  # type: ignore[assignment,misc]  # a class where langchain-core has it

@@ -74,6 +74,7 @@ class _Steer:
                     f"{type(model).__name__}: pass the steered model to create_agent, or set "
                     "replace_model=True to answer with the middleware's guard model instead"
                 )
+            assert mw.llm is not None  # a strategy that steers has one (checked on construction)
             model = mw.llm
         if model.policy != self.policy:
             model = model.model_copy(update={"policy": self.policy, "guard": mw.policy})
@@ -103,8 +104,8 @@ class _Route:
     name, classifies_input = "route", True
 
     def model_request(self, mw: ScansGuardMiddleware, request: ModelRequest) -> ModelRequest | AIMessage:
-        record = request.state.get(STATE_KEY)
-        if not record:
+        record = _record(request.state)
+        if record is None:
             return request
         band = record["band"]
         route = mw.routes.get(band, mw.routes.get("harmful") if band == "grey" else None)
@@ -156,7 +157,13 @@ async def _adrive(steps: Generator[Step, Any, Any], do: Callable[[Step], Awaitab
         return stop.value
 
 
-class ScansGuardMiddleware(AgentMiddleware):
+def _record(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The guard's record of the latest human turn in an agent's state (`ScansGuardState`), if it holds one."""
+    record = state.get(STATE_KEY)
+    return record if isinstance(record, dict) and record else None
+
+
+class ScansGuardMiddleware(AgentMiddleware[ScansGuardState, Any]):
     """Guard an agent with sigma(q) and SCANS, in the manner of LangChain's moderation and PII middleware.
 
     Strategies (what the input decision does): "guard+steer" (default; every model call answered by the
@@ -414,11 +421,13 @@ class ScansGuardMiddleware(AgentMiddleware):
         if self.strategy in ("steer", "guard+steer"):
             verdict = verdict_from_metadata(reply.response_metadata)
             return decide(verdict, self.policy, "raise", self.block_grey) if verdict is not None else None
-        record = request.state.get(STATE_KEY)
-        if not record:
+        record = _record(request.state)
+        if record is None:
             return None
         verdict = SafetyVerdict.model_validate(record["verdict"]) if record.get("verdict") else None
-        action = "block" if record["band"] == "harmful" or (record["band"] == "grey" and self.block_grey) else "allow"
+        action: Literal["allow", "block"] = (
+            "block" if record["band"] == "harmful" or (record["band"] == "grey" and self.block_grey) else "allow"
+        )
         return Decision(record["band"], action, verdict, None)
 
     def _report_reply(self, reply: AIMessage) -> None:

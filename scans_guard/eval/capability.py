@@ -114,9 +114,7 @@ def run_perplexity(
             idx = [i for c, i in todo if c is cond]
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start : start + batch_size]
-                plan = engine.steering_plan(
-                    [engine.handle.tokenizer.decode(windows[i]) for i in chunk], **cond.generate_kwargs()
-                )
+                plan = engine.steering_plan([engine.handle.decode(windows[i]) for i in chunk], **cond.generate_kwargs())
                 results = token_nll(engine, [windows[i] for i in chunk], plan)
                 store.append(
                     {
@@ -169,7 +167,7 @@ def load_mmlu(
             raise ValueError(f"unknown MMLU subject(s) {unknown}")
         files = {name: f for name, f in files.items() if name in set(subjects)}
     questions = [
-        MmluQuestion(subject, i, row[0], tuple(row[1:5]), row[5].strip())
+        MmluQuestion(subject, i, row[0], (row[1], row[2], row[3], row[4]), row[5].strip())
         for subject, f in files.items()
         for i, row in enumerate(_read_mmlu(f)[:per_subject])
     ]
@@ -233,7 +231,10 @@ def choice_logits(engine: ScansEngine, conversations: Sequence[str | list[dict]]
     rows = [handle.chat_ids(c) for c in conversations]
     batch = PromptBatch.left_pad(rows, handle.tokenizer.pad_token_id, handle.device)
     with engine.steering.apply(plan, start_column=batch.input_ids.shape[1] - 1):
-        logits = prefill(handle.model, batch).logits[:, -1, :].float().cpu()
+        out = prefill(handle.model, batch)
+    if out.logits is None:
+        raise RuntimeError(f"{handle.name} returned no logits")
+    logits = out.logits[:, -1, :].float().cpu()
     letters = choice_token_ids(handle.tokenizer)
     return np.stack([logits[:, ids].max(-1).values.numpy() for ids in letters], axis=1)
 

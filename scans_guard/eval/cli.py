@@ -127,7 +127,7 @@ def summary_text(results: EvalResults, out: str) -> str:
         lines.append(f"sigma(q) {e.suite:36s} AUROC {num(m.auroc)}  F1@T {num(m.f1)}  FPR@T {pct(m.fpr)}")
     for cond, p in results.capability.perplexity.items():
         lines.append(f"perplexity {labels.get(cond, cond):22s} {num(p.perplexity, 2)} ({p.tokens} tokens)")
-    for cond, m in results.capability.mmlu.items():
-        lines.append(f"MMLU {labels.get(cond, cond):28s} {pct(m.accuracy)} ({m.correct}/{m.n})")
+    for cond, mmlu in results.capability.mmlu.items():
+        lines.append(f"MMLU {labels.get(cond, cond):28s} {pct(mmlu.accuracy)} ({mmlu.correct}/{mmlu.n})")
     lines.append(f"report: {out}/report.md")
     return "\n".join(lines)

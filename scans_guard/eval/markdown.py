@@ -148,7 +148,7 @@ def _refusal(res: EvalResults) -> list[str]:
             r = rates.rate(c.name, s, lab)
             cells.append("–" if r is None else f"{pct(r.rate)} ({r.refused}/{r.n})")
         summ = rates.summary.get(c.name)
-        cells += [pct(summ and summ.safe_mean_rate), pct(summ and summ.unsafe_mean_rate)]
+        cells += [pct(summ.safe_mean_rate if summ else None), pct(summ.unsafe_mean_rate if summ else None)]
         rows.append(cells)
     header = [
         "condition",

@@ -147,7 +147,11 @@ def classification_report(score_rows: Sequence[dict], threshold: float) -> list[
         rows = suite_rows(score_rows, sets)
         s = np.array([r["score"] for r in rows], dtype=np.float64)
         u = np.array([r["label"] == "unsafe" for r in rows])
-        entry = {"suite": name, "sets": list(sets), "at_artifact_T": classification_metrics(s, u, threshold)}
+        entry: dict[str, object] = {
+            "suite": name,
+            "sets": list(sets),
+            "at_artifact_T": classification_metrics(s, u, threshold),
+        }
         if 0 < u.sum() < len(u):
             best_t, _ = best_threshold(s, u.astype(int))
             entry["best_T"] = best_t
@@ -171,7 +175,7 @@ def threshold_sweep(scores: Sequence[float], unsafe: Sequence[bool], thresholds:
     out = []
     for t in thresholds:
         m = classification_metrics(scores, unsafe, t)
-        row = {"threshold": float(t)}
+        row: dict[str, float | None] = {"threshold": float(t)}
         for positive in POSITIVES:
             pm = m[f"positive={positive}"]
             row.update({f"{k}_{positive}": pm[k] for k in ("precision", "recall", "f1")})
@@ -192,7 +196,7 @@ def layer_profile(score_rows: Sequence[dict]) -> list[dict]:
     out = []
     for layer in layers:
         sims = np.array([r["layer_similarities"][layer] for r in score_rows], dtype=np.float64)
-        row = {"layer": int(layer)}
+        row: dict[str, float | None] = {"layer": int(layer)}
         for label, mask in (("safe", ~u), ("unsafe", u)):
             row[f"mean_{label}"] = float(sims[mask].mean()) if mask.any() else None
             row[f"std_{label}"] = float(sims[mask].std()) if mask.any() else None

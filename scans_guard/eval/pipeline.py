@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
@@ -148,7 +149,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
         config.sets, data_dir, calib, config.limit, config.seed, config.exclude_threshold_fit
     )
     gen_sets = generation_prompts(sets, config.generation_limit, config.generation_full, config.seed)
-    run = {
+    run: dict[str, Any] = {
         "library_version": __version__,
         "model": {
             "name": engine.handle.name,

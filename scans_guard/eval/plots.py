@@ -59,7 +59,9 @@ def refusal_bars(
     for ax, (lab, title) in zip(axes[0], panels):
         sets = groups[lab]
         for j, cond in enumerate(conditions):
-            xs, ys, err = [], [], [[], []]
+            xs: list[float] = []
+            ys: list[float] = []
+            err: list[list[float]] = [[], []]
             for i, s in enumerate(sets):
                 r = next((r for r in rates if r["condition"] == cond and r["set"] == s and r["label"] == lab), None)
                 if r is None:

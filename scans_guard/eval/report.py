@@ -119,17 +119,20 @@ def make_figures(res: EvalResults, score_rows: Sequence[dict], out: Path) -> dic
         figs["refusal_rates"] = plotting.refusal_bars(
             rates, conds, run.labels, set_order(set(run.sets)), pdir / "refusal_rates.png"
         )
-    curves, points = {}, {}
+    curves: dict[str, dict] = {}
+    points: dict[str, tuple[float, float]] = {}
     for e in cls.suites:
         rows = suite_rows(score_rows, e.sets)
         c = roc_points([r["score"] for r in rows], [r["label"] == "unsafe" for r in rows])
         if c is not None:
             m = e.at_artifact_T.unsafe
-            curves[e.suite], points[e.suite] = {**c, "auroc": m.auroc}, (m.fpr, m.recall)
+            curves[e.suite] = {**c, "auroc": m.auroc}
+            if m.fpr is not None and m.recall is not None:
+                points[e.suite] = (m.fpr, m.recall)
     if curves:
         figs["roc"] = plotting.roc_curves(curves, points, pdir / "roc.png")
     if len(cls.threshold_sweep.rows) > 1:
-        best = cls.suite("all").best_T if cls.suite("all") else None
+        best = whole.best_T if (whole := cls.suite("all")) else None
         figs["threshold_sweep"] = plotting.threshold_sweep(
             [r.model_dump() for r in cls.threshold_sweep.rows],
             cls.artifact_threshold,

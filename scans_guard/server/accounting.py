@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starlette.types import Scope
+
 from ..request_handle import RequestHandle
 from .state import ServerState
 
@@ -26,7 +28,7 @@ class Outcome:
     status: int | None = None  # the status to count when a stream failed after its 200 went out
 
 
-def outcome_of(scope: dict) -> Outcome:
+def outcome_of(scope: Scope) -> Outcome:
     return scope.setdefault(OUTCOME_KEY, Outcome())
 
 

@@ -108,7 +108,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         kind, code = kinds.get(exc.status_code, ("invalid_request_error", None))
         return ApiError(exc.status_code, str(exc.detail), type=kind, code=code).response()
 
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    # Starlette types every handler as taking any Exception; it passes this one only its HTTPException
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
 
 
 def _add_ops_routes(app: FastAPI, state: ServerState) -> None:
@@ -191,6 +192,7 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         conversation, config, options = _chat_inputs(body, settings, engine)
         policy = options.pop("policy")
         scheduler = state.scheduler
+        assert scheduler is not None  # set with the engine, which state.ready() returned
         if scheduler.waiting >= scheduler.max_queue:  # at once, without tokenizing (submit checks again under lock)
             raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={scheduler.max_queue})")
         started = time.perf_counter()
@@ -213,14 +215,15 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
             if handle.cancelled:  # the client went away before the stream began: nobody to answer
                 return Response(status_code=CLIENT_CLOSED)
             return StreamingResponse(
-                stream(state, outcome, events, meta, extension, include_usage),
+                stream(state, outcome, handle, events, meta, extension, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", **guard_headers(handle)},
             )
         await until_done(request, handle)
-        if handle.output is None:  # the client went away and the request was cancelled: nobody to answer
+        output = handle.output
+        if output is None:  # the client went away and the request was cancelled: nobody to answer
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(completion(state, outcome, meta, extension), headers=guard_headers(handle))
+        return JSONResponse(completion(state, outcome, handle, output, meta, extension), headers=guard_headers(handle))
 
     @app.post(
         "/v1/classify",
@@ -407,7 +410,7 @@ def _messages(messages: list[ChatMessage], param: str = "messages") -> list[dict
                     param=f"{param}.{i}.content",
                     code="invalid_value",
                 )
-            content = "".join(p.text for p in content)
+            content = "".join(p.text or "" for p in content)  # every part has text (checked above)
         if content is None:
             raise ApiError(400, "message content must be text", param=f"{param}.{i}.content", code="invalid_value")
         out.append({"role": "system" if m.role == "developer" else m.role, "content": content})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -57,7 +60,7 @@ def api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, ValidationError):
         errors = exc.errors()
-        first = errors[0] if errors else {}
+        first: Mapping[str, Any] = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             return ApiError(400, f"the request body is not valid JSON: {first.get('msg')}", code="invalid_json")
         param = _param(first.get("loc", ())) or None

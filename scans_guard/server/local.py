@@ -13,6 +13,10 @@ import ipaddress
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .serving import DrainingServer
 
 LOOPBACK = "127.0.0.1"
 
@@ -27,7 +31,7 @@ class LocalServer:
         self.host, self.port = host, port
         self.ready_timeout = ready_timeout
         self.log_level = log_level
-        self._server = None
+        self._server: DrainingServer | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
@@ -43,13 +47,13 @@ class LocalServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._socket = sock
-        self._server = draining_server(self.app, log_level=self.log_level, lifespan="on")
+        self._server = server = draining_server(self.app, log_level=self.log_level, lifespan="on")
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name=f"scans-guard-server-{self.port}", daemon=True
+            target=server.run, kwargs={"sockets": [sock]}, name=f"scans-guard-server-{self.port}", daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + self.ready_timeout
-        while not self._server.started:
+        while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the local server did not start")

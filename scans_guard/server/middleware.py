@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import time
 
+from starlette.types import Message
+
 from .accounting import outcome_of, record
 from .errors import ApiError
 from .metrics import route_label
@@ -36,7 +38,7 @@ class Guard:
         status = {"code": 500, "complete": False}
         outcome = outcome_of(scope)
 
-        async def counted_send(message: dict) -> None:
+        async def counted_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

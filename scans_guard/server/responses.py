@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from fastapi import Request
 
-from ..config import SafetyVerdict
+from ..config import SafetyVerdict, SteeredOutput
 from ..engine import StreamEvent
 from ..request_handle import RequestHandle
 from .accounting import Outcome, record
@@ -18,8 +18,8 @@ from .schemas import EXTENSION_KEY
 from .state import ServerState
 
 
-def verdict_json(verdict: SafetyVerdict | None) -> dict | None:
-    return None if verdict is None else verdict.model_dump(mode="json", exclude={"layer_similarities"})
+def verdict_json(verdict: SafetyVerdict) -> dict:
+    return verdict.model_dump(mode="json", exclude={"layer_similarities"})
 
 
 @contextlib.contextmanager
@@ -75,14 +75,14 @@ def _usage(handle: RequestHandle) -> dict:
     }
 
 
-def _finish_reason(handle: RequestHandle) -> str:
-    return "content_filter" if handle.refused else handle.output.finish_reason
+def _finish_reason(handle: RequestHandle, out: SteeredOutput) -> str:
+    return "content_filter" if handle.refused else out.finish_reason
 
 
-def _extension(handle: RequestHandle, extension: dict) -> dict:
-    steering = handle.output.steering  # what was added to this request's row (none when refused; the retry's)
+def _extension(handle: RequestHandle, out: SteeredOutput, extension: dict) -> dict:
+    steering = out.steering  # what was added to this request's row (none when refused; the retry's)
     return {
-        "verdict": verdict_json(handle.verdict),
+        "verdict": verdict_json(handle.verdict) if handle.verdict is not None else None,
         **extension,
         "steered": steering.coefficient != 0,
         "steering": steering.model_dump(),
@@ -91,10 +91,11 @@ def _extension(handle: RequestHandle, extension: dict) -> dict:
     }
 
 
-def completion(state: ServerState, outcome: Outcome, meta: dict, extension: dict) -> dict:
-    handle = outcome.handle
+def completion(
+    state: ServerState, outcome: Outcome, handle: RequestHandle, out: SteeredOutput, meta: dict, extension: dict
+) -> dict:
+    """The response to a request that ended with `out` (`handle`: the request, `outcome.handle`)."""
     record(state, outcome)
-    out = handle.output
     return {
         **meta,
         "object": "chat.completion",
@@ -104,11 +105,11 @@ def completion(state: ServerState, outcome: Outcome, meta: dict, extension: dict
                 "index": 0,
                 "message": {"role": "assistant", "content": out.text, "refusal": None},
                 "logprobs": None,
-                "finish_reason": _finish_reason(handle),
+                "finish_reason": _finish_reason(handle, out),
             }
         ],
         "usage": _usage(handle),
-        EXTENSION_KEY: _extension(handle, extension),
+        EXTENSION_KEY: _extension(handle, out, extension),
     }
 
 
@@ -124,15 +125,20 @@ async def _replayed(events: list[StreamEvent], handle: RequestHandle) -> AsyncIt
 
 
 async def stream(
-    state: ServerState, outcome: Outcome, events: list[StreamEvent], meta: dict, extension: dict, include_usage: bool
+    state: ServerState,
+    outcome: Outcome,
+    handle: RequestHandle,
+    events: list[StreamEvent],
+    meta: dict,
+    extension: dict,
+    include_usage: bool,
 ) -> AsyncIterator[str]:
     """SSE chunks: the role, text deltas, the finish chunk (with the verdict), the usage chunk if asked, [DONE].
-    `events`: what `until_started` read, sent first.
+    `handle`: the request (`outcome.handle`); `events`: what `until_started` read, sent first.
 
     An error after the stream began is sent as an `{"error": ...}` event before [DONE] (and counted with its status);
     a client that disconnects cancels the request (its row leaves the batch at the next step).
     """
-    handle = outcome.handle
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
 
     def chunk(delta: dict, finish: str | None = None, **extra: object) -> str:
@@ -154,11 +160,12 @@ async def stream(
             yield _sse(err.body())
             yield "data: [DONE]\n\n"
             return
-        if handle.output is None:  # cancelled
+        out = handle.output
+        if out is None:  # cancelled
             return
         record(state, outcome)
-        ext = {EXTENSION_KEY: _extension(handle, extension)}
-        yield chunk({}, _finish_reason(handle), **ext)
+        ext = {EXTENSION_KEY: _extension(handle, out, extension)}
+        yield chunk({}, _finish_reason(handle, out), **ext)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(handle), **ext})
         yield "data: [DONE]\n\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from types import FrameType
+from typing import Literal
 
 import anyio
 import uvicorn
@@ -61,10 +62,19 @@ class DrainingServer(uvicorn.Server):
         return True
 
 
-def draining_server(app, **config: object) -> DrainingServer:
-    """A DrainingServer for an app made by `create_app`; `config`: uvicorn.Config's options (host, port, ...)."""
-    config.setdefault("timeout_graceful_shutdown", FINAL_GRACE_S)
-    return DrainingServer(uvicorn.Config(app, **config), app.state.scans_guard)
+def draining_server(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str | None = None,
+    lifespan: Literal["auto", "on", "off"] = "auto",
+) -> DrainingServer:
+    """A DrainingServer for an app made by `create_app` (the options are uvicorn.Config's, with its defaults)."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan=lifespan, timeout_graceful_shutdown=FINAL_GRACE_S
+    )
+    return DrainingServer(config, app.state.scans_guard)
 
 
 def serve(app, host: str, port: int, log_level: str = "info") -> None:

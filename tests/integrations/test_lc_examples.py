@@ -73,7 +73,7 @@ def test_agent_middleware(example, monkeypatch):
     module = example("langchain_agent_middleware")
     results = module.main([])
     assert set(results) == {"steer", "block", "route"}
-    for name, states in results.items():
+    for states in results.values():
         assert len(states) == len(module.PROMPTS)
     for state in results["steer"]:
         assert state["messages"][-1].response_metadata["model_provider"] == "scans_guard"

@@ -115,7 +115,8 @@ def test_soak_thousand_requests_no_growth_no_leaks(tiny_engine):
         print(
             f"\nsoak: {REQUESTS} requests in {warm_s + soak_s:.1f} s ({WARM_UP} warm-up in {warm_s:.1f} s, "
             f"{(REQUESTS - WARM_UP) / soak_s:.1f} req/s after); RSS {rss_warm / 1024:.1f} -> "
-            f"{rss_end / 1024:.1f} MiB ({growth:+.2%}); threads {idle_threads} idle -> {end_threads} (+{workers} anyio workers); "
+            f"{rss_end / 1024:.1f} MiB ({growth:+.2%}); threads {idle_threads} idle -> {end_threads} "
+            f"(+{workers} anyio workers); "
             f"fds {idle_fds} -> {end_fds}; live handles {handles}; threads {names}"
         )
         bad = [(i, r) for i, r in enumerate(results) if r[0] != 200]
