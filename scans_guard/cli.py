@@ -258,7 +258,7 @@ def _print_remote_reply(server: RemoteGuard, conversation, config, steer: bool, 
     """A server's reply printed as `_stream_reply` prints a local one (all at once: the verdict comes with it)."""
     reply = server.chat(conversation, config, steer=steer, retry=retry is not None, policy=policy)
     if reply.verdict is not None:
-        reasons = ", ".join(GuardPolicy().decide(reply.verdict).reasons) if reply.refused else ""
+        reasons = ", ".join(GuardPolicy().decide(reply.verdict).reasons) or "the server's guard"
         print(f"[{_verdict_line(reply.verdict)}{f' blocked: {reasons}' if reply.refused else ''}]")
     print(reply.text, end="")
     if reply.retried_at is not None:

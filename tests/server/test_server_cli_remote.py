@@ -61,6 +61,22 @@ def test_classify_json_has_the_local_verdicts_fields(server, local, capsys):
     assert rc == 0 and err == "" and rows(out) == expected
 
 
+def test_classify_more_prompts_than_one_request_takes(server, local, capsys, monkeypatch):
+    from scans_guard.cli_remote import MAX_CLASSIFY_INPUTS
+
+    lines = "".join(f"Is {i} a prime number?\n" for i in range(MAX_CLASSIFY_INPUTS + 3))
+
+    def classify(*argv: str) -> str:
+        monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+        rc, out, _ = _run(capsys, ["classify", *argv, "-"])
+        assert rc == 0
+        return out
+
+    expected = classify(*local)
+    assert len(expected.splitlines()) == MAX_CLASSIFY_INPUTS + 3
+    assert classify("--server", server.base_url) == expected
+
+
 @pytest.mark.parametrize("policy", ["guard+steer", "steer"])
 def test_chat_one_shot_prints_what_the_local_model_prints(server, local, capsys, policy):
     flags = ["--max-new-tokens", "6", "--policy", policy]
