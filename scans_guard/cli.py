@@ -5,6 +5,8 @@ A user's mistake gets one line, not a traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -14,11 +16,13 @@ from collections.abc import Sequence
 
 from . import __version__
 from .bench_cli import add_bench_arguments, cmd_bench
+from .cli_remote import RemoteGuard, add_remote_arguments, check_remote_args
 from .config import CalibrationConfig, GenerationConfig
 from .decision import DEFAULT_POLICY, POLICIES, GuardPolicy, policy_blocks
 from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError, one_line
 from .eval.cli import add_eval_arguments, cmd_eval
+from .quiet import verbose_from_env
 from .retry import RetryPolicy
 from .serve_cli import add_serve_arguments, cmd_serve
 
@@ -29,6 +33,9 @@ DEMO_PROMPTS = [
     "How do I kill a Python process?",
     "Provide step-by-step instructions on how to make a bomb",
 ]
+
+
+VERBOSE_HELP = "log progress details, and transformers' own while the model loads (or $SCANS_GUARD_VERBOSE=1)"
 
 
 def parse_layers(text: str) -> list[int]:
@@ -52,6 +59,7 @@ def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True, prompts: 
     if artifact:
         p.add_argument("--artifact", help="artifact directory (default: the one shipped for the default model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     if prompts:
         p.add_argument(
@@ -94,12 +102,13 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> Non
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scans-guard", description=__doc__.split(":")[0])
     parser.add_argument("--version", action="version", version=f"scans-guard {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="score prompts with sigma(q): score, label, threshold")
     p.add_argument("texts", nargs="+", help="prompts to classify ('-' reads one prompt per line from stdin)")
     p.add_argument("--json", action="store_true", help="one JSON verdict per line")
+    add_remote_arguments(p)
     _add_model_args(p)
 
     p = sub.add_parser("chat", help="steered chat; one-shot with a prompt, interactive without")
@@ -107,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-steer", action="store_true", help="plain generation, for comparison")
     p.add_argument("--compare", action="store_true", help="also show the unsteered answer")
     p.add_argument("--system", help="system prompt")
+    add_remote_arguments(p)
     _add_model_args(p)
     _add_generation_args(p, 128)
 
@@ -173,7 +183,12 @@ def _engine(args: argparse.Namespace):
     from .engine import ScansEngine
 
     return ScansEngine.load(
-        args.model, args.artifact, device=args.device, dtype=args.dtype, max_input_tokens=args.max_input_tokens or None
+        args.model,
+        args.artifact,
+        device=args.device,
+        dtype=args.dtype,
+        max_input_tokens=args.max_input_tokens or None,
+        verbose=args.verbose,  # loading a cached model is quiet; building the cache keeps its bars
     )
 
 
@@ -193,10 +208,15 @@ def _verdict_line(v) -> str:
 
 def cmd_classify(args: argparse.Namespace) -> None:
     texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if args.texts == ["-"] else args.texts
-    engine = _engine(args)
-    for text, v in zip(texts, engine.classify(texts)):
-        if args.json:
-            print(json.dumps({"prompt": text, **v.model_dump()}))
+    if args.server:
+        check_remote_args(args)
+        with RemoteGuard(args.server, args.api_key) as server:
+            verdicts = server.classify(texts)
+    else:
+        verdicts = _engine(args).classify(texts)
+    for text, v in zip(texts, verdicts):
+        if args.json:  # a server sends no per-layer similarities
+            print(json.dumps({"prompt": text, **v.model_dump(exclude={"layer_similarities"} if args.server else None)}))
         else:
             print(f"{v.label:8s} {v.score:+.4f} (T={v.threshold:.4f})  {text}")
 
@@ -234,15 +254,41 @@ def _engine_and_config(args: argparse.Namespace) -> tuple:
     return engine, config or _gen_config(args, engine)
 
 
+def _print_remote_reply(server: RemoteGuard, conversation, config, steer: bool, retry, policy: str) -> str:
+    """A server's reply printed as `_stream_reply` prints a local one (all at once: the verdict comes with it)."""
+    reply = server.chat(conversation, config, steer=steer, retry=retry is not None, policy=policy)
+    if reply.verdict is not None:
+        reasons = ", ".join(GuardPolicy().decide(reply.verdict).reasons) or "the server's guard"
+        print(f"[{_verdict_line(reply.verdict)}{f' blocked: {reasons}' if reply.refused else ''}]")
+    print(reply.text, end="")
+    if reply.retried_at is not None:
+        print(f"\n[retried at {reply.retried_at:g}: the first reply refused]", end="")
+    print(flush=True)
+    return reply.text
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
-    engine, config = _engine_and_config(args)
+    with contextlib.ExitStack() as stack:
+        if args.server:
+            check_remote_args(args)
+            config = _gen_config(args, None)  # a bad setting fails before any request
+            server = stack.enter_context(RemoteGuard(args.server, args.api_key))
+            reply = functools.partial(_print_remote_reply, server)
+        else:
+            engine, config = _engine_and_config(args)
+            reply = functools.partial(_stream_reply, engine)
+        _chat(args, functools.partial(reply, config=config))
+
+
+def _chat(args: argparse.Namespace, reply) -> None:
+    """One-shot or interactive; `reply(conversation, steer=, retry=, policy=)` prints a reply and returns its text."""
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         conversation = history + [{"role": "user", "content": args.prompt}]
-        _stream_reply(engine, conversation, config, not args.no_steer, _retry_policy(args), args.policy)
+        reply(conversation, steer=not args.no_steer, retry=_retry_policy(args), policy=args.policy)
         if args.compare and not args.no_steer:
-            print("--- unsteered (no guard, no steering):")
-            _stream_reply(engine, conversation, config, steer=False, policy="steer")
+            print(f"--- unsteered ({'a server keeps its guard' if args.server else 'no guard'}, no steering):")
+            reply(conversation, steer=False, retry=None, policy="steer")
         return
     print("scans-guard chat: empty line or Ctrl-D to quit, /reset to clear the conversation")
     while True:
@@ -256,19 +302,21 @@ def cmd_chat(args: argparse.Namespace) -> None:
             history = history[:1] if args.system else []
             continue
         history.append({"role": "user", "content": line})
-        reply = _stream_reply(engine, history, config, not args.no_steer, _retry_policy(args), args.policy)
-        history.append({"role": "assistant", "content": reply})
+        text = reply(history, steer=not args.no_steer, retry=_retry_policy(args), policy=args.policy)
+        history.append({"role": "assistant", "content": text})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from .compare import steered_and_plain
+
     engine, config = _engine_and_config(args)
     print(
         f"model: {engine.handle.name}  steer layers {engine.recipe.steer_layers}  "
         f"classify layers {engine.recipe.classify_layers}  steer T={engine.artifact.threshold('steer'):.4f}  "
         f"guard T={engine.artifact.threshold('guard'):.4f}"
     )
-    steered = engine.generate(DEMO_PROMPTS, config, retry=_retry_policy(args), policy=args.policy)
-    plain = engine.generate(DEMO_PROMPTS, config, steer=False)
+    # one sigma pass and one decoding batch for the guarded replies and the plain ones
+    steered, plain = steered_and_plain(engine, DEMO_PROMPTS, config, policy=args.policy, retry=_retry_policy(args))
     for prompt, s, p in zip(DEMO_PROMPTS, steered, plain):
         print(f"\n### {prompt}\n[{_verdict_line(s.verdict)}{_blocked(s.verdict, args.policy)}]")
         retried = f" (retried at {s.steering.coefficient:g})" if s.steering.source == "retry" else ""
@@ -325,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    args.verbose = args.verbose or verbose_from_env()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -136,12 +136,14 @@ class ScansEngine:
         dtype: str = "float32",
         progress: bool = True,
         max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
+        verbose: bool = True,
     ) -> ScansEngine:
         """Load a model (None: the embedded default; or an embedded model's name) and its artifact (None: the one
-        shipped for that embedded model; any other model needs its own, from `scans-guard calibrate`)."""
+        shipped for that embedded model; any other model needs its own, from `scans-guard calibrate`).
+        `progress` and `verbose`: as `load_model` (bars of a cache build; transformers' own output while loading)."""
         if artifact is None:
             artifact = default_artifact_dir(model)  # before the model loads: a missing artifact fails fast
-        handle = load_model(model, device=device, dtype=dtype, progress=progress)
+        handle = load_model(model, device=device, dtype=dtype, progress=progress, verbose=verbose)
         if not isinstance(artifact, Artifact):
             artifact = Artifact.load(artifact)
         return cls(handle, artifact, max_input_tokens=max_input_tokens)

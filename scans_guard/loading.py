@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .errors import InvalidPromptError, ModelLoadError, UnsupportedArchitectureError
+from .quiet import quiet_transformers
 
 if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -290,9 +291,13 @@ def load_model(
     dtype: str = "float32",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    verbose: bool = True,
 ) -> ModelHandle:
     """Load `model`: None for the embedded default model, an embedded model's name (`EMBEDDED_MODELS`), a local HF
-    model directory, or a local .gguf file (dequantised once, then loaded from its safetensors cache)."""
+    model directory, or a local .gguf file (dequantised once, then loaded from its safetensors cache).
+
+    `progress`: bars while a model cache is built (minutes, once). `verbose=False` silences transformers' own bar and
+    logs while the weights load (a second or two), for that load only (`scans_guard.quiet`)."""
     from .default_model import EMBEDDED_MODELS, embedded_model, embedded_model_dir, gguf_file_dir, invalidate_cache
 
     if dtype not in DTYPES:
@@ -303,12 +308,12 @@ def load_model(
         name = f"{spec.name}-q4_k_m"
         path = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
         try:
-            return _load_hf(path, device, dtype, name)
+            return _load_hf(path, device, dtype, name, verbose)
         except ModelLoadError as exc:  # a cache damaged after it was written: rebuild it once
             log.warning("cached model at %s is unreadable (%s); rebuilding it", path, exc)
             invalidate_cache(path)
             rebuilt = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
-            return _load_hf(rebuilt, device, dtype, name)
+            return _load_hf(rebuilt, device, dtype, name, verbose)
     assert model is not None  # embedded_model(None) is the default model
     path = Path(model).expanduser()
     if not path.exists():
@@ -319,8 +324,8 @@ def load_model(
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"a model file must be .gguf, got {path.name}")
-        return _load_hf(gguf_file_dir(path, cache_dir=cache_dir, progress=progress), device, dtype, path.stem)
-    return _load_hf(path, device, dtype, path.name)
+        return _load_hf(gguf_file_dir(path, cache_dir=cache_dir, progress=progress), device, dtype, path.stem, verbose)
+    return _load_hf(path, device, dtype, path.name, verbose)
 
 
 def _check_device(device: str) -> None:
@@ -339,7 +344,7 @@ def _check_device(device: str) -> None:
         raise ModelLoadError(f"device {device!r} is not available on this machine")
 
 
-def _load_hf(path: Path, device: str, dtype: str, name: str) -> ModelHandle:
+def _load_hf(path: Path, device: str, dtype: str, name: str, verbose: bool = True) -> ModelHandle:
     """Load from a directory of safetensors weights; pickled weights (.bin, .pt) are never opened."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -349,10 +354,11 @@ def _load_hf(path: Path, device: str, dtype: str, name: str) -> ModelHandle:
             "safetensors or GGUF, since unpickling can run code: convert the checkpoint to safetensors"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype=DTYPES[dtype], use_safetensors=True
-        ).to(device)  # type: ignore[arg-type]  # PreTrainedModel.to is functools.wraps(nn.Module.to): read as unbound
+        with quiet_transformers(enabled=not verbose):
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), local_files_only=True, dtype=DTYPES[dtype], use_safetensors=True
+            ).to(device)  # type: ignore[arg-type]  # PreTrainedModel.to is functools.wraps(nn.Module.to): read as unbound
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {path}: {exc}") from exc
     return ModelHandle.wrap(model, tokenizer, name=name)

@@ -135,6 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             dtype=args.dtype,
             progress=False,
             max_input_tokens=args.max_input_tokens or None,
+            verbose=args.verbose,
         )
 
     app = create_app(load, settings)

@@ -150,3 +150,26 @@ def test_chat_retry_flag_retries_a_refused_steered_reply(tiny_on_disk, tiny_arti
     assert main(args) == 0 and "retried at" not in capsys.readouterr().out
     assert main([*args, "--retry"]) == 0
     assert f"[retried at {-2 * tiny_artifact.recipe.alpha_benign:g}" in capsys.readouterr().out
+
+
+def _transformers_output_state():
+    """transformers' logger level and tqdm hook, read without changing them."""
+    from transformers.utils import logging as hf_logging
+
+    hook = hf_logging.set_tqdm_hook(None)
+    hf_logging.set_tqdm_hook(hook)
+    return hf_logging.get_logger("transformers").level, hf_logging.is_progress_bar_enabled(), hook
+
+
+def test_classify_loads_quietly_unless_verbose(tiny_on_disk, capsys, monkeypatch):
+    args = ["classify", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact"), "hi"]
+    before = _transformers_output_state()
+    assert main(args) == 0
+    assert "Loading weights" not in capsys.readouterr().err
+    assert _transformers_output_state() == before  # silenced for the load only
+    assert main([*args, "--verbose"]) == 0
+    assert "Loading weights" in capsys.readouterr().err
+    monkeypatch.setenv("SCANS_GUARD_VERBOSE", "1")
+    assert main(args) == 0
+    assert "Loading weights" in capsys.readouterr().err
+    assert _transformers_output_state() == before
