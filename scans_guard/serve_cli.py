@@ -10,6 +10,7 @@ import os
 
 from .decision import DEFAULT_POLICY, POLICIES
 from .errors import ScansGuardError
+from .serve_ray_cli import add_ray_arguments, cmd_serve_ray, ray_options_from_args
 
 API_KEY_ENV = "SCANS_GUARD_API_KEY"
 
@@ -88,6 +89,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--max-tokens-limit", type=int, default=4096, help="the most tokens a request may ask for (default %(default)s)"
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_ray_arguments(p)
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -113,6 +115,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    ray_options_from_args(args)  # Ray's flags are checked (and refused without --ray) before anything loads
     try:
         from .server import create_app
         from .server.serving import serve
@@ -126,6 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # An embedded model (by name) has its shipped artifact; any other needs --artifact: fail before serving.
     artifact = args.artifact if args.artifact is not None else default_artifact_dir(args.model)
     settings = settings_from_args(args)  # a bad setting fails before anything loads
+    if args.ray:
+        return cmd_serve_ray(args, settings, artifact)
 
     def load() -> ScansEngine:
         return ScansEngine.load(

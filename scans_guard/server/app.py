@@ -186,7 +186,7 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
     async def chat_completions(request: Request) -> Response:
         engine = state.ready()
         body = ChatCompletionRequest.model_validate_json(
-            await _read_body(request, settings.max_body_bytes), strict=True
+            await read_body(request, settings.max_body_bytes), strict=True
         )
         _check_model(state, body.model)
         conversation, config, options = _chat_inputs(body, settings, engine)
@@ -232,7 +232,7 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
     )
     async def classify(request: Request) -> JSONResponse:
         engine = state.ready()
-        body = ClassifyRequest.model_validate_json(await _read_body(request, settings.max_body_bytes), strict=True)
+        body = ClassifyRequest.model_validate_json(await read_body(request, settings.max_body_bytes), strict=True)
         _check_model(state, body.model)
         conversations = _classify_inputs(body, settings.max_classify_inputs)
         if state.classifying >= settings.max_queue:
@@ -276,7 +276,7 @@ def _version() -> str:
     return __version__
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -1,7 +1,9 @@
-"""Ray Serve deployment of the guarded model server: N replicas, each its own engine and continuous-batching
-scheduler, behind Ray Serve's HTTP proxy (extra `[ray]`).
+"""Ray Serve deployment of the guarded model server: N model replicas, each its own engine and continuous-batching
+scheduler, behind a front deployment that Ray Serve's HTTP proxy sends every request to (extra `[ray]`).
 
-    serve run scans_guard.server.ray_serve:build_app num_replicas=2          # the default model, 2 replicas
+    scans-guard serve --ray --replicas 2                                     # the default model, 2 replicas
+    scans-guard serve --ray --min-replicas 1 --max-replicas 4 --target-ongoing-requests 8
+    serve run scans_guard.server.ray_serve:build_app num_replicas=2          # the same with Ray's own CLI
     serve run scans_guard.server.ray_serve:build_app model=/m artifact=/a min_replicas=1 max_replicas=4
 
 or from Python (examples/ray_serve_deployment.py):
@@ -10,31 +12,60 @@ or from Python (examples/ray_serve_deployment.py):
     from scans_guard.server.ray_serve import build_app
     serve.run(build_app({"num_replicas": 2}), route_prefix="/")
 
-Each replica is the same FastAPI app as `scans-guard serve` (`create_app`), built on the replica at start-up
-(`__serve_build_asgi_app__`), so routes, the `scans_guard` extension, errors and metrics are identical; /metrics is
-per replica. The proxy spreads requests over replicas; inside a replica they are batched continuously. A replica holds
-a full copy of the model: memory grows linearly with replicas, and on one machine replicas share its CPU cores.
+Each replica runs the same FastAPI app as `scans-guard serve` (`create_app`), so routes, the `scans_guard` extension,
+errors and metrics are identical; /metrics is per replica, and every response names its replica in the
+X-Scans-Guard-Replica header. The front (ray_front.py: no model, no CPU reserved) hands each request to a replica
+through Ray's router, which spreads them by in-flight requests, and turns a replica's death into OpenAI's error
+shape or a retry on another replica. Inside a replica requests are batched continuously. A replica holds a full
+copy of the model: memory grows linearly with replicas, and on one machine replicas share its CPU cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
 from ..engine import DEFAULT_MAX_INPUT_TOKENS, ScansEngine
+from ..errors import InvalidArgumentError
+from ..ray_options import RayServeOptions
 from .app import create_app
+from .asgi_call import BufferedRequest, ResponseStart, call
+from .ray_front import ScansGuardFront
 from .state import ServerSettings
 
-# Per replica: in-flight requests the proxy may send it. Above the scheduler's max_batch they queue in the
-# replica's own scheduler (429 past its max_queue), so keep it near max_batch + max_queue.
-DEFAULT_MAX_ONGOING_REQUESTS = 32
+APP_NAME = "scans-guard"
+REPLICAS_NAME = "scans-guard"  # the model replicas' deployment
+FRONT_NAME = "scans-guard-front"
+REPLICA_HEADER = "X-Scans-Guard-Replica"
+ENGINE_KEYS = ("model", "artifact", "device", "dtype", "max_input_tokens", "torch_threads")
 
 
-@serve.ingress()
+class ReplicaHeader:
+    """ASGI middleware: every response names the replica that answered it, so clients (and tests) can see how the
+    proxy spread their requests and which replica's /metrics to read."""
+
+    def __init__(self, app, replica: str):
+        self.app = app
+        self.header = (REPLICA_HEADER.lower().encode(), replica.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named_send)
+
+
 class ScansGuardReplica:
-    """One replica: the engine (loaded at start-up; the replica is healthy once loaded) and the server app on it."""
+    """One replica: the engine (loaded at start-up; the replica is healthy once loaded) and the server app on it,
+    which the front calls with each request (`handle`)."""
 
     def __init__(
         self,
@@ -49,50 +80,99 @@ class ScansGuardReplica:
         if torch_threads:
             import torch
 
-            torch.set_num_threads(torch_threads)
+            torch.set_num_threads(int(torch_threads))
         self.settings = ServerSettings(**(settings or {}))
         self.engine = ScansEngine.load(
-            model, artifact, device=device, dtype=dtype, progress=False, max_input_tokens=max_input_tokens
+            model,
+            artifact,
+            device=device,
+            dtype=dtype,
+            progress=False,
+            max_input_tokens=int(max_input_tokens) if max_input_tokens else None,
         )
 
-    def __serve_build_asgi_app__(self):
-        return create_app(self.engine, self.settings)
+        self.app = create_app(self.engine, self.settings)
+        self.app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
+
+    async def handle(self, request: BufferedRequest) -> AsyncIterator[ResponseStart | bytes]:
+        """The app's response to one request, streamed back to the front (asgi_call.call)."""
+        async for item in call(self.app, request):
+            yield item
+
+    def __del__(self) -> None:  # Ray Serve stops a replica: its scheduler's thread stops with it
+        scheduler = getattr(getattr(self, "app", None), "state", None)
+        scheduler = getattr(getattr(scheduler, "scans_guard", None), "scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
+
+
+def application(options: RayServeOptions, engine: dict[str, Any] | None = None, settings: ServerSettings | None = None):
+    """The Ray Serve application: `options`' replicas, each loading the engine from `engine` (ScansGuardReplica's
+    arguments) and serving with `settings`."""
+    unknown = sorted(set(engine or {}) - set(ENGINE_KEYS))
+    if unknown:
+        raise TypeError(f"unknown engine options {unknown}; known: {list(ENGINE_KEYS)}")
+    settings = settings or ServerSettings()
+    replica_options = options.deployment_options()
+    replicas = serve.deployment(ScansGuardReplica, name=REPLICAS_NAME, **replica_options)
+    most = replica_options.get("num_replicas") or replica_options["autoscaling_config"]["max_replicas"]
+    front = serve.deployment(
+        ScansGuardFront,
+        name=FRONT_NAME,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},  # it only relays: the CPUs are the model replicas'
+        max_ongoing_requests=max(most, 1) * options.max_ongoing_requests,  # never the bottleneck
+        graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s,
+    )
+    return front.bind(replicas.bind(**(engine or {}), settings=vars(settings)), settings.max_body_bytes)
 
 
 def build_app(args: dict[str, Any] | None = None):
     """A Ray Serve application from flat options (what `serve run ... key=value` passes).
 
-    Replicas: num_replicas=N (fixed), or min_replicas / max_replicas / target_ongoing_requests (autoscaling on the
-    in-flight requests per replica). num_cpus: CPUs reserved per replica (default 1). Engine: model, artifact,
-    device, dtype, max_input_tokens, torch_threads. Server: any ServerSettings field (api_key, max_batch, ...).
+    Replicas (RayServeOptions): num_replicas=N (fixed), or min_replicas / max_replicas / target_ongoing_requests
+    (autoscaling on the in-flight requests per replica), num_cpus / num_gpus per replica, max_ongoing_requests.
+    Engine: model, artifact, device, dtype, max_input_tokens, torch_threads. Server: any ServerSettings field
+    (api_key, max_batch, ...). A typo or a bad value fails here, before a replica starts.
     """
     args = dict(args or {})
-    engine_keys = ("model", "artifact", "device", "dtype", "max_input_tokens", "torch_threads")
-    engine_args = {k: args.pop(k) for k in engine_keys if k in args}
-    options = {
-        "ray_actor_options": {"num_cpus": float(args.pop("num_cpus", 1))},
-        "max_ongoing_requests": int(args.pop("max_ongoing_requests", DEFAULT_MAX_ONGOING_REQUESTS)),
-        # A replica loads a model: give it time to come up and to drain its streams on the way down.
-        "graceful_shutdown_timeout_s": float(args.pop("graceful_shutdown_timeout_s", 20)),
-        "health_check_timeout_s": float(args.pop("health_check_timeout_s", 60)),
-    }
-    autoscale = {
-        k: args.pop(k)
-        for k in ("min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s")
-        if k in args
-    }
-    if autoscale:
-        options["autoscaling_config"] = {
-            "min_replicas": 1,
-            "max_replicas": 2,
-            "target_ongoing_requests": 8,
-            **{k: float(v) if "delay" in k or "target" in k else int(v) for k, v in autoscale.items()},
-        }
-    else:
-        options["num_replicas"] = int(args.pop("num_replicas", 1))
-    settings = _settings(args)  # what is left are server settings; a typo fails here, before Ray starts
-    deployment = serve.deployment(ScansGuardReplica, name="scans-guard", **options)
-    return deployment.bind(**engine_args, settings=vars(settings))
+    engine = {k: args.pop(k) for k in ENGINE_KEYS if k in args}
+    options = RayServeOptions.parse({k: args.pop(k) for k in RayServeOptions.model_fields if k in args})
+    return application(options, engine, _settings(args))
+
+
+def start(
+    options: RayServeOptions,
+    engine: dict[str, Any] | None = None,
+    settings: ServerSettings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+) -> None:
+    """Deploy the application with Ray Serve's HTTP proxy on host:port; returns once every replica is up. A local Ray
+    instance on loopback is started unless one is already up in this process or `address` names a cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        if address is None:  # a local instance: Ray's own traffic stays on this machine
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+        else:
+            ray.init(address=address)
+    check_resources(options, ray.cluster_resources())  # else serve.run would wait for replicas that never fit
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(application(options, engine, settings), name=APP_NAME, route_prefix="/")
+
+
+def check_resources(options: RayServeOptions, cluster: dict[str, float]) -> None:
+    """The replicas Ray must start first fit the cluster's CPUs and GPUs (InvalidArgumentError if not)."""
+    first = options.deployment_options().get("num_replicas") or options.bounds()[0]
+    for resource, each, flag in (("CPU", options.num_cpus, "cpus"), ("GPU", options.num_gpus, "gpus")):
+        need, have = first * each, cluster.get(resource, 0.0)
+        if need > have:
+            raise InvalidArgumentError(
+                f"{first} replicas at {each:g} {resource}s each need {need:g} {resource}s; the Ray cluster has "
+                f"{have:g}: start fewer replicas or lower --num-{flag}-per-replica (a fraction shares a device)"
+            )
 
 
 def _settings(args: dict[str, Any]) -> ServerSettings:
