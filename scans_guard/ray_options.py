@@ -7,6 +7,7 @@ Ray starts or where it is not installed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,8 +65,8 @@ class RayServeOptions(BaseModel):
     def _consistent(self) -> RayServeOptions:
         if self.autoscaling and self.num_replicas is not None:
             raise ValueError(
-                "give a fixed number of replicas or autoscaling bounds (min/max replicas, target ongoing "
-                "requests), not both"
+                "give a fixed num_replicas or autoscaling (min_replicas, max_replicas, target_ongoing_requests, "
+                "upscale_delay_s, downscale_delay_s), not both"
             )
         low, high = self.bounds()
         if self.autoscaling and low > high:
@@ -119,7 +120,9 @@ class RayServeOptions(BaseModel):
             problems = []
             for err in exc.errors():
                 name = str(err["loc"][0]) if err["loc"] else ""
-                label = flag_of(name) if flags and name else name
                 message = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{label}: {message}" if label else message)
-            raise InvalidArgumentError("; ".join(problems)) from None
+                problems.append(f"{name}: {message}" if name else message)
+            text = "; ".join(problems)
+            if flags:  # name each option by its flag
+                text = re.sub(r"\b(" + "|".join(CLI_OPTIONS) + r")\b", lambda m: flag_of(m.group(1)), text)
+            raise InvalidArgumentError(text) from None
