@@ -1,0 +1,235 @@
+"""1 vs N model replicas on Ray Serve, against the single-process server: requests/s and latency under a fixed load.
+
+    python benchmarks/ray_replicas.py                                  # the tiny model: 1 and 2 replicas, 64 requests
+    python benchmarks/ray_replicas.py --replicas 1,2,4 --requests 128 --concurrency 32 --report benchmarks/results/ray
+    python benchmarks/ray_replicas.py --model /models/m --artifact /artifacts/m --max-tokens 64
+
+One local Ray instance on 127.0.0.1 (no dashboard), Ray Serve's HTTP proxy on a free loopback port; each replica count
+is deployed in turn (`scans_guard.server.ray_serve.start`), warmed up with one request per replica, then sent exactly
+`--requests` non-streamed greedy chat completions (`--max-tokens` tokens each, `ignore_eos`, policy "steer" so every
+request decodes) from `--concurrency` client threads, every request with a timeout. The single-process server
+(`LocalServer`, same settings) runs the same load first as the baseline. Per row: requests answered 200, failed,
+wall time, requests/s, p50 / p95 latency, and how many requests each replica answered (X-Scans-Guard-Replica).
+Timings only: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+PROMPTS = [
+    "How do I bake bread?",
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "How do I kill a Python process?",
+    "Explain photosynthesis in one sentence.",
+    "Paris?",
+]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_request(port: int, body: dict, timeout: float) -> dict:
+    """One non-streamed chat completion: its status, latency and the replica that answered."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    t0 = time.perf_counter()
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return {
+            "status": response.status,
+            "latency_s": time.perf_counter() - t0,
+            "replica": response.getheader("X-Scans-Guard-Replica"),
+        }
+    except OSError as exc:  # refused, reset or timed out: failed
+        return {"status": 0, "error": repr(exc)}
+    finally:
+        conn.close()
+
+
+def run_load(port: int, model: str, requests: int, concurrency: int, max_tokens: int, timeout: float) -> dict:
+    """Exactly `requests` requests from `concurrency` threads taking the next one until none is left."""
+    results: list[dict] = []
+    lock = threading.Lock()
+    queue = list(range(requests))
+
+    def client() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                k = queue.pop()
+            body = {
+                "model": model,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+            }
+            result = one_request(port, body, timeout)
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * requests + 30)
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r["status"] == 200]
+    latency = [r["latency_s"] for r in ok]
+    return {
+        "requests": requests,
+        "ok": len(ok),
+        "failed": len(results) - len(ok) + (requests - len(results)),
+        "wall_s": wall,
+        "requests_per_s": len(ok) / wall if wall else None,
+        "latency_s": {"p50": percentile(latency, 0.5), "p95": percentile(latency, 0.95)},
+        "per_replica": sorted(Counter(r["replica"] for r in ok if r["replica"]).values(), reverse=True),
+    }
+
+
+def _tiny_on_disk(root: Path) -> tuple[str, str, str]:
+    """The tiny test model with its artifact, saved where the replicas can load them; (model, artifact, name)."""
+    from scans_guard import CalibrationConfig
+    from scans_guard.calibration import calibrate
+    from scans_guard.testing import tiny_model
+
+    handle = tiny_model("qwen2", seed=0)
+    config = CalibrationConfig(
+        n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2], alpha_benign=4.0, alpha_harmful=4.0
+    )
+    artifact = calibrate(handle, config, progress=False)
+    handle.model.save_pretrained(root / "model")
+    handle.tokenizer.save_pretrained(root / "model")
+    artifact.save(root / "artifact")
+    return str(root / "model"), str(root / "artifact"), "model"
+
+
+def run(args: argparse.Namespace) -> dict:
+    import ray
+    from ray import serve
+
+    from scans_guard import ScansEngine
+    from scans_guard.ray_options import RayServeOptions
+    from scans_guard.server import LocalServer, ServerSettings, create_app
+    from scans_guard.server.ray_serve import APP_NAME, start
+
+    load = (args.requests, args.concurrency, args.max_tokens, args.timeout)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model, artifact, name = args.model, args.artifact, Path(args.model).name
+        else:
+            model, artifact, name = _tiny_on_disk(Path(tmp))
+        settings = ServerSettings(policy="steer", served_model_name=name, max_batch=args.max_batch)
+        rows = []
+
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+        engine = ScansEngine.load(model, artifact, progress=False)
+        with LocalServer(create_app(engine, settings)) as local:
+            one_request(local.port, _warm(name), args.timeout)
+            rows.append({"server": "single process", "replicas": 1, **run_load(local.port, name, *load)})
+        del engine
+
+        port = free_port()
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            for n in args.replicas:
+                options = RayServeOptions(num_replicas=n, num_cpus=args.num_cpus_per_replica)
+                engine_args = {"model": model, "artifact": artifact, "torch_threads": args.torch_threads}
+                start(options, engine_args, settings, port=port)
+                for _ in range(2 * n):  # every replica warm (the router spreads these)
+                    one_request(port, _warm(name), args.timeout)
+                rows.append({"server": "ray serve", "replicas": n, **run_load(port, name, *load)})
+                serve.delete(APP_NAME)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return {
+        "config": {k: v for k, v in vars(args).items() if k != "report"},
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "rows": rows,
+    }
+
+
+def _warm(name: str) -> dict:
+    return {"model": name, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _table(report: dict) -> list[str]:
+    lines = [
+        f"{report['config']['requests']} requests, {report['config']['concurrency']} clients, "
+        f"{report['config']['max_tokens']} tokens each, {report['cpus']} CPUs",
+        "| server | replicas | ok / failed | wall s | requests/s | p50 s | p95 s | per replica |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lat = r["latency_s"]
+        lines.append(
+            f"| {r['server']} | {r['replicas']} | {r['ok']} / {r['failed']} | {r['wall_s']:.1f} | "
+            f"{_fmt(r['requests_per_s'])} | {_fmt(lat['p50'])} | {_fmt(lat['p95'])} | "
+            f"{'+'.join(map(str, r['per_replica'])) or '-'} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", default="1,2", help="replica counts to run, comma-separated (default 1,2)")
+    parser.add_argument("--requests", type=int, default=64, help="requests per row (default 64)")
+    parser.add_argument("--concurrency", type=int, default=16, help="client threads (default 16)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per reply (default 32)")
+    parser.add_argument("--max-batch", type=int, default=16, help="rows decoding at once per replica (default 16)")
+    parser.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves per replica")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per replica (default 1)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    parser.add_argument("--model", help="a model directory (default: the tiny test model, built in code)")
+    parser.add_argument("--artifact", help="its artifact directory (with --model)")
+    parser.add_argument("--report", help="write DIR/summary.json and DIR/summary.md")
+    args = parser.parse_args(argv)
+    args.replicas = [int(n) for n in args.replicas.split(",")]
+    if args.model and not args.artifact:
+        parser.error("--model needs --artifact")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from summary_io import write_summary
+
+    report = run(args)
+    write_summary(args.report, report, _table(report))
+    return report
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main(sys.argv[1:])
