@@ -8,23 +8,26 @@ One local Ray instance on 127.0.0.1 (no dashboard), Ray Serve's HTTP proxy on a 
 is deployed in turn (`scans_guard.server.ray_serve.start`), warmed up with one request per replica, then sent exactly
 `--requests` non-streamed greedy chat completions (`--max-tokens` tokens each, `ignore_eos`, policy "steer" so every
 request decodes) from `--concurrency` client threads, every request with a timeout. The single-process server
-(`LocalServer`, same settings) runs the same load first as the baseline. Per row: requests answered 200, failed,
-wall time, requests/s, p50 / p95 latency, and how many requests each replica answered (X-Scans-Guard-Replica).
-Timings only: nothing here asserts a speed.
+(`scans-guard serve` in its own process, same settings) runs the same load first as the baseline. Per row: requests
+answered 200, failed, wall time, requests/s, p50 / p95 latency, and how many requests each replica answered
+(X-Scans-Guard-Replica). Timings only: nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 PROMPTS = [
@@ -133,9 +136,8 @@ def run(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
 
-    from scans_guard import ScansEngine
     from scans_guard.ray_options import RayServeOptions
-    from scans_guard.server import LocalServer, ServerSettings, create_app
+    from scans_guard.server import ServerSettings
     from scans_guard.server.ray_serve import APP_NAME, start
 
     load = (args.requests, args.concurrency, args.max_tokens, args.timeout)
@@ -147,14 +149,8 @@ def run(args: argparse.Namespace) -> dict:
         settings = ServerSettings(policy="steer", served_model_name=name, max_batch=args.max_batch)
         rows = []
 
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-        engine = ScansEngine.load(model, artifact, progress=False)
-        with LocalServer(create_app(engine, settings)) as local:
-            one_request(local.port, _warm(name), args.timeout)
-            rows.append({"server": "single process", "replicas": 1, **run_load(local.port, name, *load)})
-        del engine
+        with _single_process(model, artifact, name, args) as port:
+            rows.append({"server": "single process", "replicas": 1, **run_load(port, name, *load)})
 
         port = free_port()
         os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
@@ -178,6 +174,28 @@ def run(args: argparse.Namespace) -> dict:
         "load_average": os.getloadavg(),
         "rows": rows,
     }
+
+
+@contextlib.contextmanager
+def _single_process(model: str, artifact: str, name: str, args: argparse.Namespace) -> Iterator[int]:
+    """`scans-guard serve` in its own process (as each replica is), ready and warm; its port."""
+    port = free_port()
+    flags = ["--policy", "steer", "--served-model-name", name, "--max-batch", str(args.max_batch)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scans_guard.cli", "serve", "--model", model, "--artifact", artifact]
+        + ["--port", str(port), "--log-level", "warning", *flags],
+        env={**os.environ, "OMP_NUM_THREADS": str(args.torch_threads), "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while one_request(port, _warm(name), 10)["status"] != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the single-process server did not start")
+            time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 def _warm(name: str) -> dict:

@@ -90,7 +90,6 @@ class ScansGuardReplica:
             progress=False,
             max_input_tokens=int(max_input_tokens) if max_input_tokens else None,
         )
-
         self.app = create_app(self.engine, self.settings)
         self.app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
 
@@ -99,11 +98,9 @@ class ScansGuardReplica:
         async for item in call(self.app, request):
             yield item
 
-    def __del__(self) -> None:  # Ray Serve stops a replica: its scheduler's thread stops with it
-        scheduler = getattr(getattr(self, "app", None), "state", None)
-        scheduler = getattr(getattr(scheduler, "scans_guard", None), "scheduler", None)
-        if scheduler is not None:
-            scheduler.close()
+    def __del__(self) -> None:  # Ray Serve stops the replica: its scheduler's thread stops with it
+        if hasattr(self, "app"):  # the engine loaded
+            self.app.state.scans_guard.scheduler.close()
 
 
 def application(options: RayServeOptions, engine: dict[str, Any] | None = None, settings: ServerSettings | None = None):
