@@ -97,10 +97,9 @@ def cmd_serve_ray(args: argparse.Namespace, settings, artifact: str | None) -> N
     except KeyboardInterrupt:
         pass
     finally:
-        if "ray" in sys.modules:  # Ray was imported, so it may be up: stop what deploy started
-            import ray
+        ray = sys.modules.get("ray")  # imported by deploy: Ray may be up, so stop what deploy started
+        if ray is not None and ray.is_initialized():
             from ray import serve
 
-            if ray.is_initialized():
-                serve.shutdown()
-                ray.shutdown()
+            serve.shutdown()
+            ray.shutdown()

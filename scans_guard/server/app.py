@@ -185,9 +185,7 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
     )
     async def chat_completions(request: Request) -> Response:
         engine = state.ready()
-        body = ChatCompletionRequest.model_validate_json(
-            await read_body(request, settings.max_body_bytes), strict=True
-        )
+        body = ChatCompletionRequest.model_validate_json(await read_body(request, settings.max_body_bytes), strict=True)
         _check_model(state, body.model)
         conversation, config, options = _chat_inputs(body, settings, engine)
         policy = options.pop("policy")

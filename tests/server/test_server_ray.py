@@ -53,6 +53,18 @@ def _deployment_config(name: str) -> dict:
     return details["applications"][APP_NAME]["deployments"][name]["deployment_config"]
 
 
+def test_build_app_validates_serve_run_options():
+    from scans_guard.errors import InvalidArgumentError
+    from scans_guard.server.ray_serve import _settings, build_app
+
+    assert _settings({"max_batch": "4", "api_key": "k", "steer": "false"}).max_batch == 4
+    with pytest.raises(TypeError, match="unknown"):
+        build_app({"max_bach": 4})
+    with pytest.raises(InvalidArgumentError, match="min_replicas"):
+        build_app({"min_replicas": "3", "max_replicas": "2"})
+    assert build_app({"min_replicas": "1", "max_replicas": "3", "max_batch": "8"}) is not None
+
+
 def test_cli_flags_reach_ray(proxy_port, tiny_on_disk):
     from scans_guard.cli import build_parser
     from scans_guard.serve_cli import settings_from_args
