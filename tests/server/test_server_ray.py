@@ -65,6 +65,18 @@ def test_build_app_validates_serve_run_options():
     assert build_app({"min_replicas": "1", "max_replicas": "3", "max_batch": "8"}) is not None
 
 
+def test_replicas_that_cannot_fit_the_cluster_are_refused():
+    from scans_guard.errors import InvalidArgumentError
+    from scans_guard.server.ray_serve import check_resources
+
+    with pytest.raises(InvalidArgumentError, match="3 replicas at 1 CPUs each need 3 CPUs; the Ray cluster has 2"):
+        check_resources(RayServeOptions(num_replicas=3), {"CPU": 2.0})
+    with pytest.raises(InvalidArgumentError, match="need 2 GPUs; the Ray cluster has 0"):
+        check_resources(RayServeOptions(min_replicas=2, num_cpus=0.5, num_gpus=1), {"CPU": 2.0})
+    check_resources(RayServeOptions(num_replicas=3, num_cpus=0.5), {"CPU": 2.0})
+    check_resources(RayServeOptions(min_replicas=1, max_replicas=8), {"CPU": 2.0})  # only the first replicas must fit
+
+
 def test_cli_flags_reach_ray(proxy_port, tiny_on_disk):
     from scans_guard.cli import build_parser
     from scans_guard.serve_cli import settings_from_args
