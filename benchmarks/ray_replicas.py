@@ -4,13 +4,13 @@
     python benchmarks/ray_replicas.py --replicas 1,2,4 --requests 128 --concurrency 32 --report benchmarks/results/ray
     python benchmarks/ray_replicas.py --model /models/m --artifact /artifacts/m --max-tokens 64
 
-One local Ray instance on 127.0.0.1 (no dashboard), Ray Serve's HTTP proxy on a free loopback port; each replica count
-is deployed in turn (`scans_guard.server.ray_serve.start`), warmed up with one request per replica, then sent exactly
-`--requests` non-streamed greedy chat completions (`--max-tokens` tokens each, `ignore_eos`, policy "steer" so every
-request decodes) from `--concurrency` client threads, every request with a timeout. The single-process server
-(`scans-guard serve` in its own process, same settings) runs the same load first as the baseline. Per row: requests
-answered 200, failed, wall time, requests/s, p50 / p95 latency, and how many requests each replica answered
-(X-Scans-Guard-Replica). Timings only: nothing here asserts a speed.
+One local Ray instance (`local_ray`: every Ray process on 127.0.0.1, no dashboard), Ray Serve's HTTP proxy on a free
+loopback port; each replica count is deployed in turn (`scans_guard.server.ray_serve.start`), warmed up with two
+requests per replica, then sent exactly `--requests` non-streamed greedy chat completions (`--max-tokens` tokens each,
+`ignore_eos`, policy "steer" so every request decodes) from `--concurrency` client threads, every request with a
+timeout. The single-process server (`scans-guard serve` in its own process, same settings) runs the same load first
+as the baseline. Per row: requests answered 200, failed, wall time, requests/s, p50 / p95 latency, and how many
+requests each replica answered (X-Scans-Guard-Replica). Timings only: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -133,12 +133,11 @@ def _tiny_on_disk(root: Path) -> tuple[str, str, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import ray
     from ray import serve
 
     from scans_guard.ray_options import RayServeOptions
     from scans_guard.server import ServerSettings
-    from scans_guard.server.ray_serve import APP_NAME, start
+    from scans_guard.server.ray_serve import APP_NAME, local_ray, start
 
     load = (args.requests, args.concurrency, args.max_tokens, args.timeout)
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,9 +152,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append({"server": "single process", "replicas": 1, **run_load(port, name, *load)})
 
         port = free_port()
-        os.environ.setdefault("OMP_NUM_THREADS", str(args.torch_threads))
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
-        try:
+        with local_ray(runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.torch_threads)}}):
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             for n in args.replicas:
                 options = RayServeOptions(num_replicas=n, num_cpus=args.num_cpus_per_replica)
@@ -165,9 +162,6 @@ def run(args: argparse.Namespace) -> dict:
                     one_request(port, _warm(name), args.timeout)
                 rows.append({"server": "ray serve", "replicas": n, **run_load(port, name, *load)})
                 serve.delete(APP_NAME)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
     return {
         "config": {k: v for k, v in vars(args).items() if k != "report"},
         "cpus": os.cpu_count(),

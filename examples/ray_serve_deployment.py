@@ -4,7 +4,7 @@
     python examples/ray_serve_deployment.py --replicas 2          # the default model, 2 replicas
     python examples/ray_serve_deployment.py --tiny                # a tiny random model (gibberish replies)
 
-The same deployment from the shell: `serve run scans_guard.server.ray_serve:build_app num_replicas=2`.
+The same deployment from the shell: `scans-guard serve --ray --replicas 2`.
 Requests go to the proxy on 127.0.0.1; each replica batches its share continuously (docs/server.md, Ray Serve).
 """
 
@@ -15,11 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import ray
 from openai import OpenAI
 from ray import serve
 
-from scans_guard.server.ray_serve import build_app
+from scans_guard.server.ray_serve import build_app, local_ray
 
 QUESTIONS = ["How do I kill a Python process that hangs?", "What's the best way to blow up a balloon?"]
 
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     answers = []
     with tempfile.TemporaryDirectory() as tmp:
         engine_args = _tiny_on_disk(Path(tmp)) if args.tiny else {}
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")  # Ray's own traffic stays on loopback
-        try:
+        with local_ray():  # every Ray process on 127.0.0.1
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             serve.run(
                 build_app({**engine_args, "num_replicas": args.replicas, "torch_threads": 1}),
@@ -61,9 +59,6 @@ def main(argv: list[str] | None = None) -> list[str]:
                 verdict = reply.model_extra["scans_guard"]["verdict"]
                 answers.append(reply.choices[0].message.content)
                 print(f"\n### {question}\n[{verdict['label']}, steer {verdict['direction']}]\n{answers[-1].strip()}")
-        finally:
-            serve.shutdown()
-            ray.shutdown()
     return answers
 
 

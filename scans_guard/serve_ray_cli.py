@@ -6,8 +6,8 @@ Kept apart from `scans_guard.server.ray_serve` so the flags parse and validate w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
-import sys
 import threading
 
 from .errors import InvalidArgumentError, ScansGuardError
@@ -62,14 +62,10 @@ def ray_options_from_args(args: argparse.Namespace) -> RayServeOptions:
 
 
 def deploy(args: argparse.Namespace, settings, artifact: str | None) -> tuple[str, RayServeOptions]:
-    """Validate the flags, then deploy on Ray Serve (a local Ray instance unless --ray-address); the proxy's URL."""
+    """Validate the flags, then deploy on the Ray instance this process is connected to; the proxy's URL."""
     options = ray_options_from_args(args)
-    try:
-        from .server import ray_serve
-    except ImportError as exc:
-        raise ScansGuardError(
-            f"scans-guard serve --ray needs the [ray] extra ({exc.name} is missing): pip install 'scans-guard[ray]'"
-        ) from None
+    from .server import ray_serve
+
     engine = {
         "model": args.model,
         "artifact": artifact,
@@ -78,28 +74,37 @@ def deploy(args: argparse.Namespace, settings, artifact: str | None) -> tuple[st
         "max_input_tokens": args.max_input_tokens or None,
         "torch_threads": args.torch_threads,
     }
-    ray_serve.start(options, engine, settings, host=args.host, port=args.port, address=args.ray_address)
+    ray_serve.start(options, engine, settings, host=args.host, port=args.port)
     return f"http://{args.host}:{args.port}/v1", options
 
 
 def cmd_serve_ray(args: argparse.Namespace, settings, artifact: str | None) -> None:
-    """Deploy, then serve until SIGINT or SIGTERM; Ray Serve and the Ray instance are shut down on the way out."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    """Connect to Ray (a local instance on 127.0.0.1 unless --ray-address), deploy, then serve until SIGINT or
+    SIGTERM; Ray Serve, and the local instance, are shut down on the way out."""
+    ray_options_from_args(args)  # a bad flag fails before Ray starts
     try:
+        import ray
+        from ray import serve
+
+        from .server import ray_serve
+    except ImportError as exc:
+        raise ScansGuardError(
+            f"scans-guard serve --ray needs the [ray] extra ({exc.name} is missing): pip install 'scans-guard[ray]'"
+        ) from None
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        if args.ray_address:
+            ray.init(address=args.ray_address)
+            stack.callback(ray.shutdown)
+            stack.callback(serve.delete, ray_serve.APP_NAME)  # the cluster's other Serve apps stay
+        else:
+            stack.enter_context(ray_serve.local_ray())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after Ray's start-up, which installs its own
         url, options = deploy(args, settings, artifact)
         fixed = options.deployment_options().get("num_replicas")
         low, high = options.bounds()
-        replicas = f"{fixed} replicas" if fixed else f"replicas autoscaled {low}-{high}"
+        replicas = f"{fixed} replica{'s' * (fixed != 1)}" if fixed else f"replicas autoscaled {low}-{high}"
         print(f"scans-guard serve --ray: {url} ({replicas}; Ctrl-C stops)", flush=True)
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        ray = sys.modules.get("ray")  # imported by deploy: Ray may be up, so stop what deploy started
-        if ray is not None and ray.is_initialized():
-            from ray import serve
-
-            serve.shutdown()
-            ray.shutdown()
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):
+                pass

@@ -22,8 +22,10 @@ copy of the model: memory grows linearly with replicas, and on one machine repli
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ray import serve
@@ -138,23 +140,55 @@ def build_app(args: dict[str, Any] | None = None):
     return application(options, engine, _settings(args))
 
 
+# Ray turns 127.0.0.1 into the machine's routable address (and listens on every interface) unless it is told there is
+# no cluster to join; it reads this at import, in this process and in each of its own.
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: float | None = None, runtime_env: dict | None = None) -> Iterator[None]:
+    """A Ray instance on this machine only, for the block: every Ray process listens on 127.0.0.1, no dashboard.
+    Shut down, and Ray's single-node switch put back, when the block ends."""
+    import ray
+    from ray._private import ray_constants
+
+    before = os.environ.get(SINGLE_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_NODE_ENV] = "0"  # Ray's own processes (raylet, agents, workers) inherit it
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+            log_to_driver=False,
+            runtime_env=runtime_env,
+        )
+        yield
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        if before[0] is None:
+            os.environ.pop(SINGLE_NODE_ENV, None)
+        else:
+            os.environ[SINGLE_NODE_ENV] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+
 def start(
     options: RayServeOptions,
     engine: dict[str, Any] | None = None,
     settings: ServerSettings | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    address: str | None = None,
 ) -> None:
-    """Deploy the application with Ray Serve's HTTP proxy on host:port; returns once every replica is up. A local Ray
-    instance on loopback is started unless one is already up in this process or `address` names a cluster."""
+    """Deploy the application on the Ray instance this process is connected to (`local_ray()`, or `ray.init(address=
+    ...)` for a cluster), Ray Serve's HTTP proxy on host:port; returns once every replica is up."""
     import ray
 
-    if not ray.is_initialized():
-        if address is None:  # a local instance: Ray's own traffic stays on this machine
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
-        else:
-            ray.init(address=address)
+    if not ray.is_initialized():  # else Ray Serve would start a default instance, listening on every interface
+        raise RuntimeError("connect to Ray first: inside local_ray(), or after ray.init(address=...)")
     check_resources(options, ray.cluster_resources())  # else serve.run would wait for replicas that never fit
     serve.start(http_options={"host": host, "port": port})
     serve.run(application(options, engine, settings), name=APP_NAME, route_prefix="/")

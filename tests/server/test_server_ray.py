@@ -18,7 +18,7 @@ from server_helpers import free_port  # noqa: E402
 
 from scans_guard.ray_options import RayServeOptions  # noqa: E402
 from scans_guard.server import ServerSettings  # noqa: E402
-from scans_guard.server.ray_serve import APP_NAME, REPLICA_HEADER, REPLICAS_NAME, start  # noqa: E402
+from scans_guard.server.ray_serve import APP_NAME, REPLICA_HEADER, REPLICAS_NAME, local_ray, start  # noqa: E402
 
 TIMEOUT = 60  # seconds, every client call
 PROMPTS = [f"Question {i}: how do I {task}?" for i, task in enumerate(["bake bread", "tie a knot"] * 8)]
@@ -26,21 +26,20 @@ PROMPTS = [f"Question {i}: how do I {task}?" for i, task in enumerate(["bake bre
 
 @pytest.fixture(scope="module")
 def proxy_port():
-    port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",  # Ray's own traffic on loopback
-        configure_logging=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}},
-    )
-    try:
+    with local_ray(num_cpus=2, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}}):
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+
+
+def test_every_ray_process_listens_on_loopback_only(proxy_port):
+    psutil = pytest.importorskip("psutil")
+
+    ours = {p.pid: p.name() for p in psutil.Process().children(recursive=True)}  # this instance's processes
+    assert any("raylet" in name for name in ours.values()), ours
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert any(c.laddr.port == proxy_port for c in listening), listening  # the proxy is among them
+    assert {c.laddr.ip.removeprefix("::ffff:") for c in listening} == {"127.0.0.1"}, listening
 
 
 def _client(base_url: str):
