@@ -11,6 +11,7 @@ with a bare "Internal Server Error".
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -20,6 +21,8 @@ from ..errors import one_line
 from .app import read_body
 from .asgi_call import BufferedRequest, ResponseStart
 from .errors import ApiError, BodyTooLarge, api_error
+
+log = logging.getLogger(__name__)
 
 # Replicas a request is offered to before a 503: a second is enough to ride out one replica's death, while a request
 # that itself kills replicas cannot take down more than two.
@@ -57,6 +60,7 @@ class ScansGuardFront:
             try:
                 start = await replies.__anext__()
             except Exception as exc:  # the replica died, or none could take it: offer the request to another
+                log.warning("a replica failed before answering %s %s: %s", call.method, call.path, one_line(exc))
                 failure = exc
                 continue
             return _response(start, replies)
@@ -83,6 +87,7 @@ async def _rest(first: bytes, replies, sse: bool) -> AsyncIterator[bytes]:
             async for chunk in replies:
                 yield chunk
         except Exception as exc:  # the replica died mid-stream: say so in-band, then end the stream cleanly
+            log.warning("a replica failed mid-stream: %s", one_line(exc))
             if not sse:
                 raise
             yield f"data: {json.dumps(replica_unavailable(exc).body())}\n\ndata: [DONE]\n\n".encode()
