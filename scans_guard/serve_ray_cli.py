@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import signal
 import threading
+from pathlib import Path
 
 from .errors import InvalidArgumentError, ScansGuardError
 from .ray_options import CLI_OPTIONS, RayServeOptions, flag_of
@@ -61,14 +62,14 @@ def ray_options_from_args(args: argparse.Namespace) -> RayServeOptions:
     return RayServeOptions.parse(values, flags=True)
 
 
-def deploy(args: argparse.Namespace, settings, artifact: str | None) -> tuple[str, RayServeOptions]:
+def deploy(args: argparse.Namespace, settings, artifact: str | Path | None) -> tuple[str, RayServeOptions]:
     """Validate the flags, then deploy on the Ray instance this process is connected to; the proxy's URL."""
     options = ray_options_from_args(args)
     from .server import ray_serve
 
     engine = {
         "model": args.model,
-        "artifact": artifact,
+        "artifact": None if artifact is None else str(artifact),
         "device": args.device,
         "dtype": args.dtype,
         "max_input_tokens": args.max_input_tokens or None,
@@ -78,7 +79,7 @@ def deploy(args: argparse.Namespace, settings, artifact: str | None) -> tuple[st
     return f"http://{args.host}:{args.port}/v1", options
 
 
-def cmd_serve_ray(args: argparse.Namespace, settings, artifact: str | None) -> None:
+def cmd_serve_ray(args: argparse.Namespace, settings, artifact: str | Path | None) -> None:
     """Connect to Ray (a local instance on 127.0.0.1 unless --ray-address), deploy, then serve until SIGINT or
     SIGTERM; Ray Serve, and the local instance, are shut down on the way out."""
     ray_options_from_args(args)  # a bad flag fails before Ray starts

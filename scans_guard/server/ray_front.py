@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 2
 
 
-def replica_unavailable(exc: BaseException | None) -> ApiError:
+def replica_unavailable(exc: Exception | None) -> ApiError:
     reason = f": {one_line(exc)}" if exc is not None else ""
     return ApiError(
         503,
@@ -54,7 +54,7 @@ class ScansGuardFront:
         call = BufferedRequest(
             request.method, request.url.path, request.url.query.encode(), list(request.headers.raw), body
         )
-        failure: BaseException | None = None
+        failure: Exception | None = None
         for _ in range(ATTEMPTS):
             replies = self.replicas.remote(call)
             try:
