@@ -6,7 +6,7 @@
 The tool schemas go to the model's chat template (Qwen2.5's has a tools section); sigma classifies the conversation
 without them (it was calibrated on requests without tool schemas) and the reply, generated with them at that
 verdict's steering, has its <tool_call> blocks read back as `tool_calls` (streamed as `tool_call_chunks`).
-A 0.5B model does not always call the tool it is asked to: `include_raw=True` keeps the raw reply and the
+A small local model does not always call the tool it is asked to: `include_raw=True` keeps the raw reply and the
 parsing error instead of raising.
 """
 

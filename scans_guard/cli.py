@@ -53,8 +53,8 @@ def parse_layers(text: str) -> list[int]:
 def _add_model_args(p: argparse.ArgumentParser, artifact: bool = True, prompts: bool = True) -> None:
     p.add_argument(
         "--model",
-        help="an embedded model (qwen2.5-coder-0.5b-instruct, the default, or "
-        "qwen2.5-coder-1.5b-instruct), a local HF model directory or a .gguf file",
+        help="an embedded model (qwen2.5-coder-1.5b-instruct, the default, or the small, fast "
+        "qwen2.5-coder-0.5b-instruct), a local HF model directory or a .gguf file",
     )
     if artifact:
         p.add_argument("--artifact", help="artifact directory (default: the one shipped for the default model)")

@@ -9,7 +9,7 @@ engine needs: a row's steering never touches another row.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 from .config import GenerationConfig, RowSteering, SafetyVerdict, SteeredOutput
 from .decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, policy_blocks, policy_steers
@@ -72,7 +72,7 @@ def _steering(verdict: SafetyVerdict, policy: Policy) -> RowSteering:
     return RowSteering.of(verdict.coefficient, "sigma", "steer") if policy_steers(policy) else RowSteering()
 
 
-def _announced(verdicts: dict[int, SafetyVerdict], events: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+def _announced(verdicts: dict[int, SafetyVerdict], events: Iterator[StreamEvent]) -> Generator[StreamEvent, None, None]:
     """The rows' verdicts first, as a classifying generation streams them (the retry judges rows by them)."""
     for row, verdict in verdicts.items():
         yield StreamEvent(row=row, verdict=verdict)

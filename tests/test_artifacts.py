@@ -117,6 +117,6 @@ def test_each_embedded_model_finds_its_shipped_artifact(tmp_path):
     for name, layers in (("qwen2.5-coder-0.5b-instruct", 24), ("qwen2.5-coder-1.5b-instruct", 28)):
         art = Artifact.load(default_artifact_dir(name))
         assert art.meta.model_fingerprint["n_layers"] == layers and art.recipe.steer_layers
-    assert default_artifact_dir(None) == default_artifact_dir("qwen2.5-coder-0.5b-instruct")
+    assert default_artifact_dir(None) == default_artifact_dir("qwen2.5-coder-1.5b-instruct")
     with pytest.raises(ArtifactError, match="needs an artifact"):
         default_artifact_dir(tmp_path / "my-model")

