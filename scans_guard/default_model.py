@@ -286,7 +286,8 @@ def _build_cache(work: Path, get_gguf, progress: bool) -> None:
         del model.config.quantization_config
     with torch.no_grad():
         if all(float(p.abs().max()) <= _FP16_MAX for p in model.parameters()):
-            model = model.half()
+            # .half() is refused on a model loaded through a quantizer; .to(dtype) is not
+            model = model.to(torch.float16)  # type: ignore[arg-type]  # PreTrainedModel.to is read as unbound
         else:
             log.warning("%s has weights beyond float16's range; caching them at float32", gguf.name)
     out = work / "model"
