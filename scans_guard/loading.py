@@ -8,8 +8,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -18,6 +20,7 @@ from torch import nn
 from .errors import InvalidPromptError, ModelLoadError, UnsupportedArchitectureError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,6 +77,9 @@ class ModelHandle:
     # A fast tokenizer keeps `split_special_tokens` as state on its shared backend: encode calls from several threads
     # must not interleave, or a template's <|im_start|> gets split, or a forged one in content becomes a control token.
     tokenize_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Objects derived from the model once and kept with it (the grammar vocabulary of constrained decoding).
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
+    _derived_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def wrap(cls, model: nn.Module, tokenizer: object, name: str = "model") -> ModelHandle:
@@ -95,6 +101,13 @@ class ModelHandle:
         tokenizer.padding_side = "left"
         model.eval()
         return cls(model=model, tokenizer=tokenizer, layers=layers, final_norm=norm, lm_head=head, name=name)
+
+    def cached(self, key: str, build: Callable[[], T]) -> T:
+        """The object `build()` made for this model on the first call with `key` (built once, also across threads)."""
+        with self._derived_lock:
+            if key not in self._derived:
+                self._derived[key] = build()
+            return self._derived[key]
 
     @property
     def n_layers(self) -> int:
