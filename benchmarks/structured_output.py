@@ -8,18 +8,23 @@ Speed (`speed`): `--speed-prompts` prompts decoded greedily one at a time (`stee
 loop alone), plain and under `Constraint.json(CITY)` alternating, `--repeats` times; ms per token is the mean time of
 every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens (ignore_eos); a
 constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
+Step times on a shared machine move with its load, so `mask_ms_per_token` also replays the constrained replies'
+tokens through the mask alone (compute, apply, advance): the constraint's own cost, and its share of a plain step.
 
 Validity (`validity`): `--prompts` varied prompts (cities x request kinds), decoded in batches of `--batch-size` under
 the engine's "steer" policy (sigma classifies and steers every row; nothing is blocked, so every reply is the
 model's): with the tools in the chat template and `tool_choice` "required" (a call is valid when it names a tool and
 its arguments validate strictly against that tool's parameters; unconstrained, the same with the calls read from
 free text), and with `response_format` CITY (the reply validates as a CITY object). `cut`: replies that ran out of
-`--max-new-tokens` (a constrained reply cut short is invalid). Timings only: nothing here asserts a speed.
+`--max-new-tokens` (a constrained reply cut short is invalid); `--free-prompts N` runs the unconstrained baseline on
+the first N prompts only. Progress goes to stderr. Timings only: nothing here asserts a speed.
 """
 
 # No `from __future__ import annotations`: pydantic must resolve the models' Literal fields when this is loaded by path.
 import argparse
+import json
 import statistics
+import sys
 import time
 from typing import Literal
 
@@ -29,7 +34,7 @@ from summary_io import write_summary
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.batching import PromptBatch
-from scans_guard.constrained import vocabulary
+from scans_guard.constrained import ConstrainedRows, vocabulary
 from scans_guard.constraints import Constraint
 from scans_guard.loading import ToolConversation
 from scans_guard.steering import steered_decode
@@ -106,8 +111,11 @@ def _json_valid(text: str) -> bool:
     return True
 
 
-def validity(engine: ScansEngine, items: list[str], max_new_tokens: int, batch_size: int) -> dict:
-    """Valid-call and schema-valid rates, constrained and not, over `items`."""
+def validity(
+    engine: ScansEngine, items: list[str], max_new_tokens: int, batch_size: int, free_prompts: int | None = None
+) -> dict:
+    """Valid-call and schema-valid rates over `items` under the constraint, and without it over the first
+    `free_prompts` of them (None: all)."""
     modes = {
         "tool_choice_required": (
             lambda p: ToolConversation([{"role": "user", "content": p}], TOOLS),
@@ -120,10 +128,13 @@ def validity(engine: ScansEngine, items: list[str], max_new_tokens: int, batch_s
     for name, (conversation, constraint, valid) in modes.items():
         for constrained in (True, False):
             config = GenerationConfig(max_new_tokens=max_new_tokens, constraint=constraint if constrained else None)
+            subset = items if constrained or free_prompts is None else items[:free_prompts]
             outputs, t0 = [], time.perf_counter()
-            for start in range(0, len(items), batch_size):
-                batch = [conversation(p) for p in items[start : start + batch_size]]
+            for start in range(0, len(subset), batch_size):
+                batch = [conversation(p) for p in subset[start : start + batch_size]]
                 outputs += engine.generate(batch, config)
+                done = f"{len(outputs)}/{len(subset)}, {sum(valid(o.text) for o in outputs)} valid"
+                print(f"{name} constrained={constrained}: {done}", file=sys.stderr, flush=True)
             ok = [valid(o.text) for o in outputs]
             table[f"{name}/{'constrained' if constrained else 'free'}"] = {
                 "n": len(outputs),
@@ -137,15 +148,33 @@ def validity(engine: ScansEngine, items: list[str], max_new_tokens: int, batch_s
     return table
 
 
-def _step_ms(engine: ScansEngine, prompt: str, config: GenerationConfig) -> list[float]:
+def _step_ms(engine: ScansEngine, prompt: str, config: GenerationConfig, tokens: list[int]) -> list[float]:
+    """ms of each decoding step after the first (which holds the prefill); the tokens go to `tokens`."""
     handle = engine.handle
     batch = PromptBatch.left_pad([handle.chat_ids(prompt)], handle.tokenizer.pad_token_id, handle.device)
     times, t = [], time.perf_counter()
-    for _ in steered_decode(handle, batch, {}, config):
+    for token in steered_decode(handle, batch, {}, config):
         now = time.perf_counter()
         times.append(1e3 * (now - t))
+        tokens.append(int(token[0]))
         t = now
-    return times[1:]  # the first step holds the prefill
+    return times[1:]
+
+
+def mask_ms(engine: ScansEngine, constraint: Constraint, replies: list[list[int]]) -> float:
+    """The constraint's own cost per token, ms: computing, applying and advancing the mask over `replies` (tokens
+    decoded under it) on logits of the model's width; unlike step times, hardly moved by other load on the machine."""
+    width = vocabulary(engine.handle).size
+    total, n = 0.0, 0
+    for reply in replies:
+        rows = ConstrainedRows.build(engine.handle, [constraint])
+        for token in reply:
+            logits = torch.zeros(1, width)
+            t = time.perf_counter()
+            rows.mask(logits)
+            rows.consume(torch.tensor([token]))
+            total, n = total + time.perf_counter() - t, n + 1
+    return 1e3 * total / max(n, 1)
 
 
 def speed(engine: ScansEngine, items: list[str], max_new_tokens: int, repeats: int) -> dict:
@@ -154,30 +183,43 @@ def speed(engine: ScansEngine, items: list[str], max_new_tokens: int, repeats: i
     plain = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
     constrained = GenerationConfig(max_new_tokens=max_new_tokens, constraint=Constraint.json(CITY))
     steps: dict[str, list[float]] = {"plain": [], "constrained": []}
-    _step_ms(engine, items[0], constrained)  # warm-up
+    replies: list[list[int]] = []
+    _step_ms(engine, items[0], constrained, [])  # warm-up
     for _ in range(repeats):
         for prompt in items:
-            steps["plain"] += _step_ms(engine, prompt, plain)
-            steps["constrained"] += _step_ms(engine, prompt, constrained)
+            steps["plain"] += _step_ms(engine, prompt, plain, [])
+            replies.append([])
+            steps["constrained"] += _step_ms(engine, prompt, constrained, replies[-1])
     out = {
         mode: {"steps": len(ms), "ms_per_token": statistics.fmean(ms), "tokens_per_s": 1e3 / statistics.fmean(ms)}
         for mode, ms in steps.items()
     }
     ratio = out["constrained"]["tokens_per_s"] / out["plain"]["tokens_per_s"]
-    return {**out, "constrained_vs_plain": ratio, "meets_goal": ratio >= 0.9}
+    mask = mask_ms(engine, constrained.constraint, replies)
+    return {
+        **out,
+        "constrained_vs_plain": ratio,
+        "meets_goal": ratio >= 0.9,
+        "mask_ms_per_token": mask,
+        "mask_share_of_plain_step": mask / out["plain"]["ms_per_token"],
+    }
 
 
 def measure(
-    engine: ScansEngine, n_prompts: int, max_new_tokens: int, batch_size: int, speed_prompts: int, repeats: int
+    engine: ScansEngine,
+    n_prompts: int,
+    max_new_tokens: int,
+    batch_size: int,
+    speed_prompts: int,
+    repeats: int,
+    free_prompts: int | None = None,
 ) -> dict:
     items = prompts(n_prompts)
-    return {
-        "model": engine.handle.name,
-        "threads": torch.get_num_threads(),
-        "max_new_tokens": max_new_tokens,
-        "speed": speed(engine, items[:speed_prompts], max_new_tokens, repeats),
-        "validity": validity(engine, items, max_new_tokens, batch_size),
-    }
+    table = {"model": engine.handle.name, "threads": torch.get_num_threads(), "max_new_tokens": max_new_tokens}
+    table["speed"] = speed(engine, items[:speed_prompts], max_new_tokens, repeats)
+    print(json.dumps(table["speed"]), file=sys.stderr, flush=True)  # a long run shows its first result early
+    table["validity"] = validity(engine, items, max_new_tokens, batch_size, free_prompts)
+    return table
 
 
 def lines(table: dict) -> list[str]:
@@ -192,7 +234,12 @@ def lines(table: dict) -> list[str]:
         f"| {m} | {s[m]['steps']} | {s[m]['ms_per_token']:.1f} | {s[m]['tokens_per_s']:.1f} |"
         for m in ("plain", "constrained")
     ]
-    out += [f"\nconstrained / plain tokens/s: {s['constrained_vs_plain']:.3f} (goal >= 0.9: {s['meets_goal']})", ""]
+    out += [
+        f"\nconstrained / plain tokens/s: {s['constrained_vs_plain']:.3f} (goal >= 0.9: {s['meets_goal']}); the "
+        f"constraint's own cost: {s['mask_ms_per_token']:.3f} ms per token, "
+        f"{100 * s['mask_share_of_plain_step']:.2f}% of a plain step",
+        "",
+    ]
     out += ["| reply | n | valid | valid rate | cut by max_new_tokens | mean tokens |", "|---|---|---|---|---|---|"]
     out += [
         f"| {k} | {v['n']} | {v['valid']} | {100 * v['valid_rate']:.0f}% | {v['cut']} | {v['mean_tokens']:.1f} |"
@@ -208,6 +255,7 @@ def main() -> dict:
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--free-prompts", type=int, default=None, help="unconstrained baseline on the first N (all)")
     parser.add_argument("--speed-prompts", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
@@ -216,7 +264,15 @@ def main() -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = ScansEngine.load(args.model, args.artifact, progress=False)
-    table = measure(engine, args.prompts, args.max_new_tokens, args.batch_size, args.speed_prompts, args.repeats)
+    table = measure(
+        engine,
+        args.prompts,
+        args.max_new_tokens,
+        args.batch_size,
+        args.speed_prompts,
+        args.repeats,
+        args.free_prompts,
+    )
     write_summary(args.report, table, lines(table))
     return table
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .constraints import Constraint, llguidance
 from .errors import InvalidArgumentError
 from .loading import ModelHandle
-
-_BITS = torch.arange(32, dtype=torch.int32)
 
 
 class GrammarVocabulary:
@@ -113,15 +112,18 @@ class ConstrainedRows:
         for i in rows:  # llguidance.torch.fill_next_token_bitmask, without that module's torch.compile at import
             row = self.bitmask[i]
             self.matchers[i].unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
-        words = self.bitmask[rows]
-        allowed = ((words[:, :, None] >> _BITS) & 1).bool().reshape(len(rows), -1)[:, : logits.shape[-1]]
+        width = logits.shape[-1]
+        bits = np.unpackbits(self.bitmask[rows].numpy().view(np.uint8), axis=-1, bitorder="little")[:, :width]
+        allowed = torch.from_numpy(bits).bool()  # token 32 * i + j is bit j of word i (little-endian int32)
         dead = ~allowed.any(dim=1)
         if bool(dead.any()):  # the grammar can go no further (it errored): the row may only end
-            allowed[dead] = False
             allowed[dead.nonzero().flatten()[:, None], torch.tensor(self.eos)[None, :]] = True
-        keep = torch.ones_like(logits, dtype=torch.bool)
-        keep[rows] = allowed.to(logits.device)
-        return logits.masked_fill(~keep, float("-inf"))
+        allowed = allowed.to(logits.device)
+        if len(rows) == logits.shape[0]:
+            return torch.where(allowed, logits, float("-inf"))
+        out = logits.clone()
+        out[rows] = torch.where(allowed, logits[rows], float("-inf"))
+        return out
 
     def consume(self, tokens: torch.Tensor) -> None:
         """Advance each constrained row's grammar by its token; an end-of-turn (or pad) token ends the row."""
