@@ -13,11 +13,13 @@ tokens through the mask alone (compute, apply, advance): the constraint's own co
 
 Validity (`validity`): `--prompts` varied prompts (cities x request kinds), decoded in batches of `--batch-size` under
 the engine's "steer" policy (sigma classifies and steers every row; nothing is blocked, so every reply is the
-model's): with the tools in the chat template and `tool_choice` "required" (a call is valid when it names a tool and
-its arguments validate strictly against that tool's parameters; unconstrained, the same with the calls read from
-free text), and with `response_format` CITY (the reply validates as a CITY object). `cut`: replies that ran out of
-`--max-new-tokens` (a constrained reply cut short is invalid); `--free-prompts N` runs the unconstrained baseline on
-the first N prompts only. Progress goes to stderr. Timings only: nothing here asserts a speed.
+model's): with the tools in the chat template and `tool_choice` "required", `parallel_tool_calls` false (a call is
+valid when it names a tool and its arguments validate strictly against that tool's parameters; unconstrained, the
+same with the calls read from free text; with parallel calls allowed the 0.5B model writes "\n" rather than
+end-of-turn after each call and repeats calls until max_new_tokens, measured), and with `response_format` CITY (the
+reply validates as a CITY object). `cut`: replies that ran out of `--max-new-tokens` (a constrained reply cut short
+is invalid); `--free-prompts N` runs the unconstrained baseline on the first N prompts only. Progress goes to
+stderr. Timings only: nothing here asserts a speed.
 """
 
 # No `from __future__ import annotations`: pydantic must resolve the models' Literal fields when this is loaded by path.
@@ -119,7 +121,7 @@ def validity(
     modes = {
         "tool_choice_required": (
             lambda p: ToolConversation([{"role": "user", "content": p}], TOOLS),
-            Constraint.tool_call(TOOLS),
+            Constraint.tool_call(TOOLS, parallel=False),
             _call_valid,
         ),
         "json_schema": (lambda p: [{"role": "user", "content": p}], Constraint.json(CITY), _json_valid),
