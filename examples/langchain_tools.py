@@ -1,13 +1,14 @@
 """Tool calling and structured output with the steered model: bind_tools, tool_choice, with_structured_output.
 
     python examples/langchain_tools.py           # the embedded default model (offline)
-    python examples/langchain_tools.py --tiny    # a tiny random model built in code (it writes no tool calls)
+    python examples/langchain_tools.py --tiny    # a tiny random model built in code (max_tokens cuts its calls)
 
 The tool schemas go to the model's chat template (Qwen2.5's has a tools section); sigma classifies the conversation
 without them (it was calibrated on requests without tool schemas) and the reply, generated with them at that
 verdict's steering, has its <tool_call> blocks read back as `tool_calls` (streamed as `tool_call_chunks`).
-A small local model does not always call the tool it is asked to: `include_raw=True` keeps the raw reply and the
-parsing error instead of raising.
+A required or named tool_choice and with_structured_output are enforced while decoding (scans_guard.constraints): the
+reply is a valid call / a JSON object valid against the schema unless max_tokens cuts it (as it does the tiny
+model's); `include_raw=True` keeps the raw reply and any parsing error instead of raising.
 """
 
 from __future__ import annotations

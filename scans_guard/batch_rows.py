@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .config import GenerationConfig, RowSteering
+from .constrained import CompiledConstraint
 from .decision import GuardPolicy
 from .engine import Conversation
 from .reply import ReplyState
@@ -37,6 +38,7 @@ class QueuedRequest:
     first_reply: str | None = None  # a retried request's first reply, as far as the judge read it
     classify_s: float = 0.0  # a retried request's sigma pass, before its first reply
     guard: GuardPolicy = field(default_factory=GuardPolicy)  # what a guarded request (refusal set) blocks
+    grammar: CompiledConstraint | None = None  # config.constraint compiled for the model (at submit)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .constraints import Constraint
 from .decision import Direction, Label, direction, is_harmful, steering_coefficient  # noqa: F401 - is_harmful re-exported
 from .domain import DomainConfig
 from .readings import ReadingConfig
@@ -133,6 +134,11 @@ class GenerationConfig(BaseModel):
         "accepts); None draws a fresh one",
     )
     ignore_eos: bool = Field(False, description="decode all max_new_tokens even past end-of-turn (benchmarks)")
+    constraint: Constraint | None = Field(
+        None,
+        description="what the reply must be (a JSON schema, a call of one of some tools), enforced token by token "
+        "(scans_guard.constraints); None: free text",
+    )
 
     @classmethod
     def from_model_defaults(cls, model: object, **fields: object) -> GenerationConfig:
@@ -159,6 +165,14 @@ class GenerationConfig(BaseModel):
         if 0 < temperature < MIN_TEMPERATURE:
             raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
         return temperature
+
+    @model_validator(mode="after")
+    def _constraint_can_end(self) -> GenerationConfig:
+        if self.constraint is not None and self.ignore_eos:
+            raise ValueError(
+                "ignore_eos cannot go with a constraint: once the constraint is met, only the end may follow"
+            )
+        return self
 
     @field_validator("stop")
     @classmethod

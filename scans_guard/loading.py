@@ -8,10 +8,10 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from safetensors import SafetensorError
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +81,9 @@ class ModelHandle:
     # A fast tokenizer keeps `split_special_tokens` as state on its shared backend: encode calls from several threads
     # must not interleave, or a template's <|im_start|> gets split, or a forged one in content becomes a control token.
     tokenize_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Objects derived from the model once and kept with it (the grammar vocabulary of constrained decoding).
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
+    _derived_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def wrap(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> ModelHandle:
@@ -105,6 +109,13 @@ class ModelHandle:
         hf_model = cast("PreTrainedModel", model)
         return cls(model=hf_model, tokenizer=tokenizer, layers=layers, final_norm=norm, lm_head=head, name=name)
 
+    def cached(self, key: str, build: Callable[[], T]) -> T:
+        """The object `build()` made for this model on the first call with `key` (built once, also across threads)."""
+        with self._derived_lock:
+            if key not in self._derived:
+                self._derived[key] = build()
+            return self._derived[key]
+
     @property
     def n_layers(self) -> int:
         return len(self.layers)
@@ -112,6 +123,11 @@ class ModelHandle:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """The LM head's output width: the logits' last dimension (may exceed the tokenizer's length)."""
+        return int(_weight(self.lm_head).shape[0])
 
     @property
     def device(self) -> torch.device:
@@ -241,7 +257,7 @@ class ModelHandle:
             "architecture": type(self.model).__name__,
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
-            "vocab_size": int(_weight(self.lm_head).shape[0]),
+            "vocab_size": self.vocab_size,
             "weight_probe": [round(x, 6) for x in probe],
             "weight_probe_sha256": hashlib.sha256(",".join(f"{x:.2e}" for x in probe).encode()).hexdigest()[:16],
         }

@@ -50,6 +50,7 @@ import torch
 from .batch_rows import QueuedRequest, RunningRow
 from .batching import PromptBatch, prefill
 from .config import GenerationConfig, RowSteering, SafetyVerdict, SteeredOutput
+from .constrained import CompiledConstraint, ConstrainedRows
 from .decision import GuardPolicy
 from .engine import Conversation, ScansEngine, StreamEvent, user_text
 from .errors import InvalidArgumentError, NonFiniteScoreError
@@ -161,6 +162,7 @@ class ContinuousBatcher:
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
         prompt = self.engine.prompt_rows([conversation], config.max_new_tokens)[0]
+        grammar = CompiledConstraint(self._model, config.constraint) if config.constraint is not None else None
         handle = RequestHandle(next(self._ids), len(prompt))
         request = QueuedRequest(
             conversation=conversation,
@@ -175,6 +177,7 @@ class ContinuousBatcher:
             deadline=None if timeout is None else time.perf_counter() + timeout,
             retry=RetryPolicy.applies(retry, steer, coefficient),
             guard=guard or GuardPolicy(),
+            grammar=grammar,
         )
         with self._cond:
             if self._closed:
@@ -402,7 +405,7 @@ class ContinuousBatcher:
         request.handle._notify()
         return RunningRow(
             request=request,
-            chooser=_TokenChooser(request.config, prompts),
+            chooser=_TokenChooser(request.config, prompts, ConstrainedRows.build(self._model, [request.grammar])),
             steering=steering,
             classify_s=classify_s,
             gate=gate,

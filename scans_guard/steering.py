@@ -21,6 +21,8 @@ import torch
 
 from .batching import PromptBatch
 from .config import GenerationConfig, RowSteering, SafetyVerdict
+from .constrained import CompiledConstraint, ConstrainedRows
+from .constraints import Constraint
 from .errors import InvalidArgumentError
 from .hooks import BlockEdit, add_to_block_outputs
 from .loading import ModelHandle
@@ -190,10 +192,12 @@ def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) ->
 
 
 class _TokenChooser:
-    """Each step's token per row: the processors over the ids so far (prompt + reply), then argmax at temperature 0,
-    else a draw seeded by `config.seed` and made on the CPU, so a seed gives the same tokens on every device."""
+    """Each step's token per row: the constrained rows' masks (`constrained`), the processors over the ids so far
+    (prompt + reply), then argmax at temperature 0, else a draw seeded by `config.seed` and made on the CPU, so a seed
+    gives the same tokens on every device. The mask comes first, so top-k and top-p choose among allowed tokens."""
 
-    def __init__(self, config: GenerationConfig, prompts: PromptBatch):
+    def __init__(self, config: GenerationConfig, prompts: PromptBatch, constrained: ConstrainedRows | None = None):
+        self.constrained = constrained
         self.greedy = config.temperature == 0
         self.processors = logits_processors(config, prompts.attention_mask)
         self.seen = prompts.input_ids if self.processors else None  # what the repetition penalty looks at
@@ -205,6 +209,8 @@ class _TokenChooser:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [batch, vocab] -> [batch] token ids."""
+        if self.constrained is not None:
+            logits = self.constrained.mask(logits)
         # seen is set iff there are processors; transformers types input_ids as torch.LongTensor, which no tensor is
         scores = self.processors(self.seen, logits) if self.seen is not None else logits  # type: ignore[arg-type]
         if self.greedy:
@@ -213,7 +219,9 @@ class _TokenChooser:
         return torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1).to(logits.device)
 
     def emitted(self, token: torch.Tensor) -> None:
-        """Record this step's tokens (pads for finished rows) for the repetition penalty."""
+        """Record this step's tokens (pads for finished rows) for the repetition penalty and the constraints."""
+        if self.constrained is not None:
+            self.constrained.consume(token)
         if self.seen is not None:
             self.seen = torch.cat([self.seen, token[:, None]], dim=1)
 
@@ -228,6 +236,7 @@ def steered_decode(
     step_lock: contextlib.AbstractContextManager | None = None,
     should_stop: Callable[[int], bool] | None = None,
     first_logits: torch.Tensor | None = None,
+    constraints: Sequence[Constraint | CompiledConstraint | None] | None = None,
 ) -> Generator[torch.Tensor, None, None]:
     """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
 
@@ -236,6 +245,8 @@ def steered_decode(
     cache over the whole prompt, the first token comes from them without a forward pass — only valid when nothing
     is steered (`deltas` empty), since the last prompt token is where steering starts.
     `should_stop(row)`, asked after each of the row's tokens, lets the caller end it (stop strings).
+    `constraints`: one per row (None: that row is free), else `config.constraint` for every row; a constraint only
+    masks the logits (`scans_guard.constrained`).
     """
     lock = step_lock if step_lock is not None else contextlib.nullcontext()
     width = prompts.input_ids.shape[1]
@@ -251,12 +262,16 @@ def steered_decode(
     mask = prompts.attention_mask
     positions = prompts.position_ids[:, -inputs.shape[1] :]
     logits = first_logits
-    choose = _TokenChooser(config, prompts)
+    n_rows = len(prompts.lengths)
+    if constraints is not None and len(constraints) != n_rows:
+        raise InvalidArgumentError(f"{len(constraints)} constraints for {n_rows} rows")
+    rows = constraints if constraints is not None else [config.constraint] * n_rows
+    choose = _TokenChooser(config, prompts, ConstrainedRows.build(handle, rows))
     eos = torch.tensor(
         sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long, device=handle.device
     )
     pad = handle.tokenizer.pad_token_id
-    done = torch.zeros(len(prompts.lengths), dtype=torch.bool, device=handle.device)
+    done = torch.zeros(n_rows, dtype=torch.bool, device=handle.device)
     for _ in range(config.max_new_tokens):
         if logits is None:
             with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):

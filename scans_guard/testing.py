@@ -92,8 +92,11 @@ def tiny_tokenizer(vocab_size: int = 300):
     return fast
 
 
-def tiny_model(family: str = "qwen2", seed: int = 0, n_layers: int = 4, hidden: int = 64) -> ModelHandle:
-    """A random Qwen2 or Llama with `n_layers` blocks, wrapped as a ModelHandle (global RNG untouched)."""
+def tiny_model(
+    family: str = "qwen2", seed: int = 0, n_layers: int = 4, hidden: int = 64, context: int = 512
+) -> ModelHandle:
+    """A random Qwen2 or Llama with `n_layers` blocks, wrapped as a ModelHandle (global RNG untouched). `context`
+    (positions) does not change the weights: a longer one fits tool schemas, which its template puts in the prompt."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = tiny_tokenizer()
@@ -105,7 +108,7 @@ def tiny_model(family: str = "qwen2", seed: int = 0, n_layers: int = 4, hidden: 
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,

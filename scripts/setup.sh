@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[default-model,model-0-5b,langchain,serve,client,ray,eval,test]"
+.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[default-model,model-0-5b,langchain,serve,client,ray,structured,eval,test]"

@@ -52,6 +52,12 @@ def tiny_engine(tiny, tiny_artifact):
 
 
 @pytest.fixture(scope="session")
+def tiny_long_engine(tiny_artifact):
+    """The tiny model (same weights, same artifact) with 2048 positions: room for tool schemas in its prompt."""
+    return ScansEngine(tiny_model("qwen2", seed=0, context=2048), tiny_artifact)
+
+
+@pytest.fixture(scope="session")
 def tiny_on_disk(tiny, tiny_artifact, tmp_path_factory):
     """The tiny model and its artifact saved to disk, for code paths that load from a path (CLI, bench)."""
     root = tmp_path_factory.mktemp("tiny-on-disk")

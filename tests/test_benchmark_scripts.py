@@ -464,3 +464,17 @@ def test_eval_vs_sweep_reads_an_eval_run(script, tiny_engine, tmp_path, capsys):
     }
     assert all(v["same_opening"] == v["n"] for conds in counts.values() for v in conds.values())
     assert "| xstest_safe | unsteered | 2 |" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_structured_output_measures_speed_and_validity(script, tiny_long_engine):
+    pytest.importorskip("llguidance")
+    module = script("structured_output")
+    table = module.measure(tiny_long_engine, n_prompts=3, max_new_tokens=24, batch_size=2, speed_prompts=1, repeats=1)
+    speed = table["speed"]
+    assert speed["plain"]["steps"] == 23 and speed["constrained"]["steps"] >= 1  # the first step holds the prefill
+    assert set(table["validity"]) == {
+        f"{m}/{c}" for m in ("tool_choice_required", "json_schema") for c in ("constrained", "free")
+    }
+    assert all(v["n"] == 3 and 0 <= v["valid"] <= 3 for v in table["validity"].values())
+    assert module.lines(table)[-1].startswith("| json_schema/free | 3 |")
+    assert len(set(module.prompts(50))) == 50

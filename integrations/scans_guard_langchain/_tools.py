@@ -1,21 +1,18 @@
-"""Tool calling for a local chat model: schemas for the chat template, tool_choice, and tool calls read back from
-the reply text (in the forms models write them), also while streaming.
+"""Tool calling for a local chat model, LangChain's side: schemas for the chat template, tool calls read back from the
+reply text (by `scans_guard.tool_calls`, which also holds the formats read) as LangChain's ToolCall /
+InvalidToolCall, also while streaming, and `with_structured_output`.
 
-Formats read: `<tool_call>{"name", "arguments"}</tool_call>` (Qwen2.5, Hermes; also unterminated at the end of a
-reply), `[TOOL_CALLS][{"name", "arguments"}, ...]` (Mistral), and a JSON object `{"name", "parameters" |
-"arguments"}` that is the whole reply (Llama 3.1, optionally after `<|python_tag|>`) or its one fenced code block
-(how Qwen2.5-Coder-0.5B writes calls: measured on the standard tests). A bare or fenced object with other keys is
-a JSON answer, not a call.
+A required or named tool_choice and a response_format are enforced by the core's constrained decoding
+(`scans_guard.constraints`): the chat model turns them into `GenerationConfig.constraint`, so such a reply is a valid
+call or a schema-valid JSON value, unless it runs out of max_tokens.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
@@ -24,14 +21,9 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from scans_guard.errors import InvalidArgumentError
-
-_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_FENCED = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.S)
-_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")
-
-
-_CALL_ONE = "Answer by calling one of the functions above, in a <tool_call></tool_call> block."
+from scans_guard import tool_calls as core
+from scans_guard.constraints import response_schema
+from scans_guard.tool_calls import resolve_tool_choice
 
 
 def tool_schemas(tools: Sequence[Any]) -> list[dict[str, Any]]:
@@ -39,158 +31,34 @@ def tool_schemas(tools: Sequence[Any]) -> list[dict[str, Any]]:
     return [convert_to_openai_tool(t) for t in tools]
 
 
-def chosen_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tuple[list[dict] | None, str | None]:
-    """(the schemas to send, the instruction that asks for a call) under `tool_choice`.
-
-    None / "auto": every tool, no instruction. "none" / False: no tools. "any" / "required" / True: every tool,
-    and an instruction to call one. A tool's name (or {"type": "function", "function": {"name": ...}}): that tool
-    only, and an instruction to call it. A local model cannot be forced token by token here, so a forced choice
-    is a strong request, not a guarantee; a reply without a call stays a text reply.
-    """
-    if not tools or tool_choice in (None, "auto"):
-        return tools or None, None
-    if tool_choice in ("none", False):
-        return None, None
-    if tool_choice in ("any", "required", True):
-        return tools, _CALL_ONE
-    name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else tool_choice
-    chosen = [t for t in tools if t["function"]["name"] == name]
-    if not isinstance(name, str) or not chosen:
-        raise InvalidArgumentError(
-            f"tool_choice {tool_choice!r} names no bound tool ({[t['function']['name'] for t in tools]})"
-        )
-    return chosen, _CALL_ONE  # naming the function made the 0.5B model write prose about it instead (measured)
+def chosen_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
+    """The schemas the chat template gets under `tool_choice` (see `scans_guard.tool_calls.resolve_tool_choice`;
+    a name that is not bound is an InvalidArgumentError)."""
+    return resolve_tool_choice(tools, tool_choice).tools
 
 
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def _read_call(raw: str, names: set[str] | None) -> ToolCall | InvalidToolCall:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return InvalidToolCall(type="invalid_tool_call", name=None, args=raw, id=_call_id(), error=f"not JSON: {exc}")
-    args = data.get("arguments", data.get("parameters", {})) if isinstance(data, dict) else None
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            args = None
-    name = data.get("name") if isinstance(data, dict) else None
-    if not isinstance(name, str) or not isinstance(args, dict):
-        return InvalidToolCall(
-            type="invalid_tool_call",
-            name=name if isinstance(name, str) else None,
-            args=raw,
-            id=_call_id(),
-            error='a tool call is {"name": str, "arguments": object}',
-        )
-    if names is not None and name not in names:
-        return InvalidToolCall(
-            type="invalid_tool_call",
-            name=name,
-            args=json.dumps(args),
-            id=_call_id(),
-            error=f"{name!r} is not a bound tool ({sorted(names)})",
-        )
-    return ToolCall(type="tool_call", name=name, args=args, id=_call_id())
-
-
-def _split_calls(text: str) -> tuple[str, list[str], bool]:
-    """(the text outside tool-call markup, the raw JSON of each call, whether the form is a bare / fenced object,
-    which is a call only if it looks like one)."""
-    if "<tool_call>" in text:
-        return _HERMES.sub("", text).strip(), [m.group(1) for m in _HERMES.finditer(text)], False
-    if "[TOOL_CALLS]" in text:
-        head, _, tail = text.partition("[TOOL_CALLS]")
-        try:
-            calls = json.loads(tail.strip())
-        except json.JSONDecodeError:
-            return head.strip(), [tail.strip()], False
-        calls = calls if isinstance(calls, list) else [calls]
-        return head.strip(), [json.dumps(c) for c in calls], False
-    bare = text.strip().removeprefix("<|python_tag|>").strip()
-    if bare.startswith("{") and bare.endswith("}"):
-        return "", [bare], True
-    fenced = list(_FENCED.finditer(text))
-    if len(fenced) == 1:
-        return (text[: fenced[0].start()] + text[fenced[0].end() :]).strip(), [fenced[0].group(1)], True
-    return text, [], False
-
-
-def _looks_like_call(raw: str) -> bool:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        return False
-    return (
-        isinstance(data, dict)
-        and isinstance(data.get("name"), str)
-        and ("arguments" in data or "parameters" in data)
-        and len(data) == 2
-    )
+def _langchain(parsed: core.ParsedReply) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    calls = [ToolCall(type="tool_call", name=c.name, args=c.arguments, id=c.id) for c in parsed.calls]
+    invalid = [
+        InvalidToolCall(type="invalid_tool_call", name=c.name, args=c.raw, id=c.id, error=c.error)
+        for c in parsed.invalid
+    ]
+    return parsed.content, calls, invalid
 
 
 def parse_tool_calls(
     text: str, tools: list[dict[str, Any]] | None
 ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
     """(content, tool calls, invalid tool calls) of a reply; without bound tools the text is left as it is."""
-    if not tools:
-        return text, [], []
-    names = {t["function"]["name"] for t in tools}
-    content, raws, lenient = _split_calls(text)
-    if lenient and not _looks_like_call(raws[0]):
-        return text, [], []  # a JSON answer, not a call
-    calls: list[ToolCall] = []
-    invalid: list[InvalidToolCall] = []
-    for raw in raws:
-        call = _read_call(raw, names)
-        # its "type" key says which it is; mypy cannot narrow on it (ToolCall's "type" is NotRequired)
-        if call.get("type") == "tool_call":
-            calls.append(cast(ToolCall, call))
-        else:
-            invalid.append(cast(InvalidToolCall, call))
-    return content, calls, invalid
+    return _langchain(core.parse_tool_calls(text, tools))
 
 
-class ToolCallStream:
-    """Streams a reply's text while holding back what may be tool-call markup; `finish` parses the whole reply.
+class ToolCallStream(core.ToolCallStream):
+    """`scans_guard.tool_calls.ToolCallStream` whose `finish` gives LangChain's tool calls."""
 
-    Text before a marker (or before a tail that could begin one) is released at once; a reply that opens with
-    "{" is held whole, since it may be a bare JSON call.
-    """
-
-    def __init__(self, tools: list[dict[str, Any]] | None):
-        self.tools = tools
-        self.text = ""
-        self.released = 0
-
-    def feed(self, piece: str) -> str:
-        self.text += piece
-        if not self.tools:
-            return self._release(len(self.text))
-        starts = [i for m in _MARKERS if (i := self.text.find(m)) >= 0]
-        end = min(starts) if starts else len(self.text)
-        if not starts:
-            for k in range(min(len(self.text), max(map(len, _MARKERS))), 0, -1):
-                if any(m.startswith(self.text[-k:]) for m in _MARKERS):
-                    end = len(self.text) - k
-                    break
-        if self.released == 0 and (not self.text.strip() or self.text.lstrip().startswith("{")):
-            end = 0  # maybe a bare JSON call: wait for the whole reply
-        return self._release(max(end, self.released))
-
-    def _release(self, end: int) -> str:
-        out, self.released = self.text[self.released : end], end
-        return out
-
-    def finish(self) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    def finish(self) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:  # type: ignore[override]
         """(text not yet released, tool calls, invalid tool calls)."""
-        content, calls, invalid = parse_tool_calls(self.text, self.tools)
-        done = self.text[: self.released]
-        rest = content[len(done) :] if content.startswith(done) else ""
-        return rest, calls, invalid
+        return _langchain(super().finish())
 
 
 def tool_call_chunks(calls: list[ToolCall], invalid: list[InvalidToolCall]) -> list[dict[str, Any]]:
@@ -212,11 +80,13 @@ def tool_call_chunks(calls: list[ToolCall], invalid: list[InvalidToolCall]) -> l
     return chunks
 
 
-def json_instruction(response_format: dict[str, Any]) -> str:
-    """A system instruction asking for one JSON object (matching the schema, for json_schema)."""
-    nested = response_format.get("json_schema")  # OpenAI's form, as create_agent's ProviderStrategy sends it
-    schema = nested.get("schema") if isinstance(nested, dict) else response_format.get("schema")
-    if schema is None:
+def json_instruction(response_format: dict[str, Any]) -> str | None:
+    """A system instruction asking for one JSON object (matching the schema, for json_schema); None for text. The
+    schema itself is enforced by decoding; the instruction tells the model what the fields are for."""
+    if response_format.get("type") == "text":
+        return None
+    schema = response_schema(response_format)
+    if response_format.get("type") != "json_schema":
         return "Reply with one JSON object and nothing else."
     return "Reply with one JSON object and nothing else. It must match this JSON schema:\n" + json.dumps(
         schema, ensure_ascii=False
@@ -239,7 +109,10 @@ def structured_output(llm: Any, schema: Any, *, method: str, include_raw: bool) 
     if method == "function_calling":
         name = convert_to_openai_tool(schema)["function"]["name"]
         bound = llm.bind_tools(
-            [schema], tool_choice=name, ls_structured_output_format={"kwargs": {"method": method}, "schema": schema}
+            [schema],
+            tool_choice=name,
+            parallel_tool_calls=False,
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
         )
         parser: Runnable = (
             PydanticToolsParser(tools=[schema], first_tool_only=True)

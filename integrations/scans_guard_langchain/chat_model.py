@@ -31,6 +31,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, model_validator
 
 from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
+from scans_guard.constraints import Constraint
 from scans_guard.decision import (
     DEFAULT_POLICY,
     DEFAULT_REFUSAL,
@@ -76,6 +77,7 @@ _CALL_KWARGS = {
     "tools",
     "tool_choice",
     "response_format",
+    "parallel_tool_calls",
 }
 _IGNORED_KWARGS = {"stream", "ls_structured_output_format"}
 
@@ -90,8 +92,10 @@ class SafetyConsciousLLM(BaseChatModel):
     LangChain's standard refusal block).
 
     Tool calling: `bind_tools` sends the tool schemas to the chat template (`tools=`), and tool calls in the reply
-    (as the model writes them, see `_tools`) become `tool_calls` / `invalid_tool_calls` (streamed as
-    `tool_call_chunks`). `with_structured_output` works by tool calling or by a JSON-schema instruction.
+    (as the model writes them, see `scans_guard.tool_calls`) become `tool_calls` / `invalid_tool_calls` (streamed as
+    `tool_call_chunks`). A required or named `tool_choice`, a `response_format` and `with_structured_output` are
+    enforced token by token (`scans_guard.constraints`): the reply is a valid call / schema-valid JSON unless it runs
+    out of max_tokens. A prompt the guard blocks still gets the refusal message, never a forced call.
     Not supported: non-text content blocks (InvalidPromptError).
     """
 
@@ -230,8 +234,9 @@ class SafetyConsciousLLM(BaseChatModel):
         return params
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Any:
-        """Bind tools (LangChain tools, pydantic models, functions or OpenAI schemas); see `_tools.chosen_tools`
-        for how `tool_choice` ("auto", "none", "any"/"required", or a tool's name) is honoured."""
+        """Bind tools (LangChain tools, pydantic models, functions or OpenAI schemas). `tool_choice`: "auto" / None
+        (the model may call), "none" (no tools), "any" / "required" (a call of one of them, enforced), or a tool's
+        name (a call of that tool, enforced); `parallel_tool_calls=False`: at most one call per reply."""
         schemas = tool_schemas(tools)
         chosen_tools(schemas, tool_choice)  # an unknown tool name fails here, not at the first call
         return self.bind(tools=schemas, tool_choice=tool_choice, **kwargs)
@@ -247,9 +252,10 @@ class SafetyConsciousLLM(BaseChatModel):
     ) -> Any:
         """Replies parsed into `schema` (pydantic class: validated instance; else a dict).
 
-        method "function_calling": the schema is bound as the one tool and the call is asked for;
-        "json_schema": a system instruction asks for one JSON object matching the schema, which is parsed and
-        validated; "json_mode": any JSON object. include_raw: {"raw", "parsed", "parsing_error"}.
+        method "function_calling": the schema is bound as the one tool and a call of it is enforced;
+        "json_schema": one JSON object matching the schema is enforced (and a system instruction shows the
+        schema), then parsed and validated; "json_mode": any JSON object. include_raw: {"raw", "parsed",
+        "parsing_error"}. A reply cut by max_tokens, or the refusal of a prompt the guard blocks, does not parse.
         """
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
@@ -295,7 +301,9 @@ class SafetyConsciousLLM(BaseChatModel):
         return len(self.engine.handle.chat_ids(messages_to_conversation(messages), tools=schemas))
 
     # -- one call --------------------------------------------------------------------------------------------
-    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
+    def _settings(
+        self, stop: list[str] | None, kwargs: dict[str, Any], constraint: Constraint | None = None
+    ) -> tuple[GenerationConfig, dict[str, Any]]:
         unknown = set(kwargs) - _CALL_KWARGS - _IGNORED_KWARGS - {"model"}
         if unknown:
             raise TypeError(f"SafetyConsciousLLM got unexpected call arguments {sorted(unknown)}")
@@ -310,6 +318,7 @@ class SafetyConsciousLLM(BaseChatModel):
             top_p=kwargs.get("top_p", self.top_p),
             seed=kwargs.get("seed", self.seed),
             stop=list(stop if stop is not None else self.stop or []),
+            constraint=constraint,
         )
         steering = {
             "steer": kwargs.get("steer", self.steer),
@@ -365,13 +374,15 @@ class SafetyConsciousLLM(BaseChatModel):
         conversation = messages_to_conversation(messages)
         plain = conversation
         prompt = last_user_text(conversation)
-        tools, instruction = chosen_tools(kwargs.pop("tools", None), kwargs.pop("tool_choice", None))
-        if (response_format := kwargs.pop("response_format", None)) is not None:
-            instruction = "\n\n".join(filter(None, [instruction, json_instruction(response_format)]))
-        conversation = with_instruction(conversation, instruction)
+        bound, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        response_format = kwargs.pop("response_format", None)
+        constraint = Constraint.from_openai(bound, choice, response_format, kwargs.pop("parallel_tool_calls", None))
+        tools = chosen_tools(bound, choice)
+        if response_format is not None and constraint is not None and constraint.json_schema is not None:
+            conversation = with_instruction(conversation, json_instruction(response_format))
         if tools:
             conversation = ToolConversation(conversation, tools)
-        config, steering = self._settings(stop, kwargs)
+        config, steering = self._settings(stop, kwargs, constraint)
         return conversation, prompt, config, {**steering, "tools": tools, "classify": plain}
 
     def _events(

@@ -54,7 +54,8 @@ class ScriptedEngine(ScansEngine):
     """An engine that classifies for real but answers with scripted replies, streamed a few characters at a time.
 
     For tests and examples of what a real model's reply *text* would do (tool calls, JSON, refusals) on the tiny
-    model, whose own replies are gibberish. Every conversation it was asked to answer is kept in `seen`.
+    model, whose own replies are gibberish. Every conversation it was asked to answer is kept in `seen`, its
+    GenerationConfig (a constraint, say) in `configs`.
     """
 
     def __init__(self, engine: ScansEngine, replies: list[str]):
@@ -64,6 +65,7 @@ class ScriptedEngine(ScansEngine):
         self.replies = list(replies)
         self.seen: list[Any] = []
         self.coefficients: list[Any] = []
+        self.configs: list[Any] = []
 
     def iter_generate(
         self, conversations: Any, config: Any = None, *, steer: bool = True, coefficient: Any = None, **kwargs: Any
@@ -74,6 +76,7 @@ class ScriptedEngine(ScansEngine):
         (conversation,) = conversations
         self.seen.append(conversation)
         self.coefficients.append(coefficient)
+        self.configs.append(config)
         verdict = self.classify([conversation])[0] if steer and coefficient is None else None
         yield StreamEvent(row=0, verdict=verdict)
         text = self.replies.pop(0)

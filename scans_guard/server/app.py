@@ -36,16 +36,9 @@ from .errors import ApiError, BodyTooLarge, api_error
 from .middleware import CLIENT_CLOSED, Guard
 from .openapi import CHAT_RESPONSES, MODEL_ERRORS, install, request_body
 from .responses import completion, stream, until_done, until_started, verdict_json
-from .schemas import (
-    EXTENSION_KEY,
-    MAX_STOP,
-    ROLES,
-    ChatCompletionRequest,
-    ChatMessage,
-    ClassifyRequest,
-    ScansGuardOptions,
-)
+from .schemas import EXTENSION_KEY, MAX_STOP, ChatCompletionRequest, ClassifyRequest, ScansGuardOptions
 from .state import ServerSettings, ServerState
+from .tools import chat_messages, chat_tools, conversation
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +180,7 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         engine = state.ready()
         body = ChatCompletionRequest.model_validate_json(await read_body(request, settings.max_body_bytes), strict=True)
         _check_model(state, body.model)
-        conversation, config, options = _chat_inputs(body, settings, engine)
+        conversation, config, options, tools = _chat_inputs(body, settings, engine)
         policy = options.pop("policy")
         scheduler = state.scheduler
         assert scheduler is not None  # set with the engine, which state.ready() returned
@@ -213,7 +206,7 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
             if handle.cancelled:  # the client went away before the stream began: nobody to answer
                 return Response(status_code=CLIENT_CLOSED)
             return StreamingResponse(
-                stream(state, outcome, handle, events, meta, extension, include_usage),
+                stream(state, outcome, handle, events, meta, extension, include_usage, tools),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", **guard_headers(handle)},
             )
@@ -221,7 +214,9 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         output = handle.output
         if output is None:  # the client went away and the request was cancelled: nobody to answer
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(completion(state, outcome, handle, output, meta, extension), headers=guard_headers(handle))
+        return JSONResponse(
+            completion(state, outcome, handle, output, meta, extension, tools), headers=guard_headers(handle)
+        )
 
     @app.post(
         "/v1/classify",
@@ -265,7 +260,7 @@ def _classify_inputs(body: ClassifyRequest, limit: int) -> list:
         raise ApiError(
             413, f"{len(items)} inputs in one request, more than {limit}", param="input", code="too_many_inputs"
         )
-    return [x if isinstance(x, str) else _messages(x, f"input.{i}") for i, x in enumerate(items)]
+    return [x if isinstance(x, str) else chat_messages(x, f"input.{i}") for i, x in enumerate(items)]
 
 
 def _version() -> str:
@@ -290,19 +285,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _chat_inputs(
     body: ChatCompletionRequest, settings: ServerSettings, engine: ScansEngine
-) -> tuple[list[dict], GenerationConfig, dict]:
-    """The conversation, decoding settings and steering options of a chat completion request."""
+) -> tuple[list[dict], GenerationConfig, dict, list[dict] | None]:
+    """The conversation, decoding settings, steering options and tool schemas of a chat completion request."""
     unsupported = [
         ("n", body.n not in (None, 1), "n must be 1"),
-        ("tools", bool(body.tools) or bool(body.functions), "tools and functions are not supported"),
         ("logprobs", bool(body.logprobs) or bool(body.top_logprobs), "logprobs are not supported"),
         ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
         ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
-        (
-            "response_format",
-            body.response_format not in (None, {"type": "text"}),
-            "only the text response format is supported",
-        ),
     ]
     for param, bad, message in unsupported:
         if bad:
@@ -331,12 +320,13 @@ def _chat_inputs(
         "top_k": body.top_k,
         "repetition_penalty": body.repetition_penalty,
     }
+    tools, fields["constraint"] = chat_tools(body)
     try:
         config = GenerationConfig(**fields)
     except ValidationError as exc:
         raise api_error(exc) from None
     _check_coefficient(body.scans_guard)
-    return _messages(body.messages), config, _steering_options(body.scans_guard, settings, engine)
+    return conversation(body, tools), config, _steering_options(body.scans_guard, settings, engine), tools
 
 
 def _check_coefficient(opts: ScansGuardOptions | None) -> None:
@@ -385,31 +375,3 @@ def _steering_options(opts: ScansGuardOptions | None, settings: ServerSettings, 
         "operating_point": (opts.operating_point if opts and opts.operating_point else None) or "guard",
         "retry": settings.retry_policy if retry else None,
     }
-
-
-def _messages(messages: list[ChatMessage], param: str = "messages") -> list[dict]:
-    """OpenAI messages -> the engine's conversation (text only; developer is a system turn)."""
-    out = []
-    for i, m in enumerate(messages):
-        if m.role not in ROLES:
-            raise ApiError(
-                400,
-                f"unsupported role {m.role!r}: one of {', '.join(ROLES)}",
-                param=f"{param}.{i}.role",
-                code="invalid_value",
-            )
-        content = m.content
-        if isinstance(content, list):
-            bad = [p.type for p in content if p.type != "text" or p.text is None]
-            if bad:
-                raise ApiError(
-                    400,
-                    f"only text content parts are supported, got {bad[0]!r}",
-                    param=f"{param}.{i}.content",
-                    code="invalid_value",
-                )
-            content = "".join(p.text or "" for p in content)  # every part has text (checked above)
-        if content is None:
-            raise ApiError(400, "message content must be text", param=f"{param}.{i}.content", code="invalid_value")
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
-    return out

@@ -79,6 +79,15 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+def _kind(kind: str, **properties: dict) -> dict:
+    """A response_format object of type `kind` (with these further properties, all required)."""
+    return {
+        "type": "object",
+        "properties": {"type": {"const": kind}, **properties},
+        "required": ["type", *properties],
+    }
+
+
 def accepted(max_tokens: int, max_inputs: int) -> dict[str, dict[str, dict]]:
     """Per model and field, the JSON schema of the values the server accepts (replacing the generated one)."""
     text = {"type": "string"}
@@ -89,7 +98,9 @@ def accepted(max_tokens: int, max_inputs: int) -> dict[str, dict[str, dict]]:
         "TextPart": {"type": {"const": "text"}, "text": text},
         "ChatMessage": {
             "role": {"enum": list(ROLES)},
-            "content": {"anyOf": [text, {"type": "array", "items": {"$ref": REF.format(model="TextPart")}}]},
+            "content": {
+                "anyOf": [text, {"type": "array", "items": {"$ref": REF.format(model="TextPart")}}, {"type": "null"}]
+            },
         },
         "ChatCompletionRequest": {
             "max_tokens": tokens,
@@ -100,9 +111,18 @@ def accepted(max_tokens: int, max_inputs: int) -> dict[str, dict[str, dict]]:
             "top_logprobs": {"enum": [0, None]},
             "presence_penalty": {"enum": [0, None]},
             "frequency_penalty": {"enum": [0, None]},
-            "tools": _nullable({"type": "array", "maxItems": 0}),
             "functions": _nullable({"type": "array", "maxItems": 0}),
-            "response_format": {"enum": [{"type": "text"}, None]},
+            "response_format": _nullable(
+                {
+                    "anyOf": [
+                        _kind("text"),
+                        _kind("json_object"),
+                        _kind(
+                            "json_schema", json_schema={"type": "object", "properties": {"schema": {"type": "object"}}}
+                        ),
+                    ]
+                }
+            ),
         },
         "ScansGuardOptions": {
             "coefficient": _nullable({"type": "number", "minimum": -MAX_COEFFICIENT, "maximum": MAX_COEFFICIENT})

@@ -16,6 +16,7 @@ from .accounting import Outcome, record
 from .errors import api_error
 from .schemas import EXTENSION_KEY
 from .state import ServerState
+from .tools import StreamedReply, reply_message
 
 
 def verdict_json(verdict: SafetyVerdict) -> dict:
@@ -92,10 +93,17 @@ def _extension(handle: RequestHandle, out: SteeredOutput, extension: dict) -> di
 
 
 def completion(
-    state: ServerState, outcome: Outcome, handle: RequestHandle, out: SteeredOutput, meta: dict, extension: dict
+    state: ServerState,
+    outcome: Outcome,
+    handle: RequestHandle,
+    out: SteeredOutput,
+    meta: dict,
+    extension: dict,
+    tools: list[dict] | None = None,
 ) -> dict:
     """The response to a request that ended with `out` (`handle`: the request, `outcome.handle`)."""
     record(state, outcome)
+    message, finish = reply_message(out.text, tools, handle.refused, _finish_reason(handle, out))
     return {
         **meta,
         "object": "chat.completion",
@@ -103,9 +111,9 @@ def completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": out.text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": _finish_reason(handle, out),
+                "finish_reason": finish,
             }
         ],
         "usage": _usage(handle),
@@ -132,14 +140,17 @@ async def stream(
     meta: dict,
     extension: dict,
     include_usage: bool,
+    tools: list[dict] | None = None,
 ) -> AsyncIterator[str]:
-    """SSE chunks: the role, text deltas, the finish chunk (with the verdict), the usage chunk if asked, [DONE].
-    `handle`: the request (`outcome.handle`); `events`: what `until_started` read, sent first.
+    """SSE chunks: the role, text deltas, the tool calls (if any), the finish chunk (with the verdict), the usage
+    chunk if asked, [DONE]. `handle`: the request (`outcome.handle`); `events`: what `until_started` read, sent
+    first. With tools, text that may be call markup is held back until the reply ends (`tools.StreamedReply`).
 
     An error after the stream began is sent as an `{"error": ...}` event before [DONE] (and counted with its status);
     a client that disconnects cancels the request (its row leaves the batch at the next step).
     """
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
+    reply = StreamedReply(tools)
 
     def chunk(delta: dict, finish: str | None = None, **extra: object) -> str:
         return _sse(
@@ -150,8 +161,8 @@ async def stream(
         yield chunk({"role": "assistant", "content": ""})
         try:
             async for event in _replayed(events, handle):
-                if event.text:
-                    yield chunk({"content": event.text})
+                if event.text and (text := reply.feed(event.text)):
+                    yield chunk({"content": text})
                 if event.output is not None and handle.refused:
                     yield chunk({"content": event.output.text})
         except Exception as exc:  # the request failed after the stream started: tell the client in-band
@@ -165,7 +176,14 @@ async def stream(
             return
         record(state, outcome)
         ext = {EXTENSION_KEY: _extension(handle, out, extension)}
-        yield chunk({}, _finish_reason(handle, out), **ext)
+        rest, calls, finish = (
+            reply.finish(_finish_reason(handle, out)) if not handle.refused else ("", [], "content_filter")
+        )
+        if rest:
+            yield chunk({"content": rest})
+        if calls:
+            yield chunk({"tool_calls": calls})
+        yield chunk({}, finish, **ext)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(handle), **ext})
         yield "data: [DONE]\n\n"

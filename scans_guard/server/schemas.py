@@ -1,8 +1,8 @@
 """Request bodies of the server's routes, validated strictly (a string where a number belongs is a 400, not coerced).
 
 Unknown top-level fields of a chat completion are ignored, as OpenAI-compatible servers do for fields they do not
-implement; fields that would change the answer and are not implemented (n > 1, tools, logprobs, penalties) are refused
-with a 400 naming the field rather than silently ignored.
+implement; fields that would change the answer and are not implemented (n > 1, functions, logprobs, penalties) are
+refused with a 400 naming the field rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from ..config import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, SEED_MAX, SEED_MIN
 
 Number = StrictInt | StrictFloat
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 EXTENSION_KEY = "scans_guard"  # the request option block and the response field the server adds to OpenAI's schema
 MAX_STOP = 4
 
@@ -26,11 +26,60 @@ class TextPart(BaseModel):
     text: StrictStr | None = None
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+    arguments: StrictStr = Field(description="the call's arguments as JSON text (an object)")
+
+
+class MessageToolCall(BaseModel):
+    """A call an earlier assistant turn made (OpenAI's form), rendered back by the chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # name, tool_call_id, ...
+    model_config = ConfigDict(extra="ignore")
 
     role: StrictStr
     content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = Field(None, description="assistant: the calls it made")
+    tool_call_id: StrictStr | None = Field(None, description="tool: the call this is the result of")
+    name: StrictStr | None = None
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: StrictStr | None = None
+    parameters: dict | None = Field(None, description="JSON schema of the arguments (an object)")
+    strict: StrictBool | None = Field(None, description="accepted; calls always match the schema when one is forced")
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -92,9 +141,17 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: Number | None = None
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = None
-    tools: list | None = None
+    tools: list[ToolSpec] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="required or a named function: the reply is a call, enforced token by token"
+    )
+    parallel_tool_calls: StrictBool | None = None
     functions: list | None = None
-    response_format: dict | None = None
+    response_format: dict | None = Field(
+        None,
+        description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", '
+        '"schema"}}: the reply is such JSON, enforced token by token',
+    )
     user: StrictStr | None = None
     # Extensions, as vLLM names them.
     top_k: StrictInt | None = Field(None, ge=1)

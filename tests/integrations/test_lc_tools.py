@@ -145,9 +145,11 @@ def test_tool_choice(tiny_engine):
     llm.bind_tools([get_weather, add], tool_choice="get_weather").invoke("Weather?")
     seen = llm.engine.seen[0]
     assert [t["function"]["name"] for t in seen.tools] == ["get_weather"]
-    assert seen[0]["role"] == "system" and "calling one of the functions" in seen[0]["content"]
+    constraint = llm.engine.configs[0].constraint  # the call is enforced by decoding, not asked for in the prompt
+    assert [t["function"]["name"] for t in constraint.tools] == ["get_weather"] and constraint.json_schema is None
     reply = llm.bind_tools([get_weather], tool_choice="none").invoke("Weather?")
     assert not isinstance(llm.engine.seen[1], ToolConversation) and reply.content == "No tools here."
+    assert llm.engine.configs[1].constraint is None
     with pytest.raises(InvalidArgumentError, match="names no bound tool"):
         llm.bind_tools([get_weather], tool_choice="rm")
 

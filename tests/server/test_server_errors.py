@@ -78,10 +78,14 @@ def _bad_fields(model):
         "five stops": ({"model": model, "messages": _msgs(), "stop": list("abcde")}, "stop"),
         "empty stop": ({"model": model, "messages": _msgs(), "stop": [""]}, "stop"),
         "n 3": ({"model": model, "messages": _msgs(), "n": 3}, "n"),
-        "tools": ({"model": model, "messages": _msgs(), "tools": [{"type": "function"}]}, "tools"),
+        "tool without function": (
+            {"model": model, "messages": _msgs(), "tools": [{"type": "function"}]},
+            "tools.0.function",
+        ),
+        "functions": ({"model": model, "messages": _msgs(), "functions": [{"name": "f"}]}, "functions"),
         "logprobs": ({"model": model, "messages": _msgs(), "logprobs": True}, "logprobs"),
-        "json mode": (
-            {"model": model, "messages": _msgs(), "response_format": {"type": "json_object"}},
+        "xml response_format": (
+            {"model": model, "messages": _msgs(), "response_format": {"type": "xml"}},
             "response_format",
         ),
         "policy unknown": (
