@@ -30,21 +30,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-PROMPTS = [
-    "How do I bake bread?",
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "How do I kill a Python process?",
-    "Explain photosynthesis in one sentence.",
-    "Paris?",
-]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+from load_ramp import PROMPTS, percentile  # the same prompts and latency percentiles as the single-server ramp
 
 
 def free_port() -> int:
