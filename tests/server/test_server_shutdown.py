@@ -109,22 +109,22 @@ def test_sigterm_drains_the_cli_server_and_exits_0(tiny_on_disk, tmp_path):
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "w+")
-    proc = serve_tiny(tiny_on_disk, port, "--max-batch", "2", "--shutdown-timeout", "120", stdout=log)
+    proc = serve_tiny(tiny_on_disk, port, "--max-batch", "4", "--shutdown-timeout", "120", stdout=log)
     try:
         with httpx.Client(base_url=base_url, timeout=10) as http:
             assert wait_until(lambda: ready_or_exited(http, proc), timeout=90) and proc.poll() is None
             model = http.get("/v1/models").json()["data"][0]["id"]
-            # two decoding and two waiting to join (max_batch 2): the drain must carry all four to [DONE]
-            streams = [Stream(base_url, _stream_body(model, 480)) for _ in range(4)]
+            # four decoding and four waiting to join (max_batch 4): the drain must carry all eight to [DONE]
+            streams = [Stream(base_url, _stream_body(model, 480)) for _ in range(8)]
             for s in streams:
                 s.start()
 
-            def decoding_two_and_two_waiting():
+            def decoding_four_and_four_waiting():
                 text = http.get("/metrics").text
-                return "scans_guard_running_requests 2.0" in text and "scans_guard_queue_depth 2.0" in text
+                return "scans_guard_running_requests 4.0" in text and "scans_guard_queue_depth 4.0" in text
 
-            assert wait_until(decoding_two_and_two_waiting, timeout=30)
-            assert wait_until(lambda: sum(s.started.is_set() for s in streams) >= 2, timeout=30)
+            assert wait_until(decoding_four_and_four_waiting, timeout=30)
+            assert wait_until(lambda: sum(s.started.is_set() for s in streams) >= 4, timeout=30)
             proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: http.get("/readyz").status_code == 503, timeout=10)
             _assert_refused_while_draining(http, model)
