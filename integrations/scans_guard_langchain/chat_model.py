@@ -236,7 +236,8 @@ class SafetyConsciousLLM(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Any:
         """Bind tools (LangChain tools, pydantic models, functions or OpenAI schemas). `tool_choice`: "auto" / None
         (the model may call), "none" (no tools), "any" / "required" (a call of one of them, enforced), or a tool's
-        name (a call of that tool, enforced); `parallel_tool_calls=False`: at most one call per reply."""
+        name (a call of that tool, enforced). A forced call is a single call unless `parallel_tool_calls=True`;
+        `parallel_tool_calls=False` also limits "auto" to at most one call per reply."""
         schemas = tool_schemas(tools)
         chosen_tools(schemas, tool_choice)  # an unknown tool name fails here, not at the first call
         return self.bind(tools=schemas, tool_choice=tool_choice, **kwargs)
@@ -376,7 +377,10 @@ class SafetyConsciousLLM(BaseChatModel):
         prompt = last_user_text(conversation)
         bound, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
-        constraint = Constraint.from_openai(bound, choice, response_format, kwargs.pop("parallel_tool_calls", None))
+        parallel = kwargs.pop("parallel_tool_calls", None)
+        if parallel is None and choice not in (None, "auto", "none"):
+            parallel = False  # a forced call is one call unless asked: the 0.5B repeats one to max_tokens (measured)
+        constraint = Constraint.from_openai(bound, choice, response_format, parallel)
         tools = chosen_tools(bound, choice)
         if response_format is not None and constraint is not None and constraint.json_schema is not None:
             conversation = with_instruction(conversation, json_instruction(response_format))
