@@ -5,7 +5,8 @@ or a schema-constrained reply is valid, with and without the constraint.
     python benchmarks/structured_output.py --model DIR --artifact DIR --prompts 20 --max-new-tokens 48
 
 Speed (`speed`): `--speed-prompts` prompts decoded greedily one at a time (`steered_decode`, unsteered: the decoding
-loop alone), plain and under `Constraint.json(CITY)` alternating, `--repeats` times; ms per token is the mean time of
+loop alone), plain and under `Constraint.matching(CITY)` alternating, `--repeats` times; ms per token is the mean
+time of
 every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens (ignore_eos); a
 constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
 Step times on a shared machine move with its load, so `mask_ms_per_token` also replays the constrained replies'
@@ -124,7 +125,7 @@ def validity(
             Constraint.tool_call(TOOLS, parallel=False),
             _call_valid,
         ),
-        "json_schema": (lambda p: [{"role": "user", "content": p}], Constraint.json(CITY), _json_valid),
+        "json_schema": (lambda p: [{"role": "user", "content": p}], Constraint.matching(CITY), _json_valid),
     }
     table = {}
     for name, (conversation, constraint, valid) in modes.items():
@@ -183,7 +184,7 @@ def speed(engine: ScansEngine, items: list[str], max_new_tokens: int, repeats: i
     """ms per decoding step, plain vs under the CITY constraint (see the module docstring)."""
     vocabulary(engine.handle)  # built once per model, before timing
     plain = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True)
-    constrained = GenerationConfig(max_new_tokens=max_new_tokens, constraint=Constraint.json(CITY))
+    constrained = GenerationConfig(max_new_tokens=max_new_tokens, constraint=Constraint.matching(CITY))
     steps: dict[str, list[float]] = {"plain": [], "constrained": []}
     replies: list[list[int]] = []
     _step_ms(engine, items[0], constrained, [])  # warm-up

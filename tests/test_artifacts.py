@@ -64,9 +64,9 @@ def test_corrupt_artifact_is_a_clear_error(tiny_artifact, tmp_path, damage):
 def test_shipped_default_artifact_loads():
     from scans_guard.artifacts import default_artifact_dir
 
-    art = Artifact.load(default_artifact_dir())
-    assert art.meta.model_fingerprint["n_layers"] == 24
-    assert art.refusal_vectors.shape == (24, 896)
+    art = Artifact.load(default_artifact_dir())  # the 1.5B's: 28 blocks of width 1536
+    assert art.meta.model_fingerprint["n_layers"] == 28
+    assert art.refusal_vectors.shape == (28, 1536)
 
 
 def test_shipped_artifact_records_its_anchors_and_splits():
