@@ -6,8 +6,8 @@ or a schema-constrained reply is valid, with and without the constraint.
 
 Speed (`speed`): `--speed-prompts` prompts decoded greedily one at a time (`steered_decode`, unsteered: the decoding
 loop alone), plain and under `Constraint.matching(CITY)` alternating, `--repeats` times; ms per token is the mean
-time of every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens (ignore_eos); a
-constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
+time of every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens
+(ignore_eos); a constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
 Step times on a shared machine move with its load, so `mask_ms_per_token` also replays the constrained replies'
 tokens through the mask alone (compute, apply, advance): the constraint's own cost, and its share of a plain step.
 
