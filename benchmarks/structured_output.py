@@ -5,11 +5,11 @@ or a schema-constrained reply is valid, with and without the constraint.
     python benchmarks/structured_output.py --model DIR --artifact DIR --prompts 20 --max-new-tokens 48
 
 Speed (`speed`): `--speed-prompts` prompts decoded greedily one at a time (`steered_decode`, unsteered: the decoding
-loop alone), plain and under `Constraint.matching(CITY)` alternating, `--repeats` times; ms per token is the mean
-time of every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens
-(ignore_eos); a constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
-Step times on a shared machine move with its load, so `mask_ms_per_token` also replays the constrained replies'
-tokens through the mask alone (compute, apply, advance): the constraint's own cost, and its share of a plain step.
+loop alone), plain and under `Constraint.matching(CITY)` alternating, `--repeats` times; ms per token is the mean time
+of every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens (ignore_eos); a
+constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
+Step times on a shared machine move with its load, so `mask_ms_per_token` also replays the constrained replies' tokens
+through the mask alone (compute, apply, advance): the constraint's own cost, and its share of a plain step.
 
 Validity (`validity`): `--prompts` varied prompts (cities x request kinds), decoded in batches of `--batch-size` under
 the engine's "steer" policy (sigma classifies and steers every row; nothing is blocked, so every reply is the
