@@ -95,4 +95,4 @@ def test_artifact_without_a_tensors_hash_loads_with_a_warning(tiny_artifact, tmp
 
 def test_shipped_artifact_still_loads():
     """It predates tensors_sha256 (the lead re-saves it); it must keep loading, with the warning."""
-    assert Artifact.load(default_artifact_dir()).refusal_vectors.shape == (24, 896)
+    assert Artifact.load(default_artifact_dir()).refusal_vectors.shape == (28, 1536)  # the 1.5B's
