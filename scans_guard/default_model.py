@@ -265,7 +265,7 @@ def _is_complete(target: Path, gguf_sha256: str | None = None) -> bool:
 def _build_cache(work: Path, get_gguf, progress: bool) -> None:
     """Dequantise the GGUF into work/model as safetensors with its tokenizer, stored at half precision.
 
-    Half precision halves the disk (the 1.5B: 7.1 -> 3.6 GB) and the bytes hashed on every load; its rounding
+    Half precision halves the disk (the 1.5B: 7.1 -> 3.57 GB) and the bytes hashed on every load; its rounding
     (relative 2^-11) is far below the 4-bit quantisation error already in the weights. A model with a weight beyond
     float16's range is stored at float32 instead.
     """
