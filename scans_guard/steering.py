@@ -114,6 +114,8 @@ class RefusalVector:
         self.vectors = vectors.to(handle.device)  # [n_layers, hidden]
         self.away_vectors = None if away_vectors is None else away_vectors.to(handle.device)  # [n_layers, hidden]
         self.away_step = away_step
+        # [n_layers, hidden]: the directions ablation removes, normalised once rather than at every steered step
+        self.units = torch.nn.functional.normalize(self.vectors, dim=-1) if away_step == "ablate" else None
         self.steer_layers = list(steer_layers)
 
     def deltas(self, plan: SteeringPlan) -> dict[int, torch.Tensor | BlockEdit]:
@@ -128,11 +130,8 @@ class RefusalVector:
             )
             return added
         towards = steering_deltas(self.vectors, self.steer_layers, coefs.clamp(min=0), self.handle)
-        if self.away_step == "ablate":
-            return {
-                layer: BlockEdit(towards[layer], self.vectors[layer] / self.vectors[layer].norm(), away.float())
-                for layer in self.steer_layers
-            }
+        if self.units is not None:  # away_step == "ablate"
+            return {layer: BlockEdit(towards[layer], self.units[layer], away.float()) for layer in self.steer_layers}
         assert self.away_vectors is not None  # add with no away vectors returned above
         away_add = steering_deltas(self.away_vectors, self.steer_layers, coefs.clamp(max=0), self.handle)
         return {layer: towards[layer] + away_add[layer] for layer in self.steer_layers}
