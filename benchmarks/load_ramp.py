@@ -9,31 +9,25 @@ sends `--requests-per-client` streamed chat completions one after the other, wit
 accepted (200), rejected (429) and failed (anything else) counts; p50 / p95 / p99 latency and time to first token of
 the accepted; and `lost`: accepted requests whose stream ended without a finish reason and `[DONE]`, which must be 0,
 as must the rows still running or waiting once the level is done. Timings only: nothing here asserts a speed
-(tests/test_load_ramp.py runs it at tiny sizes on the tiny model).
+(tests/server/test_server_load_ramp.py runs it at tiny sizes on the tiny model).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from http_load import chat_body, percentile, post_chat, run_clients
 
 from scans_guard import ScansEngine
 from scans_guard.server import LocalServer, ServerSettings, create_app
 from scans_guard.testing import wait_until
-
-PROMPTS = [
-    "How do I bake bread?",
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "How do I kill a Python process?",
-    "Explain photosynthesis in one sentence.",
-    "Paris?",
-]
 
 
 def levels(capacity: int, factor: int = 4) -> list[int]:
@@ -45,42 +39,24 @@ def levels(capacity: int, factor: int = 4) -> list[int]:
     return out + [factor * capacity]
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def one_request(port: int, body: dict, timeout: float) -> dict:
-    """One streamed chat completion: its status, whether an accepted stream ended whole, TTFT and latency."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    t0 = time.perf_counter()
+def _read_stream(response: http.client.HTTPResponse, t0: float) -> dict:
+    """A streamed reply: whether an accepted stream ended whole, TTFT and latency (a refusal: its status alone)."""
+    if response.status != 200:
+        response.read()
+        return {"status": response.status}
     ttft, finish, done = None, None, False
-    try:
-        conn.request(
-            "POST", "/v1/chat/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"}
-        )
-        response = conn.getresponse()
-        if response.status != 200:
-            response.read()
-            return {"status": response.status}
-        for raw in response:
-            line = raw.decode().strip()
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: "):
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    return {"status": 200, "error": chunk["error"]["message"], "whole": False}
-                for choice in chunk["choices"]:
-                    if choice["delta"].get("content") and ttft is None:
-                        ttft = time.perf_counter() - t0
-                    finish = finish or choice.get("finish_reason")
-    except OSError as exc:  # a connection refused or reset: failed, not rejected
-        return {"status": 0, "error": repr(exc)}
-    finally:
-        conn.close()
+    for raw in response:
+        line = raw.decode().strip()
+        if line == "data: [DONE]":
+            done = True
+        elif line.startswith("data: "):
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return {"status": 200, "error": chunk["error"]["message"], "whole": False}
+            for choice in chunk["choices"]:
+                if choice["delta"].get("content") and ttft is None:
+                    ttft = time.perf_counter() - t0
+                finish = finish or choice.get("finish_reason")
     latency = time.perf_counter() - t0
     return {
         "status": 200,
@@ -90,28 +66,17 @@ def one_request(port: int, body: dict, timeout: float) -> dict:
     }
 
 
+def one_request(port: int, body: dict, timeout: float) -> dict:
+    """One streamed chat completion: its status, whether an accepted stream ended whole, TTFT and latency."""
+    return post_chat(port, {**body, "stream": True}, timeout, _read_stream)
+
+
 def run_level(port: int, model: str, clients: int, per_client: int, max_tokens: int, timeout: float) -> dict:
-    results: list[dict] = []
-    lock = threading.Lock()
+    def bodies(c: int) -> Iterator[dict]:
+        return (chat_body(model, max_tokens, c + k) for k in range(per_client))
 
-    def client(c: int) -> None:
-        for k in range(per_client):
-            body = {
-                "model": model,
-                "max_tokens": max_tokens,
-                "messages": [{"role": "user", "content": PROMPTS[(c + k) % len(PROMPTS)]}],
-            }
-            result = one_request(port, body, timeout)
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout * per_client + 30)
-    wall = time.perf_counter() - t0
+    send = functools.partial(one_request, port, timeout=timeout)
+    results, wall = run_clients(clients, bodies, send, timeout * per_client + 30)
     accepted = [r for r in results if r["status"] == 200]
     whole = [r for r in accepted if r.get("whole")]
     latency = [r["latency_s"] for r in whole]

@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
-import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from load_ramp import PROMPTS, percentile  # the same prompts and latency percentiles as the single-server ramp
+from http_load import chat_body, percentile, post_chat, run_clients, shared_queue  # the load_ramp.py loop
 
 
 def free_port() -> int:
@@ -39,55 +38,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _read_whole(response: http.client.HTTPResponse, t0: float) -> dict:
+    """A whole reply: its status, latency and the replica that answered (X-Scans-Guard-Replica)."""
+    response.read()
+    return {
+        "status": response.status,
+        "latency_s": time.perf_counter() - t0,
+        "replica": response.getheader("X-Scans-Guard-Replica"),
+    }
+
+
 def one_request(port: int, body: dict, timeout: float) -> dict:
     """One non-streamed chat completion: its status, latency and the replica that answered."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    t0 = time.perf_counter()
-    try:
-        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        return {
-            "status": response.status,
-            "latency_s": time.perf_counter() - t0,
-            "replica": response.getheader("X-Scans-Guard-Replica"),
-        }
-    except OSError as exc:  # refused, reset or timed out: failed
-        return {"status": 0, "error": repr(exc)}
-    finally:
-        conn.close()
+    return post_chat(port, body, timeout, _read_whole)
 
 
 def run_load(port: int, model: str, requests: int, concurrency: int, max_tokens: int, timeout: float) -> dict:
     """Exactly `requests` requests from `concurrency` threads taking the next one until none is left."""
-    results: list[dict] = []
-    lock = threading.Lock()
-    queue = list(range(requests))
-
-    def client() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                k = queue.pop()
-            body = {
-                "model": model,
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "ignore_eos": True,
-                "messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
-            }
-            result = one_request(port, body, timeout)
-            with lock:
-                results.append(result)
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout * requests + 30)
-    wall = time.perf_counter() - t0
+    bodies = [chat_body(model, max_tokens, k, temperature=0, ignore_eos=True) for k in range(requests)]
+    send = functools.partial(one_request, port, timeout=timeout)
+    results, wall = run_clients(concurrency, shared_queue(bodies), send, timeout * requests + 30)
     ok = [r for r in results if r["status"] == 200]
     latency = [r["latency_s"] for r in ok]
     return {

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The shared helper modules assert too: their failures read like the tests' own.
+pytest.register_assert_rewrite("fuzz_helpers", "benchmark_scripts", "tool_schemas")
 
 from scans_guard import CalibrationConfig, ScansEngine  # noqa: E402
 from scans_guard.calibration import calibrate  # noqa: E402
@@ -106,3 +108,28 @@ def shared_data():
             "only AdvBench, TruthfulQA and XSTest ship with the package"
         )
     return SHARED_DATA
+
+
+# -- the benchmark scripts' tests (helpers: benchmark_scripts.py) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def script(one_torch_thread):
+    """Loads benchmarks/NAME.py; the scripts import their siblings (`from safe_steering_sweep import ...`)."""
+    from benchmark_scripts import BENCH, load_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCH))
+        yield lambda name: load_module(BENCH / f"{name}.py")
+
+
+@pytest.fixture(scope="module")
+def data_dir(shared_data) -> Path:
+    """The scripts' sets need the benchmark data (`shared_data` skips without it)."""
+    return shared_data
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tiny_on_disk) -> list[str]:
+    """The command-line options that point a script at the tiny model and its artifact on disk."""
+    return ["--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact")]

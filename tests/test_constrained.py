@@ -6,11 +6,12 @@ continuous batcher's step), rows with different constraints or none in one batch
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import pytest
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
+from tool_schemas import ARGS, TOOLS, City
+from tool_schemas import PROMPTS as TOOL_PROMPTS
 
 pytest.importorskip("llguidance", reason="constrained decoding needs the [structured] extra")
 
@@ -21,39 +22,8 @@ from scans_guard.scheduler import ContinuousBatcher  # noqa: E402
 from scans_guard.steering import steered_decode  # noqa: E402
 from scans_guard.tool_calls import parse_tool_calls  # noqa: E402
 
-
-class Weather(BaseModel):
-    city: str = Field(max_length=6)
-    unit: Literal["celsius", "fahrenheit"]
-
-
-class Add(BaseModel):
-    a: int = Field(ge=-50, le=50)
-    b: bool
-
-
-class City(BaseModel):
-    name: str = Field(max_length=6)
-    country: Literal["France", "Spain", "Japan"]
-    capital: bool
-
-
-def _tool(name: str, model: type[BaseModel]) -> dict:
-    return {"type": "function", "function": {"name": name, "parameters": model.model_json_schema()}}
-
-
-TOOLS = [_tool("get_weather", Weather), _tool("add", Add)]
-ARGS = {"get_weather": Weather, "add": Add}
-PROMPTS = [
-    "What is the weather in Paris?",
-    "Add 2 and 3.",
-    "Tell me a joke about cats.",
-    "Which city is the capital of Japan?",
-    "How do I bake bread?",
-    "Write a poem about the sea.",
-    "Is it going to rain in Madrid tomorrow?",
-    "Sum forty and two, please.",
-]
+# The batcher test submits them all at once into a batch of 8.
+PROMPTS = TOOL_PROMPTS[:8]
 
 
 def _valid_calls(text: str, tools: list[dict]) -> list:
@@ -184,6 +154,7 @@ def test_from_openai_and_closed_objects():
     assert either.tools and either.json_schema == {"type": "object"}
     assert "content | calls" in either.grammar(None)
     assert Constraint.from_openai(None, None, {"type": "json_object"}).json_schema == {"type": "object"}
-    schema = closed(City.model_json_schema())
+    # City forbids extra keys itself: closed() must say so in a schema that does not
+    schema = closed({k: v for k, v in City.model_json_schema().items() if k != "additionalProperties"})
     assert schema["additionalProperties"] is False and json.dumps(schema)
     assert closed({"type": "object"}) == {"type": "object"}  # no properties listed: any object stays allowed

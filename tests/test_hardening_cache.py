@@ -5,6 +5,7 @@ Runs on the tiny model; see docs/hardening.md for the table these tests back.
 
 import json
 import logging
+import shutil
 import struct
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scans_guard import default_model, load_model
+from scans_guard import ModelLoadError, default_model, load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,6 +24,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _cache_target(cache_dir):
     return cache_dir / "models" / default_model.DEFAULT_MODEL.cache_name
+
+
+def _complete_cache(tiny, cache_dir):
+    """The tiny model saved as the default model's cache and marked complete; its directory."""
+    target = _cache_target(cache_dir)
+    tiny.model.save_pretrained(target)
+    tiny.tokenizer.save_pretrained(target)
+    default_model._write_marker(target)
+    return target
 
 
 @pytest.fixture
@@ -50,10 +60,7 @@ def _write_float(path, tensor_name, index, value):
 
 
 def test_cached_weights_damaged_with_nan_are_rebuilt_not_used(tiny, tmp_path, fake_build):
-    target = _cache_target(tmp_path)
-    tiny.model.save_pretrained(target)
-    tiny.tokenizer.save_pretrained(target)
-    default_model._write_marker(target)
+    target = _complete_cache(tiny, tmp_path)
     weights = target / "model.safetensors"
     _write_float(weights, "model.layers.1.mlp.down_proj.weight", 5, float("nan"))
     assert torch.isnan(load_file(str(weights))["model.layers.1.mlp.down_proj.weight"]).any()  # loads fine as is
@@ -129,3 +136,46 @@ def test_cache_of_the_full_precision_layout_is_rebuilt(tiny, tmp_path, fake_buil
     assert not default_model._is_complete(target)
     assert default_model.embedded_model_dir(cache_dir=tmp_path, progress=False) == target
     assert len(fake_build) == 1 and default_model._is_complete(target)
+
+
+# -- a cache marked complete whose weights were damaged afterwards ---------------------------------------------------
+
+
+@pytest.fixture
+def corrupted_cache(tiny, tmp_path):
+    """A default-model cache that is marked complete but whose weights were damaged afterwards."""
+    target = _complete_cache(tiny, tmp_path)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return tmp_path
+
+
+def test_cache_marked_complete_loads_from_cache(tiny, tmp_path):
+    """Control for the test below: the same cache, undamaged, loads."""
+    _complete_cache(tiny, tmp_path)
+    assert load_model(None, cache_dir=tmp_path, progress=False).n_layers == 4
+
+
+def test_corrupted_cache_is_rebuilt_once(corrupted_cache, tiny, monkeypatch):
+    rebuilt = []
+
+    def fake_build(work, get_gguf, progress):  # stands in for the minute-long GGUF dequantisation
+        tiny.model.save_pretrained(work / "model")
+        tiny.tokenizer.save_pretrained(work / "model")
+        rebuilt.append(work)
+
+    monkeypatch.setattr(default_model, "_build_cache", fake_build)
+    assert load_model(None, cache_dir=corrupted_cache, progress=False).n_layers == 4
+    assert len(rebuilt) == 1
+
+
+def test_corrupted_cache_that_stays_corrupt_is_a_model_load_error(corrupted_cache, tmp_path_factory, monkeypatch):
+    damaged = tmp_path_factory.mktemp("damaged") / "model"
+    shutil.copytree(corrupted_cache / "models" / default_model.DEFAULT_MODEL.cache_name, damaged)
+
+    def broken_build(work, get_gguf, progress):
+        shutil.copytree(damaged, work / "model")
+
+    monkeypatch.setattr(default_model, "_build_cache", broken_build)
+    with pytest.raises(ModelLoadError):
+        load_model(None, cache_dir=corrupted_cache, progress=False)

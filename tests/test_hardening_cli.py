@@ -3,10 +3,12 @@
 Runs on the tiny model; see docs/hardening.md for the table these tests back.
 """
 
+import dataclasses
 import json
 
 import pytest
 
+from scans_guard import default_model
 from scans_guard.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,3 +68,16 @@ def test_cli_max_input_tokens_zero_disables_the_cap(tiny_on_disk, capsys):
     assert main(_cli(tiny_on_disk, "classify", "--max-input-tokens", "20", prompt)) == 2
     assert main(_cli(tiny_on_disk, "classify", "--max-input-tokens", "0", "--json", prompt)) == 0
     assert json.loads(capsys.readouterr().out)["label"] in {"harmful", "benign"}
+
+
+def test_missing_default_model_packages_is_one_cli_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SCANS_GUARD_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(
+        default_model,
+        "DEFAULT_MODEL",
+        dataclasses.replace(default_model.QWEN_15B, package_prefix="scans_guard_no_such_part_package"),
+    )
+    assert main(["classify", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scans-guard: error:") and "pip install 'scans-guard[default-model]'" in err
+    assert err.count("\n") == 1

@@ -16,6 +16,7 @@ from scans_guard_langchain.middleware import ScansGuardMiddleware
 from scans_guard_langchain.testing import scripted_llm
 
 from scans_guard.errors import InvalidPromptError
+from scans_guard.retry import RetryPolicy
 
 PROMPT = "What is the capital of France?"
 IMAGE = HumanMessage(
@@ -269,6 +270,25 @@ def test_steer_retries_a_benign_request_that_is_still_refused(benign_engine):
     assert first < 0 and llm.engine.coefficients == [None, 2 * first]  # sigma's, then twice as far from refusal
     assert reply.content == "Use kill -9." and reply.response_metadata["retried"] is True
     assert reply.response_metadata["alpha"] == 2 * first and reply.response_metadata["score"] is not None
+
+
+def test_steer_retries_as_its_retry_policy_says(benign_engine):
+    first = benign_engine.classify(PROMPT)[0].coefficient
+
+    def run(replies, **options):
+        llm = scripted_llm(replies, engine=benign_engine)
+        agent = create_agent(llm, middleware=[ScansGuardMiddleware(llm, check_output=True, **options)])
+        return agent.invoke({"messages": [HumanMessage(PROMPT)]})["messages"][-1], llm.engine.coefficients
+
+    refusal = "I'm sorry, but I can't assist with that."
+    reply, coefficients = run([refusal, "Use kill -9."], retry=RetryPolicy(factor=3))  # the policy's factor
+    assert coefficients == [None, 3 * first] and reply.response_metadata["alpha"] == 3 * first
+    assert reply.content == "Use kill -9." and reply.response_metadata["first_reply"] == refusal
+    reply, coefficients = run(["Maybe later.", "Use kill -9."], retry=RetryPolicy(judge=lambda p, r: "later" in r))
+    assert coefficients == [None, 2 * first] and reply.content == "Use kill -9."  # the policy's judge decides
+    for retry in (None, RetryPolicy(judge=lambda p, r: False)):  # no retry, or a judge that finds no refusal
+        reply, coefficients = run([refusal, "Use kill -9."], retry=retry)
+        assert coefficients == [None] and reply.content == refusal and "retried" not in reply.response_metadata
 
 
 def test_a_middleware_that_cannot_work_fails_at_construction(tiny_engine):

@@ -3,28 +3,16 @@ server's capacity (max_batch + max_queue) some clients turned away with 429 rath
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from server_helpers import slow_steps
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load_ramp.py"
+
+def test_levels_ramp_to_four_times_capacity(script):
+    assert script("load_ramp").levels(3) == [1, 2, 4, 8, 12]
+    assert script("load_ramp").levels(8) == [1, 2, 4, 8, 16, 32]
 
 
-def _load_ramp():
-    spec = importlib.util.spec_from_file_location("load_ramp", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_levels_ramp_to_four_times_capacity():
-    assert _load_ramp().levels(3) == [1, 2, 4, 8, 12]
-    assert _load_ramp().levels(8) == [1, 2, 4, 8, 16, 32]
-
-
-def test_ramp_loses_nothing_accepted(tiny_engine):
-    load_ramp = _load_ramp()
+def test_ramp_loses_nothing_accepted(script, tiny_engine):
+    load_ramp = script("load_ramp")
     with slow_steps(tiny_engine.handle, 0.05):  # steps slower than 12 clients arriving: the queue fills
         report = load_ramp.ramp(
             tiny_engine, max_batch=2, max_queue=1, max_tokens=3, per_client=2, policy="steer", timeout=60

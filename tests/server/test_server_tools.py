@@ -4,11 +4,10 @@ is gibberish, so every valid call or schema-valid JSON below is the constraint's
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
 from server_helpers import running
+from tool_schemas import ARGS, PROMPTS, TOOLS, City
 
 from scans_guard.decision import GuardPolicy
 from scans_guard.loading import ToolConversation
@@ -18,64 +17,6 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("llguidance", reason="constrained decoding needs the [structured] extra")
 
 
-class Weather(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    city: str = Field(max_length=6)
-    unit: Literal["c", "f"]
-
-
-class Add(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    a: int = Field(ge=0, le=9)
-    b: bool
-
-
-class City(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=6)
-    country: Literal["France", "Japan"]
-
-
-# Compact schemas: the tiny model's context is 512 tokens, and its template puts the tools in the system turn.
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 6}, "unit": {"enum": ["c", "f"]}},
-                "required": ["city", "unit"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"type": "boolean"}},
-                "required": ["a", "b"],
-            },
-        },
-    },
-]
-ARGS = {"get_weather": Weather, "add": Add}
-PROMPTS = [
-    "What is the weather in Paris?",
-    "Add 2 and 3.",
-    "Tell me a joke about cats.",
-    "Which city is the capital of Japan?",
-    "How do I bake bread?",
-    "Write a poem about the sea.",
-    "Is it going to rain in Madrid tomorrow?",
-    "Sum forty and two, please.",
-    "hi",
-    "Translate 'good morning' into French.",
-    "What is 7 times 6?",
-    "List three colours.",
-]
 CITY_FORMAT = {"type": "json_schema", "json_schema": {"name": "city", "schema": City.model_json_schema()}}
 
 
