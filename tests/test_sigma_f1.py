@@ -1,31 +1,18 @@
 """σ reported the way guard models are: prompt F1 (unsafe positive) at a threshold and the best F1 at FPR <= 5 %."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "sigma_auroc.py"
 
-
-def _sigma_auroc():
-    spec = importlib.util.spec_from_file_location("sigma_auroc", BENCH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_f1_counts_unsafe_as_positive():
-    f1 = _sigma_auroc().f1
+def test_f1_counts_unsafe_as_positive(script):
+    f1 = script("sigma_auroc").f1
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
     flagged = np.array([True, True, True, False, True, False, False, False])  # tp 3, fn 1, fp 1
     assert f1(y, flagged) == 2 * 3 / (2 * 3 + 1 + 1)
     assert f1(y, np.zeros(8, bool)) == 0.0
 
 
-def test_best_f1_respects_the_false_positive_ceiling():
-    sa = _sigma_auroc()
+def test_best_f1_respects_the_false_positive_ceiling(script):
+    sa = script("sigma_auroc")
     # 20 safe prompts: one scored above every unsafe prompt (a false positive at any useful threshold, FPR 5 %),
     # one between the unsafe ones, so catching more than the top two unsafe prompts costs FPR 10 %
     safe = [9.0, 2.5] + [-5.0] * 18
