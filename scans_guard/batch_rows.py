@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .config import GenerationConfig, RowSteering
 from .constrained import CompiledConstraint
 from .decision import GuardPolicy
-from .engine import Conversation
+from .readings import Conversation
 from .reply import ReplyState
 from .request_handle import RequestHandle
 from .retry import JudgeGate, RetryPolicy
@@ -39,6 +39,7 @@ class QueuedRequest:
     classify_s: float = 0.0  # a retried request's sigma pass, before its first reply
     guard: GuardPolicy = field(default_factory=GuardPolicy)  # what a guarded request (refusal set) blocks
     grammar: CompiledConstraint | None = None  # config.constraint compiled for the model (at submit)
+    reuse_cache: bool = True  # a classified row decodes on the sigma pass's KV cache (False: prefilled afresh)
 
 
 @dataclass

@@ -1,11 +1,22 @@
-"""How one reply ends and what of its text may be emitted: shared by the engine and the continuous batcher, so a
-reply ends (EOS, stop string, length) and streams the same way whichever decodes it."""
+"""How one reply ends and what of its text may be emitted (`ReplyState`, advanced by the step scheduler for every
+request), and the events a reply streams as (`StreamEvent`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import GenerationConfig
+from pydantic import BaseModel
+
+from .config import GenerationConfig, SafetyVerdict, SteeredOutput
+
+
+class StreamEvent(BaseModel):
+    """A piece of a streamed generation: new text of one row; `output` is set on the row's last event."""
+
+    row: int
+    text: str = ""
+    verdict: SafetyVerdict | None = None
+    output: SteeredOutput | None = None
 
 
 @dataclass

@@ -7,11 +7,11 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from .config import RowSteering, SafetyVerdict, SteeredOutput
-from .engine import StreamEvent
 from .errors import ScansGuardError
+from .reply import StreamEvent
 
 
 class SchedulerError(ScansGuardError):
@@ -59,6 +59,7 @@ class RequestHandle:
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._on_cancel: Callable[[], None] | None = None
+        self._on_push: Callable[[], None] | None = None  # a consumer of several handles (`drain`) waits on this
 
     # -- producer side (the worker thread) --------------------------------------------------------------------
     def _push(self, event: StreamEvent | None = None, *, done: bool = False, error: BaseException | None = None):
@@ -75,6 +76,9 @@ class RequestHandle:
                 self.finished_at = time.perf_counter()
             self._cond.notify_all()
             waiters, self._waiters = self._waiters, []
+            on_push = self._on_push
+        if on_push is not None:
+            on_push()
         for loop, ready in waiters:
             try:
                 loop.call_soon_threadsafe(ready.set)
@@ -142,19 +146,25 @@ class RequestHandle:
                     if event is None:
                         raise StopAsyncIteration
                     return event
-                ready = asyncio.Event()
-                self._waiters.append((asyncio.get_running_loop(), ready))
-            await ready.wait()
+            await self.wait(lambda: False)
 
     async def wait(self, ready: Callable[[], bool]) -> None:
         """Wait in asyncio until an event is queued, the request is over, or `ready()` holds."""
         while True:
+            event = asyncio.Event()
             with self._cond:
-                if self._events or self._done or ready():
+                if ready() or not self._arm(asyncio.get_running_loop(), event):
                     return
-                event = asyncio.Event()
-                self._waiters.append((asyncio.get_running_loop(), event))
             await event.wait()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Event) -> bool:
+        """Have the next push set `ready` (in `loop`); False, arming nothing, if an event is queued or the request
+        is over already."""
+        with self._cond:
+            if self._events or self._done:
+                return False
+            self._waiters.append((loop, ready))
+            return True
 
     def queued(self) -> list[StreamEvent]:
         """The events queued now, taken without waiting (an error is raised by iteration, after them)."""
@@ -172,3 +182,60 @@ class RequestHandle:
         async for _ in self:
             pass
         return self.output
+
+
+ErrorOf = Callable[[int, BaseException], BaseException]  # a request's error as the caller raises it, by index
+
+
+def drain(handles: Sequence[RequestHandle], error: ErrorOf | None = None) -> Iterator[tuple[int, StreamEvent]]:
+    """The events of several requests as they come, each with its handle's index, until every one is over.
+
+    A request that failed raises its error (through `error(index, exc)` when given) once its events are taken.
+    """
+    woken = threading.Event()
+    for handle in handles:
+        handle._on_push = woken.set
+    open_rows = list(range(len(handles)))
+    while open_rows:
+        woken.clear()  # before looking: a push after the look sets it again, so no event waits unseen
+        taken, failure = _take(handles, open_rows, error)
+        yield from taken
+        if failure is not None:
+            raise failure
+        if open_rows:
+            woken.wait()
+
+
+async def adrain(
+    handles: Sequence[RequestHandle], error: ErrorOf | None = None
+) -> AsyncIterator[tuple[int, StreamEvent]]:
+    """`drain` for asyncio: it awaits the handles' own async wake-ups (as `async for` over one handle does), so the
+    event loop never blocks on the worker thread."""
+    open_rows = list(range(len(handles)))
+    while open_rows:
+        taken, failure = _take(handles, open_rows, error)
+        for item in taken:
+            yield item
+        if failure is not None:
+            raise failure
+        if open_rows:
+            ready, loop = asyncio.Event(), asyncio.get_running_loop()
+            if all([handles[row]._arm(loop, ready) for row in open_rows]):  # all armed: nothing queued meanwhile
+                await ready.wait()
+
+
+def _take(
+    handles: Sequence[RequestHandle], open_rows: list[int], error: ErrorOf | None
+) -> tuple[list[tuple[int, StreamEvent]], BaseException | None]:
+    """One look at the open handles: the events queued now, and the error of one that failed (it and every handle
+    that is over leave `open_rows`)."""
+    taken: list[tuple[int, StreamEvent]] = []
+    for row in list(open_rows):
+        handle = handles[row]
+        over = handle.done  # read before taking the events: none can come after it turned True
+        taken += [(row, event) for event in handle.queued()]
+        if over:
+            open_rows.remove(row)
+            if handle.error is not None:
+                return taken, error(row, handle.error) if error is not None else handle.error
+    return taken, None

@@ -5,24 +5,23 @@ refuses at -1. Retrying those at -2 meets the project's benign goals (XSTest saf
 end to end: benchmarks/retry_end_to_end.py) at +0.18 nats/token, but 2 more HarmfulQ prompts that sigma scores benign
 then comply, and a retried reply is less fluent (docs/steering.md), so it is opt-in.
 Only rows sigma steered away are judged; their first `judge_tokens` tokens are held back from the stream until the
-judge has read them (the measured recipe judged 16-token replies).
+judge has read them (the measured recipe judged 16-token replies). The step scheduler runs the retry
+(`scans_guard.batch_rows`): a refused row leaves the batch and is queued again, steered further, on the same request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import GenerationConfig, RowSteering, SafetyVerdict
+from .config import RowSteering, SafetyVerdict
 from .judge import RefusalJudge, get_judge
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from .engine import Conversation, ScansEngine, StreamEvent
 
 
 class RetryPolicy(BaseModel):
@@ -62,8 +61,7 @@ class RetryPolicy(BaseModel):
 
 @dataclass
 class JudgeGate:
-    """One reply steered away, held back until the judge decides: the engine and the continuous batcher both feed
-    it, so a reply is judged on the same text whichever decodes it."""
+    """One reply steered away, held back until the judge decides (fed by the step scheduler, token by token)."""
 
     prompt: str
     judge: RefusalJudge
@@ -80,78 +78,3 @@ class JudgeGate:
             return False
         self.refused = bool(self.judge(self.prompt, self.text))
         return True
-
-
-@dataclass
-class _Held:
-    """A row steered away and its gate."""
-
-    verdict: SafetyVerdict
-    gate: JudgeGate
-
-
-def retry_refused(
-    engine: ScansEngine,
-    conversations: Sequence[Conversation],
-    events: Generator[StreamEvent, None, None],
-    config: GenerationConfig,
-    policy: RetryPolicy,
-) -> Generator[StreamEvent, None, None]:
-    """Pass `events` through; a row steered away whose first reply the judge calls a refusal is regenerated after
-    the batch at factor x its coefficient (no second sigma pass), its output keeping the verdict and what the judge
-    read of the first reply (as the continuous batcher records it). A refused row decodes on, unseen, only while
-    other rows still need the batch: once every row has ended or been refused, the batch stops and the retry starts
-    (a single refused request never decodes its first reply past the judge)."""
-    from .engine import user_text
-
-    judge, tokenizer = policy.refusal_judge(), engine.handle.tokenizer
-    held: dict[int, _Held] = {}
-    open_rows = set(range(len(conversations)))  # rows whose first reply the caller still waits for
-    for event in events:
-        r = event.row
-        if event.verdict is not None and event.verdict.coefficient < 0:
-            held[r] = _Held(event.verdict, policy.gate(user_text(conversations[r]), tokenizer, judge))
-        if event.output is not None and event.output.finish_reason == "content_filter":
-            held.pop(r, None)  # blocked by the guard: its refusal message is not a reply to judge
-        h = held.get(r)
-        if h is None or event.verdict is not None:
-            yield event
-        elif h.gate.refused is None and h.gate.feed(event.text, event.output is not None) and not h.gate.refused:
-            del held[r]  # the judge let it pass: release what was held back, then stream on
-            yield event.model_copy(update={"text": h.gate.text})
-        # otherwise held back until the judge decides, or (refused) the rest of the first reply is dropped
-        if event.output is not None or (h is not None and h.gate.refused):
-            open_rows.discard(r)
-        if not open_rows and any(x.gate.refused for x in held.values()):
-            events.close()  # every other row has ended: stop decoding refused first replies, go to the retry
-            break
-    yield from _retry(engine, conversations, config, policy, {r: h for r, h in held.items() if h.gate.refused})
-
-
-def _retry(
-    engine: ScansEngine,
-    conversations: Sequence[Conversation],
-    config: GenerationConfig,
-    policy: RetryPolicy,
-    retried: dict[int, _Held],
-) -> Iterator[StreamEvent]:
-    """The refused rows once more, at factor x their coefficient, reported under their own row numbers."""
-    rows = list(retried)
-    if not rows:
-        return
-    steering = [policy.steering(retried[r].verdict) for r in rows]
-    coefficients = [s.coefficient for s in steering]
-    for event in engine.iter_generate([conversations[r] for r in rows], config, coefficient=coefficients):
-        r = rows[event.row]
-        if event.verdict is not None or (event.output is None and not event.text):
-            continue
-        update: dict = {"row": r}
-        if event.output is not None:
-            update["output"] = event.output.model_copy(
-                update={
-                    "verdict": retried[r].verdict,
-                    "first_reply": retried[r].gate.text,
-                    "steering": steering[event.row],
-                }
-            )
-        yield event.model_copy(update=update)

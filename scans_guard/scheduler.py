@@ -6,13 +6,10 @@ iterated in a thread or awaited in asyncio, and `cancel()` ends the request at t
 
 Each step of the worker:
 
-1. Admission. Waiting requests (up to `max_batch` rows in all) are classified together: one `ScansEngine.classify_rows`
-   pass over all newcomers that need sigma (its KV cache kept, as `iter_generate` does), one prefill over those that
-   do not (plain, or a fixed coefficient). A row's first input is then decided as the engine decides it alone: an
-   unsteered row takes its first token from the pass's logits and feeds that token next; a steered row drops its last
-   prompt token from the cache and feeds it again, so steering starts at the last prompt token and never touches the
-   earlier ones. Newcomers' caches are merged into the running batch by left-padding every row to a common length
-   (keys and values `[batch, heads, seq, head_dim]` per layer; the padding is masked out).
+1. Admission (`scans_guard.admission`). Waiting requests (up to `max_batch` rows in all) are classified together: one
+   sigma pass over all newcomers that need sigma (its KV cache kept), one prefill over those that do not (plain, or a
+   fixed coefficient); each row's first input follows the one rule written there. Newcomers' caches are merged into
+   the running batch by left-padding every row to a common length (the padding is masked out).
 2. One forward pass over every running row: one input token each, the row's own attention mask and position, and
    the steering hooks adding each row's own delta (`coefficient * v^l`, a `[batch, hidden]` tensor per layer).
 3. Each row chooses its token with its own sampling settings (transformers' processors, its own seeded generator),
@@ -31,7 +28,8 @@ prefill of step 1, so the client sees one stream (the verdict, the retried reply
 Every forward pass runs inside `engine.steering.apply(plan)` (the running rows' `SteeringPlan`): under the model's
 lock, one step at a time, with its hooks registered and removed inside it, so direct engine calls on the same model
 interleave with the batch as they do with each other. Greedy output of each request is the output it gets alone (up
-to float rounding of a different batch shape, as with the engine's own batching), and records the same steering.
+to float rounding of a different batch shape), and records the same steering. `ScansEngine.generate` decodes here too
+(on a batcher the engine owns), so calls from many threads share batches.
 """
 
 from __future__ import annotations
@@ -42,19 +40,21 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypedDict, Unpack
 
 import torch
 
+from .admission import Admission
 from .batch_rows import QueuedRequest, RunningRow
-from .batching import PromptBatch, prefill
-from .config import GenerationConfig, RowSteering, SafetyVerdict, SteeredOutput
-from .constrained import CompiledConstraint, ConstrainedRows
+from .config import GenerationConfig, SteeredOutput
+from .constrained import CompiledConstraint
+from .core import ScansCore
 from .decision import GuardPolicy
-from .engine import Conversation, ScansEngine, StreamEvent, user_text
-from .errors import InvalidArgumentError, NonFiniteScoreError
+from .errors import InvalidArgumentError
 from .kv_batch import KVBatch, cache_tensors, make_cache
+from .readings import Conversation
+from .reply import StreamEvent
 from .request_handle import (  # noqa: F401  (re-exported: the scheduler's public names live here too)
     QueueFullError,
     RequestHandle,
@@ -63,7 +63,7 @@ from .request_handle import (  # noqa: F401  (re-exported: the scheduler's publi
     SchedulerError,
 )
 from .retry import RetryPolicy
-from .steering import SteeringPlan, _TokenChooser
+from .steering import SteeringPlan
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,10 @@ class SubmitOptions(TypedDict, total=False):
     timeout: float | None
     retry: RetryPolicy | None
     guard: GuardPolicy | None
+    reuse_cache: bool
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(Admission):
     """Serve many requests on one engine with continuous batching (see the module docstring).
 
     `max_batch`: rows decoding at once; `max_queue`: requests waiting to join (more raise QueueFullError);
@@ -92,7 +93,7 @@ class ContinuousBatcher:
 
     def __init__(
         self,
-        engine: ScansEngine,
+        engine: ScansCore,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = DEFAULT_MAX_QUEUE,
@@ -140,6 +141,7 @@ class ContinuousBatcher:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         guard: GuardPolicy | None = None,
+        reuse_cache: bool = True,
     ) -> RequestHandle:
         """Queue one conversation; returns at once. Bad input raises the engine's typed errors here.
 
@@ -151,44 +153,82 @@ class ContinuousBatcher:
         timeout: seconds from now until the request fails with RequestTimeoutError.
         retry: a reply sigma steered away that the judge finds refusing is generated once more, steered further (as
         `ScansEngine.iter_generate`; only with sigma steering). Its first reply is never streamed.
+        reuse_cache: a classified request decodes on its sigma pass's KV cache (False: its prompt is prefilled again).
         """
-        config = config or GenerationConfig()
         if isinstance(conversation, list) and conversation and not isinstance(conversation[0], dict):
             raise InvalidArgumentError("submit takes one conversation; submit each of a batch separately")
-        fixed = SteeringPlan.from_options(1, steer, coefficient).rows[0]  # a bad coefficient fails here
+        return self.submit_all(
+            [conversation],
+            config,
+            steer=steer,
+            coefficients=None if coefficient is None else [coefficient],
+            refusal=refusal,
+            operating_point=operating_point,
+            timeout=timeout,
+            retry=retry,
+            guard=guard,
+            reuse_cache=reuse_cache,
+        )[0]
+
+    def submit_all(
+        self,
+        conversations: Sequence[Conversation],
+        config: GenerationConfig | None = None,
+        *,
+        steer: bool = True,
+        coefficients: Sequence[float] | None = None,
+        refusal: str | None = None,
+        operating_point: str = "guard",
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        guard: GuardPolicy | None = None,
+        reuse_cache: bool = True,
+    ) -> list[RequestHandle]:
+        """Queue several conversations at once (as `submit`; `coefficients`: one per conversation, or None): all or
+        none are queued, and they join the batch at the same step when there is room. Bad input raises the engine's
+        typed errors, naming the conversation's index, before any is queued."""
+        config = config or GenerationConfig()
+        n = len(conversations)
+        fixed = SteeringPlan.from_options(n, steer, coefficients).rows  # a bad coefficient fails here
         if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
-        prompt = self.engine.prompt_rows([conversation], config.max_new_tokens)[0]
+        prompts = self.engine.prompt_rows(conversations, config.max_new_tokens) if n else []
         grammar = CompiledConstraint(self._model, config.constraint) if config.constraint is not None else None
-        handle = RequestHandle(next(self._ids), len(prompt))
-        request = QueuedRequest(
-            conversation=conversation,
-            prompt=prompt,
-            config=config,
-            classify=coefficient is None and (steer or refusal is not None),
-            steer=steer and coefficient is None,
-            fixed=fixed,
-            refusal=refusal,
-            operating_point=operating_point,
-            handle=handle,
-            deadline=None if timeout is None else time.perf_counter() + timeout,
-            retry=RetryPolicy.applies(retry, steer, coefficient),
-            guard=guard or GuardPolicy(),
-            grammar=grammar,
-        )
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        requests = [
+            QueuedRequest(
+                conversation=conversation,
+                prompt=prompt,
+                config=config,
+                classify=coefficients is None and (steer or refusal is not None),
+                steer=steer and coefficients is None,
+                fixed=row,
+                refusal=refusal,
+                operating_point=operating_point,
+                handle=RequestHandle(next(self._ids), len(prompt)),
+                deadline=deadline,
+                retry=RetryPolicy.applies(retry, steer, coefficients),
+                guard=guard or GuardPolicy(),
+                grammar=grammar,
+                reuse_cache=reuse_cache,
+            )
+            for conversation, prompt, row in zip(conversations, prompts, fixed)
+        ]
         with self._cond:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + n > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
-            handle._on_cancel = self._wake
-            self._waiting.append(request)
-            self._ensure_worker()
+            for request in requests:
+                request.handle._on_cancel = self._wake
+                self._waiting.append(request)
+            if requests:
+                self._ensure_worker()
             self._cond.notify_all()
-        return handle
+        return [r.handle for r in requests]
 
     def generate(
         self, conversation: Conversation, config: GenerationConfig | None = None, **options: Unpack[SubmitOptions]
@@ -248,6 +288,7 @@ class ContinuousBatcher:
             except Exception as exc:  # a failed step: fail the requests of that step, keep serving the others
                 log.exception("continuous batching step failed")
                 self._fail_step(exc, admit)
+            del admit  # an idle worker holds no request: a finished one's handle is its consumer's alone
 
     def _fail_step(self, error: BaseException, admitted: list[QueuedRequest]) -> None:
         """Fail the running rows and `admitted` (a no-op for those already answered). After a failed step the worker
@@ -269,166 +310,6 @@ class ContinuousBatcher:
                     continue
                 keep.append(request)
             self._waiting = keep
-
-    # -- admission ------------------------------------------------------------------------------------------
-    def _admit(self, requests: list[QueuedRequest]) -> None:
-        """Newcomers' passes, batched: one sigma pass per operating point, one prefill for the unclassified."""
-        requests = [r for r in requests if not r.handle.cancelled]
-        sigma = [r for r in requests if r.classify]
-        for point in sorted({r.operating_point for r in sigma}):
-            self._isolated(self._admit_classified, [r for r in sigma if r.operating_point == point], point)
-        plain = [r for r in requests if not r.classify]
-        if plain:
-            self._isolated(self._admit_prefilled, plain)
-
-    @staticmethod
-    def _isolated(admit: Callable, group: list[QueuedRequest], *args: object) -> None:
-        """A pass that fails fails its own requests only; the running batch goes on."""
-        try:
-            admit(group, *args)
-        except Exception as exc:
-            log.exception("admitting %d request(s) failed", len(group))
-            for request in group:
-                request.handle._push(error=exc)
-
-    def _admit_classified(self, requests: list[QueuedRequest], operating_point: str) -> None:
-        """One sigma pass over the newcomers (its cache kept); each row then joins as the engine would start it."""
-        t0 = time.perf_counter()
-        try:
-            sp, verdicts = self.engine.classify_rows(
-                [r.conversation for r in requests],
-                [r.prompt for r in requests],
-                keep_cache=True,
-                operating_point=operating_point,
-            )
-        except NonFiniteScoreError as exc:  # fail that request alone (a guarded one is blocked), classify the others
-            failed = requests[exc.index]
-            if failed.refusal is not None:
-                self._refuse(failed, failed.refusal, None, 0.0, t0)
-            else:
-                failed.handle._push(error=NonFiniteScoreError(0))
-            rest = requests[: exc.index] + requests[exc.index + 1 :]
-            if rest:
-                self._admit_classified(rest, operating_point)
-            return
-        classify_s = time.perf_counter() - t0
-        keys, values = cache_tensors(sp.cache)
-        mask = sp.prompt_batch.attention_mask
-        logits = sp.last_prompt_logits
-        first_token: list[tuple[int, RowSteering]] = []
-        steered: list[tuple[int, RowSteering]] = []
-        plan = SteeringPlan.from_verdicts(verdicts)
-        for i, (request, verdict) in enumerate(zip(requests, verdicts)):
-            handle = request.handle
-            handle.verdict = verdict
-            handle._push(StreamEvent(row=0, verdict=verdict))
-            if handle.cancelled:
-                continue
-            if request.refusal is not None and request.guard.decide(verdict).blocked:
-                self._refuse(request, request.refusal, verdict, classify_s, t0)
-                continue
-            row = plan.rows[i] if request.steer else RowSteering()
-            (steered if row.coefficient != 0 else first_token).append((i, row))
-        full = KVBatch(
-            keys,
-            values,
-            mask,
-            torch.tensor([len(r.prompt) for r in requests], device=mask.device),
-            torch.zeros(len(requests), dtype=torch.long, device=mask.device),
-            [],
-        )
-        if first_token:  # unsteered: token 1 comes from the sigma pass, as in iter_generate
-            rows = [self._active(requests[i], c, classify_s) for i, c in first_token]
-            self._join(full, [i for i, _ in first_token], rows, logits)
-        if steered:  # steering starts at the last prompt token: drop it from the cache and feed it again
-            rows = [self._active(requests[i], c, classify_s) for i, c in steered]
-            cropped = KVBatch(
-                [k[..., :-1, :] for k in keys],
-                [v[..., :-1, :] for v in values],
-                mask[:, :-1],
-                full.positions - 1,
-                sp.prompt_batch.input_ids[:, -1],
-                [],
-            )
-            self._join(cropped, [i for i, _ in steered], rows, None)
-
-    @staticmethod
-    def _refuse(
-        request: QueuedRequest, refusal: str, verdict: SafetyVerdict | None, classify_s: float, t0: float
-    ) -> None:
-        """Answer a request the guard blocked with its refusal text, without decoding."""
-        handle = request.handle
-        handle.refused = True
-        handle._push(
-            StreamEvent(
-                row=0,
-                output=SteeredOutput.blocked(
-                    refusal,
-                    verdict,
-                    len(request.prompt),
-                    {"classify_s": classify_s, "generate_s": 0.0, "queue_s": t0 - handle.submitted_at},
-                ),
-            ),
-            done=True,
-        )
-
-    def _admit_prefilled(self, requests: list[QueuedRequest]) -> None:
-        """One prefill over newcomers without classification (plain, or a fixed coefficient from their last prompt
-        token on, as `steered_decode` prefills them); token 1 comes from its logits."""
-        prompts = PromptBatch.left_pad(
-            [r.prompt for r in requests], self._model.tokenizer.pad_token_id, self._model.device
-        )
-        plan = SteeringPlan(tuple(r.fixed for r in requests))
-        width = prompts.input_ids.shape[1]
-        with torch.inference_mode(), self.engine.steering.apply(plan, start_column=width - 1):
-            out = prefill(self._model.model, prompts, use_cache=True, logits_to_keep=1)
-        if out.logits is None:
-            raise RuntimeError(f"{self._model.name} returned no logits")
-        keys, values = cache_tensors(out.cache)
-        full = KVBatch(
-            keys,
-            values,
-            prompts.attention_mask,
-            torch.tensor(prompts.lengths, device=prompts.attention_mask.device),
-            torch.zeros(len(requests), dtype=torch.long, device=prompts.attention_mask.device),
-            [],
-        )
-        rows = [self._active(r, r.fixed, r.classify_s) for r in requests]
-        self._join(full, list(range(len(requests))), rows, out.logits[:, -1, :].float())
-
-    def _active(self, request: QueuedRequest, steering: RowSteering, classify_s: float) -> RunningRow:
-        prompts = PromptBatch.left_pad([request.prompt], self._model.tokenizer.pad_token_id, self._model.device)
-        gate = None
-        if request.retry is not None and steering.source == "sigma" and steering.coefficient < 0:
-            gate = request.retry.gate(user_text(request.conversation), self._model.tokenizer)
-        request.handle.steering, request.handle.judging = steering, gate is not None
-        request.handle._notify()
-        return RunningRow(
-            request=request,
-            chooser=_TokenChooser(request.config, prompts, ConstrainedRows.build(self._model, [request.grammar])),
-            steering=steering,
-            classify_s=classify_s,
-            gate=gate,
-        )
-
-    def _join(self, group: KVBatch, index: list[int], rows: list[RunningRow], logits: torch.Tensor | None) -> None:
-        """Rows `index` of `group` (a newcomers' pass) join the running batch as `rows`; with `logits`, each first
-        chooses its token from them."""
-        part = group.select(index, rows)
-        now = time.perf_counter()
-        for row in rows:  # a retried request keeps its first start: its generate_s covers both replies
-            row.request.handle.started_at = row.request.handle.started_at or now
-        if logits is not None:
-            tokens = [self._accept(row, row.chooser(logits[i : i + 1])) for row, i in zip(rows, index)]
-            part.inputs = torch.tensor(
-                [t if t is not None else 0 for t in tokens], dtype=torch.long, device=part.mask.device
-            )
-            keep = [j for j, t in enumerate(tokens) if t is not None]
-            if len(keep) < len(rows):
-                part = part.select(keep)
-        if part.rows:
-            self._batch = KVBatch.merge(self._batch, part)
-            self._plan = None
 
     # -- decoding -------------------------------------------------------------------------------------------
     def _step(self) -> None:

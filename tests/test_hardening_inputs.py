@@ -15,7 +15,8 @@ from scans_guard import (
     ScansEngine,
     SteeringRecipe,
 )
-from scans_guard import engine as engine_module
+from scans_guard import admission as admission_module
+from scans_guard import core as core_module
 from scans_guard import steering as steering_module
 from scans_guard.config import MIN_TEMPERATURE
 from scans_guard.errors import InvalidArgumentError
@@ -144,7 +145,8 @@ def test_prompt_longer_than_max_input_tokens(capped_engine, call, monkeypatch):
         len(list(getattr(capped_engine, call)(at_cap, SHORT) if call != "classify" else capped_engine.classify(at_cap)))
         >= 1
     )
-    for module, forward in ((engine_module, "run_sigma_pass"), (steering_module, "steered_decode")):
+    passes = ((core_module, "run_sigma_pass"), (admission_module, "prefill"), (steering_module, "steered_decode"))
+    for module, forward in passes:
         monkeypatch.setattr(module, forward, lambda *a, **k: pytest.fail("a forward pass ran"))  # none may run
     with pytest.raises(PromptTooLongError, match="prompt 1 has 41 tokens.*max_input_tokens=40") as info:
         list(getattr(capped_engine, call)(["short", over]))

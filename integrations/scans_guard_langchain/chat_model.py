@@ -6,80 +6,39 @@ coefficient at the steering layers: benign prompts are steered away from refusal
 threshold get +alpha_harmful, which is 0 in the shipped recipe. Under the default policy, guard+steer, the same pass
 blocks what the core guard rejects (harmful, out of domain, unclassifiable): answered with the refusal message.
 
-Concurrency model: the engine serialises forward *steps* under the model's lock (`ModelHandle.lock`, shared by every
-engine on that model) and registers each request's steering hooks inside that lock only, so requests in flight at
-once (threads, `batch`, asyncio tasks) interleave their steps and never see each other's steering. Async methods run
-the blocking engine in a worker thread; `astream` pumps tokens from a worker thread into the event loop, so the loop
-is never blocked. Requests do not run in parallel on the model: throughput comes from `engine.generate` on a padded
-batch, not from concurrency.
+Concurrency model: every call is a request on the engine's step scheduler (`ScansEngine.scheduler`, as the server's
+are), so calls in flight at once (threads, `batch`, asyncio tasks) share its decoding batches, each row with its own
+steering. Sync methods wait on their request's handle; async methods await it (`ScansEngine.aiter_generate`), so the
+event loop never waits on a decoding step.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, model_validator
 
-from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
-from scans_guard.constraints import Constraint
-from scans_guard.decision import (
-    DEFAULT_POLICY,
-    DEFAULT_REFUSAL,
-    GuardPolicy,
-    Policy,
-    check_policy,
-    policy_blocks,
-    policy_steers,
-)
-from scans_guard.engine import ScansEngine, StreamEvent
+from scans_guard.config import SteeredOutput
+from scans_guard.decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, policy_blocks
+from scans_guard.engine import ScansEngine
 from scans_guard.judge import KeywordJudge
-from scans_guard.loading import ToolConversation
 from scans_guard.retry import RetryPolicy
 
-from ._convert import Conversation, last_user_text, messages_to_conversation
-from ._messages import PROVIDER, _verdict_metadata, refusal_message  # noqa: F401 - refusal_message re-exported
-from ._report import LOGGER_NAME, aemit_event, emit_event, log_verdict, verdict_fields
-from ._tools import (
-    ToolCallStream,
-    chosen_tools,
-    json_instruction,
-    parse_tool_calls,
-    structured_output,
-    tool_call_chunks,
-    tool_schemas,
-    with_instruction,
-)
-from .errors import ScansGuardTimeoutError
+from ._calls import ChatCall, async_chunks, sync_chunks
+from ._convert import messages_to_conversation
+from ._messages import PROVIDER, refusal_message  # noqa: F401 - refusal_message re-exported
+from ._report import aemit_event, emit_event
+from ._tools import chosen_tools, parse_tool_calls, structured_output, tool_schemas
 
 if TYPE_CHECKING:
     from .classifier import SafetyClassifier, ScansDecisionModel
-
-log = logging.getLogger(f"{LOGGER_NAME}.llm")
-
-_CALL_KWARGS = {
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "steer",
-    "coefficient",
-    "policy",
-    "tools",
-    "tool_choice",
-    "response_format",
-    "parallel_tool_calls",
-}
-_IGNORED_KWARGS = {"stream", "ls_structured_output_format"}
 
 
 class SafetyConsciousLLM(BaseChatModel):
@@ -301,161 +260,7 @@ class SafetyConsciousLLM(BaseChatModel):
         schemas = tool_schemas(tools) if tools else None
         return len(self.engine.handle.chat_ids(messages_to_conversation(messages), tools=schemas))
 
-    # -- one call --------------------------------------------------------------------------------------------
-    def _settings(
-        self, stop: list[str] | None, kwargs: dict[str, Any], constraint: Constraint | None = None
-    ) -> tuple[GenerationConfig, dict[str, Any]]:
-        unknown = set(kwargs) - _CALL_KWARGS - _IGNORED_KWARGS - {"model"}
-        if unknown:
-            raise TypeError(f"SafetyConsciousLLM got unexpected call arguments {sorted(unknown)}")
-        if kwargs.get("model") not in (None, self.model_name):
-            raise ValueError(
-                f"SafetyConsciousLLM serves one local model ({self.model_name}); "
-                f"per-call model {kwargs['model']!r} is not available"
-            )
-        config = GenerationConfig(
-            max_new_tokens=kwargs.get("max_tokens", self.max_tokens),
-            temperature=kwargs.get("temperature", self.temperature),
-            top_p=kwargs.get("top_p", self.top_p),
-            seed=kwargs.get("seed", self.seed),
-            stop=list(stop if stop is not None else self.stop or []),
-            constraint=constraint,
-        )
-        steering = {
-            "steer": kwargs.get("steer", self.steer),
-            "policy": check_policy(kwargs.get("policy", self.policy)),
-            "coefficient": kwargs.get("coefficient", self.coefficient),
-        }
-        return config, steering
-
-    def _report(self, verdict: SafetyVerdict | None, prompt: str) -> dict[str, Any] | None:
-        if verdict is None:
-            return None
-        fields = verdict_fields(verdict, band=verdict.label, source="llm", prompt=prompt if self.log_prompts else None)
-        log_verdict(log, self.log_level, fields)
-        return fields
-
-    def _final_metadata(self, output: SteeredOutput, prompt: str, content: str, called: bool) -> dict[str, Any]:
-        """The reply's response_metadata; `content` is its text without tool-call markup (what the judge reads)."""
-        recipe = self.engine.recipe
-        refused = bool(self.refusal_judge(prompt, content)) if self.refusal_judge is not None and not called else False
-        meta: dict[str, Any] = {
-            "model_name": self.model_name,
-            "model_provider": PROVIDER,
-            "finish_reason": "tool_calls" if called else output.finish_reason,
-            **_verdict_metadata(output.verdict),
-            "layers": {"steer": list(recipe.steer_layers), "classify": list(recipe.classify_layers)},
-            "timings": dict(output.timings),
-            "refusal": refused,
-        }
-        meta["alpha"], meta["direction"] = output.steering.coefficient, output.steering.direction  # as applied
-        meta["steered"] = meta["alpha"] != 0.0
-        if output.steering.source == "retry":
-            meta["retried"], meta["first_reply"] = True, output.first_reply
-        if refused:
-            meta["refusal_text"] = content
-            meta["refusal_source"] = type(self.refusal_judge).__name__
-        return meta
-
-    @staticmethod
-    def _usage(output: SteeredOutput) -> dict[str, int]:
-        return {
-            "input_tokens": output.prompt_tokens,
-            "output_tokens": output.completion_tokens,
-            "total_tokens": output.prompt_tokens + output.completion_tokens,
-        }
-
-    def _prepare(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[Conversation, str, GenerationConfig, dict[str, Any]]:
-        """The conversation the engine gets (tools and instructions included), the prompt, decoding and steering.
-
-        `steering["tools"]` holds the schemas the reply is read against, `steering["classify"]` what sigma scores
-        when tools are bound: the conversation without the tool schemas (not engine arguments)."""
-        conversation = messages_to_conversation(messages)
-        plain = conversation
-        prompt = last_user_text(conversation)
-        bound, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
-        response_format = kwargs.pop("response_format", None)
-        parallel = kwargs.pop("parallel_tool_calls", None)
-        if parallel is None and choice not in (None, "auto", "none"):
-            parallel = False  # a forced call is one call unless asked: the 0.5B repeats one to max_tokens (measured)
-        constraint = Constraint.from_openai(bound, choice, response_format, parallel)
-        tools = chosen_tools(bound, choice)
-        if response_format is not None and constraint is not None and constraint.json_schema is not None:
-            conversation = with_instruction(conversation, json_instruction(response_format))
-        if tools:
-            conversation = ToolConversation(conversation, tools)
-        config, steering = self._settings(stop, kwargs, constraint)
-        return conversation, prompt, config, {**steering, "tools": tools, "classify": plain}
-
-    def _events(
-        self, conversation: Conversation, config: GenerationConfig, steering: dict[str, Any], timeout: float | None
-    ) -> Generator[StreamEvent, None, None]:
-        """The engine's stream for one conversation, stopped between steps once `timeout` seconds have passed.
-
-        The deadline is checked here, not in the engine, so every path (invoke, stream, async) honours it.
-        With tools bound, sigma scores the conversation without the tool schemas (it was calibrated on requests
-        without them: a schema in the system turn moved a benign shell question from -3.5 to +0.7 on the default
-        model) and the reply is generated, with the schemas, at that verdict's coefficient: one extra prompt pass.
-        """
-        start = time.monotonic()
-        verdict = None
-        coefficient = steering["coefficient"]
-        policy = steering["policy"]
-        blocks = policy_blocks(policy)
-        if steering["tools"] and (steering["steer"] or blocks) and coefficient is None:
-            verdict = self.engine.classify([steering["classify"]])[0]
-            if blocks and self.guard.decide(verdict).blocked:
-                yield from self._blocked(verdict, conversation)
-                return
-            coefficient = verdict.coefficient if policy_steers(policy) else 0.0
-            events = self.engine.iter_generate(
-                [conversation], config, steer=steering["steer"], coefficient=coefficient, retry=self.retry
-            )
-        else:
-            events = self.engine.iter_generate(
-                [conversation],
-                config,
-                steer=steering["steer"],
-                coefficient=coefficient,
-                retry=self.retry,
-                policy=policy,
-                guard=self.guard,
-                refusal=self.refusal_message,
-            )
-        try:
-            if verdict is not None:
-                yield StreamEvent(row=0, verdict=verdict)
-            for event in events:
-                if verdict is not None and event.verdict is None and event.output is None and not event.text:
-                    continue  # the engine's empty verdict event of a fixed-coefficient call
-                if verdict is not None and event.output is not None:
-                    timings = {**event.output.timings, "classify_s": verdict.latency_s}
-                    event = event.model_copy(
-                        update={"output": event.output.model_copy(update={"verdict": verdict, "timings": timings})}
-                    )
-                elapsed = time.monotonic() - start
-                if timeout is not None and event.output is None and elapsed > timeout:
-                    raise ScansGuardTimeoutError(timeout, elapsed)
-                yield event
-        finally:
-            events.close()  # frees the KV cache and stops decoding now
-
-    def _blocked(self, verdict: SafetyVerdict, conversation: Conversation) -> Iterator[StreamEvent]:
-        """The events of a prompt the guard blocked before generating (the tool-calling path classifies first)."""
-        yield StreamEvent(row=0, verdict=verdict)
-        yield StreamEvent(row=0, text=self.refusal_message)  # streamed like any reply, as the engine does
-        yield StreamEvent(
-            row=0,
-            output=SteeredOutput.blocked(
-                self.refusal_message,
-                verdict,
-                len(self.engine.handle.chat_ids(conversation)),
-                {"classify_s": verdict.latency_s},
-            ),
-        )
-
+    # -- calls ----------------------------------------------------------------------------------------------------
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -463,63 +268,44 @@ class SafetyConsciousLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
+        call = ChatCall.prepare(self, messages, stop, kwargs)
         output: SteeredOutput | None = None
-        for event in self._events(conversation, config, steering, self.timeout):
-            if (
-                event.verdict is not None
-                and (fields := self._report(event.verdict, prompt)) is not None
-                and run_manager is not None
-            ):
+        for event in call.events():
+            fields = call.report(event.verdict) if event.verdict is not None else None
+            if fields is not None and run_manager is not None:
                 emit_event(run_manager, fields)
-            if event.output is not None:
-                output = event.output
+            output = event.output or output
+        return self._result(call, output)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """`_generate` awaiting the request's handle: concurrent calls share the engine's decoding batches."""
+        call = ChatCall.prepare(self, messages, stop, kwargs)
+        output: SteeredOutput | None = None
+        async for event in call.aevents():
+            fields = call.report(event.verdict) if event.verdict is not None else None
+            if fields is not None and run_manager is not None:
+                await aemit_event(run_manager, fields)
+            output = event.output or output
+        return self._result(call, output)
+
+    @staticmethod
+    def _result(call: ChatCall, output: SteeredOutput | None) -> ChatResult:
         assert output is not None  # the engine ends every row with an output event
-        content, calls, invalid = parse_tool_calls(output.text, steering["tools"])
+        content, calls, invalid = parse_tool_calls(output.text, call.tools)
         message = AIMessage(
             content=content,
             tool_calls=calls,
             invalid_tool_calls=invalid,
-            response_metadata=self._final_metadata(output, prompt, content, bool(calls)),
-            usage_metadata=self._usage(output),
+            response_metadata=call.final_metadata(output, content, bool(calls)),
+            usage_metadata=call.usage(output),
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def _iter_chunks(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> Generator[tuple[str, Any], None, None]:
-        """("verdict", fields) once, then ("chunk", ChatGenerationChunk)...; closing it stops generation."""
-        conversation, prompt, config, steering = self._prepare(messages, stop, kwargs)
-        events = self._events(conversation, config, steering, self.timeout)
-        held = ToolCallStream(steering["tools"])  # text that may be tool-call markup waits for the whole reply
-        try:
-            for event in events:
-                if event.verdict is not None:
-                    yield "verdict", self._report(event.verdict, prompt)
-                if event.text and (text := held.feed(event.text)):
-                    yield (
-                        "chunk",
-                        ChatGenerationChunk(
-                            message=AIMessageChunk(content=text, response_metadata={"model_provider": PROVIDER})
-                        ),
-                    )
-                if event.output is not None:
-                    rest, calls, invalid = held.finish()
-                    content = parse_tool_calls(event.output.text, steering["tools"])[0]
-                    yield (
-                        "chunk",
-                        ChatGenerationChunk(
-                            message=AIMessageChunk(
-                                content=rest,
-                                chunk_position="last",
-                                usage_metadata=self._usage(event.output),
-                                tool_call_chunks=tool_call_chunks(calls, invalid),
-                                response_metadata=self._final_metadata(event.output, prompt, content, bool(calls)),
-                            )
-                        ),
-                    )
-        finally:
-            events.close()
 
     def _stream(
         self,
@@ -528,7 +314,7 @@ class SafetyConsciousLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        items = self._iter_chunks(messages, stop, kwargs)
+        items = sync_chunks(ChatCall.prepare(self, messages, stop, kwargs))
         try:
             for kind, item in items:
                 if kind == "verdict":
@@ -549,44 +335,13 @@ class SafetyConsciousLLM(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        """Token streaming from a worker thread; the event loop only awaits a queue, so it is never blocked.
+        """Token streaming that awaits the request's handle: the event loop never waits on a decoding step.
 
-        Closing the async iterator (or cancelling the task) tells the worker to stop; it closes the engine's
-        stream after at most one more decoding step, and this coroutine waits for that before it returns.
-        """
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def put(item: tuple[str, Any]) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening
-                cancelled.set()
-
-        def worker() -> None:
-            try:
-                items = self._iter_chunks(messages, stop, kwargs)
-                try:
-                    for item in items:
-                        if cancelled.is_set():
-                            break
-                        put(item)
-                finally:
-                    items.close()
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                put(("error", exc))
-            finally:
-                put(("done", None))
-
-        future = loop.run_in_executor(None, worker)
+        Closing the async iterator (or cancelling the task) cancels the request: it leaves the batch at the next
+        step."""
+        items = async_chunks(ChatCall.prepare(self, messages, stop, kwargs))
         try:
-            while True:
-                kind, item = await queue.get()
-                if kind == "done":
-                    break
-                if kind == "error":
-                    raise item
+            async for kind, item in items:
                 if kind == "verdict":
                     await aemit_event(run_manager, item)
                     continue
@@ -594,5 +349,4 @@ class SafetyConsciousLLM(BaseChatModel):
                     await run_manager.on_llm_new_token(item.message.content, chunk=item)
                 yield item
         finally:
-            cancelled.set()
-            await asyncio.shield(future)
+            await items.aclose()
