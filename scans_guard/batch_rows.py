@@ -8,9 +8,10 @@ batcher puts back at the front of its queue (`scans_guard.scheduler`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
-from .config import GenerationConfig, RowSteering
+from .config import GenerationConfig, RowSteering, SteeredOutput
 from .constrained import CompiledConstraint
 from .decision import GuardPolicy
 from .readings import Conversation
@@ -54,6 +55,26 @@ class RunningRow:
     classify_s: float = 0.0
     gate: JudgeGate | None = None  # a reply held back until the retry's judge decides
     again: QueuedRequest | None = None  # after the judge found a refusal: the request to queue again
+
+    def output(self) -> SteeredOutput:
+        """The ended reply as its request's output, with the steering applied and where the time went."""
+        request, state, handle = self.request, self.state, self.request.handle
+        assert state.finish is not None  # only an ended reply has an output
+        started = handle.started_at or handle.submitted_at
+        return SteeredOutput(
+            text=state.emitted,
+            verdict=handle.verdict,
+            steering=self.steering,
+            prompt_tokens=len(request.prompt),
+            completion_tokens=len(state.ids),
+            finish_reason=state.finish,
+            first_reply=request.first_reply,
+            timings={
+                "classify_s": self.classify_s,
+                "generate_s": time.perf_counter() - started,
+                "queue_s": max(0.0, started - handle.submitted_at - self.classify_s),
+            },
+        )
 
     def judged(self, piece: str) -> str | None:
         """Feed a held row's new text to its gate: the text to stream now ("" while held), or None once the row

@@ -11,6 +11,7 @@ import torch
 from .errors import InvalidPromptError
 
 if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
+    from transformers import Cache
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
 
@@ -59,3 +60,25 @@ def prefill(
         use_cache=use_cache,
         logits_to_keep=logits_to_keep,
     )
+
+
+@torch.inference_mode()
+def forward_step(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Cache | None,
+) -> tuple[Cache, torch.Tensor]:
+    """One decoding forward pass, the one every decoding step runs: `input_ids` [batch, new] after the columns `cache`
+    holds (None: none), `attention_mask` [batch, cached + new]; the grown cache and the last column's logits, [batch,
+    vocab] float32."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.cache, out.logits[:, -1, :].float()

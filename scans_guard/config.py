@@ -280,7 +280,7 @@ class SteeredOutput(BaseModel):
         cls, refusal: str, verdict: SafetyVerdict | None, prompt_tokens: int, timings: dict[str, float]
     ) -> SteeredOutput:
         """The output of a prompt the guard blocked: the refusal message, nothing decoded (one constructor for the
-        engine, the continuous batcher and the LangChain model)."""
+        step scheduler and the LangChain model)."""
         return cls(
             text=refusal,
             verdict=verdict,

@@ -117,7 +117,7 @@ class ScansCore:
         operating_point: str = "guard",
     ) -> tuple[SigmaPass, list[SafetyVerdict]]:
         """One sigma pass over `rows` (from `prompt_rows`) and the verdicts; `keep_cache` keeps its KV cache for
-        decoding (as `iter_generate` and the continuous batcher do).
+        decoding (as the step scheduler does).
 
         Each conversation is scored as sent and in every reading of `scans_guard.readings` (without its system
         prompt, its user turns joined and alone, each sentence alone, decoded text), the most harmful score counting:

@@ -25,6 +25,7 @@ from .steering import SteeringPlan
 
 ENGINE_MAX_BATCH = 16  # rows the engine's own batcher decodes at once; more wait and join as rows end
 ENGINE_MAX_QUEUE = 1 << 20  # a generate call queues all its conversations at once: no QueueFullError here
+ENGINE_IDLE_EXIT_S = 10.0  # an idle engine keeps no thread (nor, through it, itself) alive for long
 
 
 class GenerateOptions(TypedDict, total=False):
@@ -50,7 +51,9 @@ class ScansEngine(ScansCore):
         """The step scheduler `generate` and `iter_generate` decode on (created on first use)."""
         with self._scheduler_lock:
             if self._scheduler is None:
-                self._scheduler = ContinuousBatcher(self, max_batch=ENGINE_MAX_BATCH, max_queue=ENGINE_MAX_QUEUE)
+                self._scheduler = ContinuousBatcher(
+                    self, max_batch=ENGINE_MAX_BATCH, max_queue=ENGINE_MAX_QUEUE, idle_exit_s=ENGINE_IDLE_EXIT_S
+                )
             return self._scheduler
 
     def close(self) -> None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:  # `import scans_guard` stays free of transformers
+    from transformers import Cache
 
 
 @dataclass
@@ -86,7 +90,7 @@ def cache_tensors(cache: object) -> tuple[list[torch.Tensor], list[torch.Tensor]
     return [layer.keys for layer in layers], [layer.values for layer in layers]
 
 
-def make_cache(keys: list[torch.Tensor], values: list[torch.Tensor]) -> object:
+def make_cache(keys: list[torch.Tensor], values: list[torch.Tensor]) -> Cache:
     """A DynamicCache whose layers hold these tensors (no copy; the forward pass appends to them)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer

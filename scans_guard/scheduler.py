@@ -47,6 +47,7 @@ import torch
 
 from .admission import Admission
 from .batch_rows import QueuedRequest, RunningRow
+from .batching import forward_step
 from .config import GenerationConfig, SteeredOutput
 from .constrained import CompiledConstraint
 from .core import ScansCore
@@ -88,7 +89,8 @@ class ContinuousBatcher(Admission):
     """Serve many requests on one engine with continuous batching (see the module docstring).
 
     `max_batch`: rows decoding at once; `max_queue`: requests waiting to join (more raise QueueFullError);
-    `on_step(batch_size)`: called after every decoding step (metrics).
+    `on_step(batch_size)`: called after every decoding step (metrics); `idle_exit_s`: the worker thread ends after
+    this long with nothing to do (None: it waits for work until `close`), the next `submit` starts another.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class ContinuousBatcher(Admission):
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_step: Callable[[int], None] | None = None,
+        idle_exit_s: float | None = None,
     ):
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -107,6 +110,7 @@ class ContinuousBatcher(Admission):
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.on_step = on_step
+        self.idle_exit_s = idle_exit_s
         self._waiting: collections.deque[QueuedRequest] = collections.deque()
         self._batch: KVBatch | None = None
         self._plan: SteeringPlan | None = None  # of the current batch rows; None: recompute
@@ -274,7 +278,10 @@ class ContinuousBatcher(Admission):
         while True:
             with self._cond:
                 while not self._closed and not self._waiting and not self._batch:
-                    self._cond.wait()
+                    idle = not self._cond.wait(self.idle_exit_s)  # timed out (never without idle_exit_s)
+                    if idle and not self._closed and not self._waiting and not self._batch:
+                        self._thread = None  # the next submit starts another worker
+                        return
                 if self._closed:
                     return
                 free = self.max_batch - self.running
@@ -333,17 +340,10 @@ class ContinuousBatcher(Admission):
             self._plan = SteeringPlan(tuple(row.steering for row in batch.rows))
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         cache = make_cache(batch.keys, batch.values)
-        with torch.inference_mode(), self.engine.steering.apply(self._plan):
-            out = self._model.model(
-                input_ids=batch.inputs[:, None],
-                attention_mask=mask,
-                position_ids=batch.positions[:, None],
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        logits = out.logits[:, -1, :].float()
-        batch.keys, batch.values = cache_tensors(out.cache)
+        inputs, positions = batch.inputs[:, None], batch.positions[:, None]  # [batch, 1]
+        with self.engine.steering.apply(self._plan):
+            grown, logits = forward_step(self._model.model, inputs, mask, positions, cache)
+        batch.keys, batch.values = cache_tensors(grown)
         batch.mask = mask
         batch.positions = batch.positions + 1
         tokens = [self._accept(row, row.chooser(logits[i : i + 1])) for i, row in enumerate(batch.rows)]
@@ -390,25 +390,5 @@ class ContinuousBatcher(Admission):
             handle._push(StreamEvent(row=0, text=piece))
         if state.finish is None:
             return token
-        started = handle.started_at or handle.submitted_at
-        handle._push(
-            StreamEvent(
-                row=0,
-                output=SteeredOutput(
-                    text=state.emitted,
-                    verdict=handle.verdict,
-                    steering=row.steering,
-                    prompt_tokens=len(request.prompt),
-                    completion_tokens=len(state.ids),
-                    finish_reason=state.finish,
-                    first_reply=request.first_reply,
-                    timings={
-                        "classify_s": row.classify_s,
-                        "generate_s": time.perf_counter() - started,
-                        "queue_s": max(0.0, started - handle.submitted_at - row.classify_s),
-                    },
-                ),
-            ),
-            done=True,
-        )
+        handle._push(StreamEvent(row=0, output=row.output()), done=True)
         return None

@@ -2,10 +2,11 @@
 
 `SteeringPlan` records per row the coefficient, its direction and what decided it (sigma at an operating point, a
 fixed value, or nothing); `RefusalVector.apply(plan)` adds coef_b * v^l at the steering layers for the forward
-passes run inside it, under the model's lock, and `RefusalVector.decode` runs steered decoding from the last prompt
-token on (the prompt tokens before it are never touched). Each forward step registers its hooks inside the lock
-and removes them before releasing it, so requests that share one model interleave their steps without ever running
-under each other's steering.
+passes run inside it, under the model's lock, from the last prompt token on (the prompt tokens before it are never
+touched). Each forward step registers its hooks inside the lock and removes them before releasing it, so requests
+that share one model interleave their steps without ever running under each other's steering. `_TokenChooser` picks
+each row's token for the step scheduler (`scans_guard.scheduler`, where the engine, LangChain and the server decode);
+`steered_decode` (and `RefusalVector.decode`) decode one fixed batch with the same chooser and forward step.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .batching import PromptBatch
+from .batching import PromptBatch, forward_step
 from .config import GenerationConfig, RowSteering, SafetyVerdict
 from .constrained import CompiledConstraint, ConstrainedRows
 from .constraints import Constraint
@@ -152,7 +153,8 @@ class RefusalVector:
         should_stop: Callable[[int], bool] | None = None,
         first_logits: torch.Tensor | None = None,
     ) -> Generator[torch.Tensor, None, None]:
-        """`steered_decode` under `plan`, each step under the model's lock."""
+        """`steered_decode` of one fixed batch under `plan`, each step under the model's lock (the engine decodes on
+        its step scheduler instead: this is for a batch decoded on its own, as benchmarks do)."""
         return steered_decode(
             self.handle,
             prompts,
@@ -274,15 +276,7 @@ def steered_decode(
     for _ in range(config.max_new_tokens):
         if logits is None:
             with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
-                out = handle.model(
-                    input_ids=inputs,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            cache, logits = out.cache, out.logits[:, -1, :].float()
+                cache, logits = forward_step(handle.model, inputs, mask, positions, cache)
         token = choose(logits)
         logits = None
         token = torch.where(done, torch.full_like(token, pad), token)

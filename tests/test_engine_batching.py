@@ -94,3 +94,12 @@ def test_close_stops_the_scheduler_and_a_later_call_starts_one(engine):
     assert first._closed and engine._scheduler is None
     assert engine.generate(PROMPTS[0], CONFIG)[0].completion_tokens == 12
     assert engine.scheduler is not first
+
+
+def test_an_idle_scheduler_ends_its_thread_and_the_next_call_starts_one(tiny_engine):
+    with ContinuousBatcher(tiny_engine, idle_exit_s=0.05) as scheduler:
+        first = scheduler.generate(PROMPTS[0], CONFIG)
+        worker = scheduler._thread
+        assert worker is not None and wait_until(lambda: not worker.is_alive())
+        assert scheduler._thread is None
+        assert scheduler.generate(PROMPTS[0], CONFIG).text == first.text
