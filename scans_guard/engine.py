@@ -142,7 +142,7 @@ class ScansEngine(ScansCore):
             for row, event in drain(handles, _name_the_row):
                 yield from _as_engine_events(row, event)
         finally:
-            _cancel(handles)  # closed early, or a row failed: the rows still queued or running leave the batch
+            _cancel(handles, settle=True)  # closed early, or a row failed: the rows still running leave the batch
 
     async def aiter_generate(
         self,
@@ -176,13 +176,18 @@ def outputs_of(handles: Sequence[RequestHandle]) -> list[SteeredOutput]:
     try:
         outputs = {row: event.output for row, event in drain(handles, _name_the_row) if event.output is not None}
     finally:
-        _cancel(handles)
+        _cancel(handles, settle=True)
     return [_engine_output(outputs[i]) for i in range(len(handles))]
 
 
-def _cancel(handles: Sequence[RequestHandle]) -> None:
-    for handle in handles:
-        handle.cancel()  # a no-op for a request that is over
+def _cancel(handles: Sequence[RequestHandle], settle: bool = False) -> None:
+    """Cancel the requests not over yet (`settle`: and wait until they are in no forward pass, so a caller that
+    stops reading finds no hooks of theirs left; an asyncio caller does not wait)."""
+    live = [handle for handle in handles if not handle.done]
+    for handle in live:
+        handle.cancel()
+    if settle and live:
+        live[0].settle()
 
 
 def _announced(handles: Sequence[RequestHandle], options: GenerateOptions) -> list[StreamEvent]:

@@ -59,6 +59,7 @@ class RequestHandle:
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._on_cancel: Callable[[], None] | None = None
+        self._settle: Callable[[], None] | None = None  # waits for the scheduler's step in progress
         self._on_push: Callable[[], None] | None = None  # a consumer of several handles (`drain`) waits on this
 
     # -- producer side (the worker thread) --------------------------------------------------------------------
@@ -106,6 +107,12 @@ class RequestHandle:
         self._push(done=True)
         if self._on_cancel is not None:
             self._on_cancel()
+
+    def settle(self) -> None:
+        """Wait for the scheduler's step in progress to end: a request cancelled before is then in no forward pass
+        any more (nor are its steering hooks)."""
+        if self._settle is not None:
+            self._settle()
 
     def _pop(self) -> StreamEvent | None:
         """The next event, or None when the request is over (raising its error, if any); caller holds _cond."""

@@ -12,9 +12,8 @@ Each step of the worker:
    the running batch by left-padding every row to a common length (the padding is masked out).
 2. One forward pass over every running row: one input token each, the row's own attention mask and position, and
    the steering hooks adding each row's own delta (`coefficient * v^l`, a `[batch, hidden]` tensor per layer).
-3. Each row chooses its token with its own sampling settings (transformers' processors, its own seeded generator),
-   and its reply ends (EOS, stop string, length) and its text is cut and held back by `ReplyState.advance`, the
-   engine's own code, so it ends exactly as it would alone.
+3. Each row chooses its token with its own sampling settings (transformers' processors, its own seeded generator);
+   `ReplyState.advance` ends its reply (EOS, stop string, length) and cuts and holds back its text.
 4. Rows that finished, were cancelled or ran out of time leave the batch at once (the cache's batch dimension is
    index-selected and columns that are padding in every remaining row are dropped).
 
@@ -26,10 +25,9 @@ the queue as a fixed-coefficient row (factor x the verdict's coefficient), on th
 prefill of step 1, so the client sees one stream (the verdict, the retried reply, the output).
 
 Every forward pass runs inside `engine.steering.apply(plan)` (the running rows' `SteeringPlan`): under the model's
-lock, one step at a time, with its hooks registered and removed inside it, so direct engine calls on the same model
-interleave with the batch as they do with each other. Greedy output of each request is the output it gets alone (up
-to float rounding of a different batch shape), and records the same steering. `ScansEngine.generate` decodes here too
-(on a batcher the engine owns), so calls from many threads share batches.
+lock, with its hooks registered and removed inside it, so batchers on one model interleave their steps. Greedy output
+of each request is the output it gets alone (up to float rounding of a different batch shape). `ScansEngine.generate`
+decodes here too (on a batcher the engine owns), so calls from many threads share batches.
 """
 
 from __future__ import annotations
@@ -107,16 +105,12 @@ class ContinuousBatcher(Admission):
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         self.engine = engine
         self._model = engine.handle  # the ModelHandle
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.on_step = on_step
-        self.idle_exit_s = idle_exit_s
+        self.max_batch, self.max_queue, self.on_step, self.idle_exit_s = max_batch, max_queue, on_step, idle_exit_s
+        self._stepping = threading.Lock()  # held by the worker through each admission and step (`settle`)
         self._waiting: collections.deque[QueuedRequest] = collections.deque()
         self._batch: KVBatch | None = None
         self._plan: SteeringPlan | None = None  # of the current batch rows; None: recompute
-        self._cond = threading.Condition()
-        self._closed = False
-        self._ids = itertools.count(1)
+        self._cond, self._closed, self._ids = threading.Condition(), False, itertools.count(1)
         self._thread: threading.Thread | None = None
         self._eos = engine.handle.eos_token_ids()  # tokens that end a reply (unless ignore_eos)
         self.steps = 0  # decoding steps run (all rows together)
@@ -227,7 +221,7 @@ class ContinuousBatcher(Admission):
             if len(self._waiting) + n > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
             for request in requests:
-                request.handle._on_cancel = self._wake
+                request.handle._on_cancel, request.handle._settle = self._wake, self.settle
                 self._waiting.append(request)
             if requests:
                 self._ensure_worker()
@@ -253,6 +247,13 @@ class ContinuousBatcher(Admission):
             thread.join(timeout)
         self._fail_all(SchedulerClosedError("the scheduler was closed"))
 
+    def settle(self) -> None:
+        """Wait until the step in progress, if any, has ended: a request cancelled before is then in no forward pass
+        (the next step drops it first), so none of its hooks is left."""
+        if threading.current_thread() is not self._thread:
+            self._stepping.acquire()
+            self._stepping.release()
+
     def __enter__(self) -> ContinuousBatcher:
         return self
 
@@ -262,7 +263,7 @@ class ContinuousBatcher(Admission):
     # -- worker -------------------------------------------------------------------------------------------------
     def _wake(self) -> None:
         with self._cond:
-            self._cond.notify_all()
+            self._cond.notify_all()  # a cancelled request leaves at once
 
     def _ensure_worker(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -287,11 +288,12 @@ class ContinuousBatcher(Admission):
                 free = self.max_batch - self.running
                 admit = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
             try:
-                self._expire()
-                if admit:
-                    self._admit(admit)
-                if self._batch is not None:
-                    self._step()
+                with self._stepping:
+                    self._expire()
+                    if admit:
+                        self._admit(admit)
+                    if self._batch is not None:
+                        self._step()
             except Exception as exc:  # a failed step: fail the requests of that step, keep serving the others
                 log.exception("continuous batching step failed")
                 self._fail_step(exc, admit)

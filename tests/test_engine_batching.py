@@ -84,6 +84,7 @@ def test_closing_a_stream_early_frees_its_rows(engine):
         next(e for e in stream if e.text)
         assert engine.scheduler.running == 4
         stream.close()
+        assert all(not layer._forward_hooks for layer in engine.handle.layers), "a step still ran its steering"
         assert wait_until(lambda: engine.scheduler.running == 0)
 
 

@@ -93,6 +93,11 @@ class ScriptedEngine(ScansEngine):
             ),
         )
 
+    async def aiter_generate(self, conversations: Any, config: Any = None, **kwargs: Any):
+        """The scripted reply for asyncio callers (`ainvoke`, `astream`), as `iter_generate` streams it."""
+        for event in self.iter_generate(conversations, config, **kwargs):
+            yield event
+
 
 def scripted_llm(replies: list[str], engine: ScansEngine | None = None, **fields: Any):
     """A SafetyConsciousLLM whose replies are `replies`, in order (classification is real, on `engine` or the

@@ -68,3 +68,14 @@ def test_ainvoke_tasks_share_batches_without_worker_threads(llm):
     assert [r.content for r in replies] == alone
     assert max(sizes) > 1, "concurrent ainvokes decoded one at a time"
     assert threading.active_count() <= before, "the async path started threads of its own"
+
+
+def test_a_scripted_engine_answers_async_calls_with_its_script(tiny_engine):
+    from scans_guard_langchain.testing import scripted_llm
+
+    llm = scripted_llm(["first reply", "second reply"], engine=tiny_engine)
+
+    async def run():
+        return (await llm.ainvoke("Paris?")).content, "".join([c.content async for c in llm.astream("Paris?")])
+
+    assert asyncio.run(run()) == ("first reply", "second reply")
