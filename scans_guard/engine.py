@@ -8,7 +8,9 @@ decoding batches; each row carries its own steering, and greedy replies are thos
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import TypedDict, Unpack
 
@@ -26,6 +28,15 @@ from .steering import SteeringPlan
 ENGINE_MAX_BATCH = 16  # rows the engine's own batcher decodes at once; more wait and join as rows end
 ENGINE_MAX_QUEUE = 1 << 20  # a generate call queues all its conversations at once: no QueueFullError here
 ENGINE_IDLE_EXIT_S = 10.0  # an idle engine keeps no thread (nor, through it, itself) alive for long
+_STARTED: weakref.WeakSet[ContinuousBatcher] = weakref.WeakSet()  # the engines' schedulers, for `_close_at_exit`
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Stop the engines' workers before the interpreter goes: a daemon thread still inside a torch op at exit (a
+    step finishing after `generate` returned) aborts the process."""
+    for scheduler in list(_STARTED):
+        scheduler.close(timeout=5.0)
 
 
 class GenerateOptions(TypedDict, total=False):
@@ -54,6 +65,7 @@ class ScansEngine(ScansCore):
                 self._scheduler = ContinuousBatcher(
                     self, max_batch=ENGINE_MAX_BATCH, max_queue=ENGINE_MAX_QUEUE, idle_exit_s=ENGINE_IDLE_EXIT_S
                 )
+                _STARTED.add(self._scheduler)
             return self._scheduler
 
     def close(self) -> None:
@@ -102,10 +114,11 @@ class ScansEngine(ScansCore):
         fixed = None
         if steer and coefficient is not None:
             fixed = [r.coefficient for r in SteeringPlan.fixed(coefficient, len(conversations)).rows]
-        self.prompt_rows(conversations, config.max_new_tokens)  # typed errors before any other check or pass
+        prompts = self.prompt_rows(conversations, config.max_new_tokens)  # typed errors before any other check
         return self.scheduler.submit_all(
             conversations,
             config,
+            prompts=prompts,
             steer=steer and policy_steers(policy),
             coefficients=fixed,
             refusal=None if policy == "steer" else refusal,

@@ -181,10 +181,11 @@ class ContinuousBatcher(Admission):
         retry: RetryPolicy | None = None,
         guard: GuardPolicy | None = None,
         reuse_cache: bool = True,
+        prompts: Sequence[list[int]] | None = None,
     ) -> list[RequestHandle]:
-        """Queue several conversations at once (as `submit`; `coefficients`: one per conversation, or None): all or
-        none are queued, and they join the batch at the same step when there is room. Bad input raises the engine's
-        typed errors, naming the conversation's index, before any is queued."""
+        """Queue several conversations at once (as `submit`; `coefficients`: one per conversation, or None; `prompts`:
+        their `engine.prompt_rows`, if made already): all or none are queued, and they join the batch at one step when
+        there is room. Bad input raises the engine's typed errors, naming the conversation, before any is queued."""
         config = config or GenerationConfig()
         n = len(conversations)
         fixed = SteeringPlan.from_options(n, steer, coefficients).rows  # a bad coefficient fails here
@@ -193,7 +194,8 @@ class ContinuousBatcher(Admission):
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
-        prompts = self.engine.prompt_rows(conversations, config.max_new_tokens) if n else []
+        if prompts is None:
+            prompts = self.engine.prompt_rows(conversations, config.max_new_tokens) if n else []
         grammar = CompiledConstraint(self._model, config.constraint) if config.constraint is not None else None
         deadline = None if timeout is None else time.perf_counter() + timeout
         requests = [
