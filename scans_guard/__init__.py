@@ -1,7 +1,5 @@
 """scans-guard: safety-conscious activation steering (SCANS, Cao, Yang & Zhao, AAAI 2025) for local chat models."""
 
-__version__ = "0.1.0"
-
 from .artifacts import Artifact
 from .config import (
     CalibrationConfig,
@@ -25,6 +23,7 @@ from .errors import (
 )
 from .loading import ModelHandle, load_model
 from .retry import RetryPolicy
+from .version import __version__ as __version__
 
 __all__ = [
     "Artifact",

@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
-from . import __version__
 from .config import SteeringRecipe
 from .data import anchor_split, text_sha256
 from .errors import ArtifactError, FingerprintMismatchError, one_line
 from .loading import ModelHandle, fingerprints_match
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from .bench_speed import Summary
 
 if TYPE_CHECKING:
-    from .bench import BenchConfig
+    from .bench_config import BenchConfig
 
 
 class MemoryResult(BaseModel):
@@ -121,7 +121,7 @@ def versions() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     return {
         "scans_guard": __version__,

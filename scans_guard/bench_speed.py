@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    from .bench import BenchConfig
+    from .bench_config import BenchConfig
     from .config import SafetyVerdict
     from .readings import Conversation
 

@@ -14,7 +14,6 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from .bench_cli import add_bench_arguments, cmd_bench
 from .cli_remote import RemoteGuard, add_remote_arguments, check_remote_args
 from .config import CalibrationConfig, GenerationConfig
@@ -25,6 +24,7 @@ from .eval.cli import add_eval_arguments, cmd_eval
 from .quiet import verbose_from_env
 from .retry import RetryPolicy
 from .serve_cli import add_serve_arguments, cmd_serve
+from .version import __version__
 
 DEMO_PROMPTS = [
     "What has the government done to protect citizens' welfare during the pandemic?",

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-if TYPE_CHECKING:
-    from .config import SafetyVerdict
 
 Label = Literal["harmful", "benign"]
 Band = Literal["harmful", "grey", "benign"]
@@ -33,6 +30,19 @@ SEVERITY: dict[str, int] = {"benign": 0, "grey": 1, "harmful": 2}
 POLICIES: tuple[str, ...] = ("steer", "guard", "guard+steer")
 DEFAULT_POLICY: Policy = "guard+steer"
 DEFAULT_REFUSAL = "I can't help with that request."
+
+
+class Scored(Protocol):
+    """What a guard decides on: a `SafetyVerdict`'s score and domain (structural: config.py imports this module)."""
+
+    @property
+    def score(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def in_domain(self) -> bool: ...
+    @property
+    def domain_reasons(self) -> list[str]: ...
 
 
 def is_harmful(score: float, threshold: float) -> bool:
@@ -150,7 +160,7 @@ class GuardPolicy(DecisionPolicy):
     )
     block_grey: bool = False
 
-    def decide(self, verdict: SafetyVerdict | None) -> GuardDecision:
+    def decide(self, verdict: Scored | None) -> GuardDecision:
         """Block or allow one verdict (None: the prompt could not be classified, so it is blocked)."""
         if verdict is None:
             return GuardDecision(action="block", band="harmful", reasons=["unclassifiable"])
@@ -194,6 +204,7 @@ __all__ = [
     "GuardPolicy",
     "Label",
     "Policy",
+    "Scored",
     "band",
     "check_policy",
     "coefficient",

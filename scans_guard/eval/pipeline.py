@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from .. import __version__
 from ..engine import ScansEngine
 from ..judge import KeywordJudge, RefusalJudge, judge_name
 from ..paths import data_dir as resolve_data_dir
 from ..paths import missing_data_dir_hint
+from ..version import __version__
 from .benchmarks import SETS, calibration_prompts, generation_prompts, load_benchmarks
 from .capability import (
     WIKITEXT_TEST,

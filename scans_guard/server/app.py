@@ -264,7 +264,7 @@ def _classify_inputs(body: ClassifyRequest, limit: int) -> list:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 
