@@ -107,8 +107,26 @@ def cmd_artifacts(args: argparse.Namespace) -> None:
         print(path)
 
 
+# The retry (RetryPolicy's default: once, at twice the coefficient), composed from a run's rows at both coefficients:
+# the first reply, or the second where the first was refused. Stored under this key.
+RETRY = -998.0
+RETRY_OF = {-2.0: -4.0}
+
+
 def _coefficient_label(coef: float) -> str:
-    return "by recipe" if coef == BY_RECIPE else f"{coef:g}"
+    return {BY_RECIPE: "by recipe", RETRY: "-2, retried at -4"}.get(coef, f"{coef:g}")
+
+
+def with_retry(by_key: dict) -> dict:
+    """by_key plus RETRY rows where a run has both coefficients of a retry."""
+    out = dict(by_key)
+    for first, second in RETRY_OF.items():
+        if not any(k[2] == second for k in by_key):
+            continue
+        for (s, p, c), r in by_key.items():
+            if c == first:
+                out[(s, p, RETRY)] = by_key.get((s, p, second), r) if r["refused"] else r
+    return out
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -116,6 +134,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     for spec in args.runs:
         name, run = spec.split("=", 1)
         by_key, scores = load_rows(Path(run))
+        by_key = with_retry(by_key)
         for coef in sorted({k[2] for k in by_key if k[2] < 0}, reverse=True):
             steered = [r for k, r in by_key.items() if k[2] == coef and k[0] not in HARMFUL_SETS]
             table.append(

@@ -174,3 +174,14 @@ def test_verify_after_steering_features_and_analyze(script, sweep, tiny_args, tm
     assert summary["verifier"]["layer"] in (1, 2) and summary["verifier"]["k"] in verify.KS
     assert len(summary["recipes"]) == 6
     assert all(res.keys() == set(verify.EVAL_SETS) for res in summary["recipes"].values())
+
+
+def test_retry_rows_take_the_second_reply_only_where_the_first_refused(script):
+    span = script("steer_span")
+    row = lambda refused: {"refused": refused}  # noqa: E731
+    by_key = {("s", "a", -2.0): row(True), ("s", "a", -4.0): row(False), ("s", "b", -2.0): row(False)}
+    by_key[("s", "b", -4.0)] = row(True)
+    composed = span.with_retry(by_key)
+    assert composed[("s", "a", span.RETRY)] is by_key[("s", "a", -4.0)]  # refused at -2: the retry's reply
+    assert composed[("s", "b", span.RETRY)] is by_key[("s", "b", -2.0)]  # answered at -2: kept, never retried
+    assert span.with_retry({("s", "a", -2.0): row(True)}) == {("s", "a", -2.0): row(True)}  # no -4 run: no retry
