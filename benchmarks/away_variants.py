@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scans_guard.artifacts import Artifact, default_artifact_dir
+from scans_guard.calibration.artifacts import Artifact, default_artifact_dir
+from scans_guard.calibration.vectors import false_refusal_vectors, last_token_activations
 from scans_guard.data import anchor_split, contrast_set, text_sha256
-from scans_guard.loading import load_model
-from scans_guard.vectors import false_refusal_vectors, last_token_activations
+from scans_guard.model.loading import load_model
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
     python benchmarks/domain_language.py --data-dir ../shared/data --report benchmarks/results/domain-language
 
-The language test (scans_guard/domain.py) runs py3langid on texts of 16 letters or more. It is only a gate: a prompt
-it calls foreign is never steered away from refusal and is grey to the guards. Two rules, per set, share of prompts
-the test puts outside the domain (no model needed):
+The language test (scans_guard/sigma/domain.py) runs py3langid on texts of 16 letters or more. It is only a gate: a
+prompt it calls foreign is never steered away from refusal and is grey to the guards. Two rules, per set, share of
+prompts the test puts outside the domain (no model needed):
 - `mass`: the calibrated languages (with langid's English-lexified aliases) hold under half the probability mass;
 - `mass or top`: the same, unless the identifier's single most likely language is a calibrated one.
 English sets are the project's own and calibration data (a share here is lost steering); the other languages come
@@ -21,7 +21,7 @@ from importlib import resources
 from summary_io import write_summary
 
 from scans_guard.data import contrast_set, load_set
-from scans_guard.domain import DomainConfig, language_out
+from scans_guard.sigma.domain import DomainConfig, language_out
 
 
 def multilingual() -> dict[str, list[str]]:

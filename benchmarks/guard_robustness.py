@@ -30,11 +30,11 @@ from pathlib import Path
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.data import load_set, tune_eval_split
-from scans_guard.decision import is_harmful
 from scans_guard.eval.benchmarks import calibration_prompts
+from scans_guard.eval.jailbreaks import FRAMINGS, SYSTEM_PROMPTS, translated_set, wrap
 from scans_guard.eval.store import JsonlStore
-from scans_guard.jailbreaks import FRAMINGS, SYSTEM_PROMPTS, translated_set, wrap
-from scans_guard.judge import KeywordJudge
+from scans_guard.sigma.decision import is_harmful
+from scans_guard.steering.judge import KeywordJudge
 
 FRAMING_NAMES = ["none", *(f"system:{n}" for n in list(SYSTEM_PROMPTS)[:6])]
 LANGUAGES = ["en", "es", "fr", "de", "zh"]

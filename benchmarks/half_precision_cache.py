@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.artifacts import Artifact, default_artifact_dir
+from scans_guard.calibration.artifacts import Artifact, default_artifact_dir
 from scans_guard.cli import DEMO_PROMPTS
 from scans_guard.data import contrast_set, load_set
-from scans_guard.default_model import EMBEDDED_MODELS, assemble_gguf
-from scans_guard.loading import ModelHandle
+from scans_guard.model.embedded import EMBEDDED_MODELS, assemble_gguf
+from scans_guard.model.loading import ModelHandle
 
 
 def _prompts(n: int) -> list[str]:

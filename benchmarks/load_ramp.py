@@ -26,7 +26,7 @@ from pathlib import Path
 from http_load import chat_body, percentile, post_chat, run_clients
 
 from scans_guard import ScansEngine
-from scans_guard.server import LocalServer, ServerSettings, create_app
+from scans_guard.serving.server import LocalServer, ServerSettings, create_app
 from scans_guard.testing import wait_until
 
 

@@ -6,7 +6,7 @@
         --out benchmarks/results/output-check/summary.json   # every evaluation set, from the sweep's 16-token replies
 
 The rule is the middleware's (`ScansGuardMiddleware(check_output=True)`): a reply to a request whose band (guard
-operating point, `scans_guard.decision.band`) is grey or harmful, and that the keyword judge does not find
+operating point, `scans_guard.sigma.decision.band`) is grey or harmful, and that the keyword judge does not find
 refusing, is replaced by the violation message. Reported per label (harmful / benign rows of the set): replies
 that comply without the check, and with it; on benign rows a replacement is a false positive. Needs the real model
 (the default one unless --model/--artifact); the tiny model's gibberish would measure nothing.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.data import load_set
-from scans_guard.decision import band, steering_coefficient
-from scans_guard.judge import KeywordJudge
+from scans_guard.sigma.decision import band, steering_coefficient
+from scans_guard.steering.judge import KeywordJudge
 
 
 def measure(
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     a.add_argument("--from-sweep", help="a safe-steering sweep directory: count from its replies, generate nothing")
     args = a.parse_args(argv)
     if args.from_sweep:
-        from scans_guard.artifacts import Artifact, default_artifact_dir
+        from scans_guard.calibration.artifacts import Artifact, default_artifact_dir
 
         art = Artifact.load(args.artifact or default_artifact_dir(args.model))
         result = {

@@ -23,7 +23,7 @@ from summary_io import write_summary  # noqa: E402
 
 from scans_guard import ScansEngine  # noqa: E402
 from scans_guard.data import load_set, prompt_key  # noqa: E402
-from scans_guard.decision import GuardPolicy  # noqa: E402
+from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
 
 # the sweep's set -> (benchmark set, label)
 SETS = {

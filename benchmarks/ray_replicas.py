@@ -5,7 +5,7 @@
     python benchmarks/ray_replicas.py --model /models/m --artifact /artifacts/m --max-tokens 64
 
 One local Ray instance (`local_ray`: every Ray process on 127.0.0.1, no dashboard), Ray Serve's HTTP proxy on a free
-loopback port; each replica count is deployed in turn (`scans_guard.server.ray_serve.start`), warmed up with two
+loopback port; each replica count is deployed in turn (`scans_guard.serving.server.ray_serve.start`), warmed up with two
 requests per replica, then sent exactly `--requests` non-streamed greedy chat completions (`--max-tokens` tokens each,
 `ignore_eos`, policy "steer" so every request decodes) from `--concurrency` client threads, every request with a
 timeout. The single-process server (`scans-guard serve` in its own process, same settings) runs the same load first
@@ -74,7 +74,7 @@ def run_load(port: int, model: str, requests: int, concurrency: int, max_tokens:
 def _tiny_on_disk(root: Path) -> tuple[str, str, str]:
     """The tiny test model with its artifact, saved where the replicas can load them; (model, artifact, name)."""
     from scans_guard import CalibrationConfig
-    from scans_guard.calibration import calibrate
+    from scans_guard.calibration.fit import calibrate
     from scans_guard.testing import tiny_model
 
     handle = tiny_model("qwen2", seed=0)
@@ -91,9 +91,9 @@ def _tiny_on_disk(root: Path) -> tuple[str, str, str]:
 def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
-    from scans_guard.ray_options import RayServeOptions
-    from scans_guard.server import ServerSettings
-    from scans_guard.server.ray_serve import APP_NAME, local_ray, start
+    from scans_guard.serving.ray_options import RayServeOptions
+    from scans_guard.serving.server import ServerSettings
+    from scans_guard.serving.server.ray_serve import APP_NAME, local_ray, start
 
     load = (args.requests, args.concurrency, args.max_tokens, args.timeout)
     with tempfile.TemporaryDirectory() as tmp:

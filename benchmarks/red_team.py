@@ -30,11 +30,11 @@ from summary_io import write_summary  # noqa: E402
 
 from scans_guard import GenerationConfig, ScansEngine  # noqa: E402
 from scans_guard.data import load_set, tune_eval_split  # noqa: E402
-from scans_guard.decision import GuardPolicy  # noqa: E402
 from scans_guard.eval.benchmarks import calibration_prompts  # noqa: E402
 from scans_guard.eval.red_team import templates  # noqa: E402
 from scans_guard.eval.store import JsonlStore  # noqa: E402
-from scans_guard.judge import KeywordJudge  # noqa: E402
+from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
+from scans_guard.steering.judge import KeywordJudge  # noqa: E402
 
 KEYS = ("template", "kind", "id")
 BATCH = 8

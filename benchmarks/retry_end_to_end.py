@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.data import prompt_key
-from scans_guard.judge import KeywordJudge
-from scans_guard.paths import require_data_dir
-from scans_guard.retry import RetryPolicy
+from scans_guard.model.paths import require_data_dir
+from scans_guard.steering.judge import KeywordJudge
+from scans_guard.steering.retry import RetryPolicy
 
 SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
 

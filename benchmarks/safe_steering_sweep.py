@@ -23,11 +23,11 @@ import torch
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.artifacts import text_sha256
+from scans_guard.calibration.artifacts import text_sha256
 from scans_guard.data import KEY_PREFIX, contrast_set, load_set, tune_eval_split
-from scans_guard.decision import steering_coefficient
-from scans_guard.judge import KeywordJudge
-from scans_guard.paths import require_data_dir
+from scans_guard.model.paths import require_data_dir
+from scans_guard.sigma.decision import steering_coefficient
+from scans_guard.steering.judge import KeywordJudge
 
 EVAL_SETS = ["xstest_safe", "xstest_unsafe", "oktest", "advbench_heldout", "harmfulq", "malicious_instruct"]
 TUNE_SETS = ["tune_harmful", "tune_benign"]

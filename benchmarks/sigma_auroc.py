@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from scans_guard import ScansEngine
 from scans_guard.data import load_set, tune_eval_split
-from scans_guard.decision import flags
+from scans_guard.sigma.decision import flags
 
 
 def eval_sets(data_dir: str | None, seed: int = 0) -> dict[str, list[tuple[str, int]]]:

@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from scans_guard.batching import PromptBatch, prefill
-from scans_guard.classifier import r_pos_ids
 from scans_guard.data import anchor_split, load_set, read_csv, tune_eval_split
-from scans_guard.hooks import capture_block_outputs
-from scans_guard.loading import load_model
+from scans_guard.model.hooks import capture_block_outputs
+from scans_guard.model.loading import load_model
+from scans_guard.model.prompt_batch import PromptBatch, prefill
+from scans_guard.sigma.classifier import r_pos_ids
 
 REFUSAL_OPENERS = ["I", "Sorry", "As", "Unfortunately", "No", "I'm", "It", "This", "Please"]
 COMPLIANCE_OPENERS = [

@@ -21,8 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from scans_guard.calibration import recall_threshold
-from scans_guard.decision import flags
+from scans_guard.calibration.fit import recall_threshold
+from scans_guard.sigma.decision import flags
 
 
 def classify_layers(n_layers: int) -> list[int]:

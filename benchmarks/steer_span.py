@@ -33,7 +33,7 @@ from pathlib import Path
 from safe_steering_sweep import BY_RECIPE, HARMFUL_SETS, load_rows
 from summary_io import write_summary
 
-from scans_guard.artifacts import Artifact
+from scans_guard.calibration.artifacts import Artifact
 
 
 def parse_span(text: str) -> list[int]:

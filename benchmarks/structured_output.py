@@ -35,12 +35,12 @@ from pydantic import BaseModel, ValidationError
 from summary_io import write_summary
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.batching import PromptBatch
-from scans_guard.constrained import ConstrainedRows, vocabulary
-from scans_guard.constraints import Constraint
-from scans_guard.loading import ToolConversation
-from scans_guard.steering import steered_decode
-from scans_guard.tool_calls import parse_tool_calls
+from scans_guard.decoding.constraints import Constraint
+from scans_guard.decoding.grammar_mask import ConstrainedRows, vocabulary
+from scans_guard.decoding.tool_calls import parse_tool_calls
+from scans_guard.model.loading import ToolConversation
+from scans_guard.model.prompt_batch import PromptBatch
+from scans_guard.steering.plan import steered_decode
 
 
 class GetWeather(BaseModel):

@@ -36,8 +36,8 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from scans_guard import ScansEngine
-from scans_guard.hooks import capture_block_outputs
-from scans_guard.steering import SteeringPlan
+from scans_guard.model.hooks import capture_block_outputs
+from scans_guard.steering.plan import SteeringPlan
 
 KS = [1, 2, 4, 8]  # reply tokens read before deciding (the stream holds these back)
 LAYERS = [12, 14, 16, 18, 20, 22]

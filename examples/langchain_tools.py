@@ -6,9 +6,9 @@
 The tool schemas go to the model's chat template (Qwen2.5's has a tools section); sigma classifies the conversation
 without them (it was calibrated on requests without tool schemas) and the reply, generated with them at that
 verdict's steering, has its <tool_call> blocks read back as `tool_calls` (streamed as `tool_call_chunks`).
-A required or named tool_choice and with_structured_output are enforced while decoding (scans_guard.constraints): the
-reply is a valid call / a JSON object valid against the schema unless max_tokens cuts it (as it does the tiny
-model's); `include_raw=True` keeps the raw reply and any parsing error instead of raising.
+A required or named tool_choice and with_structured_output are enforced while decoding
+(scans_guard.decoding.constraints): the reply is a valid call / a JSON object valid against the schema unless max_tokens
+cuts it (as it does the tiny model's); `include_raw=True` keeps the raw reply and any parsing error instead of raising.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _server(base_url: str | None, tiny: bool):
         yield base_url.rstrip("/")
         return
     from scans_guard import ScansEngine
-    from scans_guard.server import LocalServer, create_app
+    from scans_guard.serving.server import LocalServer, create_app
 
     engine = tiny_engine() if tiny else ScansEngine.load()
     with LocalServer(create_app(engine)) as server:

@@ -1,6 +1,6 @@
 """scans-guard: safety-conscious activation steering (SCANS, Cao, Yang & Zhao, AAAI 2025) for local chat models."""
 
-from .artifacts import Artifact
+from .calibration.artifacts import Artifact
 from .config import (
     CalibrationConfig,
     GenerationConfig,
@@ -21,8 +21,8 @@ from .errors import (
     ScansGuardError,
     UnsupportedArchitectureError,
 )
-from .loading import ModelHandle, load_model
-from .retry import RetryPolicy
+from .model.loading import ModelHandle, load_model
+from .steering.retry import RetryPolicy
 from .version import __version__ as __version__
 
 __all__ = [

@@ -14,16 +14,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from .bench_cli import add_bench_arguments, cmd_bench
-from .cli_remote import RemoteGuard, add_remote_arguments, check_remote_args
+from .bench.cli import add_bench_arguments, cmd_bench
 from .config import CalibrationConfig, GenerationConfig
-from .decision import DEFAULT_POLICY, POLICIES, GuardPolicy, policy_blocks
 from .engine import DEFAULT_MAX_INPUT_TOKENS
 from .errors import ScansGuardError, one_line
 from .eval.cli import add_eval_arguments, cmd_eval
-from .quiet import verbose_from_env
-from .retry import RetryPolicy
-from .serve_cli import add_serve_arguments, cmd_serve
+from .model.quiet import verbose_from_env
+from .serving.remote_cli import RemoteGuard, add_remote_arguments, check_remote_args
+from .serving.serve_cli import add_serve_arguments, cmd_serve
+from .sigma.decision import DEFAULT_POLICY, POLICIES, GuardPolicy, policy_blocks
+from .steering.retry import RetryPolicy
 from .version import __version__
 
 DEMO_PROMPTS = [
@@ -87,7 +87,7 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> Non
         "--retry",
         action="store_true",
         help="a reply steered away from refusal that still refuses is generated once more, steered twice "
-        "as far (scans_guard.retry: fewer false refusals, slightly less safe; docs/steering.md)",
+        "as far (scans_guard.steering.retry: fewer false refusals, slightly less safe; docs/steering.md)",
     )
     p.add_argument(
         "--policy",
@@ -324,8 +324,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from .calibration import calibrate
-    from .loading import load_model
+    from .calibration.fit import calibrate
+    from .model.loading import load_model
 
     # the flags carry the config's field names; one not given keeps the field's default (a bad value fails here,
     # before the model loads); --target-recall 0 means "max F1", i.e. None
@@ -343,7 +343,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    from .artifacts import Artifact, default_artifact_dir
+    from .calibration.artifacts import Artifact, default_artifact_dir
 
     artifact = Artifact.load(args.artifact or default_artifact_dir(args.model))
     recipe = artifact.recipe

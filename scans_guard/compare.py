@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .config import GenerationConfig, SteeredOutput
-from .decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy
 from .engine import ScansEngine, outputs_of
-from .readings import Conversation
-from .retry import RetryPolicy
+from .sigma.decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy
+from .sigma.readings import Conversation
+from .steering.retry import RetryPolicy
 
 
 def steered_and_plain(

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .constraints import Constraint
-from .decision import Direction, Label, direction, is_harmful, steering_coefficient  # noqa: F401 - is_harmful re-exported
-from .domain import DomainConfig
-from .readings import ReadingConfig
+from .decoding.constraints import Constraint
+from .sigma.decision import Direction, Label, direction, is_harmful, steering_coefficient  # noqa: F401 - is_harmful re-exported
+from .sigma.domain import DomainConfig
+from .sigma.readings import ReadingConfig
 
 MIN_TEMPERATURE = 1e-3  # smallest sampling temperature; logits / T must stay finite in float32
 # The repetition penalty's range: a penalty p divides positive logits by p, so p = 1e-300 made them infinite and a
@@ -90,7 +90,7 @@ class SteeringRecipe(BaseModel):
         """Signed steering magnitude for one query: +alpha_harmful, -alpha_benign, or 0 (grey zone).
 
         Fails closed: a non-finite score counts as harmful, and a prompt outside the calibration domain is never
-        steered away from refusal (the rule is `scans_guard.decision`).
+        steered away from refusal (the rule is `scans_guard.sigma.decision`).
         """
         coef = steering_coefficient(
             score, self.threshold, self.grey_zone, self.alpha_benign, self.alpha_harmful, in_domain
@@ -137,7 +137,7 @@ class GenerationConfig(BaseModel):
     constraint: Constraint | None = Field(
         None,
         description="what the reply must be (a JSON schema, a call of one of some tools), enforced token by token "
-        "(scans_guard.constraints); None: free text",
+        "(scans_guard.decoding.constraints); None: free text",
     )
 
     @classmethod
@@ -201,7 +201,7 @@ class SafetyVerdict(BaseModel):
     renderings: dict[str, float] = Field(
         default_factory=dict,
         description="score of each reading: as sent, without the caller's system prompt, the "
-        "user turns joined and alone, each sentence alone, decoded text (scans_guard.readings)",
+        "user turns joined and alone, each sentence alone, decoded text (scans_guard.sigma.readings)",
     )
     in_domain: bool = Field(True, description="inside the calibration domain (language, length, not mostly code)")
     domain_reasons: list[str] = Field(default_factory=list, description="why not in domain, e.g. 'language:es'")

@@ -1,8 +1,9 @@
 """ScansCore: one model plus its calibrated artifact; classifies prompts with sigma and holds the steering vector.
 
-It is what the step scheduler (`scans_guard.scheduler`) decodes with and `ScansEngine` builds on. Thread-safe: every
-forward pass runs under the model's lock (`ModelHandle.lock`, shared by all engines on that model) with its own hooks
-registered and removed inside it, so concurrent requests interleave their steps and never see each other's steering.
+It is what the step scheduler (`scans_guard.serving.scheduler`) decodes with and `ScansEngine` builds on. Thread-safe:
+every forward pass runs under the model's lock (`ModelHandle.lock`, shared by all engines on that model) with its own
+hooks registered and removed inside it, so concurrent requests interleave their steps and never see each other's
+steering.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import time
 from collections.abc import Sequence
 from typing import Self, cast
 
-from .artifacts import Artifact, default_artifact_dir
-from .batching import check_fits
-from .classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
+from .calibration.artifacts import Artifact, default_artifact_dir
 from .config import SafetyVerdict, SteeringRecipe
-from .decision import direction, label
-from .domain import check_domain
 from .errors import InvalidArgumentError, InvalidPromptError, NonFiniteScoreError, PromptTooLongError
-from .loading import ModelHandle, load_model
-from .readings import Conversation, framing_signs, readings, user_text
-from .steering import RefusalVector, SteeringPlan
+from .model.loading import ModelHandle, load_model
+from .model.prompt_batch import check_fits
+from .sigma.classifier import SigmaPass, r_pos_ids, run_sigma_pass, sigma_scores
+from .sigma.decision import direction, label
+from .sigma.domain import check_domain
+from .sigma.readings import Conversation, framing_signs, readings, user_text
+from .steering.plan import RefusalVector, SteeringPlan
 
 # Like TGI's --max-input-tokens: on a 2-core CPU an 8k-token prompt takes ~90 s, a 20k one over 10 minutes.
 DEFAULT_MAX_INPUT_TOKENS = 4096
@@ -119,7 +120,7 @@ class ScansCore:
         """One sigma pass over `rows` (from `prompt_rows`) and the verdicts; `keep_cache` keeps its KV cache for
         decoding (as the step scheduler does).
 
-        Each conversation is scored as sent and in every reading of `scans_guard.readings` (without its system
+        Each conversation is scored as sent and in every reading of `scans_guard.sigma.readings` (without its system
         prompt, its user turns joined and alone, each sentence alone, decoded text), the most harmful score counting:
         wrapping cannot launder a request. The readings of the whole batch share one extra pass; a single-turn,
         single-sentence prompt without a system prompt has none.

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .paths import data_dir as resolve_data_dir
-from .paths import missing_data_dir_hint
+from .model.paths import data_dir as resolve_data_dir
+from .model.paths import missing_data_dir_hint
 
 SHIPPED = {"advbench": "advbench.csv", "truthfulqa": "truthfulqa.csv", "xstest": "xstest.csv"}
 

@@ -1,7 +1,7 @@
 """ScansEngine: one model plus its calibrated artifact; classify prompts with sigma and generate with SCANS steering.
 
-Generation is the step scheduler's (`scans_guard.scheduler`, as vLLM's `LLM.generate` and its server both drive one
-engine step): `generate` and `iter_generate` submit their conversations to a `ContinuousBatcher` the engine owns
+Generation is the step scheduler's (`scans_guard.serving.scheduler`, as vLLM's `LLM.generate` and its server both drive
+one engine step): `generate` and `iter_generate` submit their conversations to a `ContinuousBatcher` the engine owns
 (started on first use, stopped by `close`) and drain the request handles. Calls from many threads therefore share
 decoding batches; each row carries its own steering, and greedy replies are those the row would get alone.
 """
@@ -16,14 +16,14 @@ from typing import TypedDict, Unpack
 
 from .config import GenerationConfig, SteeredOutput
 from .core import DEFAULT_MAX_INPUT_TOKENS, ScansCore, _as_batch  # noqa: F401 - re-exported
-from .decision import DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, policy_steers
+from .decoding.reply import StreamEvent
 from .errors import InvalidArgumentError, NonFiniteScoreError
-from .readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401 - re-exported
-from .reply import StreamEvent
-from .request_handle import RequestHandle, adrain, drain
-from .retry import RetryPolicy
-from .scheduler import ContinuousBatcher
-from .steering import SteeringPlan
+from .serving.request_handle import RequestHandle, adrain, drain
+from .serving.scheduler import ContinuousBatcher
+from .sigma.decision import DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, policy_steers
+from .sigma.readings import Conversation, framing_signs, readings, user_text, without_system_prompt  # noqa: F401 - re-exported
+from .steering.plan import SteeringPlan
+from .steering.retry import RetryPolicy
 
 ENGINE_MAX_BATCH = 16  # rows the engine's own batcher decodes at once; more wait and join as rows end
 ENGINE_MAX_QUEUE = 1 << 20  # a generate call queues all its conversations at once: no QueueFullError here
@@ -144,8 +144,8 @@ class ScansEngine(ScansCore):
 
         steer=False: plain generation, no classification. coefficient=c (or one per row): steer by c * v with no
         classification (the always-positive / always-negative baselines). retry: a row sigma steered away whose
-        reply still refuses is generated once more, steered further (`scans_guard.retry`; off by default). Every
-        row's output records the steering applied (`SteeredOutput.steering`). Events name their conversation by
+        reply still refuses is generated once more, steered further (`scans_guard.steering.retry`; off by default).
+        Every row's output records the steering applied (`SteeredOutput.steering`). Events name their conversation by
         `row`: each classified row's verdict first, then its text pieces and its output. Closing the iterator early
         cancels the rows still running.
         """

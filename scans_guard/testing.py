@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .loading import ModelHandle
+from .model.loading import ModelHandle
 
 NL = "{{ '\\n' }}"
 # ChatML, with tools rendered as Qwen2.5's template renders them (schemas in the system turn, calls in

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scans_guard.data import QUOTE_MIN_LEN, prompt_key, unshipped_prompts  # noqa: E402
-from scans_guard.paths import DATA_ENV  # noqa: E402
+from scans_guard.model.paths import DATA_ENV  # noqa: E402
 
 
 class Redactor:

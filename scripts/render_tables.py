@@ -56,7 +56,7 @@ def _points(before: float, after: float) -> str:
 
 def _default_model() -> str:
     sys.path.insert(0, str(REPO))
-    from scans_guard.default_model import DEFAULT_MODEL
+    from scans_guard.model.embedded import DEFAULT_MODEL
 
     return DEFAULT_MODEL.name
 

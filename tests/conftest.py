@@ -13,8 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.register_assert_rewrite("fuzz_helpers", "benchmark_scripts", "tool_schemas")
 
 from scans_guard import CalibrationConfig, ScansEngine  # noqa: E402
-from scans_guard.calibration import calibrate  # noqa: E402
-from scans_guard.default_model import DEFAULT_MODEL, QWEN_05B  # noqa: E402
+from scans_guard.calibration.fit import calibrate  # noqa: E402
+from scans_guard.model.embedded import DEFAULT_MODEL, QWEN_05B  # noqa: E402
 from scans_guard.testing import tiny_model  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("SCANS_GUARD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

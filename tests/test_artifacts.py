@@ -62,7 +62,7 @@ def test_corrupt_artifact_is_a_clear_error(tiny_artifact, tmp_path, damage):
 
 
 def test_shipped_default_artifact_loads():
-    from scans_guard.artifacts import default_artifact_dir
+    from scans_guard.calibration.artifacts import default_artifact_dir
 
     art = Artifact.load(default_artifact_dir())  # the 1.5B's: 28 blocks of width 1536
     assert art.meta.model_fingerprint["n_layers"] == 28
@@ -74,7 +74,7 @@ def test_shipped_artifact_records_its_anchors_and_splits():
     and of every split it was fitted on; the probe's training prompts are part of the T fit."""
     from pathlib import Path
 
-    from scans_guard.artifacts import text_sha256
+    from scans_guard.calibration.artifacts import text_sha256
     from scans_guard.data import anchor_split, contrast_set
 
     art = Artifact.load(Path(__file__).resolve().parents[1] / "artifacts" / "qwen2.5-coder-0.5b-instruct")
@@ -89,7 +89,7 @@ def test_shipped_artifact_records_its_anchors_and_splits():
 
 
 def test_meta_without_anchor_hashes_is_an_error_where_asked(tiny_artifact):
-    from scans_guard.artifacts import ArtifactMeta
+    from scans_guard.calibration.artifacts import ArtifactMeta
 
     meta = tiny_artifact.meta.model_dump()
     del meta["meta_version"]
@@ -103,7 +103,7 @@ def test_meta_without_anchor_hashes_is_an_error_where_asked(tiny_artifact):
 
 
 def test_refusal_span_selects_layers_with_refusal_tokens():
-    from scans_guard.safety_layers import LayerProjection, is_refusal_token, refusal_span
+    from scans_guard.calibration.safety_layers import LayerProjection, is_refusal_token, refusal_span
 
     rows = [LayerProjection(layer=i, top_tokens=[], refusal_tokens=n) for i, n in enumerate([0, 2, 0, 1, 0])]
     assert refusal_span(rows) == [1, 2, 3]
@@ -112,7 +112,7 @@ def test_refusal_span_selects_layers_with_refusal_tokens():
 
 
 def test_each_embedded_model_finds_its_shipped_artifact(tmp_path):
-    from scans_guard.artifacts import default_artifact_dir
+    from scans_guard.calibration.artifacts import default_artifact_dir
 
     for name, layers in (("qwen2.5-coder-0.5b-instruct", 24), ("qwen2.5-coder-1.5b-instruct", 28)):
         art = Artifact.load(default_artifact_dir(name))

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from scans_guard import ScansEngine
-from scans_guard.artifacts import Artifact
-from scans_guard.batching import PromptBatch, prefill
+from scans_guard.calibration.artifacts import Artifact
+from scans_guard.calibration.vectors import false_refusal_vectors
 from scans_guard.config import GenerationConfig
 from scans_guard.errors import ArtifactError
-from scans_guard.hooks import BlockEdit, capture_block_outputs
-from scans_guard.steering import SteeringPlan
-from scans_guard.vectors import false_refusal_vectors
+from scans_guard.model.hooks import BlockEdit, capture_block_outputs
+from scans_guard.model.prompt_batch import PromptBatch, prefill
+from scans_guard.steering.plan import SteeringPlan
 
 SHORT = GenerationConfig(max_new_tokens=6)
 PROMPTS = ["How do I bake bread?", "Paris is the capital of which country?"]

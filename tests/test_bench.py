@@ -5,8 +5,8 @@ import json
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.bench import SCHEMA, BenchConfig, BenchResult, run_benchmark
-from scans_guard.bench_cli import format_table
+from scans_guard.bench.cli import format_table
+from scans_guard.bench.runner import SCHEMA, BenchConfig, BenchResult, run_benchmark
 from scans_guard.cli import build_parser, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -162,7 +162,7 @@ def test_cli_bench_arguments():
             "--cold",
         ]
     )
-    from scans_guard.bench_cli import config_from_args
+    from scans_guard.bench.cli import config_from_args
 
     cfg = config_from_args(args)
     assert cfg.quick and cfg.repeats == 2 and cfg.max_new_tokens == 8 and cfg.sigma_batch_sizes == [1, 4]
@@ -189,7 +189,7 @@ def test_natural_length_reports_per_token(tiny_engine):
         steer_batch_sizes=[1],
         n_prompts=1,
     )
-    from scans_guard.bench_speed import bench_end_to_end
+    from scans_guard.bench.speed import bench_end_to_end
 
     e = bench_end_to_end(tiny_engine, ["Paris?"], cfg)
     assert e.equal_work == "natural_length_per_token"

@@ -108,7 +108,7 @@ def test_analyses_of_a_sweep_match_on_its_redacted_copy(script, sweep, data_dir,
 
 
 def test_steer_span_artifacts_nll_and_analyze(script, sweep, tiny_on_disk, tiny_args, tmp_path, capsys):
-    from scans_guard.artifacts import Artifact
+    from scans_guard.calibration.artifacts import Artifact
 
     span = script("steer_span")
     run_main(

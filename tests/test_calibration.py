@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scans_guard import CalibrationConfig
-from scans_guard.calibration import best_threshold, calibrate, recall_threshold
+from scans_guard.calibration.fit import best_threshold, calibrate, recall_threshold
 from scans_guard.data import load_set, tune_eval_split
 
 
@@ -67,8 +67,8 @@ def test_best_threshold_matches_brute_force(seed):
 
 def test_sigma_probe_is_fitted_saved_and_scores_its_logit(tiny, tiny_artifact, tmp_path):
     from scans_guard import ScansEngine
-    from scans_guard.artifacts import Artifact
-    from scans_guard.classifier import r_pos_ids, run_sigma_pass
+    from scans_guard.calibration.artifacts import Artifact
+    from scans_guard.sigma.classifier import r_pos_ids, run_sigma_pass
 
     recipe = tiny_artifact.recipe
     assert recipe.probe_layer in recipe.classify_layers

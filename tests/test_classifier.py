@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.classifier import harm_direction, r_pos_ids, sigma_scores, transitions_for
+from scans_guard.sigma.classifier import harm_direction, r_pos_ids, sigma_scores, transitions_for
 from scans_guard.testing import tiny_model
 
 

@@ -16,11 +16,11 @@ from tool_schemas import PROMPTS as TOOL_PROMPTS
 pytest.importorskip("llguidance", reason="constrained decoding needs the [structured] extra")
 
 from scans_guard import GenerationConfig, InvalidArgumentError  # noqa: E402
-from scans_guard.batching import PromptBatch  # noqa: E402
-from scans_guard.constraints import Constraint, closed  # noqa: E402
-from scans_guard.scheduler import ContinuousBatcher  # noqa: E402
-from scans_guard.steering import steered_decode  # noqa: E402
-from scans_guard.tool_calls import parse_tool_calls  # noqa: E402
+from scans_guard.decoding.constraints import Constraint, closed  # noqa: E402
+from scans_guard.decoding.tool_calls import parse_tool_calls  # noqa: E402
+from scans_guard.model.prompt_batch import PromptBatch  # noqa: E402
+from scans_guard.serving.scheduler import ContinuousBatcher  # noqa: E402
+from scans_guard.steering.plan import steered_decode  # noqa: E402
 
 # The batcher test submits them all at once into a batch of 8.
 PROMPTS = TOOL_PROMPTS[:8]

@@ -1,4 +1,4 @@
-"""The one decision rule (scans_guard.decision): label, band, grey zone, out of domain, steering coefficient."""
+"""The one decision rule (scans_guard.sigma.decision): label, band, grey zone, out of domain, steering coefficient."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scans_guard.config import SafetyVerdict, SteeringRecipe
-from scans_guard.decision import DecisionPolicy, band, coefficient, flags, is_harmful, label, steering_coefficient
+from scans_guard.sigma.decision import DecisionPolicy, band, coefficient, flags, is_harmful, label, steering_coefficient
 
 
 def test_threshold_is_harmful_and_nan_fails_closed():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.reply import ReplyState
-from scans_guard.retry import RetryPolicy
+from scans_guard.decoding.reply import ReplyState
+from scans_guard.steering.retry import RetryPolicy
 
 PINNED = json.loads((Path(__file__).with_name("test_decode_pinned.json")).read_text())
 PROMPTS = [
@@ -73,7 +73,7 @@ def test_generate_matches_the_pinned_replies(tiny_engine, finished_replies, name
     prompts, config, options = _scenarios()[name]
     if "constraint" in config:
         pytest.importorskip("llguidance", reason="constrained decoding needs the [structured] extra")
-        from scans_guard.constraints import Constraint
+        from scans_guard.decoding.constraints import Constraint
 
         config = {**config, "constraint": Constraint.matching(config["constraint"])}
     outputs = tiny_engine.generate(prompts, GenerationConfig(**config), **options)

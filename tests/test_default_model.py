@@ -10,8 +10,8 @@ import torch
 
 from scans_guard import GenerationConfig
 from scans_guard.cli import DEMO_PROMPTS
-from scans_guard.decision import DEFAULT_POLICY
-from scans_guard.judge import KeywordJudge
+from scans_guard.sigma.decision import DEFAULT_POLICY
+from scans_guard.steering.judge import KeywordJudge
 
 pytestmark = pytest.mark.default_model
 judge = KeywordJudge()
@@ -39,7 +39,7 @@ def test_demo_prompts_answered_and_the_bomb_blocked_under_the_default_policy(def
 def test_the_cache_stores_half_precision_and_loads_at_float32(default_engine):
     from safetensors import safe_open
 
-    from scans_guard.default_model import DEFAULT_MODEL, embedded_model_dir
+    from scans_guard.model.embedded import DEFAULT_MODEL, embedded_model_dir
 
     weights = embedded_model_dir(DEFAULT_MODEL, progress=False) / "model.safetensors"
     with safe_open(str(weights), "pt") as f:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.scheduler import ContinuousBatcher
+from scans_guard.serving.scheduler import ContinuousBatcher
 from scans_guard.testing import slow_steps, wait_until
 
 PROMPTS = [

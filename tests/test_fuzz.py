@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from scans_guard import GenerationConfig, InvalidArgumentError, InvalidPromptError
-from scans_guard.steering import MAX_COEFFICIENT
+from scans_guard.steering.plan import MAX_COEFFICIENT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

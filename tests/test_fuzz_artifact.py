@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scans_guard import Artifact, ArtifactError, FingerprintMismatchError, ScansEngine
-from scans_guard.artifacts import ArtifactMeta
+from scans_guard.calibration.artifacts import ArtifactMeta
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

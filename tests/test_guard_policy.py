@@ -6,8 +6,8 @@ import pytest
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.config import SafetyVerdict
-from scans_guard.decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, policy_blocks, policy_steers
 from scans_guard.errors import InvalidArgumentError
+from scans_guard.sigma.decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, policy_blocks, policy_steers
 
 CONFIG = GenerationConfig(max_new_tokens=5)
 PROMPTS = [

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from scans_guard import Artifact, ArtifactError
-from scans_guard.artifacts import default_artifact_dir
+from scans_guard.calibration.artifacts import default_artifact_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,7 +87,7 @@ def test_tensors_hash_is_recorded_and_checked(tiny_artifact, tmp_path):
 def test_artifact_without_a_tensors_hash_loads_with_a_warning(tiny_artifact, tmp_path, caplog):
     path = tiny_artifact.save(tmp_path / "art")
     _edit_json(path, lambda m: m.pop("tensors_sha256"))  # the format before the hash was recorded
-    with caplog.at_level(logging.WARNING, logger="scans_guard.artifacts"):
+    with caplog.at_level(logging.WARNING, logger="scans_guard.calibration.artifacts"):
         loaded = Artifact.load(path)
     assert torch.equal(loaded.refusal_vectors, tiny_artifact.refusal_vectors)
     assert "records no tensors_sha256" in caplog.text

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scans_guard import ModelLoadError, default_model, load_model
+from scans_guard import ModelLoadError, load_model
+from scans_guard.model import embedded as default_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,7 +115,7 @@ def test_two_builders_at_once_build_once(tmp_path, fake_build, caplog):
             errors.append(exc)
 
     threads = [threading.Thread(target=use_cache) for _ in range(2)]
-    with caplog.at_level(logging.WARNING, logger="scans_guard.default_model"):
+    with caplog.at_level(logging.WARNING, logger="scans_guard.model.embedded"):
         for t in threads:
             t.start()
         for t in threads:

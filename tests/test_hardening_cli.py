@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from scans_guard import default_model
 from scans_guard.cli import main
+from scans_guard.model import embedded as default_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

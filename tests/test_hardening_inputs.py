@@ -15,11 +15,11 @@ from scans_guard import (
     ScansEngine,
     SteeringRecipe,
 )
-from scans_guard import admission as admission_module
 from scans_guard import core as core_module
-from scans_guard import steering as steering_module
 from scans_guard.config import MIN_TEMPERATURE
 from scans_guard.errors import InvalidArgumentError
+from scans_guard.serving import admission as admission_module
+from scans_guard.steering import plan as steering_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

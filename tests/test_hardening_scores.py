@@ -17,7 +17,7 @@ from scans_guard import (
     ScansGuardError,
     load_model,
 )
-from scans_guard.classifier import sigma_scores
+from scans_guard.sigma.classifier import sigma_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from scans_guard.batching import PromptBatch, prefill
-from scans_guard.classifier import r_pos_ids
 from scans_guard.config import GenerationConfig
-from scans_guard.hooks import add_to_block_outputs, capture_block_outputs
-from scans_guard.steering import steered_decode, steering_deltas
+from scans_guard.model.hooks import add_to_block_outputs, capture_block_outputs
+from scans_guard.model.prompt_batch import PromptBatch, prefill
+from scans_guard.sigma.classifier import r_pos_ids
+from scans_guard.steering.plan import steered_decode, steering_deltas
 
 
 def _no_hooks(handle):

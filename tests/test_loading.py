@@ -7,14 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from scans_guard import (
-    ArtifactError,
-    ModelHandle,
-    ModelLoadError,
-    UnsupportedArchitectureError,
-    default_model,
-    load_model,
-)
+from scans_guard import ArtifactError, ModelHandle, ModelLoadError, UnsupportedArchitectureError, load_model
+from scans_guard.model import embedded as default_model
 from scans_guard.testing import tiny_tokenizer
 
 
@@ -166,7 +160,7 @@ def test_embedded_models_by_name():
 
 def test_a_local_model_of_an_embedded_name_wins(tmp_path, monkeypatch):
     """Loading and the shipped-artifact lookup decide alike: an existing path is the user's model, not ours."""
-    from scans_guard.artifacts import default_artifact_dir
+    from scans_guard.calibration.artifacts import default_artifact_dir
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "qwen2.5-coder-1.5b-instruct").mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from scans_guard.decision import band
-from scans_guard.judge import KeywordJudge
+from scans_guard.sigma.decision import band
+from scans_guard.steering.judge import KeywordJudge
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "output_check.py"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from scans_guard.data import load_set
-from scans_guard.paths import data_dir, default_cache_root, require_data_dir
+from scans_guard.model.paths import data_dir, default_cache_root, require_data_dir
 
 
 def test_cache_root_env_first(monkeypatch, tmp_path):

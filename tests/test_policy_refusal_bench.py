@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from scans_guard.data import load_set
-from scans_guard.decision import GuardPolicy
+from scans_guard.sigma.decision import GuardPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import logging
 import pytest
 from transformers.utils import logging as hf_logging
 
-from scans_guard.quiet import quiet_transformers, verbose_from_env
+from scans_guard.model.quiet import quiet_transformers, verbose_from_env
 
 
 def _state():

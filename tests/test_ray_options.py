@@ -5,8 +5,8 @@ import pytest
 
 from scans_guard.cli import build_parser, main
 from scans_guard.errors import InvalidArgumentError
-from scans_guard.ray_options import RayServeOptions
-from scans_guard.serve_ray_cli import ray_options_from_args
+from scans_guard.serving.ray_cli import ray_options_from_args
+from scans_guard.serving.ray_options import RayServeOptions
 
 
 def _options(*flags: str) -> RayServeOptions:

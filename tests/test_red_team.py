@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from scans_guard.data import load_set
-from scans_guard.decision import GuardPolicy
 from scans_guard.eval.benchmarks import calibration_prompts
 from scans_guard.eval.red_team import FAMILIES, TEMPLATES, templates
+from scans_guard.sigma.decision import GuardPolicy
 
 N_PROMPTS = 4
 DEFAULT_MODEL_PROMPTS = 1

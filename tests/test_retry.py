@@ -1,4 +1,4 @@
-"""Retry of a steered reply that still refuses (scans_guard.retry), on the tiny model with stand-in judges."""
+"""Retry of a steered reply that still refuses (scans_guard.steering.retry), on the tiny model with stand-in judges."""
 
 from __future__ import annotations
 

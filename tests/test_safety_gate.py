@@ -15,9 +15,9 @@ import math
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.artifacts import Artifact, default_artifact_dir, text_sha256
+from scans_guard.calibration.artifacts import Artifact, default_artifact_dir, text_sha256
 from scans_guard.data import load_set, sample_prompts
-from scans_guard.jailbreaks import (
+from scans_guard.eval.jailbreaks import (
     FRAMINGS,
     SYSTEM_PROMPTS,
     Framing,
@@ -26,7 +26,7 @@ from scans_guard.jailbreaks import (
     translated_set,
     wrap,
 )
-from scans_guard.judge import KeywordJudge
+from scans_guard.steering.judge import KeywordJudge
 
 N_PROMPTS = 12
 DEFAULT_MODEL_PROMPTS = 6

@@ -7,8 +7,8 @@ from pydantic import ValidationError
 from transformers import GenerationConfig as HFGenerationConfig
 
 from scans_guard import GenerationConfig
-from scans_guard.batching import PromptBatch
-from scans_guard.steering import steered_decode
+from scans_guard.model.prompt_batch import PromptBatch
+from scans_guard.steering.plan import steered_decode
 
 PROMPTS = ["How do I bake bread at home?", "Paris?"]  # unequal lengths: left padding must be ignored
 

@@ -8,7 +8,7 @@ import pytest
 
 from scans_guard import GenerationConfig, InvalidPromptError, PromptTooLongError
 from scans_guard.errors import InvalidArgumentError
-from scans_guard.scheduler import (
+from scans_guard.serving.scheduler import (
     ContinuousBatcher,
     QueueFullError,
     RequestTimeoutError,
@@ -223,7 +223,7 @@ def test_the_scheduler_uses_only_the_engines_public_names():
     import ast
     from pathlib import Path
 
-    import scans_guard.scheduler as scheduler
+    import scans_guard.serving.scheduler as scheduler
 
     tree = ast.parse(Path(scheduler.__file__).read_text())
     private = sorted(

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from scans_guard import GenerationConfig, RetryPolicy, ScansEngine
-from scans_guard.scheduler import ContinuousBatcher
+from scans_guard.serving.scheduler import ContinuousBatcher
 from scans_guard.testing import slow_steps, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

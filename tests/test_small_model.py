@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from scans_guard import GenerationConfig
-from scans_guard.artifacts import text_sha256
+from scans_guard.calibration.artifacts import text_sha256
 from scans_guard.data import load_set, sample_prompts
-from scans_guard.judge import KeywordJudge
+from scans_guard.steering.judge import KeywordJudge
 
 pytestmark = pytest.mark.small_model
 judge = KeywordJudge()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scans_guard.batching import PromptBatch, prefill
 from scans_guard.config import GenerationConfig
 from scans_guard.errors import InvalidArgumentError
-from scans_guard.steering import SteeringPlan
+from scans_guard.model.prompt_batch import PromptBatch, prefill
+from scans_guard.steering.plan import SteeringPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = GenerationConfig(max_new_tokens=3)
@@ -62,7 +62,7 @@ def test_apply_holds_the_model_lock_and_removes_its_hooks(tiny_engine):
 
 def test_only_the_core_imports_the_hooks():
     """Steering goes through `RefusalVector`; capture hooks belong to the classifier and the vectors."""
-    allowed = {"scans_guard/steering.py", "scans_guard/classifier.py", "scans_guard/vectors.py"}
+    allowed = {"scans_guard/steering/plan.py", "scans_guard/sigma/classifier.py", "scans_guard/calibration/vectors.py"}
     importers = set()
     for path in [*ROOT.glob("scans_guard/**/*.py"), *ROOT.glob("integrations/**/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -14,7 +14,7 @@ from langchain.agents.middleware.types import AgentState
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
-from scans_guard.retry import RetryPolicy
+from scans_guard.steering.retry import RetryPolicy
 
 from ._convert import message_text
 from ._decision import Decision, SafetyPolicy, Stage

@@ -14,10 +14,10 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
 from scans_guard.config import GenerationConfig, SafetyVerdict, SteeredOutput
-from scans_guard.constraints import Constraint
-from scans_guard.decision import check_policy, policy_blocks, policy_steers
+from scans_guard.decoding.constraints import Constraint
 from scans_guard.engine import StreamEvent
-from scans_guard.loading import ToolConversation
+from scans_guard.model.loading import ToolConversation
+from scans_guard.sigma.decision import check_policy, policy_blocks, policy_steers
 
 from ._convert import Conversation, last_user_text, messages_to_conversation
 from ._messages import PROVIDER, _verdict_metadata

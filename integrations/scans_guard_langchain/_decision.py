@@ -1,7 +1,7 @@
 """The integration's decision core: a verdict (or a classification error) and a policy -> band and action.
 
 Every guard and every middleware strategy calls `decide`; the score -> band rule itself is
-`scans_guard.decision` (the same one the engine labels and steers with). What happens on a violation
+`scans_guard.sigma.decision` (the same one the engine labels and steers with). What happens on a violation
 (`exit_behavior`) and the text put in its place (`violation_text`) are shared too.
 """
 
@@ -11,7 +11,7 @@ import string
 from typing import Any, Literal, NamedTuple
 
 from scans_guard.config import SafetyVerdict
-from scans_guard.decision import DEFAULT_REFUSAL, Band, GuardPolicy
+from scans_guard.sigma.decision import DEFAULT_REFUSAL, Band, GuardPolicy
 
 Action = Literal["allow", "block"]
 OnError = Literal["raise", "block", "allow"]
@@ -23,7 +23,7 @@ Stage = Literal["input", "output", "tool_result"]
 
 
 class SafetyPolicy(GuardPolicy):
-    """How a verdict maps to a band: the core's guard rule (`scans_guard.decision.GuardPolicy`).
+    """How a verdict maps to a band: the core's guard rule (`scans_guard.sigma.decision.GuardPolicy`).
 
     threshold: T (None: the verdict's `threshold`, i.e. the artifact's `guard` operating point).
     grey_zone: a float g makes [T - g, T) grey (the recipe's convention); a pair (below, above) makes

@@ -1,8 +1,9 @@
 """`ScansGuardMiddleware`'s check of a model's text reply: a complying reply to a grey or harmful request is a
 violation, and a steered reply to a benign request that still refuses is retried under the `RetryPolicy`.
 
-The retry follows `scans_guard.retry`'s rule (only sigma's own steering is retried, once, at the policy's factor x
-the verdict's coefficient, judged by the policy's judge), here on the whole reply the agent's model has written.
+The retry follows `scans_guard.steering.retry`'s rule (only sigma's own steering is retried, once, at the policy's
+factor x the verdict's coefficient, judged by the policy's judge), here on the whole reply the agent's model has
+written.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from langchain.agents.middleware.types import ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, HumanMessage
 
 from scans_guard.config import SafetyVerdict
-from scans_guard.retry import RetryPolicy
+from scans_guard.steering.retry import RetryPolicy
 
 from ._agent_state import GuardSettings, Step, latest, state_record
 from ._convert import message_text

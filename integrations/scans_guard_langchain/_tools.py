@@ -1,10 +1,10 @@
 """Tool calling for a local chat model, LangChain's side: schemas for the chat template, tool calls read back from the
-reply text (by `scans_guard.tool_calls`, which also holds the formats read) as LangChain's ToolCall /
+reply text (by `scans_guard.decoding.tool_calls`, which also holds the formats read) as LangChain's ToolCall /
 InvalidToolCall, also while streaming, and `with_structured_output`.
 
 A required or named tool_choice and a response_format are enforced by the core's constrained decoding
-(`scans_guard.constraints`): the chat model turns them into `GenerationConfig.constraint`, so such a reply is a valid
-call or a schema-valid JSON value, unless it runs out of max_tokens.
+(`scans_guard.decoding.constraints`): the chat model turns them into `GenerationConfig.constraint`, so such a reply is a
+valid call or a schema-valid JSON value, unless it runs out of max_tokens.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from scans_guard import tool_calls as core
-from scans_guard.constraints import response_schema
-from scans_guard.tool_calls import resolve_tool_choice
+from scans_guard.decoding import tool_calls as core
+from scans_guard.decoding.constraints import response_schema
+from scans_guard.decoding.tool_calls import resolve_tool_choice
 
 
 def tool_schemas(tools: Sequence[Any]) -> list[dict[str, Any]]:
@@ -32,8 +32,8 @@ def tool_schemas(tools: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def chosen_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
-    """The schemas the chat template gets under `tool_choice` (see `scans_guard.tool_calls.resolve_tool_choice`;
-    a name that is not bound is an InvalidArgumentError)."""
+    """The schemas the chat template gets under `tool_choice` (see
+    `scans_guard.decoding.tool_calls.resolve_tool_choice`; a name that is not bound is an InvalidArgumentError)."""
     return resolve_tool_choice(tools, tool_choice).tools
 
 
@@ -54,7 +54,7 @@ def parse_tool_calls(
 
 
 class ToolCallStream(core.ToolCallStream):
-    """`scans_guard.tool_calls.ToolCallStream` whose `finish` gives LangChain's tool calls."""
+    """`scans_guard.decoding.tool_calls.ToolCallStream` whose `finish` gives LangChain's tool calls."""
 
     def finish(self) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:  # type: ignore[override]
         """(text not yet released, tool calls, invalid tool calls)."""

@@ -18,7 +18,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator
 
 from scans_guard.config import SafetyVerdict
-from scans_guard.judge import KeywordJudge
+from scans_guard.steering.judge import KeywordJudge
 
 from ._convert import last_user_text, select_input, to_conversation
 from ._decision import DEFAULT_REFUSAL, Decision, ExitBehavior, OnError, SafetyPolicy, decide, violation_text

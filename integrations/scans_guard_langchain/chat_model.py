@@ -26,10 +26,10 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, model_validator
 
 from scans_guard.config import SteeredOutput
-from scans_guard.decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, policy_blocks
 from scans_guard.engine import ScansEngine
-from scans_guard.judge import KeywordJudge
-from scans_guard.retry import RetryPolicy
+from scans_guard.sigma.decision import DEFAULT_POLICY, DEFAULT_REFUSAL, GuardPolicy, Policy, check_policy, policy_blocks
+from scans_guard.steering.judge import KeywordJudge
+from scans_guard.steering.retry import RetryPolicy
 
 from ._calls import ChatCall, async_chunks, sync_chunks
 from ._convert import messages_to_conversation
@@ -51,11 +51,11 @@ class SafetyConsciousLLM(BaseChatModel):
     LangChain's standard refusal block).
 
     Tool calling: `bind_tools` sends the tool schemas to the chat template (`tools=`), and tool calls in the reply
-    (as the model writes them, see `scans_guard.tool_calls`) become `tool_calls` / `invalid_tool_calls` (streamed as
-    `tool_call_chunks`). A required or named `tool_choice`, a `response_format` and `with_structured_output` are
-    enforced token by token (`scans_guard.constraints`): the reply is a valid call / schema-valid JSON unless it runs
-    out of max_tokens. A prompt the guard blocks still gets the refusal message, never a forced call.
-    Not supported: non-text content blocks (InvalidPromptError).
+    (as the model writes them, see `scans_guard.decoding.tool_calls`) become `tool_calls` / `invalid_tool_calls`
+    (streamed as `tool_call_chunks`). A required or named `tool_choice`, a `response_format` and
+    `with_structured_output` are enforced token by token (`scans_guard.decoding.constraints`): the reply is a valid call
+    / schema-valid JSON unless it runs out of max_tokens. A prompt the guard blocks still gets the refusal message,
+    never a forced call. Not supported: non-text content blocks (InvalidPromptError).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
@@ -88,7 +88,7 @@ class SafetyConsciousLLM(BaseChatModel):
     """Fixed signed steering coefficient for every prompt instead of sigma's (no classification)."""
     retry: RetryPolicy | None = None
     """A reply sigma steered away from refusal that the policy's judge still finds refusing is generated once more,
-    steered `factor` times as far (`scans_guard.retry`; fewer false refusals, slightly less safe:
+    steered `factor` times as far (`scans_guard.steering.retry`; fewer false refusals, slightly less safe:
     docs/steering.md). None (default): one reply. With tools bound the coefficient is fixed: no retry."""
     refusal_judge: Callable[[str, str], bool] | None = Field(default_factory=KeywordJudge, exclude=True)
     """(prompt, reply) -> refused?; None: never flag refusals."""

@@ -9,9 +9,9 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, model_validator
 
-from scans_guard.classifier import r_pos_ids
 from scans_guard.config import SafetyVerdict
 from scans_guard.engine import ScansEngine
+from scans_guard.sigma.classifier import r_pos_ids
 
 from ._convert import select_input, state_to_conversation, to_conversation
 

@@ -19,8 +19,8 @@ from langchain_core.runnables.config import run_in_executor
 
 from scans_guard.config import SafetyVerdict
 from scans_guard.engine import ScansEngine
-from scans_guard.judge import KeywordJudge
-from scans_guard.retry import RetryPolicy
+from scans_guard.steering.judge import KeywordJudge
+from scans_guard.steering.retry import RetryPolicy
 
 from ._agent_state import STATE_KEY, ScansGuardState, Step, adrive, drive, latest, readable_text
 from ._convert import messages_to_conversation

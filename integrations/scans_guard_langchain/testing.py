@@ -23,7 +23,7 @@ def tiny_requested(argv: list[str] | None = None) -> bool:
 @functools.lru_cache(maxsize=1)
 def tiny_engine() -> ScansEngine:
     """The tiny Qwen2 of `scans_guard.testing.tiny_model()` with an artifact calibrated on it (cached)."""
-    from scans_guard.calibration import calibrate
+    from scans_guard.calibration.fit import calibrate
     from scans_guard.testing import tiny_model
 
     handle = tiny_model("qwen2", seed=0)

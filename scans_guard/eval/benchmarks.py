@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..artifacts import Artifact, ArtifactMeta, text_sha256
+from ..calibration.artifacts import Artifact, ArtifactMeta, text_sha256
 from ..data import EXTERNAL, SHIPPED, Example, load_set
 from ..errors import ArtifactError
-from ..paths import missing_data_dir_hint
+from ..model.paths import missing_data_dir_hint
 
 log = logging.getLogger(__name__)
 

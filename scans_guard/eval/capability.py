@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import PromptBatch, prefill
 from ..engine import ScansEngine
-from ..steering import SteeringPlan
+from ..model.prompt_batch import PromptBatch, prefill
+from ..steering.plan import SteeringPlan
 from .conditions import Condition
 from .store import JsonlStore
 

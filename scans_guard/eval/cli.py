@@ -86,7 +86,7 @@ def _default_out(model: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from ..judge import get_judge
+    from ..steering.judge import get_judge
     from .pipeline import EvalConfig, report_only, run_eval
 
     out = args.out or _default_out(args.model)

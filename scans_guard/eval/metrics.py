@@ -14,8 +14,8 @@ import numpy as np
 from scipy.stats import binomtest, norm
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
-from ..calibration import best_threshold
-from ..decision import flags
+from ..calibration.fit import best_threshold
+from ..sigma.decision import flags
 from .benchmarks import SUITES
 
 POSITIVES = ("unsafe", "safe")

@@ -22,9 +22,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from ..engine import ScansEngine
-from ..judge import KeywordJudge, RefusalJudge, judge_name
-from ..paths import data_dir as resolve_data_dir
-from ..paths import missing_data_dir_hint
+from ..model.paths import data_dir as resolve_data_dir
+from ..model.paths import missing_data_dir_hint
+from ..steering.judge import KeywordJudge, RefusalJudge, judge_name
 from ..version import __version__
 from .benchmarks import SETS, calibration_prompts, generation_prompts, load_benchmarks
 from .capability import (

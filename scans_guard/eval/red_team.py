@@ -16,7 +16,7 @@ import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..encodings import shift
+from ..sigma.encodings import shift
 
 Conversation = str | list[dict]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decision import flags
+from ..sigma.decision import flags
 from . import plots as plotting
 from .capability import summarise_capability
 from .markdown import PLOTS_DIR, render_markdown, set_order

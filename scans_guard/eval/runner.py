@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..config import GenerationConfig
 from ..engine import ScansEngine
-from ..judge import RefusalJudge
+from ..steering.judge import RefusalJudge
 from .benchmarks import EvalPrompt
 from .conditions import Condition
 from .store import JsonlStore

@@ -36,7 +36,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 @pytest.fixture(scope="session")
 def eval_data(tmp_path_factory, tiny_artifact) -> Path:
     """External sets with a few invented prompts each, a short text for perplexity and a two-subject MMLU."""
-    from scans_guard.artifacts import text_sha256
+    from scans_guard.calibration.artifacts import text_sha256
     from scans_guard.data import load_set
 
     root = tmp_path_factory.mktemp("eval_data")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from scans_guard.artifacts import text_sha256
+from scans_guard.calibration.artifacts import text_sha256
 from scans_guard.data import anchor_split, load_set
 from scans_guard.eval.benchmarks import calibration_prompts, limit_prompts, load_benchmarks
 

@@ -17,7 +17,7 @@ from scans_guard.eval.capability import (
     wikitext_windows,
 )
 from scans_guard.eval.conditions import build_conditions
-from scans_guard.steering import SteeringPlan
+from scans_guard.steering.plan import SteeringPlan
 
 
 def test_unsteered_nll_matches_full_logits(tiny_engine, eval_data):

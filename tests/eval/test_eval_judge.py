@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from scans_guard.judge import DEFAULT_RULES, REFERENCE_RULES, KeywordJudge, Rule, get_judge, judge_name
+from scans_guard.steering.judge import DEFAULT_RULES, REFERENCE_RULES, KeywordJudge, Rule, get_judge, judge_name
 
 # Real replies of Qwen2.5-Coder-0.5B-Instruct with the shipped artifact (greedy, 16 new tokens), collected by
 #   scans-guard eval --out /tmp/smoke2 --data-dir /work/shared/data --limit 2 --max-new-tokens 16 --ppl-window 128 \
@@ -102,9 +102,9 @@ def test_pluggable_judges(monkeypatch):
     monkeypatch.setitem(sys.modules, "my_judges", module)
     custom = get_judge("my_judges:always_refuses")
     assert custom("", "Paris.") and judge_name(custom) == "always_refuses"
-    factory = get_judge("scans_guard.judge:KeywordJudge")
+    factory = get_judge("scans_guard.steering.judge:KeywordJudge")
     assert isinstance(factory, KeywordJudge)
     with pytest.raises(ValueError, match="unknown judge"):
         get_judge("nope")
     with pytest.raises(ValueError, match="cannot load judge"):
-        get_judge("scans_guard.judge:Nope")
+        get_judge("scans_guard.steering.judge:Nope")

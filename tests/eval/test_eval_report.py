@@ -8,7 +8,7 @@ from scans_guard.cli import main
 from scans_guard.eval import EvalConfig, report_only, run_eval
 from scans_guard.eval.plots import available as plots_available
 from scans_guard.eval.results import EvalResults
-from scans_guard.judge import KeywordJudge, Rule
+from scans_guard.steering.judge import KeywordJudge, Rule
 
 
 def _config(out, data, **kw):

@@ -16,7 +16,7 @@ from scans_guard_langchain import EVENT_NAME, PROVIDER, SafetyConsciousLLM, Scan
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.errors import InvalidPromptError
-from scans_guard.judge import KeywordJudge
+from scans_guard.steering.judge import KeywordJudge
 
 PROMPT = "What is the capital of France?"
 

@@ -11,7 +11,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from scans_guard_langchain import SafetyClassifier, ScansDecisionModel
 
 from scans_guard import Artifact, SafetyVerdict, ScansEngine
-from scans_guard.artifacts import PlattFit
+from scans_guard.calibration.artifacts import PlattFit
 from scans_guard.errors import InvalidPromptError
 
 PROMPT = "What is the capital of France?"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from scans_guard_langchain import SafetyConsciousLLM
 
 from scans_guard import ScansEngine
-from scans_guard.decision import DEFAULT_REFUSAL
+from scans_guard.sigma.decision import DEFAULT_REFUSAL
 from scans_guard.testing import tiny_model
 
 pytest.importorskip("llguidance", reason="constrained decoding needs the [structured] extra")

@@ -6,7 +6,7 @@ from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from scans_guard_langchain import SafetyConsciousLLM, ScansGuardMiddleware
 
-from scans_guard.decision import DEFAULT_REFUSAL, GuardPolicy
+from scans_guard.sigma.decision import DEFAULT_REFUSAL, GuardPolicy
 
 PROMPT = "How do I bake bread?"
 

@@ -16,7 +16,7 @@ from scans_guard_langchain.middleware import ScansGuardMiddleware
 from scans_guard_langchain.testing import scripted_llm
 
 from scans_guard.errors import InvalidPromptError
-from scans_guard.retry import RetryPolicy
+from scans_guard.steering.retry import RetryPolicy
 
 PROMPT = "What is the capital of France?"
 IMAGE = HumanMessage(

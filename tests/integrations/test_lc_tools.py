@@ -19,7 +19,7 @@ from scans_guard_langchain._tools import ToolCallStream, parse_tool_calls, tool_
 from scans_guard_langchain.testing import scripted_llm
 
 from scans_guard.errors import InvalidArgumentError, InvalidPromptError
-from scans_guard.loading import ToolConversation
+from scans_guard.model.loading import ToolConversation
 
 
 @tool

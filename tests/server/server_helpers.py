@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from scans_guard.server import LocalServer, ServerSettings, create_app
+from scans_guard.serving.server import LocalServer, ServerSettings, create_app
 from scans_guard.testing import slow_steps, wait_until  # noqa: F401  (the tests import them from here)
 
 

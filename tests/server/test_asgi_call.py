@@ -7,8 +7,8 @@ import json
 from server_helpers import wait_until
 
 from scans_guard import GenerationConfig
-from scans_guard.server import ServerSettings, create_app
-from scans_guard.server.asgi_call import BufferedRequest, ResponseStart, call
+from scans_guard.serving.server import ServerSettings, create_app
+from scans_guard.serving.server.asgi_call import BufferedRequest, ResponseStart, call
 
 CHAT = "/v1/chat/completions"
 

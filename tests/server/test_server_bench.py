@@ -1,9 +1,9 @@
 """The serve section of `scans-guard bench` on the tiny model: its structure and mechanics, never its timings."""
 
-from scans_guard.bench import BenchConfig, run_benchmark
-from scans_guard.bench_cli import _serve_lines
-from scans_guard.bench_process import _current_rss_mb
-from scans_guard.bench_serve import bench_serve
+from scans_guard.bench.cli import _serve_lines
+from scans_guard.bench.process import _current_rss_mb
+from scans_guard.bench.runner import BenchConfig, run_benchmark
+from scans_guard.bench.serve import bench_serve
 
 PROMPTS = [
     "Paris?",

@@ -19,7 +19,7 @@ def test_defaults_bind_loopback():
 
 
 def test_retry_flag_sets_the_servers_default():
-    from scans_guard.serve_cli import settings_from_args
+    from scans_guard.serving.serve_cli import settings_from_args
 
     assert settings_from_args(build_parser().parse_args(["serve"])).retry is False
     settings = settings_from_args(build_parser().parse_args(["serve", "--retry"]))

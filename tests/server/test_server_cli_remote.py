@@ -9,7 +9,7 @@ from server_helpers import free_port, running
 
 from scans_guard import ScansEngine
 from scans_guard.cli import main
-from scans_guard.decision import DEFAULT_REFUSAL
+from scans_guard.sigma.decision import DEFAULT_REFUSAL
 
 pytest.importorskip("httpx")
 
@@ -62,7 +62,7 @@ def test_classify_json_has_the_local_verdicts_fields(server, local, capsys):
 
 
 def test_classify_more_prompts_than_one_request_takes(server, local, capsys, monkeypatch):
-    from scans_guard.cli_remote import MAX_CLASSIFY_INPUTS
+    from scans_guard.serving.remote_cli import MAX_CLASSIFY_INPUTS
 
     lines = "".join(f"Is {i} a prime number?\n" for i in range(MAX_CLASSIFY_INPUTS + 3))
 

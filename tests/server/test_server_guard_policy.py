@@ -6,8 +6,8 @@ import pytest
 from server_helpers import running
 
 from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.decision import GuardPolicy
-from scans_guard.server import EXTENSION_KEY, REFUSAL, ServerSettings
+from scans_guard.serving.server import EXTENSION_KEY, REFUSAL, ServerSettings
+from scans_guard.sigma.decision import GuardPolicy
 
 openai = pytest.importorskip("openai")
 

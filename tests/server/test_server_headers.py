@@ -7,7 +7,7 @@ import pytest
 from server_helpers import running
 
 from scans_guard import RetryPolicy, ScansEngine
-from scans_guard.server import EXTENSION_KEY, REFUSAL
+from scans_guard.serving.server import EXTENSION_KEY, REFUSAL
 
 httpx = pytest.importorskip("httpx")
 

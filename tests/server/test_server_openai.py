@@ -3,7 +3,7 @@
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.server import EXTENSION_KEY, REFUSAL
+from scans_guard.serving.server import EXTENSION_KEY, REFUSAL
 
 openai = pytest.importorskip("openai")
 

@@ -16,9 +16,9 @@ httpx = pytest.importorskip("httpx")
 
 from server_helpers import free_port  # noqa: E402
 
-from scans_guard.ray_options import RayServeOptions  # noqa: E402
-from scans_guard.server import ServerSettings  # noqa: E402
-from scans_guard.server.ray_serve import APP_NAME, REPLICA_HEADER, REPLICAS_NAME, local_ray, start  # noqa: E402
+from scans_guard.serving.ray_options import RayServeOptions  # noqa: E402
+from scans_guard.serving.server import ServerSettings  # noqa: E402
+from scans_guard.serving.server.ray_serve import APP_NAME, REPLICA_HEADER, REPLICAS_NAME, local_ray, start  # noqa: E402
 
 TIMEOUT = 60  # seconds, every client call
 PROMPTS = [f"Question {i}: how do I {task}?" for i, task in enumerate(["bake bread", "tie a knot"] * 8)]
@@ -54,7 +54,7 @@ def _deployment_config(name: str) -> dict:
 
 def test_build_app_validates_serve_run_options():
     from scans_guard.errors import InvalidArgumentError
-    from scans_guard.server.ray_serve import _settings, build_app
+    from scans_guard.serving.server.ray_serve import _settings, build_app
 
     assert _settings({"max_batch": "4", "api_key": "k", "steer": "false"}).max_batch == 4
     with pytest.raises(TypeError, match="unknown"):
@@ -66,7 +66,7 @@ def test_build_app_validates_serve_run_options():
 
 def test_replicas_that_cannot_fit_the_cluster_are_refused():
     from scans_guard.errors import InvalidArgumentError
-    from scans_guard.server.ray_serve import check_resources
+    from scans_guard.serving.server.ray_serve import check_resources
 
     with pytest.raises(InvalidArgumentError, match="3 replicas at 1 CPUs each need 3 CPUs; the Ray cluster has 2"):
         check_resources(RayServeOptions(num_replicas=3), {"CPU": 2.0})
@@ -78,8 +78,8 @@ def test_replicas_that_cannot_fit_the_cluster_are_refused():
 
 def test_cli_flags_reach_ray(proxy_port, tiny_on_disk):
     from scans_guard.cli import build_parser
-    from scans_guard.serve_cli import settings_from_args
-    from scans_guard.serve_ray_cli import deploy
+    from scans_guard.serving.ray_cli import deploy
+    from scans_guard.serving.serve_cli import settings_from_args
 
     argv = ["serve", "--ray", "--model", str(tiny_on_disk / "model"), "--artifact", str(tiny_on_disk / "artifact")]
     argv += ["--port", str(proxy_port), "--policy", "steer", "--torch-threads", "1", "--num-cpus-per-replica", "0.5"]

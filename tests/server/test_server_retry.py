@@ -1,11 +1,11 @@
-"""`scans_guard.retry` through the server: a real `openai` client gets the retried reply and its record, never the
-first reply; the server-wide default (`--retry`) and the retries counter of /metrics."""
+"""`scans_guard.steering.retry` through the server: a real `openai` client gets the retried reply and its record, never
+the first reply; the server-wide default (`--retry`) and the retries counter of /metrics."""
 
 import pytest
 from server_helpers import running
 
 from scans_guard import GenerationConfig, RetryPolicy, ScansEngine
-from scans_guard.server import EXTENSION_KEY
+from scans_guard.serving.server import EXTENSION_KEY
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")

@@ -9,7 +9,7 @@ import pytest
 from server_helpers import free_port, ready_or_exited, running, scheduler_of, serve_tiny, slow_steps, wait_until
 
 from scans_guard.cli import build_parser
-from scans_guard.serve_cli import settings_from_args
+from scans_guard.serving.serve_cli import settings_from_args
 
 httpx = pytest.importorskip("httpx")
 

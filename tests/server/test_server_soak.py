@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from server_helpers import running, scheduler_of, wait_until
 
-from scans_guard.request_handle import RequestHandle
+from scans_guard.serving.request_handle import RequestHandle
 
 httpx = pytest.importorskip("httpx")
 

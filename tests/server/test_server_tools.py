@@ -9,9 +9,9 @@ import pytest
 from server_helpers import running
 from tool_schemas import ARGS, PROMPTS, TOOLS, City
 
-from scans_guard.decision import GuardPolicy
-from scans_guard.loading import ToolConversation
-from scans_guard.server import EXTENSION_KEY, REFUSAL
+from scans_guard.model.loading import ToolConversation
+from scans_guard.serving.server import EXTENSION_KEY, REFUSAL
+from scans_guard.sigma.decision import GuardPolicy
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("llguidance", reason="constrained decoding needs the [structured] extra")

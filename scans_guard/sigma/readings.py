@@ -1,0 +1,166 @@
+"""What sigma(q) reads of a conversation: the request, not its wrapping.
+
+A harmful request can be laundered by what surrounds it: a benign question before and after it, an innocuous system
+prompt, a harmless lead-in turn the assistant agreed to, a persona set up over turns, or an encoding. sigma scores the
+conversation as sent and several readings of it, all in one batched pass, and the most harmful score is the verdict:
+
+- `without_system_prompt`: the conversation with the caller's system prompt replaced by the template's default;
+- `user_turns`: the user turns joined, without assistant turns (a multi-turn build-up read as one request);
+- `turn:i`: each user turn alone, when there are several;
+- `segment:i`: each sentence or clause of the user text alone (split at sentence ends, colons, semicolons and
+  newlines), when there are several; past `max_segments` neighbouring ones are scored together, so none is skipped;
+- `decoded:KIND`: text found in an encoding (`scans_guard.sigma.encodings`), decoded.
+
+Every reading but the first is a single user turn under the template's default system prompt. A single-turn,
+single-sentence prompt without a system prompt has only the first reading: its cost is unchanged.
+
+Turn markup and prefills are signs of framing too (`framing_signs`): chat-template markup or role lines ("Assistant:")
+typed into a message, a conversation that ends in an assistant turn, an instruction to start the reply with given
+words or never to refuse. They put a prompt outside the calibration domain.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .encodings import detect
+
+Conversation = str | list[dict]
+SYSTEM_ROLES = ("system", "developer")
+# Sentence ends, colons, semicolons and newlines; and, where a request was pasted without its full stop, a word that
+# opens a new sentence or question ("... operating system And finally, can you ...").
+_SPLIT = re.compile(
+    r"(?<=[.!?;:])\s+|\n+|(?<=[a-z0-9,])\s+(?=(?:And|Also|Lastly|Finally|Then|Oh|By the way|Next|"
+    r"Thanks|Please|What|How|Why|Where|When|Who|Which|Can|Could|Would|Should|Is|Are|Do|Does)\b)"
+)
+_LETTER = re.compile(r"[^\W\d_]")
+# Role lines and turn markup of common chat templates, typed as text (ChatML, Llama 2/3, Gemma, Phi, Alpaca, plain).
+_MARKUP = re.compile(
+    r"(?im)^[\s>*#\[]*(?:assistant|system|user|human|ai|bot|model|chatgpt|gpt-?\d?|response|instruction)\s*\]?\s*:"
+    r"|\[/?INST\]|<</?SYS>>|<\|(?:im_start|im_end|assistant|user|system|eot_id|start_header_id|end_header_id|"
+    r"endoftext|begin_of_text|end|eos)\|>|<(?:start|end)_of_turn>|</?s>|###\s*(?:assistant|response|instruction)"
+)
+_PREFILL = re.compile(
+    r"(?i)\b(?:start|begin|open|prefix)\w*\s+(?:your\s+|the\s+)?(?:reply|response|answer|output|message)\s+"
+    r"(?:with|by\s+saying)\b"
+)
+_NO_REFUSAL = re.compile(
+    r"(?i)\b(?:never|don'?t|do\s+not|you\s+(?:cannot|can'?t|won'?t|will\s+not|must\s+not|may\s+not))\s+(?:ever\s+)?"
+    r"(?:refuse|decline|apologi[sz]e|say\s+(?:that\s+)?(?:you|i)\s+can'?t|add\s+(?:any\s+)?(?:warnings?|disclaimers?))"
+)
+
+
+class ReadingConfig(BaseModel):
+    """Which readings sigma scores besides the conversation as sent (stored in the recipe)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    turns: bool = Field(True, description="score the user turns joined and each alone (multi-turn input)")
+    segments: bool = Field(True, description="score each sentence or clause of the user text alone")
+    decode: bool = Field(
+        True, description="score text found in base64, hex, a Caesar shift, reversed or leetspeak, decoded"
+    )
+    max_segments: int = Field(
+        12, ge=1, description="more segments than this are scored in this many groups of neighbours"
+    )
+    min_segment_letters: int = Field(8, ge=0, description="shorter segments ('Thanks!') are not scored alone")
+
+
+def without_system_prompt(conversation: Conversation) -> list[dict] | None:
+    """The conversation with the caller's system messages dropped (the template's default applies), or None if it
+    has none to drop."""
+    if isinstance(conversation, str):
+        return None
+    kept = [m for m in conversation if not (isinstance(m, dict) and m.get("role") in SYSTEM_ROLES)]
+    # without the system prompt the last turn left is blank: nothing to score, no second rendering
+    return kept if kept and len(kept) < len(conversation) and kept[-1]["content"].strip() else None
+
+
+def user_text(conversation: Conversation) -> str:
+    """The text a domain check reads: what the user (or a tool) wrote, else every message's content."""
+    if isinstance(conversation, str):
+        return conversation
+    texts = [m["content"] for m in conversation if m.get("role") not in (*SYSTEM_ROLES, "assistant")]
+    return "\n".join(texts or [m["content"] for m in conversation])
+
+
+def user_turns(conversation: Conversation) -> list[str]:
+    """The user turns' texts, in order (a string is one turn)."""
+    if isinstance(conversation, str):
+        return [conversation]
+    return [m["content"] for m in conversation if m.get("role") == "user" and isinstance(m.get("content"), str)]
+
+
+def segments(text: str, min_letters: int = 8) -> list[str]:
+    """The sentences and clauses of `text` that hold at least `min_letters` letters."""
+    parts = [p.strip() for p in _SPLIT.split(text)]
+    return [p for p in parts if len(_LETTER.findall(p)) >= min_letters]
+
+
+def _grouped(parts: list[str], limit: int) -> list[str]:
+    """At most `limit` texts: neighbouring parts joined into groups of near-equal size."""
+    if len(parts) <= limit:
+        return parts
+    size = -(-len(parts) // limit)
+    return [" ".join(parts[i : i + size]) for i in range(0, len(parts), size)]
+
+
+def readings(conversation: Conversation, config: ReadingConfig | None = None) -> dict[str, Conversation]:
+    """{name: conversation} of every reading sigma scores, `as_sent` first (see the module docstring)."""
+    config = config or ReadingConfig()
+    out: dict[str, Conversation] = {"as_sent": conversation}
+    if (plain := without_system_prompt(conversation)) is not None:
+        out["without_system_prompt"] = plain
+    turns = [t for t in user_turns(conversation) if t.strip()]
+    seen = {t.strip() for t in turns} if len(turns) == 1 and not _has_other_turns(conversation) else set()
+
+    def add(name: str, text: str) -> None:
+        text = text.strip()
+        if text and text not in seen:
+            seen.add(text)
+            out[name] = [{"role": "user", "content": text}]
+
+    if config.turns and _has_other_turns(conversation):
+        add("user_turns", "\n".join(turns))
+        if len(turns) > 1:
+            for i, turn in enumerate(turns):
+                add(f"turn:{i}", turn)
+    if config.segments:
+        parts = [s for turn in turns for s in segments(turn, config.min_segment_letters)]
+        if len(parts) > 1:
+            for i, part in enumerate(_grouped(parts, config.max_segments)):
+                add(f"segment:{i}", part)
+    if config.decode:
+        for i, decoded in enumerate(d for turn in turns for d in detect(turn)):
+            add(f"decoded:{decoded.kind}" + (f":{i}" if f"decoded:{decoded.kind}" in out else ""), decoded.text)
+    return out
+
+
+def _has_other_turns(conversation: Conversation) -> bool:
+    """Whether the conversation has more than its one user turn (assistant or tool turns, or several user turns)."""
+    if isinstance(conversation, str):
+        return False
+    roles = [m.get("role") for m in conversation if m.get("role") not in SYSTEM_ROLES]
+    return len(roles) > 1
+
+
+def framing_signs(conversation: Conversation) -> list[str]:
+    """Signs that a conversation imitates turns or steers the reply: domain reasons ('markup', 'prefill',
+    'refusal_suppression', 'encoding:KIND'). System prompts are the application's and are not read here."""
+    messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+    texts = [m["content"] for m in messages if m.get("role") not in SYSTEM_ROLES and isinstance(m.get("content"), str)]
+    signs = []
+    if any(_MARKUP.search(t) for t in texts):
+        signs.append("markup")
+    if (messages and messages[-1].get("role") == "assistant") or any(_PREFILL.search(t) for t in texts):
+        signs.append("prefill")
+    if any(_NO_REFUSAL.search(t) for t in texts):
+        signs.append("refusal_suppression")
+    for kind in dict.fromkeys(d.kind for t in user_turns(conversation) for d in detect(t)):
+        signs.append(f"encoding:{kind}")
+    return signs
+
+
+__all__ = ["ReadingConfig", "framing_signs", "readings", "segments", "user_text", "user_turns", "without_system_prompt"]
