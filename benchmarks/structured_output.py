@@ -4,10 +4,11 @@ or a schema-constrained reply is valid, with and without the constraint.
     nice -n 10 python benchmarks/structured_output.py --report benchmarks/results/structured-output   # default model
     python benchmarks/structured_output.py --model DIR --artifact DIR --prompts 20 --max-new-tokens 48
 
-Speed (`speed`): `--speed-prompts` prompts decoded greedily one at a time (`steered_decode`, unsteered: the decoding
-loop alone), plain and under `Constraint.matching(CITY)` alternating, `--repeats` times; ms per token is the mean time
-of every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens` tokens (ignore_eos); a
-constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained tokens/s >= 90% of plain.
+Speed (`speed`): `--speed-prompts` prompts decoded greedily one at a time (`decode_token_ids`, unsteered: the
+engine's decoding loop alone), plain and under `Constraint.matching(CITY)` alternating, `--repeats` times; ms per
+token is the mean time of every step after the first (the first holds the prefill). Plain decodes `--max-new-tokens`
+tokens (ignore_eos); a constrained reply ends when its JSON does, so the comparison is per step. Goal: constrained
+tokens/s >= 90% of plain.
 Step times on a shared machine move with its load, so `mask_ms_per_token` also replays the constrained replies' tokens
 through the mask alone (compute, apply, advance): the constraint's own cost, and its share of a plain step.
 
@@ -39,8 +40,7 @@ from scans_guard.decoding.constraints import Constraint
 from scans_guard.decoding.grammar_mask import ConstrainedRows, vocabulary
 from scans_guard.decoding.tool_calls import parse_tool_calls
 from scans_guard.model.loading import ToolConversation
-from scans_guard.model.prompt_batch import PromptBatch
-from scans_guard.steering.plan import steered_decode
+from scans_guard.serving.scheduler import decode_token_ids
 
 
 class GetWeather(BaseModel):
@@ -152,14 +152,19 @@ def validity(
 
 def _step_ms(engine: ScansEngine, prompt: str, config: GenerationConfig, tokens: list[int]) -> list[float]:
     """ms of each decoding step after the first (which holds the prefill); the tokens go to `tokens`."""
-    handle = engine.handle
-    batch = PromptBatch.left_pad([handle.chat_ids(prompt)], handle.tokenizer.pad_token_id, handle.device)
-    times, t = [], time.perf_counter()
-    for token in steered_decode(handle, batch, {}, config):
+    times, last = [], [time.perf_counter()]
+
+    def stepped(_rows: int) -> None:
         now = time.perf_counter()
-        times.append(1e3 * (now - t))
-        tokens.append(int(token[0]))
-        t = now
+        times.append(1e3 * (now - last[0]))
+        last[0] = now
+
+    scheduler = engine.scheduler
+    scheduler.add_step_listener(stepped)
+    try:
+        tokens += decode_token_ids(scheduler, [prompt], config)[0]
+    finally:
+        scheduler.remove_step_listener(stepped)
     return times[1:]
 
 

@@ -59,9 +59,10 @@ class ScansEngine(ScansCore):
 
     @property
     def scheduler(self) -> ContinuousBatcher:
-        """The step scheduler `generate` and `iter_generate` decode on (created on first use)."""
+        """The step scheduler `generate`, `iter_generate` and the engine's servers decode on (created on first use,
+        and again after it was closed)."""
         with self._scheduler_lock:
-            if self._scheduler is None:
+            if self._scheduler is None or self._scheduler.closed:
                 self._scheduler = ContinuousBatcher(
                     self, max_batch=ENGINE_MAX_BATCH, max_queue=ENGINE_MAX_QUEUE, idle_exit_s=ENGINE_IDLE_EXIT_S
                 )

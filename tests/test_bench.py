@@ -5,8 +5,9 @@ import json
 import pytest
 
 from scans_guard import GenerationConfig
-from scans_guard.bench.cli import format_table
+from scans_guard.bench.cli import config_from_args, format_table
 from scans_guard.bench.runner import SCHEMA, BenchConfig, BenchResult, run_benchmark
+from scans_guard.bench.threads import bench_threads
 from scans_guard.cli import build_parser, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,9 +76,17 @@ def _check_common(r, cfg):
     assert isinstance(b["same_tokens_as_unbatched"], bool)
     assert b["same_tokens_as_unbatched"] is True and b["mismatched_rows"] == []  # the tiny model is batch-stable
 
+    t = r["threads"]
+    assert t["threads"] == cfg.generate_threads and t["max_new_tokens"] == cfg.max_new_tokens
+    assert len(t["threads_s"]) == len(t["static_s"]) == cfg.repeats
+    assert t["completion_tokens"] == cfg.generate_threads * cfg.max_new_tokens and t["same_tokens"] is True
+    assert _number(t["threads_tokens_per_s"]) and _number(t["static_tokens_per_s"])
+    assert t["ratio"] == pytest.approx(t["threads_tokens_per_s"] / t["static_tokens_per_s"])
+
     assert "scans_guard" in json.dumps(r)  # serialisable
     table = format_table(BenchResult.model_validate(r))  # the JSON reads back as the typed result
     assert "end to end" in table and "sigma alone" in table and "SCANS / plain" in table
+    assert f"threads: {cfg.generate_threads} threads each calling generate" in table
 
 
 def test_run_benchmark_in_process(tiny_engine):
@@ -195,3 +204,15 @@ def test_natural_length_reports_per_token(tiny_engine):
     assert e.equal_work == "natural_length_per_token"
     for mode in (e.plain, e.scans):
         assert 1 <= mode.completion_tokens <= 4
+
+
+def test_threads_section_on_the_tiny_model(tiny_engine):
+    cfg = BenchConfig.quick_config(generate_threads=3, max_new_tokens=4, warmup=0, repeats=2)
+    result = bench_threads(tiny_engine, ["Paris?", "How do I bake bread?"], cfg)  # prompts cycle to 3 calls
+    assert (result.threads, result.max_new_tokens) == (3, 4)
+    assert result.completion_tokens == 12 and result.same_tokens
+    assert len(result.threads_s) == len(result.static_s) == 2 and min(result.threads_s + result.static_s) > 0
+    assert result.threads_tokens_per_s > 0 and result.static_tokens_per_s > 0
+    assert result.ratio == pytest.approx(result.threads_tokens_per_s / result.static_tokens_per_s)
+    args = build_parser().parse_args(["bench", "--generate-threads", "5"])
+    assert config_from_args(args).generate_threads == 5 and BenchConfig().generate_threads == 8

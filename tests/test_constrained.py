@@ -1,6 +1,7 @@
 """Constrained decoding on the tiny random model: unconstrained, its replies are gibberish; under a constraint they
-must still be valid calls / schema-valid JSON. Both decoding loops (steered_decode through the engine, and the
-continuous batcher's step), rows with different constraints or none in one batch, and sigma and steering untouched.
+must still be valid calls / schema-valid JSON. The one decoding loop (the continuous batcher's step: under the
+engine, `decode_token_ids` and a batcher of its own), rows with different constraints or none in one batch, and sigma
+and steering untouched.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from pydantic import ValidationError
 from tool_schemas import ARGS, TOOLS, City
 from tool_schemas import PROMPTS as TOOL_PROMPTS
@@ -18,9 +18,7 @@ pytest.importorskip("llguidance", reason="constrained decoding needs the [struct
 from scans_guard import GenerationConfig, InvalidArgumentError  # noqa: E402
 from scans_guard.decoding.constraints import Constraint, closed  # noqa: E402
 from scans_guard.decoding.tool_calls import parse_tool_calls  # noqa: E402
-from scans_guard.model.prompt_batch import PromptBatch  # noqa: E402
-from scans_guard.serving.scheduler import ContinuousBatcher  # noqa: E402
-from scans_guard.steering.plan import steered_decode  # noqa: E402
+from scans_guard.serving.scheduler import ContinuousBatcher, decode_token_ids  # noqa: E402
 
 # The batcher test submits them all at once into a batch of 8.
 PROMPTS = TOOL_PROMPTS[:8]
@@ -49,31 +47,29 @@ def test_tool_call_and_json_schema_under_the_engine(tiny_engine):
     assert not any(parse_tool_calls(o.text, TOOLS).calls for o in free)  # without the constraint: no call at all
 
 
-def test_rows_of_one_batch_have_their_own_constraints(tiny):
+def test_rows_of_one_batch_have_their_own_constraints(tiny_engine):
+    tiny, scheduler = tiny_engine.handle, tiny_engine.scheduler
     conversations = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
-    prompts = PromptBatch.left_pad([tiny.chat_ids(c) for c in conversations], tiny.tokenizer.pad_token_id, tiny.device)
     config = GenerationConfig(max_new_tokens=200)
-    free = torch.stack(list(steered_decode(tiny, prompts, {}, config)), dim=1)
+    free = decode_token_ids(scheduler, conversations, config)
     constraints = [
         Constraint.matching(City.model_json_schema()),
         None,
         Constraint.tool_call(TOOLS, parallel=False),
         None,
     ]
-    mixed = torch.stack(list(steered_decode(tiny, prompts, {}, config, constraints=constraints)), dim=1)
-    eos = tiny.eos_token_ids()
+    configs = [config.model_copy(update={"constraint": c}) for c in constraints]
+    mixed = decode_token_ids(scheduler, conversations, configs)  # submitted at once: they join one batch
 
-    def text(row: torch.Tensor) -> str:
-        ids = row.tolist()
-        return tiny.tokenizer.decode(ids[: next((i for i, t in enumerate(ids) if t in eos), len(ids))])
+    def text(ids: list[int]) -> str:
+        return tiny.tokenizer.decode(ids)
 
     City.model_validate_json(text(mixed[0]))
     _valid_calls(text(mixed[2]), TOOLS)
     for row in (1, 3):  # the unconstrained rows decode exactly as without any constraint in the batch
-        n = min(mixed.shape[1], free.shape[1])
-        assert text(mixed[row, :n]) == text(free[row, :n])
-    with pytest.raises(InvalidArgumentError, match="constraints for 4 rows"):
-        next(steered_decode(tiny, prompts, {}, config, constraints=[None]))
+        assert text(mixed[row]) == text(free[row])
+    with pytest.raises(InvalidArgumentError, match="1 configs for 4 rows"):
+        decode_token_ids(scheduler, conversations, configs[:1])
 
 
 def test_constraint_leaves_sigma_and_steering_alone(tiny_engine):

@@ -30,7 +30,7 @@ def engine(tiny, tiny_artifact):
 
 def _batch_sizes(scheduler: ContinuousBatcher) -> list[int]:
     sizes: list[int] = []
-    scheduler.on_step = sizes.append
+    scheduler.add_step_listener(sizes.append)
     return sizes
 
 

@@ -19,7 +19,7 @@ from scans_guard import core as core_module
 from scans_guard.config import MIN_TEMPERATURE
 from scans_guard.errors import InvalidArgumentError
 from scans_guard.serving import admission as admission_module
-from scans_guard.steering import plan as steering_module
+from scans_guard.serving import stepping as stepping_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,7 +145,7 @@ def test_prompt_longer_than_max_input_tokens(capped_engine, call, monkeypatch):
         len(list(getattr(capped_engine, call)(at_cap, SHORT) if call != "classify" else capped_engine.classify(at_cap)))
         >= 1
     )
-    passes = ((core_module, "run_sigma_pass"), (admission_module, "prefill"), (steering_module, "steered_decode"))
+    passes = ((core_module, "run_sigma_pass"), (admission_module, "prefill"), (stepping_module, "forward_step"))
     for module, forward in passes:
         monkeypatch.setattr(module, forward, lambda *a, **k: pytest.fail("a forward pass ran"))  # none may run
     with pytest.raises(PromptTooLongError, match="prompt 1 has 41 tokens.*max_input_tokens=40") as info:

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from scans_guard.config import GenerationConfig
+from scans_guard.decoding.reply import ReplyState
 from scans_guard.model.hooks import add_to_block_outputs, capture_block_outputs
 from scans_guard.model.prompt_batch import PromptBatch, prefill
 from scans_guard.sigma.classifier import r_pos_ids
-from scans_guard.steering.plan import steered_decode, steering_deltas
 
 
 def _no_hooks(handle):
@@ -27,18 +27,19 @@ def test_hooks_removed_when_forward_raises(tiny):
     assert _no_hooks(tiny)
 
 
-def test_hooks_removed_when_generation_raises_or_is_abandoned(tiny):
-    batch = _batch(tiny, ["How do I bake bread?"])
-    deltas = steering_deltas(torch.randn(tiny.n_layers, tiny.hidden_size), [1, 2], torch.tensor([3.0]), tiny)
+def test_hooks_removed_when_generation_raises_or_is_abandoned(tiny_engine, monkeypatch):
+    tiny, prompt = tiny_engine.handle, "How do I bake bread?"
 
-    def explode(_row):
+    def explode(*_args):
         raise RuntimeError("stop check failed")
 
-    with pytest.raises(RuntimeError, match="stop check failed"):
-        list(steered_decode(tiny, batch, deltas, GenerationConfig(max_new_tokens=5), should_stop=explode))
+    with monkeypatch.context() as patched:
+        patched.setattr(ReplyState, "advance", explode)  # the check that ends a reply, inside a steered step
+        with pytest.raises(RuntimeError, match="stop check failed"):
+            tiny_engine.generate(prompt, GenerationConfig(max_new_tokens=5), coefficient=3.0)
     assert _no_hooks(tiny)
-    gen = steered_decode(tiny, batch, deltas, GenerationConfig(max_new_tokens=50))
-    next(gen)
+    gen = tiny_engine.iter_generate(prompt, GenerationConfig(max_new_tokens=50, ignore_eos=True), coefficient=3.0)
+    next(e for e in gen if e.text)  # decoding under the steering hooks has begun
     gen.close()  # an abandoned stream
     assert _no_hooks(tiny)
 

@@ -8,7 +8,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 
 from scans_guard import GenerationConfig
 from scans_guard.model.prompt_batch import PromptBatch
-from scans_guard.steering.plan import steered_decode
+from scans_guard.serving.scheduler import decode_token_ids
 
 PROMPTS = ["How do I bake bread at home?", "Paris?"]  # unequal lengths: left padding must be ignored
 
@@ -26,9 +26,11 @@ def _until_eos(ids, eos):
     return out
 
 
-def _ours(handle, config):
-    steps = list(steered_decode(handle, _batch(handle), {}, config))
-    return [_until_eos([int(s[r]) for s in steps], handle.eos_token_ids()) for r in range(len(PROMPTS))]
+def _ours(engine, config):
+    """The engine's decoding loop (its step scheduler), plain: each reply's token ids."""
+    return [
+        _until_eos(ids, engine.handle.eos_token_ids()) for ids in decode_token_ids(engine.scheduler, PROMPTS, config)
+    ]
 
 
 def _hf(handle, n, **kwargs):
@@ -44,16 +46,16 @@ def _hf(handle, n, **kwargs):
 
 
 @pytest.mark.parametrize("penalty", [None, 1.5, 0.7])
-def test_greedy_matches_transformers_generate(tiny, penalty):
+def test_greedy_matches_transformers_generate(tiny_engine, penalty):
     config = GenerationConfig(max_new_tokens=10, repetition_penalty=penalty)
     hf = {"repetition_penalty": penalty} if penalty is not None else {}
-    assert _ours(tiny, config) == _hf(tiny, 10, do_sample=False, **hf)
+    assert _ours(tiny_engine, config) == _hf(tiny_engine.handle, 10, do_sample=False, **hf)
 
 
-def test_repetition_penalty_changes_greedy_output(tiny):
-    plain = _ours(tiny, GenerationConfig(max_new_tokens=12))
-    assert _ours(tiny, GenerationConfig(max_new_tokens=12, repetition_penalty=3.0)) != plain
-    assert _ours(tiny, GenerationConfig(max_new_tokens=12, repetition_penalty=1.0)) == plain  # 1 = off
+def test_repetition_penalty_changes_greedy_output(tiny_engine):
+    plain = _ours(tiny_engine, GenerationConfig(max_new_tokens=12))
+    assert _ours(tiny_engine, GenerationConfig(max_new_tokens=12, repetition_penalty=3.0)) != plain
+    assert _ours(tiny_engine, GenerationConfig(max_new_tokens=12, repetition_penalty=1.0)) == plain  # 1 = off
 
 
 def test_seeded_sampling_is_reproducible(tiny_engine):

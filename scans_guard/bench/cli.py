@@ -71,6 +71,13 @@ def _batch_lines(r: BenchResult) -> list[str]:
         f"  same greedy tokens per row as unbatched (batch {b.checked_batch_size}): "
         f"{b.same_tokens_as_unbatched}" + (f" (rows {b.mismatched_rows} differ)" if b.mismatched_rows else "")
     )
+    t = r.threads
+    lines += [
+        "",
+        f"threads: {t.threads} threads each calling generate on one prompt vs one static batch of {t.threads}",
+        f"  {'threads tok/s':>13} {'static tok/s':>12} {'ratio':>6}",
+        f"  {_fmt(t.threads_tokens_per_s):>13} {_fmt(t.static_tokens_per_s):>12} {_fmt(t.ratio):>6}",
+    ]
     return lines
 
 
@@ -184,6 +191,11 @@ _FLAGS: list[tuple[str, str, dict]] = [
     ("--prompts", "n_prompts", dict(type=int, help="end-to-end prompts (default 8; --quick 2)")),
     ("--sigma-batch-sizes", "sigma_batch_sizes", dict(type=_sizes, help="default 1,8,32 (--quick 1,8)")),
     ("--steer-batch-sizes", "steer_batch_sizes", dict(type=_sizes, help="default 1,8 (--quick 1,2)")),
+    (
+        "--generate-threads",
+        "generate_threads",
+        dict(type=int, help="threads section: concurrent one-prompt generate calls (default 8; --quick 4)"),
+    ),
     (
         "--cold",
         "cold",

@@ -26,6 +26,7 @@ class BenchConfig(BaseModel):
     threads: int | None = None  # torch.set_num_threads; None: leave torch's default
     seed: int = 0
     quick: bool = False
+    generate_threads: int = Field(8, ge=1)  # the threads section: concurrent one-prompt generate calls
     serve: bool = True  # the serve section: the HTTP server under concurrent clients (needs the [serve] extra)
 
     @classmethod
@@ -38,6 +39,7 @@ class BenchConfig(BaseModel):
             sigma_prompts=8,
             sigma_batch_sizes=[1, 8],
             steer_batch_sizes=[1, 2],
+            generate_threads=4,
             quick=True,
         )
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})

@@ -2,8 +2,9 @@
 
 Every section runs on the same engine in one process (memory and load time in subprocesses, so each gets its own
 peak), times with `time.perf_counter`, excludes warm-up runs, and returns one typed `BenchResult` (written as JSON,
-printed as a table). The sections: `speed` (end to end, sigma, batched steering), `serve` (the HTTP
-server under concurrent clients) and `process` (memory, load time, machine facts).
+printed as a table). The sections: `speed` (end to end, sigma, batched steering), `threads` (concurrent
+`generate` calls vs one static batch), `serve` (the HTTP server under concurrent clients) and `process` (memory,
+load time, machine facts).
 
 Equal work. By default the timed runs decode with `GenerationConfig(ignore_eos=True)` (as vLLM's `ignore_eos`), so
 plain and SCANS produce exactly `max_new_tokens` per prompt.
@@ -36,10 +37,12 @@ from .speed import (
     bench_sigma,
     timed,
 )
+from .threads import ThreadsResult, bench_threads
 
 # 2: typed sections (BenchResult); plain requests report direction "none"; memory/load list every field
 # 3: the serve section (HTTP server under concurrent clients; `skipped` when --no-serve or without the [serve] extra)
-SCHEMA = "scans-guard-bench/3"
+# 4: the threads section (N threads each calling generate on one prompt vs one static batch of N)
+SCHEMA = "scans-guard-bench/4"
 
 
 class ModelInfo(BaseModel):
@@ -67,6 +70,7 @@ class BenchResult(BaseModel):
     end_to_end: EndToEnd
     sigma: SigmaResult
     batched_steering: BatchedSteering
+    threads: ThreadsResult
     serve: ServeResult
     memory: MemoryResult
     load: LoadResult
@@ -140,6 +144,8 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> Bench
     sigma = bench_sigma(engine, pool, cfg)
     say("batched steering with per-row signs")
     batched = bench_batched_steering(engine, pool, cfg)
+    say(f"threads: {cfg.generate_threads} threads calling generate vs one static batch")
+    threads = bench_threads(engine, pool, cfg)
     serve = ServeResult(skipped="--no-serve")
     if cfg.serve:
         say("serve: the HTTP server, one client vs concurrent clients, /v1/classify, idle memory")
@@ -164,6 +170,7 @@ def _run_sections(cfg: BenchConfig, engine, say: Callable[[str], None]) -> Bench
         end_to_end=end_to_end,
         sigma=sigma,
         batched_steering=batched,
+        threads=threads,
         serve=serve,
         memory=memory,
         load=load,

@@ -3,8 +3,8 @@ nothing else; the tokens it emitted advance its grammar.
 
 `ConstrainedRows` is a logits processor over a batch: each row has its own grammar matcher or none (rows of one batch
 may have different constraints, or none), so a constraint only ever masks logits: sigma, the steering hooks and the
-forward pass are the same with and without it. Decoding uses it through `steering._TokenChooser`: the step
-scheduler's rows (the engine, LangChain, the server) and `steered_decode`'s fixed batch.
+forward pass are the same with and without it. Decoding uses it through `steering._TokenChooser`, for each
+row of the step scheduler (the engine, LangChain, the server).
 
 Fails closed: a row whose grammar can take no further token (it errored) may only end (EOS); a constraint that does
 not compile for the model is an InvalidArgumentError before decoding.

@@ -43,7 +43,7 @@ class Admission:
 
     def _admit(self, requests: list[QueuedRequest]) -> None:
         """Newcomers' passes, batched: one sigma pass per operating point, one prefill for the unclassified."""
-        requests = [r for r in requests if not r.handle.cancelled]
+        requests = [r for r in requests if not r.handle.done]  # cancelled, or failed while waiting
         sigma = [r for r in requests if r.classify]
         for point in sorted({r.operating_point for r in sigma}):
             self._isolated(self._admit_classified, [r for r in sigma if r.operating_point == point], point)
@@ -186,14 +186,16 @@ class Admission:
         if request.retry is not None and steering.source == "sigma" and steering.coefficient < 0:
             gate = request.retry.gate(user_text(request.conversation), self._model.tokenizer)
         request.handle.steering, request.handle.judging = steering, gate is not None
-        request.handle._notify()
-        return RunningRow(
+        row = RunningRow(
             request=request,
             chooser=_TokenChooser(request.config, prompts, ConstrainedRows.build(self._model, [request.grammar])),
             steering=steering,
             classify_s=classify_s,
             gate=gate,
         )
+        request.handle.token_ids = row.state.ids  # the reply's ids as they are chosen (a retry's start afresh)
+        request.handle._notify()
+        return row
 
     def _join(self, group: KVBatch, index: list[int], rows: list[RunningRow], logits: torch.Tensor | None) -> None:
         """Rows `index` of `group` (a newcomers' pass) join the running batch as `rows`; with `logits`, each first

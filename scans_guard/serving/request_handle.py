@@ -51,6 +51,7 @@ class RequestHandle:
         # tokens it has chosen so far: what a request that is cut or fails before its output has cost.
         self.steering: RowSteering | None = None
         self.generated_tokens = 0
+        self.token_ids: list[int] = []  # the reply's token ids so far, EOS not included (a retry's second reply)
         self.judging = False  # a retry's judge holds the row's text: whether it is retried is not known yet
         self.error: BaseException | None = None
         self._cancelled = threading.Event()

@@ -28,7 +28,9 @@ prefill of step 1, so the client sees one stream (the verdict, the retried reply
 Every forward pass runs inside `engine.steering.apply(plan)` (the running rows' `SteeringPlan`): under the model's
 lock, with its hooks registered and removed inside it, so batchers on one model interleave their steps. Greedy output
 of each request is the output it gets alone (up to float rounding of a different batch shape). `ScansEngine.generate`
-decodes here too (on a batcher the engine owns), so calls from many threads share batches.
+decodes here too (on a batcher the engine owns), so calls from many threads share batches, and so does the server
+(`scans_guard.serving.server`), on the same batcher. The decoding step itself is `scans_guard.serving.stepping`'s;
+`decode_token_ids` decodes token rows on a batcher for comparisons and benchmarks: there is no other decoding loop.
 """
 
 from __future__ import annotations
@@ -42,15 +44,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypedDict, Unpack
 
-import torch
-
 from ..config import GenerationConfig, SteeredOutput
 from ..core import ScansCore
 from ..decoding.grammar_mask import CompiledConstraint
-from ..decoding.reply import StreamEvent
 from ..errors import InvalidArgumentError
-from ..model.kv_cache import KVBatch, cache_tensors, make_cache
-from ..model.prompt_batch import forward_step
+from ..model.kv_cache import KVBatch
 from ..sigma.decision import GuardPolicy
 from ..sigma.readings import Conversation
 from ..steering.plan import SteeringPlan
@@ -62,8 +60,10 @@ from .request_handle import (  # noqa: F401  (re-exported: the scheduler's publi
     RequestTimeoutError,
     SchedulerClosedError,
     SchedulerError,
+    drain,
 )
-from .scheduler_rows import QueuedRequest, RunningRow
+from .scheduler_rows import QueuedRequest
+from .stepping import Stepping
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,17 @@ class SubmitOptions(TypedDict, total=False):
     retry: RetryPolicy | None
     guard: GuardPolicy | None
     reuse_cache: bool
+    max_batch: int | None
+    max_queue: int | None
 
 
-class ContinuousBatcher(Admission):
+class ContinuousBatcher(Stepping, Admission):
     """Serve many requests on one engine with continuous batching (see the module docstring).
 
-    `max_batch`: rows decoding at once; `max_queue`: requests waiting to join (more raise QueueFullError);
-    `on_step(batch_size)`: called after every decoding step (metrics); `idle_exit_s`: the worker thread ends after
-    this long with nothing to do (None: it waits for work until `close`), the next `submit` starts another.
+    `max_batch`: rows decoding at once; `max_queue`: requests waiting to join (more raise QueueFullError), both the
+    defaults of each submit's own limits; `on_step(batch_size)`: called after every decoding step (metrics; more with
+    `add_step_listener`); `idle_exit_s`: the worker thread ends after this long with nothing to do (None: it waits
+    for work until `close`), the next `submit` starts another.
     """
 
     def __init__(
@@ -101,12 +104,11 @@ class ContinuousBatcher(Admission):
         on_step: Callable[[int], None] | None = None,
         idle_exit_s: float | None = None,
     ):
-        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
         self.engine = engine
         self._model = engine.handle  # the ModelHandle
-        self.max_batch, self.max_queue, self.on_step, self.idle_exit_s = max_batch, max_queue, on_step, idle_exit_s
+        self.max_batch, self.max_queue = _limit("max_batch", max_batch), _limit("max_queue", max_queue)
+        self.idle_exit_s = idle_exit_s
+        self._listeners: list[Callable[[int], None]] = [on_step] if on_step is not None else []
         self._stepping = threading.Lock()  # held by the worker through each admission and step (`settle`)
         self._waiting: collections.deque[QueuedRequest] = collections.deque()
         self._batch: KVBatch | None = None
@@ -128,6 +130,24 @@ class ContinuousBatcher(Admission):
         batch = self._batch
         return len(batch.rows) if batch is not None else 0
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add_step_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(batch_size)` after every decoding step (a server's metrics), until removed."""
+        self._listeners.append(listener)
+
+    def remove_step_listener(self, listener: Callable[[int], None]) -> None:
+        self._listeners.remove(listener)
+
+    def fail(self, handles: Sequence[RequestHandle], error: BaseException) -> None:
+        """End these requests with `error` (a server shutting down fails its own, not the others on the scheduler);
+        they leave the queue or the batch at the next step."""
+        for handle in handles:
+            handle._push(error=error)
+        self._wake()
+
     def submit(
         self,
         conversation: Conversation,
@@ -141,6 +161,8 @@ class ContinuousBatcher(Admission):
         retry: RetryPolicy | None = None,
         guard: GuardPolicy | None = None,
         reuse_cache: bool = True,
+        max_batch: int | None = None,
+        max_queue: int | None = None,
     ) -> RequestHandle:
         """Queue one conversation; returns at once. Bad input raises the engine's typed errors here.
 
@@ -153,6 +175,7 @@ class ContinuousBatcher(Admission):
         retry: a reply sigma steered away that the judge finds refusing is generated once more, steered further (as
         `ScansEngine.iter_generate`; only with sigma steering). Its first reply is never streamed.
         reuse_cache: a classified request decodes on its sigma pass's KV cache (False: its prompt is prefilled again).
+        max_batch / max_queue: the request's own limits (as `submit_all`'s).
         """
         if isinstance(conversation, list) and conversation and not isinstance(conversation[0], dict):
             raise InvalidArgumentError("submit takes one conversation; submit each of a batch separately")
@@ -167,12 +190,14 @@ class ContinuousBatcher(Admission):
             retry=retry,
             guard=guard,
             reuse_cache=reuse_cache,
+            max_batch=max_batch,
+            max_queue=max_queue,
         )[0]
 
     def submit_all(
         self,
         conversations: Sequence[Conversation],
-        config: GenerationConfig | None = None,
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
         *,
         steer: bool = True,
         coefficients: Sequence[float] | None = None,
@@ -183,27 +208,35 @@ class ContinuousBatcher(Admission):
         guard: GuardPolicy | None = None,
         reuse_cache: bool = True,
         prompts: Sequence[list[int]] | None = None,
+        max_batch: int | None = None,
+        max_queue: int | None = None,
     ) -> list[RequestHandle]:
-        """Queue several conversations at once (as `submit`; `coefficients`: one per conversation, or None; `prompts`:
-        their `engine.prompt_rows`, if made already): all or none are queued, and they join the batch at one step when
-        there is room. Bad input raises the engine's typed errors, naming the conversation, before any is queued."""
-        config = config or GenerationConfig()
+        """Queue several conversations at once (as `submit`; `config`: one for all or one per conversation;
+        `coefficients`: one per conversation, or None; `prompts`: their `engine.prompt_rows`, if made already): all or
+        none are queued, and they join the batch at one step when there is room. Bad input raises the engine's typed
+        errors, naming the conversation, before any is queued. `max_batch` / `max_queue`: this call's own limits (a
+        server's): its requests join only a batch of fewer than max_batch rows, and are refused with QueueFullError
+        while max_queue or more wait (default: the batcher's)."""
         n = len(conversations)
+        configs = _per_row(config, n)
         fixed = SteeringPlan.from_options(n, steer, coefficients).rows  # a bad coefficient fails here
+        row_cap = None if max_batch is None else _limit("max_batch", max_batch)
+        queue_cap = self.max_queue if max_queue is None else _limit("max_queue", max_queue)
         if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {type(retry).__name__}")
         self.engine.artifact.threshold(operating_point)  # an unknown operating point fails here
         if prompts is None:
-            prompts = self.engine.prompt_rows(conversations, config.max_new_tokens) if n else []
-        grammar = CompiledConstraint(self._model, config.constraint) if config.constraint is not None else None
+            prompts = self.engine.prompt_rows(conversations, max(c.max_new_tokens for c in configs)) if n else []
+        compiled = {id(c): CompiledConstraint(self._model, c.constraint) for c in configs if c.constraint is not None}
         deadline = None if timeout is None else time.perf_counter() + timeout
         requests = [
             QueuedRequest(
                 conversation=conversation,
                 prompt=prompt,
                 config=config,
+                max_batch=row_cap,
                 classify=coefficients is None and (steer or refusal is not None),
                 steer=steer and coefficients is None,
                 fixed=row,
@@ -213,16 +246,16 @@ class ContinuousBatcher(Admission):
                 deadline=deadline,
                 retry=RetryPolicy.applies(retry, steer, coefficients),
                 guard=guard or GuardPolicy(),
-                grammar=grammar,
+                grammar=compiled.get(id(config)),
                 reuse_cache=reuse_cache,
             )
-            for conversation, prompt, row in zip(conversations, prompts, fixed)
+            for conversation, prompt, row, config in zip(conversations, prompts, fixed, configs)
         ]
         with self._cond:
             if self._closed:
                 raise SchedulerClosedError("the scheduler is closed")
-            if len(self._waiting) + n > self.max_queue:
-                raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={self.max_queue})")
+            if len(self._waiting) + n > queue_cap:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting (max_queue={queue_cap})")
             for request in requests:
                 request.handle._on_cancel, request.handle._settle = self._wake, self.settle
                 self._waiting.append(request)
@@ -288,8 +321,9 @@ class ContinuousBatcher(Admission):
                         return
                 if self._closed:
                     return
-                free = self.max_batch - self.running
-                admit = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+                admit: list[QueuedRequest] = []  # in order, each while the batch has fewer rows than its limit
+                while self._waiting and self.running + len(admit) < (self._waiting[0].max_batch or self.max_batch):
+                    admit.append(self._waiting.popleft())
             try:
                 with self._stepping:
                     self._expire()
@@ -315,7 +349,7 @@ class ContinuousBatcher(Admission):
         with self._cond:
             keep: collections.deque[QueuedRequest] = collections.deque()
             for request in self._waiting:
-                if request.handle.cancelled:
+                if request.handle.done:  # cancelled, or failed by `fail`
                     continue
                 if request.deadline is not None and now > request.deadline:
                     request.handle._push(error=RequestTimeoutError("the request timed out waiting to join the batch"))
@@ -323,77 +357,38 @@ class ContinuousBatcher(Admission):
                 keep.append(request)
             self._waiting = keep
 
-    # -- decoding -------------------------------------------------------------------------------------------
-    def _step(self) -> None:
-        batch = self._batch
-        if batch is None:
-            return
-        now = time.perf_counter()
-        gone = []
-        for i, row in enumerate(batch.rows):
-            request = row.request
-            if not request.handle.done and request.deadline is not None and now > request.deadline:
-                request.handle._push(error=RequestTimeoutError("the request timed out"))
-            if request.handle.done:  # cancelled, timed out or closed: leave before the forward pass
-                gone.append(i)
-        if gone:
-            self._drop(gone)
-            batch = self._batch
-            if batch is None:
-                return
-        if self._plan is None:
-            self._plan = SteeringPlan(tuple(row.steering for row in batch.rows))
-        mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
-        cache = make_cache(batch.keys, batch.values)
-        inputs, positions = batch.inputs[:, None], batch.positions[:, None]  # [batch, 1]
-        with self.engine.steering.apply(self._plan):
-            grown, logits = forward_step(self._model.model, inputs, mask, positions, cache)
-        batch.keys, batch.values = cache_tensors(grown)
-        batch.mask = mask
-        batch.positions = batch.positions + 1
-        tokens = [self._accept(row, row.chooser(logits[i : i + 1])) for i, row in enumerate(batch.rows)]
-        batch.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long, device=mask.device)
-        self.steps += 1
-        if self.on_step is not None:
-            self.on_step(len(batch.rows))
-        finished = [i for i, t in enumerate(tokens) if t is None]
-        if finished:
-            self._drop(finished)
 
-    def _drop(self, index: list[int]) -> None:
-        batch = self._batch
-        if batch is None:
-            return
-        gone = set(index)
-        keep = [i for i in range(len(batch.rows)) if i not in gone]
-        self._batch = batch.select(keep) if keep else None
-        self._plan = None
+def _limit(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
-    def _accept(self, row: RunningRow, token_tensor: torch.Tensor) -> int | None:
-        """Record one chosen token of `row` (as `iter_generate` does); the token to feed next, or None if it ended."""
-        token = int(token_tensor.reshape(-1)[0])
-        request, state, handle = row.request, row.state, row.request.handle
-        if handle.done:
-            return None
-        config = request.config
-        row.steps += 1
-        handle.generated_tokens = row.steps
-        if handle.first_token_at is None:
-            handle.first_token_at = time.perf_counter()
-        row.chooser.emitted(token_tensor.reshape(1))
-        eos = set() if config.ignore_eos else self._eos
-        piece = state.advance(token, row.steps, config, eos, self._model.tokenizer)
-        if row.gate is not None and (piece or state.finish is not None):
-            released = row.judged(piece)
-            if released is None:  # refused (the row leaves now, queued again steered further) or the judge failed
-                if row.again is not None:
-                    with self._cond:
-                        self._waiting.appendleft(row.again)
-                return None
-            piece = released
-        if piece:
-            handle._push(StreamEvent(row=0, text=piece))
-        if state.finish is None:
-            return token
-        handle._push(StreamEvent(row=0, output=row.output()), done=True)
-        return None
+
+def _per_row(config: GenerationConfig | Sequence[GenerationConfig] | None, n: int) -> list[GenerationConfig]:
+    """One config per row: `config` for all (default `GenerationConfig()`), or the rows' own."""
+    if config is None or isinstance(config, GenerationConfig):
+        return [config or GenerationConfig()] * n
+    if len(config) != n:
+        raise InvalidArgumentError(f"{len(config)} configs for {n} rows")
+    return list(config)
+
+
+def decode_token_ids(
+    scheduler: ContinuousBatcher,
+    conversations: Sequence[Conversation],
+    config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+    coefficients: Sequence[float] | None = None,
+) -> list[list[int]]:
+    """Decode `conversations` on `scheduler` unclassified (plain, or steered by fixed `coefficients`) and return each
+    reply's token ids, EOS not included: the one decoding loop, for comparisons with other decoders (transformers'
+    `generate`) and for timing its steps. `config`: one for all, or one per conversation."""
+    handles = scheduler.submit_all(conversations, config, steer=coefficients is not None, coefficients=coefficients)
+    try:
+        for _ in drain(handles):
+            pass
+    finally:
+        for handle in handles:  # a request that failed ends the others (no-op for those done)
+            handle.cancel()
+        if handles:
+            handles[0].settle()
+    return [handle.token_ids for handle in handles]

@@ -28,6 +28,7 @@ class QueuedRequest:
     conversation: Conversation
     prompt: list[int]
     config: GenerationConfig
+    max_batch: int | None  # joins only a batch of fewer rows (None: the batcher's max_batch)
     classify: bool  # run the sigma pass
     steer: bool  # steer by the verdict (with classify)
     fixed: RowSteering  # the steering of a request that is not classified (plain, a fixed coefficient, a retry)

@@ -5,8 +5,8 @@ fixed value, or nothing); `RefusalVector.apply(plan)` adds coef_b * v^l at the s
 passes run inside it, under the model's lock, from the last prompt token on (the prompt tokens before it are never
 touched). Each forward step registers its hooks inside the lock and removes them before releasing it, so requests
 that share one model interleave their steps without ever running under each other's steering. `_TokenChooser` picks
-each row's token for the step scheduler (`scans_guard.serving.scheduler`, where the engine, LangChain and the server
-decode); `steered_decode` (and `RefusalVector.decode`) decode one fixed batch with the same chooser and forward step.
+each row's token for the step scheduler (`scans_guard.serving.scheduler`), the one place that decodes: the engine,
+LangChain, the server and the benchmarks all decode there.
 """
 
 from __future__ import annotations
@@ -14,22 +14,21 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import GenerationConfig, RowSteering, SafetyVerdict
-from ..decoding.constraints import Constraint
-from ..decoding.grammar_mask import CompiledConstraint, ConstrainedRows
+from ..decoding.grammar_mask import ConstrainedRows
 from ..errors import InvalidArgumentError
 from ..model.hooks import BlockEdit, add_to_block_outputs
 from ..model.loading import ModelHandle
-from ..model.prompt_batch import PromptBatch, forward_step
+from ..model.prompt_batch import PromptBatch
 
 if TYPE_CHECKING:
-    from transformers import Cache, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
 MAX_COEFFICIENT = 1e3  # refusal vectors are unit vectors; the paper's alphas are single digits
 
@@ -143,29 +142,6 @@ class RefusalVector:
         with self.handle.lock, add_to_block_outputs(self.handle.layers, self.deltas(plan), start_column):
             yield
 
-    def decode(
-        self,
-        prompts: PromptBatch,
-        plan: SteeringPlan,
-        config: GenerationConfig,
-        *,
-        cache: Cache | None = None,
-        should_stop: Callable[[int], bool] | None = None,
-        first_logits: torch.Tensor | None = None,
-    ) -> Generator[torch.Tensor, None, None]:
-        """`steered_decode` of one fixed batch under `plan`, each step under the model's lock (the engine decodes on
-        its step scheduler instead: this is for a batch decoded on its own, as benchmarks do)."""
-        return steered_decode(
-            self.handle,
-            prompts,
-            self.deltas(plan),
-            config,
-            cache=cache,
-            step_lock=self.handle.lock,
-            should_stop=should_stop,
-            first_logits=first_logits,
-        )
-
 
 def logits_processors(config: GenerationConfig, attention_mask: torch.Tensor) -> LogitsProcessorList:
     """transformers' processors for `config`, in `generate`'s order: the repetition penalty (greedy too, left
@@ -225,69 +201,3 @@ class _TokenChooser:
             self.constrained.consume(token)
         if self.seen is not None:
             self.seen = torch.cat([self.seen, token[:, None]], dim=1)
-
-
-@torch.inference_mode()
-def steered_decode(
-    handle: ModelHandle,
-    prompts: PromptBatch,
-    deltas: dict[int, torch.Tensor | BlockEdit],
-    config: GenerationConfig,
-    cache: Cache | None = None,
-    step_lock: contextlib.AbstractContextManager | None = None,
-    should_stop: Callable[[int], bool] | None = None,
-    first_logits: torch.Tensor | None = None,
-    constraints: Sequence[Constraint | CompiledConstraint | None] | None = None,
-) -> Generator[torch.Tensor, None, None]:
-    """Yield the next token of every row, one step at a time: [batch] long tensors (pad id once a row is done).
-
-    `cache`, if given, must cover every prompt column but the last (as left by the sigma pass); otherwise the
-    whole prompt is prefilled here. With `first_logits` ([batch, vocab], the unsteered logits after the prompt) and a
-    cache over the whole prompt, the first token comes from them without a forward pass — only valid when nothing
-    is steered (`deltas` empty), since the last prompt token is where steering starts.
-    `should_stop(row)`, asked after each of the row's tokens, lets the caller end it (stop strings).
-    `constraints`: one per row (None: that row is free), else `config.constraint` for every row; a constraint only
-    masks the logits (`scans_guard.decoding.grammar_mask`).
-    """
-    lock = step_lock if step_lock is not None else contextlib.nullcontext()
-    width = prompts.input_ids.shape[1]
-    expected_cache = width if first_logits is not None else width - 1
-    if first_logits is not None and (deltas or cache is None):
-        raise ValueError("first_logits needs a cache over the whole prompt and no steering")
-    if cache is not None:
-        if cache.get_seq_length() != expected_cache:
-            raise ValueError(f"cache covers {cache.get_seq_length()} columns, expected {expected_cache}")
-        inputs, start = prompts.input_ids[:, -1:], 0
-    else:
-        inputs, start = prompts.input_ids, width - 1
-    mask = prompts.attention_mask
-    positions = prompts.position_ids[:, -inputs.shape[1] :]
-    logits = first_logits
-    n_rows = len(prompts.lengths)
-    if constraints is not None and len(constraints) != n_rows:
-        raise InvalidArgumentError(f"{len(constraints)} constraints for {n_rows} rows")
-    rows = constraints if constraints is not None else [config.constraint] * n_rows
-    choose = _TokenChooser(config, prompts, ConstrainedRows.build(handle, rows))
-    eos = torch.tensor(
-        sorted(set() if config.ignore_eos else handle.eos_token_ids()), dtype=torch.long, device=handle.device
-    )
-    pad = handle.tokenizer.pad_token_id
-    done = torch.zeros(n_rows, dtype=torch.bool, device=handle.device)
-    for _ in range(config.max_new_tokens):
-        if logits is None:
-            with lock, add_to_block_outputs(handle.layers, deltas, start_column=start):
-                cache, logits = forward_step(handle.model, inputs, mask, positions, cache)
-        token = choose(logits)
-        logits = None
-        token = torch.where(done, torch.full_like(token, pad), token)
-        yield token
-        choose.emitted(token)
-        done |= torch.isin(token, eos)
-        if should_stop is not None:
-            for row in (~done).nonzero().flatten().tolist():
-                done[row] = should_stop(row)
-        if bool(done.all()):
-            return
-        inputs, start = token[:, None], 0
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = positions[:, -1:] + 1

@@ -30,7 +30,7 @@ def llm(tiny, tiny_artifact):
 
 def _record(llm) -> list[int]:
     sizes: list[int] = []
-    llm.engine.scheduler.on_step = sizes.append
+    llm.engine.scheduler.add_step_listener(sizes.append)
     return sizes
 
 

@@ -71,4 +71,4 @@ def test_closing_early_is_a_disconnect_that_frees_the_row(tiny_engine):
     assert isinstance(items[0], ResponseStart) and len(items) == 2
     state = app.state.scans_guard
     assert wait_until(lambda: state.scheduler.running == 0 and state.in_flight == 0, 10)
-    state.scheduler.close()
+    state.close()

@@ -61,8 +61,7 @@ def create_app(
         if loader is not None and state.engine is None and state.load_error is None:
             threading.Thread(target=state.load, args=(loader,), name="scans-guard-load", daemon=True).start()
         yield
-        if state.scheduler is not None:
-            state.scheduler.close()
+        state.close()  # this server's requests; the engine's scheduler is the engine's
 
     app = FastAPI(
         title="scans-guard",
@@ -184,12 +183,10 @@ def _add_model_routes(app: FastAPI, state: ServerState) -> None:
         policy = options.pop("policy")
         scheduler = state.scheduler
         assert scheduler is not None  # set with the engine, which state.ready() returned
-        if scheduler.waiting >= scheduler.max_queue:  # at once, without tokenizing (submit checks again under lock)
-            raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={scheduler.max_queue})")
+        if scheduler.waiting >= settings.max_queue:  # at once, without tokenizing (submit checks again under lock)
+            raise QueueFullError(f"{scheduler.waiting} requests are already waiting (max_queue={settings.max_queue})")
         started = time.perf_counter()
-        handle = await anyio.to_thread.run_sync(
-            lambda: scheduler.submit(conversation, config, timeout=settings.request_timeout_s, **options)
-        )
+        handle = await anyio.to_thread.run_sync(lambda: state.submit(conversation, config, **options))
         outcome = outcome_of(request.scope)
         outcome.handle, outcome.started = handle, started
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_name}

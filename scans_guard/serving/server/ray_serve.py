@@ -100,9 +100,10 @@ class ScansGuardReplica:
         async for item in call(self.app, request):
             yield item
 
-    def __del__(self) -> None:  # Ray Serve stops the replica: its scheduler's thread stops with it
+    def __del__(self) -> None:  # Ray Serve stops the replica: its engine's scheduler thread stops with it
         if hasattr(self, "app"):  # the engine loaded
-            self.app.state.scans_guard.scheduler.close()
+            self.app.state.scans_guard.close()
+            self.engine.close()
 
 
 def application(options: RayServeOptions, engine: dict[str, Any] | None = None, settings: ServerSettings | None = None):

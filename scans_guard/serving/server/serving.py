@@ -54,10 +54,10 @@ class DrainingServer(uvicorn.Server):
             return False
         if self.state.in_flight > 0 and time.monotonic() - since < self.state.settings.shutdown_timeout_s:
             return False
-        if self.state.in_flight > 0 and self.state.scheduler is not None:
+        if self.state.in_flight > 0:
             log.warning("shutdown timeout: failing %d request(s) still in flight", self.state.in_flight)
             # each gets the 503 shutting_down error (in-band if its stream began) before uvicorn closes connections
-            await anyio.to_thread.run_sync(self.state.scheduler.close)
+            await anyio.to_thread.run_sync(self.state.close)
         self.should_exit = True
         return True
 

@@ -1,17 +1,28 @@
-"""The server's settings and the state its routes share: the engine once loaded, its scheduler, the metrics."""
+"""The server's settings and the state its routes share: the engine once loaded, its scheduler, the metrics.
+
+The server decodes on the engine's own scheduler (`ScansEngine.scheduler`), so HTTP requests and direct engine calls in
+one process share batches, and several servers may share one engine. Its batch, queue and timeout settings are
+therefore limits of its own requests (`ContinuousBatcher.submit_all`'s max_batch, max_queue and timeout), and a server
+that stops fails only its own requests still in flight: the engine's scheduler is the engine's to close."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Unpack
 
+from ...config import GenerationConfig
 from ...engine import ScansEngine
 from ...errors import InvalidArgumentError, ScansGuardError
 from ...sigma.decision import DEFAULT_POLICY, check_policy
+from ...sigma.readings import Conversation
 from ...steering.retry import RetryPolicy
-from ..scheduler import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, ContinuousBatcher
+from ..request_handle import RequestHandle, SchedulerClosedError
+from ..scheduler import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, ContinuousBatcher, SubmitOptions
 from .errors import ApiError, api_error
 from .metrics import ServerMetrics
 
@@ -27,8 +38,8 @@ class ServerSettings:
     served_model_name: str | None = None  # None: the model's name (ModelHandle.name)
     api_key: str | None = None  # Bearer token required on /v1/* and /metrics; None: no authentication
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
-    max_batch: int = DEFAULT_MAX_BATCH  # rows decoding at once
-    max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting to join the batch; more get 429
+    max_batch: int = DEFAULT_MAX_BATCH  # a request joins only a decoding batch of fewer rows
+    max_queue: int = DEFAULT_MAX_QUEUE  # a request finding this many waiting to join the batch gets 429
     request_timeout_s: float = 600.0  # a request still running then fails with 504
     shutdown_timeout_s: float = 30.0  # on SIGTERM: new requests get 503, those in flight get this long to finish
     default_max_tokens: int = 256  # when a request gives neither max_tokens nor max_completion_tokens
@@ -81,7 +92,10 @@ class ServerState:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.engine: ScansEngine | None = None
-        self.scheduler: ContinuousBatcher | None = None
+        self.scheduler: ContinuousBatcher | None = None  # the engine's
+        self.closed = False
+        self._requests: weakref.WeakSet[RequestHandle] = weakref.WeakSet()  # this server's, for `close`
+        self._requests_lock = threading.Lock()
         self.load_error: str | None = None
         self.model_name: str | None = settings.served_model_name
         self.created = int(time.time())
@@ -94,13 +108,38 @@ class ServerState:
         )
 
     def set_engine(self, engine: ScansEngine) -> None:
-        s = self.settings
-        self.scheduler = ContinuousBatcher(
-            engine, max_batch=s.max_batch, max_queue=s.max_queue, on_step=self.metrics.batch_size.observe
-        )
+        self.scheduler = engine.scheduler
+        self.scheduler.add_step_listener(self.metrics.batch_size.observe)
         self.model_name = self.model_name or engine.handle.name
         self.engine = engine
         self.metrics.ready.set(1)
+
+    def submit(
+        self, conversation: Conversation, config: GenerationConfig, **options: Unpack[SubmitOptions]
+    ) -> RequestHandle:
+        """Queue one request on the engine's scheduler under this server's limits (batch, queue, timeout)."""
+        s, scheduler = self.settings, self.scheduler
+        assert scheduler is not None  # set with the engine, which the routes check first (`ready`)
+        with self._requests_lock:
+            if self.closed:
+                raise SchedulerClosedError("the server is shutting down")
+            limited: SubmitOptions = {**options, "timeout": s.request_timeout_s}
+            limited["max_batch"], limited["max_queue"] = s.max_batch, s.max_queue
+            handle = scheduler.submit(conversation, config, **limited)
+            self._requests.add(handle)
+        return handle
+
+    def close(self) -> None:
+        """Stop serving: new requests are refused and this server's requests still in flight fail with the 503
+        shutting_down error; the engine's scheduler, which other servers and callers may share, runs on."""
+        with self._requests_lock:
+            first, self.closed = not self.closed, True
+            live = [handle for handle in self._requests if not handle.done]
+        if self.scheduler is None:
+            return
+        self.scheduler.fail(live, SchedulerClosedError("the server is shutting down"))
+        if first:
+            self.scheduler.remove_step_listener(self.metrics.batch_size.observe)
 
     def load(self, loader: Callable[[], ScansEngine]) -> None:
         try:
