@@ -8,6 +8,7 @@ decoding batches; each row carries its own steering, and greedy replies are thos
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import threading
 import weakref
@@ -173,7 +174,9 @@ class ScansEngine(ScansCore):
                 for piece in _as_engine_events(row, event):
                     yield piece
         finally:
-            _cancel(handles)
+            live = _cancel(handles)
+            if live:  # closed early: its rows leave the batch; the step in progress ends off the event loop
+                await asyncio.to_thread(live[0].settle)
 
     def generate(
         self,
@@ -194,14 +197,15 @@ def outputs_of(handles: Sequence[RequestHandle]) -> list[SteeredOutput]:
     return [_engine_output(outputs[i]) for i in range(len(handles))]
 
 
-def _cancel(handles: Sequence[RequestHandle], settle: bool = False) -> None:
-    """Cancel the requests not over yet (`settle`: and wait until they are in no forward pass, so a caller that
-    stops reading finds no hooks of theirs left; an asyncio caller does not wait)."""
+def _cancel(handles: Sequence[RequestHandle], settle: bool = False) -> list[RequestHandle]:
+    """Cancel the requests not over yet, and return them (`settle`: and wait until they are in no forward pass, so a
+    caller that stops reading finds no hooks of theirs left)."""
     live = [handle for handle in handles if not handle.done]
     for handle in live:
         handle.cancel()
     if settle and live:
         live[0].settle()
+    return live
 
 
 def _announced(handles: Sequence[RequestHandle], options: GenerateOptions) -> list[StreamEvent]:
