@@ -182,9 +182,18 @@ def test_cli_bench_arguments():
         build_parser().parse_args(["bench", "--sigma-batch-sizes", "0,x"])
 
 
-def test_cli_bench_other_model_needs_an_artifact(tiny_on_disk, capsys):
+def test_cli_bench_other_model_needs_an_artifact(tiny_on_disk, capsys, monkeypatch):
     assert main(["bench", "--model", str(tiny_on_disk / "model"), "--quick"]) == 2
     assert "needs an artifact" in capsys.readouterr().err
+    # an embedded model gets its shipped artifact: the check passes and the run starts (stopped here)
+    import scans_guard.bench.cli as bench_cli
+
+    def started(cfg, progress):
+        raise SystemExit(f"started with {cfg.model}")
+
+    monkeypatch.setattr(bench_cli, "run_benchmark", started)
+    with pytest.raises(SystemExit, match="started with qwen2.5-coder-0.5b-instruct"):
+        main(["bench", "--model", "qwen2.5-coder-0.5b-instruct", "--quick"])
 
 
 def test_natural_length_reports_per_token(tiny_engine):

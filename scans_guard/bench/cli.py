@@ -244,10 +244,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from ..errors import ArtifactError
+    from ..calibration.artifacts import default_artifact_dir
 
     if args.artifact is None and args.model is not None:
-        raise ArtifactError("a model other than the default needs an artifact: run `scans-guard calibrate`")
+        default_artifact_dir(args.model)  # before loading: an embedded model's shipped one, else what to run
     cfg = config_from_args(args)
     result = run_benchmark(cfg, progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     if args.out:
