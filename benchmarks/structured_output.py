@@ -151,7 +151,7 @@ def validity(
 
 
 def _step_ms(engine: ScansEngine, prompt: str, config: GenerationConfig, tokens: list[int]) -> list[float]:
-    """ms of each decoding step after the first (which holds the prefill); the tokens go to `tokens`."""
+    """ms of each decoding step after the first (whose timing also holds the prefill); the tokens go to `tokens`."""
     times, last = [], [time.perf_counter()]
 
     def stepped(_rows: int) -> None:
