@@ -59,8 +59,8 @@ def test_one_call_decodes_as_one_batch(engine):
     sizes = _batch_sizes(engine.scheduler)
     outputs = engine.generate(PROMPTS, CONFIG)
     assert [o.completion_tokens for o in outputs] == [12] * 4
-    # every step holds all four rows; 11 steps when the first token comes from the sigma pass, 12 when it is decoded
-    # (on an idle machine the count has been 12: which admission path gives the first token is left open here)
+    # every step holds all four rows; 11 steps when the first token comes from the sigma pass (unsteered rows), 12
+    # when it is decoded (run alone the count is 12; within the whole suite it has been 11)
     assert set(sizes) == {4} and len(sizes) in (11, 12), sizes
 
 
