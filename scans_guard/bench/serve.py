@@ -11,11 +11,11 @@ Clients use the standard library's http.client, so the section needs only the [s
 
 from __future__ import annotations
 
+import functools
 import gc
 import http.client
 import json
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -148,28 +148,9 @@ def stream_chat(port: int, body: dict, timeout: float = 600) -> dict:
 
 def _concurrently(port: int, bodies: Sequence[dict]) -> tuple[float, list[dict]]:
     """All requests at once, one thread each, released together; (wall seconds, results in order)."""
-    results: list[dict | BaseException | None] = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies) + 1)
+    from .threads import released_together
 
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = stream_chat(port, bodies[i])
-        except BaseException as exc:  # reported below, in the caller's thread
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return wall, [r for r in results if isinstance(r, dict)]  # every thread left a result or raised above
+    return released_together([functools.partial(stream_chat, port, body) for body in bodies])
 
 
 def _summary(runs: list[dict], wall: float) -> ClientLoad:

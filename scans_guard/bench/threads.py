@@ -7,11 +7,12 @@ their aggregate tokens/s to the static batch's shows what arriving one by one co
 
 from __future__ import annotations
 
+import functools
 import statistics
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -20,6 +21,8 @@ from .config import BenchConfig
 
 if TYPE_CHECKING:
     from ..engine import ScansEngine
+
+T = TypeVar("T")
 
 
 class ThreadsResult(BaseModel):
@@ -36,20 +39,21 @@ class ThreadsResult(BaseModel):
     same_tokens: bool  # both modes decoded as many tokens in every repeat (equal work)
 
 
-def _threaded(engine: ScansEngine, prompts: Sequence[str], config: GenerationConfig) -> tuple[float, int]:
-    """Wall seconds and completion tokens of one `generate` call per prompt, each in its own thread, begun together."""
-    tokens = [0] * len(prompts)
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(prompts) + 1)
+def released_together(calls: Sequence[Callable[[], T]]) -> tuple[float, list[T]]:
+    """Each call in its own thread, all released at once: (wall seconds until the last one ends, results in order).
 
-    def call(i: int) -> None:
+    A call that raised is re-raised here, in the caller's thread (the first in order)."""
+    results: list[T | BaseException | None] = [None] * len(calls)
+    start = threading.Barrier(len(calls) + 1)
+
+    def run(i: int) -> None:
         start.wait()
         try:
-            tokens[i] = engine.generate(prompts[i], config)[0].completion_tokens
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
+            results[i] = calls[i]()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            results[i] = exc
 
-    workers = [threading.Thread(target=call, args=(i,), name=f"bench-thread-{i}") for i in range(len(prompts))]
+    workers = [threading.Thread(target=run, args=(i,), name=f"bench-call-{i}", daemon=True) for i in range(len(calls))]
     for worker in workers:
         worker.start()
     start.wait()
@@ -57,8 +61,19 @@ def _threaded(engine: ScansEngine, prompts: Sequence[str], config: GenerationCon
     for worker in workers:
         worker.join()
     wall = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return wall, cast("list[T]", results)
+
+
+def _threaded(engine: ScansEngine, prompts: Sequence[str], config: GenerationConfig) -> tuple[float, int]:
+    """Wall seconds and completion tokens of one `generate` call per prompt, each in its own thread, begun together."""
+
+    def one(prompt: str) -> int:
+        return engine.generate(prompt, config)[0].completion_tokens
+
+    wall, tokens = released_together([functools.partial(one, p) for p in prompts])
     return wall, sum(tokens)
 
 
