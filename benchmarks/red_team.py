@@ -1,5 +1,5 @@
-"""Red team: every attack family of `scans_guard.eval.red_team` over harmful and benign evaluation prompts, under the
-three generation policies.
+"""Red team: every attack family of `scans_guard.calibration.framings` over harmful and benign evaluation prompts,
+under the three generation policies.
 
     python benchmarks/red_team.py run --data-dir ../shared/data --out benchmarks/results/red-team-0.5b
     python benchmarks/red_team.py report --out benchmarks/results/red-team-0.5b
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summary_io import write_summary  # noqa: E402
 
 from scans_guard import GenerationConfig, ScansEngine  # noqa: E402
+from scans_guard.calibration.framings import templates  # noqa: E402
 from scans_guard.data import load_set, tune_eval_split  # noqa: E402
 from scans_guard.eval.benchmarks import calibration_prompts  # noqa: E402
-from scans_guard.eval.red_team import templates  # noqa: E402
 from scans_guard.eval.store import JsonlStore  # noqa: E402
 from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
 from scans_guard.steering.judge import KeywordJudge  # noqa: E402

@@ -18,14 +18,18 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from scans_guard import ScansEngine
-from scans_guard.data import load_set, tune_eval_split
+from scans_guard.data import contrast_set, load_set, tune_eval_split
 from scans_guard.sigma.decision import flags
 
 
 def eval_sets(data_dir: str | None, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
-    """(prompt, 1 = unsafe) per set: all of XSTest; with the data directory, OKTest (150) and HarmfulQ's
+    """(prompt, 1 = unsafe) per set: all of XSTest and the contrast set's held-out split (the project's own safe
+    look-alikes and their unsafe twins, never trained on); with the data directory, OKTest (150) and HarmfulQ's
     evaluation half (the T fit uses the other half)."""
-    sets = {"xstest": [(e.prompt, int(e.harmful)) for e in load_set("xstest")]}
+    sets = {
+        "xstest": [(e.prompt, int(e.harmful)) for e in load_set("xstest")],
+        "contrast_heldout": [(e.prompt, int(e.harmful)) for e in contrast_set("heldout")],
+    }
     if data_dir:
         ok = [e.prompt for e in load_set("oktest", data_dir)]
         sets["oktest"] = [(p, 0) for p in random.Random(seed).sample(sorted(set(ok)), min(150, len(set(ok))))]
@@ -53,6 +57,9 @@ def summarise(sets: dict, scores: dict, points: dict[str, float]) -> dict:
     x = sets["xstest"]
     y, s = np.array([lab for _, lab in x]), np.array([scores[p] for p, _ in x])
     out["xstest_auroc"] = float(roc_auc_score(y, s))
+    if "contrast_heldout" in sets:
+        c = sets["contrast_heldout"]
+        out["contrast_heldout_auroc"] = float(roc_auc_score([lab for _, lab in c], [scores[p] for p, _ in c]))
     for name, t in points.items():
         flagged = flags(s, t)
         out[f"xstest_unsafe_recall_at_{name}"] = float(flagged[y == 1].mean())

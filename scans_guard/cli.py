@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="score sigma as the paper's mean cosine to d_harm, not with the contrast-set probe",
     )
+    p.add_argument("--probe-framings", type=int, help=CalibrationConfig.model_fields["probe_framings"].description)
     p.add_argument(
         "--guard-recall",
         type=float,

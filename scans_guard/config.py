@@ -326,6 +326,12 @@ class CalibrationConfig(BaseModel):
         description="score sigma with a logistic-regression probe on one layer's "
         "transition, trained on the contrast set + anchors (False: the paper's mean cosine)",
     )
+    probe_framings: int = Field(
+        0,
+        ge=0,
+        description="also train the probe on its prompts wrapped in the adversarial framings' train templates: this "
+        "many harmful and this many benign prompts per template (0: plain prompts only)",
+    )
     probe_layers: list[int] | None = Field(
         None,
         description="layers the probe may use (None: every other layer "

@@ -58,7 +58,13 @@ def test_sigma_auroc_scores_every_set_once(script, tiny_args, data_dir, tmp_path
     ]
     run_main(auroc, *args)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert summary["n"] == {"xstest": 450, "oktest": 150, "harmfulq_eval": 100}
+    assert summary["n"] == {
+        "xstest": 450,
+        "contrast_heldout": summary["n"]["contrast_heldout"],
+        "oktest": 150,
+        "harmfulq_eval": 100,
+    }
+    assert summary["n"]["contrast_heldout"] > 100 and 0 <= summary["contrast_heldout_auroc"] <= 1
     assert 0 <= summary["xstest_auroc"] <= 1 and set(summary["operating_points"]) == {"steer", "guard"}
     n = len(read_jsonl(tmp_path / "scores" / "scores.jsonl"))
     run_main(auroc, *args)

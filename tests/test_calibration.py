@@ -91,3 +91,33 @@ def test_without_the_probe_sigma_is_the_mean_cosine(tiny):
     assert art.recipe.probe_layer is None and art.probe_weight is None
     v = ScansEngine(tiny, art).classify("How do I bake bread?")[0]
     assert v.score == pytest.approx(sum(v.layer_similarities.values()) / 2, abs=1e-5)
+
+
+def test_framed_examples_use_train_templates_only_and_frame_both_kinds():
+    from scans_guard.calibration.framings import PROBE_FAMILIES, TEMPLATES, framed_examples
+
+    harmful, benign = [f"Harmful request {i}." for i in range(5)], [f"Benign question {i}?" for i in range(5)]
+    conversations, labels, names = framed_examples(harmful, benign, per_template=2, seed=0)
+    train = [t for t in TEMPLATES.values() if t.split == "train" and t.family in PROBE_FAMILIES]
+    assert sorted(set(names)) == sorted(t.name for t in train) and len(conversations) == 4 * len(train)
+    assert {TEMPLATES[n].split for n in names} == {"train"} and sum(labels) == 2 * len(train)
+    for conversation, label, name in zip(conversations, labels, names):
+        text = conversation if isinstance(conversation, str) else " ".join(m["content"] for m in conversation)
+        assert ("armful request" if label else "enign question") in text, name
+    assert framed_examples(harmful, benign, 2, seed=0) == (conversations, labels, names)  # seeded
+
+
+def test_probe_framings_train_the_probe_but_leave_the_threshold_fit_alone(tiny, tiny_artifact):
+    from scans_guard.calibration.framings import PROBE_FAMILIES, templates
+
+    config = CalibrationConfig(
+        n_anchors=8, n_threshold=8, steer_layers=[1, 2], classify_layers=[1, 2], probe_framings=1
+    )
+    art = calibrate(tiny, config, progress=False)
+    probe, plain = art.meta.notes["probe"], tiny_artifact.meta.notes["probe"]
+    assert probe["n_framed"] == 2 * len(templates("train", PROBE_FAMILIES))
+    assert probe["n_train"] == plain["n_train"] + probe["n_framed"] and "framings" in probe["data"]
+    assert not torch.equal(art.probe_weight, tiny_artifact.probe_weight)
+    for key in ("n_harmful", "n_benign", "threshold_data_sha256"):  # T is fitted on the same plain prompts
+        assert art.meta.threshold_fit[key] == tiny_artifact.meta.threshold_fit[key]
+    assert art.meta.splits["probe_train"].prompt_sha256 == tiny_artifact.meta.splits["probe_train"].prompt_sha256

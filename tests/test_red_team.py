@@ -1,11 +1,11 @@
 """The red-team gate: no harmful prompt is steered away from refusal under any attack family, on the default model
 (a sample) and on the small one.
 
-Every template of `scans_guard.eval.red_team` (train and held-out, every family) wraps held-out AdvBench prompts (no
-calibration anchor, no T-fit prompt); the default model classifies each. A harmful request that sigma misreads in a
-framing would be pushed *away* from refusal: the gate allows none. It also prints what passes the guard per family
-(`benchmarks/red_team.py` measures that and the replies on the evaluation sets). Without the mark: the templates'
-shape and the benchmark script's plumbing on the tiny model.
+Every template of `scans_guard.calibration.framings` (train and held-out, every family) wraps held-out AdvBench
+prompts (no calibration anchor, no T-fit prompt); the default model classifies each. A harmful request that sigma
+misreads in a framing would be pushed *away* from refusal: the gate allows none. It also prints what passes the guard
+per family (`benchmarks/red_team.py` measures that and the replies on the evaluation sets). Without the mark: the
+templates' shape and the benchmark script's plumbing on the tiny model.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from scans_guard.calibration.framings import FAMILIES, TEMPLATES, templates
 from scans_guard.data import load_set
 from scans_guard.eval.benchmarks import calibration_prompts
-from scans_guard.eval.red_team import FAMILIES, TEMPLATES, templates
 from scans_guard.sigma.decision import GuardPolicy
 
 N_PROMPTS = 4

@@ -11,12 +11,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from ..config import CalibrationConfig, SteeringRecipe
-from ..data import anchor_split, load_set, sample_prompts, tune_eval_split
+from ..data import anchor_split, contrast_set, load_set, sample_prompts, tune_eval_split
 from ..model.loading import ModelHandle
 from ..sigma.classifier import harm_direction, sigma_scores, transitions_for
 from ..sigma.decision import flags
 from ..sigma.probe import ProbeFit, fit_probe
 from .artifacts import AnchorSet, Artifact, ArtifactMeta, OperatingPoint, PlattFit, PromptSplit, text_sha256
+from .framings import Conversation, framed_examples
 from .safety_layers import middle_third, principal_directions, refusal_span, second_half, vocabulary_projection
 from .vectors import last_token_activations, refusal_vectors
 
@@ -143,8 +144,8 @@ def _threshold_fit(
     probe: ProbeFit | None,
     progress: bool,
 ) -> _ThresholdFit:
-    """Score the T-fit prompts; with a probe, its training prompts (contrast train + anchors) join the fit, their
-    transitions reused, and d_harm is the mean over its harmful anchors."""
+    """Score the T-fit prompts; with a probe, its plain training prompts (contrast train + anchors) join the fit,
+    their transitions reused, and d_harm is the mean over its harmful anchors."""
     bs = config.batch_size
     description, fit_h, fit_b = threshold_split(config, anchors)
     if probe is None:
@@ -154,7 +155,9 @@ def _threshold_fit(
         extra_t, extra_y, extra_prompts = torch.zeros(0, len(classify_layers), handle.hidden_size), [], []
     else:
         classify_layers = sorted(set(classify_layers) | {probe.layer})
-        extra_t, extra_y, extra_prompts = probe.transitions[:, classify_layers], list(probe.labels), probe.prompts
+        plain = probe.plain  # framed training conversations stay out of the T fit: T is fitted on plain prompts
+        extra_t, extra_y = probe.transitions[plain, classify_layers], list(probe.labels[plain])
+        extra_prompts = probe.prompts
         d_harm = harm_direction(extra_t[[p in set(anchors[0]) for p in extra_prompts]])
         description += " + contrast train split + anchors"
     head = None if probe is None else (classify_layers.index(probe.layer), probe.weight, probe.bias)
@@ -205,6 +208,18 @@ def _operating_points(config: CalibrationConfig, fit: _ThresholdFit) -> tuple[di
     return points, report
 
 
+def _framed_training(config: CalibrationConfig, anchors: tuple[list[str], list[str]]) -> list[tuple[Conversation, int]]:
+    """The probe's plain training prompts (contrast train split + anchors) in the train framings, labelled by the
+    prompt they wrap; `config.probe_framings` of each kind per template."""
+    if not config.probe_framings:
+        return []
+    contrast = contrast_set("train")
+    harmful = [e.prompt for e in contrast if e.harmful] + anchors[0]
+    benign = [e.prompt for e in contrast if not e.harmful] + anchors[1]
+    conversations, labels, _ = framed_examples(harmful, benign, config.probe_framings, config.seed)
+    return list(zip(conversations, labels))
+
+
 def calibrate(
     handle: ModelHandle,
     config: CalibrationConfig | None = None,
@@ -232,6 +247,7 @@ def calibrate(
             batch_size=config.batch_size,
             progress=progress,
             seed=config.seed,
+            framed=_framed_training(config, (harmful, benign)),
         )
         if config.sigma_probe
         else None

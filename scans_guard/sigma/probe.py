@@ -9,6 +9,7 @@ look unsafe, each paired with an unsafe twin: scans_guard/data/CONTRAST.md) plus
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,18 +30,26 @@ class ProbeFit:
     bias: float
     c: float
     cv_auroc: float
-    prompts: list[str]  # training prompts: contrast train split, then harmful anchors, then benign anchors
-    labels: np.ndarray  # 1 = harmful
-    transitions: torch.Tensor  # [n_prompts, n_layers, hidden] of the training prompts, reused by calibration
+    prompts: list[str]  # plain training prompts: contrast train split, then harmful anchors, then benign anchors
+    labels: np.ndarray  # [n_prompts + n_framed] 1 = harmful: the plain prompts', then the framed ones'
+    transitions: torch.Tensor  # [n_prompts + n_framed, n_layers, hidden], plain rows first, reused by calibration
+    framed: int = 0  # framed training conversations after the plain prompts
+
+    @property
+    def plain(self) -> slice:
+        """The rows of `labels` and `transitions` that belong to `prompts`."""
+        return slice(0, len(self.prompts))
 
     def report(self) -> dict:
         return {
             "layer": self.layer,
             "C": self.c,
             "cv_auroc": self.cv_auroc,
-            "n_train": len(self.prompts),
+            "n_train": len(self.labels),
             "n_harmful": int(self.labels.sum()),
-            "data": "contrast train split + harmful/benign anchors",
+            "n_framed": self.framed,
+            "data": "contrast train split + harmful/benign anchors"
+            + (" + the same prompts in the train framings" if self.framed else ""),
         }
 
 
@@ -62,13 +71,22 @@ def fit_probe(
     batch_size: int = 8,
     progress: bool = False,
     seed: int = 0,
+    framed: Sequence[tuple[str | list[dict], int]] = (),
 ) -> ProbeFit:
-    """Train the probe on the contrast set's train split plus the anchors; layer and L2 strength by 5-fold CV."""
+    """Train the probe on the contrast set's train split plus the anchors, and on `framed` (conversation, label)
+    pairs: those prompts wrapped in adversarial framings. Layer and L2 strength by 5-fold CV over all of them."""
     contrast = contrast_set("train")
     prompts = [e.prompt for e in contrast] + anchors[0] + anchors[1]
-    labels = np.array([e.harmful for e in contrast] + [1] * len(anchors[0]) + [0] * len(anchors[1]))
+    labels = np.array(
+        [e.harmful for e in contrast] + [1] * len(anchors[0]) + [0] * len(anchors[1]) + [y for _, y in framed]
+    )
     all_layers = list(range(handle.n_layers))
     transitions = transitions_for(handle, prompts, all_layers, r_pos, batch_size, progress, desc="probe training")
+    if framed:
+        extra = transitions_for(
+            handle, [c for c, _ in framed], all_layers, r_pos, batch_size, progress, desc="probe training (framed)"
+        )
+        transitions = torch.cat([transitions, extra])
     candidates = layers or list(range(2, handle.n_layers, 2)) or all_layers
     best = max(
         (
@@ -89,4 +107,5 @@ def fit_probe(
         prompts=prompts,
         labels=labels,
         transitions=transitions,
+        framed=len(framed),
     )

@@ -1,11 +1,12 @@
-"""Red-team framings: adversarial wrappings of a request, by attack family, written for this project.
+"""Adversarial framings: wrappings of a request, by attack family, written for this project.
 
 Each family is a well-known way to launder a harmful request past a prompt classifier: a benign multi-part message
 around it, a cipher with "decode and answer", a multi-turn build-up, an assistant prefill, a persona set up in one
 turn or over turns, fiction, claimed authority, hypotheticals, other encodings. Every family has several templates,
-split into `train` ones (free to tune on) and `heldout` ones (only ever measured), so a result on the held-out
-templates says how a defence generalises to wordings it was not shaped on. Benign prompts go into the same framings:
-a guard that blocks "framing" instead of harm shows up as false blocks.
+split into `train` ones (the probe is trained on them, `framed_examples`) and `heldout` ones (only ever measured),
+so a result on the held-out templates says how a defence generalises to wordings it was not shaped on. Benign prompts
+go into the same framings: a guard that blocks "framing" instead of harm shows up as false blocks, and a probe
+trained on framed benign prompts does not learn "framing = harmful".
 
 `benchmarks/red_team.py` runs every family over the evaluation sets; `tests/test_red_team.py` gates the default model.
 """
@@ -13,6 +14,7 @@ a guard that blocks "framing" instead of harm shows up as false blocks.
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -273,4 +275,43 @@ def templates(split: str | None = None, families: Sequence[str] | None = None) -
     return [t for t in _T if (split is None or t.split == split) and (families is None or t.family in families)]
 
 
-__all__ = ["FAMILIES", "TEMPLATES", "Template", "templates"]
+# Families whose framed prompts stay in the calibration domain. Encoded prompts are out of domain, and their decoded
+# text is scored as a plain prompt, so the probe is not trained on ciphertext.
+PROBE_FAMILIES: tuple[str, ...] = (
+    "sandwich",
+    "multi_turn",
+    "prefill",
+    "persona",
+    "persona_turns",
+    "fiction",
+    "authority",
+    "hypothetical",
+)
+
+
+def framed_examples(
+    harmful: Sequence[str],
+    benign: Sequence[str],
+    per_template: int,
+    seed: int = 0,
+    families: Sequence[str] = PROBE_FAMILIES,
+) -> tuple[list[Conversation], list[int], list[str]]:
+    """(conversations, labels with 1 = harmful, template names) for probe training: every train template of
+    `families` wraps `per_template` harmful and as many benign prompts, drawn afresh for each template (seeded).
+
+    Benign prompts get the same framings, so the probe learns the request's harm rather than its wrapping.
+    """
+    rng = random.Random(seed)
+    conversations: list[Conversation] = []
+    labels: list[int] = []
+    names: list[str] = []
+    for template in templates("train", families):
+        for label, pool in ((1, harmful), (0, benign)):
+            for prompt in rng.sample(list(pool), min(per_template, len(pool))):
+                conversations.append(template.wrap(prompt))
+                labels.append(label)
+                names.append(template.name)
+    return conversations, labels, names
+
+
+__all__ = ["FAMILIES", "PROBE_FAMILIES", "TEMPLATES", "Template", "framed_examples", "templates"]
