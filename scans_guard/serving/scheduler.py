@@ -135,7 +135,8 @@ class ContinuousBatcher(Stepping, Admission):
         return self._closed
 
     def add_step_listener(self, listener: Callable[[int], None]) -> None:
-        """Call `listener(batch_size)` after every decoding step (a server's metrics), until removed."""
+        """Call `listener(batch_size)` after every decoding step's forward pass, before its tokens reach their callers
+        (a server's metrics), until removed."""
         self._listeners.append(listener)
 
     def remove_step_listener(self, listener: Callable[[int], None]) -> None:

@@ -64,11 +64,11 @@ class Stepping:
         batch.keys, batch.values = cache_tensors(grown)
         batch.mask = mask
         batch.positions = batch.positions + 1
+        self.steps += 1
+        for listener in list(self._listeners):  # before the tokens reach their callers: a finished call saw every step
+            listener(len(batch.rows))
         tokens = [self._accept(row, row.chooser(logits[i : i + 1])) for i, row in enumerate(batch.rows)]
         batch.inputs = torch.tensor([t if t is not None else 0 for t in tokens], dtype=torch.long, device=mask.device)
-        self.steps += 1
-        for listener in list(self._listeners):
-            listener(len(batch.rows))
         finished = [i for i, t in enumerate(tokens) if t is None]
         if finished:
             self._drop(finished)
