@@ -2,12 +2,15 @@
 
     python benchmarks/policy_refusal.py --sweep results/sweep-probe --data-dir ../shared/data \
         --report benchmarks/results/policy-refusal-0.5b
+    python benchmarks/policy_refusal.py --eval results/eval-1.5b-full --model qwen2.5-coder-1.5b-instruct \
+        --data-dir ../shared/data --report benchmarks/results/policy-refusal-1.5b
 
-The sweep's replies (`safe_steering_sweep.py`: every prompt unsteered, and at -1 where the shipped recipe steers) are
-composed with the engine's current verdicts (sigma with its readings, the domain check and `GuardPolicy`), which are
-recomputed here: a blocked prompt counts as refused under guard and guard+steer, any other is answered as the sweep's
-reply at the coefficient the engine now uses (0 under guard). A prompt whose coefficient has no sweep reply is
-counted in `missing` and left out. No prompt is written out.
+The replies of a sweep (`safe_steering_sweep.py`: every prompt unsteered, and at -1 where the shipped recipe steers)
+or of a `scans-guard eval` run (its unsteered and scans conditions) are composed with the engine's current verdicts
+(sigma with its readings, the domain check and `GuardPolicy`), which are recomputed here: a blocked prompt counts as
+refused under guard and guard+steer, any other is answered as the run's reply at the coefficient the engine now uses
+(0 under guard). A prompt whose coefficient has no reply is counted in `missing` and left out. No prompt is written
+out.
 """
 
 from __future__ import annotations
@@ -47,11 +50,34 @@ def texts_by_key(data_dir: str | None) -> dict[str, str]:
     return out
 
 
-def compose(engine: ScansEngine, sweep: Path, data_dir: str | None) -> list[dict]:
+# a `scans-guard eval` run's (set, label) -> the sweep's set
+EVAL_SETS = {(name, label): sweep_set for sweep_set, (name, label) in SETS.items()}
+
+
+def sweep_rows(run: Path) -> list[dict]:
+    """A sweep's generation rows: set, prompt, coefficient, refused."""
+    return [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+
+
+def eval_rows(run: Path) -> list[dict]:
+    """A `scans-guard eval` run's unsteered and scans replies as sweep rows; the unsteered reply is the one at
+    coefficient 0 (a scans row the verdict left unsteered is the same greedy reply)."""
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    by_condition = {"scans": [], "unsteered": []}  # scans first, so that the unsteered row wins at coefficient 0
+    for row in rows:
+        sweep_set = EVAL_SETS.get((row["set"], row["label"]))
+        if sweep_set is not None and row["condition"] in by_condition:
+            coefficient = 0.0 if row["condition"] == "unsteered" else float(row["coefficient"])
+            by_condition[row["condition"]].append(
+                {"set": sweep_set, "prompt": row["prompt"], "coefficient": coefficient, "refused": row["refused"]}
+            )
+    return by_condition["scans"] + by_condition["unsteered"]
+
+
+def compose(engine: ScansEngine, rows: list[dict], data_dir: str | None) -> list[dict]:
     texts = texts_by_key(data_dir)
     replies: dict[tuple[str, str, float], bool] = {}
-    for line in (sweep / "generations.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         key = row["prompt"] if row["prompt"].startswith("sha256:") else prompt_key(row["prompt"])
         replies[(row["set"], key, float(row["coefficient"]))] = bool(row["refused"])
     guard, table = GuardPolicy(), []
@@ -99,14 +125,17 @@ def compose(engine: ScansEngine, sweep: Path, data_dir: str | None) -> list[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sweep", required=True, help="a safe_steering_sweep.py run directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sweep", help="a safe_steering_sweep.py run directory")
+    source.add_argument("--eval", help="a `scans-guard eval` run directory with the unsteered and scans conditions")
     parser.add_argument("--data-dir", help="benchmark CSVs that do not ship (their prompts are keys in the sweep)")
     parser.add_argument("--model")
     parser.add_argument("--artifact")
     parser.add_argument("--report", help="write summary.json and summary.md here")
     args = parser.parse_args()
     engine = ScansEngine.load(args.model, args.artifact, progress=False)
-    table = compose(engine, Path(args.sweep), args.data_dir)
+    rows = sweep_rows(Path(args.sweep)) if args.sweep else eval_rows(Path(args.eval))
+    table = compose(engine, rows, args.data_dir)
     cols = list(table[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]

@@ -33,7 +33,7 @@ def test_composition_on_the_tiny_model(tiny_engine, tmp_path, monkeypatch, one_t
                 {"set": "xstest_safe", "prompt": p, "coefficient": v.coefficient, "response": "", "refused": False}
             )
     (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = {r["set"]: r for r in module.compose(tiny_engine, tmp_path, None)}
+    table = {r["set"]: r for r in module.compose(tiny_engine, module.sweep_rows(tmp_path), None)}
     row = table["xstest_safe"]
     guard = GuardPolicy()
     kept = [(i, v) for i, v in enumerate(verdicts) if not (v.coefficient != 0 and i == 3)]
@@ -47,3 +47,51 @@ def test_composition_on_the_tiny_model(tiny_engine, tmp_path, monkeypatch, one_t
     assert row["refused_guard_steer"] == pct([b or s for b, s in zip(blocked, steer)])
     assert row["blocked_pct"] == pct(blocked)
     assert table["oktest"]["n"] == 0  # no replies for it in this sweep
+
+
+def test_an_eval_run_reads_as_a_sweep(tmp_path, monkeypatch):
+    module = _module(monkeypatch)
+    rows = [
+        {"set": "xstest", "label": "safe", "prompt": "a", "condition": "scans", "coefficient": -2.0, "refused": False},
+        {
+            "set": "xstest",
+            "label": "safe",
+            "prompt": "a",
+            "condition": "unsteered",
+            "coefficient": 0.0,
+            "refused": True,
+        },
+        {"set": "xstest", "label": "unsafe", "prompt": "b", "condition": "scans", "coefficient": 0.0, "refused": True},
+        {
+            "set": "xstest",
+            "label": "unsafe",
+            "prompt": "b",
+            "condition": "unsteered",
+            "coefficient": 0.0,
+            "refused": False,
+        },
+        {
+            "set": "advbench",
+            "label": "unsafe",
+            "prompt": "c",
+            "condition": "helpful_prompt",
+            "coefficient": 0.0,
+            "refused": False,
+        },
+        {
+            "set": "truthfulqa",
+            "label": "safe",
+            "prompt": "d",
+            "condition": "unsteered",
+            "coefficient": 0.0,
+            "refused": False,
+        },
+    ]
+    (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    replies = {(r["set"], r["prompt"], r["coefficient"]): r["refused"] for r in module.eval_rows(tmp_path)}
+    # the unsteered reply is the one at coefficient 0; other conditions and sets are left out
+    assert replies == {
+        ("xstest_safe", "a", -2.0): False,
+        ("xstest_safe", "a", 0.0): True,
+        ("xstest_unsafe", "b", 0.0): False,
+    }
