@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from benchmark_scripts import read_jsonl, run_main
 
-from scans_guard.data import contrast_pairs
+from scans_guard.data import contrast_pairs, contrast_set
 
 
 def test_output_check_generates_with_a_given_model(script, tiny_args, tmp_path):
@@ -58,13 +58,9 @@ def test_sigma_auroc_scores_every_set_once(script, tiny_args, data_dir, tmp_path
     ]
     run_main(auroc, *args)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert summary["n"] == {
-        "xstest": 450,
-        "contrast_heldout": summary["n"]["contrast_heldout"],
-        "oktest": 150,
-        "harmfulq_eval": 100,
-    }
-    assert summary["n"]["contrast_heldout"] > 100 and 0 <= summary["contrast_heldout_auroc"] <= 1
+    n_contrast = len(contrast_set("heldout"))
+    assert summary["n"] == {"xstest": 450, "contrast_heldout": n_contrast, "oktest": 150, "harmfulq_eval": 100}
+    assert n_contrast > 100 and 0 <= summary["contrast_heldout_auroc"] <= 1
     assert 0 <= summary["xstest_auroc"] <= 1 and set(summary["operating_points"]) == {"steer", "guard"}
     n = len(read_jsonl(tmp_path / "scores" / "scores.jsonl"))
     run_main(auroc, *args)

@@ -11,11 +11,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from ..config import CalibrationConfig, SteeringRecipe
-from ..data import anchor_split, contrast_set, load_set, sample_prompts, tune_eval_split
+from ..data import anchor_split, load_set, sample_prompts, tune_eval_split
 from ..model.loading import ModelHandle
 from ..sigma.classifier import harm_direction, sigma_scores, transitions_for
 from ..sigma.decision import flags
-from ..sigma.probe import ProbeFit, fit_probe
+from ..sigma.probe import ProbeFit, fit_probe, plain_training_set
 from .artifacts import AnchorSet, Artifact, ArtifactMeta, OperatingPoint, PlattFit, PromptSplit, text_sha256
 from .framings import Conversation, framed_examples
 from .safety_layers import middle_third, principal_directions, refusal_span, second_half, vocabulary_projection
@@ -213,11 +213,11 @@ def _framed_training(config: CalibrationConfig, anchors: tuple[list[str], list[s
     prompt they wrap; `config.probe_framings` of each kind per template."""
     if not config.probe_framings:
         return []
-    contrast = contrast_set("train")
-    harmful = [e.prompt for e in contrast if e.harmful] + anchors[0]
-    benign = [e.prompt for e in contrast if not e.harmful] + anchors[1]
-    conversations, labels, _ = framed_examples(harmful, benign, config.probe_framings, config.seed)
-    return list(zip(conversations, labels))
+    prompts, labels = plain_training_set(anchors)
+    harmful = [p for p, y in zip(prompts, labels) if y]
+    benign = [p for p, y in zip(prompts, labels) if not y]
+    conversations, framed_labels, _ = framed_examples(harmful, benign, config.probe_framings, config.seed)
+    return list(zip(conversations, framed_labels))
 
 
 def calibrate(

@@ -62,6 +62,14 @@ def cv_auroc(x: np.ndarray, y: np.ndarray, c: float, folds: int = 5, seed: int =
     return float(np.mean(aucs))
 
 
+def plain_training_set(anchors: tuple[list[str], list[str]]) -> tuple[list[str], list[int]]:
+    """(prompts, labels with 1 = harmful) the probe is trained on: the contrast set's train split, then the harmful
+    anchors, then the benign ones."""
+    contrast = contrast_set("train")
+    prompts = [e.prompt for e in contrast] + anchors[0] + anchors[1]
+    return prompts, [int(e.harmful) for e in contrast] + [1] * len(anchors[0]) + [0] * len(anchors[1])
+
+
 def fit_probe(
     handle: ModelHandle,
     anchors: tuple[list[str], list[str]],
@@ -75,11 +83,8 @@ def fit_probe(
 ) -> ProbeFit:
     """Train the probe on the contrast set's train split plus the anchors, and on `framed` (conversation, label)
     pairs: those prompts wrapped in adversarial framings. Layer and L2 strength by 5-fold CV over all of them."""
-    contrast = contrast_set("train")
-    prompts = [e.prompt for e in contrast] + anchors[0] + anchors[1]
-    labels = np.array(
-        [e.harmful for e in contrast] + [1] * len(anchors[0]) + [0] * len(anchors[1]) + [y for _, y in framed]
-    )
+    prompts, plain_labels = plain_training_set(anchors)
+    labels = np.array(plain_labels + [y for _, y in framed])
     all_layers = list(range(handle.n_layers))
     transitions = transitions_for(handle, prompts, all_layers, r_pos, batch_size, progress, desc="probe training")
     if framed:
