@@ -188,7 +188,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     prompts = [p for ps in sets.values() for p in ps]
     t0 = time.perf_counter()
     score_rows = run_classification(engine, prompts, scores_store(out), config.batch_size, config.progress)
-    scores = {(r["set"], r["label"], r["prompt"]): r["score"] for r in score_rows}
+    verdicts = {(r["set"], r["label"], r["prompt"]): r for r in score_rows}
     replied = [p for ps in gen_sets.values() for p in ps]
     gen_rows = run_generations(
         engine,
@@ -198,7 +198,7 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
         judge,
         config.max_new_tokens,
         config.batch_size,
-        scores,
+        verdicts,
         config.progress,
     )
     cap_rows: list[dict] = []

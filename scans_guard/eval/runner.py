@@ -6,7 +6,7 @@ recomputed. Prompts are batched in order of length, so a batch pads little.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -68,33 +68,47 @@ def run_generations(
     judge: RefusalJudge,
     max_new_tokens: int = 48,
     batch_size: int = 8,
-    scores: dict[tuple, float] | None = None,
+    verdicts: Mapping[tuple, Mapping] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """One greedy reply per prompt and condition, judged; rows already in `store` are skipped.
 
-    `scores` ({(set, label, prompt): sigma}) fills the score column of conditions that do not classify.
+    `verdicts` ({(set, label, prompt): score row of `run_classification`}) fills the score column of conditions that
+    do not classify, and lets SCANS skip work the classification already did: a prompt's SCANS reply is decoded at
+    its verdict's coefficient without a second sigma pass, and where that coefficient is 0 it is the unsteered
+    reply of the same run (the same greedy decode; its row says `reply_of: "unsteered"`).
     """
-    scores = scores or {}
+    verdicts = verdicts or {}
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     todo = [(c, p) for c in conditions for p in prompts if (c.name, *p.key) not in store]
     with tqdm(total=len(todo), desc="generate", unit="reply", disable=not progress) as bar:
-        for cond in conditions:
+        for cond in sorted(conditions, key=lambda c: c.mode != "plain"):  # unsteered first: SCANS reuses it
             mine = [p for c, p in todo if c is cond]
+            if cond.mode == "scans" and cond.system is None:
+                reused = _unsteered_replies(mine, store, verdicts)
+                store.append(reused)
+                bar.update(len(reused))
+                done = {(r["set"], r["label"], r["prompt"]) for r in reused}
+                mine = [p for p in mine if p.key not in done]
             for batch in _batches(mine, batch_size):
                 bar.set_postfix_str(cond.name)
-                outputs = engine.generate(
-                    [cond.conversation(p.prompt) for p in batch], config, **cond.generate_kwargs()
+                known = cond.mode == "scans" and all("coefficient" in verdicts.get(p.key, {}) for p in batch)
+                kwargs = (
+                    {"steer": True, "coefficient": [verdicts[p.key]["coefficient"] for p in batch]}
+                    if known
+                    else cond.generate_kwargs()
                 )
+                outputs = engine.generate([cond.conversation(p.prompt) for p in batch], config, **kwargs)
                 rows = []
                 for p, out in zip(batch, outputs):
                     v = out.verdict
+                    known_row = verdicts.get(p.key, {})
                     rows.append(
                         {
                             **_base(p),
                             "condition": cond.name,
-                            "score": v.score if v is not None else scores.get(p.key),
-                            "direction": out.steering.direction,
+                            "score": v.score if v is not None else known_row.get("score"),
+                            "direction": known_row["direction"] if known else out.steering.direction,
                             "coefficient": out.steering.coefficient,
                             "response": out.text,
                             "refused": bool(judge(p.prompt, out.text)),
@@ -106,6 +120,20 @@ def run_generations(
                 bar.update(len(batch))
     wanted = {(c.name, *p.key) for c in conditions for p in prompts}
     return [r for r in store.rows if store.key(r) in wanted]
+
+
+def _unsteered_replies(prompts: Sequence[EvalPrompt], store: JsonlStore, verdicts: Mapping[tuple, Mapping]) -> list:
+    """SCANS rows for the prompts SCANS leaves unsteered (coefficient 0) whose unsteered reply is in `store`."""
+    unsteered = {store.key(r)[1:]: r for r in store.rows if r["condition"] == "unsteered"}
+    rows = []
+    for p in prompts:
+        v, plain = verdicts.get(p.key), unsteered.get(p.key)
+        if v is None or plain is None or v.get("coefficient", 1) != 0:
+            continue
+        rows.append(
+            {**plain, "condition": "scans", "score": v["score"], "direction": v["direction"], "reply_of": "unsteered"}
+        )
+    return rows
 
 
 def rejudge(rows: Sequence[dict], judge: RefusalJudge) -> list[dict]:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from scans_guard.config import GenerationConfig
 from scans_guard.eval.benchmarks import EvalPrompt
 from scans_guard.eval.conditions import build_conditions
 from scans_guard.eval.runner import generations_store, run_classification, run_generations, scores_store
@@ -52,7 +53,7 @@ def test_generation_rows_have_every_field(tiny_engine, tmp_path):
         KeywordJudge(),
         max_new_tokens=4,
         progress=False,
-        scores={p.key: 0.5 for p in PROMPTS},
+        verdicts={p.key: {"score": 0.5} for p in PROMPTS},  # scores without a coefficient: SCANS classifies itself
     )
     assert len(rows) == 9
     for r in rows:
@@ -63,6 +64,43 @@ def test_generation_rows_have_every_field(tiny_engine, tmp_path):
     assert by[("unsteered", "Paris?")]["direction"] == "none" and by[("unsteered", "Paris?")]["score"] == 0.5
     scans = by[("scans", "Paris?")]
     assert scans["score"] != 0.5 and scans["direction"] in {"towards_refusal", "away_from_refusal"}
+
+
+def test_scans_reuses_the_classification_and_the_unsteered_replies(tiny, tiny_artifact, tmp_path):
+    """SCANS rows built from the stored verdicts equal the engine's own SCANS replies, with fewer decodes."""
+    from scans_guard import ScansEngine
+
+    probe = ScansEngine(tiny, tiny_artifact)
+    scores = sorted(v.score for v in probe.classify([p.prompt for p in PROMPTS]))
+    # steer below the middle score, never towards refusal: some prompts get a coefficient, others 0
+    engine = ScansEngine(tiny, tiny_artifact.with_recipe(threshold=(scores[0] + scores[1]) / 2, alpha_harmful=0.0))
+    verdicts = {
+        (r["set"], r["label"], r["prompt"]): r
+        for r in run_classification(engine, PROMPTS, scores_store(tmp_path), progress=False)
+    }
+    steered = [p for p in PROMPTS if verdicts[p.key]["coefficient"] != 0]
+    assert 0 < len(steered) < len(PROMPTS)
+    spy = Spy(engine)
+    conds = build_conditions(["unsteered", "scans"], engine.recipe)
+    rows = run_generations(
+        spy,
+        PROMPTS,
+        conds,
+        generations_store(tmp_path),
+        KeywordJudge(),
+        max_new_tokens=6,
+        verdicts=verdicts,
+        progress=False,
+    )
+    assert spy.classified == [] and sum(spy.generated) == len(PROMPTS) + len(steered)
+    by = {(r["condition"], r["prompt"]): r for r in rows}
+    for p in PROMPTS:
+        (own,) = engine.generate([p.prompt], GenerationConfig(max_new_tokens=6))
+        row = by[("scans", p.prompt)]
+        assert (row["response"], row["coefficient"]) == (own.text, own.steering.coefficient)
+        assert row["direction"] == own.verdict.direction
+        assert row["score"] == pytest.approx(own.verdict.score, abs=1e-6)  # classified in a batch of 3, here alone
+        assert row.get("reply_of") == (None if p in steered else "unsteered")
 
 
 def test_resume_skips_done_rows(tiny_engine, tmp_path):
