@@ -2,15 +2,15 @@
 
     python benchmarks/policy_refusal.py --sweep results/sweep-probe --data-dir ../shared/data \
         --report benchmarks/results/policy-refusal-0.5b
-    python benchmarks/policy_refusal.py --eval results/eval-1.5b-full --model qwen2.5-coder-1.5b-instruct \
-        --data-dir ../shared/data --report benchmarks/results/policy-refusal-1.5b
+    python benchmarks/policy_refusal.py --eval results/eval-1.5b-full --report benchmarks/results/policy-refusal-1.5b
 
 The replies of a sweep (`safe_steering_sweep.py`: every prompt unsteered, and at -1 where the shipped recipe steers)
-or of a `scans-guard eval` run (its unsteered and scans conditions) are composed with the engine's current verdicts
-(sigma with its readings, the domain check and `GuardPolicy`), which are recomputed here: a blocked prompt counts as
-refused under guard and guard+steer, any other is answered as the run's reply at the coefficient the engine now uses
-(0 under guard). A prompt whose coefficient has no reply is counted in `missing` and left out. No prompt is written
-out.
+or of a `scans-guard eval` run (its unsteered and scans conditions) are composed with verdicts (sigma with its
+readings, the domain check) and `GuardPolicy`. A sweep's verdicts are the engine's current ones, recomputed here; an
+eval run's are its own (`scores.jsonl`: the verdicts its SCANS replies were steered by), so no model is loaded. A
+blocked prompt counts as refused under guard and guard+steer, any other is answered as the run's reply at its
+verdict's coefficient (0 under guard). A prompt whose coefficient has no reply is counted in `missing` and left out.
+No prompt is written out.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summary_io import write_summary  # noqa: E402
 
 from scans_guard import ScansEngine  # noqa: E402
+from scans_guard.config import SafetyVerdict  # noqa: E402
 from scans_guard.data import load_set, prompt_key  # noqa: E402
 from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
 
@@ -74,8 +75,28 @@ def eval_rows(run: Path) -> list[dict]:
     return by_condition["scans"] + by_condition["unsteered"]
 
 
-def compose(engine: ScansEngine, rows: list[dict], data_dir: str | None) -> list[dict]:
-    texts = texts_by_key(data_dir)
+def eval_verdicts(run: Path) -> dict[tuple[str, str], SafetyVerdict]:
+    """A `scans-guard eval` run's own verdicts (its `scores.jsonl`), by (sweep set, prompt key): the verdicts its
+    SCANS replies were steered by."""
+    verdicts = {}
+    for line in (run / "scores.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        sweep_set = EVAL_SETS.get((row["set"], row["label"]))
+        if sweep_set is not None:
+            record = {k: v for k, v in row.items() if k not in {"set", "label", "prompt", "index", "predicted"}}
+            verdict = SafetyVerdict.model_validate({**record, "label": row["predicted"]})
+            verdicts[(sweep_set, prompt_key(row["prompt"]))] = verdict
+    return verdicts
+
+
+def compose(
+    engine: ScansEngine | None,
+    rows: list[dict],
+    data_dir: str | None,
+    verdicts: dict[tuple[str, str], SafetyVerdict] | None = None,
+) -> list[dict]:
+    """The refusal table; the verdicts are `verdicts` where given (an eval run's own), else the engine's."""
+    texts = texts_by_key(data_dir) if verdicts is None else {}
     replies: dict[tuple[str, str, float], bool] = {}
     for row in rows:
         key = row["prompt"] if row["prompt"].startswith("sha256:") else prompt_key(row["prompt"])
@@ -83,11 +104,16 @@ def compose(engine: ScansEngine, rows: list[dict], data_dir: str | None) -> list
     guard, table = GuardPolicy(), []
     for set_name in SETS:
         keys = sorted({k for s, k, _ in replies if s == set_name})
-        keys = [k for k in keys if k in texts]
-        verdicts = engine.classify([texts[k] for k in keys], batch_size=8) if keys else []
+        if verdicts is None:
+            assert engine is not None
+            keys = [k for k in keys if k in texts]
+            found = engine.classify([texts[k] for k in keys], batch_size=8) if keys else []
+        else:
+            keys = [k for k in keys if (set_name, k) in verdicts]
+            found = [verdicts[(set_name, k)] for k in keys]
         counts = {"plain": 0, "steer": 0, "guard": 0, "guard+steer": 0, "blocked": 0, "steered": 0, "missing": 0}
         n = 0
-        for key, v in zip(keys, verdicts):
+        for key, v in zip(keys, found):
             scans = replies.get((set_name, key, float(v.coefficient)))
             if scans is None:
                 counts["missing"] += 1
@@ -133,9 +159,11 @@ def main() -> None:
     parser.add_argument("--artifact")
     parser.add_argument("--report", help="write summary.json and summary.md here")
     args = parser.parse_args()
-    engine = ScansEngine.load(args.model, args.artifact, progress=False)
-    rows = sweep_rows(Path(args.sweep)) if args.sweep else eval_rows(Path(args.eval))
-    table = compose(engine, rows, args.data_dir)
+    if args.eval:  # the run's own verdicts: no model needed
+        table = compose(None, eval_rows(Path(args.eval)), None, eval_verdicts(Path(args.eval)))
+    else:
+        engine = ScansEngine.load(args.model, args.artifact, progress=False)
+        table = compose(engine, sweep_rows(Path(args.sweep)), args.data_dir)
     cols = list(table[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]

@@ -95,3 +95,25 @@ def test_an_eval_run_reads_as_a_sweep(tmp_path, monkeypatch):
         ("xstest_safe", "a", 0.0): True,
         ("xstest_unsafe", "b", 0.0): False,
     }
+
+
+def test_an_eval_run_is_composed_with_its_own_verdicts(tiny_engine, tmp_path, monkeypatch, one_torch_thread):
+    """--eval needs no model: the run's scores.jsonl verdicts give the table the engine's own verdicts give."""
+    from scans_guard.eval.benchmarks import EvalPrompt
+    from scans_guard.eval.runner import run_classification, scores_store
+
+    module = _module(monkeypatch)
+    entries = [e for e in load_set("xstest")][:6] + [e for e in load_set("xstest") if e.harmful][:6]
+    prompts = [EvalPrompt("xstest", "unsafe" if e.harmful else "safe", e.prompt, i) for i, e in enumerate(entries)]
+    scored = run_classification(tiny_engine, prompts, scores_store(tmp_path), progress=False)
+    rows = []
+    for i, r in enumerate(scored):
+        base = {"set": r["set"], "label": r["label"], "prompt": r["prompt"]}
+        rows.append({**base, "condition": "unsteered", "coefficient": 0.0, "refused": i % 3 == 0})
+        rows.append({**base, "condition": "scans", "coefficient": r["coefficient"], "refused": i % 2 == 0})
+    (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    verdicts = module.eval_verdicts(tmp_path)
+    assert len(verdicts) == len(prompts)
+    own = module.compose(None, module.eval_rows(tmp_path), None, verdicts)
+    assert own == module.compose(tiny_engine, module.eval_rows(tmp_path), None)
+    assert sum(r["n"] for r in own) == len(prompts)
