@@ -1,7 +1,7 @@
 """Write the measured tables of README.md and docs/results.md from the committed result summaries.
 
 Numbers typed by hand drift apart; here every table between `<!-- table:NAME -->` and `<!-- /table:NAME -->` is
-rendered from `benchmarks/results/*/summary.*`, `docs/results/default-model/results.json` or a shipped artifact.
+rendered from `benchmarks/results/*/summary.*`, `docs/results/*/results.json` or a shipped artifact.
 
     python scripts/render_tables.py           # rewrite the marked regions in place
     python scripts/render_tables.py --check   # exit 1 naming each region that differs from its summaries
@@ -18,7 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-EVAL = REPO / "docs" / "results" / "default-model" / "results.json"
+EVAL = REPO / "docs" / "results" / "qwen2.5-coder-0.5b-instruct" / "results.json"
 DOCS = ("README.md", "docs/results.md")
 REGION = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
