@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from summary_io import read_rows
+
 from scans_guard.data import QUOTE_MIN_LEN, prompt_key
 
 # eval (set, label) -> the sweep's set name
@@ -27,10 +29,6 @@ SWEEP_SET = {
     ("advbench", "unsafe"): "advbench_heldout",
     ("malicious_instruct", "unsafe"): "malicious_instruct",
 }
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def compare(eval_rows: list[dict], sweep_rows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
@@ -91,7 +89,8 @@ def main() -> None:
     ap.add_argument("--sweep", required=True, help="a safe_steering_sweep.py run directory")
     ap.add_argument("--report", required=True, help="directory for summary.md and counts.json")
     args = ap.parse_args()
-    counts = compare(_jsonl(Path(args.eval) / "generations.jsonl"), _jsonl(Path(args.sweep) / "generations.jsonl"))
+    runs = (read_rows(Path(run) / "generations.jsonl") for run in (args.eval, args.sweep))
+    counts = compare(*runs)
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "counts.json").write_text(json.dumps(counts, indent=1) + "\n")

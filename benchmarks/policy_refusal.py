@@ -16,13 +16,12 @@ No prompt is written out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from summary_io import write_summary  # noqa: E402
+from summary_io import read_rows, write_summary  # noqa: E402
 
 from scans_guard import ScansEngine  # noqa: E402
 from scans_guard.config import SafetyVerdict  # noqa: E402
@@ -57,13 +56,13 @@ EVAL_SETS = {(name, label): sweep_set for sweep_set, (name, label) in SETS.items
 
 def sweep_rows(run: Path) -> list[dict]:
     """A sweep's generation rows: set, prompt, coefficient, refused."""
-    return [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    return read_rows(run / "generations.jsonl")
 
 
 def eval_rows(run: Path) -> list[dict]:
     """A `scans-guard eval` run's unsteered and scans replies as sweep rows; the unsteered reply is the one at
     coefficient 0 (a scans row the verdict left unsteered is the same greedy reply)."""
-    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    rows = read_rows(run / "generations.jsonl")
     by_condition = {"scans": [], "unsteered": []}  # scans first, so that the unsteered row wins at coefficient 0
     for row in rows:
         sweep_set = EVAL_SETS.get((row["set"], row["label"]))
@@ -79,8 +78,7 @@ def eval_verdicts(run: Path) -> dict[tuple[str, str], SafetyVerdict]:
     """A `scans-guard eval` run's own verdicts (its `scores.jsonl`), by (sweep set, prompt key): the verdicts its
     SCANS replies were steered by."""
     verdicts = {}
-    for line in (run / "scores.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_rows(run / "scores.jsonl"):
         sweep_set = EVAL_SETS.get((row["set"], row["label"]))
         if sweep_set is not None:
             record = {k: v for k, v in row.items() if k not in {"set", "label", "prompt", "index", "predicted"}}

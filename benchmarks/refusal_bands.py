@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from summary_io import write_summary  # noqa: E402
+from summary_io import read_rows, write_summary  # noqa: E402
 
 from scans_guard.calibration.artifacts import Artifact, default_artifact_dir  # noqa: E402
 
@@ -40,12 +40,10 @@ def band(score: float, steer_t: float, guard_t: float) -> str:
 def eval_prompts(run: Path) -> list[dict]:
     """One row per prompt of an eval run: set (name/label), score, refused unsteered, refused under SCANS."""
     scores = {}
-    for line in (run / "scores.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_rows(run / "scores.jsonl"):
         scores[(r["set"], r["label"], r["prompt"])] = r["score"]
     replies: dict[tuple, dict[str, bool]] = defaultdict(dict)
-    for line in (run / "generations.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_rows(run / "generations.jsonl"):
         replies[(r["set"], r["label"], r["prompt"])][r["condition"]] = r["refused"]
     return [
         {"set": f"{k[0]}_{k[1]}", "score": scores[k], "unsteered": c["unsteered"], "scans": c["scans"]}
@@ -58,8 +56,7 @@ def sweep_prompts(run: Path, coefficient: float, steer_t: float) -> list[dict]:
     """One row per prompt of a sweep: its unsteered reply, and its reply at `coefficient` where it is below T."""
     scores = json.loads((run / "scores.json").read_text())
     replies: dict[tuple, dict[float, bool]] = defaultdict(dict)
-    for line in (run / "generations.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_rows(run / "generations.jsonl"):
         replies[(r["set"], r["prompt"])][float(r["coefficient"])] = r["refused"]
     out = []
     for (set_name, prompt), by in replies.items():

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from safe_steering_sweep import load_rows, prompt_sets
-from summary_io import write_summary
+from summary_io import read_rows, write_summary
 from tqdm import tqdm
 
 from scans_guard import GenerationConfig, ScansEngine
@@ -81,7 +81,7 @@ def _pts(rate: float, unsteered: float | None) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in (Path(args.out) / "rows.jsonl").read_text().splitlines()]
+    rows = read_rows(Path(args.out) / "rows.jsonl")
     sweep, _ = load_rows(Path(args.sweep))
     lines = [
         "| set | n | unsteered (sweep) | shipped: -1 below steer T (engine) | + retry at -2 (engine) | "

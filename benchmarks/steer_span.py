@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 from safe_steering_sweep import BY_RECIPE, HARMFUL_SETS, load_rows
-from summary_io import write_summary
+from summary_io import read_rows, write_summary
 
 from scans_guard.calibration.artifacts import Artifact
 
@@ -81,7 +81,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
     scored: dict[tuple[str, str], tuple[float, int]] = {}  # the runs share their unsteered rows
     for run in args.runs:
         path = Path(run) / "generations.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = read_rows(path)
         for r in rows:
             wanted = r["coefficient"] < 0 or (
                 r["coefficient"] == 0 and not r["refused"] and r["set"] not in HARMFUL_SETS
