@@ -10,7 +10,8 @@ readings, the domain check) and `GuardPolicy`. A sweep's verdicts are the engine
 eval run's are its own (`scores.jsonl`: the verdicts its SCANS replies were steered by), so no model is loaded. A
 blocked prompt counts as refused under guard and guard+steer, any other is answered as the run's reply at its
 verdict's coefficient (0 under guard). A prompt whose coefficient has no reply is counted in `missing` and left out.
-No prompt is written out.
+With the eval run's `retry.jsonl` (`retry_on_eval.py`), `steer` and `guard+steer` are also given with the opt-in
+retry. No prompt is written out.
 """
 
 from __future__ import annotations
@@ -87,13 +88,28 @@ def eval_verdicts(run: Path) -> dict[tuple[str, str], SafetyVerdict]:
     return verdicts
 
 
+def eval_retries(run: Path) -> dict[tuple[str, str], bool] | None:
+    """An eval run's retry rows (`retry_on_eval.py`), by (sweep set, prompt key): refused after the retry."""
+    path = run / "retry.jsonl"
+    if not path.exists():
+        return None
+    return {
+        (EVAL_SETS[(r["set"], r["label"])], prompt_key(r["prompt"])): bool(r["refused"])
+        for r in read_rows(path)
+        if (r["set"], r["label"]) in EVAL_SETS
+    }
+
+
 def compose(
     engine: ScansEngine | None,
     rows: list[dict],
     data_dir: str | None,
     verdicts: dict[tuple[str, str], SafetyVerdict] | None = None,
+    retries: dict[tuple[str, str], bool] | None = None,
 ) -> list[dict]:
-    """The refusal table; the verdicts are `verdicts` where given (an eval run's own), else the engine's."""
+    """The refusal table; the verdicts are `verdicts` where given (an eval run's own), else the engine's. With
+    `retries` ({(set, key): refused after the retry}, `retry_on_eval.py`), also `steer` and `guard+steer` with the
+    opt-in retry: a prompt without a retry row keeps its SCANS reply (the retry leaves it alone)."""
     texts = texts_by_key(data_dir) if verdicts is None else {}
     replies: dict[tuple[str, str, float], bool] = {}
     for row in rows:
@@ -109,7 +125,8 @@ def compose(
         else:
             keys = [k for k in keys if (set_name, k) in verdicts]
             found = [verdicts[(set_name, k)] for k in keys]
-        counts = {"plain": 0, "steer": 0, "guard": 0, "guard+steer": 0, "blocked": 0, "steered": 0, "missing": 0}
+        counts = dict.fromkeys(("plain", "steer", "guard", "guard+steer", "retry", "guard+retry", "blocked"), 0)
+        counts |= {"steered": 0, "missing": 0}
         n = 0
         for key, v in zip(keys, found):
             scans = replies.get((set_name, key, float(v.coefficient)))
@@ -123,11 +140,14 @@ def compose(
             counts["steer"] += scans
             counts["guard"] += blocked or plain
             counts["guard+steer"] += blocked or scans
+            retried = scans if retries is None else retries.get((set_name, key), scans)
+            counts["retry"] += retried
+            counts["guard+retry"] += blocked or retried
             counts["blocked"] += blocked
             counts["steered"] += v.coefficient != 0
         pct = {
             k: round(100 * counts[k] / n, 1) if n else None
-            for k in ("plain", "steer", "guard", "guard+steer", "blocked")
+            for k in ("plain", "steer", "guard", "guard+steer", "retry", "guard+retry", "blocked")
         }
         table.append(
             {
@@ -144,6 +164,8 @@ def compose(
                 "guard_steer_minus_steer": None if n == 0 else round(pct["guard+steer"] - pct["steer"], 1),
             }
         )
+        if retries is not None:
+            table[-1] |= {"refused_steer_retry": pct["retry"], "refused_guard_steer_retry": pct["guard+retry"]}
     return table
 
 
@@ -158,7 +180,8 @@ def main() -> None:
     parser.add_argument("--report", help="write summary.json and summary.md here")
     args = parser.parse_args()
     if args.eval:  # the run's own verdicts: no model needed
-        table = compose(None, eval_rows(Path(args.eval)), None, eval_verdicts(Path(args.eval)))
+        run = Path(args.eval)
+        table = compose(None, eval_rows(run), None, eval_verdicts(run), eval_retries(run))
     else:
         engine = ScansEngine.load(args.model, args.artifact, progress=False)
         table = compose(engine, sweep_rows(Path(args.sweep)), args.data_dir)

@@ -117,3 +117,19 @@ def test_an_eval_run_is_composed_with_its_own_verdicts(tiny_engine, tmp_path, mo
     own = module.compose(None, module.eval_rows(tmp_path), None, verdicts)
     assert own == module.compose(tiny_engine, module.eval_rows(tmp_path), None)
     assert sum(r["n"] for r in own) == len(prompts)
+    assert "refused_steer_retry" not in own[0]  # no retry.jsonl in the run
+
+    # the retry answers every steered, refused prompt: steer + retry loses exactly those refusals
+    candidates = [r for r in rows if r["condition"] == "scans" and r["coefficient"] < 0 and r["refused"]]
+    retry_rows = [{**{k: r[k] for k in ("set", "label", "prompt")}, "refused": False} for r in candidates]
+    (tmp_path / "retry.jsonl").write_text("".join(json.dumps(r) + "\n" for r in retry_rows))
+    with_retry = {
+        r["set"]: r
+        for r in module.compose(None, module.eval_rows(tmp_path), None, verdicts, module.eval_retries(tmp_path))
+    }
+    for table_row in own:
+        name, n = table_row["set"], table_row["n"]
+        if n == 0:
+            continue
+        answered = sum(module.EVAL_SETS[(r["set"], r["label"])] == name for r in candidates)
+        assert with_retry[name]["refused_steer_retry"] == round(table_row["refused_steer"] - 100 * answered / n, 1)
