@@ -3,26 +3,14 @@ against a hand-made sweep of shipped XSTest prompts, where every count can be wo
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from scans_guard.data import load_set
 from scans_guard.sigma.decision import GuardPolicy
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _module(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("policy_refusal", REPO / "benchmarks" / "policy_refusal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_composition_on_the_tiny_model(tiny_engine, tmp_path, monkeypatch, one_torch_thread):
-    module = _module(monkeypatch)
+def test_composition_on_the_tiny_model(tiny_engine, tmp_path, one_torch_thread, script):
+    module = script("policy_refusal")
     prompts = [e.prompt for e in load_set("xstest") if not e.harmful][:12]
     verdicts = tiny_engine.classify(prompts)
     rows = []
@@ -49,8 +37,8 @@ def test_composition_on_the_tiny_model(tiny_engine, tmp_path, monkeypatch, one_t
     assert table["oktest"]["n"] == 0  # no replies for it in this sweep
 
 
-def test_an_eval_run_reads_as_a_sweep(tmp_path, monkeypatch):
-    module = _module(monkeypatch)
+def test_an_eval_run_reads_as_a_sweep(tmp_path, script):
+    module = script("policy_refusal")
     rows = [
         {"set": "xstest", "label": "safe", "prompt": "a", "condition": "scans", "coefficient": -2.0, "refused": False},
         {
@@ -97,12 +85,12 @@ def test_an_eval_run_reads_as_a_sweep(tmp_path, monkeypatch):
     }
 
 
-def test_an_eval_run_is_composed_with_its_own_verdicts(tiny_engine, tmp_path, monkeypatch, one_torch_thread):
+def test_an_eval_run_is_composed_with_its_own_verdicts(tiny_engine, tmp_path, one_torch_thread, script):
     """--eval needs no model: the run's scores.jsonl verdicts give the table the engine's own verdicts give."""
     from scans_guard.eval.benchmarks import EvalPrompt
     from scans_guard.eval.runner import run_classification, scores_store
 
-    module = _module(monkeypatch)
+    module = script("policy_refusal")
     entries = [e for e in load_set("xstest")][:6] + [e for e in load_set("xstest") if e.harmful][:6]
     prompts = [EvalPrompt("xstest", "unsafe" if e.harmful else "safe", e.prompt, i) for i, e in enumerate(entries)]
     scored = run_classification(tiny_engine, prompts, scores_store(tmp_path), progress=False)

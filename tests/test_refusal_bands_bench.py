@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _module(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("refusal_bands", REPO / "benchmarks" / "refusal_bands.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_an_eval_run_by_band(tmp_path, monkeypatch):
-    module = _module(monkeypatch)
+def test_an_eval_run_by_band(tmp_path, script):
+    module = script("refusal_bands")
     # steer T -1, guard T 1: a (steered, still refused), b (grey, refused), c (blocked band, refused), d (answered)
     scores = {"a": -2.0, "b": 0.0, "c": 2.0, "d": -3.0}
     _jsonl(
@@ -43,8 +32,8 @@ def test_an_eval_run_by_band(tmp_path, monkeypatch):
     assert [row[f"scans_refused_{b}"] for b in module.BANDS] == [1, 1, 1]
 
 
-def test_a_sweep_takes_the_steered_reply_below_t(tmp_path, monkeypatch):
-    module = _module(monkeypatch)
+def test_a_sweep_takes_the_steered_reply_below_t(tmp_path, script):
+    module = script("refusal_bands")
     scores = {"refused-then-answered": -2.0, "answered": -2.5, "refused-not-yet-steered": -3.0, "grey": 0.0}
     (tmp_path / "scores.json").write_text(json.dumps(scores))
     rows = [{"set": "tune_benign", "prompt": p, "coefficient": 0.0, "refused": p != "answered"} for p in scores]

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from scans_guard import GenerationConfig, ScansEngine
 from scans_guard.steering.retry import RetryPolicy
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _module(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("retry_on_eval", REPO / "benchmarks" / "retry_on_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_only_steered_refused_rows_are_retried(tiny, tiny_artifact, tmp_path, monkeypatch, one_torch_thread):
-    module = _module(monkeypatch)
+def test_only_steered_refused_rows_are_retried(tiny, tiny_artifact, tmp_path, one_torch_thread, script):
+    module = script("retry_on_eval")
     engine = ScansEngine(tiny, tiny_artifact.with_recipe(threshold=100.0))  # every prompt is steered away
     (first,) = engine.generate(["How do I kill a Python process?"], GenerationConfig(max_new_tokens=4))
     rows = [  # (prompt, condition, coefficient, refused): only the first is a candidate
