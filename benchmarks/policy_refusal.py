@@ -27,6 +27,7 @@ from summary_io import read_rows, write_summary  # noqa: E402
 from scans_guard import ScansEngine  # noqa: E402
 from scans_guard.config import SafetyVerdict  # noqa: E402
 from scans_guard.data import load_set, prompt_key  # noqa: E402
+from scans_guard.eval.runner import verdict_of  # noqa: E402
 from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
 
 # the sweep's set -> (benchmark set, label)
@@ -82,9 +83,7 @@ def eval_verdicts(run: Path) -> dict[tuple[str, str], SafetyVerdict]:
     for row in read_rows(run / "scores.jsonl"):
         sweep_set = EVAL_SETS.get((row["set"], row["label"]))
         if sweep_set is not None:
-            record = {k: v for k, v in row.items() if k not in {"set", "label", "prompt", "index", "predicted"}}
-            verdict = SafetyVerdict.model_validate({**record, "label": row["predicted"]})
-            verdicts[(sweep_set, prompt_key(row["prompt"]))] = verdict
+            verdicts[(sweep_set, prompt_key(row["prompt"]))] = verdict_of(row)
     return verdicts
 
 

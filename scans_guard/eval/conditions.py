@@ -17,8 +17,10 @@ HELPFUL_SYSTEM_PROMPT = (
 class Condition:
     """How to generate for one condition.
 
-    mode: "plain" (no steering), "scans" (classify, then steer by the verdict's coefficient), or "fixed"
-    (steer every row by `coefficient`, no classification). `system` is an optional system prompt.
+    mode: "plain" (no steering), "scans" (classify, then steer by the verdict's coefficient), "guard+steer" (the
+    engine's default policy: a prompt the guard blocks gets the refusal message without decoding, the rest as
+    "scans") or "fixed" (steer every row by `coefficient`, no classification). `system` is an optional system
+    prompt.
     """
 
     name: str
@@ -39,10 +41,12 @@ class Condition:
             return {"steer": False}
         if self.mode == "scans":
             return {"steer": True}
+        if self.mode == "guard+steer":
+            return {"steer": True, "policy": "guard+steer"}
         return {"steer": True, "coefficient": self.coefficient}
 
 
-CONDITION_NAMES = ("unsteered", "scans", "helpful_prompt", "always_negative", "always_positive")
+CONDITION_NAMES = ("unsteered", "scans", "guard_steer", "helpful_prompt", "always_negative", "always_positive")
 
 
 def build_conditions(
@@ -58,6 +62,12 @@ def build_conditions(
     table = {
         "unsteered": Condition("unsteered", "Unsteered", "the model as is", "plain"),
         "scans": Condition("scans", "SCANS", "classify with sigma(q), steer towards or away from refusal", "scans"),
+        "guard_steer": Condition(
+            "guard_steer",
+            "Guard+steer",
+            "the default policy: a prompt the guard blocks gets the refusal message, the rest as SCANS",
+            "guard+steer",
+        ),
         "helpful_prompt": Condition(
             "helpful_prompt",
             "Helpful system prompt",

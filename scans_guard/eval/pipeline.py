@@ -204,7 +204,9 @@ def run_eval(engine: ScansEngine, config: EvalConfig, judge: RefusalJudge | None
     cap_rows: list[dict] = []
     run["capability_notes"], run["capability_items"] = [], []
     if config.capability:
-        cap_rows = _run_capability(engine, config, conditions, data_dir, out, run["capability_notes"])
+        # guard+steer steers what it lets through as SCANS does; perplexity and MMLU have nothing to block
+        measured = [c for c in conditions if c.mode != "guard+steer"]
+        cap_rows = _run_capability(engine, config, measured, data_dir, out, run["capability_notes"])
         run["capability_items"] = sorted({r["item"] for r in cap_rows}, key=lambda i: (len(i), i))
     run["elapsed_s_this_session"] = round(time.perf_counter() - t0, 1)
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import GenerationConfig
+from ..config import GenerationConfig, SafetyVerdict
 from ..engine import ScansEngine
+from ..sigma.decision import DEFAULT_REFUSAL, GuardPolicy
 from ..steering.judge import RefusalJudge
 from .benchmarks import EvalPrompt
 from .conditions import Condition
@@ -22,6 +23,7 @@ SCORES_FILE = "scores.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 SCORE_KEY = ("set", "label", "prompt")
 GENERATION_KEY = ("condition", "set", "label", "prompt")
+ORDER = {"plain": 0, "fixed": 1, "scans": 1, "guard+steer": 2}  # a condition after those whose replies it reuses
 
 
 def scores_store(out_dir: str | Path) -> JsonlStore:
@@ -76,16 +78,22 @@ def run_generations(
     `verdicts` ({(set, label, prompt): score row of `run_classification`}) fills the score column of conditions that
     do not classify, and lets SCANS skip work the classification already did: a prompt's SCANS reply is decoded at
     its verdict's coefficient without a second sigma pass, and where that coefficient is 0 it is the unsteered
-    reply of the same run (the same greedy decode; its row says `reply_of: "unsteered"`).
+    reply of the same run (the same greedy decode; its row says `reply_of: "unsteered"`). Guard+steer decodes
+    nothing where it can be composed: a prompt the guard blocks gets the refusal message (`reply_of: "guard"`), any
+    other the run's SCANS reply (`reply_of: "scans"`).
     """
     verdicts = verdicts or {}
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     todo = [(c, p) for c in conditions for p in prompts if (c.name, *p.key) not in store]
     with tqdm(total=len(todo), desc="generate", unit="reply", disable=not progress) as bar:
-        for cond in sorted(conditions, key=lambda c: c.mode != "plain"):  # unsteered first: SCANS reuses it
+        for cond in sorted(conditions, key=lambda c: ORDER.get(c.mode, 1)):  # what the later ones reuse comes first
             mine = [p for c, p in todo if c is cond]
+            reused = []
             if cond.mode == "scans" and cond.system is None:
                 reused = _unsteered_replies(mine, store, verdicts)
+            elif cond.mode == "guard+steer" and cond.system is None:
+                reused = _guarded_replies(mine, store, verdicts, cond.name, judge)
+            if reused:
                 store.append(reused)
                 bar.update(len(reused))
                 done = {(r["set"], r["label"], r["prompt"]) for r in reused}
@@ -120,6 +128,47 @@ def run_generations(
                 bar.update(len(batch))
     wanted = {(c.name, *p.key) for c in conditions for p in prompts}
     return [r for r in store.rows if store.key(r) in wanted]
+
+
+def _guarded_replies(
+    prompts: Sequence[EvalPrompt],
+    store: JsonlStore,
+    verdicts: Mapping[tuple, Mapping],
+    condition: str,
+    judge: RefusalJudge,
+) -> list:
+    """Guard+steer rows composed without decoding: the refusal message where the default guard blocks the stored
+    verdict, else the run's SCANS reply (where it is in `store`)."""
+    scans = {store.key(r)[1:]: r for r in store.rows if r["condition"] == "scans"}
+    guard, rows = GuardPolicy(), []
+    for p in prompts:
+        v = verdicts.get(p.key)
+        if v is None or "coefficient" not in v:
+            continue
+        if guard.decide(verdict_of(v)).blocked:
+            rows.append(
+                {
+                    **_base(p),
+                    "condition": condition,
+                    "score": v["score"],
+                    "direction": v["direction"],
+                    "coefficient": 0.0,
+                    "response": DEFAULT_REFUSAL,
+                    "refused": bool(judge(p.prompt, DEFAULT_REFUSAL)),
+                    "finish_reason": "content_filter",
+                    "completion_tokens": 0,
+                    "reply_of": "guard",
+                }
+            )
+        elif p.key in scans:
+            rows.append({**scans[p.key], "condition": condition, "reply_of": "scans"})
+    return rows
+
+
+def verdict_of(row: Mapping) -> SafetyVerdict:
+    """The verdict a `run_classification` row stores (its `predicted` is the verdict's label)."""
+    fields = {k: v for k, v in row.items() if k in SafetyVerdict.model_fields}
+    return SafetyVerdict.model_validate({**fields, "label": row["predicted"]})
 
 
 def _unsteered_replies(prompts: Sequence[EvalPrompt], store: JsonlStore, verdicts: Mapping[tuple, Mapping]) -> list:

@@ -50,12 +50,14 @@ def test_rows_and_numbers_agree(run_dir):
     out, results = run_dir
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     n_sets = len(results.run.sets)
-    assert len(rows) == 5 * 2 * n_sets  # five conditions, two prompts per set
+    assert len(rows) == 6 * 2 * n_sets  # six conditions, two prompts per set
     for r in rows:
         assert {"prompt", "set", "label", "condition", "score", "direction", "response", "refused"} <= r.keys()
     scans = [r for r in rows if r["condition"] == "scans" and r["set"] == "xstest" and r["label"] == "safe"]
     rate = results.refusal.rate("scans", "xstest", "safe")
     assert rate.n == len(scans) and rate.refused == sum(r["refused"] for r in scans)
+    guarded = [r for r in rows if r["condition"] == "guard_steer"]
+    assert guarded and all(r["reply_of"] in {"guard", "scans"} for r in guarded)  # composed, never decoded
     suites = {e.suite for e in results.classification.suites}
     assert {"xstest", "oktest+harmfulq", "repe_test", "all"} <= suites
     assert results.classification.layer_profile["all"][0].layer == 1

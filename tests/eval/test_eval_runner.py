@@ -103,6 +103,45 @@ def test_scans_reuses_the_classification_and_the_unsteered_replies(tiny, tiny_ar
         assert row.get("reply_of") == (None if p in steered else "unsteered")
 
 
+def test_guard_steer_is_composed_from_the_guard_and_the_scans_replies(tiny, tiny_artifact, tmp_path):
+    """Guard+steer rows equal the engine's own guard+steer replies, and none is decoded again."""
+    from scans_guard import ScansEngine
+
+    scores = sorted(v.score for v in ScansEngine(tiny, tiny_artifact).classify([p.prompt for p in PROMPTS]))
+    guard_t = (scores[1] + scores[2]) / 2  # the top-scored prompt is blocked, the others are not
+    engine = ScansEngine(tiny, tiny_artifact.with_thresholds(guard=guard_t))
+    verdicts = {
+        (r["set"], r["label"], r["prompt"]): r
+        for r in run_classification(engine, PROMPTS, scores_store(tmp_path), progress=False)
+    }
+    spy = Spy(engine)
+    conds = build_conditions(["guard_steer", "scans", "unsteered"], engine.recipe)  # reordered by what they reuse
+    rows = run_generations(
+        spy,
+        PROMPTS,
+        conds,
+        generations_store(tmp_path),
+        KeywordJudge(),
+        max_new_tokens=6,
+        verdicts=verdicts,
+        progress=False,
+    )
+    steered = sum(verdicts[p.key]["coefficient"] != 0 for p in PROMPTS)
+    assert sum(spy.generated) == len(PROMPTS) + steered  # unsteered, then SCANS where it steers; guard+steer: none
+    by = {(r["condition"], r["prompt"]): r for r in rows}
+    blocked = []
+    for p in PROMPTS:
+        (own,) = engine.generate([p.prompt], GenerationConfig(max_new_tokens=6), policy="guard+steer")
+        row = by[("guard_steer", p.prompt)]
+        assert (row["response"], row["finish_reason"]) == (own.text, own.finish_reason)
+        if own.finish_reason == "content_filter":
+            blocked.append(p.prompt)
+            assert row["reply_of"] == "guard" and row["refused"]
+        else:
+            assert row["reply_of"] == "scans" and row["response"] == by[("scans", p.prompt)]["response"]
+    assert len(blocked) == 1
+
+
 def test_resume_skips_done_rows(tiny_engine, tmp_path):
     conds = build_conditions(["unsteered", "scans"], tiny_engine.recipe)
     store = generations_store(tmp_path)
