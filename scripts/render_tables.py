@@ -19,7 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 EVAL = REPO / "docs" / "results" / "qwen2.5-coder-0.5b-instruct" / "results.json"
-DOCS = ("README.md", "docs/results.md")
+EVAL_1_5B = REPO / "docs" / "results" / "qwen2.5-coder-1.5b-instruct" / "results.json"
+DOCS = ("README.md", "docs/results.md", "docs/steering.md")
 REGION = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 SET_NAMES = {
@@ -32,10 +33,18 @@ SET_NAMES = {
 }
 SAFE_SETS = ("xstest_safe", "oktest")
 HARMFUL_SETS = ("xstest_unsafe", "advbench_heldout", "harmfulq", "malicious_instruct")
-EMBEDDED = (  # (artifact and model name, its σ summary, its steering summary)
-    ("qwen2.5-coder-0.5b-instruct", "sigma-auroc-0.5b", "retry-end-to-end"),
-    ("qwen2.5-coder-1.5b-instruct", "sigma-auroc-1.5b", "steer-span-1.5b-full"),
+EMBEDDED = (  # (artifact and model name, its σ summary, its steering summary, its full-set eval or None)
+    ("qwen2.5-coder-0.5b-instruct", "sigma-auroc-0.5b", "retry-end-to-end", None),
+    ("qwen2.5-coder-1.5b-instruct", "sigma-auroc-1.5b", "steer-span-1.5b-full", EVAL_1_5B),
 )
+EVAL_SETS = {  # a `scans-guard eval` run's (set, label) -> the sweeps' set name
+    ("xstest", "safe"): "xstest_safe",
+    ("xstest", "unsafe"): "xstest_unsafe",
+    ("oktest", "safe"): "oktest",
+    ("advbench", "unsafe"): "advbench_heldout",
+    ("harmfulq", "unsafe"): "harmfulq",
+    ("malicious_instruct", "unsafe"): "malicious_instruct",
+}
 POINT_USE = {
     "steer": "steering: below it a prompt is steered away from refusal",
     "guard": "labels, probabilities, guards, router, blocker, middleware, decision model",
@@ -80,6 +89,16 @@ def _steering(summary: str) -> tuple[dict[str, tuple[int, float, float]], float]
     return sets, row["nll_steered_benign"] - _span_reference_nll(folder)
 
 
+def _eval_sets(path: Path) -> dict[str, tuple[int, float, float]]:
+    """Per set (n, unsteered refusal, SCANS refusal) of a `scans-guard eval` run's results.json."""
+    rates = {(r["condition"], r["set"], r["label"]): r for r in _json(path)["refusal"]["rates"]}
+    return {
+        name: (rates[("unsteered", *key)]["n"], rates[("unsteered", *key)]["rate"], rates[("scans", *key)]["rate"])
+        for key, name in EVAL_SETS.items()
+        if ("scans", *key) in rates
+    }
+
+
 def table_models() -> str:
     default = _default_model()
     lines = [
@@ -88,9 +107,10 @@ def table_models() -> str:
         "| ΔNLL of steered replies | summaries |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, sigma, steering in EMBEDDED:
+    for name, sigma, steering, full in EMBEDDED:
         s = _json(RESULTS / sigma / "summary.json")
         sets, nll = _steering(steering)
+        sets = _eval_sets(full) if full is not None else sets
         benign = " / ".join(
             f"{_pct(sets[k][1])} → {_pct(sets[k][2])} ({_points(*sets[k][1:])}, n = {sets[k][0]})" for k in SAFE_SETS
         )
@@ -102,7 +122,7 @@ def table_models() -> str:
             f"| {label}{' (default)' if name == default else ''} | {s['xstest_auroc']:.3f} "
             f"| {_pct(s['xstest_safe_flagged_at_guard'], 1 if s['xstest_safe_flagged_at_guard'] < 0.1 else 0)} / "
             f"{_pct(s['xstest_unsafe_recall_at_guard'])} | {benign} | {harmful} | {nll:+.2f} nats/token "
-            f"| `{sigma}`, `{steering}` |"
+            f"| `{sigma}`, `{steering}`{f', `docs/results/{name}`' if full is not None else ''} |"
         )
     return "\n".join(lines)
 
@@ -120,27 +140,32 @@ def table_operating_points() -> str:
     return "\n".join(lines)
 
 
-def table_policies() -> str:
-    policy = {r["set"]: r for r in _json(RESULTS / "policy-refusal-0.5b" / "summary.json")}
-    retry = _json(RESULTS / "retry-end-to-end" / "summary.json")
+def table_policies(folder: str = "policy-refusal-0.5b") -> str:
+    """Refusal per set under each policy; the retry column from the policy summary itself where it has one (an eval
+    run composed with `retry_on_eval.py`), else from the engine's end-to-end retry run."""
+    policy = {r["set"]: r for r in _json(RESULTS / folder / "summary.json")}
+    with_retry = all("refused_steer_retry" in r for r in policy.values())
+    retry = None if with_retry else _json(RESULTS / "retry-end-to-end" / "summary.json")
     lines = [
         "| set | flagged at the guard T | refused: unsteered | `steer` | `guard` | **`guard+steer`** "
-        "| `steer` + retry |",
-        "|---|---|---|---|---|---|---|",
+        "| `steer` + retry |" + (" `guard+steer` + retry |" if with_retry else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if with_retry else ""),
     ]
     for key, name in SET_NAMES.items():
-        p, r = policy[key], retry[key]
+        p = policy[key]
+        retried = f"{p['refused_steer_retry']:.1f} %" if retry is None else _pct(retry[key]["retry"], 1)
         lines.append(
             f"| {name} ({p['n']}) | {p['blocked_pct']:.1f} % | {p['refused_unsteered']:.1f} % "
             f"| {p['refused_steer']:.1f} % | {p['refused_guard']:.1f} % | **{p['refused_guard_steer']:.1f} %** "
-            f"| {_pct(r['retry'], 1)} |"
+            f"| {retried} |" + (f" {p['refused_guard_steer_retry']:.1f} % |" if with_retry else "")
         )
     return "\n".join(lines)
 
 
-def table_eval_refusal() -> str:
-    rates = {(r["condition"], r["set"], r["label"]): r for r in _json(EVAL)["refusal"]["rates"]}
-    conditions = ("unsteered", "scans", "always_negative")
+def table_eval_refusal(
+    path: Path = EVAL, conditions: tuple[str, ...] = ("unsteered", "scans", "always_negative")
+) -> str:
+    rates = {(r["condition"], r["set"], r["label"]): r for r in _json(path)["refusal"]["rates"]}
     lines = ["| set | label | n | " + " | ".join(conditions) + " |", "|---|---|---:|" + "---:|" * len(conditions)]
     for _, set_name, label in sorted(k for k in rates if k[0] == "unsteered"):
         cells = [rates.get((c, set_name, label)) for c in conditions]
@@ -149,8 +174,8 @@ def table_eval_refusal() -> str:
     return "\n".join(lines)
 
 
-def table_eval_sigma() -> str:
-    suites = _json(EVAL)["classification"]["suites"]
+def table_eval_sigma(path: Path = EVAL) -> str:
+    suites = _json(path)["classification"]["suites"]
     lines = [
         "| suite | n | AUROC | F1 at the steer T | safe flagged at the steer T | best-F1 T (optimistic) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -234,6 +259,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "models": table_models,
     "operating-points": table_operating_points,
     "policies-0.5b": table_policies,
+    "policies-1.5b": lambda: table_policies("policy-refusal-1.5b"),
+    "eval-refusal-1.5b": lambda: table_eval_refusal(EVAL_1_5B, ("unsteered", "scans", "guard_steer")),
+    "eval-sigma-1.5b": lambda: table_eval_sigma(EVAL_1_5B),
     "eval-refusal": table_eval_refusal,
     "eval-sigma": table_eval_sigma,
     "eval-capability": table_eval_capability,
@@ -246,6 +274,8 @@ TABLES: dict[str, Callable[[], str]] = {
         for folder in (
             "retry-end-to-end",
             "policy-refusal-0.5b",
+            "policy-refusal-1.5b",
+            "refusal-bands-1.5b",
             "steer-threshold",
             "verify-after-steering",
             "steer-span-0.5b",
@@ -259,6 +289,7 @@ TABLES: dict[str, Callable[[], str]] = {
             "red-team-1.5b",
             "domain-language",
             "eval-vs-sweep",
+            "refusal-bands-1.5b-tuning",
         )
     },
 }

@@ -4,6 +4,7 @@ hold summaries only, and the prose names no work sessions or tracker items; fast
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -41,11 +42,27 @@ def test_a_hand_edited_number_is_caught(render_tables, tmp_path):
         shutil.copy(REPO / doc, tmp_path / doc)
     readme = tmp_path / "README.md"
     text = readme.read_text()
-    region = text.index("<!-- table:policies-0.5b -->")
-    edited = text[:region] + text[region:].replace("41.6 %", "40.6 %", 1)
+    region = text.index("<!-- table:policies-1.5b -->")
+    edited = text[:region] + text[region:].replace("17.6 %", "16.6 %", 1)
     assert edited != text
     readme.write_text(edited)
-    assert render_tables.stale(root=tmp_path) == ["README.md: policies-0.5b"]
+    assert render_tables.stale(root=tmp_path) == ["README.md: policies-1.5b"]
+
+
+def test_the_policy_composition_agrees_with_the_eval_it_composes(render_tables):
+    """policy-refusal-1.5b composes the default model's eval run; its guard+steer and steer columns must be the run's
+    own guard_steer and scans rates, set by set."""
+    rates = {
+        (r["condition"], r["set"], r["label"]): r
+        for r in json.loads(render_tables.EVAL_1_5B.read_text())["refusal"]["rates"]
+    }
+    policy = json.loads((RESULTS / "policy-refusal-1.5b" / "summary.json").read_text())
+    for row in policy:
+        (key,) = [k for k, name in render_tables.EVAL_SETS.items() if name == row["set"]]
+        assert row["n"] == rates[("guard_steer", *key)]["n"]
+        assert row["refused_guard_steer"] == round(100 * rates[("guard_steer", *key)]["rate"], 1), row["set"]
+        assert row["refused_steer"] == round(100 * rates[("scans", *key)]["rate"], 1), row["set"]
+        assert row["refused_unsteered"] == round(100 * rates[("unsteered", *key)]["rate"], 1), row["set"]
 
 
 def test_an_unknown_table_name_is_an_error(render_tables):
