@@ -66,6 +66,21 @@ def test_generation_rows_have_every_field(tiny_engine, tmp_path):
     assert scans["score"] != 0.5 and scans["direction"] in {"towards_refusal", "away_from_refusal"}
 
 
+def _classified_then_replied(engine, conditions: list[str], tmp_path):
+    """An eval's two passes on PROMPTS: the stored verdicts, then replies under `conditions` (6 tokens) that reuse
+    them; returns the verdicts, the engine's spy and the rows."""
+    verdicts = {
+        (r["set"], r["label"], r["prompt"]): r
+        for r in run_classification(engine, PROMPTS, scores_store(tmp_path), progress=False)
+    }
+    spy = Spy(engine)
+    conds = build_conditions(conditions, engine.recipe)
+    rows = run_generations(
+        spy, PROMPTS, conds, generations_store(tmp_path), KeywordJudge(), 6, verdicts=verdicts, progress=False
+    )
+    return verdicts, spy, rows
+
+
 def test_scans_reuses_the_classification_and_the_unsteered_replies(tiny, tiny_artifact, tmp_path):
     """SCANS rows built from the stored verdicts equal the engine's own SCANS replies, with fewer decodes."""
     from scans_guard import ScansEngine
@@ -74,24 +89,9 @@ def test_scans_reuses_the_classification_and_the_unsteered_replies(tiny, tiny_ar
     scores = sorted(v.score for v in probe.classify([p.prompt for p in PROMPTS]))
     # steer below the middle score, never towards refusal: some prompts get a coefficient, others 0
     engine = ScansEngine(tiny, tiny_artifact.with_recipe(threshold=(scores[0] + scores[1]) / 2, alpha_harmful=0.0))
-    verdicts = {
-        (r["set"], r["label"], r["prompt"]): r
-        for r in run_classification(engine, PROMPTS, scores_store(tmp_path), progress=False)
-    }
+    verdicts, spy, rows = _classified_then_replied(engine, ["unsteered", "scans"], tmp_path)
     steered = [p for p in PROMPTS if verdicts[p.key]["coefficient"] != 0]
     assert 0 < len(steered) < len(PROMPTS)
-    spy = Spy(engine)
-    conds = build_conditions(["unsteered", "scans"], engine.recipe)
-    rows = run_generations(
-        spy,
-        PROMPTS,
-        conds,
-        generations_store(tmp_path),
-        KeywordJudge(),
-        max_new_tokens=6,
-        verdicts=verdicts,
-        progress=False,
-    )
     assert spy.classified == [] and sum(spy.generated) == len(PROMPTS) + len(steered)
     by = {(r["condition"], r["prompt"]): r for r in rows}
     for p in PROMPTS:
@@ -110,22 +110,8 @@ def test_guard_steer_is_composed_from_the_guard_and_the_scans_replies(tiny, tiny
     scores = sorted(v.score for v in ScansEngine(tiny, tiny_artifact).classify([p.prompt for p in PROMPTS]))
     guard_t = (scores[1] + scores[2]) / 2  # the top-scored prompt is blocked, the others are not
     engine = ScansEngine(tiny, tiny_artifact.with_thresholds(guard=guard_t))
-    verdicts = {
-        (r["set"], r["label"], r["prompt"]): r
-        for r in run_classification(engine, PROMPTS, scores_store(tmp_path), progress=False)
-    }
-    spy = Spy(engine)
-    conds = build_conditions(["guard_steer", "scans", "unsteered"], engine.recipe)  # reordered by what they reuse
-    rows = run_generations(
-        spy,
-        PROMPTS,
-        conds,
-        generations_store(tmp_path),
-        KeywordJudge(),
-        max_new_tokens=6,
-        verdicts=verdicts,
-        progress=False,
-    )
+    # listed out of order: run_generations reorders them by what they reuse
+    verdicts, spy, rows = _classified_then_replied(engine, ["guard_steer", "scans", "unsteered"], tmp_path)
     steered = sum(verdicts[p.key]["coefficient"] != 0 for p in PROMPTS)
     assert sum(spy.generated) == len(PROMPTS) + steered  # unsteered, then SCANS where it steers; guard+steer: none
     by = {(r["condition"], r["prompt"]): r for r in rows}
