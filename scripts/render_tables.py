@@ -287,6 +287,7 @@ TABLES: dict[str, Callable[[], str]] = {
             "guard-robustness-1.5b",
             "red-team-0.5b",
             "red-team-1.5b",
+            "red-team-1.5b-replies",
             "domain-language",
             "eval-vs-sweep",
             "refusal-bands-1.5b-tuning",
