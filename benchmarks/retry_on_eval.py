@@ -3,8 +3,8 @@
 The retry acts on exactly one kind of reply: steered away from refusal by sigma and still refused. So the run's
 SCANS rows with a negative coefficient that the judge calls refused are sent again through
 `ScansEngine.generate(..., retry=RetryPolicy())` (the run's reply length, greedy); every other SCANS reply is what the
-retry gives too. Rows go to the run's `retry.jsonl`, one per prompt, appended per batch (a killed run continues);
-`policy_refusal.py --eval` composes them into its `steer + retry` and `guard+steer + retry` columns.
+retry gives too. Rows go to the run's `retry.jsonl`, one per prompt, appended per batch (`JsonlStore`: a killed run
+continues); `policy_refusal.py --eval` composes them into its `steer + retry` and `guard+steer + retry` columns.
 
     python benchmarks/retry_on_eval.py --eval results/eval-1.5b-full --model qwen2.5-coder-1.5b-instruct
 
@@ -24,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summary_io import read_rows  # noqa: E402
 
 from scans_guard import GenerationConfig, ScansEngine  # noqa: E402
+from scans_guard.eval.store import JsonlStore  # noqa: E402
 from scans_guard.steering.judge import KeywordJudge  # noqa: E402
 from scans_guard.steering.retry import RetryPolicy  # noqa: E402
 
 RETRY_FILE = "retry.jsonl"
+KEY = ("set", "label", "prompt")
 
 
 def retry_candidates(run: Path) -> list[dict]:
@@ -40,29 +42,25 @@ def run(
     engine: ScansEngine, run_dir: Path, max_new_tokens: int, batch_size: int = 8, policy: RetryPolicy | None = None
 ) -> list[dict]:
     """Retry rows for every candidate not yet in the run's retry.jsonl; returns all of them."""
-    path = run_dir / RETRY_FILE
-    done = {(r["set"], r["label"], r["prompt"]) for r in read_rows(path)} if path.exists() else set()
-    todo = [r for r in retry_candidates(run_dir) if (r["set"], r["label"], r["prompt"]) not in done]
+    store = JsonlStore(run_dir / RETRY_FILE, KEY)
+    todo = [r for r in retry_candidates(run_dir) if store.key(r) not in store]
     judge, policy = KeywordJudge(), policy or RetryPolicy()
     config = GenerationConfig(max_new_tokens=max_new_tokens)
-    with open(path, "a") as f:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            for r, o in zip(chunk, engine.generate([r["prompt"] for r in chunk], config, retry=policy)):
-                first = o.first_reply if o.first_reply is not None else o.text
-                row = {
-                    "set": r["set"],
-                    "label": r["label"],
-                    "prompt": r["prompt"],
-                    "coefficient": o.steering.coefficient,
-                    "source": o.steering.source,
-                    "first_reply_is_the_runs": first == r["response"],
-                    "response": o.text,
-                    "refused": bool(judge(r["prompt"], o.text)),
-                }
-                f.write(json.dumps(row) + "\n")
-            f.flush()
-    return read_rows(path) if path.exists() else []
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        outputs = engine.generate([r["prompt"] for r in chunk], config, retry=policy)
+        store.append(
+            {
+                **{k: r[k] for k in KEY},
+                "coefficient": o.steering.coefficient,
+                "source": o.steering.source,
+                "first_reply_is_the_runs": (o.first_reply if o.first_reply is not None else o.text) == r["response"],
+                "response": o.text,
+                "refused": bool(judge(r["prompt"], o.text)),
+            }
+            for r, o in zip(chunk, outputs)
+        )
+    return store.rows
 
 
 def main() -> None:
