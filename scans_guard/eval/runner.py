@@ -88,11 +88,12 @@ def run_generations(
     with tqdm(total=len(todo), desc="generate", unit="reply", disable=not progress) as bar:
         for cond in sorted(conditions, key=lambda c: ORDER.get(c.mode, 1)):  # what the later ones reuse comes first
             mine = [p for c, p in todo if c is cond]
+            stored = verdicts if cond.system is None else {}  # the verdicts are of the bare prompt
             reused = []
-            if cond.mode == "scans" and cond.system is None:
-                reused = _unsteered_replies(mine, store, verdicts)
-            elif cond.mode == "guard+steer" and cond.system is None:
-                reused = _guarded_replies(mine, store, verdicts, cond.name, judge)
+            if cond.mode == "scans":
+                reused = _unsteered_replies(mine, store, stored)
+            elif cond.mode == "guard+steer":
+                reused = _guarded_replies(mine, store, stored, cond.name, judge)
             if reused:
                 store.append(reused)
                 bar.update(len(reused))
@@ -100,9 +101,9 @@ def run_generations(
                 mine = [p for p in mine if p.key not in done]
             for batch in _batches(mine, batch_size):
                 bar.set_postfix_str(cond.name)
-                known = cond.mode == "scans" and all("coefficient" in verdicts.get(p.key, {}) for p in batch)
+                known = cond.mode == "scans" and all("coefficient" in stored.get(p.key, {}) for p in batch)
                 kwargs = (
-                    {"steer": True, "coefficient": [verdicts[p.key]["coefficient"] for p in batch]}
+                    {"steer": True, "coefficient": [stored[p.key]["coefficient"] for p in batch]}
                     if known
                     else cond.generate_kwargs()
                 )
