@@ -16,19 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from summary_io import read_rows
+from summary_io import SWEEP_SET, read_rows
 
 from scans_guard.data import QUOTE_MIN_LEN, prompt_key
-
-# eval (set, label) -> the sweep's set name
-SWEEP_SET = {
-    ("xstest", "safe"): "xstest_safe",
-    ("xstest", "unsafe"): "xstest_unsafe",
-    ("oktest", "safe"): "oktest",
-    ("harmfulq", "unsafe"): "harmfulq",
-    ("advbench", "unsafe"): "advbench_heldout",
-    ("malicious_instruct", "unsafe"): "malicious_instruct",
-}
 
 
 def compare(eval_rows: list[dict], sweep_rows: list[dict]) -> dict[str, dict[str, dict[str, int]]]:

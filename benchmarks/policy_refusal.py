@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from summary_io import read_rows, write_summary  # noqa: E402
+from summary_io import SWEEP_SET, read_rows, write_summary  # noqa: E402
 
 from scans_guard import ScansEngine  # noqa: E402
 from scans_guard.config import SafetyVerdict  # noqa: E402
@@ -31,14 +31,7 @@ from scans_guard.eval.runner import verdict_of  # noqa: E402
 from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
 
 # the sweep's set -> (benchmark set, label)
-SETS = {
-    "xstest_safe": ("xstest", "safe"),
-    "xstest_unsafe": ("xstest", "unsafe"),
-    "oktest": ("oktest", "safe"),
-    "advbench_heldout": ("advbench", "unsafe"),
-    "harmfulq": ("harmfulq", "unsafe"),
-    "malicious_instruct": ("malicious_instruct", "unsafe"),
-}
+SETS = {sweep_set: key for key, sweep_set in SWEEP_SET.items()}
 
 
 def texts_by_key(data_dir: str | None) -> dict[str, str]:
@@ -52,10 +45,6 @@ def texts_by_key(data_dir: str | None) -> dict[str, str]:
     return out
 
 
-# a `scans-guard eval` run's (set, label) -> the sweep's set
-EVAL_SETS = {(name, label): sweep_set for sweep_set, (name, label) in SETS.items()}
-
-
 def sweep_rows(run: Path) -> list[dict]:
     """A sweep's generation rows: set, prompt, coefficient, refused."""
     return read_rows(run / "generations.jsonl")
@@ -67,7 +56,7 @@ def eval_rows(run: Path) -> list[dict]:
     rows = read_rows(run / "generations.jsonl")
     by_condition = {"scans": [], "unsteered": []}  # scans first, so that the unsteered row wins at coefficient 0
     for row in rows:
-        sweep_set = EVAL_SETS.get((row["set"], row["label"]))
+        sweep_set = SWEEP_SET.get((row["set"], row["label"]))
         if sweep_set is not None and row["condition"] in by_condition:
             coefficient = 0.0 if row["condition"] == "unsteered" else float(row["coefficient"])
             by_condition[row["condition"]].append(
@@ -81,7 +70,7 @@ def eval_verdicts(run: Path) -> dict[tuple[str, str], SafetyVerdict]:
     SCANS replies were steered by."""
     verdicts = {}
     for row in read_rows(run / "scores.jsonl"):
-        sweep_set = EVAL_SETS.get((row["set"], row["label"]))
+        sweep_set = SWEEP_SET.get((row["set"], row["label"]))
         if sweep_set is not None:
             verdicts[(sweep_set, prompt_key(row["prompt"]))] = verdict_of(row)
     return verdicts
@@ -93,9 +82,9 @@ def eval_retries(run: Path) -> dict[tuple[str, str], bool] | None:
     if not path.exists():
         return None
     return {
-        (EVAL_SETS[(r["set"], r["label"])], prompt_key(r["prompt"])): bool(r["refused"])
+        (SWEEP_SET[(r["set"], r["label"])], prompt_key(r["prompt"])): bool(r["refused"])
         for r in read_rows(path)
-        if (r["set"], r["label"]) in EVAL_SETS
+        if (r["set"], r["label"]) in SWEEP_SET
     }
 
 

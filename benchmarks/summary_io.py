@@ -1,10 +1,20 @@
 """Where a benchmark's table goes: printed, and with --report DIR, DIR/summary.json (every number) and summary.md;
-and where its run's per-prompt rows come from (`read_rows`)."""
+where its run's per-prompt rows come from (`read_rows`); and what the sweeps call an eval run's sets (`SWEEP_SET`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+# a `scans-guard eval` run's (set, label) -> the sweeps' (safe_steering_sweep.py) and the summaries' set name
+SWEEP_SET = {
+    ("xstest", "safe"): "xstest_safe",
+    ("xstest", "unsafe"): "xstest_unsafe",
+    ("oktest", "safe"): "oktest",
+    ("advbench", "unsafe"): "advbench_heldout",
+    ("harmfulq", "unsafe"): "harmfulq",
+    ("malicious_instruct", "unsafe"): "malicious_instruct",
+}
 
 
 def write_summary(report: str | Path | None, table: object, lines: list[str]) -> None:

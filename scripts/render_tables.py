@@ -23,6 +23,9 @@ EVAL_1_5B = REPO / "docs" / "results" / "qwen2.5-coder-1.5b-instruct" / "results
 DOCS = ("README.md", "docs/results.md", "docs/steering.md")
 REGION = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from summary_io import SWEEP_SET  # noqa: E402  (the benchmarks' name of each eval set)
+
 SET_NAMES = {
     "xstest_safe": "XSTest safe",
     "xstest_unsafe": "XSTest unsafe",
@@ -37,14 +40,6 @@ EMBEDDED = (  # (artifact and model name, its σ summary, its steering summary, 
     ("qwen2.5-coder-0.5b-instruct", "sigma-auroc-0.5b", "retry-end-to-end", None),
     ("qwen2.5-coder-1.5b-instruct", "sigma-auroc-1.5b", "steer-span-1.5b-full", EVAL_1_5B),
 )
-EVAL_SETS = {  # a `scans-guard eval` run's (set, label) -> the sweeps' set name
-    ("xstest", "safe"): "xstest_safe",
-    ("xstest", "unsafe"): "xstest_unsafe",
-    ("oktest", "safe"): "oktest",
-    ("advbench", "unsafe"): "advbench_heldout",
-    ("harmfulq", "unsafe"): "harmfulq",
-    ("malicious_instruct", "unsafe"): "malicious_instruct",
-}
 POINT_USE = {
     "steer": "steering: below it a prompt is steered away from refusal",
     "guard": "labels, probabilities, guards, router, blocker, middleware, decision model",
@@ -94,7 +89,7 @@ def _eval_sets(path: Path) -> dict[str, tuple[int, float, float]]:
     rates = {(r["condition"], r["set"], r["label"]): r for r in _json(path)["refusal"]["rates"]}
     return {
         name: (rates[("unsteered", *key)]["n"], rates[("unsteered", *key)]["rate"], rates[("scans", *key)]["rate"])
-        for key, name in EVAL_SETS.items()
+        for key, name in SWEEP_SET.items()
         if ("scans", *key) in rates
     }
 

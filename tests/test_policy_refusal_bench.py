@@ -119,5 +119,5 @@ def test_an_eval_run_is_composed_with_its_own_verdicts(tiny_engine, tmp_path, on
         name, n = table_row["set"], table_row["n"]
         if n == 0:
             continue
-        answered = sum(module.EVAL_SETS[(r["set"], r["label"])] == name for r in candidates)
+        answered = sum(module.SWEEP_SET[(r["set"], r["label"])] == name for r in candidates)
         assert with_retry[name]["refused_steer_retry"] == round(table_row["refused_steer"] - 100 * answered / n, 1)

@@ -58,7 +58,7 @@ def test_the_policy_composition_agrees_with_the_eval_it_composes(render_tables):
     }
     policy = json.loads((RESULTS / "policy-refusal-1.5b" / "summary.json").read_text())
     for row in policy:
-        (key,) = [k for k, name in render_tables.EVAL_SETS.items() if name == row["set"]]
+        (key,) = [k for k, name in render_tables.SWEEP_SET.items() if name == row["set"]]
         assert row["n"] == rates[("guard_steer", *key)]["n"]
         assert row["refused_guard_steer"] == round(100 * rates[("guard_steer", *key)]["rate"], 1), row["set"]
         assert row["refused_steer"] == round(100 * rates[("scans", *key)]["rate"], 1), row["set"]
