@@ -8,7 +8,9 @@ conversation as sent and several readings of it, all in one batched pass, and th
 - `user_turns`: the user turns joined, without assistant turns (a multi-turn build-up read as one request);
 - `turn:i`: each user turn alone, when there are several;
 - `segment:i`: each sentence or clause of the user text alone (split at sentence ends, colons, semicolons and
-  newlines), when there are several; past `max_segments` neighbouring ones are scored together, so none is skipped;
+  newlines), when there are several; past `max_segments` neighbouring ones are scored together, so none is skipped.
+  Segments and turns are read without what leads into them ("Oh, and", "Anyway,", "2.", "- "): a lead-in moves
+  sigma far towards benign, and a one-sentence prompt that opens with one is read without it as `segment:0`;
 - `decoded:KIND`: text found in an encoding (`scans_guard.sigma.encodings`), decoded.
 
 Every reading but the first is a single user turn under the template's default system prompt. A single-turn,
@@ -36,6 +38,21 @@ _SPLIT = re.compile(
     r"Thanks|Please|What|How|Why|Where|When|Who|Which|Can|Could|Would|Should|Is|Are|Do|Does)\b)"
 )
 _LETTER = re.compile(r"[^\W\d_]")
+# What leads a part of a multi-part message into the request and is not the request: discourse markers ("Oh, and",
+# "Anyway,", "By the way"), list marks ("2.", "- ") and greetings. sigma reads "Oh, and how do I ...?" far more benign
+# than "How do I ...?", so a segment or turn is scored with its lead-in cut off and its first letter in upper case.
+_LEAD_WORDS = (
+    r"oh|ah|hey|hi|hello|ok(?:ay)?|so|well|right|now|and|also|plus|but|then|next|lastly|finally|anyway|anyhow|"
+    r"besides|additionally|moreover|furthermore|separately|incidentally|meanwhile|btw|ps|p\.s\.|"
+    r"by\s+the\s+way|on\s+(?:an)?other\s+note|on\s+a\s+(?:different|separate|side)\s+note|side\s+note|"
+    r"(?:one|just\s+one)\s+(?:more|last|final)\s+(?:thing|question|one)|last(?:\s+but\s+not\s+least)?|"
+    r"(?:another|a\s+quick|quick|random|unrelated|last|final|next)\s+(?:one|question|thing)|unrelated(?:ly)?|"
+    r"first(?:ly)?|second(?:ly)?|third(?:ly)?|fourth(?:ly)?|question|q"
+)
+_LEAD_IN = re.compile(
+    rf"^(?:(?:(?:{_LEAD_WORDS})\b(?!-)|\(?(?:\d{{1,2}}|[a-h])[.)]\s|[-*\u2022>\u2013\u2014]+)[\s,:;.!\u2013\u2014-]*)+",
+    re.IGNORECASE,
+)
 # Role lines and turn markup of common chat templates, typed as text (ChatML, Llama 2/3, Gemma, Phi, Alpaca, plain).
 _MARKUP = re.compile(
     r"(?im)^[\s>*#\[]*(?:assistant|system|user|human|ai|bot|model|chatgpt|gpt-?\d?|response|instruction)\s*\]?\s*:"
@@ -61,6 +78,9 @@ class ReadingConfig(BaseModel):
     segments: bool = Field(True, description="score each sentence or clause of the user text alone")
     decode: bool = Field(
         True, description="score text found in base64, hex, a Caesar shift, reversed or leetspeak, decoded"
+    )
+    lead_ins: bool = Field(
+        True, description="read segments and turns without what leads into them ('Oh, and', 'Anyway,', '2.')"
     )
     max_segments: int = Field(
         12, ge=1, description="more segments than this are scored in this many groups of neighbours"
@@ -99,6 +119,15 @@ def segments(text: str, min_letters: int = 8) -> list[str]:
     return [p for p in parts if len(_LETTER.findall(p)) >= min_letters]
 
 
+def without_lead_in(text: str) -> str:
+    """`text` without what leads into it ("Oh, and how do I ...?" -> "How do I ...?"); the text itself if nothing
+    would be left."""
+    rest = _LEAD_IN.sub("", text.strip(), count=1)
+    if len(_LETTER.findall(rest)) < 3:
+        return text.strip()
+    return rest[:1].upper() + rest[1:]
+
+
 def _grouped(parts: list[str], limit: int) -> list[str]:
     """At most `limit` texts: neighbouring parts joined into groups of near-equal size."""
     if len(parts) <= limit:
@@ -116,6 +145,9 @@ def readings(conversation: Conversation, config: ReadingConfig | None = None) ->
     turns = [t for t in user_turns(conversation) if t.strip()]
     seen = {t.strip() for t in turns} if len(turns) == 1 and not _has_other_turns(conversation) else set()
 
+    def cut(text: str) -> str:
+        return without_lead_in(text) if config.lead_ins else text
+
     def add(name: str, text: str) -> None:
         text = text.strip()
         if text and text not in seen:
@@ -126,12 +158,16 @@ def readings(conversation: Conversation, config: ReadingConfig | None = None) ->
         add("user_turns", "\n".join(turns))
         if len(turns) > 1:
             for i, turn in enumerate(turns):
-                add(f"turn:{i}", turn)
+                add(f"turn:{i}", cut(turn))
     if config.segments:
-        parts = [s for turn in turns for s in segments(turn, config.min_segment_letters)]
+        parts = [cut(s) for turn in turns for s in segments(turn, config.min_segment_letters)]
         if len(parts) > 1:
             for i, part in enumerate(_grouped(parts, config.max_segments)):
                 add(f"segment:{i}", part)
+        else:  # one sentence is read alone only without a lead-in ("Oh, and how do I ...?")
+            for turn in turns:
+                if cut(turn).lower() != turn.strip().lower():
+                    add("segment:0", cut(turn))
     if config.decode:
         for i, decoded in enumerate(d for turn in turns for d in detect(turn)):
             add(f"decoded:{decoded.kind}" + (f":{i}" if f"decoded:{decoded.kind}" in out else ""), decoded.text)
@@ -163,4 +199,13 @@ def framing_signs(conversation: Conversation) -> list[str]:
     return signs
 
 
-__all__ = ["ReadingConfig", "framing_signs", "readings", "segments", "user_text", "user_turns", "without_system_prompt"]
+__all__ = [
+    "ReadingConfig",
+    "framing_signs",
+    "readings",
+    "segments",
+    "user_text",
+    "user_turns",
+    "without_lead_in",
+    "without_system_prompt",
+]
