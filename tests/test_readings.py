@@ -100,6 +100,14 @@ def test_lead_ins_leave_words_that_only_start_like_one():
     assert list(readings("What U.S. state produces the most peaches?")) == ["as_sent"]
 
 
+def test_lead_ins_change_no_reading_of_the_shipped_evaluation_prompts():
+    """sigma's scores of AdvBench and XSTest (all 970 prompts) are the same with and without lead-in cutting, so the
+    plain-prompt results (AUROC, refusal rates) stand as they were measured."""
+    off = ReadingConfig(lead_ins=False)
+    for name in ("advbench", "xstest"):
+        assert not [e.prompt for e in load_set(name) if readings(e.prompt) != readings(e.prompt, off)], name
+
+
 def test_many_segments_are_scored_in_groups_that_cover_everything():
     text = " ".join(f"This is harmless sentence number {i}." for i in range(30)) + " " + REQUEST
     read = readings(text, ReadingConfig(max_segments=5))
