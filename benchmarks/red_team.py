@@ -2,7 +2,7 @@
 under the three generation policies.
 
     python benchmarks/red_team.py run --data-dir ../shared/data --out benchmarks/results/red-team-0.5b
-    python benchmarks/red_team.py report --out benchmarks/results/red-team-0.5b
+    python benchmarks/red_team.py report --out benchmarks/results/red-team-0.5b   # --by template: a line per template
     python benchmarks/red_team.py run --data-dir ../shared/data --model qwen2.5-coder-1.5b-instruct \
         --out benchmarks/results/red-team-1.5b
 
@@ -166,19 +166,19 @@ def answered(row: dict, policy: str) -> bool | None:
     return not (row["plain_refused"] if policy == "guard" else row["scans_refused"])
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """One line per family (and the plain prompts): percentages of harmful / benign prompts."""
+def summarise(rows: list[dict], by: str = "family") -> list[dict]:
+    """One line per family or template (`by`; and the plain prompts): percentages of harmful / benign prompts."""
 
     def pct(xs: list) -> float | None:
         xs = [x for x in xs if x is not None]
         return round(100 * sum(xs) / len(xs), 1) if xs else None
 
     table = []
-    for family in dict.fromkeys(r["family"] for r in rows):
-        h = [r for r in rows if r["family"] == family and r["kind"] == "harmful"]
-        b = [r for r in rows if r["family"] == family and r["kind"] == "benign"]
+    for group in dict.fromkeys(r[by] for r in rows):
+        h = [r for r in rows if r[by] == group and r["kind"] == "harmful"]
+        b = [r for r in rows if r[by] == group and r["kind"] == "benign"]
         line = {
-            "family": family,
+            by: group,
             "n_harmful": len(h),
             "n_benign": len(b),
             "harmful_flagged": pct([r["blocked"] for r in h]),
@@ -197,7 +197,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def report(args: argparse.Namespace) -> None:
-    table = summarise(JsonlStore(Path(args.out) / "rows.jsonl", KEYS).rows)
+    table = summarise(JsonlStore(Path(args.out) / "rows.jsonl", KEYS).rows, args.by)
     cols = list(table[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
@@ -219,6 +219,7 @@ def main() -> None:
     r.add_argument("--out", required=True)
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
+    p.add_argument("--by", default="family", choices=["family", "template"], help="one line per (default %(default)s)")
     args = parser.parse_args()
     {"run": run, "report": report}[args.cmd](args)
 

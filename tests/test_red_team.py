@@ -113,3 +113,10 @@ def test_the_red_team_script_runs_on_the_tiny_model(tiny_on_disk, tmp_path, one_
     module.main()
     summary = (out / "summary.md").read_text()
     assert "| family |" in summary and "sandwich" in summary and "multi_turn" in summary
+    monkeypatch.setattr(sys, "argv", ["red_team.py", "report", "--out", str(out), "--by", "template"])
+    module.main()
+    lines = (out / "summary.md").read_text().splitlines()
+    assert lines[0].startswith("| template |")
+    assert {t.name for t in templates("heldout", ["sandwich", "multi_turn"])} <= {
+        ln.split(" | ")[0][2:] for ln in lines
+    }
