@@ -23,18 +23,21 @@ killed run continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
-from scans_guard import GenerationConfig, ScansEngine
-from scans_guard.data import load_set, tune_eval_split
-from scans_guard.eval.benchmarks import calibration_prompts
-from scans_guard.eval.jailbreaks import FRAMINGS, SYSTEM_PROMPTS, translated_set, wrap
-from scans_guard.eval.store import JsonlStore
-from scans_guard.sigma.decision import is_harmful
-from scans_guard.steering.judge import KeywordJudge
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from summary_io import rows_table, write_summary  # noqa: E402
+
+from scans_guard import GenerationConfig, ScansEngine  # noqa: E402
+from scans_guard.data import load_set, tune_eval_split  # noqa: E402
+from scans_guard.eval.benchmarks import calibration_prompts  # noqa: E402
+from scans_guard.eval.jailbreaks import FRAMINGS, SYSTEM_PROMPTS, translated_set, wrap  # noqa: E402
+from scans_guard.eval.store import JsonlStore  # noqa: E402
+from scans_guard.sigma.decision import is_harmful  # noqa: E402
+from scans_guard.steering.judge import KeywordJudge  # noqa: E402
 
 FRAMING_NAMES = ["none", *(f"system:{n}" for n in list(SYSTEM_PROMPTS)[:6])]
 LANGUAGES = ["en", "es", "fr", "de", "zh"]
@@ -173,12 +176,7 @@ def report(args: argparse.Namespace) -> None:
         if int(r["id"][1:]) % args.every == 0
     ]
     table = summarise(rows)
-    (Path(args.out) / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
-    cols = list(table[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
-    (Path(args.out) / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_summary(args.out, table, rows_table(table))
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from summary_io import SWEEP_SET, read_rows, write_summary  # noqa: E402
+from summary_io import SWEEP_SET, read_rows, rows_table, write_summary  # noqa: E402
 
 from scans_guard import ScansEngine  # noqa: E402
 from scans_guard.config import SafetyVerdict  # noqa: E402
@@ -173,9 +173,7 @@ def main() -> None:
     else:
         engine = ScansEngine.load(args.model, args.artifact, progress=False)
         table = compose(engine, sweep_rows(Path(args.sweep)), args.data_dir)
-    cols = list(table[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
+    lines = rows_table(table)
     write_summary(args.report, table, lines)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from summary_io import write_summary  # noqa: E402
+from summary_io import rows_table, write_summary  # noqa: E402
 
 from scans_guard import GenerationConfig, ScansEngine  # noqa: E402
 from scans_guard.calibration.framings import templates  # noqa: E402
@@ -198,9 +198,7 @@ def summarise(rows: list[dict], by: str = "family") -> list[dict]:
 
 def report(args: argparse.Namespace) -> None:
     table = summarise(JsonlStore(Path(args.out) / "rows.jsonl", KEYS).rows, args.by)
-    cols = list(table[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
+    lines = rows_table(table)
     write_summary(args.out, table, lines)
 
 

@@ -1,4 +1,5 @@
-"""Where a benchmark's table goes: printed, and with --report DIR, DIR/summary.json (every number) and summary.md;
+"""Where a benchmark's table goes: printed, and with --report DIR, DIR/summary.json (every number) and summary.md
+(`rows_table` writes a list of dicts as markdown);
 where its run's per-prompt rows come from (`read_rows`); and what the sweeps call an eval run's sets (`SWEEP_SET`)."""
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ SWEEP_SET = {
     ("harmfulq", "unsafe"): "harmfulq",
     ("malicious_instruct", "unsafe"): "malicious_instruct",
 }
+
+
+def rows_table(table: list[dict]) -> list[str]:
+    """A markdown table of dicts that share their keys: the keys as the header, None as a blank cell."""
+    cols = list(table[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return lines + ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
 
 
 def write_summary(report: str | Path | None, table: object, lines: list[str]) -> None:
