@@ -20,6 +20,7 @@ JSONL as each batch finishes: a killed run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 from pathlib import Path
@@ -29,11 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summary_io import rows_table, write_summary  # noqa: E402
 
 from scans_guard import GenerationConfig, ScansEngine  # noqa: E402
+from scans_guard.calibration.artifacts import Artifact, default_artifact_dir  # noqa: E402
 from scans_guard.calibration.framings import templates  # noqa: E402
 from scans_guard.data import load_set, tune_eval_split  # noqa: E402
 from scans_guard.eval.benchmarks import calibration_prompts  # noqa: E402
 from scans_guard.eval.store import JsonlStore  # noqa: E402
 from scans_guard.sigma.decision import GuardPolicy  # noqa: E402
+from scans_guard.sigma.readings import ReadingConfig  # noqa: E402
 from scans_guard.steering.judge import KeywordJudge  # noqa: E402
 
 KEYS = ("template", "kind", "id")
@@ -113,7 +116,11 @@ def classify_rows(engine: ScansEngine, chunk: list[dict], guard: GuardPolicy) ->
 
 
 def run(args: argparse.Namespace) -> None:
-    engine = ScansEngine.load(args.model, args.artifact)
+    artifact = Artifact.load(args.artifact or default_artifact_dir(args.model))
+    if args.readings:  # sigma's readings changed for this run (the shipped recipe's, else)
+        changed = artifact.recipe.readings.model_dump() | json.loads(args.readings)
+        artifact = artifact.with_recipe(readings=ReadingConfig.model_validate(changed))
+    engine = ScansEngine.load(args.model, artifact)
     store = JsonlStore(Path(args.out) / "rows.jsonl", KEYS)
     judge, guard = KeywordJudge(), GuardPolicy()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
@@ -213,6 +220,9 @@ def main() -> None:
     r.add_argument("--split", default="heldout", choices=["heldout", "train", ""], help="templates ('' = all)")
     r.add_argument("--families", nargs="*", help="only these families (default: all)")
     r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument(
+        "--readings", help="JSON of sigma reading settings to change, e.g. '{\"lead_ins\": false}' (ReadingConfig)"
+    )
     r.add_argument("--no-generate", action="store_true", help="classify only (flags, steering, false blocks)")
     r.add_argument("--out", required=True)
     p = sub.add_parser("report")

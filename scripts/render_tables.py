@@ -283,6 +283,8 @@ TABLES: dict[str, Callable[[], str]] = {
             "red-team-0.5b",
             "red-team-1.5b",
             "red-team-1.5b-replies",
+            "red-team-1.5b-multipart-lead-ins-kept",
+            "red-team-1.5b-multipart",
             "domain-language",
             "eval-vs-sweep",
             "refusal-bands-1.5b-tuning",

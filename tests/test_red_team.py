@@ -11,6 +11,7 @@ templates' shape and the benchmark script's plumbing on the tiny model.
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 from pathlib import Path
@@ -120,3 +121,12 @@ def test_the_red_team_script_runs_on_the_tiny_model(tiny_on_disk, tmp_path, one_
     assert {t.name for t in templates("heldout", ["sandwich", "multi_turn"])} <= {
         ln.split(" | ")[0][2:] for ln in lines
     }
+    # --readings changes what sigma reads for the run: with none but the conversation as sent, one reading a row
+    plain = tmp_path / "as-sent-only"
+    settings = '{"segments": false, "turns": false, "decode": false, "lead_ins": false}'
+    argv[argv.index(str(out))] = str(plain)
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-generate", "--readings", settings])
+    module.main()
+    counts = {json.loads(ln)["readings"] for ln in (plain / "rows.jsonl").read_text().splitlines()}
+    assert counts == {1}
+    assert {json.loads(ln)["readings"] for ln in rows} != {1}
