@@ -8,7 +8,8 @@ conversation as sent and several readings of it, all in one batched pass, and th
 - `user_turns`: the user turns joined, without assistant turns (a multi-turn build-up read as one request);
 - `turn:i`: each user turn alone, when there are several;
 - `segment:i`: each sentence or clause of the user text alone (split at sentence ends, colons, semicolons and
-  newlines), when there are several; past `max_segments` neighbouring ones are scored together, so none is skipped.
+  newlines, and where a request pasted without its full stop runs into the next question: see `_SPLIT`), when there
+  are several; past `max_segments` neighbouring ones are scored together, so none is skipped.
   Segments and turns are read without what leads into them ("Oh, and", "Anyway,", "2.", "- "): a lead-in moves
   sigma far towards benign, and a one-sentence prompt that opens with one is read without it as `segment:0`;
 - `decoded:KIND`: text found in an encoding (`scans_guard.sigma.encodings`), decoded.
@@ -31,11 +32,20 @@ from .encodings import detect
 
 Conversation = str | list[dict]
 SYSTEM_ROLES = ("system", "developer")
-# Sentence ends, colons, semicolons and newlines; and, where a request was pasted without its full stop, a word that
-# opens a new sentence or question ("... operating system And finally, can you ...").
+_QUESTION = r"(?:what|how|why|where|when|who|which|can|could|would|should|is|are|do|does)"
+# Sentence ends, colons, semicolons and newlines. Where a request was pasted without its full stop, also: a word that
+# opens a new sentence or question ("... operating system And finally, can you ..."), a lead-in after a comma
+# (", then ...", ", and also ..."), a lead-in before a question ("... plus what's ..."), a dash between spaces and an
+# inline list mark ("... 2) ...").
 _SPLIT = re.compile(
-    r"(?<=[.!?;:])\s+|\n+|(?<=[a-z0-9,])\s+(?=(?:And|Also|Lastly|Finally|Then|Oh|By the way|Next|"
-    r"Thanks|Please|What|How|Why|Where|When|Who|Which|Can|Could|Would|Should|Is|Are|Do|Does)\b)"
+    r"(?<=[.!?;:])\s+|\n+"
+    r"|(?<=[a-z0-9,])\s+(?=(?:And|Also|Lastly|Finally|Then|Oh|By the way|Next|Anyway|Separately|Plus|Besides|"
+    r"Additionally|Incidentally|Meanwhile|Btw|BTW|PS|P\.S\.|Thanks|Please|What|How|Why|Where|When|Who|Which|Can|"
+    r"Could|Would|Should|Is|Are|Do|Does)\b)"
+    r"|(?<=,)\s+(?=(?:and\s+)?(?:then|also(?!\s+(?:known|called|referred))|plus|lastly|finally|next|separately|anyway|besides|btw)\b)"
+    r"|(?<=[a-z0-9])\s+(?=(?:plus|also|separately|anyway|btw|besides|additionally|incidentally|meanwhile)\s+"
+    rf"{_QUESTION}\b)"
+    r"|\s+[-\u2013\u2014]+\s+|\s+(?=\(?\d{1,2}\)\s)"
 )
 _LETTER = re.compile(r"[^\W\d_]")
 # What leads a part of a multi-part message into the request and is not the request: discourse markers ("Oh, and",
@@ -115,7 +125,7 @@ def user_turns(conversation: Conversation) -> list[str]:
 
 def segments(text: str, min_letters: int = 8) -> list[str]:
     """The sentences and clauses of `text` that hold at least `min_letters` letters."""
-    parts = [p.strip() for p in _SPLIT.split(text)]
+    parts = [p.strip().rstrip(",").rstrip() for p in _SPLIT.split(text)]
     return [p for p in parts if len(_LETTER.findall(p)) >= min_letters]
 
 
