@@ -116,6 +116,7 @@ def test_lead_ins_leave_words_that_only_start_like_one():
         assert without_lead_in(text) == text
     assert without_lead_in("Also") == "Also"  # nothing would be left
     assert list(readings("What U.S. state produces the most peaches?")) == ["as_sent"]
+    assert list(readings("hello there")) == ["as_sent"]  # what is left ("There") is too short to read alone
     assert list(readings("Was the KKK, also known as the Ku Klux Klan, a large group?")) == ["as_sent"]
 
 

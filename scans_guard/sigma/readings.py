@@ -174,10 +174,11 @@ def readings(conversation: Conversation, config: ReadingConfig | None = None) ->
         if len(parts) > 1:
             for i, part in enumerate(_grouped(parts, config.max_segments)):
                 add(f"segment:{i}", part)
-        else:  # one sentence is read alone only without a lead-in ("Oh, and how do I ...?")
+        else:  # one sentence is read alone only without a lead-in ("Oh, and how do I ...?"), as long as a segment
             for turn in turns:
-                if cut(turn).lower() != turn.strip().lower():
-                    add("segment:0", cut(turn))
+                rest = cut(turn)
+                if rest.lower() != turn.strip().lower() and len(_LETTER.findall(rest)) >= config.min_segment_letters:
+                    add("segment:0", rest)
     if config.decode:
         for i, decoded in enumerate(d for turn in turns for d in detect(turn)):
             add(f"decoded:{decoded.kind}" + (f":{i}" if f"decoded:{decoded.kind}" in out else ""), decoded.text)
