@@ -1,13 +1,14 @@
 """Does the guard hold? sigma(q) and SCANS refusals on held-out harmful prompts under innocuous system prompts, a
 forged system turn and translation, against the plain prompts; false-positive rates on benign prompts alike.
 
-    python benchmarks/guard_robustness.py run --data-dir ../shared/data --out results/guard-robustness
-    python benchmarks/guard_robustness.py report --out results/guard-robustness
-    # the 1.5B with its own artifact, every 3rd prompt (a system prompt doubles sigma's cost; the full list takes
-    # hours):
-    python benchmarks/guard_robustness.py run --data-dir ../shared/data --model qwen2.5-coder-1.5b-instruct --every 3 \
-        --out results/guard-robustness-1.5b
-    python benchmarks/guard_robustness.py report --every 3 --out results/guard-robustness-1.5b
+    # the default model (the 1.5B), every prompt: 1,730 rows, about 45 minutes on a 2-core CPU
+    python benchmarks/guard_robustness.py run --data-dir ../shared/data --model qwen2.5-coder-1.5b-instruct \
+        --out results/guard-robustness-1.5b-full
+    python benchmarks/guard_robustness.py report --out results/guard-robustness-1.5b-full
+    # the small model
+    python benchmarks/guard_robustness.py run --data-dir ../shared/data --model qwen2.5-coder-0.5b-instruct \
+        --out results/guard-robustness
+    # --every k: every k-th prompt of each list, the same prompts under every condition (pass it to report too)
 
 Harmful: the evaluation half of HarmfulQ (100) + 50 held-out AdvBench prompts (no anchor, no T-fit prompt) under
 each framing (none, and system:NAME for six of the SYSTEM_PROMPTS), and 40 held-out harmful prompts of the
