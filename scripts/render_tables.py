@@ -285,6 +285,7 @@ TABLES: dict[str, Callable[[], str]] = {
             "red-team-1.5b-replies",
             "red-team-1.5b-multipart-lead-ins-kept",
             "red-team-1.5b-multipart",
+            "red-team-1.5b-other-families",
             "domain-language",
             "eval-vs-sweep",
             "refusal-bands-1.5b-tuning",
