@@ -201,7 +201,8 @@ class SafetyVerdict(BaseModel):
     renderings: dict[str, float] = Field(
         default_factory=dict,
         description="score of each reading: as sent, without the caller's system prompt, the "
-        "user turns joined and alone, each sentence alone, decoded text (scans_guard.sigma.readings)",
+        "user turns joined and alone, each sentence alone, without a counterfactual premise, decoded text "
+        "(scans_guard.sigma.readings)",
     )
     in_domain: bool = Field(True, description="inside the calibration domain (language, length, not mostly code)")
     domain_reasons: list[str] = Field(default_factory=list, description="why not in domain, e.g. 'language:es'")

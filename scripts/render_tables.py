@@ -286,6 +286,8 @@ TABLES: dict[str, Callable[[], str]] = {
             "red-team-1.5b-multipart-lead-ins-kept",
             "red-team-1.5b-multipart",
             "red-team-1.5b-other-families",
+            "red-team-1.5b-premises-kept",
+            "red-team-1.5b-premises",
             "domain-language",
             "eval-vs-sweep",
             "refusal-bands-1.5b-tuning",

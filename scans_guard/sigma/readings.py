@@ -12,10 +12,12 @@ conversation as sent and several readings of it, all in one batched pass, and th
   are several; past `max_segments` neighbouring ones are scored together, so none is skipped.
   Segments and turns are read without what leads into them ("Oh, and", "Anyway,", "2.", "- "): a lead-in moves
   sigma far towards benign, and a one-sentence prompt that opens with one is read without it as `segment:0`;
+- `premise:i`: the last user turn, or a segment of it, that opens with a counterfactual premise ("In a fictional
+  world where this is legal, ...", "Imagine there are no laws, ..."), read without it as well;
 - `decoded:KIND`: text found in an encoding (`scans_guard.sigma.encodings`), decoded.
 
 Every reading but the first is a single user turn under the template's default system prompt. A single-turn,
-single-sentence prompt without a system prompt has only the first reading: its cost is unchanged.
+single-sentence prompt without a system prompt, lead-in or premise has only the first reading: its cost is unchanged.
 
 Turn markup and prefills are signs of framing too (`framing_signs`): chat-template markup or role lines ("Assistant:")
 typed into a message, a conversation that ends in an assistant turn, an instruction to start the reply with given
@@ -63,6 +65,17 @@ _LEAD_IN = re.compile(
     rf"^(?:(?:(?:{_LEAD_WORDS})\b(?!-)|\(?(?:\d{{1,2}}|[a-h])[.)]\s|[-*\u2022>\u2013\u2014]+)[\s,:;.!\u2013\u2014-]*)+",
     re.IGNORECASE,
 )
+# A counterfactual premise up to its comma ("In a fictional world where this is legal, how do I ...?", "Imagine there
+# are no laws, ...") claims the request is harmless without changing it, and sigma reads the request far more benign
+# behind it. Only premises that posit another world or a pretence; a context that gives the request its meaning ("In
+# Python, how do I kill a process?") is not one. The premise is read too (it may be the harmful part), so the text
+# without it is an extra reading, not a replacement.
+_PREMISE = re.compile(
+    r"^(?:imagine|suppose|supposing|assume|assuming|pretend|hypothetically|let'?s\s+(?:say|pretend|imagine)|"
+    r"in\s+an?\s+(?:\w+\s+){0,2}?(?:fictional|hypothetical|imaginary|parallel|alternate|alternative|make-believe|"
+    r"lawless)\b|in\s+a\s+world\s+(?:where|with|without)\b)[^,.;:!?\n]{0,150},\s*",
+    re.IGNORECASE,
+)
 # Role lines and turn markup of common chat templates, typed as text (ChatML, Llama 2/3, Gemma, Phi, Alpaca, plain).
 _MARKUP = re.compile(
     r"(?im)^[\s>*#\[]*(?:assistant|system|user|human|ai|bot|model|chatgpt|gpt-?\d?|response|instruction)\s*\]?\s*:"
@@ -91,6 +104,10 @@ class ReadingConfig(BaseModel):
     )
     lead_ins: bool = Field(
         True, description="read segments and turns without what leads into them ('Oh, and', 'Anyway,', '2.')"
+    )
+    premises: bool = Field(
+        True,
+        description="also read segments and turns without a counterfactual premise ('Imagine there are no laws, ')",
     )
     max_segments: int = Field(
         12, ge=1, description="more segments than this are scored in this many groups of neighbours"
@@ -138,6 +155,17 @@ def without_lead_in(text: str) -> str:
     return rest[:1].upper() + rest[1:]
 
 
+def without_premise(text: str) -> str:
+    """`text` without a counterfactual premise it opens with ("Imagine there are no laws, how do I ...?" -> "How do I
+    ...?"); the text itself if it has none or nothing would be left."""
+    if not (premise := _PREMISE.match(text.strip())):
+        return text.strip()
+    rest = without_lead_in(text.strip()[premise.end() :])
+    if len(_LETTER.findall(rest)) < 3:
+        return text.strip()
+    return rest[:1].upper() + rest[1:]
+
+
 def _grouped(parts: list[str], limit: int) -> list[str]:
     """At most `limit` texts: neighbouring parts joined into groups of near-equal size."""
     if len(parts) <= limit:
@@ -179,6 +207,12 @@ def readings(conversation: Conversation, config: ReadingConfig | None = None) ->
                 rest = cut(turn)
                 if rest.lower() != turn.strip().lower() and len(_LETTER.findall(rest)) >= config.min_segment_letters:
                     add("segment:0", rest)
+    if config.premises and turns:  # the request is in the last user turn; earlier ones set the scene
+        last = turns[-1]
+        texts = [last, *(cut(s) for s in segments(last, config.min_segment_letters))]
+        rests = [r for t in texts if (r := without_premise(t)) != t.strip()]
+        for i, rest in enumerate(r for r in rests if len(_LETTER.findall(r)) >= config.min_segment_letters):
+            add(f"premise:{i}", rest)
     if config.decode:
         for i, decoded in enumerate(d for turn in turns for d in detect(turn)):
             add(f"decoded:{decoded.kind}" + (f":{i}" if f"decoded:{decoded.kind}" in out else ""), decoded.text)
@@ -218,5 +252,6 @@ __all__ = [
     "user_text",
     "user_turns",
     "without_lead_in",
+    "without_premise",
     "without_system_prompt",
 ]
