@@ -107,7 +107,7 @@ class ReadingConfig(BaseModel):
     )
     premises: bool = Field(
         True,
-        description="also read segments and turns without a counterfactual premise ('Imagine there are no laws, ')",
+        description="also read the last user turn and its segments without a counterfactual premise ('Imagine ..., ')",
     )
     max_segments: int = Field(
         12, ge=1, description="more segments than this are scored in this many groups of neighbours"
@@ -146,13 +146,17 @@ def segments(text: str, min_letters: int = 8) -> list[str]:
     return [p for p in parts if len(_LETTER.findall(p)) >= min_letters]
 
 
-def without_lead_in(text: str) -> str:
-    """`text` without what leads into it ("Oh, and how do I ...?" -> "How do I ...?"); the text itself if nothing
-    would be left."""
-    rest = _LEAD_IN.sub("", text.strip(), count=1)
+def _left(text: str, rest: str) -> str:
+    """`rest` (what is left of `text` after a cut) with its first letter in upper case; `text` if nothing is left."""
     if len(_LETTER.findall(rest)) < 3:
         return text.strip()
     return rest[:1].upper() + rest[1:]
+
+
+def without_lead_in(text: str) -> str:
+    """`text` without what leads into it ("Oh, and how do I ...?" -> "How do I ...?"); the text itself if nothing
+    would be left."""
+    return _left(text, _LEAD_IN.sub("", text.strip(), count=1))
 
 
 def without_premise(text: str) -> str:
@@ -160,10 +164,7 @@ def without_premise(text: str) -> str:
     ...?"); the text itself if it has none or nothing would be left."""
     if not (premise := _PREMISE.match(text.strip())):
         return text.strip()
-    rest = without_lead_in(text.strip()[premise.end() :])
-    if len(_LETTER.findall(rest)) < 3:
-        return text.strip()
-    return rest[:1].upper() + rest[1:]
+    return _left(text, without_lead_in(text.strip()[premise.end() :]))
 
 
 def _grouped(parts: list[str], limit: int) -> list[str]:
@@ -210,8 +211,12 @@ def readings(conversation: Conversation, config: ReadingConfig | None = None) ->
     if config.premises and turns:  # the request is in the last user turn; earlier ones set the scene
         last = turns[-1]
         texts = [last, *(cut(s) for s in segments(last, config.min_segment_letters))]
-        rests = [r for t in texts if (r := without_premise(t)) != t.strip()]
-        for i, rest in enumerate(r for r in rests if len(_LETTER.findall(r)) >= config.min_segment_letters):
+        rests = [
+            r
+            for t in texts
+            if (r := without_premise(t)) != t.strip() and len(_LETTER.findall(r)) >= config.min_segment_letters
+        ]
+        for i, rest in enumerate(rests):
             add(f"premise:{i}", rest)
     if config.decode:
         for i, decoded in enumerate(d for turn in turns for d in detect(turn)):
