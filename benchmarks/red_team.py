@@ -23,6 +23,7 @@ import argparse
 import json
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,6 +111,8 @@ def classify_rows(engine: ScansEngine, chunk: list[dict], guard: GuardPolicy) ->
                 "block_reasons": decision.reasons,
                 "coefficient": v.coefficient,
                 "readings": len(v.renderings),
+                "renderings": v.renderings,  # {reading: score}; the verdict is the highest
+                "deciding_reading": max(v.renderings, key=v.renderings.__getitem__),
             }
         )
     return rows
@@ -203,8 +206,25 @@ def summarise(rows: list[dict], by: str = "family") -> list[dict]:
     return table
 
 
+def deciding_readings(rows: list[dict], kind: str = "benign") -> list[dict]:
+    """Per template, the blocked `kind` prompts by the reading that gave the verdict (as_sent, segment:2, ...): which
+    part of a wrapping a false block comes from. Rows written before readings were recorded count as 'unrecorded'."""
+    table = []
+    for template in dict.fromkeys(r["template"] for r in rows):
+        blocked = [r for r in rows if r["template"] == template and r["kind"] == kind and r["blocked"]]
+        if blocked:
+            counts = Counter(r.get("deciding_reading", "unrecorded") for r in blocked)
+            table.append({"template": template, "blocked": len(blocked)} | dict(counts.most_common()))
+    return table
+
+
 def report(args: argparse.Namespace) -> None:
-    table = summarise(JsonlStore(Path(args.out) / "rows.jsonl", KEYS).rows, args.by)
+    rows = JsonlStore(Path(args.out) / "rows.jsonl", KEYS).rows
+    if args.deciding:
+        for line in deciding_readings(rows, args.deciding):
+            print(json.dumps(line))
+        return
+    table = summarise(rows, args.by)
     lines = rows_table(table)
     write_summary(args.out, table, lines)
 
@@ -228,6 +248,11 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--out", required=True)
     p.add_argument("--by", default="family", choices=["family", "template"], help="one line per (default %(default)s)")
+    p.add_argument(
+        "--deciding",
+        choices=["benign", "harmful"],
+        help="instead: per template, the blocked prompts of this kind by the sigma reading that decided them",
+    )
     args = parser.parse_args()
     {"run": run, "report": report}[args.cmd](args)
 

@@ -23,12 +23,15 @@ from scans_guard.sigma.decision import flags
 
 
 def eval_sets(data_dir: str | None, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
-    """(prompt, 1 = unsafe) per set: all of XSTest and the contrast set's held-out split (the project's own safe
-    look-alikes and their unsafe twins, never trained on); with the data directory, OKTest (150) and HarmfulQ's
+    """(prompt, 1 = unsafe) per set: all of XSTest and the held-out split of each contrast file (the project's own
+    safe look-alikes and their unsafe twins, never trained on); with the data directory, OKTest (150) and HarmfulQ's
     evaluation half (the T fit uses the other half)."""
     sets = {
         "xstest": [(e.prompt, int(e.harmful)) for e in load_set("xstest")],
         "contrast_heldout": [(e.prompt, int(e.harmful)) for e in contrast_set("heldout")],
+        "contrast_requests_heldout": [
+            (e.prompt, int(e.harmful)) for e in contrast_set("heldout", "contrast_requests.csv")
+        ],
     }
     if data_dir:
         ok = [e.prompt for e in load_set("oktest", data_dir)]
@@ -57,9 +60,10 @@ def summarise(sets: dict, scores: dict, points: dict[str, float]) -> dict:
     x = sets["xstest"]
     y, s = np.array([lab for _, lab in x]), np.array([scores[p] for p, _ in x])
     out["xstest_auroc"] = float(roc_auc_score(y, s))
-    if "contrast_heldout" in sets:
-        c = sets["contrast_heldout"]
-        out["contrast_heldout_auroc"] = float(roc_auc_score([lab for _, lab in c], [scores[p] for p, _ in c]))
+    for name in ("contrast_heldout", "contrast_requests_heldout"):
+        if name in sets:
+            c = sets[name]
+            out[f"{name}_auroc"] = float(roc_auc_score([lab for _, lab in c], [scores[p] for p, _ in c]))
     for name, t in points.items():
         flagged = flags(s, t)
         out[f"xstest_unsafe_recall_at_{name}"] = float(flagged[y == 1].mean())

@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--probe-framings", type=int, help=CalibrationConfig.model_fields["probe_framings"].description)
     p.add_argument(
+        "--probe-contrast", nargs="+", metavar="FILE", help=CalibrationConfig.model_fields["probe_contrast"].description
+    )
+    p.add_argument(
         "--guard-recall",
         type=float,
         help="the guard operating point flags this share of the harmful fit prompts (default 0.95)",

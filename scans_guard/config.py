@@ -333,6 +333,13 @@ class CalibrationConfig(BaseModel):
         description="also train the probe on its prompts wrapped in the adversarial framings' train templates: this "
         "many harmful and this many benign prompts per template (0: plain prompts only)",
     )
+    probe_contrast: list[str] = Field(
+        ["contrast.csv"],
+        min_length=1,
+        description="contrast files whose train split the probe learns from (and T is fitted on): the package's "
+        "contrast.csv (look-alike questions) and contrast_requests.csv (look-alike requests and statements), or "
+        "paths to CSVs of the same columns",
+    )
     probe_layers: list[int] | None = Field(
         None,
         description="layers the probe may use (None: every other layer "
@@ -352,6 +359,18 @@ class CalibrationConfig(BaseModel):
     )
     n_threshold: int = Field(100, ge=4, description="prompts per class used to fit T")
     batch_size: int = Field(8, ge=1)
+
+    @field_validator("probe_contrast")
+    @classmethod
+    def _contrast_files_exist(cls, names: list[str]) -> list[str]:
+        from pathlib import Path
+
+        from .data import CONTRAST_FILES
+
+        for name in names:
+            if name not in CONTRAST_FILES and not Path(name).is_file():
+                raise ValueError(f"contrast file {name} not found (the package has {', '.join(CONTRAST_FILES)})")
+        return names
 
     @model_validator(mode="after")
     def _layers_given_are_valid(self) -> CalibrationConfig:

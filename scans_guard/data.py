@@ -114,15 +114,22 @@ def tune_eval_split(examples: list[Example], seed: int = 0) -> tuple[list[Exampl
     return shuffled[:half], shuffled[half:]
 
 
-def _contrast_rows() -> list[dict[str, str]]:
-    path = Path(str(resources.files("scans_guard") / "data" / "contrast.csv"))
+CONTRAST_FILES = ("contrast.csv", "contrast_requests.csv")
+
+
+def _contrast_rows(name: str = "contrast.csv") -> list[dict[str, str]]:
+    """Rows of a contrast file: one of the package's (`CONTRAST_FILES`) or a path to a CSV of the same columns."""
+    path = Path(str(resources.files("scans_guard") / "data" / name)) if name in CONTRAST_FILES else Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"contrast file {name} not found (the package has {', '.join(CONTRAST_FILES)})")
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
-def contrast_set(split: str | None = None) -> list[Example]:
-    """The project's contrast set (look-alike safe/unsafe pairs, CONTRAST.md): 'train', 'heldout' or both (None)."""
-    return [Example(r["prompt"], r["label"]) for r in _contrast_rows() if split is None or r["split"] == split]
+def contrast_set(split: str | None = None, name: str = "contrast.csv") -> list[Example]:
+    """A contrast set of the project's (look-alike safe/unsafe pairs, CONTRAST.md): 'train', 'heldout' or both
+    (None). `name`: contrast.csv (questions), contrast_requests.csv (requests and statements) or a path."""
+    return [Example(r["prompt"], r["label"]) for r in _contrast_rows(name) if split is None or r["split"] == split]
 
 
 def contrast_pairs() -> dict[str, int]:

@@ -7,7 +7,9 @@ lowercased text, and word-trigram Jaccard).  Exit non-zero if any ratio is
 >= 0.75, any trigram Jaccard is >= 0.5, a prompt appears twice inside
 contrast.csv, or the file's structure is wrong.
 
-Usage:  python scripts/check_contrast_overlap.py [DATA_DIR] [--quiet]
+Usage:  python scripts/check_contrast_overlap.py [DATA_DIR] [--quiet] [--file=PATH]
+
+--file checks another file of the same columns (default: contrast.csv), such as contrast_requests.csv.
 
 DATA_DIR holds the benchmark CSVs that are not shipped with the package
 (default: ../shared/data relative to the repository root).  Files that are
@@ -120,16 +122,18 @@ def check_structure(rows: list[dict]) -> list[str]:
     counts = Counter(norm(r["prompt"]) for r in rows)
     for text, n in counts.items():
         if n > 1:
-            errors.append(f"duplicate prompt inside contrast.csv ({n}x): {text}")
+            errors.append(f"duplicate prompt inside the file ({n}x): {text}")
     return errors
 
 
 def main(argv: list[str]) -> int:
     quiet = "--quiet" in argv
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--file=")]
+    contrast = Path(files[-1]) if files else CONTRAST
     args = [a for a in argv if not a.startswith("--")]
     data_dir = Path(args[0]) if args else (REPO / ".." / "shared" / "data").resolve()
 
-    with CONTRAST.open(newline="", encoding="utf-8") as fh:
+    with contrast.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames != HEADER:
             print(f"FAIL: header {reader.fieldnames}, want {HEADER}")

@@ -81,7 +81,9 @@ def test_shipped_artifact_records_its_anchors_and_splits():
     harmful, benign = anchor_split(64, 0)
     assert art.meta.meta_version == 2 and art.meta.anchor_hashes() == {text_sha256(p) for p in harmful + benign}
     probe = set(art.meta.splits["probe_train"].prompt_sha256)
-    assert probe == {text_sha256(p) for p in [e.prompt for e in contrast_set("train")] + harmful + benign}
+    files = art.meta.notes["calibration_config"].get("probe_contrast", ["contrast.csv"])
+    contrast = [e.prompt for name in files for e in contrast_set("train", name)]
+    assert probe == {text_sha256(p) for p in contrast + harmful + benign}
     assert (
         probe <= art.meta.fit_hashes()
         and len(art.meta.fit_hashes()) == art.meta.threshold_fit["n_harmful"] + art.meta.threshold_fit["n_benign"]

@@ -1,5 +1,6 @@
 """The benchmark scripts that run a model, on the tiny one (tiny sizes, tmp dirs): output_check.py,
-guard_robustness.py, sigma_auroc.py, the sigma feature scripts, eval_vs_sweep.py and structured_output.py.
+guard_robustness.py, sigma_auroc.py, request_form.py, the sigma feature scripts, eval_vs_sweep.py and
+structured_output.py.
 
 What needs the unshipped data directory skips without it (`$SCANS_GUARD_DATA`, ../shared/data). The tiny model's
 replies are gibberish: these tests check structure and bookkeeping, not measurements.
@@ -43,6 +44,21 @@ def test_guard_robustness_runs_resumes_and_reports(script, tiny_args, data_dir, 
     assert sum(r["n_harmful"] + r["n_benign"] for r in table) == len(rows)
 
 
+def test_request_form_scores_every_prompt_by_form(script, tiny_args, tmp_path):
+    module = script("request_form")
+    run_main(module, *tiny_args, "--report", tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["scores"]) == {p for ps in module.PROMPTS.values() for p in ps}
+    for form, prompts in module.PROMPTS.items():
+        scores = [summary["scores"][p] for p in prompts]
+        assert summary[form]["n"] == len(prompts)
+        assert summary[form]["mean_score"] == pytest.approx(sum(scores) / len(scores), abs=1e-3)
+        for name, t in summary["thresholds"].items():
+            assert summary[form][f"flagged_at_{name}"] == pytest.approx(
+                sum(s >= t for s in scores) / len(scores), abs=1e-3
+            )
+
+
 def test_sigma_auroc_scores_every_set_once(script, tiny_args, data_dir, tmp_path):
     auroc = script("sigma_auroc")
     args = [
@@ -59,8 +75,16 @@ def test_sigma_auroc_scores_every_set_once(script, tiny_args, data_dir, tmp_path
     run_main(auroc, *args)
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     n_contrast = len(contrast_set("heldout"))
-    assert summary["n"] == {"xstest": 450, "contrast_heldout": n_contrast, "oktest": 150, "harmfulq_eval": 100}
+    n_requests = len(contrast_set("heldout", "contrast_requests.csv"))
+    assert summary["n"] == {
+        "xstest": 450,
+        "contrast_heldout": n_contrast,
+        "contrast_requests_heldout": n_requests,
+        "oktest": 150,
+        "harmfulq_eval": 100,
+    }
     assert n_contrast > 100 and 0 <= summary["contrast_heldout_auroc"] <= 1
+    assert n_requests == 24 and 0 <= summary["contrast_requests_heldout_auroc"] <= 1
     assert 0 <= summary["xstest_auroc"] <= 1 and set(summary["operating_points"]) == {"steer", "guard"}
     n = len(read_jsonl(tmp_path / "scores" / "scores.jsonl"))
     run_main(auroc, *args)

@@ -121,3 +121,35 @@ def test_probe_framings_train_the_probe_but_leave_the_threshold_fit_alone(tiny, 
     for key in ("n_harmful", "n_benign", "threshold_data_sha256"):  # T is fitted on the same plain prompts
         assert art.meta.threshold_fit[key] == tiny_artifact.meta.threshold_fit[key]
     assert art.meta.splits["probe_train"].prompt_sha256 == tiny_artifact.meta.splits["probe_train"].prompt_sha256
+
+
+def test_probe_contrast_adds_a_contrast_files_train_split_to_the_probe_and_the_threshold_fit(tiny, tiny_artifact):
+    """The look-alike requests train the probe as the look-alike questions do: the artifact records their hashes in
+    the probe's split and the T fit, and the held-out pairs stay out."""
+    from scans_guard.calibration.artifacts import text_sha256
+    from scans_guard.data import contrast_set
+
+    config = CalibrationConfig(
+        n_anchors=8,
+        n_threshold=8,
+        steer_layers=[1, 2],
+        classify_layers=[1, 2],
+        probe_contrast=["contrast.csv", "contrast_requests.csv"],
+    )
+    art = calibrate(tiny, config, progress=False)
+    train = {text_sha256(e.prompt) for e in contrast_set("train", "contrast_requests.csv")}
+    held = {text_sha256(e.prompt) for e in contrast_set("heldout", "contrast_requests.csv")}
+    probe = set(art.meta.splits["probe_train"].prompt_sha256)
+    assert train and held and train <= probe and not held & probe
+    assert probe - train == set(tiny_artifact.meta.splits["probe_train"].prompt_sha256)
+    assert train <= art.meta.fit_hashes() and "contrast_requests.csv" in art.meta.threshold_fit["data"]
+    assert art.meta.notes["probe"]["n_train"] == tiny_artifact.meta.notes["probe"]["n_train"] + len(train)
+    assert not torch.equal(art.probe_weight, tiny_artifact.probe_weight)
+
+
+def test_an_unknown_contrast_file_fails_before_the_model_loads(tmp_path):
+    with pytest.raises(ValueError, match="contrast file nope.csv not found"):
+        CalibrationConfig(probe_contrast=["nope.csv"])
+    own = tmp_path / "own.csv"
+    own.write_text("pair_id,category,split,label,prompt\n1,x,train,safe,Name a river.\n1,x,train,unsafe,Hurt a man.\n")
+    assert CalibrationConfig(probe_contrast=[str(own)]).probe_contrast == [str(own)]

@@ -130,3 +130,35 @@ def test_the_red_team_script_runs_on_the_tiny_model(tiny_on_disk, tmp_path, one_
     counts = {json.loads(ln)["readings"] for ln in (plain / "rows.jsonl").read_text().splitlines()}
     assert counts == {1}
     assert {json.loads(ln)["readings"] for ln in rows} != {1}
+    # each row names the reading that decided it, the highest-scoring one
+    for row in map(json.loads, rows):
+        assert row["renderings"][row["deciding_reading"]] == row["score"] == max(row["renderings"].values())
+    monkeypatch.setattr(sys, "argv", ["red_team.py", "report", "--out", str(out), "--deciding", "benign"])
+    module.main()  # prints one JSON line per template with a blocked benign prompt
+
+
+def test_deciding_readings_counts_the_blocked_prompts_by_the_reading_that_blocked_them(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("red_team", REPO / "benchmarks" / "red_team.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(template, kind, blocked, reading=None):
+        return {"template": template, "kind": kind, "blocked": blocked} | (
+            {"deciding_reading": reading} if reading else {}
+        )
+
+    rows = [
+        row("sandwich:3", "benign", True, "segment:3"),
+        row("sandwich:3", "benign", True, "segment:3"),
+        row("sandwich:3", "benign", True, "as_sent"),
+        row("sandwich:3", "benign", False, "as_sent"),
+        row("sandwich:3", "harmful", True, "segment:2"),
+        row("sandwich:4", "benign", False, "segment:0"),
+        row("sandwich:5", "benign", True),  # written before rows named their reading
+    ]
+    assert module.deciding_readings(rows) == [
+        {"template": "sandwich:3", "blocked": 3, "segment:3": 2, "as_sent": 1},
+        {"template": "sandwich:5", "blocked": 1, "unrecorded": 1},
+    ]
+    assert module.deciding_readings(rows, "harmful") == [{"template": "sandwich:3", "blocked": 1, "segment:2": 1}]

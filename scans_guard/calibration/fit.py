@@ -159,7 +159,7 @@ def _threshold_fit(
         extra_t, extra_y = probe.transitions[plain, classify_layers], list(probe.labels[plain])
         extra_prompts = probe.prompts
         d_harm = harm_direction(extra_t[[p in set(anchors[0]) for p in extra_prompts]])
-        description += " + contrast train split + anchors"
+        description += " + " + probe.data.replace("harmful/benign anchors", "anchors")
     head = None if probe is None else (classify_layers.index(probe.layer), probe.weight, probe.bias)
     t_h = transitions_for(handle, fit_h, classify_layers, config.r_pos, bs, progress, desc="threshold (harmful)")
     t_b = transitions_for(handle, fit_b, classify_layers, config.r_pos, bs, progress, desc="threshold (benign)")
@@ -213,7 +213,7 @@ def _framed_training(config: CalibrationConfig, anchors: tuple[list[str], list[s
     prompt they wrap; `config.probe_framings` of each kind per template."""
     if not config.probe_framings:
         return []
-    prompts, labels = plain_training_set(anchors)
+    prompts, labels = plain_training_set(anchors, config.probe_contrast)
     harmful = [p for p, y in zip(prompts, labels) if y]
     benign = [p for p, y in zip(prompts, labels) if not y]
     conversations, framed_labels, _ = framed_examples(harmful, benign, config.probe_framings, config.seed)
@@ -248,6 +248,7 @@ def calibrate(
             progress=progress,
             seed=config.seed,
             framed=_framed_training(config, (harmful, benign)),
+            contrast=config.probe_contrast,
         )
         if config.sigma_probe
         else None

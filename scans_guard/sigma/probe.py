@@ -10,7 +10,7 @@ look unsafe, each paired with an unsafe twin: scans_guard/data/CONTRAST.md) plus
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +34,13 @@ class ProbeFit:
     labels: np.ndarray  # [n_prompts + n_framed] 1 = harmful: the plain prompts', then the framed ones'
     transitions: torch.Tensor  # [n_prompts + n_framed, n_layers, hidden], plain rows first, reused by calibration
     framed: int = 0  # framed training conversations after the plain prompts
+    contrast: list[str] = field(default_factory=lambda: ["contrast.csv"])  # contrast files of the plain prompts
+
+    @property
+    def data(self) -> str:
+        """What the plain prompts are, as the artifact records it."""
+        files = "" if self.contrast == ["contrast.csv"] else f" ({', '.join(self.contrast)})"
+        return f"contrast train split{files} + harmful/benign anchors"
 
     @property
     def plain(self) -> slice:
@@ -48,8 +55,7 @@ class ProbeFit:
             "n_train": len(self.labels),
             "n_harmful": int(self.labels.sum()),
             "n_framed": self.framed,
-            "data": "contrast train split + harmful/benign anchors"
-            + (" + the same prompts in the train framings" if self.framed else ""),
+            "data": self.data + (" + the same prompts in the train framings" if self.framed else ""),
         }
 
 
@@ -62,12 +68,14 @@ def cv_auroc(x: np.ndarray, y: np.ndarray, c: float, folds: int = 5, seed: int =
     return float(np.mean(aucs))
 
 
-def plain_training_set(anchors: tuple[list[str], list[str]]) -> tuple[list[str], list[int]]:
-    """(prompts, labels with 1 = harmful) the probe is trained on: the contrast set's train split, then the harmful
-    anchors, then the benign ones."""
-    contrast = contrast_set("train")
-    prompts = [e.prompt for e in contrast] + anchors[0] + anchors[1]
-    return prompts, [int(e.harmful) for e in contrast] + [1] * len(anchors[0]) + [0] * len(anchors[1])
+def plain_training_set(
+    anchors: tuple[list[str], list[str]], contrast: Sequence[str] = ("contrast.csv",)
+) -> tuple[list[str], list[int]]:
+    """(prompts, labels with 1 = harmful) the probe is trained on: the train split of each contrast file, then the
+    harmful anchors, then the benign ones."""
+    pairs = [e for name in contrast for e in contrast_set("train", name)]
+    prompts = [e.prompt for e in pairs] + anchors[0] + anchors[1]
+    return prompts, [int(e.harmful) for e in pairs] + [1] * len(anchors[0]) + [0] * len(anchors[1])
 
 
 def fit_probe(
@@ -80,10 +88,11 @@ def fit_probe(
     progress: bool = False,
     seed: int = 0,
     framed: Sequence[tuple[str | list[dict], int]] = (),
+    contrast: Sequence[str] = ("contrast.csv",),
 ) -> ProbeFit:
-    """Train the probe on the contrast set's train split plus the anchors, and on `framed` (conversation, label)
-    pairs: those prompts wrapped in adversarial framings. Layer and L2 strength by 5-fold CV over all of them."""
-    prompts, plain_labels = plain_training_set(anchors)
+    """Train the probe on the train split of the `contrast` files plus the anchors, and on `framed` (conversation,
+    label) pairs: those prompts wrapped in adversarial framings. Layer and L2 strength by 5-fold CV over all of them."""
+    prompts, plain_labels = plain_training_set(anchors, contrast)
     labels = np.array(plain_labels + [y for _, y in framed])
     all_layers = list(range(handle.n_layers))
     transitions = transitions_for(handle, prompts, all_layers, r_pos, batch_size, progress, desc="probe training")
@@ -113,4 +122,5 @@ def fit_probe(
         labels=labels,
         transitions=transitions,
         framed=len(framed),
+        contrast=list(contrast),
     )
