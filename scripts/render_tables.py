@@ -288,7 +288,7 @@ TABLES: dict[str, Callable[[], str]] = {
             "red-team-1.5b-other-families",
             "red-team-1.5b-premises-kept",
             "red-team-1.5b-premises",
-            "red-team-0.5b-multipart",
+            "red-team-0.5b-today",
             "domain-language",
             "eval-vs-sweep",
             "refusal-bands-1.5b-tuning",
