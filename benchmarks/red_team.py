@@ -208,12 +208,19 @@ def summarise(rows: list[dict], by: str = "family") -> list[dict]:
 
 def deciding_readings(rows: list[dict], kind: str = "benign") -> list[dict]:
     """Per template, the blocked `kind` prompts by the reading that gave the verdict (as_sent, segment:2, ...): which
-    part of a wrapping a false block comes from. Rows written before readings were recorded count as 'unrecorded'."""
+    part of a wrapping a false block comes from. A prompt blocked for being out of domain alone counts as
+    'out_of_domain' (no reading decided it); rows written before readings were recorded count as 'unrecorded'."""
+
+    def cause(row: dict) -> str:
+        if "harmful" not in row.get("block_reasons", ["harmful"]):
+            return "out_of_domain"
+        return row.get("deciding_reading", "unrecorded")
+
     table = []
     for template in dict.fromkeys(r["template"] for r in rows):
         blocked = [r for r in rows if r["template"] == template and r["kind"] == kind and r["blocked"]]
         if blocked:
-            counts = Counter(r.get("deciding_reading", "unrecorded") for r in blocked)
+            counts = Counter(map(cause, blocked))
             table.append({"template": template, "blocked": len(blocked)} | dict(counts.most_common()))
     return table
 

@@ -156,9 +156,12 @@ def test_deciding_readings_counts_the_blocked_prompts_by_the_reading_that_blocke
         row("sandwich:3", "harmful", True, "segment:2"),
         row("sandwich:4", "benign", False, "segment:0"),
         row("sandwich:5", "benign", True),  # written before rows named their reading
+        row("prefill:3", "benign", True, "segment:0") | {"block_reasons": ["out_of_domain:markup"]},
+        row("prefill:3", "benign", True, "segment:1") | {"block_reasons": ["harmful", "out_of_domain:markup"]},
     ]
     assert module.deciding_readings(rows) == [
         {"template": "sandwich:3", "blocked": 3, "segment:3": 2, "as_sent": 1},
         {"template": "sandwich:5", "blocked": 1, "unrecorded": 1},
+        {"template": "prefill:3", "blocked": 2, "out_of_domain": 1, "segment:1": 1},
     ]
     assert module.deciding_readings(rows, "harmful") == [{"template": "sandwich:3", "blocked": 1, "segment:2": 1}]
