@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from summary_io import write_json_summary  # noqa: E402
 
 SHIPPED = ("xstest", "advbench", "truthfulqa")
 
@@ -60,10 +65,7 @@ def main() -> None:
     summary = summarise(rows, args.set, args.label, args.condition, args.words)
     if not summary["n"]:
         raise SystemExit(f"no {args.set} {args.label} rows under {args.condition} in {args.eval}")
-    report = Path(args.report)
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
+    write_json_summary(args.report, summary)
 
 
 if __name__ == "__main__":

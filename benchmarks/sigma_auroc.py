@@ -11,15 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from scans_guard import ScansEngine
-from scans_guard.data import contrast_set, load_set, tune_eval_split
-from scans_guard.sigma.decision import flags
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from summary_io import write_json_summary  # noqa: E402
+
+from scans_guard import ScansEngine  # noqa: E402
+from scans_guard.data import contrast_set, load_set, tune_eval_split  # noqa: E402
+from scans_guard.sigma.decision import flags  # noqa: E402
 
 
 def eval_sets(data_dir: str | None, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
@@ -111,10 +116,7 @@ def main() -> None:
         "n": {k: len(v) for k, v in sets.items()},
         **summarise(sets, scores, points),
     }
-    report = Path(args.report)
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
+    write_json_summary(args.report, summary)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def write_summary(report: str | Path | None, table: object, lines: list[str]) ->
         (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
+def write_json_summary(report: str | Path, summary: dict) -> None:
+    """A summary that is not a table: printed, and written to REPORT/summary.json."""
+    out = Path(report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """The rows of a run's JSONL file (`generations.jsonl`, `scores.jsonl`, `rows.jsonl`), blank lines skipped."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
