@@ -363,13 +363,13 @@ class CalibrationConfig(BaseModel):
     @field_validator("probe_contrast")
     @classmethod
     def _contrast_files_exist(cls, names: list[str]) -> list[str]:
-        from pathlib import Path
-
-        from .data import CONTRAST_FILES
+        from .data import contrast_path
 
         for name in names:
-            if name not in CONTRAST_FILES and not Path(name).is_file():
-                raise ValueError(f"contrast file {name} not found (the package has {', '.join(CONTRAST_FILES)})")
+            try:
+                contrast_path(name)
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from None
         return names
 
     @model_validator(mode="after")

@@ -117,12 +117,16 @@ def tune_eval_split(examples: list[Example], seed: int = 0) -> tuple[list[Exampl
 CONTRAST_FILES = ("contrast.csv", "contrast_requests.csv")
 
 
-def _contrast_rows(name: str = "contrast.csv") -> list[dict[str, str]]:
-    """Rows of a contrast file: one of the package's (`CONTRAST_FILES`) or a path to a CSV of the same columns."""
+def contrast_path(name: str) -> Path:
+    """Where a contrast file is: one of the package's (`CONTRAST_FILES`) or a path to a CSV of the same columns."""
     path = Path(str(resources.files("scans_guard") / "data" / name)) if name in CONTRAST_FILES else Path(name)
     if not path.is_file():
         raise FileNotFoundError(f"contrast file {name} not found (the package has {', '.join(CONTRAST_FILES)})")
-    with open(path, newline="", encoding="utf-8") as f:
+    return path
+
+
+def _contrast_rows(name: str = "contrast.csv") -> list[dict[str, str]]:
+    with open(contrast_path(name), newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
